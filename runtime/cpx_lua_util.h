@@ -1,0 +1,40 @@
+/* cpx_lua_util.h: the non-yielding part of the `cpx` Lua API.
+ *
+ * cpx_lua_util_open pushes one table with json, base64, sha256/hmac, uuid,
+ * clock and SSE-framer functions. The server (cpx_lua_api.c) adds the
+ * yielding and request-bound functions to that same table; the busted test
+ * module (lua_module/cpx_module.c) returns it as is.
+ *
+ *   cpx.json.decode(s)          -> value | nil, err  (arrays carry
+ *                                  cpx.json.array_mt, JSON null is cpx.json.null)
+ *   cpx.json.encode(v)          -> string | nil, err (a table with array_mt,
+ *                                  or a non-empty sequence, is an array;
+ *                                  an empty table without it is {})
+ *   cpx.json.null, cpx.json.array_mt, cpx.json.array(t) -> t (sets array_mt)
+ *   cpx.base64.encode(s[, url]), cpx.base64.decode(s) -> string | nil, err
+ *   cpx.sha256(s) -> 32 raw bytes, cpx.sha256_hex(s), cpx.hmac_sha256(k, s),
+ *   cpx.hmac_sha256_hex(k, s), cpx.uuid() -> v4 string,
+ *   cpx.random_bytes(n), cpx.now() -> wall seconds (float),
+ *   cpx.monotonic() -> seconds (float) from an arbitrary origin,
+ *   cpx.sse.new([max_event]) -> framer; framer:feed(bytes) -> list of
+ *                                  {event=, data=, id=, retry=} | nil, err
+ *   cpx.jsonarr.new([max]) -> framer; framer:feed(bytes) -> list of strings
+ *
+ * Stack: pushes exactly one value. Needs 8 free slots.
+ */
+#ifndef CPX_LUA_UTIL_H
+#define CPX_LUA_UTIL_H
+
+#include <lua.h>
+
+int cpx_lua_util_open(lua_State *L);
+
+/* JSON for C callers (used by the server for its own error bodies). The
+ * value at idx is encoded into a malloc'd string the caller frees. */
+int cpx_json_encode_value(lua_State *L, int idx, char **out, size_t *outlen);
+/* Decodes JSON and pushes the value; on failure pushes nothing and returns
+ * CPX_EPARSE with a message in err. */
+int cpx_json_decode_push(lua_State *L, const char *s, size_t n, char *err,
+                         size_t errlen);
+
+#endif /* CPX_LUA_UTIL_H */

@@ -1,0 +1,40 @@
+/* cpx_tokens.h: tiktoken-compatible BPE token counting (o200k_base and
+ * cl100k_base), bit-exact with tiktoken's encode_ordinary.
+ *
+ * Encodings load lazily on first use from the rank files in the data
+ * directory (verified by sha256) and are shared read-only by all threads
+ * afterwards; loading is serialised internally.
+ */
+#ifndef CPX_TOKENS_H
+#define CPX_TOKENS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <lua.h>
+
+/* Directory holding <encoding>.tiktoken files. Set once at start-up before
+ * any count; defaults to the first of $CPX_DATA_DIR, the source tree's data/
+ * and the install data dir that exists. */
+void cpx_tokens_set_data_dir(const char *dir);
+
+/* Counts the tokens of text (any bytes; invalid UTF-8 is counted as tiktoken
+ * counts its bytes). Returns 0 and sets *count, or a negative code
+ * (CPX_EINVAL for an unknown encoding, CPX_EIO when the rank file is missing
+ * or its sha256 does not match). */
+int cpx_tokens_count(const char *encoding, const char *text, size_t len,
+                     size_t *count);
+
+/* Encodes into a malloc'd array of token ids (for tests and tools). */
+int cpx_tokens_encode(const char *encoding, const char *text, size_t len,
+                      uint32_t **ids, size_t *n);
+
+/* `cliproxy tokens --encoding NAME [FILE]`: prints the count. Returns the
+ * process exit code. */
+int cpx_tokens_cli(int argc, char **argv);
+
+/* Adds `tokens = { count = fn(text, encoding) -> n | nil, err }` to the
+ * table at the top of the stack. */
+void cpx_tokens_lua_register(lua_State *L);
+
+#endif /* CPX_TOKENS_H */

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Installs what cliproxy needs on a Debian machine. Idempotent: it installs
+# only the packages that are missing, and runs apt-get update only then.
+#   scripts/setup.sh          build and runtime dependencies
+#   scripts/setup.sh --test   also the test tools and the e2e npm packages
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+want_test=0
+[ "${1:-}" = "--test" ] && want_test=1
+
+pkgs=(build-essential cmake pkg-config libluajit-5.1-dev luajit libuv1-dev
+      libcurl4-openssl-dev libyaml-dev libssl-dev libyajl-dev node-llhttp)
+if [ "$want_test" = 1 ]; then
+  pkgs+=(lua-busted lua-check nginx-light wrk nodejs npm)
+fi
+
+missing=()
+for p in "${pkgs[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    # nodejs/npm may come from outside Debian: accept any working binary.
+    case "$p" in
+      nodejs) command -v node >/dev/null && continue ;;
+      npm) command -v npm >/dev/null && continue ;;
+    esac
+    missing+=("$p")
+  fi
+done
+
+SUDO=""
+[ "$(id -u)" = 0 ] || SUDO="sudo"
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
+else
+  echo "setup: all Debian packages present"
+fi
+
+if [ "$want_test" = 1 ] && [ -f spec/e2e/package.json ]; then
+  if [ ! -d spec/e2e/node_modules ] || [ spec/e2e/package.json -nt spec/e2e/node_modules ]; then
+    echo "setup: installing e2e npm packages (spec/e2e)"
+    (cd spec/e2e && npm install --no-audit --no-fund --loglevel=error)
+    touch spec/e2e/node_modules
+  else
+    echo "setup: e2e npm packages present"
+  fi
+fi
