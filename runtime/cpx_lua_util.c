@@ -1,0 +1,669 @@
+/* cpx_lua_util.c: the non-yielding `cpx` Lua API (see cpx_lua_util.h).
+ *
+ * JSON is bound to yajl rather than lua-cjson because cjson cannot keep an
+ * empty array distinct from an empty object, and request bodies must
+ * round-trip `[]` as `[]`. Decoding builds Lua tables directly from yajl's
+ * callbacks (no intermediate tree); encoding walks the Lua value and feeds
+ * yajl_gen.
+ */
+#include "cpx_lua_util.h"
+
+#include <lauxlib.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/rand.h>
+#include <yajl/yajl_gen.h>
+#include <yajl/yajl_parse.h>
+
+#include "cpx.h"
+#include "cpx_sse.h"
+
+#define JSON_MAX_DEPTH 1000
+#define ARRAY_MT_KEY "cpx.json.array_mt"
+#define SSE_MT "cpx.sse.framer"
+#define JSONARR_MT "cpx.jsonarr.framer"
+/* 2^53: doubles below this magnitude hold every integer exactly. */
+#define JSON_INT_LIMIT 9007199254740992.0
+
+/* ---- JSON decode -------------------------------------------------------- */
+
+/* Decoder state shared by the yajl callbacks. Lives on the C stack of the
+ * decode call; owns nothing. The Lua stack holds, per open container, the
+ * table and (for objects, between key and value) the pending key. */
+typedef struct {
+  lua_State *L;
+  int depth;
+  int in_array[JSON_MAX_DEPTH + 1]; /* 1 when that level is an array */
+  int next_idx[JSON_MAX_DEPTH + 1]; /* next array index per level */
+  const char *err;                  /* set when a callback cancels */
+} json_dec_t;
+
+/* Stores the value on top of the Lua stack into the enclosing container
+ * (or leaves it as the result at depth 0). */
+static void dec_store(json_dec_t *d) {
+  if (d->depth == 0)
+    return;
+  if (d->in_array[d->depth])
+    lua_rawseti(d->L, -2, d->next_idx[d->depth]++);
+  else
+    lua_rawset(d->L, -3); /* [tbl, key, value] */
+}
+
+static int dec_null(void *ctx) {
+  json_dec_t *d = ctx;
+  lua_pushlightuserdata(d->L, NULL);
+  dec_store(d);
+  return 1;
+}
+
+static int dec_bool(void *ctx, int b) {
+  json_dec_t *d = ctx;
+  lua_pushboolean(d->L, b);
+  dec_store(d);
+  return 1;
+}
+
+/* Integers up to 18 digits are accumulated exactly in int64 and converted
+ * once (correctly rounded; exact up to 2^53). Everything else goes through
+ * strtod, which rounds correctly. */
+static int dec_number(void *ctx, const char *s, size_t n) {
+  json_dec_t *d = ctx;
+  size_t i = 0;
+  int neg = 0, simple = 1;
+  double v;
+  if (n > 0 && s[0] == '-') {
+    neg = 1;
+    i = 1;
+  }
+  if (n - i > 18)
+    simple = 0;
+  for (size_t j = i; simple && j < n; j++)
+    if (s[j] < '0' || s[j] > '9')
+      simple = 0;
+  if (simple) {
+    int64_t acc = 0;
+    for (; i < n; i++)
+      acc = acc * 10 + (s[i] - '0');
+    v = (double)(neg ? -acc : acc);
+  } else {
+    char small[64];
+    char *tmp = n < sizeof(small) ? small : malloc(n + 1);
+    if (!tmp) {
+      d->err = "out of memory";
+      return 0;
+    }
+    memcpy(tmp, s, n);
+    tmp[n] = '\0';
+    v = strtod(tmp, NULL);
+    if (tmp != small)
+      free(tmp);
+    if (!isfinite(v)) {
+      d->err = "number out of range";
+      return 0;
+    }
+  }
+  lua_pushnumber(d->L, v);
+  dec_store(d);
+  return 1;
+}
+
+static int dec_string(void *ctx, const unsigned char *s, size_t n) {
+  json_dec_t *d = ctx;
+  lua_pushlstring(d->L, (const char *)s, n);
+  dec_store(d);
+  return 1;
+}
+
+static int dec_open(json_dec_t *d, int is_array) {
+  if (d->depth >= JSON_MAX_DEPTH) {
+    d->err = "nesting too deep";
+    return 0;
+  }
+  /* table + pending key + value + one spare */
+  if (!lua_checkstack(d->L, 4)) {
+    d->err = "nesting too deep for the Lua stack";
+    return 0;
+  }
+  lua_createtable(d->L, 0, 0);
+  if (is_array) {
+    lua_getfield(d->L, LUA_REGISTRYINDEX, ARRAY_MT_KEY);
+    lua_setmetatable(d->L, -2);
+  }
+  d->depth++;
+  d->in_array[d->depth] = is_array;
+  d->next_idx[d->depth] = 1;
+  return 1;
+}
+
+static int dec_close(json_dec_t *d) {
+  d->depth--;
+  dec_store(d);
+  return 1;
+}
+
+static int dec_start_map(void *ctx) {
+  return dec_open(ctx, 0);
+}
+
+static int dec_end_map(void *ctx) {
+  return dec_close(ctx);
+}
+
+static int dec_start_array(void *ctx) {
+  return dec_open(ctx, 1);
+}
+
+static int dec_end_array(void *ctx) {
+  return dec_close(ctx);
+}
+
+static int dec_key(void *ctx, const unsigned char *s, size_t n) {
+  json_dec_t *d = ctx;
+  lua_pushlstring(d->L, (const char *)s, n);
+  return 1;
+}
+
+static const yajl_callbacks dec_callbacks = {
+    dec_null,    dec_bool,        NULL,          NULL,
+    dec_number,  dec_string,      dec_start_map, dec_key,
+    dec_end_map, dec_start_array, dec_end_array,
+};
+
+/* Owns a yajl handle so a Lua error raised mid-parse (out of memory) still
+ * frees it through __gc. */
+typedef struct {
+  yajl_handle h;
+} json_hbox_t;
+
+static int hbox_gc(lua_State *L) {
+  json_hbox_t *b = lua_touserdata(L, 1);
+  if (b->h) {
+    yajl_free(b->h);
+    b->h = NULL;
+  }
+  return 0;
+}
+
+/* Copies yajl's terse error ("parse error: invalid object key ...\n") into
+ * err without its category prefix and newline. */
+static void dec_yajl_reason(yajl_handle h, char *out, size_t outlen) {
+  unsigned char *e = yajl_get_error(h, 0, NULL, 0);
+  const char *s = (const char *)e;
+  const char *colon = s ? strstr(s, "error: ") : NULL;
+  size_t n;
+  if (colon)
+    s = colon + 7;
+  if (!s)
+    s = "invalid JSON";
+  n = strcspn(s, "\n");
+  while (n > 0 && (s[n - 1] == '.' || s[n - 1] == ' '))
+    n--;
+  snprintf(out, outlen, "%.*s", (int)n, s);
+  if (e)
+    yajl_free_error(h, e);
+}
+
+int cpx_json_decode_push(lua_State *L, const char *s, size_t n, char *err,
+                         size_t errlen) {
+  json_dec_t d;
+  json_hbox_t *box;
+  yajl_status st;
+  size_t at;
+  int base = lua_gettop(L);
+  char reason[160];
+
+  d.L = L;
+  d.depth = 0;
+  d.err = NULL;
+  if (!lua_checkstack(L, 6)) {
+    snprintf(err, errlen, "json: Lua stack exhausted at byte 0");
+    return CPX_EPARSE;
+  }
+  box = lua_newuserdata(L, sizeof(*box));
+  box->h = NULL;
+  if (luaL_newmetatable(L, "cpx.json.hbox")) {
+    lua_pushcfunction(L, hbox_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_setmetatable(L, -2);
+  box->h = yajl_alloc(&dec_callbacks, NULL, &d);
+  if (!box->h) {
+    lua_settop(L, base);
+    snprintf(err, errlen, "json: out of memory at byte 0");
+    return CPX_ENOMEM;
+  }
+  st = yajl_parse(box->h, (const unsigned char *)s, n);
+  /* bytes_consumed counts within the last call: the whole input once
+   * yajl_complete_parse has run. */
+  at = yajl_get_bytes_consumed(box->h);
+  if (st == yajl_status_ok) {
+    st = yajl_complete_parse(box->h);
+    at = n;
+  }
+  if (st != yajl_status_ok) {
+    if (d.err)
+      snprintf(reason, sizeof(reason), "%s", d.err);
+    else if (n == 0)
+      snprintf(reason, sizeof(reason), "empty input");
+    else
+      dec_yajl_reason(box->h, reason, sizeof(reason));
+    if (at > n)
+      at = n;
+    snprintf(err, errlen, "json: %s at byte %zu", reason, at);
+    yajl_free(box->h);
+    box->h = NULL;
+    lua_settop(L, base);
+    return CPX_EPARSE;
+  }
+  yajl_free(box->h);
+  box->h = NULL;
+  /* stack: base, box, value */
+  lua_replace(L, base + 1);
+  return 0;
+}
+
+static int l_json_decode(lua_State *L) {
+  size_t n;
+  const char *s;
+  char err[256];
+  if (lua_type(L, 1) != LUA_TSTRING) {
+    lua_pushnil(L);
+    lua_pushfstring(L, "json: expected a string, got %s", luaL_typename(L, 1));
+    return 2;
+  }
+  s = lua_tolstring(L, 1, &n);
+  if (cpx_json_decode_push(L, s, n, err, sizeof(err)) != 0) {
+    lua_pushnil(L);
+    lua_pushstring(L, err);
+    return 2;
+  }
+  return 1;
+}
+
+/* ---- JSON encode -------------------------------------------------------- */
+
+/* Formats a finite number: integers below 2^53 without exponent or point,
+ * others with the fewest of 15..17 significant digits that read back to
+ * the same double. Returns the length. */
+static int fmt_number(char *buf, size_t cap, double v) {
+  int n;
+  if (v == floor(v) && fabs(v) < JSON_INT_LIMIT)
+    return snprintf(buf, cap, "%lld", (long long)v);
+  for (int prec = 15; prec <= 17; prec++) {
+    n = snprintf(buf, cap, "%.*g", prec, v);
+    if (prec == 17 || strtod(buf, NULL) == v)
+      break;
+  }
+  return n;
+}
+
+/* Growable output buffer. Owns p (malloc'd). */
+typedef struct {
+  char *p;
+  size_t len, cap;
+  int oom;
+} jbuf_t;
+
+static int jbuf_reserve(jbuf_t *b, size_t extra) {
+  size_t cap;
+  char *np;
+  if (b->len + extra <= b->cap)
+    return 0;
+  cap = b->cap ? b->cap : 256;
+  while (cap < b->len + extra)
+    cap *= 2;
+  np = realloc(b->p, cap);
+  if (!np) {
+    b->oom = 1;
+    return -1;
+  }
+  b->p = np;
+  b->cap = cap;
+  return 0;
+}
+
+static void jbuf_add(jbuf_t *b, const char *s, size_t n) {
+  if (jbuf_reserve(b, n))
+    return;
+  memcpy(b->p + b->len, s, n);
+  b->len += n;
+}
+
+static void jbuf_addc(jbuf_t *b, char c) {
+  if (b->len < b->cap || !jbuf_reserve(b, 1))
+    b->p[b->len++] = c;
+}
+
+static void jbuf_print(void *ctx, const char *s, size_t n) {
+  jbuf_add(ctx, s, n);
+}
+
+/* Encoder state. yajl_gen stops at 128 levels of nesting, below our 1000,
+ * so the structure ([ , : ] and numbers) is written here and yajl_gen is
+ * used for what needs care: string escaping and UTF-8 validation. It is
+ * reset before each string so it always emits one top-level string, which
+ * its print callback appends to out. */
+typedef struct {
+  lua_State *L;
+  yajl_gen g;
+  jbuf_t *out;
+  const char *err; /* static message or errbuf on failure */
+  char errbuf[96];
+} json_enc_t;
+
+static int enc_value(json_enc_t *e, int idx, int depth);
+
+static int enc_fail(json_enc_t *e, const char *msg) {
+  e->err = msg;
+  return -1;
+}
+
+static int enc_string(json_enc_t *e, const char *s, size_t n) {
+  yajl_gen_status st;
+  yajl_gen_reset(e->g, NULL);
+  st = yajl_gen_string(e->g, (const unsigned char *)s, n);
+  if (st == yajl_gen_status_ok)
+    return 0;
+  if (st == yajl_gen_invalid_string)
+    return enc_fail(e, "invalid UTF-8 in string");
+  return enc_fail(e, "generator error");
+}
+
+/* Decides how a table encodes: returns the array length n >= 0, or -1
+ * for an object. */
+static long enc_table_kind(lua_State *L, int idx) {
+  long count = 0;
+  double max = 0;
+  if (lua_getmetatable(L, idx)) {
+    int is_arr;
+    lua_getfield(L, LUA_REGISTRYINDEX, ARRAY_MT_KEY);
+    is_arr = lua_rawequal(L, -1, -2);
+    lua_pop(L, 2);
+    return is_arr ? (long)lua_objlen(L, idx) : -1;
+  }
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    double k;
+    lua_pop(L, 1);
+    if (lua_type(L, -1) != LUA_TNUMBER) {
+      lua_pop(L, 1);
+      return -1;
+    }
+    k = lua_tonumber(L, -1);
+    if (k < 1 || k != floor(k) || k > 1e15) {
+      lua_pop(L, 1);
+      return -1;
+    }
+    if (k > max)
+      max = k;
+    count++;
+  }
+  return (count > 0 && (double)count == max) ? count : -1;
+}
+
+static int enc_table(json_enc_t *e, int idx, int depth) {
+  lua_State *L = e->L;
+  long n;
+  int first = 1;
+  if (depth >= JSON_MAX_DEPTH)
+    return enc_fail(e, "nesting too deep");
+  if (!lua_checkstack(L, 4))
+    return enc_fail(e, "nesting too deep for the Lua stack");
+  n = enc_table_kind(L, idx);
+  if (n >= 0) {
+    jbuf_addc(e->out, '[');
+    for (long i = 1; i <= n; i++) {
+      if (i > 1)
+        jbuf_addc(e->out, ',');
+      lua_rawgeti(L, idx, (int)i);
+      if (enc_value(e, lua_gettop(L), depth + 1))
+        return -1;
+      lua_pop(L, 1);
+    }
+    jbuf_addc(e->out, ']');
+    return 0;
+  }
+  jbuf_addc(e->out, '{');
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    int kt = lua_type(L, -2);
+    if (!first)
+      jbuf_addc(e->out, ',');
+    first = 0;
+    if (kt == LUA_TSTRING) {
+      size_t kl;
+      const char *k = lua_tolstring(L, -2, &kl);
+      if (enc_string(e, k, kl))
+        return -1;
+    } else if (kt == LUA_TNUMBER) {
+      /* Format a copy: lua_tolstring on the key would break lua_next. */
+      char kb[64];
+      double kv = lua_tonumber(L, -2);
+      int kl;
+      if (!isfinite(kv))
+        return enc_fail(e, "cannot encode a non-finite number key");
+      kl = fmt_number(kb, sizeof(kb), kv);
+      if (enc_string(e, kb, (size_t)kl))
+        return -1;
+    } else {
+      snprintf(e->errbuf, sizeof(e->errbuf), "cannot encode a %s key",
+               lua_typename(L, kt));
+      return enc_fail(e, e->errbuf);
+    }
+    jbuf_addc(e->out, ':');
+    if (enc_value(e, lua_gettop(L), depth + 1))
+      return -1;
+    lua_pop(L, 1);
+  }
+  jbuf_addc(e->out, '}');
+  return 0;
+}
+
+static int enc_value(json_enc_t *e, int idx, int depth) {
+  lua_State *L = e->L;
+  switch (lua_type(L, idx)) {
+  case LUA_TNIL:
+    jbuf_add(e->out, "null", 4);
+    return 0;
+  case LUA_TBOOLEAN:
+    if (lua_toboolean(L, idx))
+      jbuf_add(e->out, "true", 4);
+    else
+      jbuf_add(e->out, "false", 5);
+    return 0;
+  case LUA_TNUMBER: {
+    char nb[64];
+    double v = lua_tonumber(L, idx);
+    if (!isfinite(v))
+      return enc_fail(e, "cannot encode NaN or infinity");
+    jbuf_add(e->out, nb, (size_t)fmt_number(nb, sizeof(nb), v));
+    return 0;
+  }
+  case LUA_TSTRING: {
+    size_t n;
+    const char *s = lua_tolstring(L, idx, &n);
+    return enc_string(e, s, n);
+  }
+  case LUA_TLIGHTUSERDATA:
+    if (lua_touserdata(L, idx) == NULL) {
+      jbuf_add(e->out, "null", 4);
+      return 0;
+    }
+    break;
+  case LUA_TTABLE:
+    return enc_table(e, idx, depth);
+  default:
+    break;
+  }
+  snprintf(e->errbuf, sizeof(e->errbuf), "cannot encode a %s",
+           luaL_typename(L, idx));
+  return enc_fail(e, e->errbuf);
+}
+
+/* A generator that prints into out. */
+static yajl_gen enc_new_gen(jbuf_t *out) {
+  yajl_gen g = yajl_gen_alloc(NULL);
+  if (g) {
+    yajl_gen_config(g, yajl_gen_validate_utf8, 1);
+    yajl_gen_config(g, yajl_gen_print_callback, jbuf_print, (void *)out);
+  }
+  return g;
+}
+
+/* Runs the encoder, appending to out. The value must be at an absolute
+ * index. On failure err gets the reason. */
+static int enc_run(lua_State *L, yajl_gen g, jbuf_t *out, int idx, char *err,
+                   size_t errlen) {
+  json_enc_t e;
+  int top = lua_gettop(L);
+  int rc;
+  e.L = L;
+  e.g = g;
+  e.out = out;
+  e.err = NULL;
+  rc = enc_value(&e, idx, 0);
+  lua_settop(L, top);
+  if (!rc && out->oom)
+    rc = enc_fail(&e, "out of memory");
+  if (rc)
+    snprintf(err, errlen, "json: %s", e.err ? e.err : "encode failed");
+  return rc;
+}
+
+int cpx_json_encode_value(lua_State *L, int idx, char **out, size_t *outlen) {
+  yajl_gen g;
+  jbuf_t b = {NULL, 0, 0, 0};
+  char err[128];
+  if (idx < 0 && idx > LUA_REGISTRYINDEX)
+    idx = lua_gettop(L) + idx + 1;
+  *out = NULL;
+  *outlen = 0;
+  g = enc_new_gen(&b);
+  if (!g)
+    return CPX_ENOMEM;
+  if (enc_run(L, g, &b, idx, err, sizeof(err)) || jbuf_reserve(&b, 1)) {
+    int rc = b.oom ? CPX_ENOMEM : CPX_EINVAL;
+    yajl_gen_free(g);
+    free(b.p);
+    return rc;
+  }
+  yajl_gen_free(g);
+  b.p[b.len] = '\0';
+  *out = b.p;
+  *outlen = b.len;
+  return 0;
+}
+
+/* The Lua-facing encoder reuses one generator and output buffer per module
+ * instance, kept in a userdata upvalue that frees them on __gc. Encoding
+ * never calls back into Lua (raw access only), so they cannot be
+ * re-entered; a Lua error mid-encode (out of memory) only leaves stale
+ * bytes that the next call discards. */
+typedef struct {
+  yajl_gen g;
+  jbuf_t out;
+} json_gbox_t;
+
+static int gbox_gc(lua_State *L) {
+  json_gbox_t *b = lua_touserdata(L, 1);
+  if (b->g)
+    yajl_gen_free(b->g);
+  free(b->out.p);
+  b->g = NULL;
+  b->out.p = NULL;
+  return 0;
+}
+
+static int l_json_encode(lua_State *L) {
+  json_gbox_t *b = lua_touserdata(L, lua_upvalueindex(1));
+  char err[128];
+  int rc;
+  lua_settop(L, 1);
+  if (!b->g) {
+    b->g = enc_new_gen(&b->out);
+    if (!b->g)
+      return luaL_error(L, "json: out of memory");
+  }
+  b->out.len = 0;
+  b->out.oom = 0;
+  rc = enc_run(L, b->g, &b->out, 1, err, sizeof(err));
+  if (rc) {
+    lua_pushnil(L);
+    lua_pushstring(L, err);
+  } else {
+    lua_pushlstring(L, b->out.p ? b->out.p : "", b->out.len);
+  }
+  /* Do not keep a huge buffer alive between calls. */
+  if (b->out.cap > (1u << 20)) {
+    free(b->out.p);
+    b->out.p = NULL;
+    b->out.cap = 0;
+  }
+  b->out.len = 0;
+  return rc ? 2 : 1;
+}
+
+static int l_json_array(lua_State *L) {
+  if (lua_isnoneornil(L, 1)) {
+    lua_settop(L, 0);
+    lua_createtable(L, 0, 0);
+  } else {
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_settop(L, 1);
+  }
+  lua_getfield(L, LUA_REGISTRYINDEX, ARRAY_MT_KEY);
+  lua_setmetatable(L, 1);
+  return 1;
+}
+
+/* Pushes the json table. The array metatable is shared through the
+ * registry so every module instance (and the YAML loader) agrees on it. */
+static void open_json(lua_State *L) {
+  json_gbox_t *b;
+  lua_createtable(L, 0, 6);
+
+  lua_getfield(L, LUA_REGISTRYINDEX, ARRAY_MT_KEY);
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    lua_createtable(L, 0, 1);
+    lua_pushliteral(L, "array");
+    lua_setfield(L, -2, "__jsontype");
+    lua_pushvalue(L, -1);
+    lua_setfield(L, LUA_REGISTRYINDEX, ARRAY_MT_KEY);
+  }
+  lua_setfield(L, -2, "array_mt");
+
+  lua_pushlightuserdata(L, NULL);
+  lua_setfield(L, -2, "null");
+
+  lua_pushcfunction(L, l_json_decode);
+  lua_setfield(L, -2, "decode");
+
+  b = lua_newuserdata(L, sizeof(*b));
+  memset(b, 0, sizeof(*b));
+  lua_createtable(L, 0, 1);
+  lua_pushcfunction(L, gbox_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_setmetatable(L, -2);
+  lua_pushcclosure(L, l_json_encode, 1);
+  lua_setfield(L, -2, "encode");
+
+  lua_pushcfunction(L, l_json_array);
+  lua_setfield(L, -2, "array");
+}
+
+/* ---- module ------------------------------------------------------------- */
+
+int cpx_lua_util_open(lua_State *L) {
+  luaL_checkstack(L, 8, "cpx_lua_util_open");
+  lua_createtable(L, 0, 16);
+  open_json(L);
+  lua_setfield(L, -2, "json");
+  return 1;
+}
