@@ -658,6 +658,376 @@ static void open_json(lua_State *L) {
   lua_setfield(L, -2, "array");
 }
 
+/* ---- base64, digests, random, clocks ------------------------------------ */
+
+/* cpx.base64.encode(s[, url]): standard alphabet with padding, or with url
+ * true the URL-safe alphabet without padding (JWT, PKCE). */
+static int l_b64_encode(lua_State *L) {
+  size_t n, outn;
+  const char *s = luaL_checklstring(L, 1, &n);
+  int url = lua_toboolean(L, 2);
+  char *out;
+  int w;
+  if (n > ((size_t)INT32_MAX / 4) * 3 - 3)
+    return luaL_error(L, "base64: input too large");
+  outn = 4 * ((n + 2) / 3) + 1;
+  out = malloc(outn);
+  if (!out)
+    return luaL_error(L, "base64: out of memory");
+  w = EVP_EncodeBlock((unsigned char *)out, (const unsigned char *)s, (int)n);
+  if (url) {
+    for (int i = 0; i < w; i++) {
+      if (out[i] == '+')
+        out[i] = '-';
+      else if (out[i] == '/')
+        out[i] = '_';
+    }
+    while (w > 0 && out[w - 1] == '=')
+      w--;
+  }
+  lua_pushlstring(L, out, (size_t)w);
+  free(out);
+  return 1;
+}
+
+/* cpx.base64.decode(s): either alphabet, padding optional. */
+static int l_b64_decode(lua_State *L) {
+  size_t n, pad = 0, rem;
+  const char *s = luaL_checklstring(L, 1, &n);
+  char *tmp;
+  unsigned char *out;
+  int w;
+  while (n > 0 && s[n - 1] == '=' && pad < 2) {
+    n--;
+    pad++;
+  }
+  rem = n % 4;
+  if (rem == 1 || (pad && (n + pad) % 4 != 0) || n > (size_t)INT32_MAX - 4) {
+    lua_pushnil(L);
+    lua_pushliteral(L, "base64: invalid length");
+    return 2;
+  }
+  tmp = malloc(n + 4);
+  out = malloc(n / 4 * 3 + 3);
+  if (!tmp || !out) {
+    free(tmp);
+    free(out);
+    return luaL_error(L, "base64: out of memory");
+  }
+  for (size_t i = 0; i < n; i++) {
+    char c = s[i];
+    if (c == '-')
+      c = '+';
+    else if (c == '_')
+      c = '/';
+    else if (c == '=' || c == ' ' || c == '\t' || c == '\r' || c == '\n')
+      c = '!'; /* EVP_DecodeBlock would accept these inside the text */
+    tmp[i] = c;
+  }
+  pad = rem ? 4 - rem : 0;
+  memset(tmp + n, '=', pad);
+  w = n + pad ? EVP_DecodeBlock(out, (unsigned char *)tmp, (int)(n + pad)) : 0;
+  free(tmp);
+  if (w < 0) {
+    free(out);
+    lua_pushnil(L);
+    lua_pushliteral(L, "base64: invalid character");
+    return 2;
+  }
+  /* EVP_DecodeBlock counts the padding as zero bytes. */
+  lua_pushlstring(L, (const char *)out, (size_t)w - pad);
+  free(out);
+  return 1;
+}
+
+static void push_hex(lua_State *L, const unsigned char *d, size_t n) {
+  static const char hx[] = "0123456789abcdef";
+  char out[2 * EVP_MAX_MD_SIZE];
+  for (size_t i = 0; i < n; i++) {
+    out[2 * i] = hx[d[i] >> 4];
+    out[2 * i + 1] = hx[d[i] & 15];
+  }
+  lua_pushlstring(L, out, 2 * n);
+}
+
+static int do_sha256(lua_State *L, int hex) {
+  size_t n;
+  const char *s = luaL_checklstring(L, 1, &n);
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int mdlen = 0;
+  if (!EVP_Digest(s, n, md, &mdlen, EVP_sha256(), NULL))
+    return luaL_error(L, "sha256: OpenSSL failure");
+  if (hex)
+    push_hex(L, md, mdlen);
+  else
+    lua_pushlstring(L, (const char *)md, mdlen);
+  return 1;
+}
+
+static int l_sha256(lua_State *L) {
+  return do_sha256(L, 0);
+}
+
+static int l_sha256_hex(lua_State *L) {
+  return do_sha256(L, 1);
+}
+
+static int do_hmac(lua_State *L, int hex) {
+  size_t kn, n;
+  const char *k = luaL_checklstring(L, 1, &kn);
+  const char *s = luaL_checklstring(L, 2, &n);
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int mdlen = 0;
+  if (kn > INT32_MAX ||
+      !HMAC(EVP_sha256(), k, (int)kn, (const unsigned char *)s, n, md, &mdlen))
+    return luaL_error(L, "hmac_sha256: OpenSSL failure");
+  if (hex)
+    push_hex(L, md, mdlen);
+  else
+    lua_pushlstring(L, (const char *)md, mdlen);
+  return 1;
+}
+
+static int l_hmac_sha256(lua_State *L) {
+  return do_hmac(L, 0);
+}
+
+static int l_hmac_sha256_hex(lua_State *L) {
+  return do_hmac(L, 1);
+}
+
+static int l_uuid(lua_State *L) {
+  unsigned char b[16];
+  char out[37];
+  static const char hx[] = "0123456789abcdef";
+  int o = 0;
+  if (RAND_bytes(b, sizeof(b)) != 1)
+    return luaL_error(L, "uuid: RAND_bytes failed");
+  b[6] = (unsigned char)((b[6] & 0x0F) | 0x40); /* version 4 */
+  b[8] = (unsigned char)((b[8] & 0x3F) | 0x80); /* RFC 4122 variant */
+  for (int i = 0; i < 16; i++) {
+    if (i == 4 || i == 6 || i == 8 || i == 10)
+      out[o++] = '-';
+    out[o++] = hx[b[i] >> 4];
+    out[o++] = hx[b[i] & 15];
+  }
+  lua_pushlstring(L, out, 36);
+  return 1;
+}
+
+#define RANDOM_BYTES_MAX (1 << 20)
+
+static int l_random_bytes(lua_State *L) {
+  lua_Integer n = luaL_checkinteger(L, 1);
+  unsigned char *b;
+  if (n < 0 || n > RANDOM_BYTES_MAX)
+    return luaL_argerror(L, 1, "must be 0..1048576");
+  b = malloc((size_t)n + 1);
+  if (!b)
+    return luaL_error(L, "random_bytes: out of memory");
+  if (n > 0 && RAND_bytes(b, (int)n) != 1) {
+    free(b);
+    return luaL_error(L, "random_bytes: RAND_bytes failed");
+  }
+  lua_pushlstring(L, (const char *)b, (size_t)n);
+  free(b);
+  return 1;
+}
+
+static int l_now(lua_State *L) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  lua_pushnumber(L, (double)ts.tv_sec + (double)ts.tv_nsec / 1e9);
+  return 1;
+}
+
+static int l_monotonic(lua_State *L) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  lua_pushnumber(L, (double)ts.tv_sec + (double)ts.tv_nsec / 1e9);
+  return 1;
+}
+
+/* ---- framers ------------------------------------------------------------ */
+
+/* Userdata for cpx.sse.new / cpx.jsonarr.new. The parser owns its buffers;
+ * __gc (or a failed feed) frees them. */
+typedef struct {
+  cpx_sse_t p;
+  int err; /* sticky: last error code, 0 while usable */
+  int freed;
+} l_sse_t;
+
+typedef struct {
+  cpx_jsonarr_t p;
+  int err;
+  int freed;
+} l_jsonarr_t;
+
+/* Feed state: the Lua list being filled sits at index list on the stack. */
+typedef struct {
+  lua_State *L;
+  int list;
+  int n;
+} l_feed_t;
+
+static size_t check_max(lua_State *L, int idx) {
+  lua_Number m = luaL_optnumber(L, idx, 0);
+  if (m < 0 || m > (lua_Number)SIZE_MAX / 2)
+    luaL_argerror(L, idx, "invalid size limit");
+  return (size_t)m;
+}
+
+static int sse_push_event(void *ud, const cpx_sse_event_t *ev) {
+  l_feed_t *f = ud;
+  lua_State *L = f->L;
+  lua_createtable(L, 0, 4);
+  lua_pushlstring(L, ev->data.p, ev->data.n);
+  lua_setfield(L, -2, "data");
+  if (ev->event.n) {
+    lua_pushlstring(L, ev->event.p, ev->event.n);
+    lua_setfield(L, -2, "event");
+  }
+  if (ev->id.n) {
+    lua_pushlstring(L, ev->id.p, ev->id.n);
+    lua_setfield(L, -2, "id");
+  }
+  if (ev->retry >= 0) {
+    lua_pushnumber(L, (lua_Number)ev->retry);
+    lua_setfield(L, -2, "retry");
+  }
+  lua_rawseti(L, f->list, ++f->n);
+  return 0;
+}
+
+static int push_feed_error(lua_State *L, const char *what, int rc) {
+  lua_pushnil(L);
+  if (rc == CPX_ELIMIT)
+    lua_pushfstring(L, "%s: size limit exceeded", what);
+  else if (rc == CPX_EPARSE)
+    lua_pushfstring(L, "%s: malformed stream", what);
+  else if (rc == CPX_ENOMEM)
+    lua_pushfstring(L, "%s: out of memory", what);
+  else
+    lua_pushfstring(L, "%s: error %d", what, rc);
+  return 2;
+}
+
+static int l_sse_new(lua_State *L) {
+  size_t max = check_max(L, 1);
+  l_sse_t *u = lua_newuserdata(L, sizeof(*u));
+  cpx_sse_init(&u->p, max);
+  u->err = 0;
+  u->freed = 0;
+  luaL_getmetatable(L, SSE_MT);
+  lua_setmetatable(L, -2);
+  return 1;
+}
+
+/* framer:feed(bytes) -> list of {data=, event=?, id=?, retry=?} | nil, err.
+ * event, id and retry are absent when the stream did not set them (event
+ * absent means the WHATWG default type "message"). */
+static int l_sse_feed(lua_State *L) {
+  l_sse_t *u = luaL_checkudata(L, 1, SSE_MT);
+  size_t n;
+  const char *s = luaL_checklstring(L, 2, &n);
+  l_feed_t f;
+  int rc;
+  if (u->err || u->freed)
+    return push_feed_error(L, "sse", u->err ? u->err : CPX_ESTATE);
+  lua_settop(L, 2);
+  lua_newtable(L);
+  f.L = L;
+  f.list = 3;
+  f.n = 0;
+  rc = cpx_sse_feed(&u->p, s, n, sse_push_event, &f);
+  if (rc) {
+    u->err = rc;
+    cpx_sse_free(&u->p);
+    u->freed = 1;
+    return push_feed_error(L, "sse", rc);
+  }
+  return 1;
+}
+
+static int l_sse_gc(lua_State *L) {
+  l_sse_t *u = luaL_checkudata(L, 1, SSE_MT);
+  if (!u->freed) {
+    cpx_sse_free(&u->p);
+    u->freed = 1;
+  }
+  return 0;
+}
+
+static int jsonarr_push_elem(void *ud, const char *elem, size_t len) {
+  l_feed_t *f = ud;
+  lua_pushlstring(f->L, elem, len);
+  lua_rawseti(f->L, f->list, ++f->n);
+  return 0;
+}
+
+static int l_jsonarr_new(lua_State *L) {
+  size_t max = check_max(L, 1);
+  l_jsonarr_t *u = lua_newuserdata(L, sizeof(*u));
+  cpx_jsonarr_init(&u->p, max);
+  u->err = 0;
+  u->freed = 0;
+  luaL_getmetatable(L, JSONARR_MT);
+  lua_setmetatable(L, -2);
+  return 1;
+}
+
+/* framer:feed(bytes) -> list of element strings | nil, err */
+static int l_jsonarr_feed(lua_State *L) {
+  l_jsonarr_t *u = luaL_checkudata(L, 1, JSONARR_MT);
+  size_t n;
+  const char *s = luaL_checklstring(L, 2, &n);
+  l_feed_t f;
+  int rc;
+  if (u->err || u->freed)
+    return push_feed_error(L, "jsonarr", u->err ? u->err : CPX_ESTATE);
+  lua_settop(L, 2);
+  lua_newtable(L);
+  f.L = L;
+  f.list = 3;
+  f.n = 0;
+  rc = cpx_jsonarr_feed(&u->p, s, n, jsonarr_push_elem, &f);
+  if (rc) {
+    u->err = rc;
+    cpx_jsonarr_free(&u->p);
+    u->freed = 1;
+    return push_feed_error(L, "jsonarr", rc);
+  }
+  return 1;
+}
+
+static int l_jsonarr_gc(lua_State *L) {
+  l_jsonarr_t *u = luaL_checkudata(L, 1, JSONARR_MT);
+  if (!u->freed) {
+    cpx_jsonarr_free(&u->p);
+    u->freed = 1;
+  }
+  return 0;
+}
+
+/* Registers a framer metatable (methods in __index) and pushes the
+ * constructor table {new = ctor}. */
+static void open_framer(lua_State *L, const char *mt, lua_CFunction ctor,
+                        lua_CFunction feed, lua_CFunction gc) {
+  if (luaL_newmetatable(L, mt)) {
+    lua_pushcfunction(L, gc);
+    lua_setfield(L, -2, "__gc");
+    lua_createtable(L, 0, 1);
+    lua_pushcfunction(L, feed);
+    lua_setfield(L, -2, "feed");
+    lua_setfield(L, -2, "__index");
+  }
+  lua_pop(L, 1);
+  lua_createtable(L, 0, 1);
+  lua_pushcfunction(L, ctor);
+  lua_setfield(L, -2, "new");
+}
+
 /* ---- module ------------------------------------------------------------- */
 
 int cpx_lua_util_open(lua_State *L) {
@@ -665,5 +1035,34 @@ int cpx_lua_util_open(lua_State *L) {
   lua_createtable(L, 0, 16);
   open_json(L);
   lua_setfield(L, -2, "json");
+
+  lua_createtable(L, 0, 2);
+  lua_pushcfunction(L, l_b64_encode);
+  lua_setfield(L, -2, "encode");
+  lua_pushcfunction(L, l_b64_decode);
+  lua_setfield(L, -2, "decode");
+  lua_setfield(L, -2, "base64");
+
+  lua_pushcfunction(L, l_sha256);
+  lua_setfield(L, -2, "sha256");
+  lua_pushcfunction(L, l_sha256_hex);
+  lua_setfield(L, -2, "sha256_hex");
+  lua_pushcfunction(L, l_hmac_sha256);
+  lua_setfield(L, -2, "hmac_sha256");
+  lua_pushcfunction(L, l_hmac_sha256_hex);
+  lua_setfield(L, -2, "hmac_sha256_hex");
+  lua_pushcfunction(L, l_uuid);
+  lua_setfield(L, -2, "uuid");
+  lua_pushcfunction(L, l_random_bytes);
+  lua_setfield(L, -2, "random_bytes");
+  lua_pushcfunction(L, l_now);
+  lua_setfield(L, -2, "now");
+  lua_pushcfunction(L, l_monotonic);
+  lua_setfield(L, -2, "monotonic");
+
+  open_framer(L, SSE_MT, l_sse_new, l_sse_feed, l_sse_gc);
+  lua_setfield(L, -2, "sse");
+  open_framer(L, JSONARR_MT, l_jsonarr_new, l_jsonarr_feed, l_jsonarr_gc);
+  lua_setfield(L, -2, "jsonarr");
   return 1;
 }

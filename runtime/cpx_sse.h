@@ -29,18 +29,24 @@ typedef struct {
  * value unchanged. */
 typedef int (*cpx_sse_cb)(void *ud, const cpx_sse_event_t *ev);
 
+/* All buffers are owned by the parser and freed by cpx_sse_free. */
 typedef struct {
-  char *buf;        /* owned: pending line bytes and the event being built */
+  char *buf; /* pending bytes of the line not yet terminated */
   size_t len, cap;
-  size_t max_event; /* bound on one event's bytes (line + data) */
-  /* internal parser state (see cpx_sse.c) */
-  size_t line_start, data_len, event_len, id_len;
-  int last_was_cr, bom_checked, have_data;
-  long retry;
-  char *data, *event, *id; /* owned accumulators */
-  size_t data_cap, event_cap, id_cap;
+  size_t max_event; /* bound on one event's bytes (pending line + data) */
+  char *data;       /* data buffer: each data line plus LF */
+  size_t data_len, data_cap;
+  char *event; /* event type buffer */
+  size_t event_len, event_cap;
+  char *id; /* last-event-ID buffer (kept across events) */
+  size_t id_len, id_cap;
+  long retry;      /* valid retry of the current block, or -1 */
+  int last_was_cr; /* the last line ended with CR: swallow one LF */
+  int bom_state;   /* BOM bytes matched so far; 3 once decided */
+  int failed;      /* sticky error code after CPX_ELIMIT / CPX_ENOMEM */
 } cpx_sse_t;
 
+/* max_event 0 means the default, 8 MiB. */
 void cpx_sse_init(cpx_sse_t *p, size_t max_event);
 /* Returns 0, CPX_ELIMIT when one event grows past max_event (the parser is
  * then unusable), CPX_ENOMEM, or the callback's non-zero value. */
@@ -51,11 +57,17 @@ void cpx_sse_free(cpx_sse_t *p);
 typedef int (*cpx_jsonarr_cb)(void *ud, const char *elem, size_t len);
 
 typedef struct {
-  char *buf; /* owned: bytes of the element being collected */
+  char *buf; /* owned: bytes of an element that spans chunks */
   size_t len, cap, max_elem;
-  int depth, in_str, esc, started, ended;
+  int state;  /* position in the array grammar (see cpx_sse.c) */
+  int depth;  /* bracket depth inside the current element */
+  int in_str; /* inside a string of the current element */
+  int esc;    /* the previous string byte was a backslash */
+  int scalar; /* the current element is a bare number/literal */
+  int failed; /* sticky error code */
 } cpx_jsonarr_t;
 
+/* max_elem 0 means the default, 8 MiB. */
 void cpx_jsonarr_init(cpx_jsonarr_t *p, size_t max_elem);
 /* Returns 0, CPX_EPARSE on bytes that cannot be a JSON array stream,
  * CPX_ELIMIT, CPX_ENOMEM, or the callback's non-zero value. */
