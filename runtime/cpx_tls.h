@@ -30,18 +30,23 @@ void cpx_tls_conn_free(cpx_tls_conn_t *c);
 
 /* Feeds ciphertext from the peer. Plaintext is delivered to on_plain; any
  * handshake or alert bytes to send go to on_cipher. Returns 0, or CPX_EIO on
- * a TLS error (the connection must then be closed), or a callback's value. */
+ * a TLS error (the connection must then be closed), or CPX_ECLOSED once the
+ * peer has sent close_notify (plaintext before it in the same feed is still
+ * delivered first), or a callback's value. The callbacks' buffers are only
+ * valid during the call: copy what must outlive it. */
 int cpx_tls_conn_feed(cpx_tls_conn_t *c, const char *buf, size_t len,
                       cpx_tls_out_cb on_plain, cpx_tls_out_cb on_cipher,
                       void *ud);
 
 /* Encrypts plaintext; ciphertext goes to on_cipher. Returns 0, CPX_EAGAIN if
  * the handshake is not complete yet (the caller keeps the data and retries
- * after the next feed), or CPX_EIO. */
+ * after the next feed), CPX_ECLOSED after cpx_tls_conn_shutdown, CPX_EIO, or
+ * a callback's value. Any length: records are produced 16 KiB at a time. */
 int cpx_tls_conn_write(cpx_tls_conn_t *c, const char *buf, size_t len,
                        cpx_tls_out_cb on_cipher, void *ud);
 
-/* Produces a close_notify alert into on_cipher. */
+/* Produces a close_notify alert into on_cipher. Before the handshake is done
+ * or after a TLS error it produces nothing and returns 0: just close. */
 int cpx_tls_conn_shutdown(cpx_tls_conn_t *c, cpx_tls_out_cb on_cipher,
                           void *ud);
 
