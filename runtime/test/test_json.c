@@ -1,0 +1,382 @@
+/* test_json.c: cpx.json (yajl binding) through its C entry points and the
+ * Lua functions, plus a random-input robustness run of the decoder. */
+#include <lauxlib.h>
+#include <lualib.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cpx_lua_util.h"
+#include "cpx_test.h"
+
+static lua_State *L;
+
+/* decode with the C API, then encode with the C API; returns the text
+ * (malloc'd) or NULL, with the decode error in err. */
+static char *roundtrip(const char *s, size_t n, char *err, size_t errlen) {
+  char *out = NULL;
+  size_t outlen = 0;
+  int top = lua_gettop(L);
+  err[0] = '\0';
+  if (cpx_json_decode_push(L, s, n, err, errlen) != 0) {
+    CPX_CHECK_INT(lua_gettop(L), top);
+    return NULL;
+  }
+  CPX_CHECK_INT(lua_gettop(L), top + 1);
+  if (cpx_json_encode_value(L, -1, &out, &outlen) != 0)
+    snprintf(err, errlen, "encode failed");
+  else
+    CPX_CHECK_INT(strlen(out), outlen);
+  lua_settop(L, top);
+  return out;
+}
+
+static void check_rt(const char *in, const char *want) {
+  char err[256];
+  char *out = roundtrip(in, strlen(in), err, sizeof(err));
+  if (!out) {
+    fprintf(stderr, "  input %s: %s\n", in, err);
+    CPX_CHECK(out != NULL);
+    return;
+  }
+  CPX_CHECK_STR(out, want);
+  free(out);
+}
+
+/* Expects a decode error whose message starts with "json: " and contains
+ * " at byte ". */
+static void check_bad(const char *in, size_t n) {
+  char err[256];
+  char *out = roundtrip(in, n, err, sizeof(err));
+  CPX_CHECK(out == NULL);
+  free(out);
+  CPX_CHECK(strncmp(err, "json: ", 6) == 0);
+  CPX_CHECK(strstr(err, " at byte ") != NULL);
+}
+
+/* Runs a Lua chunk that returns a string; compares it with want. */
+static void check_lua(const char *code, const char *want) {
+  int top = lua_gettop(L);
+  if (luaL_dostring(L, code) != 0) {
+    fprintf(stderr, "  lua error: %s\n", lua_tostring(L, -1));
+    CPX_CHECK(0);
+  } else {
+    const char *got = lua_tostring(L, -1);
+    CPX_CHECK(got != NULL);
+    if (got)
+      CPX_CHECK_STR(got, want);
+  }
+  lua_settop(L, top);
+}
+
+static void test_empty_containers(void) {
+  check_rt("[]", "[]");
+  check_rt("{}", "{}");
+  check_rt(" [ ] ", "[]");
+  /* one key per object: Lua's key order is not stable across builds */
+  check_rt("{\"a\":[]}", "{\"a\":[]}");
+  check_rt("[[],{},[[]],[{}]]", "[[],{},[[]],[{}]]");
+  check_rt("{\"a\":{\"b\":[]}}", "{\"a\":{\"b\":[]}}");
+}
+
+static void test_scalars(void) {
+  check_rt("null", "null");
+  check_rt("true", "true");
+  check_rt("false", "false");
+  check_rt("[null,true,false,null]", "[null,true,false,null]");
+  check_rt("{\"x\":null}", "{\"x\":null}");
+  check_rt("\"\"", "\"\"");
+  check_rt("\"tab\\tnl\\nq\\\"bs\\\\sl\\/\"", "\"tab\\tnl\\nq\\\"bs\\\\sl/\"");
+  check_rt("\"\\u0001\\u001F\"", "\"\\u0001\\u001F\"");
+  check_rt("\"a\\u0000b\"", "\"a\\u0000b\"");
+}
+
+static void test_unicode(void) {
+  check_rt("\"\\u00e9\"", "\"\xC3\xA9\"");
+  check_rt("\"\\u20ac\"", "\"\xE2\x82\xAC\"");
+  check_rt("\"\\ud83d\\ude00\"", "\"\xF0\x9F\x98\x80\"");
+  check_rt("\"\\uD83D\\uDE00 ok\"", "\"\xF0\x9F\x98\x80 ok\"");
+  check_rt("\"caf\xC3\xA9 \xE2\x80\x94 \xF0\x9F\x98\x80\"",
+           "\"caf\xC3\xA9 \xE2\x80\x94 \xF0\x9F\x98\x80\"");
+}
+
+static void test_numbers(void) {
+  check_rt("0", "0");
+  check_rt("-0", "0");
+  check_rt("42", "42");
+  check_rt("-17", "-17");
+  check_rt("9007199254740991", "9007199254740991");
+  check_rt("-9007199254740991", "-9007199254740991");
+  check_rt("9007199254740992", "9007199254740992");
+  /* beyond 2^53 a double cannot hold every integer: nearest one */
+  check_rt("9007199254740993", "9007199254740992");
+  check_rt("12345678901234567890", "1.2345678901234567e+19");
+  check_rt("1e20", "1e+20");
+  check_rt("0.1", "0.1");
+  check_rt("1.5", "1.5");
+  check_rt("100.0", "100");
+  check_rt("3.141592653589793", "3.141592653589793");
+  check_rt("-2.5e-10", "-2.5e-10");
+  check_rt("1.7976931348623157e308", "1.7976931348623157e+308");
+  check_rt("5e-324", "4.94065645841247e-324");
+  check_rt("[1,2.5,-3]", "[1,2.5,-3]");
+  check_bad("1e400", 5);
+  check_bad("-1e400", 6);
+}
+
+static void test_nested(void) {
+  check_rt("{\"a\":[1,{\"b\":[null,{\"c\":\"d\"}]}]}",
+           "{\"a\":[1,{\"b\":[null,{\"c\":\"d\"}]}]}");
+  check_rt("[[[[[[[[[[1]]]]]]]]]]", "[[[[[[[[[[1]]]]]]]]]]");
+}
+
+static char *nest(int depth, char open, char close) {
+  char *s = malloc((size_t)depth * 2 + 1);
+  memset(s, open, (size_t)depth);
+  memset(s + depth, close, (size_t)depth);
+  s[depth * 2] = '\0';
+  return s;
+}
+
+static void test_depth(void) {
+  char *s = nest(1000, '[', ']');
+  char err[256];
+  char *out = roundtrip(s, strlen(s), err, sizeof(err));
+  CPX_CHECK(out != NULL);
+  if (out)
+    CPX_CHECK_STR(out, s);
+  free(out);
+  free(s);
+  s = nest(1001, '[', ']');
+  check_bad(s, strlen(s));
+  free(s);
+  s = nest(2000, '[', ']');
+  check_bad(s, strlen(s));
+  free(s);
+  {
+    /* {"a":{"a":...}} 2000 deep */
+    size_t n = 0;
+    char *o = malloc(2000 * 6 + 2000 + 8);
+    for (int i = 0; i < 2000; i++) {
+      memcpy(o + n, "{\"a\":", 5);
+      n += 5;
+    }
+    o[n++] = '1';
+    memset(o + n, '}', 2000);
+    n += 2000;
+    check_bad(o, n);
+    free(o);
+  }
+  /* encoding: 1000 nested tables are fine, 1001 and cycles are errors */
+  check_lua("local j = require('cpx').json local t = {} local c = t "
+            "for i = 1, 999 do c[1] = {} c = c[1] end "
+            "local s = assert(j.encode(t)) return #s .. ''",
+            "2000");
+  check_lua("local j = require('cpx').json local t = {} local c = t "
+            "for i = 1, 1000 do c[1] = {} c = c[1] end "
+            "local s, e = j.encode(t) return tostring(s) .. ' ' .. e",
+            "nil json: nesting too deep");
+  check_lua("local j = require('cpx').json local t = {} t.self = t "
+            "local s, e = j.encode(t) return tostring(s) .. ' ' .. e",
+            "nil json: nesting too deep");
+}
+
+static void test_decode_errors(void) {
+  check_bad("", 0);
+  check_bad("   ", 3);
+  check_bad("{\"a\":", 5);
+  check_bad("[1,2", 4);
+  check_bad("\"abc", 4);
+  check_bad("{\"a\" 1}", 7);
+  check_bad("[1,]", 4);
+  check_bad("{a:1}", 5);
+  check_bad("[1] x", 5);
+  check_bad("1 2", 3);
+  check_bad("nul", 3);
+  check_bad("'x'", 3);
+  check_bad("[01]", 4);
+  check_bad("\"\xFF\"", 3);
+  check_bad("\"\xC3\"", 3);
+  check_bad("\"a\xE2\x82\"", 5);
+  check_bad("\"\\u12\"", 6);
+  check_bad("\"\\x\"", 4);
+  check_bad("\"a\nb\"", 5);
+  check_lua("local j = require('cpx').json "
+            "local v, e = j.decode('[1,') return tostring(v) .. ' ' .. e",
+            "nil json: premature EOF at byte 3");
+  check_lua("local j = require('cpx').json "
+            "local v, e = j.decode(nil) return tostring(v) .. ' ' .. e",
+            "nil json: expected a string, got nil");
+}
+
+static void test_encode_tables(void) {
+  check_lua("local j = require('cpx').json return j.encode({1, 2, 3})",
+            "[1,2,3]");
+  check_lua("local j = require('cpx').json return j.encode({})", "{}");
+  check_lua("local j = require('cpx').json return j.encode(j.array())", "[]");
+  check_lua("local j = require('cpx').json return j.encode(j.array({}))", "[]");
+  check_lua("local j = require('cpx').json "
+            "return j.encode(setmetatable({1, j.null, 3}, j.array_mt))",
+            "[1,null,3]");
+  check_lua("local j = require('cpx').json "
+            "local t = j.array() t[1] = 1 t[2] = 2 return j.encode(t)",
+            "[1,2]");
+  check_lua("local j = require('cpx').json return j.encode({[1] = 'a', "
+            "[3] = 'c'}):len() .. ''",
+            "17");
+  check_lua("local j = require('cpx').json return j.encode({[2] = 'x'})",
+            "{\"2\":\"x\"}");
+  check_lua("local j = require('cpx').json return j.encode({[1.5] = 'x'})",
+            "{\"1.5\":\"x\"}");
+  check_lua("local j = require('cpx').json "
+            "return j.encode({a = {b = {c = j.null}}})",
+            "{\"a\":{\"b\":{\"c\":null}}}");
+  check_lua("local j = require('cpx').json return j.encode(nil)", "null");
+  check_lua("local j = require('cpx').json return j.encode('\\0\\1')",
+            "\"\\u0000\\u0001\"");
+  /* a non-array metatable makes an object */
+  check_lua("local j = require('cpx').json "
+            "return j.encode(setmetatable({'x'}, {}))",
+            "{\"1\":\"x\"}");
+  /* decode gives arrays array_mt; the registry holds the same table */
+  check_lua("local j = require('cpx').json local v = j.decode('[[],{}]') "
+            "local reg = debug.getregistry()['cpx.json.array_mt'] "
+            "return tostring(getmetatable(v) == j.array_mt and "
+            "getmetatable(v[1]) == reg and getmetatable(v[2]) == nil)",
+            "true");
+  check_lua("local j = require('cpx').json "
+            "return tostring(j.decode('null') == j.null)",
+            "true");
+  check_lua("local j = require('cpx').json "
+            "local v = j.decode('{\"a\":null}') "
+            "return tostring(v.a == j.null)",
+            "true");
+}
+
+static void test_encode_errors(void) {
+  check_lua("local j = require('cpx').json local s, e = j.encode(0/0) "
+            "return tostring(s) .. ' ' .. e",
+            "nil json: cannot encode NaN or infinity");
+  check_lua("local j = require('cpx').json local s, e = j.encode({1/0}) "
+            "return tostring(s) .. ' ' .. e",
+            "nil json: cannot encode NaN or infinity");
+  check_lua("local j = require('cpx').json local s, e = j.encode({x = -1/0}) "
+            "return tostring(s) .. ' ' .. e",
+            "nil json: cannot encode NaN or infinity");
+  check_lua("local j = require('cpx').json local s, e = j.encode(print) "
+            "return tostring(s) .. ' ' .. e",
+            "nil json: cannot encode a function");
+  check_lua("local j = require('cpx').json "
+            "local s, e = j.encode({[true] = 1}) "
+            "return tostring(s) .. ' ' .. e",
+            "nil json: cannot encode a boolean key");
+  check_lua("local j = require('cpx').json local s, e = j.encode('\\255') "
+            "return tostring(s) .. ' ' .. e",
+            "nil json: invalid UTF-8 in string");
+  /* after an error the encoder still works */
+  check_lua("local j = require('cpx').json return j.encode({ok = true})",
+            "{\"ok\":true}");
+  {
+    /* C API: NaN is an error, nothing is returned */
+    char *out = (char *)1;
+    size_t n = 1;
+    lua_pushnumber(L, 0.0 / 0.0);
+    CPX_CHECK(cpx_json_encode_value(L, -1, &out, &n) != 0);
+    CPX_CHECK(out == NULL);
+    lua_pop(L, 1);
+  }
+}
+
+/* ---- robustness --------------------------------------------------------- */
+
+static uint64_t rng_state = 0x2545F4914F6CDD1Dull;
+
+static uint64_t rng(void) {
+  rng_state ^= rng_state >> 12;
+  rng_state ^= rng_state << 25;
+  rng_state ^= rng_state >> 27;
+  return rng_state * 0x2545F4914F6CDD1Dull;
+}
+
+static void test_random_input(void) {
+  static const char *const alpha[] = {
+      "[",  "]",     "{",       "}",     ",",    ":",     "\"",   "\\",
+      "1",  "-",     "e",       ".",     "0",    "true",  "null", "false",
+      " ",  "\"a\"", "\\u",     "d83d",  "\xC3", "\xA9",  "\xF0", "\\ude00",
+      "[[", "]]",    "{\"k\":", "1e999", "\r\n", "\"x\":"};
+  static const char *const seeds[] = {
+      "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":[{"
+      "\"type\":\"text\",\"text\":\"hi \\u00e9\"}]}],\"max_tokens\":1024,"
+      "\"tools\":[],\"metadata\":{}}",
+      "[1,2.5,-3e2,true,false,null,\"s\",{\"a\":[{}]}]"};
+  char buf[600], err[256];
+  int ok = 0, bad = 0;
+  int top = lua_gettop(L);
+  for (int it = 0; it < 20000; it++) {
+    size_t n = 0;
+    if (it % 2) {
+      /* a valid document with a few bytes mutated, or cut short */
+      const char *s = seeds[it % 4 == 1];
+      n = strlen(s);
+      memcpy(buf, s, n);
+      for (int m = (int)(rng() % 4); m >= 0; m--)
+        buf[rng() % n] =
+            (char)(rng() % 3 ? (uint64_t)(unsigned char)alpha[rng() % 30][0]
+                             : rng());
+      if (rng() % 4 == 0)
+        n = (size_t)(rng() % n);
+    } else {
+      size_t want = (size_t)(rng() % 300);
+      while (n < want) {
+        const char *t = alpha[rng() % (sizeof(alpha) / sizeof(alpha[0]))];
+        size_t tl = strlen(t);
+        if (rng() % 10 == 0) {
+          buf[n++] = (char)rng();
+          continue;
+        }
+        memcpy(buf + n, t, tl);
+        n += tl;
+      }
+    }
+    if (cpx_json_decode_push(L, buf, n, err, sizeof(err)) == 0) {
+      char *out = NULL;
+      size_t outlen;
+      ok++;
+      /* whatever decodes must encode (strings may carry yajl's lax UTF-8
+       * checks, which the encoder shares) */
+      if (cpx_json_encode_value(L, -1, &out, &outlen) != 0)
+        bad++;
+      free(out);
+      lua_pop(L, 1);
+    } else {
+      CPX_CHECK(strncmp(err, "json: ", 6) == 0);
+    }
+    CPX_CHECK_INT(lua_gettop(L), top);
+  }
+  CPX_CHECK(ok > 100); /* the mutations leave some documents valid */
+  CPX_CHECK_INT(bad, 0);
+}
+
+int main(void) {
+  L = luaL_newstate();
+  luaL_openlibs(L);
+  /* make require("cpx") find this build's module table */
+  lua_getglobal(L, "package");
+  lua_getfield(L, -1, "loaded");
+  cpx_lua_util_open(L);
+  lua_setfield(L, -2, "cpx");
+  lua_pop(L, 2);
+
+  CPX_TEST_RUN(test_empty_containers);
+  CPX_TEST_RUN(test_scalars);
+  CPX_TEST_RUN(test_unicode);
+  CPX_TEST_RUN(test_numbers);
+  CPX_TEST_RUN(test_nested);
+  CPX_TEST_RUN(test_depth);
+  CPX_TEST_RUN(test_decode_errors);
+  CPX_TEST_RUN(test_encode_tables);
+  CPX_TEST_RUN(test_encode_errors);
+  CPX_TEST_RUN(test_random_input);
+  lua_close(L);
+  CPX_TEST_DONE();
+}
