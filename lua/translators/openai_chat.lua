@@ -35,7 +35,8 @@ local function decode_content(c)
       if url then
         local mime, data = ir.parse_data_url(url)
         if mime then
-          parts[#parts + 1] = { type = "image", mime = mime, data = data, detail = type(iu) == "table" and s(iu.detail) or nil }
+          parts[#parts + 1] = { type = "image", mime = mime, data = data,
+                                detail = type(iu) == "table" and s(iu.detail) or nil }
         else
           parts[#parts + 1] = { type = "image", url = url, detail = type(iu) == "table" and s(iu.detail) or nil }
         end
@@ -81,7 +82,7 @@ function _M.decode_request(body, ctx)
                                     args = s(f.arguments) or (f.arguments and encode(f.arguments)) or "" }
             elseif type(tc) == "table" and tc.type == "custom" and type(tc.custom) == "table" then
               parts[#parts + 1] = { type = "tool_call", id = s(tc.id), name = s(tc.custom.name),
-                                    custom = true, args = s(tc.custom.input) or "" }
+                                    custom = true, args = encode({ input = s(tc.custom.input) or "" }) }
             end
           end
         elseif type(m.function_call) == "table" then

@@ -1,0 +1,150 @@
+-- translators: the hub. Any client format reaches any upstream format
+-- through the IR (docs/ir.md); lua/translators/pairs/<from>-to-<to>.lua,
+-- when present, overrides the hub for that pair.
+local ir = require("rt.ir")
+
+local type = type
+local pcall = pcall
+local require = require
+local error = error
+local setmetatable = setmetatable
+
+local _M = {}
+
+_M.formats = { "openai_chat", "openai_responses", "claude", "gemini" }
+
+local codecs = {}
+for _, f in ipairs(_M.formats) do
+  codecs[f] = require("translators." .. f)
+end
+_M.codecs = codecs
+
+local TOOL_ID_PREFIX = { claude = "toolu_" }
+
+-- pair overrides, loaded once: false = none
+local pair_cache = {}
+
+local function pair_of(from, to)
+  local key = from .. "-to-" .. to
+  local p = pair_cache[key]
+  if p == nil then
+    local ok, mod = pcall(require, "translators.pairs." .. key)
+    p = (ok and type(mod) == "table") and mod or false
+    pair_cache[key] = p
+  end
+  return p or nil
+end
+
+local function codec(fmt)
+  local c = codecs[fmt]
+  if not c then error("translators: unknown format '" .. tostring(fmt) .. "'", 3) end
+  return c
+end
+
+local function prepare(from, to, ctx)
+  ctx.client_format, ctx.upstream_format = from, to
+  ctx.tool_id_prefix = ctx.tool_id_prefix or TOOL_ID_PREFIX[from] or "call_"
+end
+
+-- client body (format `from`) -> upstream body (format `to`) | nil, err
+function _M.request(from, to, body, ctx)
+  ctx = ctx or {}
+  local p = pair_of(from, to)
+  if p and p.request then return p.request(body, ctx) end
+  local src, dst = codec(from), codec(to)
+  prepare(from, to, ctx)
+  local r, err = src.decode_request(body, ctx)
+  if not r then return nil, err end
+  if ctx.stream ~= nil then r.stream = ctx.stream and true or false end
+  -- a model(level) / model(budget) suffix overrides the body
+  local base, think = ir.parse_model(ctx.upstream_model or r.model)
+  if think then
+    local old = r.reasoning or {}
+    r.reasoning = { effort = think.effort, budget = think.budget, include = true,
+                    summary = old.summary, adaptive = old.adaptive }
+    if think.effort == "none" then r.reasoning.include = nil end
+  end
+  if ctx.upstream_model then ctx.upstream_model = base else r.model = base end
+  ctx.ir = r
+  return dst.encode_request(r, ctx)
+end
+
+-- upstream non-stream body (format `to`) -> client body (format `from`)
+function _M.response(from, to, body, ctx)
+  ctx = ctx or {}
+  local p = pair_of(from, to)
+  if p and p.response then return p.response(body, ctx) end
+  local src, dst = codec(from), codec(to)
+  prepare(from, to, ctx)
+  local res, err = dst.decode_response(body, ctx)
+  if not res then return nil, err end
+  ctx.usage = res.usage
+  return src.encode_response(res, ctx)
+end
+
+local Stream = {}
+Stream.__index = Stream
+
+local function push(self, evs, out)
+  local enc, es, ctx = self.enc, self.es, self.ctx
+  for _, e in ipairs(evs) do
+    local t = e.t
+    if t == "finish" or t == "error" then self.ended = true end
+    if e.usage then self.usage = ir.merge_usage(self.usage, e.usage) end
+    if t == "finish" then self.stop = e.stop end
+    if not self.closed then
+      local frames = enc.stream_encode(e, es, ctx)
+      for _, f in ipairs(frames) do out[#out + 1] = f end
+      if t == "finish" or t == "error" then self.closed = true end
+    end
+  end
+  return out
+end
+
+-- one framed upstream event {event=, data=} -> list of client frames
+function Stream:feed(ev)
+  if self.closed then return {} end
+  return push(self, self.dec.stream_decode(ev, self.ds, self.ctx), {})
+end
+
+-- upstream ended normally: flush and make sure the client sees an end
+function Stream:finish()
+  local out = {}
+  if self.closed then return out end
+  if self.dec.stream_flush then push(self, self.dec.stream_flush(self.ds, self.ctx), out) end
+  if not self.closed then push(self, { { t = "finish", stop = "end_turn" } }, out) end
+  return out
+end
+
+-- upstream failed after the first byte: the client format's error event
+function Stream:fail(err)
+  if self.closed then return {} end
+  self.closed, self.ended = true, true
+  return self.enc.stream_error(err or { status = 502, message = "upstream failed" }, self.es, self.ctx)
+end
+
+function _M.stream(from, to, ctx)
+  ctx = ctx or {}
+  local p = pair_of(from, to)
+  if p and p.stream then return p.stream(ctx) end
+  local src, dst = codec(from), codec(to)
+  prepare(from, to, ctx)
+  return setmetatable({ enc = src, dec = dst, ds = {}, es = {}, ctx = ctx }, Stream)
+end
+
+-- upstream error -> client error body (format `from`), status
+function _M.error(from, to, status, body, ctx)
+  ctx = ctx or {}
+  local p = pair_of(from, to)
+  if p and p.error then return p.error(status, body, ctx) end
+  local err = codec(to).decode_error(status, body, ctx)
+  err.status = err.status or status
+  return codec(from).encode_error(err, ctx), err.status
+end
+
+-- cliproxy's own errors: {status,type,message,code} -> body in `format`
+function _M.error_body(format, err)
+  return codec(format).encode_error(err, {})
+end
+
+return _M
