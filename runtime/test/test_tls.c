@@ -292,6 +292,23 @@ static void test_tls12(void) {
   cpx_tls_ctx_free(ctx);
 }
 
+/* A TLS 1.2 client asking to renegotiate gets a no_renegotiation alert and
+ * the connection goes on. */
+static void test_no_renegotiation(void) {
+  cpx_tls_ctx_t *ctx = good_ctx();
+  pair_t p;
+
+  pair_init(&p, ctx, TLS1_2_VERSION);
+  CPX_CHECK_INT(handshake(&p, 0), 0);
+  CPX_CHECK_INT(SSL_renegotiate(p.cli), 1);
+  SSL_do_handshake(p.cli); /* sends a new ClientHello */
+  CPX_CHECK_INT(to_server(&p, 0), 0);
+  CPX_CHECK(p.to_client.n > 0); /* the warning alert */
+  CPX_CHECK_INT(cpx_tls_conn_write(p.srv, "still here", 10, on_cipher, &p), 0);
+  pair_free(&p);
+  cpx_tls_ctx_free(ctx);
+}
+
 /* TLS 1.1 is refused even when the client would accept it. */
 static void test_tls11_refused(void) {
   cpx_tls_ctx_t *ctx = good_ctx();
@@ -591,6 +608,7 @@ int main(void) {
   }
   CPX_TEST_RUN(test_handshake);
   CPX_TEST_RUN(test_tls12);
+  CPX_TEST_RUN(test_no_renegotiation);
   CPX_TEST_RUN(test_tls11_refused);
   CPX_TEST_RUN(test_byte_at_a_time);
   CPX_TEST_RUN(test_data_with_finished);
