@@ -37,4 +37,12 @@ int cpx_tokens_cli(int argc, char **argv);
  * table at the top of the stack. */
 void cpx_tokens_lua_register(lua_State *L);
 
+/* Milliseconds the encoding's rank file took to read, verify and index
+ * (loading it first if needed), or -1 when it cannot be loaded. */
+double cpx_tokens_load_ms(const char *encoding);
+
+/* Internal, for the tests: pieces longer than this many bytes use the
+ * O(n log n) heap merge instead of tiktoken's quadratic scan. */
+extern size_t cpx__tokens_heap_min;
+
 #endif /* CPX_TOKENS_H */
