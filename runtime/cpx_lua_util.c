@@ -366,6 +366,22 @@ static int enc_fail(json_enc_t *e, const char *msg) {
 
 static int enc_string(json_enc_t *e, const char *s, size_t n) {
   yajl_gen_status st;
+  size_t i = 0;
+  /* Fast path: printable ASCII with nothing to escape is copied as is;
+   * anything else (escapes, UTF-8 to validate) goes through yajl. */
+  while (i < n && (unsigned char)s[i] >= 0x20 && (unsigned char)s[i] < 0x80 &&
+         s[i] != '"' && s[i] != '\\')
+    i++;
+  if (i == n) {
+    if (!jbuf_reserve(e->out, n + 2)) {
+      char *w = e->out->p + e->out->len;
+      w[0] = '"';
+      memcpy(w + 1, s, n);
+      w[n + 1] = '"';
+      e->out->len += n + 2;
+    }
+    return 0;
+  }
   yajl_gen_reset(e->g, NULL);
   st = yajl_gen_string(e->g, (const unsigned char *)s, n);
   if (st == yajl_gen_status_ok)

@@ -317,6 +317,8 @@ static void check_fixture(const char *path, const exp_ev_t *first,
   CPX_CHECK_INT(got_count, count);
   {
     sbuf_t f = {0}, l = {0};
+    sb_adds(&f, "");
+    sb_adds(&l, "");
     if (first)
       serialise_expected(&f, first, 1);
     if (last)
