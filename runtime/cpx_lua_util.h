@@ -18,7 +18,17 @@
  *   cpx.monotonic() -> seconds (float) from an arbitrary origin,
  *   cpx.sse.new([max_event]) -> framer; framer:feed(bytes) -> list of
  *                                  {event=, data=, id=, retry=} | nil, err
+ *                                  (event, id, retry are absent when the
+ *                                  stream did not set them; no event means
+ *                                  the WHATWG type "message"; after an error
+ *                                  the framer keeps returning nil, err)
  *   cpx.jsonarr.new([max]) -> framer; framer:feed(bytes) -> list of strings
+ *                                  | nil, err (max/max_event default 8 MiB)
+ *
+ * JSON details: integers below 2^53 print without exponent, other numbers
+ * with the fewest digits (15..17) that read back exactly; NaN/inf, invalid
+ * UTF-8 and nesting past 1000 give nil, err. Decode errors read
+ * "json: <reason> at byte N".
  *
  * Stack: pushes exactly one value. Needs 8 free slots.
  */
