@@ -913,6 +913,25 @@ int cpx_tokens_encode(const char *encoding, const char *text, size_t len,
   return 0;
 }
 
+int cpx__tokens_pieces(const char *encoding, const char *text, size_t len,
+                       size_t *npieces) {
+  encoding_t *e;
+  int rc = get_encoding(encoding, &e);
+  if (rc < 0)
+    return rc;
+  if (utf8_first_invalid((const uint8_t *)text, len) != len)
+    return CPX_EINVAL;
+  size_t (*next)(const uint8_t *, size_t, size_t) =
+      e->pattern == PAT_O200K ? next_o200k : next_cl100k;
+  size_t i = 0, k = 0;
+  while (i < len) {
+    i = next((const uint8_t *)text, len, i);
+    k++;
+  }
+  *npieces = k;
+  return 0;
+}
+
 double cpx_tokens_load_ms(const char *encoding) {
   encoding_t *e;
   if (get_encoding(encoding, &e) < 0)

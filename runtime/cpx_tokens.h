@@ -45,4 +45,9 @@ double cpx_tokens_load_ms(const char *encoding);
  * O(n log n) heap merge instead of tiktoken's quadratic scan. */
 extern size_t cpx__tokens_heap_min;
 
+/* Internal, for the benchmark: runs only the pre-tokeniser and sets the
+ * number of pieces (text must be valid UTF-8, else CPX_EINVAL). */
+int cpx__tokens_pieces(const char *encoding, const char *text, size_t len,
+                       size_t *npieces);
+
 #endif /* CPX_TOKENS_H */
