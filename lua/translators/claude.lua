@@ -4,7 +4,7 @@ local ir = require("rt.ir")
 
 local type = type
 local ipairs = ipairs
-local pairs = pairs
+local next = next
 local tostring = tostring
 local tonumber = tonumber
 local remove = table.remove
@@ -638,5 +638,4 @@ function _M.stream_error(err, st, ctx)
   return { frame("error", _M.encode_error(err, ctx)) }
 end
 
-local _ = pairs
 return _M

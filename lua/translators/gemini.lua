@@ -6,6 +6,8 @@ local schema = require("rt.schema")
 local type = type
 local ipairs = ipairs
 local pairs = pairs
+local next = next
+local remove = table.remove
 local tonumber = tonumber
 local upper = string.upper
 local lower = string.lower
@@ -79,9 +81,9 @@ local function decode_parts(parts, role, pending, ctx)
         local q = pending and pending[name or ""]
         if q and #q > 0 then
           if id then
-            for k, v in ipairs(q) do if v == id then table.remove(q, k); break end end
+            for k, v in ipairs(q) do if v == id then remove(q, k); break end end
           else
-            id = table.remove(q, 1)
+            id = remove(q, 1)
           end
         end
         out[#out + 1] = { type = "tool_result", id = id or ir.new_id(tool_prefix(ctx), ctx), name = name,

@@ -4,6 +4,8 @@
 local ir = require("rt.ir")
 
 local type = type
+local ipairs = ipairs
+local tostring = tostring
 local pcall = pcall
 local require = require
 local error = error

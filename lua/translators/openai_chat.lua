@@ -4,7 +4,7 @@ local ir = require("rt.ir")
 
 local type = type
 local ipairs = ipairs
-local tostring = tostring
+local concat = table.concat
 local encode = json.encode
 local decode = json.decode
 local arr = json.array
@@ -215,8 +215,8 @@ function _M.encode_request(r, ctx)
                                 ["function"] = { name = p.name, arguments = (p.args ~= "" and p.args) or "{}" } }
         end
       end
-      local am = { role = "assistant", content = #text > 0 and table.concat(text) or null }
-      if #think > 0 then am.reasoning_content = table.concat(think) end
+      local am = { role = "assistant", content = #text > 0 and concat(text) or null }
+      if #think > 0 then am.reasoning_content = concat(think) end
       if #calls > 0 then am.tool_calls = calls end
       msgs[#msgs + 1] = am
     elseif role == "tool" then
@@ -357,8 +357,8 @@ function _M.encode_response(res, ctx)
       images[#images + 1] = { type = "image_url", image_url = { url = ir.data_url(p.mime, p.data) } }
     end
   end
-  local msg = { role = "assistant", content = #text > 0 and table.concat(text) or null }
-  if #think > 0 then msg.reasoning_content = table.concat(think) end
+  local msg = { role = "assistant", content = #text > 0 and concat(text) or null }
+  if #think > 0 then msg.reasoning_content = concat(think) end
   if #calls > 0 then msg.tool_calls = calls end
   if #images > 0 then msg.images = images end
   local stop = res.stop or "end_turn"
@@ -554,7 +554,7 @@ function _M.encode_error(err, ctx)
   local ty, code = ir.error_type(err.status)
   if OPENAI_TYPES[err.type] then ty = err.type end
   return { error = { message = err.message or "", type = ty, param = null,
-                     code = err.code or code or null } }
+                     code = (type(err.code) == "string" and err.code) or code or null } }
 end
 
 function _M.stream_error(err, st, ctx)
@@ -562,5 +562,4 @@ function _M.stream_error(err, st, ctx)
   return { "data: " .. encode(_M.encode_error(err, ctx)) .. "\n\n" }
 end
 
-local _ = tostring
 return _M

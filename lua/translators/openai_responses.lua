@@ -5,6 +5,7 @@ local schema = require("rt.schema")
 
 local type = type
 local ipairs = ipairs
+local pairs = pairs
 local concat = table.concat
 local encode = json.encode
 local decode = json.decode
@@ -777,7 +778,8 @@ local OPENAI_TYPES = {
 function _M.encode_error(err, ctx)
   local ty, code = ir.error_type(err.status)
   if OPENAI_TYPES[err.type] then ty = err.type end
-  return { error = { message = err.message or "", type = ty, param = null, code = err.code or code or null } }
+  return { error = { message = err.message or "", type = ty, param = null,
+                     code = (type(err.code) == "string" and err.code) or code or null } }
 end
 
 function _M.stream_error(err, st, ctx)
@@ -787,7 +789,8 @@ function _M.stream_error(err, st, ctx)
   local r = base_response(ctx, st.id, st.created, "failed")
   r.model = st.model
   local _, code = ir.error_type(err.status)
-  r.error = { code = err.code or code or "server_error", message = err.message or "" }
+  r.error = { code = (type(err.code) == "string" and err.code) or code or "server_error",
+              message = err.message or "" }
   emit(st, out, "response.failed", { response = r })
   st.done = true
   return out

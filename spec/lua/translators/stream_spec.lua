@@ -79,10 +79,9 @@ local function content_of(fmt, bytes, array)
   end
   for _, e in ipairs(codec.stream_flush(st, ctx)) do evs[#evs + 1] = e end
   local c = { text = {}, thinking = {}, tools = {}, stop = nil }
-  local kinds, tools = {}, {}
+  local tools = {}
   for _, e in ipairs(evs) do
     if e.t == "block_start" then
-      kinds[e.i] = e.kind
       if e.kind == "tool_call" then
         tools[e.i] = { name = e.name, args = {} }
         c.tools[#c.tools + 1] = tools[e.i]
@@ -313,6 +312,7 @@ describe("stream errors", function()
       for _, ev in ipairs(fr:feed(bytes:sub(1, 700))) do
         for _, f in ipairs(s:feed(ev)) do frames[#frames + 1] = f end
       end
+      assert.truthy(#frames > 0)
       local tail = s:fail(err)
       assert.equal(1, #tail)
       local f = tail[1]
