@@ -183,7 +183,9 @@ async function startOnce({ startTimeoutMs = 10000, env = {}, configText, ...cfg 
     async stop({ timeoutMs = 10000, keepDir = false } = {}) {
       if (!exited) {
         child.kill('SIGTERM');
-        const t = await Promise.race([exitP, sleep(timeoutMs).then(() => null)]);
+        let timer;
+        const t = await Promise.race([exitP, new Promise((r) => { timer = setTimeout(r, timeoutMs, null); })]);
+        clearTimeout(timer);
         if (!t) {
           child.kill('SIGKILL');
           await exitP;
