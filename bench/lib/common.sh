@@ -1,0 +1,122 @@
+# Helpers for bench/run.sh (sourced). Everything listens on 127.0.0.1 only.
+
+# A TCP port on 127.0.0.1 that nothing listens on right now.
+free_port() {
+  local p i
+  for i in $(seq 1 200); do
+    p=$((20000 + RANDOM % 40000))
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+      case " ${USED_PORTS:-} " in *" $p "*) continue ;; esac
+      USED_PORTS="${USED_PORTS:-} $p"
+      echo "$p"
+      return 0
+    fi
+  done
+  echo "free_port: none found" >&2
+  return 1
+}
+
+# wait_http URL [SECONDS]: until the URL answers (any HTTP status), or fail.
+wait_http() {
+  local url=$1 secs=${2:-10} i
+  for i in $(seq 1 $((secs * 20))); do
+    if curl -s -o /dev/null --max-time 1 "$url"; then return 0; fi
+    sleep 0.05
+  done
+  return 1
+}
+
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null; }
+hwm_kib() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status" 2>/dev/null; }
+
+# write_nginx_upstream DIR PORT RESPONSE_FILE WORKERS: an nginx that answers
+# every request with the fixed chat.completion JSON in RESPONSE_FILE.
+write_nginx_upstream() {
+  local dir=$1 port=$2 resp=$3 workers=$4 body
+  body=$(cat "$resp")
+  mkdir -p "$dir/tmp"
+  cat >"$dir/nginx.conf" <<EOF
+worker_processes $workers;
+daemon off;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    default_type application/json;
+    tcp_nodelay on;
+    keepalive_requests 1000000;
+    keepalive_timeout 120s;
+    client_max_body_size 4m;
+    client_body_buffer_size 256k;
+    client_body_temp_path $dir/tmp; proxy_temp_path $dir/tmp;
+    fastcgi_temp_path $dir/tmp; uwsgi_temp_path $dir/tmp; scgi_temp_path $dir/tmp;
+    server {
+        listen 127.0.0.1:$port reuseport;
+        location / { return 200 '$body'; }
+    }
+}
+EOF
+}
+
+# write_nginx_proxy DIR PORT UPSTREAM_PORT WORKERS: nginx proxy_pass with a
+# pooled upstream keepalive, as in the reference measurements.
+write_nginx_proxy() {
+  local dir=$1 port=$2 up=$3 workers=$4
+  mkdir -p "$dir/tmp"
+  cat >"$dir/nginx.conf" <<EOF
+worker_processes $workers;
+daemon off;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    tcp_nodelay on;
+    keepalive_requests 1000000;
+    keepalive_timeout 120s;
+    client_max_body_size 4m;
+    client_body_buffer_size 256k;
+    client_body_temp_path $dir/tmp; proxy_temp_path $dir/tmp;
+    fastcgi_temp_path $dir/tmp; uwsgi_temp_path $dir/tmp; scgi_temp_path $dir/tmp;
+    upstream origin_ka { server 127.0.0.1:$up; keepalive 128; }
+    server {
+        listen 127.0.0.1:$port reuseport;
+        location / {
+            proxy_pass http://origin_ka;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+}
+
+# write_cliproxy_config FILE PORT UPSTREAM_PORT AUTH_DIR WORKERS
+write_cliproxy_config() {
+  cat >"$1" <<EOF
+host: "127.0.0.1"
+port: $2
+auth-dir: "$4"
+debug: false
+api-keys: []
+request-retry: 0
+workers: $5
+openai-compatibility:
+  - name: "bench-upstream"
+    base-url: "http://127.0.0.1:$3/v1"
+    api-key-entries:
+      - api-key: "bench-upstream-key"
+    models:
+      - name: "up-model"
+        alias: "bench-model"
+EOF
+}
+
+# median of the numbers on stdin (one per line)
+median() {
+  sort -g | awk '{a[NR]=$1} END { if (NR == 0) { print "nan"; exit } if (NR % 2) print a[(NR+1)/2]; else print (a[NR/2] + a[NR/2+1]) / 2 }'
+}
+
+# field NAME < "BENCH k=v ..." line
+field() { tr ' ' '\n' | awk -F= -v k="$1" '$1 == k {print $2}'; }
