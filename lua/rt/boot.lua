@@ -1,0 +1,58 @@
+-- rt.boot: builds one generation: validates the config, loads and checks
+-- every module, and returns { config, handle } to the C runtime.
+local cpx = require("cpx")
+local config = require("rt.config")
+local registry = require("rt.registry")
+
+local type = type
+local ipairs = ipairs
+local pairs = pairs
+local format = string.format
+
+local _M = {}
+
+local PROVIDERS = { "openai_compat" }
+local FORMATS = { openai_chat = true, openai_responses = true, claude = true, gemini = true }
+
+-- A provider declares its contract as data; errors name file and field.
+local function check_provider(name, p)
+  local file = "providers/" .. name .. ".lua"
+  if type(p) ~= "table" then return nil, file .. ": module must return a table" end
+  if type(p.name) ~= "string" then return nil, file .. ": field 'name' must be a string" end
+  if not FORMATS[p.format] then return nil, file .. ": field 'format' must be one of openai_chat, openai_responses, claude, gemini" end
+  if type(p.prepare) ~= "function" then return nil, file .. ": field 'prepare' must be a function" end
+  if p.classify ~= nil and type(p.classify) ~= "function" then return nil, file .. ": field 'classify' must be a function" end
+  return true
+end
+
+function _M.start(doc, lines, path)
+  local cfg, err = config.validate(doc, lines, path)
+  if not cfg then return nil, err end
+  for _, k in ipairs(cfg._unknown) do
+    cpx.log("warn", format("%s: unknown key '%s' (ignored)", path, k))
+  end
+  local providers = {}
+  for _, name in ipairs(PROVIDERS) do
+    local p = require("providers." .. name)
+    local ok, perr = check_provider(name, p)
+    if not ok then return nil, perr end
+    providers[name] = p
+  end
+  local translators = require("translators")
+  for _, f in ipairs(translators.formats) do
+    local c = translators.codecs[f]
+    for _, fn in ipairs({ "decode_request", "encode_request", "decode_response", "encode_response",
+                          "stream_decode", "stream_encode", "encode_error", "stream_error" }) do
+      if type(c[fn]) ~= "function" then
+        return nil, format("translators/%s.lua: field '%s' must be a function", f, fn)
+      end
+    end
+  end
+  local app = { config = cfg, registry = registry.build(cfg), providers = providers }
+  local server = require("rt.server")
+  server.init(app)
+  for _ in pairs(app.registry.models) do break end
+  return { config = cfg, handle = server.handle }
+end
+
+return _M

@@ -1,0 +1,291 @@
+-- rt.config: validates config.yaml (CLIProxyAPI's keys plus cliproxy's own)
+-- against a schema written as data, fills defaults, and names file, line
+-- and key in every error.
+local cpx = require("cpx")
+
+local type = type
+local pairs = pairs
+local ipairs = ipairs
+local tostring = tostring
+local concat = table.concat
+local sort = table.sort
+local floor = math.floor
+local format = string.format
+
+local null = cpx.json.null
+local array_mt = cpx.json.array_mt
+
+local _M = {}
+
+-- field kinds: string, integer, number, boolean, list, map (fields = {...}),
+-- dict (string keys, values = spec), any (accepted, not checked)
+local function str(d) return { type = "string", default = d } end
+local function int(d, min, max) return { type = "integer", default = d, min = min, max = max } end
+local function num(d, min, max) return { type = "number", default = d, min = min, max = max } end
+local function bool(d) return { type = "boolean", default = d } end
+local function list(items) return { type = "list", items = items } end
+local function map(fields) return { type = "map", fields = fields } end
+local function dict(values) return { type = "dict", values = values } end
+local ANY = { type = "any" }
+
+local url = { type = "string", check = function(v)
+  if v == "" or v:match("^https?://[^%s]+$") then return true end
+  return nil, "expected an http:// or https:// URL"
+end }
+
+local proxy_url = { type = "string", check = function(v)
+  if v == "" or v == "direct" or v == "none" or v:match("^https?://%S+$")
+      or v:match("^socks5h?://%S+$") then
+    return true
+  end
+  return nil, "expected http://, https://, socks5:// URL, or direct/none"
+end }
+
+local models = list(map({
+  name = { type = "string", required = true },
+  alias = str(),
+  thinking = ANY,
+  ["display-name"] = str(),
+  ["max-context-length"] = int(),
+  ["force-mapping"] = bool(),
+}))
+
+local excluded = list(str())
+
+local key_entry = map({
+  ["api-key"] = { type = "string", required = true },
+  priority = int(0),
+  prefix = str(),
+  ["base-url"] = url,
+  headers = dict(str()),
+  ["proxy-url"] = proxy_url,
+  models = models,
+  ["excluded-models"] = excluded,
+  weight = int(nil, 0),
+  ["disable-cooling"] = bool(),
+  ["request-retry"] = int(nil, 0, 100),
+  websockets = bool(),
+  cloak = ANY,
+  ["experimental-cch-signing"] = bool(),
+})
+
+local payload_rule = map({
+  models = list(map({ name = str(), protocol = str() })),
+  params = ANY,
+})
+
+local schema = map({
+  host = str(""),
+  port = int(8317, 1, 65535),
+  tls = map({ enable = bool(false), cert = str(""), key = str("") }),
+  ["remote-management"] = map({
+    ["allow-remote"] = bool(false),
+    ["secret-key"] = str(""),
+    ["disable-control-panel"] = bool(false),
+    ["disable-auto-update-panel"] = bool(false),
+    ["panel-github-repository"] = str(),
+  }),
+  ["auth-dir"] = str("~/.cli-proxy-api"),
+  ["api-keys"] = list(str()),
+  debug = bool(false),
+  pprof = ANY,
+  ["commercial-mode"] = bool(false),
+  ["logging-to-file"] = bool(false),
+  ["logs-max-total-size-mb"] = int(0, 0),
+  ["error-logs-max-files"] = int(10, 0),
+  ["request-log"] = bool(false),
+  ["usage-statistics-enabled"] = bool(false),
+  ["proxy-url"] = proxy_url,
+  ["force-model-prefix"] = bool(false),
+  ["passthrough-headers"] = bool(false),
+  ["request-retry"] = int(3, 0, 100),
+  ["max-retry-credentials"] = int(0, 0),
+  ["max-retry-interval"] = int(30, 0),
+  ["disable-cooling"] = bool(false),
+  ["auth-auto-refresh-workers"] = int(16, 1),
+  ["quota-exceeded"] = ANY,
+  routing = map({
+    strategy = { type = "string", default = "round-robin", enum = { "round-robin", "fill-first", "weighted-round-robin" } },
+    ["session-affinity"] = ANY,
+    ["session-affinity-ttl"] = ANY,
+  }),
+  ["ws-auth"] = bool(false),
+  ["enable-gemini-cli-endpoint"] = bool(false),
+  ["nonstream-keepalive-interval"] = int(0, 0),
+  streaming = map({ ["keepalive-seconds"] = int(0, 0), ["bootstrap-retries"] = int(0, 0) }),
+  ["antigravity-signature-cache-enabled"] = bool(true),
+  ["antigravity-signature-bypass-strict"] = bool(false),
+  ["claude-header-defaults"] = dict(ANY),
+  ["codex-header-defaults"] = dict(ANY),
+  ["gemini-api-key"] = list(key_entry),
+  ["generative-language-api-key"] = list(str()),
+  ["vertex-api-key"] = list(key_entry),
+  ["claude-api-key"] = list(key_entry),
+  ["codex-api-key"] = list(key_entry),
+  ["openai-compatibility"] = list(map({
+    name = { type = "string", required = true },
+    prefix = str(),
+    priority = int(0),
+    ["base-url"] = { type = "string", required = true, check = url.check },
+    headers = dict(str()),
+    ["api-key-entries"] = list(map({ ["api-key"] = str(""), ["proxy-url"] = proxy_url })),
+    ["api-keys"] = list(str()),
+    models = models,
+    ["excluded-models"] = excluded,
+    disabled = bool(false),
+    ["proxy-url"] = proxy_url,
+  })),
+  ampcode = ANY,
+  ["oauth-model-alias"] = dict(list(map({ name = str(), alias = str(), fork = bool() }))),
+  ["oauth-excluded-models"] = dict(excluded),
+  payload = map({
+    default = list(payload_rule), ["default-raw"] = list(payload_rule),
+    override = list(payload_rule), ["override-raw"] = list(payload_rule),
+    filter = list(payload_rule),
+  }),
+  -- cliproxy's own keys
+  workers = int(1, 1, 64),
+  lua = map({
+    paths = list(str()),
+    ["memory-limit-mb"] = int(256, 16, 65536),
+    middleware = list(ANY),
+  }),
+  limits = map({
+    ["max-header-bytes"] = int(65536, 1024, 16777216),
+    ["max-header-fields"] = int(100, 8, 1000),
+    ["max-body-bytes"] = int(33554432, 1024),
+    ["header-timeout-seconds"] = num(10, 0.1),
+    ["body-timeout-seconds"] = num(60, 0.1),
+    ["keepalive-timeout-seconds"] = num(60, 0.1),
+    ["write-stall-timeout-seconds"] = num(300, 1),
+    ["drain-timeout-seconds"] = num(30, 0),
+    ["write-buffer-high-bytes"] = int(262144, 4096),
+    ["write-buffer-low-bytes"] = int(65536, 1024),
+    ["upstream-connect-timeout-seconds"] = num(10, 0.1),
+    ["upstream-first-byte-timeout-seconds"] = num(300, 0.1),
+    ["upstream-idle-timeout-seconds"] = num(300, 0.1),
+    ["upstream-max-body-bytes"] = int(67108864, 1024),
+  }),
+})
+
+_M.schema = schema
+
+local function describe(v)
+  if v == null then return "null" end
+  local t = type(v)
+  if t == "string" then return format("string %q", #v > 40 and v:sub(1, 40) .. "..." or v) end
+  if t == "table" then return getmetatable(v) == array_mt and "a list" or "a mapping" end
+  return t .. " " .. tostring(v)
+end
+
+-- Validates v against spec at key path `path`; returns the normalized value
+-- or nil, err. `lines` maps paths to line numbers.
+local function check(spec, v, path, st)
+  local function fail(msg)
+    local line = st.lines[path]
+    local where = st.file .. (line and (":" .. line) or "")
+    return nil, format("%s: %s: %s", where, path ~= "" and path or "(top)", msg)
+  end
+  if v == nil or v == null then
+    if spec.required then return fail("is required") end
+    if spec.type == "list" then return setmetatable({}, array_mt) end
+    if spec.type == "map" then v = {} else return spec.default end
+  end
+  local t = spec.type
+  if t == "any" then return v end
+  if t == "string" then
+    if type(v) == "number" or type(v) == "boolean" then v = tostring(v) end
+    if type(v) ~= "string" then return fail("expected a string, got " .. describe(v)) end
+    if spec.enum then
+      local ok = false
+      for _, e in ipairs(spec.enum) do if e == v then ok = true end end
+      if not ok then return fail(format("expected one of %s, got %q", concat(spec.enum, ", "), v)) end
+    end
+  elseif t == "integer" or t == "number" then
+    if type(v) ~= "number" then return fail("expected " .. (t == "integer" and "an integer" or "a number") .. ", got " .. describe(v)) end
+    if t == "integer" and v ~= floor(v) then return fail("expected an integer, got " .. tostring(v)) end
+    if spec.min and v < spec.min then return fail(format("must be at least %s, got %s", spec.min, v)) end
+    if spec.max and v > spec.max then return fail(format("must be at most %s, got %s", spec.max, v)) end
+  elseif t == "boolean" then
+    if type(v) ~= "boolean" then return fail("expected true or false, got " .. describe(v)) end
+  elseif t == "list" then
+    if type(v) ~= "table" or (next(v) ~= nil and getmetatable(v) ~= array_mt) then
+      return fail("expected a list, got " .. describe(v))
+    end
+    local out = setmetatable({}, array_mt)
+    for i = 1, #v do
+      local item, err = check(spec.items, v[i], path .. "." .. i, st)
+      if err then return nil, err end
+      out[i] = item
+    end
+    return out
+  elseif t == "map" or t == "dict" then
+    if type(v) ~= "table" or getmetatable(v) == array_mt then
+      return fail("expected a mapping, got " .. describe(v))
+    end
+    local out = {}
+    if t == "map" then
+      local keys = {}
+      for k in pairs(v) do keys[#keys + 1] = tostring(k) end
+      sort(keys)
+      for _, k in ipairs(keys) do
+        if not spec.fields[k] then
+          st.unknown[#st.unknown + 1] = (path ~= "" and path .. "." or "") .. k
+          out[k] = v[k]
+        end
+      end
+      for k, fs in pairs(spec.fields) do
+        local val, err = check(fs, v[k], path ~= "" and (path .. "." .. k) or k, st)
+        if err then return nil, err end
+        out[k] = val
+      end
+    else
+      for k, val in pairs(v) do
+        local p = (path ~= "" and path .. "." or "") .. tostring(k)
+        local nv, err = check(spec.values, val, p, st)
+        if err then return nil, err end
+        out[tostring(k)] = nv
+      end
+    end
+    return out
+  end
+  if spec.check then
+    local ok, err = spec.check(v)
+    if not ok then return fail(err) end
+  end
+  return v
+end
+
+-- Returns the normalized config table, or nil, "file:line: key: reason".
+function _M.validate(doc, lines, file)
+  local st = { lines = lines or {}, file = file or "config.yaml", unknown = {} }
+  local cfg, err = check(schema, doc or {}, "", st)
+  if not cfg then return nil, err end
+  -- cross-field rules
+  if cfg.tls.enable and (cfg.tls.cert == "" or cfg.tls.key == "") then
+    local line = st.lines["tls.enable"]
+    return nil, format("%s%s: tls: enable needs both cert and key", st.file, line and (":" .. line) or "")
+  end
+  if cfg.limits["write-buffer-low-bytes"] >= cfg.limits["write-buffer-high-bytes"] then
+    return nil, format("%s: limits.write-buffer-low-bytes: must be below write-buffer-high-bytes", st.file)
+  end
+  -- legacy keys CLIProxyAPI migrates
+  for i, e in ipairs(cfg["openai-compatibility"]) do
+    if #e["api-key-entries"] == 0 and #e["api-keys"] > 0 then
+      for j, k in ipairs(e["api-keys"]) do
+        e["api-key-entries"][j] = { ["api-key"] = k }
+      end
+    end
+    e.index = i
+  end
+  for _, k in ipairs(cfg["generative-language-api-key"]) do
+    local list_ = cfg["gemini-api-key"]
+    list_[#list_ + 1] = { ["api-key"] = k, priority = 0, models = setmetatable({}, array_mt),
+                          ["excluded-models"] = setmetatable({}, array_mt) }
+  end
+  cfg._unknown = st.unknown
+  cfg._file = st.file
+  return cfg
+end
+
+return _M

@@ -1,0 +1,56 @@
+-- rt.http: response helpers shared by every route: CORS headers as
+-- CLIProxyAPI sends them, JSON bodies, and errors in the client's format.
+local json = require("rt.json")
+local translators = require("translators")
+
+local type = type
+local pairs = pairs
+
+local _M = {}
+
+local CORS = {
+  ["Access-Control-Allow-Origin"] = "*",
+  ["Access-Control-Allow-Methods"] = "GET, POST, PUT, PATCH, DELETE, OPTIONS",
+  ["Access-Control-Allow-Headers"] = "*",
+}
+_M.CORS = CORS
+
+-- Returns a new header table: CORS + content type + extra.
+function _M.headers(content_type, extra)
+  local h = {}
+  for k, v in pairs(CORS) do h[k] = v end
+  if content_type then h["Content-Type"] = content_type end
+  if extra then
+    for k, v in pairs(extra) do h[k] = v end
+  end
+  return h
+end
+
+function _M.json(req, status, body, extra)
+  local s = type(body) == "string" and body or json.encode(body)
+  return req:respond(status, _M.headers("application/json", extra), s)
+end
+
+-- Default OpenAI-style type and code per status (the fact sheet's table).
+local TYPES = {
+  [400] = { "invalid_request_error" },
+  [401] = { "authentication_error", "invalid_api_key" },
+  [403] = { "permission_error", "insufficient_quota" },
+  [404] = { "invalid_request_error", "model_not_found" },
+  [413] = { "invalid_request_error", "request_too_large" },
+  [429] = { "rate_limit_error", "rate_limit_exceeded" },
+}
+
+function _M.error_info(status, message, etype, code)
+  local d = TYPES[status] or (status >= 500 and { "server_error", "internal_server_error" }) or
+    { "invalid_request_error" }
+  return { status = status, type = etype or d[1], code = code or d[2], message = message }
+end
+
+-- Responds with cliproxy's own error in the client's wire format.
+function _M.error(req, format, status, message, etype, code, extra)
+  local body = translators.error_body(format or "openai_chat", _M.error_info(status, message, etype, code))
+  return _M.json(req, status, body, extra)
+end
+
+return _M

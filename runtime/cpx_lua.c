@@ -1,0 +1,527 @@
+/* cpx_lua.c: VM generations, the sandboxed module loader, settings.
+ * See cpx_lua.h. */
+#include "cpx_lua.h"
+
+#include <fcntl.h>
+#include <libgen.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <lauxlib.h>
+#include <lualib.h>
+#include <luajit.h>
+
+#include "cpx_log.h"
+#include "cpx_lua_util.h"
+#include "cpx_tokens.h"
+#include "cpx_yaml.h"
+
+#define REG_PATHS "cpx.paths"
+#define REG_ENV "cpx.env"
+#define MAX_MODULE_BYTES (8u * 1024 * 1024)
+
+/* ---- memory cap ---------------------------------------------------------- */
+
+static void *vm_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+  cpx_vm_t *vm = ud;
+  if (nsize == 0) {
+    if (ptr)
+      vm->mem_used -= osize;
+    free(ptr);
+    return NULL;
+  }
+  size_t old = ptr ? osize : 0;
+  if (vm->mem_limit && nsize > old &&
+      vm->mem_used + (nsize - old) > vm->mem_limit)
+    return NULL; /* LuaJIT raises "not enough memory" */
+  void *np = realloc(ptr, nsize);
+  if (np)
+    vm->mem_used = vm->mem_used - old + nsize;
+  return np;
+}
+
+static int vm_panic(lua_State *L) {
+  cpx_log_error(NULL, "Lua panic: %s", lua_tostring(L, -1));
+  abort();
+}
+
+/* ---- locating lua/ ------------------------------------------------------ */
+
+static int is_lua_dir(const char *dir) {
+  char p[PATH_MAX];
+  struct stat st;
+  snprintf(p, sizeof(p), "%s/rt/boot.lua", dir);
+  return stat(p, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+int cpx_lua_find_builtin_dir(const char *argv0, char *out, size_t outlen) {
+  char exe[PATH_MAX], cand[PATH_MAX + 64];
+  const char *env = getenv("CPX_LUA_DIR");
+  ssize_t n;
+
+  CPX_UNUSED(argv0);
+  if (env && is_lua_dir(env)) {
+    snprintf(out, outlen, "%s", env);
+    return 0;
+  }
+  n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+  if (n > 0) {
+    exe[n] = '\0';
+    char *dir = dirname(exe);
+    /* build/cliproxy in the source tree, then <prefix>/bin/cliproxy. */
+    const char *rel[] = {"/../lua", "/../share/cliproxy/lua", "/lua"};
+    for (size_t i = 0; i < sizeof(rel) / sizeof(rel[0]); i++) {
+      snprintf(cand, sizeof(cand), "%s%s", dir, rel[i]);
+      if (is_lua_dir(cand)) {
+        if (!realpath(cand, out))
+          snprintf(out, outlen, "%s", cand);
+        return 0;
+      }
+    }
+  }
+  snprintf(cand, sizeof(cand), "%s/lua", CPX_INSTALL_DATADIR);
+  if (is_lua_dir(cand)) {
+    snprintf(out, outlen, "%s", cand);
+    return 0;
+  }
+  snprintf(cand, sizeof(cand), "%s/lua", CPX_SOURCE_DIR);
+  if (is_lua_dir(cand)) {
+    snprintf(out, outlen, "%s", cand);
+    return 0;
+  }
+  return CPX_EINVAL;
+}
+
+/* ---- sandbox and loader -------------------------------------------------- */
+
+/* Modules the loader hands out from LuaJIT itself. */
+static const char *native_modules[] = {"table.new", "table.clear", NULL};
+
+static int read_file(const char *path, char **out, size_t *outlen) {
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  struct stat st;
+  char *buf;
+  ssize_t n;
+
+  if (fd < 0)
+    return -errno;
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) ||
+      (size_t)st.st_size > MAX_MODULE_BYTES) {
+    close(fd);
+    return CPX_EINVAL;
+  }
+  buf = malloc((size_t)st.st_size + 1);
+  if (!buf) {
+    close(fd);
+    return CPX_ENOMEM;
+  }
+  n = read(fd, buf, (size_t)st.st_size);
+  close(fd);
+  if (n != st.st_size) {
+    free(buf);
+    return CPX_EIO;
+  }
+  buf[n] = '\0';
+  *out = buf;
+  *outlen = (size_t)n;
+  return 0;
+}
+
+/* Loads a text chunk (never bytecode) and gives it the sandbox env.
+ * Stack: pushes the function, or returns non-zero with the message pushed. */
+static int load_sandboxed(lua_State *L, const char *path) {
+  char *src;
+  size_t len;
+  char chunk[PATH_MAX + 2];
+  int rc = read_file(path, &src, &len);
+
+  if (rc != 0) {
+    lua_pushfstring(L, "%s: cannot read (%s)", path, cpx_strerror(rc));
+    return 1;
+  }
+  if (len > 0 && src[0] == 0x1b) {
+    free(src);
+    lua_pushfstring(L, "%s: bytecode is not accepted", path);
+    return 1;
+  }
+  snprintf(chunk, sizeof(chunk), "@%s", path);
+  rc = luaL_loadbuffer(L, src, len, chunk);
+  free(src);
+  if (rc != 0)
+    return 1;
+  lua_getfield(L, LUA_REGISTRYINDEX, REG_ENV);
+  lua_setfenv(L, -2);
+  return 0;
+}
+
+/* require(name): user lua.paths first, then the built-in lua/ directory. A
+ * file in a user directory with the same relative name as a built-in one
+ * replaces it. */
+static int l_require(lua_State *L) {
+  const char *name = luaL_checkstring(L, 1);
+  char rel[512], path[PATH_MAX];
+  struct stat st;
+  int found = 0;
+
+  lua_getfield(L, LUA_REGISTRYINDEX, "_LOADED");
+  lua_getfield(L, -1, name);
+  if (!lua_isnil(L, -1))
+    return 1;
+  lua_pop(L, 1);
+  for (int i = 0; native_modules[i]; i++) {
+    if (strcmp(name, native_modules[i]) == 0) {
+      lua_getglobal(L, "require");
+      lua_pushvalue(L, 1);
+      lua_call(L, 1, 1);
+      return 1;
+    }
+  }
+  if (strlen(name) >= sizeof(rel) - 16 || strstr(name, "..") ||
+      strchr(name, '/'))
+    return luaL_error(L, "invalid module name '%s'", name);
+  snprintf(rel, sizeof(rel), "%s", name);
+  for (char *p = rel; *p; p++)
+    if (*p == '.')
+      *p = '/';
+  lua_getfield(L, LUA_REGISTRYINDEX, REG_PATHS);
+  int npaths = (int)lua_objlen(L, -1);
+  for (int i = 1; i <= npaths && !found; i++) {
+    lua_rawgeti(L, -1, i);
+    const char *dir = lua_tostring(L, -1);
+    const char *fmt[] = {"%s/%s.lua", "%s/%s/init.lua"};
+    for (int k = 0; k < 2 && !found; k++) {
+      snprintf(path, sizeof(path), fmt[k], dir, rel);
+      if (stat(path, &st) == 0 && S_ISREG(st.st_mode))
+        found = 1;
+    }
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  if (!found)
+    return luaL_error(L, "module '%s' not found in lua.paths or lua/", name);
+  if (load_sandboxed(L, path) != 0)
+    return lua_error(L);
+  lua_pushstring(L, name);
+  lua_call(L, 1, 1);
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    lua_pushboolean(L, 1);
+  }
+  lua_pushvalue(L, -1);
+  lua_setfield(L, -3, name); /* _LOADED[name] */
+  return 1;
+}
+
+static int l_print(lua_State *L) {
+  luaL_Buffer b;
+  int n = lua_gettop(L);
+  luaL_buffinit(L, &b);
+  for (int i = 1; i <= n; i++) {
+    lua_getglobal(L, "tostring");
+    lua_pushvalue(L, i);
+    lua_call(L, 1, 1);
+    if (i > 1)
+      luaL_addchar(&b, '\t');
+    luaL_addvalue(&b);
+  }
+  luaL_pushresult(&b);
+  cpx_log_info(NULL, "[lua] %s", lua_tostring(L, -1));
+  return 0;
+}
+
+static int l_env_newindex(lua_State *L) {
+  return luaL_error(L, "assignment to undeclared global '%s'",
+                    lua_tostring(L, 2) ? lua_tostring(L, 2) : "?");
+}
+
+/* Builds the environment every module runs in: the safe part of the
+ * standard library, our require, and no ffi/debug/io/os.execute/load. */
+static void build_sandbox(lua_State *L) {
+  static const char *globals[] = {
+      "assert", "error",    "ipairs",       "next",         "pairs",
+      "pcall",  "rawequal", "rawget",       "rawset",       "select",
+      "setmetatable", "getmetatable", "tonumber", "tostring", "type",
+      "unpack", "xpcall",   "string",       "table",        "math",
+      "bit",    "coroutine", NULL};
+
+  /* string.dump would hand out bytecode; strings share this table. */
+  lua_getglobal(L, "string");
+  lua_pushnil(L);
+  lua_setfield(L, -2, "dump");
+  lua_pop(L, 1);
+
+  lua_newtable(L); /* env */
+  for (int i = 0; globals[i]; i++) {
+    lua_getglobal(L, globals[i]);
+    lua_setfield(L, -2, globals[i]);
+  }
+  lua_newtable(L); /* os subset */
+  lua_getglobal(L, "os");
+  const char *os_ok[] = {"time", "clock", "date", "difftime", NULL};
+  for (int i = 0; os_ok[i]; i++) {
+    lua_getfield(L, -1, os_ok[i]);
+    lua_setfield(L, -3, os_ok[i]);
+  }
+  lua_pop(L, 1);
+  lua_setfield(L, -2, "os");
+  lua_pushcfunction(L, l_require);
+  lua_setfield(L, -2, "require");
+  lua_pushcfunction(L, l_print);
+  lua_setfield(L, -2, "print");
+  lua_pushvalue(L, -1);
+  lua_setfield(L, -2, "_G");
+  lua_newtable(L); /* metatable: stray globals are errors */
+  lua_pushcfunction(L, l_env_newindex);
+  lua_setfield(L, -2, "__newindex");
+  lua_setmetatable(L, -2);
+  lua_setfield(L, LUA_REGISTRYINDEX, REG_ENV);
+}
+
+/* ---- settings ------------------------------------------------------------ */
+
+/* Walks "a.b.c" from the table at idx; pushes the value (or nil). */
+static void get_path(lua_State *L, int idx, const char *path) {
+  char key[128];
+  const char *p = path;
+  idx = idx < 0 ? lua_gettop(L) + idx + 1 : idx;
+  lua_pushvalue(L, idx);
+  while (*p) {
+    const char *dot = strchr(p, '.');
+    size_t n = dot ? (size_t)(dot - p) : strlen(p);
+    if (n >= sizeof(key))
+      n = sizeof(key) - 1;
+    memcpy(key, p, n);
+    key[n] = '\0';
+    if (!lua_istable(L, -1)) {
+      lua_pop(L, 1);
+      lua_pushnil(L);
+      return;
+    }
+    lua_getfield(L, -1, key);
+    lua_remove(L, -2);
+    p = dot ? dot + 1 : p + n;
+  }
+}
+
+static double num_at(lua_State *L, int idx, const char *path, double dflt) {
+  double v;
+  get_path(L, idx, path);
+  v = lua_isnumber(L, -1) ? lua_tonumber(L, -1) : dflt;
+  lua_pop(L, 1);
+  return v;
+}
+
+static void str_at(lua_State *L, int idx, const char *path, char *out,
+                   size_t outlen, const char *dflt) {
+  get_path(L, idx, path);
+  snprintf(out, outlen, "%s", lua_isstring(L, -1) ? lua_tostring(L, -1) : dflt);
+  lua_pop(L, 1);
+}
+
+static int bool_at(lua_State *L, int idx, const char *path) {
+  int v;
+  get_path(L, idx, path);
+  v = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  return v;
+}
+
+static void read_settings(lua_State *L, int idx, cpx_settings_t *s) {
+  cpx_server_config_t *sc = &s->server;
+  memset(s, 0, sizeof(*s));
+  cpx_server_config_defaults(sc);
+  str_at(L, idx, "host", sc->host, sizeof(sc->host), "");
+  sc->port = (int)num_at(L, idx, "port", 8317);
+  sc->http.max_header_bytes =
+      (size_t)num_at(L, idx, "limits.max-header-bytes", 65536);
+  sc->http.max_fields = (size_t)num_at(L, idx, "limits.max-header-fields", 100);
+  sc->http.max_body =
+      (size_t)num_at(L, idx, "limits.max-body-bytes", 32.0 * 1024 * 1024);
+  sc->header_timeout_ms =
+      (uint64_t)(num_at(L, idx, "limits.header-timeout-seconds", 10) * 1000);
+  sc->body_timeout_ms =
+      (uint64_t)(num_at(L, idx, "limits.body-timeout-seconds", 60) * 1000);
+  sc->keepalive_timeout_ms =
+      (uint64_t)(num_at(L, idx, "limits.keepalive-timeout-seconds", 60) * 1000);
+  sc->write_stall_ms = (uint64_t)(
+      num_at(L, idx, "limits.write-stall-timeout-seconds", 300) * 1000);
+  sc->drain_timeout_ms =
+      (uint64_t)(num_at(L, idx, "limits.drain-timeout-seconds", 30) * 1000);
+  sc->write_high_water =
+      (size_t)num_at(L, idx, "limits.write-buffer-high-bytes", 262144);
+  sc->write_low_water =
+      (size_t)num_at(L, idx, "limits.write-buffer-low-bytes", 65536);
+  s->tls_enable = bool_at(L, idx, "tls.enable");
+  str_at(L, idx, "tls.cert", s->tls_cert, sizeof(s->tls_cert), "");
+  str_at(L, idx, "tls.key", s->tls_key, sizeof(s->tls_key), "");
+  s->debug = bool_at(L, idx, "debug");
+  str_at(L, idx, "proxy-url", s->proxy_url, sizeof(s->proxy_url), "");
+  s->workers = (int)num_at(L, idx, "workers", 1);
+  s->lua_memory_limit =
+      (size_t)(num_at(L, idx, "lua.memory-limit-mb", 256) * 1024 * 1024);
+  s->upstream_connect_ms = (uint64_t)(
+      num_at(L, idx, "limits.upstream-connect-timeout-seconds", 10) * 1000);
+  s->upstream_first_byte_ms = (uint64_t)(
+      num_at(L, idx, "limits.upstream-first-byte-timeout-seconds", 300) *
+      1000);
+  s->upstream_idle_ms = (uint64_t)(
+      num_at(L, idx, "limits.upstream-idle-timeout-seconds", 300) * 1000);
+  s->upstream_max_body = (size_t)num_at(
+      L, idx, "limits.upstream-max-body-bytes", 64.0 * 1024 * 1024);
+}
+
+/* ---- generations --------------------------------------------------------- */
+
+static int traceback(lua_State *L) {
+  const char *msg = lua_tostring(L, 1);
+  luaL_traceback(L, L, msg ? msg : "(error object)", 1);
+  return 1;
+}
+
+/* Sets registry[REG_PATHS] = { user dirs..., builtin }. User dirs come from
+ * lua.paths in the YAML document at doc_idx, relative to the config file. */
+static void set_paths(lua_State *L, int doc_idx, const char *config_path,
+                      const char *builtin) {
+  char cfgdir[PATH_MAX], full[PATH_MAX * 2];
+  int n = 0;
+
+  snprintf(cfgdir, sizeof(cfgdir), "%s", config_path);
+  snprintf(cfgdir, sizeof(cfgdir), "%s", dirname(cfgdir));
+  lua_newtable(L);
+  get_path(L, doc_idx, "lua.paths");
+  if (lua_istable(L, -1)) {
+    int len = (int)lua_objlen(L, -1);
+    for (int i = 1; i <= len; i++) {
+      lua_rawgeti(L, -1, i);
+      const char *d = lua_tostring(L, -1);
+      if (d && *d) {
+        if (d[0] == '/')
+          snprintf(full, sizeof(full), "%s", d);
+        else if (d[0] == '~' && getenv("HOME"))
+          snprintf(full, sizeof(full), "%s%s", getenv("HOME"), d + 1);
+        else
+          snprintf(full, sizeof(full), "%s/%s", cfgdir, d);
+        lua_pushstring(L, full);
+        lua_rawseti(L, -4, ++n);
+      }
+      lua_pop(L, 1);
+    }
+  }
+  lua_pop(L, 1);
+  lua_pushstring(L, builtin);
+  lua_rawseti(L, -2, ++n);
+  lua_setfield(L, LUA_REGISTRYINDEX, REG_PATHS);
+}
+
+int cpx_vm_new(cpx_worker_t *w, const char *config_path, cpx_vm_t **out,
+               char *err, size_t errlen) {
+  cpx_vm_t *vm = calloc(1, sizeof(*vm));
+  lua_State *L;
+  int rc, top;
+
+  if (!vm)
+    return CPX_ENOMEM;
+  vm->worker = w;
+  vm->refs = 1;
+  vm->gen = ++w->next_gen;
+  vm->handle_ref = vm->shutdown_ref = LUA_NOREF;
+  vm->mem_limit = 0; /* set once the config is read */
+  L = lua_newstate(vm_alloc, vm);
+  if (!L) {
+    free(vm);
+    snprintf(err, errlen, "cannot create a Lua state");
+    return CPX_ENOMEM;
+  }
+  vm->L = L;
+  lua_atpanic(L, vm_panic);
+  luaL_openlibs(L);
+  /* LuaJIT's JIT stays on: hooks cannot interrupt compiled loops anyway
+   * (documented: a script in an endless loop holds its worker). */
+
+  /* cpx = util part + server part; reachable as require("cpx"). */
+  cpx_lua_util_open(L);
+  cpx__lua_api_register(L);
+  cpx_tokens_lua_register(L);
+  lua_pushlightuserdata(L, w);
+  lua_setfield(L, LUA_REGISTRYINDEX, "cpx.worker");
+  lua_pushlightuserdata(L, vm);
+  lua_setfield(L, LUA_REGISTRYINDEX, "cpx.vm");
+  lua_getfield(L, LUA_REGISTRYINDEX, "_LOADED");
+  lua_pushvalue(L, -2);
+  lua_setfield(L, -2, "cpx");
+  lua_pop(L, 2);
+  build_sandbox(L);
+
+  top = lua_gettop(L);
+  rc = cpx_yaml_load_file(L, config_path, err, errlen);
+  if (rc != 0)
+    goto fail;
+  /* stack: doc, lines */
+  set_paths(L, top + 1, config_path, w->lua_dir);
+
+  lua_pushcfunction(L, traceback);
+  lua_pushcfunction(L, l_require);
+  lua_pushliteral(L, "rt.boot");
+  if (lua_pcall(L, 1, 1, top + 3) != 0) {
+    snprintf(err, errlen, "%s", lua_tostring(L, -1));
+    rc = CPX_ESCRIPT;
+    goto fail;
+  }
+  lua_getfield(L, -1, "start");
+  lua_pushvalue(L, top + 1);
+  lua_pushvalue(L, top + 2);
+  lua_pushstring(L, config_path);
+  if (lua_pcall(L, 3, 2, top + 3) != 0) {
+    snprintf(err, errlen, "%s", lua_tostring(L, -1));
+    rc = CPX_ESCRIPT;
+    goto fail;
+  }
+  if (lua_isnil(L, -2)) {
+    snprintf(err, errlen, "%s",
+             lua_tostring(L, -1) ? lua_tostring(L, -1) : "invalid config");
+    rc = CPX_EINVAL;
+    goto fail;
+  }
+  lua_pop(L, 1);
+  /* stack: doc lines tb boot app; app = {config=, handle=, shutdown=} */
+  lua_getfield(L, -1, "config");
+  read_settings(L, -1, &vm->settings);
+  lua_pop(L, 1);
+  lua_getfield(L, -1, "handle");
+  if (!lua_isfunction(L, -1)) {
+    snprintf(err, errlen, "rt.boot.start returned no handle function");
+    rc = CPX_ESCRIPT;
+    goto fail;
+  }
+  vm->handle_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_getfield(L, -1, "config");
+  lua_setfield(L, LUA_REGISTRYINDEX, "cpx.config");
+  lua_settop(L, top);
+  vm->mem_limit = vm->settings.lua_memory_limit;
+  if (vm->mem_limit && vm->mem_used > vm->mem_limit)
+    vm->mem_limit = vm->mem_used * 2;
+  lua_gc(L, LUA_GCCOLLECT, 0);
+  *out = vm;
+  return 0;
+
+fail:
+  lua_close(L);
+  free(vm);
+  return rc;
+}
+
+void cpx_vm_ref(cpx_vm_t *vm) {
+  vm->refs++;
+}
+
+void cpx_vm_unref(cpx_vm_t *vm) {
+  if (--vm->refs > 0)
+    return;
+  cpx_log_debug(NULL, "closing Lua generation %u", vm->gen);
+  lua_close(vm->L);
+  free(vm);
+}

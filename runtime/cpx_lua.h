@@ -1,0 +1,90 @@
+/* cpx_lua.h: LuaJIT VM generations, the module loader and sandbox, and the
+ * request coroutines.
+ *
+ * A generation (cpx_vm_t) is one lua_State with the config loaded and every
+ * module loaded and validated. A worker serves new requests on its current
+ * generation; a reload builds a whole new generation and swaps it in only
+ * if it built cleanly. Each request pins the generation it started on, so
+ * in-flight requests finish on the old one, which is closed when its last
+ * request ends.
+ *
+ * cpx_lua.c is the only place that calls lua_resume.
+ */
+#ifndef CPX_LUA_H
+#define CPX_LUA_H
+
+#include <lua.h>
+
+#include "cpx.h"
+#include "cpx_server.h"
+#include "cpx_upstream.h"
+
+typedef struct cpx_worker_s cpx_worker_t;
+typedef struct cpx_vm_s cpx_vm_t;
+
+/* Settings the C runtime needs, read from the validated config. */
+typedef struct {
+  cpx_server_config_t server;
+  int tls_enable;
+  char tls_cert[1024];
+  char tls_key[1024];
+  int debug;
+  char proxy_url[1024];
+  int workers;
+  size_t lua_memory_limit;
+  uint64_t upstream_connect_ms;
+  uint64_t upstream_first_byte_ms;
+  uint64_t upstream_idle_ms;
+  size_t upstream_max_body;
+} cpx_settings_t;
+
+struct cpx_vm_s {
+  lua_State *L;
+  int refs;      /* the worker's reference + one per request */
+  unsigned gen;
+  size_t mem_used;
+  size_t mem_limit;
+  int handle_ref; /* rt.server handle function */
+  int shutdown_ref;
+  cpx_worker_t *worker;
+  cpx_settings_t settings;
+};
+
+/* Everything one loop thread owns. */
+struct cpx_worker_s {
+  uv_loop_t *loop;
+  int id;
+  cpx_server_t server;
+  cpx_upstream_t upstream;
+  cpx_vm_t *vm;        /* current generation (one reference) */
+  uv_idle_t resume_idle;
+  void *resume_queue; /* requests whose coroutine must be resumed */
+  char config_path[4096];
+  char lua_dir[4096];  /* built-in lua/ directory */
+  unsigned next_gen;
+};
+
+/* Locates the built-in lua/ directory next to the executable, in the
+ * source tree or in the install data dir. Returns 0 or CPX_EINVAL. */
+int cpx_lua_find_builtin_dir(const char *argv0, char *out, size_t outlen);
+
+/* Builds a generation from the config file. On failure returns a negative
+ * code with "file:line: reason" in err. check_only builds without a
+ * worker (for `cliproxy check`). */
+int cpx_vm_new(cpx_worker_t *w, const char *config_path, cpx_vm_t **out,
+               char *err, size_t errlen);
+void cpx_vm_ref(cpx_vm_t *vm);
+void cpx_vm_unref(cpx_vm_t *vm);
+
+/* Worker glue: set the loop first, then init. */
+int cpx_worker_init_lua(cpx_worker_t *w);
+void cpx_worker_close_lua(cpx_worker_t *w);
+
+/* The server's request callback: runs rt.server.handle in a coroutine. */
+void cpx_lua_on_request(cpx_server_t *srv, cpx_request_t *r);
+
+/* Registers the request/upstream/log part of the `cpx` API into the table
+ * at the top of the stack (cpx_lua_api.c). */
+void cpx__lua_api_register(lua_State *L);
+
+#endif /* CPX_LUA_H */

@@ -1,0 +1,854 @@
+/* cpx_server.c: see cpx_server.h. */
+#include "cpx_server.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <openssl/rand.h>
+
+#include "cpx_log.h"
+
+/* Bytes read while a request is in flight are kept (pipelining, or a
+ * client that sends the next request early) up to this bound, then reading
+ * stops until the response is done. */
+#define CPX_CONN_PENDING_MAX (64 * 1024)
+/* After an error response we keep reading and discarding for a while so the
+ * client sees the response instead of a reset (lingering close). */
+#define CPX_LINGER_MS 2000
+#define CPX_LINGER_MAX_BYTES (1024 * 1024)
+
+enum {
+  CONN_IDLE = 0, /* waiting for the first byte of a request */
+  CONN_HEADERS,  /* reading the header */
+  CONN_BODY,     /* reading the body */
+  CONN_ACTIVE,   /* request handed to the handler */
+  CONN_LINGER,   /* response sent, discarding input before close */
+};
+
+struct cpx_conn_s {
+  uv_tcp_t tcp;
+  uv_timer_t timer;
+  cpx_server_t *srv;
+  cpx_conn_t *prev, *next;
+  cpx_http_parser_t parser;
+  cpx_tls_conn_t *tls;   /* owned */
+  char *pending;         /* owned: input not yet fed to the parser */
+  size_t pending_len, pending_cap;
+  cpx_request_t *active; /* holds one reference */
+  size_t write_queued;
+  size_t lingered;
+  int state;
+  int reading;
+  int closing;
+  int handles_open;
+  int close_when_flushed;
+  int shutting_down;
+  int timer_mode; /* what the running timer means: a CONN_* state or -1 */
+  char remote[64];
+};
+
+typedef struct {
+  uv_write_t req;
+  cpx_conn_t *conn;
+  size_t len;
+  uv_buf_t buf;
+  char data[];
+} conn_write_t;
+
+static void conn_close(cpx_conn_t *c);
+static void conn_process(cpx_conn_t *c);
+static void conn_start_reading(cpx_conn_t *c);
+static void request_done(cpx_request_t *r);
+static void conn_timer_arm(cpx_conn_t *c, uint64_t ms, int mode);
+
+void cpx_server_config_defaults(cpx_server_config_t *cfg) {
+  memset(cfg, 0, sizeof(*cfg));
+  snprintf(cfg->host, sizeof(cfg->host), "127.0.0.1");
+  cfg->port = 8317;
+  cfg->http.max_header_bytes = 64 * 1024;
+  cfg->http.max_fields = 100;
+  cfg->http.max_body = 32u * 1024 * 1024;
+  cfg->header_timeout_ms = 10000;
+  cfg->body_timeout_ms = 60000;
+  cfg->keepalive_timeout_ms = 60000;
+  cfg->write_stall_ms = 300000;
+  cfg->drain_timeout_ms = 30000;
+  cfg->write_high_water = 256 * 1024;
+  cfg->write_low_water = 64 * 1024;
+}
+
+/* ---- writing ------------------------------------------------------------ */
+
+static void on_shutdown_done(uv_shutdown_t *req, int status) {
+  cpx_conn_t *c = req->data;
+  free(req);
+  c->shutting_down = 0;
+  if (status < 0 || c->closing) {
+    conn_close(c);
+    return;
+  }
+  /* Linger: read and discard what the client still sends, then close. */
+  c->state = CONN_LINGER;
+  conn_start_reading(c);
+  conn_timer_arm(c, CPX_LINGER_MS, CONN_LINGER);
+}
+
+static void conn_flushed(cpx_conn_t *c) {
+  if (c->close_when_flushed && c->write_queued == 0 && !c->closing &&
+      !c->shutting_down) {
+    uv_shutdown_t *sd = malloc(sizeof(*sd));
+    if (!sd) {
+      conn_close(c);
+      return;
+    }
+    sd->data = c;
+    c->shutting_down = 1;
+    if (uv_shutdown(sd, (uv_stream_t *)&c->tcp, on_shutdown_done) != 0) {
+      free(sd);
+      c->shutting_down = 0;
+      conn_close(c);
+    }
+  }
+}
+
+static void on_write_done(uv_write_t *req, int status) {
+  conn_write_t *w = cpx_container_of(req, conn_write_t, req);
+  cpx_conn_t *c = w->conn;
+  size_t before = c->write_queued;
+
+  c->write_queued -= w->len;
+  free(w);
+  if (status < 0) {
+    conn_close(c);
+    return;
+  }
+  if (c->closing)
+    return;
+  if (c->state == CONN_ACTIVE) {
+    /* Progress was made: re-arm or stop the write-stall timer. */
+    if (c->write_queued > 0)
+      conn_timer_arm(c, c->srv->cfg.write_stall_ms, CONN_ACTIVE);
+    else if (c->timer_mode == CONN_ACTIVE)
+      uv_timer_stop(&c->timer);
+  }
+  if (c->active && before >= c->srv->cfg.write_low_water &&
+      c->write_queued < c->srv->cfg.write_low_water && c->active->on_drain)
+    c->active->on_drain(c->active);
+  conn_flushed(c);
+}
+
+/* Queues bytes on the socket (already encrypted when TLS is on). */
+static int conn_write_raw(cpx_conn_t *c, const char *p1, size_t n1,
+                          const char *p2, size_t n2, const char *p3,
+                          size_t n3) {
+  size_t total = n1 + n2 + n3;
+  conn_write_t *w;
+  int rc;
+
+  if (c->closing)
+    return CPX_ECLOSED;
+  if (total == 0)
+    return 0;
+  w = malloc(sizeof(*w) + total);
+  if (!w)
+    return CPX_ENOMEM;
+  if (n1)
+    memcpy(w->data, p1, n1);
+  if (n2)
+    memcpy(w->data + n1, p2, n2);
+  if (n3)
+    memcpy(w->data + n1 + n2, p3, n3);
+  w->conn = c;
+  w->len = total;
+  w->buf = uv_buf_init(w->data, (unsigned int)total);
+  rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, &w->buf, 1, on_write_done);
+  if (rc < 0) {
+    free(w);
+    return rc;
+  }
+  c->write_queued += total;
+  if (c->state == CONN_ACTIVE && c->timer_mode != CONN_ACTIVE) {
+    conn_timer_arm(c, c->srv->cfg.write_stall_ms, CONN_ACTIVE);
+  }
+  return 0;
+}
+
+static int tls_cipher_out(void *ud, const char *buf, size_t len) {
+  return conn_write_raw(ud, buf, len, NULL, 0, NULL, 0) < 0 ? 1 : 0;
+}
+
+/* Writes up to three plaintext pieces as one unit. */
+static int conn_write(cpx_conn_t *c, const char *p1, size_t n1,
+                      const char *p2, size_t n2, const char *p3, size_t n3) {
+  if (!c->tls)
+    return conn_write_raw(c, p1, n1, p2, n2, p3, n3);
+  const char *ps[3] = {p1, p2, p3};
+  size_t ns[3] = {n1, n2, n3};
+  for (int i = 0; i < 3; i++) {
+    if (!ns[i])
+      continue;
+    int rc = cpx_tls_conn_write(c->tls, ps[i], ns[i], tls_cipher_out, c);
+    if (rc != 0)
+      return rc < 0 ? rc : CPX_EIO;
+  }
+  return 0;
+}
+
+/* ---- timers ------------------------------------------------------------- */
+
+static void on_conn_timer(uv_timer_t *t) {
+  cpx_conn_t *c = t->data;
+  int mode = c->timer_mode;
+
+  c->timer_mode = -1;
+  switch (mode) {
+  case CONN_IDLE:
+    conn_close(c);
+    break;
+  case CONN_HEADERS:
+  case CONN_BODY: {
+    static const char resp[] =
+        "HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
+        "Content-Length: 74\r\nConnection: close\r\n\r\n"
+        "{\"error\":{\"message\":\"request timeout\",\"type\":"
+        "\"invalid_request_error\"}}\n";
+    cpx_log_info(NULL, "408 | %s | request not received in time", c->remote);
+    c->close_when_flushed = 1;
+    if (conn_write(c, resp, sizeof(resp) - 1, NULL, 0, NULL, 0) != 0)
+      conn_close(c);
+    else
+      conn_flushed(c);
+    break;
+  }
+  case CONN_ACTIVE:
+    cpx_log_warn(c->active ? c->active->rid : NULL,
+                 "client stopped reading for too long: closing");
+    conn_close(c);
+    break;
+  case CONN_LINGER:
+  default:
+    conn_close(c);
+    break;
+  }
+}
+
+static void conn_timer_arm(cpx_conn_t *c, uint64_t ms, int mode) {
+  if (c->closing)
+    return;
+  c->timer_mode = mode;
+  uv_timer_start(&c->timer, on_conn_timer, ms, 0);
+}
+
+/* ---- requests ----------------------------------------------------------- */
+
+void cpx_request_ref(cpx_request_t *r) {
+  r->refs++;
+}
+
+void cpx_request_unref(cpx_request_t *r) {
+  if (--r->refs > 0)
+    return;
+  if (r->on_free)
+    r->on_free(r);
+  cpx_http_request_free(&r->http);
+  free(r);
+}
+
+static void access_log(cpx_request_t *r) {
+  char target[512];
+  double ms;
+
+  if (r->logged)
+    return;
+  r->logged = 1;
+  ms = (double)(uv_hrtime() - r->start_ns) / 1e6;
+  cpx_log_redact_query(r->http.buf + r->http.url_off, r->http.url_len, target,
+                       sizeof(target));
+  cpx_log_info(r->rid, "%d | %.3fms | %s | %s %s | in=%zu out=%llu%s",
+               r->status ? r->status : 499, ms, r->remote,
+               r->http.method ? r->http.method : "-", target,
+               r->http.body_len, (unsigned long long)r->bytes_out,
+               r->aborted ? " | client closed" : "");
+}
+
+const char *cpx_request_header(const cpx_request_t *r, const char *name,
+                               size_t *n) {
+  return cpx_http_header(&r->http, name, n);
+}
+
+size_t cpx_request_queued(const cpx_request_t *r) {
+  return r->conn ? r->conn->write_queued : 0;
+}
+
+int cpx_request_congested(const cpx_request_t *r) {
+  return r->conn && r->conn->write_queued > r->srv->cfg.write_high_water;
+}
+
+static int header_is(const cpx_header_t *h, const char *name) {
+  size_t n = strlen(name);
+  return h->name.n == n && strncasecmp(h->name.p, name, n) == 0;
+}
+
+/* Serialises the status line and headers into a malloc'd buffer. */
+static char *build_head(cpx_request_t *r, int status,
+                        const cpx_header_t *headers, size_t nheaders,
+                        long long content_length, int chunked, size_t *outlen) {
+  size_t cap = 256;
+  size_t len = 0;
+  char *buf;
+  int keep;
+
+  for (size_t i = 0; i < nheaders; i++)
+    cap += headers[i].name.n + headers[i].value.n + 4;
+  buf = malloc(cap);
+  if (!buf)
+    return NULL;
+  len += (size_t)snprintf(buf + len, cap - len, "HTTP/1.1 %d %s\r\n", status,
+                          cpx_http_reason(status));
+  for (size_t i = 0; i < nheaders; i++) {
+    const cpx_header_t *h = &headers[i];
+    /* Framing and connection headers are ours to decide. */
+    if (header_is(h, "content-length") || header_is(h, "transfer-encoding") ||
+        header_is(h, "connection") || header_is(h, "keep-alive"))
+      continue;
+    memcpy(buf + len, h->name.p, h->name.n);
+    len += h->name.n;
+    buf[len++] = ':';
+    buf[len++] = ' ';
+    memcpy(buf + len, h->value.p, h->value.n);
+    len += h->value.n;
+    buf[len++] = '\r';
+    buf[len++] = '\n';
+  }
+  keep = r->http.keep_alive && !r->close_after && !r->srv->draining &&
+         !r->http.upgrade;
+  if (!keep)
+    r->close_after = 1;
+  if (chunked)
+    len += (size_t)snprintf(buf + len, cap - len,
+                            "Transfer-Encoding: chunked\r\n");
+  else if (content_length >= 0)
+    len += (size_t)snprintf(buf + len, cap - len, "Content-Length: %lld\r\n",
+                            content_length);
+  len += (size_t)snprintf(buf + len, cap - len, "Connection: %s\r\n\r\n",
+                          keep ? "keep-alive" : "close");
+  *outlen = len;
+  return buf;
+}
+
+int cpx_request_respond(cpx_request_t *r, int status,
+                        const cpx_header_t *headers, size_t nheaders,
+                        const char *body, size_t len) {
+  size_t hlen;
+  char *head;
+  int rc, is_head;
+
+  if (r->headers_sent || r->finished)
+    return CPX_ESTATE;
+  r->status = status;
+  r->headers_sent = 1;
+  if (!r->conn) {
+    request_done(r);
+    return CPX_ECLOSED;
+  }
+  is_head = r->http.method && strcmp(r->http.method, "HEAD") == 0;
+  /* 1xx, 204 and 304 carry no body and no Content-Length. */
+  int no_body = status == 204 || status == 304 || (status >= 100 && status < 200);
+  head = build_head(r, status, headers, nheaders, no_body ? -1 : (long long)len,
+                    0, &hlen);
+  if (!head)
+    return CPX_ENOMEM;
+  rc = conn_write(r->conn, head, hlen, (is_head || no_body) ? NULL : body,
+                  (is_head || no_body) ? 0 : len, NULL, 0);
+  free(head);
+  if (rc == 0)
+    r->bytes_out += len;
+  request_done(r);
+  return rc;
+}
+
+int cpx_request_start(cpx_request_t *r, int status,
+                      const cpx_header_t *headers, size_t nheaders) {
+  size_t hlen;
+  char *head;
+  int rc;
+
+  if (r->headers_sent || r->finished)
+    return CPX_ESTATE;
+  r->status = status;
+  r->headers_sent = 1;
+  r->streaming = 1;
+  if (!r->conn)
+    return CPX_ECLOSED;
+  r->chunked = r->http.http_major == 1 && r->http.http_minor >= 1;
+  if (!r->chunked)
+    r->close_after = 1; /* HTTP/1.0: the end of the body is the close */
+  head = build_head(r, status, headers, nheaders, -1, r->chunked, &hlen);
+  if (!head)
+    return CPX_ENOMEM;
+  rc = conn_write(r->conn, head, hlen, NULL, 0, NULL, 0);
+  free(head);
+  return rc;
+}
+
+int cpx_request_write(cpx_request_t *r, const char *data, size_t len) {
+  char size_line[32];
+  int n;
+
+  if (!r->streaming || r->finished)
+    return CPX_ESTATE;
+  if (!r->conn)
+    return CPX_ECLOSED;
+  if (len == 0)
+    return 0;
+  r->bytes_out += len;
+  if (!r->chunked)
+    return conn_write(r->conn, data, len, NULL, 0, NULL, 0);
+  n = snprintf(size_line, sizeof(size_line), "%zx\r\n", len);
+  return conn_write(r->conn, size_line, (size_t)n, data, len, "\r\n", 2);
+}
+
+int cpx_request_finish(cpx_request_t *r) {
+  int rc = 0;
+
+  if (!r->streaming || r->finished)
+    return CPX_ESTATE;
+  if (r->conn && r->chunked)
+    rc = conn_write(r->conn, "0\r\n\r\n", 5, NULL, 0, NULL, 0);
+  request_done(r);
+  return rc;
+}
+
+/* The response is complete (or the client is gone): log it and let the
+ * connection move on to the next request. */
+static void request_done(cpx_request_t *r) {
+  cpx_conn_t *c = r->conn;
+
+  if (r->finished)
+    return;
+  r->finished = 1;
+  access_log(r);
+  r->srv->active_requests--;
+  if (!c) {
+    if (r->srv->draining && r->srv->active_requests == 0 &&
+        r->srv->on_drained)
+      r->srv->on_drained(r->srv);
+    return;
+  }
+  c->active = NULL;
+  r->conn = NULL;
+  if (r->close_after) {
+    c->close_when_flushed = 1;
+    conn_flushed(c);
+  } else {
+    c->state = CONN_IDLE;
+    conn_timer_arm(c, c->srv->cfg.keepalive_timeout_ms, CONN_IDLE);
+  }
+  cpx_request_unref(r);
+  if (c->srv->draining && c->srv->active_requests == 0 && c->srv->on_drained)
+    c->srv->on_drained(c->srv);
+  if (!c->close_when_flushed && !c->closing) {
+    /* Pipelined bytes may already hold the next request. */
+    conn_start_reading(c);
+    if (c->pending_len)
+      conn_process(c);
+  }
+}
+
+/* ---- reading and parsing ------------------------------------------------ */
+
+static void error_response(cpx_conn_t *c, int status, const char *reason) {
+  char body[256], head[256];
+  int bn, hn;
+
+  bn = snprintf(body, sizeof(body),
+                "{\"error\":{\"message\":\"%s\",\"type\":\"%s\"}}\n",
+                reason ? reason : cpx_http_reason(status),
+                status >= 500 ? "server_error" : "invalid_request_error");
+  hn = snprintf(head, sizeof(head),
+                "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
+                "Content-Length: %d\r\nConnection: close\r\n\r\n",
+                status, cpx_http_reason(status), bn);
+  cpx_log_info(NULL, "%d | %s | rejected: %s", status, c->remote,
+               reason ? reason : "");
+  c->close_when_flushed = 1;
+  uv_timer_stop(&c->timer);
+  c->timer_mode = -1;
+  if (conn_write(c, head, (size_t)hn, body, (size_t)bn, NULL, 0) != 0)
+    conn_close(c);
+  else
+    conn_flushed(c);
+}
+
+static void dispatch(cpx_conn_t *c) {
+  cpx_server_t *srv = c->srv;
+  cpx_request_t *r = calloc(1, sizeof(*r));
+
+  if (!r) {
+    error_response(c, 500, "out of memory");
+    return;
+  }
+  r->srv = srv;
+  r->conn = c;
+  r->refs = 1; /* the connection's reference */
+  r->start_ns = uv_hrtime();
+  snprintf(r->remote, sizeof(r->remote), "%s", c->remote);
+  {
+    unsigned char rnd[4];
+    if (RAND_bytes(rnd, sizeof(rnd)) != 1) {
+      uint64_t x = ++srv->next_rid ^ r->start_ns;
+      memcpy(rnd, &x, 4);
+    }
+    snprintf(r->rid, sizeof(r->rid), "%02x%02x%02x%02x", rnd[0], rnd[1],
+             rnd[2], rnd[3]);
+  }
+  cpx_http_take_request(&c->parser, &r->http);
+  if (srv->draining)
+    r->close_after = 1;
+  c->active = r;
+  c->state = CONN_ACTIVE;
+  uv_timer_stop(&c->timer);
+  c->timer_mode = -1;
+  srv->active_requests++;
+  srv->on_request(srv, r);
+}
+
+/* Runs the parser over pending input until it needs more bytes, a request
+ * is dispatched, or the connection is being closed. */
+static void conn_process(cpx_conn_t *c) {
+  while (!c->closing && !c->close_when_flushed && !c->active &&
+         c->state != CONN_LINGER) {
+    size_t used = 0;
+    int st;
+
+    if (c->pending_len == 0)
+      return;
+    if (c->state == CONN_IDLE) {
+      c->state = CONN_HEADERS;
+      conn_timer_arm(c, c->srv->cfg.header_timeout_ms, CONN_HEADERS);
+    }
+    st = cpx_http_feed(&c->parser, c->pending, c->pending_len, &used);
+    if (used) {
+      memmove(c->pending, c->pending + used, c->pending_len - used);
+      c->pending_len -= used;
+    }
+    switch (st) {
+    case CPX_HTTP_NEED_MORE:
+      if (c->state == CONN_BODY)
+        conn_timer_arm(c, c->srv->cfg.body_timeout_ms, CONN_BODY);
+      return;
+    case CPX_HTTP_HEADERS_DONE:
+      c->state = CONN_BODY;
+      conn_timer_arm(c, c->srv->cfg.body_timeout_ms, CONN_BODY);
+      if (c->parser.req.expect_continue && c->parser.req.has_body &&
+          c->parser.req.http_minor >= 1) {
+        static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+        conn_write(c, cont, sizeof(cont) - 1, NULL, 0, NULL, 0);
+      }
+      continue;
+    case CPX_HTTP_DONE:
+      dispatch(c);
+      return;
+    case CPX_HTTP_ERROR:
+    default:
+      error_response(c, c->parser.error_status ? c->parser.error_status : 400,
+                     c->parser.error_reason);
+      return;
+    }
+  }
+}
+
+static int pending_append(cpx_conn_t *c, const char *p, size_t n) {
+  if (c->pending_len + n > c->pending_cap) {
+    size_t nc = c->pending_cap ? c->pending_cap : 16384;
+    while (nc < c->pending_len + n)
+      nc *= 2;
+    char *nb = realloc(c->pending, nc);
+    if (!nb)
+      return CPX_ENOMEM;
+    c->pending = nb;
+    c->pending_cap = nc;
+  }
+  memcpy(c->pending + c->pending_len, p, n);
+  c->pending_len += n;
+  return 0;
+}
+
+static int tls_plain_in(void *ud, const char *buf, size_t len) {
+  cpx_conn_t *c = ud;
+  return pending_append(c, buf, len) ? 1 : 0;
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+  static __thread char slab[65536];
+  CPX_UNUSED(h);
+  CPX_UNUSED(suggested);
+  *buf = uv_buf_init(slab, sizeof(slab));
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
+  cpx_conn_t *c = s->data;
+
+  if (nread < 0) {
+    /* EOF or error: a client that leaves cancels its request. */
+    conn_close(c);
+    return;
+  }
+  if (nread == 0)
+    return;
+  if (c->state == CONN_LINGER) {
+    c->lingered += (size_t)nread;
+    if (c->lingered > CPX_LINGER_MAX_BYTES)
+      conn_close(c);
+    return;
+  }
+  if (c->tls) {
+    int rc = cpx_tls_conn_feed(c->tls, buf->base, (size_t)nread, tls_plain_in,
+                               tls_cipher_out, c);
+    if (rc != 0) {
+      conn_close(c);
+      return;
+    }
+  } else if (pending_append(c, buf->base, (size_t)nread) != 0) {
+    conn_close(c);
+    return;
+  }
+  if (c->active) {
+    if (c->pending_len > CPX_CONN_PENDING_MAX && c->reading) {
+      uv_read_stop(s);
+      c->reading = 0;
+    }
+    return;
+  }
+  conn_process(c);
+}
+
+static void conn_start_reading(cpx_conn_t *c) {
+  if (c->reading || c->closing)
+    return;
+  if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0)
+    c->reading = 1;
+}
+
+/* ---- connection lifecycle ----------------------------------------------- */
+
+static void on_conn_handle_closed(uv_handle_t *h) {
+  cpx_conn_t *c = h->data;
+  if (--c->handles_open > 0)
+    return;
+  cpx_http_parser_free(&c->parser);
+  if (c->tls)
+    cpx_tls_conn_free(c->tls);
+  free(c->pending);
+  free(c);
+}
+
+static void conn_close(cpx_conn_t *c) {
+  cpx_server_t *srv = c->srv;
+  cpx_request_t *r = c->active;
+
+  if (c->closing)
+    return;
+  c->closing = 1;
+  if (c->prev)
+    c->prev->next = c->next;
+  else
+    srv->conns = c->next;
+  if (c->next)
+    c->next->prev = c->prev;
+  srv->nconns--;
+  if (r) {
+    c->active = NULL;
+    r->conn = NULL;
+    if (!r->finished) {
+      r->aborted = 1;
+      if (r->on_abort)
+        r->on_abort(r);
+      if (!r->finished)
+        request_done(r);
+    }
+    cpx_request_unref(r);
+  }
+  uv_close((uv_handle_t *)&c->tcp, on_conn_handle_closed);
+  uv_close((uv_handle_t *)&c->timer, on_conn_handle_closed);
+}
+
+static void on_connection(uv_stream_t *server, int status) {
+  cpx_server_t *srv = server->data;
+  cpx_conn_t *c;
+  struct sockaddr_storage ss;
+  int namelen = sizeof(ss);
+
+  if (status < 0) {
+    cpx_log_warn(NULL, "accept failed: %s", uv_strerror(status));
+    return;
+  }
+  c = calloc(1, sizeof(*c));
+  if (!c)
+    return;
+  c->srv = srv;
+  c->timer_mode = -1;
+  uv_tcp_init(srv->loop, &c->tcp);
+  uv_timer_init(srv->loop, &c->timer);
+  c->tcp.data = c;
+  c->timer.data = c;
+  c->handles_open = 2;
+  if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0) {
+    c->closing = 1;
+    uv_close((uv_handle_t *)&c->tcp, on_conn_handle_closed);
+    uv_close((uv_handle_t *)&c->timer, on_conn_handle_closed);
+    return;
+  }
+  uv_tcp_nodelay(&c->tcp, 1);
+  if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &namelen) == 0) {
+    if (ss.ss_family == AF_INET6)
+      uv_ip6_name((struct sockaddr_in6 *)&ss, c->remote, sizeof(c->remote));
+    else
+      uv_ip4_name((struct sockaddr_in *)&ss, c->remote, sizeof(c->remote));
+  }
+  cpx_http_parser_init(&c->parser, &srv->cfg.http);
+  if (srv->tls && cpx_tls_conn_new(srv->tls, &c->tls) != 0) {
+    c->closing = 1;
+    uv_close((uv_handle_t *)&c->tcp, on_conn_handle_closed);
+    uv_close((uv_handle_t *)&c->timer, on_conn_handle_closed);
+    return;
+  }
+  c->next = srv->conns;
+  if (srv->conns)
+    srv->conns->prev = c;
+  srv->conns = c;
+  srv->nconns++;
+  /* The keep-alive idle timeout also bounds a connection that never sends
+   * its first byte; the header timeout starts at that byte. */
+  conn_timer_arm(c, srv->cfg.header_timeout_ms, CONN_IDLE);
+  conn_start_reading(c);
+}
+
+int cpx_server_init(cpx_server_t *srv, uv_loop_t *loop,
+                    const cpx_server_config_t *cfg, cpx_tls_ctx_t *tls) {
+  memset(srv, 0, sizeof(*srv));
+  srv->loop = loop;
+  srv->cfg = *cfg;
+  srv->tls = tls;
+  uv_tcp_init(loop, &srv->listener);
+  uv_timer_init(loop, &srv->drain_timer);
+  srv->listener.data = srv;
+  srv->drain_timer.data = srv;
+  return 0;
+}
+
+int cpx_server_listen(cpx_server_t *srv, char *err, size_t errlen) {
+  struct sockaddr_storage addr;
+  const char *host = srv->cfg.host[0] ? srv->cfg.host : "0.0.0.0";
+  int rc;
+
+  if (strchr(host, ':'))
+    rc = uv_ip6_addr(host, srv->cfg.port, (struct sockaddr_in6 *)&addr);
+  else
+    rc = uv_ip4_addr(strcmp(host, "localhost") == 0 ? "127.0.0.1" : host,
+                     srv->cfg.port, (struct sockaddr_in *)&addr);
+  if (rc != 0) {
+    snprintf(err, errlen, "invalid listen address %s:%d", host, srv->cfg.port);
+    return CPX_EINVAL;
+  }
+  if (srv->cfg.reuse_port) {
+    uv_os_fd_t fd;
+    /* SO_REUSEPORT lets every worker own a listener on the same port. */
+    if (uv_fileno((uv_handle_t *)&srv->listener, &fd) == 0) {
+      int one = 1;
+      setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+    }
+  }
+  rc = uv_tcp_bind(&srv->listener, (struct sockaddr *)&addr, 0);
+  if (rc == 0)
+    rc = uv_listen((uv_stream_t *)&srv->listener, 1024, on_connection);
+  if (rc != 0) {
+    snprintf(err, errlen, "cannot listen on %s:%d: %s", host, srv->cfg.port,
+             uv_strerror(rc));
+    return rc;
+  }
+  srv->listening = 1;
+  return 0;
+}
+
+void cpx_server_update_config(cpx_server_t *srv,
+                              const cpx_server_config_t *cfg) {
+  char host[256];
+  int port = srv->cfg.port;
+  memcpy(host, srv->cfg.host, sizeof(host));
+  srv->cfg = *cfg;
+  /* The socket stays where it is; a new address needs a restart. */
+  memcpy(srv->cfg.host, host, sizeof(host));
+  srv->cfg.port = port;
+}
+
+static void on_drain_deadline(uv_timer_t *t) {
+  cpx_server_t *srv = t->data;
+  cpx_conn_t *c = srv->conns;
+
+  cpx_log_warn(NULL, "drain deadline reached: ending %zu request(s)",
+               srv->active_requests);
+  while (c) {
+    cpx_conn_t *next = c->next;
+    cpx_request_t *r = c->active;
+    if (r && !r->finished) {
+      cpx_request_ref(r);
+      if (r->on_shutdown)
+        r->on_shutdown(r);
+      if (!r->finished && r->conn)
+        conn_close(c);
+      cpx_request_unref(r);
+    } else if (!c->closing && c->write_queued == 0) {
+      conn_close(c);
+    }
+    c = next;
+  }
+  if (srv->active_requests == 0 && srv->on_drained)
+    srv->on_drained(srv);
+}
+
+static void noop_close(uv_handle_t *h) {
+  CPX_UNUSED(h);
+}
+
+void cpx_server_drain(cpx_server_t *srv) {
+  cpx_conn_t *c;
+
+  if (srv->draining)
+    return;
+  srv->draining = 1;
+  if (srv->listening) {
+    uv_close((uv_handle_t *)&srv->listener, noop_close);
+    srv->listening = 0;
+  }
+  for (c = srv->conns; c;) {
+    cpx_conn_t *next = c->next;
+    if (!c->active && c->write_queued == 0)
+      conn_close(c);
+    c = next;
+  }
+  if (srv->active_requests == 0) {
+    if (srv->on_drained)
+      srv->on_drained(srv);
+    return;
+  }
+  cpx_log_info(NULL, "draining %zu request(s), up to %llu ms",
+               srv->active_requests,
+               (unsigned long long)srv->cfg.drain_timeout_ms);
+  uv_timer_start(&srv->drain_timer, on_drain_deadline,
+                 srv->cfg.drain_timeout_ms, 0);
+}
+
+void cpx_server_close(cpx_server_t *srv) {
+  if (srv->closed)
+    return;
+  srv->closed = 1;
+  while (srv->conns)
+    conn_close(srv->conns);
+  if (!uv_is_closing((uv_handle_t *)&srv->listener))
+    uv_close((uv_handle_t *)&srv->listener, noop_close);
+  if (!uv_is_closing((uv_handle_t *)&srv->drain_timer))
+    uv_close((uv_handle_t *)&srv->drain_timer, noop_close);
+}

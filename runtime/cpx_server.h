@@ -1,0 +1,130 @@
+/* cpx_server.h: the libuv HTTP/1.1 server: listener, connections,
+ * keep-alive, limits, timeouts, response writing with backpressure, drain.
+ *
+ * Ownership:
+ *   - cpx_server_t is owned by the worker; cpx_server_close starts closing
+ *     its handles and the worker frees it after the loop has run them out.
+ *   - cpx_conn_t is owned by the server; it is freed in the close callbacks
+ *     of its two handles (tcp and timer).
+ *   - cpx_request_t is reference counted: the connection holds one reference
+ *     while the request is its active one, the handler (the Lua layer) takes
+ *     one with cpx_request_ref. When the client goes away first, r->conn
+ *     becomes NULL and writes fail with CPX_ECLOSED.
+ */
+#ifndef CPX_SERVER_H
+#define CPX_SERVER_H
+
+#include <uv.h>
+
+#include "cpx.h"
+#include "cpx_http.h"
+#include "cpx_tls.h"
+
+typedef struct cpx_server_s cpx_server_t;
+typedef struct cpx_conn_s cpx_conn_t;
+typedef struct cpx_request_s cpx_request_t;
+
+typedef struct {
+  char host[256];
+  int port;
+  cpx_http_limits_t http;
+  uint64_t header_timeout_ms;    /* whole header: 10 s -> 408 */
+  uint64_t body_timeout_ms;      /* between body reads: 60 s -> 408 */
+  uint64_t keepalive_timeout_ms; /* idle keep-alive: 60 s */
+  uint64_t write_stall_ms;       /* no write progress: 300 s -> close */
+  uint64_t drain_timeout_ms;     /* SIGTERM drain: 30 s */
+  size_t write_high_water;       /* pause producers above (256 KiB) */
+  size_t write_low_water;        /* resume producers below (64 KiB) */
+  int reuse_port;
+} cpx_server_config_t;
+
+void cpx_server_config_defaults(cpx_server_config_t *cfg);
+
+typedef struct {
+  cpx_str_t name;
+  cpx_str_t value;
+} cpx_header_t;
+
+struct cpx_request_s {
+  cpx_server_t *srv;
+  cpx_conn_t *conn;         /* NULL once the client is gone */
+  cpx_http_request_t http;  /* owned */
+  char rid[9];              /* 8 hex chars */
+  char remote[64];
+  uint64_t start_ns;
+  int refs;
+  /* response state */
+  int status;
+  int headers_sent;
+  int streaming;   /* started with cpx_request_start */
+  int chunked;     /* streaming with chunked encoding */
+  int finished;
+  int aborted;     /* client gone before finish */
+  int close_after; /* send Connection: close */
+  int logged;
+  uint64_t bytes_out;
+  /* Set by the handler (the Lua layer); called from the loop. */
+  void *handler_data;
+  void (*on_abort)(cpx_request_t *r);    /* client disconnected */
+  void (*on_drain)(cpx_request_t *r);    /* write queue fell below low water */
+  void (*on_shutdown)(cpx_request_t *r); /* drain deadline reached */
+  void (*on_free)(cpx_request_t *r);     /* last reference dropped */
+};
+
+/* Called for each complete request. The handler must eventually finish the
+ * response (or the client goes away). */
+typedef void (*cpx_request_cb)(cpx_server_t *srv, cpx_request_t *r);
+typedef void (*cpx_server_drained_cb)(cpx_server_t *srv);
+
+struct cpx_server_s {
+  uv_loop_t *loop;
+  uv_tcp_t listener;
+  uv_timer_t drain_timer;
+  cpx_server_config_t cfg;
+  cpx_tls_ctx_t *tls; /* owned; NULL without TLS */
+  cpx_request_cb on_request;
+  cpx_server_drained_cb on_drained;
+  void *data;
+  cpx_conn_t *conns; /* intrusive list of open connections */
+  size_t nconns;
+  size_t active_requests;
+  uint64_t next_rid;
+  int listening;
+  int draining;
+  int closed;
+};
+
+int cpx_server_init(cpx_server_t *srv, uv_loop_t *loop,
+                    const cpx_server_config_t *cfg, cpx_tls_ctx_t *tls);
+int cpx_server_listen(cpx_server_t *srv, char *err, size_t errlen);
+/* Applies new limits and timeouts to new connections (reload). */
+void cpx_server_update_config(cpx_server_t *srv,
+                              const cpx_server_config_t *cfg);
+/* Stops accepting, closes idle connections, lets active requests finish;
+ * at the deadline calls on_shutdown for each remaining request and closes
+ * its connection. on_drained runs once no request is left. */
+void cpx_server_drain(cpx_server_t *srv);
+/* Closes every handle now. */
+void cpx_server_close(cpx_server_t *srv);
+
+void cpx_request_ref(cpx_request_t *r);
+void cpx_request_unref(cpx_request_t *r);
+
+/* Complete response with a body (Content-Length). headers may be NULL. */
+int cpx_request_respond(cpx_request_t *r, int status,
+                        const cpx_header_t *headers, size_t nheaders,
+                        const char *body, size_t len);
+/* Starts a streamed response (chunked for HTTP/1.1). */
+int cpx_request_start(cpx_request_t *r, int status,
+                      const cpx_header_t *headers, size_t nheaders);
+int cpx_request_write(cpx_request_t *r, const char *data, size_t len);
+int cpx_request_finish(cpx_request_t *r);
+/* Bytes queued towards the client and not yet written to the socket. */
+size_t cpx_request_queued(const cpx_request_t *r);
+/* 1 when the write queue is above the high-water mark. */
+int cpx_request_congested(const cpx_request_t *r);
+/* Header lookup on the request (name lower case). */
+const char *cpx_request_header(const cpx_request_t *r, const char *name,
+                               size_t *n);
+
+#endif /* CPX_SERVER_H */

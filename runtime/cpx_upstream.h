@@ -1,0 +1,107 @@
+/* cpx_upstream.h: the upstream HTTP client: libcurl multi driven by uv_poll
+ * and one uv_timer on the worker's loop.
+ *
+ * A fetch reports to its owner through on_event, always from the loop and
+ * never from inside a curl callback (so the owner may start or cancel
+ * fetches there): CPX_FETCH_HEADERS once the final status and headers are
+ * in, CPX_FETCH_DONE once the transfer has ended (result 0 or negative).
+ *
+ * Body delivery has three modes. Until the owner chooses, body bytes are
+ * held (up to a bound, then the transfer pauses). cpx_fetch_buffer collects
+ * the whole body (bounded by max_body). cpx_fetch_sink hands bytes to a
+ * callback as they arrive; the callback may return CPX_EAGAIN to refuse
+ * them for now (the transfer pauses and the same bytes come again after
+ * cpx_fetch_resume) - that is the backpressure path from a slow client.
+ * The sink runs inside curl's write callback: it must not call any
+ * cpx_fetch_* / curl function other than returning a code.
+ *
+ * Ownership: the owner frees a fetch with cpx_fetch_free at any time (it
+ * cancels a running transfer); memory is released after the fetch's timer
+ * handle has closed. No event is delivered after cpx_fetch_free.
+ */
+#ifndef CPX_UPSTREAM_H
+#define CPX_UPSTREAM_H
+
+#include <curl/curl.h>
+#include <uv.h>
+
+#include "cpx.h"
+#include "cpx_server.h"
+
+typedef struct cpx_upstream_s cpx_upstream_t;
+typedef struct cpx_fetch_s cpx_fetch_t;
+
+enum { CPX_FETCH_HEADERS = 1, CPX_FETCH_DONE = 2 };
+
+typedef void (*cpx_fetch_event_cb)(cpx_fetch_t *f, int event);
+/* Returns 0 (consumed), CPX_EAGAIN (pause; not consumed) or < 0 (abort). */
+typedef int (*cpx_fetch_sink_cb)(cpx_fetch_t *f, const char *data, size_t len);
+
+typedef struct {
+  const char *method; /* default POST when body, else GET */
+  const char *url;
+  const cpx_header_t *headers;
+  size_t nheaders;
+  const char *body; /* copied */
+  size_t body_len;
+  const char *proxy; /* NULL: global proxy; "" / "direct" / "none": none */
+  uint64_t connect_timeout_ms;    /* 10 s, TLS included */
+  uint64_t first_byte_timeout_ms; /* 300 s */
+  uint64_t idle_timeout_ms;       /* 300 s between body bytes, not paused */
+  size_t max_body;                /* buffered body bound: 64 MiB */
+} cpx_fetch_opts_t;
+
+struct cpx_upstream_s {
+  uv_loop_t *loop;
+  CURLM *multi;
+  uv_timer_t timer; /* curl's timeout */
+  uv_idle_t idle;   /* delivers deferred events */
+  cpx_fetch_t *pending; /* fetches with undelivered events */
+  char *proxy;          /* owned: global proxy-url or NULL */
+  size_t running;
+  int closed;
+};
+
+struct cpx_fetch_s {
+  cpx_upstream_t *up;
+  CURL *easy;
+  struct curl_slist *hdrs; /* owned */
+  char *req_body;          /* owned: curl reads it in place */
+  uv_timer_t timer;        /* first-byte / idle deadline */
+  int status;
+  char *resp_headers; /* owned: "name: value\r\n" lines of the final response */
+  size_t resp_headers_len, resp_headers_cap;
+  int headers_done;
+  int done;
+  int result; /* 0 or negative once done */
+  char errmsg[CURL_ERROR_SIZE];
+  int mode;   /* 0 hold, 1 buffer, 2 sink */
+  char *body; /* owned: held or buffered bytes */
+  size_t body_len, body_cap, max_body;
+  size_t body_read; /* sink mode: held bytes already delivered */
+  int paused;
+  int in_multi;
+  int freed;
+  uint64_t first_byte_ms, idle_ms;
+  unsigned events;     /* undelivered events (bit mask) */
+  cpx_fetch_t *next_pending;
+  int queued;
+  cpx_fetch_event_cb on_event;
+  cpx_fetch_sink_cb sink;
+  void *data; /* owner's */
+  uint64_t bytes_in;
+};
+
+int cpx_upstream_init(cpx_upstream_t *up, uv_loop_t *loop, const char *proxy);
+void cpx_upstream_set_proxy(cpx_upstream_t *up, const char *proxy);
+void cpx_upstream_close(cpx_upstream_t *up);
+
+int cpx_fetch_start(cpx_upstream_t *up, const cpx_fetch_opts_t *opts,
+                    cpx_fetch_event_cb on_event, void *data,
+                    cpx_fetch_t **out);
+void cpx_fetch_buffer(cpx_fetch_t *f);
+void cpx_fetch_sink(cpx_fetch_t *f, cpx_fetch_sink_cb sink);
+void cpx_fetch_resume(cpx_fetch_t *f);
+void cpx_fetch_free(cpx_fetch_t *f);
+
+#endif /* CPX_UPSTREAM_H */

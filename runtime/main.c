@@ -1,0 +1,333 @@
+/* main.c: flags and subcommands, signals (HUP reload, TERM drain), config
+ * hot reload, and the worker loop. */
+#include <getopt.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <libgen.h>
+
+#include "cpx.h"
+#include "cpx_log.h"
+#include "cpx_lua.h"
+#include "cpx_tls.h"
+#include "cpx_tokens.h"
+
+typedef struct {
+  cpx_worker_t w;
+  uv_signal_t sig_term, sig_int, sig_hup;
+  uv_fs_event_t watch;
+  uv_timer_t debounce;
+  int watching;
+  int exit_code;
+  int stopping;
+  struct stat cfg_st;
+} app_t;
+
+static void usage(FILE *out) {
+  fprintf(out,
+          "cliproxy %s - a Lua-scriptable AI API proxy\n"
+          "\n"
+          "Usage:\n"
+          "  cliproxy [-config FILE]            run the proxy (default: "
+          "config.yaml)\n"
+          "  cliproxy check [-config FILE]      load the config and every Lua "
+          "module as the\n"
+          "                                     server would; exit 0 when all "
+          "is well\n"
+          "  cliproxy tokens --encoding ENC [FILE]\n"
+          "                                     count tokens (o200k_base, "
+          "cl100k_base) of FILE\n"
+          "                                     or standard input\n"
+          "  cliproxy --help | --version\n"
+          "\n"
+          "Flags:\n"
+          "  -config, --config FILE   configuration file (CLIProxyAPI's "
+          "config.yaml keys)\n"
+          "\n"
+          "Signals: SIGHUP reloads the config and scripts; SIGTERM/SIGINT "
+          "drain and exit.\n"
+          "Environment: CPX_LUA_DIR overrides the built-in lua/ directory.\n",
+          CPX_VERSION);
+}
+
+/* Accepts -config FILE, --config FILE, -config=FILE, --config=FILE. */
+static int parse_config_flag(int argc, char **argv, int start,
+                             const char **path) {
+  for (int i = start; i < argc; i++) {
+    const char *a = argv[i];
+    if (strcmp(a, "-config") == 0 || strcmp(a, "--config") == 0 ||
+        strcmp(a, "-c") == 0) {
+      if (i + 1 >= argc) {
+        fprintf(stderr, "cliproxy: %s needs a file\n", a);
+        return -1;
+      }
+      *path = argv[++i];
+    } else if (strncmp(a, "-config=", 8) == 0) {
+      *path = a + 8;
+    } else if (strncmp(a, "--config=", 9) == 0) {
+      *path = a + 9;
+    } else if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0 ||
+               strcmp(a, "-help") == 0) {
+      usage(stdout);
+      exit(0);
+    } else {
+      fprintf(stderr, "cliproxy: unknown argument '%s' (see --help)\n", a);
+      return -1;
+    }
+  }
+  return 0;
+}
+
+static int resolve_config(const char *path, char *out, size_t outlen) {
+  struct stat st;
+  if (stat(path, &st) != 0) {
+    fprintf(stderr,
+            "cliproxy: config file '%s' not found (copy config.example.yaml "
+            "to config.yaml, or pass -config FILE)\n",
+            path);
+    return -1;
+  }
+  if (!realpath(path, out))
+    snprintf(out, outlen, "%s", path);
+  return 0;
+}
+
+static int cmd_check(int argc, char **argv, const char *argv0) {
+  const char *path = "config.yaml";
+  cpx_worker_t w;
+  cpx_vm_t *vm;
+  char err[4096];
+  int rc;
+
+  if (parse_config_flag(argc, argv, 2, &path) != 0)
+    return 2;
+  memset(&w, 0, sizeof(w));
+  if (resolve_config(path, w.config_path, sizeof(w.config_path)) != 0)
+    return 1;
+  if (cpx_lua_find_builtin_dir(argv0, w.lua_dir, sizeof(w.lua_dir)) != 0) {
+    fprintf(stderr, "cliproxy: cannot find the built-in lua/ directory\n");
+    return 1;
+  }
+  rc = cpx_vm_new(&w, w.config_path, &vm, err, sizeof(err));
+  if (rc != 0) {
+    fprintf(stderr, "%s\n", err);
+    return 1;
+  }
+  if (vm->settings.tls_enable) {
+    cpx_tls_ctx_t *tls;
+    if (cpx_tls_ctx_new(&tls, vm->settings.tls_cert, vm->settings.tls_key, err,
+                        sizeof(err)) != 0) {
+      fprintf(stderr, "%s: %s\n", w.config_path, err);
+      cpx_vm_unref(vm);
+      return 1;
+    }
+    cpx_tls_ctx_free(tls);
+  }
+  printf("%s: ok (lua: %s)\n", w.config_path, w.lua_dir);
+  cpx_vm_unref(vm);
+  return 0;
+}
+
+/* ---- reload and drain --------------------------------------------------- */
+
+static void apply_log_level(const cpx_settings_t *s) {
+  cpx_log_set_level(s->debug ? CPX_LOG_DEBUG : CPX_LOG_INFO);
+}
+
+static void reload(app_t *app, const char *why) {
+  cpx_worker_t *w = &app->w;
+  cpx_vm_t *vm, *old = w->vm;
+  char err[4096];
+  uint64_t t0 = uv_hrtime();
+
+  if (app->stopping)
+    return;
+  if (cpx_vm_new(w, w->config_path, &vm, err, sizeof(err)) != 0) {
+    cpx_log_error(NULL, "reload (%s) rejected, keeping generation %u: %s", why,
+                  old->gen, err);
+    return;
+  }
+  if (strcmp(vm->settings.server.host, old->settings.server.host) != 0 ||
+      vm->settings.server.port != old->settings.server.port ||
+      vm->settings.tls_enable != old->settings.tls_enable ||
+      strcmp(vm->settings.tls_cert, old->settings.tls_cert) != 0 ||
+      strcmp(vm->settings.tls_key, old->settings.tls_key) != 0)
+    cpx_log_warn(NULL, "host, port or tls changed: restart cliproxy to apply");
+  if (vm->settings.workers != old->settings.workers)
+    cpx_log_warn(NULL, "workers changed: restart cliproxy to apply");
+  w->vm = vm;
+  cpx_server_update_config(&w->server, &vm->settings.server);
+  cpx_upstream_set_proxy(&w->upstream, vm->settings.proxy_url);
+  apply_log_level(&vm->settings);
+  cpx_log_info(NULL, "reloaded (%s): generation %u in %.1f ms", why, vm->gen,
+               (double)(uv_hrtime() - t0) / 1e6);
+  cpx_vm_unref(old);
+}
+
+static void on_debounce(uv_timer_t *t) {
+  app_t *app = t->data;
+  struct stat st;
+  if (stat(app->w.config_path, &st) != 0)
+    return; /* mid-rename: the next event brings it back */
+  if (st.st_mtim.tv_sec == app->cfg_st.st_mtim.tv_sec &&
+      st.st_mtim.tv_nsec == app->cfg_st.st_mtim.tv_nsec &&
+      st.st_size == app->cfg_st.st_size && st.st_ino == app->cfg_st.st_ino)
+    return;
+  app->cfg_st = st;
+  reload(app, "config file changed");
+}
+
+static void on_config_event(uv_fs_event_t *h, const char *filename, int events,
+                            int status) {
+  app_t *app = h->data;
+  char base[PATH_MAX];
+  CPX_UNUSED(events);
+  if (status < 0)
+    return;
+  snprintf(base, sizeof(base), "%s", app->w.config_path);
+  /* Editors replace files by rename: watch the directory, filter by name. */
+  if (filename && strcmp(filename, basename(base)) != 0)
+    return;
+  uv_timer_start(&app->debounce, on_debounce, 200, 0);
+}
+
+static void on_close_noop(uv_handle_t *h) {
+  CPX_UNUSED(h);
+}
+
+static void on_drained(cpx_server_t *srv) {
+  app_t *app = srv->data == NULL ? NULL : (app_t *)srv->data;
+  cpx_worker_t *w = &app->w;
+  if (app->stopping == 2)
+    return;
+  app->stopping = 2;
+  cpx_log_info(NULL, "drained: exiting");
+  cpx_server_close(&w->server);
+  uv_close((uv_handle_t *)&app->sig_term, on_close_noop);
+  uv_close((uv_handle_t *)&app->sig_int, on_close_noop);
+  uv_close((uv_handle_t *)&app->sig_hup, on_close_noop);
+  uv_close((uv_handle_t *)&app->debounce, on_close_noop);
+  if (app->watching)
+    uv_close((uv_handle_t *)&app->watch, on_close_noop);
+  uv_stop(w->loop);
+}
+
+static void on_signal(uv_signal_t *h, int signum) {
+  app_t *app = h->data;
+  if (signum == SIGHUP) {
+    reload(app, "SIGHUP");
+    return;
+  }
+  if (app->stopping) {
+    cpx_log_warn(NULL, "second signal: exiting now");
+    exit(app->exit_code);
+  }
+  app->stopping = 1;
+  cpx_log_info(NULL, "%s: draining", signum == SIGTERM ? "SIGTERM" : "SIGINT");
+  cpx_server_drain(&app->w.server);
+}
+
+/* cpx_server_t.data must lead to the worker for the Lua layer and to the app
+ * for on_drained: the worker is the app's first member. */
+
+static int run_server(const char *argv0, const char *path) {
+  static app_t app;
+  cpx_worker_t *w = &app.w;
+  cpx_tls_ctx_t *tls = NULL;
+  char err[4096];
+  uv_loop_t loop;
+
+  signal(SIGPIPE, SIG_IGN);
+  umask(077);
+  if (resolve_config(path, w->config_path, sizeof(w->config_path)) != 0)
+    return 1;
+  if (cpx_lua_find_builtin_dir(argv0, w->lua_dir, sizeof(w->lua_dir)) != 0) {
+    fprintf(stderr, "cliproxy: cannot find the built-in lua/ directory "
+                    "(set CPX_LUA_DIR)\n");
+    return 1;
+  }
+  uv_loop_init(&loop);
+  w->loop = &loop;
+  cpx_worker_init_lua(w);
+  if (cpx_vm_new(w, w->config_path, &w->vm, err, sizeof(err)) != 0) {
+    fprintf(stderr, "%s\n", err);
+    return 1;
+  }
+  apply_log_level(&w->vm->settings);
+  if (w->vm->settings.workers > 1)
+    cpx_log_warn(NULL, "workers: %d requested; this build runs 1 worker",
+                 w->vm->settings.workers);
+  if (w->vm->settings.tls_enable &&
+      cpx_tls_ctx_new(&tls, w->vm->settings.tls_cert, w->vm->settings.tls_key,
+                      err, sizeof(err)) != 0) {
+    fprintf(stderr, "%s: %s\n", w->config_path, err);
+    return 1;
+  }
+  if (cpx_upstream_init(&w->upstream, &loop, w->vm->settings.proxy_url) != 0) {
+    fprintf(stderr, "cliproxy: cannot initialise libcurl\n");
+    return 1;
+  }
+  cpx_server_init(&w->server, &loop, &w->vm->settings.server, tls);
+  w->server.on_request = cpx_lua_on_request;
+  w->server.on_drained = on_drained;
+  w->server.data = &app;
+  if (cpx_server_listen(&w->server, err, sizeof(err)) != 0) {
+    fprintf(stderr, "cliproxy: %s\n", err);
+    return 1;
+  }
+  uv_signal_init(&loop, &app.sig_term);
+  uv_signal_init(&loop, &app.sig_int);
+  uv_signal_init(&loop, &app.sig_hup);
+  app.sig_term.data = app.sig_int.data = app.sig_hup.data = &app;
+  uv_signal_start(&app.sig_term, on_signal, SIGTERM);
+  uv_signal_start(&app.sig_int, on_signal, SIGINT);
+  uv_signal_start(&app.sig_hup, on_signal, SIGHUP);
+  uv_timer_init(&loop, &app.debounce);
+  app.debounce.data = &app;
+  stat(w->config_path, &app.cfg_st);
+  {
+    char dir[PATH_MAX];
+    snprintf(dir, sizeof(dir), "%s", w->config_path);
+    if (uv_fs_event_init(&loop, &app.watch) == 0 &&
+        uv_fs_event_start(&app.watch, on_config_event, dirname(dir), 0) == 0) {
+      app.watch.data = &app;
+      app.watching = 1;
+    }
+  }
+  cpx_log_info(NULL, "cliproxy %s listening on %s%s:%d (config %s, lua %s)",
+               CPX_VERSION, w->vm->settings.tls_enable ? "https://" : "http://",
+               w->server.cfg.host[0] ? w->server.cfg.host : "0.0.0.0",
+               w->server.cfg.port, w->config_path, w->lua_dir);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  /* Let every handle close, then release what the loop held. */
+  cpx_worker_close_lua(w);
+  cpx_upstream_close(&w->upstream);
+  uv_run(&loop, UV_RUN_NOWAIT);
+  uv_run(&loop, UV_RUN_NOWAIT);
+  if (tls)
+    cpx_tls_ctx_free(tls);
+  fflush(stderr);
+  return app.exit_code;
+}
+
+int main(int argc, char **argv) {
+  const char *path = "config.yaml";
+
+  if (argc > 1 && strcmp(argv[1], "check") == 0)
+    return cmd_check(argc, argv, argv[0]);
+  if (argc > 1 && strcmp(argv[1], "tokens") == 0)
+    return cpx_tokens_cli(argc - 1, argv + 1);
+  if (argc > 1 &&
+      (strcmp(argv[1], "--version") == 0 || strcmp(argv[1], "-v") == 0)) {
+    printf("cliproxy %s\n", CPX_VERSION);
+    return 0;
+  }
+  if (parse_config_flag(argc, argv, 1, &path) != 0)
+    return 2;
+  return run_server(argv[0], path);
+}
