@@ -6,12 +6,11 @@ local registry = require("rt.registry")
 
 local type = type
 local ipairs = ipairs
-local pairs = pairs
 local format = string.format
 
 local _M = {}
 
-local PROVIDERS = { "openai_compat" }
+local PROVIDERS = { "openai_compat", "claude", "gemini", "codex" }
 local FORMATS = { openai_chat = true, openai_responses = true, claude = true, gemini = true }
 
 -- A provider declares its contract as data; errors name file and field.
@@ -48,10 +47,11 @@ function _M.start(doc, lines, path)
       end
     end
   end
-  local app = { config = cfg, registry = registry.build(cfg), providers = providers }
+  local chain, merr = require("rt.middleware").load(cfg)
+  if not chain then return nil, merr end
+  local app = { config = cfg, registry = registry.build(cfg), providers = providers, middleware = chain }
   local server = require("rt.server")
   server.init(app)
-  for _ in pairs(app.registry.models) do break end
   return { config = cfg, handle = server.handle }
 end
 

@@ -1,132 +1,227 @@
 -- rt.pipeline: one inference request from the client's decoded body to the
--- upstream and back: pick a target, translate (or pass through when both
--- sides speak the same format), fetch, then answer or stream.
+-- upstream and back. rt.pool chooses targets and decides on retries; for
+-- each attempt the body is translated through the hub (or passed through
+-- when both sides speak the same format), sent, and classified. The first
+-- success is answered as JSON or streamed through the hub's stream encoder.
 local cpx = require("cpx")
 local json = require("rt.json")
 local ir = require("rt.ir")
 local http = require("rt.http")
+local pool = require("rt.pool")
+local mw = require("rt.middleware")
 local translators = require("translators")
 
 local fetch = cpx.fetch
 local log = cpx.log
 local type = type
+local pairs = pairs
+local ipairs = ipairs
 local tostring = tostring
 local pcall = pcall
+local setmetatable = setmetatable
+local getmetatable = getmetatable
 
 local _M = {}
 
--- Upstream bodies are framed by format: Gemini is asked for alt=sse too.
-local FRAMING = { openai_chat = "sse", claude = "sse", openai_responses = "sse", gemini = "sse" }
+-- Upstream streams are SSE for every format (Gemini is asked for alt=sse).
+local FRAMING = "sse"
 
 local function stream_headers()
   return http.headers("text/event-stream", { ["Cache-Control"] = "no-cache", ["X-Accel-Buffering"] = "no" })
 end
 
-local function upstream_error(req, fmt, msg)
-  return http.error(req, fmt, 502, msg, "server_error", "upstream_error")
+local function shallow_copy(t)
+  local o = {}
+  for k, v in pairs(t) do o[k] = v end
+  return setmetatable(o, getmetatable(t))
 end
 
--- Picks one target for the model: round robin over the pool, then over the
--- target's api keys.
-local function pick(app, targets, alias)
-  local reg = app.registry
-  local t = targets[reg:next_index("m:" .. alias, #targets)]
-  local key = t.keys[reg:next_index(t.keys, #t.keys)]
-  return t, key
+-- Answers cliproxy's own error in the client's format.
+local function own_error(req, fmt, e, extra)
+  return http.error(req, fmt, e.status, e.message, e.type, e.code, extra)
 end
 
--- Decodes an upstream error body into the client's format. Same format:
--- the upstream's own JSON is passed through with its status.
-local function answer_error(req, fmt, upfmt, up, ctx)
-  local status = up:status()
-  local body = up:body() or ""
-  local uh = up:headers()
-  if fmt == upfmt and json.decode(body) then
-    local extra = { ["Retry-After"] = uh["retry-after"] }
+-- An upstream error answer in the client's format. Same format: the
+-- upstream's own JSON passes through with its status.
+local function answer_error(req, fmt, out, ctx)
+  local status, body, uh = out.status, out.body or "", out.headers or {}
+  local extra = { ["Retry-After"] = uh["retry-after"] }
+  if fmt == out.upfmt and json.decode(body) then
     return req:respond(status, http.headers(uh["content-type"] or "application/json", extra), body)
   end
-  local ok, cb, st = pcall(translators.error, fmt, upfmt, status, body, ctx)
+  local ok, cb, st = pcall(translators.error, fmt, out.upfmt, status, body, out.ctx or ctx)
   if not ok or type(cb) ~= "table" then
-    return http.error(req, fmt, status >= 400 and status or 502, "upstream returned " .. status)
+    if not ok then log("warn", "error translation failed:", cb) end
+    return http.error(req, fmt, status >= 400 and status or 502, "upstream returned status " .. status)
   end
-  return http.json(req, st or status, cb, { ["Retry-After"] = uh["retry-after"] })
+  return http.json(req, st or status, cb, extra)
 end
 
--- opts: { model = <client model>, stream = bool, gemini_array = bool }
+-- Collects a streamed Responses body into the response.completed object
+-- (the Codex backend only streams).
+local function collect_responses(text)
+  local frames = cpx.sse.new(64 * 1024 * 1024):feed(text .. "\n\n")
+  local last
+  for _, ev in ipairs(frames or {}) do
+    local d = json.decode(ev.data)
+    if type(d) == "table" then
+      if d.type == "response.completed" or d.type == "response.incomplete" or d.type == "response.failed" then
+        last = d.response
+      end
+    end
+  end
+  return last
+end
+
+-- opts: { model = <client model>, stream = bool, gemini_array = bool,
+--         endpoint = string, force_hub = bool,
+--         body_filter = fn(tbl) -> tbl, frame_filter = fn(frame) -> frame }
 function _M.infer(app, req, info, fmt, body, opts)
   local model = opts.model
   if type(model) ~= "string" or model == "" then
     return http.error(req, fmt, 400, "model is required")
   end
-  local targets, alias = app.registry:lookup(model)
-  if not targets then
-    return http.error(req, fmt, 502, "unknown provider for model " .. model, "server_error", "unknown_provider")
-  end
-  local _, think = ir.parse_model(model)
-  local target, key = pick(app, targets, alias)
-  local provider = app.providers[target.provider]
-  local upfmt = provider.format
+  local chain = app.middleware
   local stream = opts.stream and true or false
-  local ctx = { model = model, stream = stream, request_id = info.id, info = info,
-                gemini_array = opts.gemini_array, client_format = fmt, upstream_format = upfmt }
-  local passthrough = upfmt == fmt and not think
+  local ctx = { model = model, stream = stream, request_id = info.id, info = info, body = body,
+                gemini_array = opts.gemini_array, client_format = fmt, endpoint = opts.endpoint,
+                client_gone = function() return req:closed() end }
+  mw.run(chain, "rewrite", ctx, body)
+  body = ctx.body
+  model = ctx.model
+  local _, think = ir.parse_model(model)
+  local wants_chunks = mw.wants_chunks(chain)
 
-  local out
-  if passthrough then
-    if fmt ~= "gemini" then body.model = target.upstream_model end
-    out = json.encode(body)
-  else
-    ctx.upstream_model = think and (target.upstream_model .. model:match("%b()$")) or target.upstream_model
-    local tb, err = translators.request(fmt, upfmt, body, ctx)
-    if not tb then return http.error(req, fmt, 400, err or "cannot translate request") end
-    out = json.encode(tb)
+  local function attempt(target, key)
+    local provider = app.providers[target.provider]
+    local upfmt = provider.format
+    local actx = shallow_copy(ctx)
+    actx.upstream_format = upfmt
+    actx.target = target
+    local passthrough = upfmt == fmt and not think and not wants_chunks and not opts.force_hub
+      and not (fmt == "gemini" and opts.gemini_array and stream)
+    local tb
+    if passthrough then
+      tb = shallow_copy(body)
+      if fmt ~= "gemini" then tb.model = target.upstream_model end
+    else
+      actx.upstream_model = think and (target.upstream_model .. model:match("%b()$")) or target.upstream_model
+      local err
+      tb, err = translators.request(fmt, upfmt, body, actx)
+      if not tb then
+        return { status = 400, own = true, message = err or "cannot translate request" }
+      end
+    end
+    local upstream_stream = stream or provider.force_stream or false
+    if upfmt ~= "gemini" then tb.stream = upstream_stream or nil end
+    if provider.fixup then tb = provider.fixup(tb, actx) or tb end
+    local out = json.encode(tb)
+    if not out then return { status = 500, own = true, message = "cannot encode upstream request" } end
+    local ureq = provider.prepare(actx, { entry = target.entry, key = key,
+                                          upstream_model = actx.upstream_model or target.upstream_model },
+                                  out, upstream_stream)
+    mw.run(chain, "before_upstream", actx, ureq)
+    local up, err = fetch(ureq)
+    if not up then
+      log("warn", "upstream", target.owner, "failed:", err)
+      return { err = tostring(err), upfmt = upfmt, ctx = actx }
+    end
+    local status = up:status()
+    local headers = up:headers()
+    mw.run(chain, "on_headers", actx, status, headers)
+    if status < 200 or status >= 300 then
+      local eb = up:body()
+      up:close()
+      return { status = status, headers = headers, body = eb, upfmt = upfmt, ctx = actx }
+    end
+    return { ok = true, up = up, upfmt = upfmt, ctx = actx, passthrough = passthrough,
+             provider = provider, upstream_stream = upstream_stream }
   end
-  if not out then return http.error(req, fmt, 500, "cannot encode upstream request") end
 
-  local ureq = provider.prepare(ctx, { entry = target.entry, key = key, upstream_model = ctx.upstream_model or target.upstream_model }, out, stream)
-  local up, err = fetch(ureq)
-  if not up then
-    log("warn", "upstream", target.owner, "failed:", err)
-    if req:closed() then return end
-    return upstream_error(req, fmt, "upstream request failed: " .. tostring(err))
+  local res = pool.run(app, ctx, model, attempt)
+  if req:closed() then return end
+  if not res then
+    return http.error(req, fmt, 502, "no upstream available for model " .. model)
   end
-  local status = up:status()
-  if status < 200 or status >= 300 then
-    return answer_error(req, fmt, upfmt, up, ctx)
+  if not res.ok then
+    if res.own then return own_error(req, fmt, http.error_info(res.status, res.message, res.type, res.code), res.extra) end
+    if res.err then
+      return http.error(req, fmt, 502, "upstream request failed: " .. res.err, "server_error", "upstream_error")
+    end
+    return answer_error(req, fmt, res, ctx)
   end
 
+  local up, upfmt, actx = res.up, res.upfmt, res.ctx
   if stream then
     req:start(200, stream_headers())
-    if passthrough then
+    if res.passthrough then
       local codec = translators.codecs[fmt]
       return req:pipe(up, {
         on_end = function(e)
-          if e then return codec.stream_error({ status = 502, type = "server_error", message = e }, {}, ctx) end
+          if e then return codec.stream_error({ status = 502, type = "server_error", message = e }, {}, actx) end
         end,
       }, "raw")
     end
-    local s = translators.stream(fmt, upfmt, ctx)
+    if wants_chunks then
+      actx.ir_filter = function(ev) return mw.run(chain, "on_chunk", actx, ev) end
+    end
+    local s = translators.stream(fmt, upfmt, actx)
+    local filter = opts.frame_filter
+    local function out_frames(frames)
+      if not filter then return frames end
+      local o = {}
+      for _, f in ipairs(frames) do
+        local x = filter(f)
+        if x then o[#o + 1] = x end
+      end
+      return o
+    end
     return req:pipe(up, {
-      on_event = function(ev) return s:feed(ev) end,
+      on_event = function(ev) return out_frames(s:feed(ev)) end,
       on_end = function(e)
-        if e then return s:fail({ status = 502, type = "server_error", message = e }) end
-        return s:finish()
+        local frames
+        if e then
+          frames = s:fail({ status = 502, type = "server_error", message = e })
+        else
+          frames = s:finish()
+        end
+        mw.run(chain, "after", actx, { status = 200, usage = s.usage, stop = s.stop })
+        return out_frames(frames)
       end,
-    }, FRAMING[upfmt])
+    }, FRAMING)
   end
 
   local rb, berr = up:body()
   if not rb then
     if req:closed() then return end
-    return upstream_error(req, fmt, "upstream body failed: " .. tostring(berr))
+    return http.error(req, fmt, 502, "upstream body failed: " .. tostring(berr), "server_error", "upstream_error")
   end
-  if passthrough then
-    return req:respond(status, http.headers(up:headers()["content-type"] or "application/json"), rb)
+  local decoded
+  if res.upstream_stream and upfmt == "openai_responses" then
+    decoded = collect_responses(rb)
+  elseif not (res.passthrough and not opts.body_filter) then
+    decoded = json.decode(rb)
   end
-  local decoded = json.decode(rb)
-  if type(decoded) ~= "table" then return upstream_error(req, fmt, "upstream returned invalid JSON") end
-  local cb, terr = translators.response(fmt, upfmt, decoded, ctx)
-  if not cb then return upstream_error(req, fmt, terr or "cannot translate response") end
+  if res.passthrough and not opts.body_filter then
+    if decoded then
+      return http.json(req, 200, decoded)
+    end
+    return req:respond(200, http.headers(up:headers()["content-type"] or "application/json"), rb)
+  end
+  if type(decoded) ~= "table" then
+    return http.error(req, fmt, 502, "upstream returned an unreadable body", "server_error", "upstream_error")
+  end
+  local cb, terr
+  if res.passthrough then
+    cb = decoded
+  else
+    cb, terr = translators.response(fmt, upfmt, decoded, actx)
+  end
+  if not cb then
+    return http.error(req, fmt, 502, terr or "cannot translate response", "server_error", "upstream_error")
+  end
+  if opts.body_filter then cb = opts.body_filter(cb) end
+  mw.run(chain, "after", actx, { status = 200, body = cb, usage = actx.usage })
   return http.json(req, 200, cb)
 end
 

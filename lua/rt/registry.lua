@@ -13,6 +13,14 @@ local sort = table.sort
 local _M = {}
 local mt = { __index = _M }
 
+-- config key -> provider module
+local KEY_KINDS = {
+  { key = "claude-api-key", provider = "claude", owner = "claude" },
+  { key = "gemini-api-key", provider = "gemini", owner = "gemini" },
+  { key = "codex-api-key", provider = "codex", owner = "codex" },
+}
+_M.KEY_KINDS = KEY_KINDS
+
 local function add(reg, alias, target)
   local list = reg.models[alias]
   if not list then
@@ -34,6 +42,20 @@ function _M.build(cfg)
         local alias = (m.alias and m.alias ~= "") and m.alias or m.name
         local t = { provider = "openai_compat", entry = e, upstream_model = m.name,
                     keys = keys, owner = e.name, priority = e.priority or 0 }
+        add(reg, alias, t)
+        if e.prefix and e.prefix ~= "" then add(reg, e.prefix .. "/" .. alias, t) end
+      end
+    end
+  end
+  -- API-key entries of the first-party providers.
+  for _, kind in ipairs(KEY_KINDS) do
+    for i, e in ipairs(cfg[kind.key] or {}) do
+      local keys = { { ["api-key"] = e["api-key"], ["proxy-url"] = e["proxy-url"] } }
+      local owner = kind.owner .. "#" .. i
+      for _, m in ipairs(e.models or {}) do
+        local alias = (m.alias and m.alias ~= "") and m.alias or m.name
+        local t = { provider = kind.provider, entry = e, upstream_model = m.name,
+                    keys = keys, owner = owner, priority = e.priority or 0 }
         add(reg, alias, t)
         if e.prefix and e.prefix ~= "" then add(reg, e.prefix .. "/" .. alias, t) end
       end

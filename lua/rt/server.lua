@@ -1,18 +1,22 @@
 -- rt.server: the request entry point. C calls handle(req, info) in a fresh
--- coroutine for every request; it routes, checks access, decodes the body
--- and hands inference requests to rt.pipeline.
+-- coroutine for every request; it routes, runs the access checks, decodes
+-- the body and hands inference requests to rt.pipeline.
 local cpx = require("cpx")
 local json = require("rt.json")
 local http = require("rt.http")
 local access = require("rt.access")
 local pipeline = require("rt.pipeline")
+local count = require("rt.count")
+local mw = require("rt.middleware")
 
 local log = cpx.log
+local fetch = cpx.fetch
 local xpcall = xpcall
 local type = type
 local tostring = tostring
-local traceback = cpx.traceback
 local ipairs = ipairs
+local traceback = cpx.traceback
+local query_param = access.query_param
 
 local _M = {}
 local app -- set by init
@@ -32,6 +36,8 @@ local function root(req, info)
     endpoints = json.array({ "POST /v1/chat/completions", "POST /v1/completions", "GET /v1/models" }),
   })
 end
+
+-- ---- model lists ----------------------------------------------------------
 
 local function models_openai(req)
   local data = json.array()
@@ -59,6 +65,20 @@ local function models(req, info)
   return models_openai(req)
 end
 
+local function gemini_model(m)
+  return { name = "models/" .. m.id, version = "001", displayName = m.id, description = m.id,
+           inputTokenLimit = 1048576, outputTokenLimit = 65536,
+           supportedGenerationMethods = json.array({ "generateContent", "streamGenerateContent", "countTokens" }) }
+end
+
+local function models_gemini(req)
+  local out = json.array()
+  for _, m in ipairs(app.registry:list()) do out[#out + 1] = gemini_model(m) end
+  return http.json(req, 200, { models = out })
+end
+
+-- ---- helpers --------------------------------------------------------------
+
 -- Decodes a JSON object body or answers 400 in the client's format.
 local function decode_body(req, info, fmt)
   local body, err = json.decode(info.body)
@@ -69,14 +89,164 @@ local function decode_body(req, info, fmt)
   return body
 end
 
+-- ---- inference routes -----------------------------------------------------
+
 local function chat_completions(req, info)
   local body = decode_body(req, info, "openai_chat")
   if not body then return end
-  return pipeline.infer(app, req, info, "openai_chat", body,
-    { model = body.model, stream = body.stream == true })
+  return pipeline.infer(app, req, info, "openai_chat", body, { model = body.model, stream = body.stream == true })
 end
 
--- route table: "METHOD path" -> { handler, format, public }
+local function messages(req, info)
+  local body = decode_body(req, info, "claude")
+  if not body then return end
+  return pipeline.infer(app, req, info, "claude", body, { model = body.model, stream = body.stream == true })
+end
+
+local function responses(req, info)
+  local body = decode_body(req, info, "openai_responses")
+  if not body then return end
+  return pipeline.infer(app, req, info, "openai_responses", body, { model = body.model, stream = body.stream == true })
+end
+
+local function responses_get(req, info)
+  -- Codex probes a websocket here first; 426 makes it fall back to POST at
+  -- once (a 404 costs it about 6 s of retries).
+  return http.error(req, "openai_responses", 426, "websocket transport is not supported; use POST /v1/responses",
+    "invalid_request_error", "upgrade_required", { Upgrade = "websocket" })
+end
+
+local function responses_compact(req, info)
+  local body = decode_body(req, info, "openai_responses")
+  if not body then return end
+  local targets = app.registry:lookup(body.model)
+  if targets and app.providers[targets[1].provider].format ~= "openai_responses" then
+    return http.error(req, "openai_responses", 501, "responses/compact is only supported by Responses upstreams",
+      "invalid_request_error", "not_implemented")
+  end
+  return pipeline.infer(app, req, info, "openai_responses", body,
+    { model = body.model, stream = body.stream == true, endpoint = "compact" })
+end
+
+-- Legacy /v1/completions: prompt -> chat, and text_completion back.
+local function to_text_completion(c)
+  local choices = json.array()
+  for i, ch in ipairs(c.choices or {}) do
+    local text = ch.message and ch.message.content or (ch.delta and ch.delta.content) or ""
+    choices[#choices + 1] = { index = ch.index or (i - 1), text = type(text) == "string" and text or "",
+                              logprobs = json.null, finish_reason = ch.finish_reason or json.null }
+  end
+  return { id = c.id, object = "text_completion", created = c.created, model = c.model,
+           choices = choices, usage = c.usage }
+end
+
+local function completions(req, info)
+  local body = decode_body(req, info, "openai_chat")
+  if not body then return end
+  local prompt = body.prompt
+  if type(prompt) == "table" then prompt = prompt[1] end
+  local chat = { model = body.model, stream = body.stream, max_tokens = body.max_tokens,
+                 temperature = body.temperature, top_p = body.top_p, n = body.n, stop = body.stop,
+                 stream_options = body.stream_options, user = body.user, seed = body.seed,
+                 messages = json.array({ { role = "user", content = tostring(prompt or "") } }) }
+  return pipeline.infer(app, req, info, "openai_chat", chat, {
+    model = body.model, stream = body.stream == true, force_hub = true,
+    body_filter = to_text_completion,
+    frame_filter = function(frame)
+      local data = frame:match("^data: (.*)\n\n$")
+      if not data or data == "[DONE]" then return frame end
+      local c = json.decode(data)
+      if type(c) ~= "table" or c.error then return frame end
+      return "data: " .. json.encode(to_text_completion(c)) .. "\n\n"
+    end,
+  })
+end
+
+-- ---- token counting -------------------------------------------------------
+
+-- First-party upstream count (Claude count_tokens / Gemini countTokens),
+-- passed through; nil when the upstream cannot be asked.
+local function upstream_count(fmt, body, model, info)
+  local targets = app.registry:lookup(model)
+  if not targets then return nil end
+  local t = targets[1]
+  local p = app.providers[t.provider]
+  if p.format ~= fmt then return nil end
+  local b = json.decode(json.encode(body))
+  if fmt == "claude" then
+    b.model = t.upstream_model
+    b.stream = nil
+  end
+  local ctx = { endpoint = "count_tokens", client_format = fmt, info = info, model = model }
+  local ureq = p.prepare(ctx, { entry = t.entry, key = t.keys[1], upstream_model = t.upstream_model },
+                         json.encode(b), false)
+  local up, err = fetch(ureq)
+  if not up then
+    log("warn", "count upstream failed:", err)
+    return nil
+  end
+  local text = up:body()
+  return up:status(), text, up:headers()
+end
+
+local function count_tokens_claude(req, info)
+  local body = decode_body(req, info, "claude")
+  if not body then return end
+  local status, text, uh = upstream_count("claude", body, body.model, info)
+  if status then
+    return req:respond(status, http.headers(uh["content-type"] or "application/json"), text or "")
+  end
+  local n, err = count.estimate("claude", body, body.model)
+  if not n then return http.error(req, "claude", 500, "token counting failed: " .. tostring(err)) end
+  return http.json(req, 200, { input_tokens = n })
+end
+
+-- ---- Gemini routes --------------------------------------------------------
+
+local function gemini_action(req, info, model, action)
+  if action == "countTokens" then
+    local body = decode_body(req, info, "gemini")
+    if not body then return end
+    local status, text, uh = upstream_count("gemini", body, model, info)
+    if status then
+      return req:respond(status, http.headers(uh["content-type"] or "application/json"), text or "")
+    end
+    local src = body.generateContentRequest or body
+    local n, err = count.estimate("gemini", src, model)
+    if not n then return http.error(req, "gemini", 500, "token counting failed: " .. tostring(err)) end
+    return http.json(req, 200, { totalTokens = n,
+                                 promptTokensDetails = json.array({ { modality = "TEXT", tokenCount = n } }) })
+  end
+  if action ~= "generateContent" and action ~= "streamGenerateContent" then
+    return http.error(req, "gemini", 404, "unknown method " .. action)
+  end
+  local body = decode_body(req, info, "gemini")
+  if not body then return end
+  local stream = action == "streamGenerateContent"
+  local alt = query_param(info.query, "alt") or query_param(info.query, "$alt")
+  return pipeline.infer(app, req, info, "gemini", body, {
+    model = model, stream = stream, gemini_array = stream and alt ~= nil and alt ~= "sse" })
+end
+
+local function gemini_route(req, info)
+  local path = info.path
+  if info.method == "GET" then
+    if path == "/v1beta/models" then return models_gemini(req) end
+    local id = path:match("^/v1beta/models/([^:]+)$")
+    if id then
+      if not app.registry:lookup(id) then return http.error(req, "gemini", 404, "model " .. id .. " not found") end
+      return http.json(req, 200, gemini_model({ id = id }))
+    end
+  elseif info.method == "POST" then
+    local model, action = path:match("^/v1beta/models/([^:]+):(%a+)$")
+    if model then return gemini_action(req, info, model, action) end
+  end
+  return http.error(req, "gemini", 404, "not found: " .. info.method .. " " .. path)
+end
+
+-- ---- routing --------------------------------------------------------------
+
+-- "METHOD path" -> { handler, fmt = client format, public = no key needed }
 local routes = {
   ["GET /healthz"] = { health, public = true },
   ["HEAD /healthz"] = { health, public = true },
@@ -84,6 +254,12 @@ local routes = {
   ["HEAD /"] = { root, public = true },
   ["GET /v1/models"] = { models, fmt = "openai_chat" },
   ["POST /v1/chat/completions"] = { chat_completions, fmt = "openai_chat" },
+  ["POST /v1/completions"] = { completions, fmt = "openai_chat" },
+  ["POST /v1/messages"] = { messages, fmt = "claude" },
+  ["POST /v1/messages/count_tokens"] = { count_tokens_claude, fmt = "claude" },
+  ["POST /v1/responses"] = { responses, fmt = "openai_responses" },
+  ["GET /v1/responses"] = { responses_get, fmt = "openai_responses" },
+  ["POST /v1/responses/compact"] = { responses_compact, fmt = "openai_responses" },
 }
 _M.routes = routes
 
@@ -99,6 +275,9 @@ local function dispatch(req, info)
     return req:respond(204, http.headers(nil), "")
   end
   local route = routes[info.method .. " " .. info.path]
+  if not route and info.path:find("^/v1beta/models") then
+    route = { gemini_route, fmt = "gemini" }
+  end
   local fmt = route and route.fmt or format_for_path(info.path)
   if not route then
     return http.error(req, fmt, 404, "not found: " .. info.method .. " " .. info.path, nil, "not_found")
@@ -106,6 +285,8 @@ local function dispatch(req, info)
   if not route.public then
     local ok, why = access.check(app.config["api-keys"], info)
     if not ok then return http.error(req, fmt, 401, why) end
+    local allowed, status, msg = mw.run(app.middleware, "access", { info = info, client_format = fmt })
+    if allowed == false then return http.error(req, fmt, status or 403, msg or "forbidden") end
   end
   return route[1](req, info)
 end

@@ -87,8 +87,28 @@ end
 local Stream = {}
 Stream.__index = Stream
 
+-- ctx.ir_filter (set by the pipeline for on_chunk middleware) sees each IR
+-- event and returns it, a replacement, a list of events, or nil to drop it.
+local function filtered(ctx, evs)
+  local f = ctx.ir_filter
+  if not f then return evs end
+  local out = {}
+  for _, e in ipairs(evs) do
+    local r = f(e)
+    if type(r) == "table" then
+      if r.t then
+        out[#out + 1] = r
+      else
+        for _, x in ipairs(r) do out[#out + 1] = x end
+      end
+    end
+  end
+  return out
+end
+
 local function push(self, evs, out)
   local enc, es, ctx = self.enc, self.es, self.ctx
+  evs = filtered(ctx, evs)
   for _, e in ipairs(evs) do
     local t = e.t
     if t == "finish" or t == "error" then self.ended = true end

@@ -1,0 +1,55 @@
+-- providers/claude: Anthropic Messages with an API key (`claude-api-key`).
+-- The official host takes the key in x-api-key; a custom base-url gets
+-- Authorization: Bearer (as CLIProxyAPI does).
+local pairs = pairs
+
+local _M = {
+  name = "claude-api-key",
+  format = "claude",
+  base_url = "https://api.anthropic.com",
+  anthropic_version = "2023-06-01",
+  -- Impersonation strings change often: data, not code.
+  user_agent = "claude-cli/2.1.63 (external, cli)",
+}
+
+local function join(base, path)
+  if base:sub(-1) == "/" then base = base:sub(1, -2) end
+  return base .. path
+end
+
+local function official(base)
+  return base:find("^https://api%.anthropic%.com") ~= nil
+end
+
+function _M.prepare(ctx, target, body, stream)
+  local entry, key = target.entry, target.key
+  local base = (entry["base-url"] and entry["base-url"] ~= "") and entry["base-url"] or _M.base_url
+  local client = ctx.info and ctx.info.headers or {}
+  local headers = {
+    ["Content-Type"] = "application/json",
+    ["Anthropic-Version"] = (ctx.client_format == "claude" and client["anthropic-version"]) or _M.anthropic_version,
+    ["User-Agent"] = _M.user_agent,
+    ["Accept"] = stream and "text/event-stream" or "application/json",
+  }
+  if ctx.client_format == "claude" and client["anthropic-beta"] then
+    headers["Anthropic-Beta"] = client["anthropic-beta"]
+  end
+  local k = key and key["api-key"] or entry["api-key"]
+  if official(base) then
+    headers["X-Api-Key"] = k
+  else
+    headers["Authorization"] = "Bearer " .. k
+  end
+  for hk, hv in pairs(entry.headers or {}) do headers[hk] = hv end
+  local path = ctx.endpoint == "count_tokens" and "/v1/messages/count_tokens?beta=true" or "/v1/messages?beta=true"
+  return { method = "POST", url = join(base, path), headers = headers, body = body,
+           proxy = entry["proxy-url"] ~= "" and entry["proxy-url"] or nil }
+end
+
+function _M.classify(status)
+  if status < 400 then return "success" end
+  if status == 400 or status == 413 or status == 422 then return "fatal" end
+  return "retry"
+end
+
+return _M

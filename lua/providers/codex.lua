@@ -1,0 +1,56 @@
+-- providers/codex: the OpenAI Responses API with a key (`codex-api-key`),
+-- by default the ChatGPT Codex backend. That backend only streams, so the
+-- request always asks for a stream and a non-stream client gets the
+-- collected response.completed object.
+local pairs = pairs
+local ipairs = ipairs
+
+local _M = {
+  name = "codex-api-key",
+  format = "openai_responses",
+  base_url = "https://chatgpt.com/backend-api/codex",
+  force_stream = true,
+  user_agent = "codex_cli_rs/0.171.0",
+}
+
+local function join(base, path)
+  if base:sub(-1) == "/" then base = base:sub(1, -2) end
+  return base .. path
+end
+
+-- Codex rejects these (fact sheet: Codex request fix-ups).
+local DROP = { "max_output_tokens", "max_completion_tokens", "temperature", "top_p",
+               "truncation", "user", "context_management", "previous_response_id",
+               "prompt_cache_retention", "safety_identifier", "stream_options" }
+
+-- Applied to the upstream body table before it is encoded.
+function _M.fixup(body)
+  for _, k in ipairs(DROP) do body[k] = nil end
+  if body.service_tier ~= "priority" then body.service_tier = nil end
+  body.stream = true
+  body.store = false
+  return body
+end
+
+function _M.prepare(ctx, target, body, stream)
+  local entry, key = target.entry, target.key
+  local base = (entry["base-url"] and entry["base-url"] ~= "") and entry["base-url"] or _M.base_url
+  local headers = {
+    ["Content-Type"] = "application/json",
+    ["Authorization"] = "Bearer " .. (key and key["api-key"] or entry["api-key"]),
+    ["Accept"] = "text/event-stream",
+    ["User-Agent"] = (ctx.info and ctx.info.headers["user-agent"]) or _M.user_agent,
+  }
+  for hk, hv in pairs(entry.headers or {}) do headers[hk] = hv end
+  local path = ctx.endpoint == "compact" and "/responses/compact" or "/responses"
+  return { method = "POST", url = join(base, path), headers = headers, body = body,
+           proxy = entry["proxy-url"] ~= "" and entry["proxy-url"] or nil }
+end
+
+function _M.classify(status)
+  if status < 400 then return "success" end
+  if status == 400 or status == 413 or status == 422 then return "fatal" end
+  return "retry"
+end
+
+return _M

@@ -1,0 +1,68 @@
+-- rt.count: token counts for the count endpoints. First-party Claude and
+-- Gemini accounts are asked upstream (by rt.server); everything else is
+-- estimated here with the C tokenizer over the request as the upstream
+-- would see it: system, message text, tool calls and results, tool
+-- definitions.
+local cpx = require("cpx")
+local json = require("rt.json")
+local translators = require("translators")
+
+local type = type
+local ipairs = ipairs
+local concat = table.concat
+
+local _M = {}
+
+-- Model -> encoding, as tiktoken-go's mapping in CLIProxyAPI.
+function _M.encoding_for(model)
+  model = type(model) == "string" and model:lower() or ""
+  if model:find("^gpt%-4o") or model:find("^gpt%-4%.1") or model:find("^gpt%-5")
+      or model:find("^o[134]") then
+    return "o200k_base"
+  end
+  if model:find("^gpt%-4") or model:find("^gpt%-3") then return "cl100k_base" end
+  return "o200k_base"
+end
+
+local function add_parts(out, parts)
+  for _, p in ipairs(parts or {}) do
+    if p.type == "text" or p.type == "thinking" then
+      out[#out + 1] = p.text
+    elseif p.type == "tool_call" then
+      out[#out + 1] = p.name
+      out[#out + 1] = p.args
+    elseif p.type == "tool_result" then
+      add_parts(out, p.content)
+    end
+  end
+end
+
+-- Text the upstream would tokenize, from a client body in format fmt.
+function _M.text_of(fmt, body)
+  local r = translators.codecs[fmt].decode_request(body, {})
+  if not r then return "" end
+  local out = {}
+  add_parts(out, r.system)
+  for _, m in ipairs(r.messages or {}) do
+    out[#out + 1] = m.role
+    add_parts(out, m.content)
+  end
+  for _, t in ipairs(r.tools or {}) do
+    out[#out + 1] = t.name
+    out[#out + 1] = t.description
+    if type(t.schema) == "table" then out[#out + 1] = json.encode(t.schema) end
+  end
+  local clean = {}
+  for _, s in ipairs(out) do
+    if type(s) == "string" and s ~= "" then clean[#clean + 1] = s end
+  end
+  return concat(clean, "\n")
+end
+
+-- Returns the estimated count or nil, err.
+function _M.estimate(fmt, body, model)
+  if not cpx.tokens then return nil, "tokenizer not available" end
+  return cpx.tokens.count(_M.text_of(fmt, body), _M.encoding_for(model))
+end
+
+return _M
