@@ -37,18 +37,33 @@ const char *cpx_log_level_name(int level) {
   return level_names[level];
 }
 
+/* The timestamp only changes once a second: format it once per second
+ * (per thread) instead of once per line. */
+static size_t stamp(char *out, size_t outlen) {
+  static __thread time_t last;
+  static __thread char cached[32];
+  static __thread size_t cached_len;
+  time_t now = time(NULL);
+  if (now != last || !cached_len) {
+    struct tm tm;
+    localtime_r(&now, &tm);
+    cached_len = strftime(cached, sizeof(cached), "[%Y-%m-%d %H:%M:%S] ", &tm);
+    last = now;
+  }
+  if (cached_len >= outlen)
+    return 0;
+  memcpy(out, cached, cached_len);
+  return cached_len;
+}
+
 void cpx_log(int level, const char *rid, const char *fmt, ...) {
   char line[4096];
   size_t n;
-  struct tm tm;
-  time_t now;
   va_list ap;
 
   if (level < log_level)
     return;
-  now = time(NULL);
-  localtime_r(&now, &tm);
-  n = strftime(line, sizeof(line), "[%Y-%m-%d %H:%M:%S] ", &tm);
+  n = stamp(line, sizeof(line));
   n += (size_t)snprintf(line + n, sizeof(line) - n, "[%s] [%s] ",
                         rid ? rid : "--------", cpx_log_level_name(level));
   va_start(ap, fmt);
@@ -58,8 +73,21 @@ void cpx_log(int level, const char *rid, const char *fmt, ...) {
   if (n >= sizeof(line) - 1)
     n = sizeof(line) - 2;
   line[n++] = '\n';
-  /* One write per line so lines from several threads never interleave. */
+  /* stdio locks the stream per call, so lines from several threads never
+   * interleave; cpx_log_flush (on a timer, at errors and at exit) pushes
+   * the buffer out so logging costs no syscall per request. */
   fwrite(line, 1, n, stderr);
+  if (level >= CPX_LOG_WARN)
+    fflush(stderr);
+}
+
+void cpx_log_buffered(void) {
+  static char buf[65536];
+  setvbuf(stderr, buf, _IOFBF, sizeof(buf));
+}
+
+void cpx_log_flush(void) {
+  fflush(stderr);
 }
 
 static int is_secret_param(const char *p, size_t n) {

@@ -16,6 +16,12 @@ int cpx_log_get_level(void);
 int cpx_log_level_from_name(const char *name); /* -1 when unknown */
 const char *cpx_log_level_name(int level);
 
+/* Makes stderr fully buffered; the caller then calls cpx_log_flush
+ * periodically (the server does every 100 ms). Warnings and errors are
+ * flushed at once. */
+void cpx_log_buffered(void);
+void cpx_log_flush(void);
+
 /* rid may be NULL (no request). */
 void cpx_log(int level, const char *rid, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

@@ -52,7 +52,7 @@ static int vm_panic(lua_State *L) {
 /* ---- locating lua/ ------------------------------------------------------ */
 
 static int is_lua_dir(const char *dir) {
-  char p[PATH_MAX];
+  char p[PATH_MAX + 64];
   struct stat st;
   snprintf(p, sizeof(p), "%s/rt/boot.lua", dir);
   return stat(p, &st) == 0 && S_ISREG(st.st_mode);
@@ -134,8 +134,8 @@ static int read_file(const char *path, char **out, size_t *outlen) {
 /* Loads a text chunk (never bytecode) and gives it the sandbox env.
  * Stack: pushes the function, or returns non-zero with the message pushed. */
 static int load_sandboxed(lua_State *L, const char *path) {
-  char *src;
-  size_t len;
+  char *src = NULL;
+  size_t len = 0;
   char chunk[PATH_MAX + 2];
   int rc = read_file(path, &src, &len);
 
@@ -389,8 +389,10 @@ static void set_paths(lua_State *L, int doc_idx, const char *config_path,
   char cfgdir[PATH_MAX], full[PATH_MAX * 2];
   int n = 0;
 
-  snprintf(cfgdir, sizeof(cfgdir), "%s", config_path);
-  snprintf(cfgdir, sizeof(cfgdir), "%s", dirname(cfgdir));
+  char tmp[PATH_MAX];
+  snprintf(tmp, sizeof(tmp), "%s", config_path);
+  /* dirname may modify its argument and return a pointer into it. */
+  snprintf(cfgdir, sizeof(cfgdir), "%s", dirname(tmp));
   lua_newtable(L);
   get_path(L, doc_idx, "lua.paths");
   if (lua_istable(L, -1)) {

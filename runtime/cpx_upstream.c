@@ -365,6 +365,8 @@ void cpx_upstream_close(cpx_upstream_t *up) {
   uv_close((uv_handle_t *)&up->idle, noop_close);
   curl_multi_cleanup(up->multi);
   up->multi = NULL;
+  while (up->nspare > 0)
+    curl_easy_cleanup(up->spare[--up->nspare]);
   free(up->proxy);
   up->proxy = NULL;
 }
@@ -392,7 +394,7 @@ int cpx_fetch_start(cpx_upstream_t *up, const cpx_fetch_opts_t *o,
   f = calloc(1, sizeof(*f));
   if (!f)
     return CPX_ENOMEM;
-  e = curl_easy_init();
+  e = up->nspare > 0 ? up->spare[--up->nspare] : curl_easy_init();
   if (!e) {
     free(f);
     return CPX_ENOMEM;
@@ -422,7 +424,8 @@ int cpx_fetch_start(cpx_upstream_t *up, const cpx_fetch_opts_t *o,
   curl_easy_setopt(e, CURLOPT_HEADERDATA, f);
   curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, write_cb);
   curl_easy_setopt(e, CURLOPT_WRITEDATA, f);
-  curl_easy_setopt(e, CURLOPT_BUFFERSIZE, 65536L);
+  /* curl's default 16 KiB receive buffer: a bigger one costs an allocation
+   * per transfer and buys nothing for event streams. */
   curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
   apply_proxy(e, o->proxy ? o->proxy : up->proxy);
 
@@ -564,7 +567,13 @@ void cpx_fetch_free(cpx_fetch_t *f) {
     f->in_multi = 0;
     f->up->running--;
   }
-  curl_easy_cleanup(f->easy);
+  if (!f->up->closed && f->up->nspare < (int)(sizeof(f->up->spare) /
+                                              sizeof(f->up->spare[0]))) {
+    curl_easy_reset(f->easy);
+    f->up->spare[f->up->nspare++] = f->easy;
+  } else {
+    curl_easy_cleanup(f->easy);
+  }
   curl_slist_free_all(f->hdrs);
   free(f->req_body);
   free(f->resp_headers);

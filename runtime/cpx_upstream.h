@@ -58,6 +58,11 @@ struct cpx_upstream_s {
   uv_idle_t idle;   /* delivers deferred events */
   cpx_fetch_t *pending; /* fetches with undelivered events */
   char *proxy;          /* owned: global proxy-url or NULL */
+  /* Reset easy handles kept for reuse: curl_easy_init allocates its
+   * buffers anew each time, which showed up as a fifth of a small
+   * request's CPU. Owned; cleaned up in cpx_upstream_close. */
+  CURL *spare[64];
+  int nspare;
   size_t running;
   int closed;
 };

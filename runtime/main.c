@@ -17,16 +17,28 @@
 #include "cpx_tls.h"
 #include "cpx_tokens.h"
 
+#include <lua.h>
+
+#define MAX_SCRIPT_WATCHES 128
+
 typedef struct {
   cpx_worker_t w;
   uv_signal_t sig_term, sig_int, sig_hup;
   uv_fs_event_t watch;
   uv_timer_t debounce;
+  uv_timer_t script_debounce;
+  uv_timer_t log_flush;
+  /* One handle per script directory (inotify is not recursive). Each is
+   * heap-allocated and freed in its close callback. */
+  uv_fs_event_t *script_watch[MAX_SCRIPT_WATCHES];
+  int nscript_watch;
   int watching;
   int exit_code;
   int stopping;
   struct stat cfg_st;
 } app_t;
+
+static void watch_scripts(app_t *app);
 
 static void usage(FILE *out) {
   fprintf(out,
@@ -180,6 +192,7 @@ static void on_debounce(uv_timer_t *t) {
     return;
   app->cfg_st = st;
   reload(app, "config file changed");
+  watch_scripts(app);
 }
 
 static void on_config_event(uv_fs_event_t *h, const char *filename, int events,
@@ -200,6 +213,97 @@ static void on_close_noop(uv_handle_t *h) {
   CPX_UNUSED(h);
 }
 
+static void on_log_flush(uv_timer_t *t) {
+  CPX_UNUSED(t);
+  cpx_log_flush();
+}
+
+static void on_close_free(uv_handle_t *h) {
+  free(h);
+}
+
+static void on_script_debounce(uv_timer_t *t) {
+  app_t *app = t->data;
+  reload(app, "script changed");
+  /* New lua.paths or new subdirectories: watch what the config says now. */
+  watch_scripts(app);
+}
+
+static void on_script_event(uv_fs_event_t *h, const char *filename,
+                            int events, int status) {
+  app_t *app = h->data;
+  size_t n;
+  CPX_UNUSED(events);
+  if (status < 0 || app->stopping)
+    return;
+  /* Only Lua sources matter; editors' swap and backup files do not. */
+  if (filename) {
+    n = strlen(filename);
+    if (n < 4 || strcmp(filename + n - 4, ".lua") != 0) {
+      struct stat st;
+      char p[PATH_MAX];
+      snprintf(p, sizeof(p), "%s/%s", h->path ? h->path : ".", filename);
+      if (stat(p, &st) != 0 || !S_ISDIR(st.st_mode))
+        return;
+    }
+  }
+  uv_timer_start(&app->script_debounce, on_script_debounce, 200, 0);
+}
+
+static void add_script_watch(app_t *app, const char *dir, int depth) {
+  uv_fs_event_t *h;
+  uv_fs_t req;
+  uv_dirent_t ent;
+
+  if (app->nscript_watch >= MAX_SCRIPT_WATCHES || depth > 4)
+    return;
+  h = malloc(sizeof(*h));
+  if (!h)
+    return;
+  if (uv_fs_event_init(app->w.loop, h) != 0) {
+    free(h);
+    return;
+  }
+  h->data = app;
+  if (uv_fs_event_start(h, on_script_event, dir, 0) != 0) {
+    uv_close((uv_handle_t *)h, on_close_free);
+    return;
+  }
+  app->script_watch[app->nscript_watch++] = h;
+  if (uv_fs_scandir(NULL, &req, dir, 0, NULL) < 0) {
+    uv_fs_req_cleanup(&req);
+    return;
+  }
+  while (uv_fs_scandir_next(&req, &ent) != UV_EOF) {
+    if (ent.type == UV_DIRENT_DIR && ent.name[0] != '.') {
+      char sub[PATH_MAX];
+      snprintf(sub, sizeof(sub), "%s/%s", dir, ent.name);
+      add_script_watch(app, sub, depth + 1);
+    }
+  }
+  uv_fs_req_cleanup(&req);
+}
+
+/* (Re)builds the watches over every script directory of the current
+ * generation: the lua.paths entries, then the built-in lua/. */
+static void watch_scripts(app_t *app) {
+  lua_State *L = app->w.vm->L;
+  int n;
+
+  for (int i = 0; i < app->nscript_watch; i++)
+    uv_close((uv_handle_t *)app->script_watch[i], on_close_free);
+  app->nscript_watch = 0;
+  lua_getfield(L, LUA_REGISTRYINDEX, "cpx.paths");
+  n = lua_istable(L, -1) ? (int)lua_objlen(L, -1) : 0;
+  for (int i = 1; i <= n; i++) {
+    lua_rawgeti(L, -1, i);
+    if (lua_isstring(L, -1))
+      add_script_watch(app, lua_tostring(L, -1), 0);
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+}
+
 static void on_drained(cpx_server_t *srv) {
   app_t *app = srv->data == NULL ? NULL : (app_t *)srv->data;
   cpx_worker_t *w = &app->w;
@@ -212,6 +316,11 @@ static void on_drained(cpx_server_t *srv) {
   uv_close((uv_handle_t *)&app->sig_int, on_close_noop);
   uv_close((uv_handle_t *)&app->sig_hup, on_close_noop);
   uv_close((uv_handle_t *)&app->debounce, on_close_noop);
+  uv_close((uv_handle_t *)&app->script_debounce, on_close_noop);
+  uv_close((uv_handle_t *)&app->log_flush, on_close_noop);
+  for (int i = 0; i < app->nscript_watch; i++)
+    uv_close((uv_handle_t *)app->script_watch[i], on_close_free);
+  app->nscript_watch = 0;
   if (app->watching)
     uv_close((uv_handle_t *)&app->watch, on_close_noop);
   uv_stop(w->loop);
@@ -221,6 +330,7 @@ static void on_signal(uv_signal_t *h, int signum) {
   app_t *app = h->data;
   if (signum == SIGHUP) {
     reload(app, "SIGHUP");
+    watch_scripts(app);
     return;
   }
   if (app->stopping) {
@@ -289,6 +399,13 @@ static int run_server(const char *argv0, const char *path) {
   uv_signal_start(&app.sig_hup, on_signal, SIGHUP);
   uv_timer_init(&loop, &app.debounce);
   app.debounce.data = &app;
+  uv_timer_init(&loop, &app.script_debounce);
+  app.script_debounce.data = &app;
+  uv_timer_init(&loop, &app.log_flush);
+  uv_timer_start(&app.log_flush, on_log_flush, 100, 100);
+  uv_unref((uv_handle_t *)&app.log_flush);
+  cpx_log_buffered();
+  watch_scripts(&app);
   stat(w->config_path, &app.cfg_st);
   {
     char dir[PATH_MAX];
