@@ -878,6 +878,10 @@ static int encode(const char *encoding, const char *text, size_t len,
   size_t i = 0;
   while (i < len && rc == 0) {
     size_t end = next(s, len, i);
+    /* Every code point matches some alternative, so a piece is never
+     * empty; the guard keeps a matcher bug from hanging a request. */
+    if (end <= i)
+      end = i + uc_at(s, i).len;
     rc = encode_piece(e, s + i, end - i, k);
     i = end;
   }
@@ -925,7 +929,8 @@ int cpx__tokens_pieces(const char *encoding, const char *text, size_t len,
       e->pattern == PAT_O200K ? next_o200k : next_cl100k;
   size_t i = 0, k = 0;
   while (i < len) {
-    i = next((const uint8_t *)text, len, i);
+    size_t end = next((const uint8_t *)text, len, i);
+    i = end > i ? end : i + uc_at((const uint8_t *)text, i).len;
     k++;
   }
   *npieces = k;
