@@ -47,7 +47,7 @@ function _M.start(doc, lines, path)
       end
     end
   end
-  local chain, merr = require("rt.middleware").load(cfg)
+  local chain, merr = require("rt.middleware").load(cfg, lines)
   if not chain then return nil, merr end
   local app = { config = cfg, registry = registry.build(cfg), providers = providers, middleware = chain }
   local server = require("rt.server")

@@ -154,10 +154,14 @@ function _M.infer(app, req, info, fmt, body, opts)
   local up, upfmt, actx = res.up, res.upfmt, res.ctx
   if stream then
     req:start(200, stream_headers())
+    mw.defer_log(actx)
     if res.passthrough then
       local codec = translators.codecs[fmt]
       return req:pipe(up, {
         on_end = function(e)
+          local r = { status = 200, error = e }
+          mw.run(chain, "after", actx, r)
+          mw.run(chain, "log", actx, r)
           if e then return codec.stream_error({ status = 502, type = "server_error", message = e }, {}, actx) end
         end,
       }, "raw")
@@ -185,7 +189,9 @@ function _M.infer(app, req, info, fmt, body, opts)
         else
           frames = s:finish()
         end
-        mw.run(chain, "after", actx, { status = 200, usage = s.usage, stop = s.stop })
+        local r = { status = 200, usage = s.usage, stop = s.stop, error = e }
+        mw.run(chain, "after", actx, r)
+        mw.run(chain, "log", actx, r)
         return out_frames(frames)
       end,
     }, FRAMING)
@@ -204,6 +210,7 @@ function _M.infer(app, req, info, fmt, body, opts)
   end
   if res.passthrough and not opts.body_filter then
     if decoded then
+      mw.run(chain, "after", actx, { status = 200, body = decoded })
       return http.json(req, 200, decoded)
     end
     return req:respond(200, http.headers(up:headers()["content-type"] or "application/json"), rb)

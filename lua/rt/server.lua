@@ -299,12 +299,13 @@ end
 -- format naming the script and line; the traceback goes to the log.
 function _M.handle(req, info)
   local ok, err = xpcall(dispatch, on_error, req, info)
-  if ok then return end
+  if ok then return mw.done(app.middleware, info) end
   log("error", "script error:", err)
   if not req:sent() and not req:closed() then
     local msg = tostring(err):match("^[^\n]*") or "script error"
     http.error(req, format_for_path(info.path), 500, "script error: " .. msg, "server_error", "script_error")
   end
+  mw.done(app.middleware, info, err)
 end
 
 return _M
