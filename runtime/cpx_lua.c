@@ -17,6 +17,7 @@
 
 #include "cpx_log.h"
 #include "cpx_lua_util.h"
+#include "cpx_pool.h"
 #include "cpx_tokens.h"
 #include "cpx_yaml.h"
 
@@ -448,6 +449,7 @@ int cpx_vm_new(cpx_worker_t *w, const char *config_path, cpx_vm_t **out,
   cpx_lua_util_open(L);
   cpx__lua_api_register(L);
   cpx_tokens_lua_register(L);
+  cpx_pool_lua_register(L);
   lua_pushlightuserdata(L, w);
   lua_setfield(L, LUA_REGISTRYINDEX, "cpx.worker");
   lua_pushlightuserdata(L, vm);

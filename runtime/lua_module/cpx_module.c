@@ -3,7 +3,10 @@
 #include <lua.h>
 
 #include "cpx_lua_util.h"
+#include "cpx_pool.h"
 
 int luaopen_cpx(lua_State *L) {
-  return cpx_lua_util_open(L);
+  int n = cpx_lua_util_open(L);
+  cpx_pool_lua_register(L);
+  return n;
 }
