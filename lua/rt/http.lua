@@ -16,12 +16,24 @@ local CORS = {
 _M.CORS = CORS
 
 -- Returns a new header table: CORS + content type + extra.
+-- Header tables without extras never change: build each once. (The C side
+-- only reads them.)
+local plain, nplain = {}, 0
+
 function _M.headers(content_type, extra)
+  if not extra and content_type then
+    local c = plain[content_type]
+    if c then return c end
+  end
   local h = {}
   for k, v in pairs(CORS) do h[k] = v end
   if content_type then h["Content-Type"] = content_type end
   if extra then
     for k, v in pairs(extra) do h[k] = v end
+  elseif content_type and nplain < 32 then
+    -- bounded: upstream content types are not ours to enumerate
+    plain[content_type] = h
+    nplain = nplain + 1
   end
   return h
 end

@@ -13,6 +13,9 @@ local _M = {
   encode = cjson.encode,
   null = cjson.null,
   array_mt = cjson.array_mt,
+  -- the passthrough fast path (runtime/cpx_json_scan.c)
+  peek = cjson.peek,
+  set_string = cjson.set_string,
 }
 
 -- Marks t (or a new table) as a JSON array.

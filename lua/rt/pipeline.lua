@@ -36,6 +36,20 @@ local function shallow_copy(t)
   return setmetatable(o, getmetatable(t))
 end
 
+local function has_hook(chain, phase)
+  return chain ~= nil and chain.hooks ~= nil and chain.hooks[phase] ~= nil
+end
+
+-- True when config payload rules exist (they edit the decoded body).
+local function payload_rules(app)
+  local p = app.config.payload
+  if not p then return false end
+  for _, k in ipairs({ "default", "default-raw", "override", "override-raw", "filter" }) do
+    if p[k] and #p[k] > 0 then return true end
+  end
+  return false
+end
+
 -- Answers cliproxy's own error in the client's format.
 local function own_error(req, fmt, e, extra)
   return http.error(req, fmt, e.status, e.message, e.type, e.code, extra)
@@ -83,11 +97,26 @@ function _M.infer(app, req, info, fmt, body, opts)
   end
   local chain = app.middleware
   local stream = opts.stream and true or false
+  -- body may be nil: the route passed only the raw bytes (opts.raw) and the
+  -- table is decoded when something needs it (translation, a rewrite hook,
+  -- payload rules, a provider fix-up); a plain passthrough never does.
+  local raw = opts.raw
+  local function need_body()
+    if body == nil then
+      body = json.decode(raw)
+      if type(body) ~= "table" then body = {} end
+    end
+    return body
+  end
   local ctx = { model = model, stream = stream, request_id = info.id, info = info, body = body,
                 gemini_array = opts.gemini_array, client_format = fmt, endpoint = opts.endpoint,
                 client_gone = function() return req:closed() end }
-  mw.run(chain, "rewrite", ctx, body)
-  body = ctx.body
+  if has_hook(chain, "rewrite") then
+    ctx.body = need_body()
+    mw.run(chain, "rewrite", ctx, ctx.body)
+    body = ctx.body
+    raw = nil
+  end
   model = ctx.model
   local _, think = ir.parse_model(model)
   local wants_chunks = mw.wants_chunks(chain)
@@ -100,11 +129,16 @@ function _M.infer(app, req, info, fmt, body, opts)
     actx.target = target
     local passthrough = upfmt == fmt and not think and not wants_chunks and not opts.force_hub
       and not (fmt == "gemini" and opts.gemini_array and stream)
-    local tb
-    if passthrough then
-      tb = shallow_copy(body)
+    local tb, out
+    local upstream_stream = stream or provider.force_stream or false
+    if passthrough and raw and not provider.fixup and not payload_rules(app) then
+      -- The fast path: same format, only the model rewritten, no decode.
+      out = fmt == "gemini" and raw or json.set_string(raw, "model", target.upstream_model)
+    elseif passthrough then
+      tb = shallow_copy(need_body())
       if fmt ~= "gemini" then tb.model = target.upstream_model end
     else
+      need_body()
       actx.upstream_model = think and (target.upstream_model .. model:match("%b()$")) or target.upstream_model
       local err
       tb, err = translators.request(fmt, upfmt, body, actx)
@@ -112,10 +146,11 @@ function _M.infer(app, req, info, fmt, body, opts)
         return { status = 400, own = true, message = err or "cannot translate request" }
       end
     end
-    local upstream_stream = stream or provider.force_stream or false
-    if upfmt ~= "gemini" then tb.stream = upstream_stream or nil end
-    if provider.fixup then tb = provider.fixup(tb, actx) or tb end
-    local out = json.encode(tb)
+    if tb then
+      if upfmt ~= "gemini" then tb.stream = upstream_stream or nil end
+      if provider.fixup then tb = provider.fixup(tb, actx) or tb end
+      out = json.encode(tb)
+    end
     if not out then return { status = 500, own = true, message = "cannot encode upstream request" } end
     local ureq = provider.prepare(actx, { entry = target.entry, key = key,
                                           upstream_model = actx.upstream_model or target.upstream_model },
@@ -127,8 +162,12 @@ function _M.infer(app, req, info, fmt, body, opts)
       return { err = tostring(err), upfmt = upfmt, ctx = actx }
     end
     local status = up:status()
-    local headers = up:headers()
-    mw.run(chain, "on_headers", actx, status, headers)
+    -- Header tables cost a parse: build one only when someone looks.
+    local headers
+    if has_hook(chain, "on_headers") or status < 200 or status >= 300 then
+      headers = up:headers()
+      mw.run(chain, "on_headers", actx, status, headers)
+    end
     if status < 200 or status >= 300 then
       local eb = up:body()
       up:close()

@@ -91,23 +91,28 @@ end
 
 -- ---- inference routes -----------------------------------------------------
 
-local function chat_completions(req, info)
-  local body = decode_body(req, info, "openai_chat")
-  if not body then return end
-  return pipeline.infer(app, req, info, "openai_chat", body, { model = body.model, stream = body.stream == true })
+-- Reads model and stream without decoding the body (the passthrough fast
+-- path); a structurally broken body gets 400 in the client's format.
+local function peek_body(req, info, fmt)
+  local model, stream = json.peek(info.body, "model", "stream")
+  if model == nil and type(stream) == "string" then
+    http.error(req, fmt, 400, "invalid JSON body: " .. stream)
+    return nil
+  end
+  return true, model, stream == true
 end
 
-local function messages(req, info)
-  local body = decode_body(req, info, "claude")
-  if not body then return end
-  return pipeline.infer(app, req, info, "claude", body, { model = body.model, stream = body.stream == true })
+local function infer_route(fmt)
+  return function(req, info)
+    local ok, model, stream = peek_body(req, info, fmt)
+    if not ok then return end
+    return pipeline.infer(app, req, info, fmt, nil, { model = model, stream = stream, raw = info.body })
+  end
 end
 
-local function responses(req, info)
-  local body = decode_body(req, info, "openai_responses")
-  if not body then return end
-  return pipeline.infer(app, req, info, "openai_responses", body, { model = body.model, stream = body.stream == true })
-end
+local chat_completions = infer_route("openai_chat")
+local messages = infer_route("claude")
+local responses = infer_route("openai_responses")
 
 local function responses_get(req, info)
   -- Codex probes a websocket here first; 426 makes it fall back to POST at

@@ -1,0 +1,331 @@
+/* cpx_json_scan.c: the passthrough fast path's view of a JSON body.
+ *
+ * A same-format request only needs its top-level "model" and "stream" read
+ * and "model" rewritten; decoding 78 KB into Lua tables and encoding it
+ * again would cost more than the whole proxy hop. This scanner checks the
+ * document's structure (the top-level object's keys, values, commas and
+ * colons; balanced brackets and terminated strings below it) and reads or
+ * replaces top-level values in place. It does not validate scalars nested
+ * below the top level: the upstream that receives the body does that, and
+ * its error comes back to the client.
+ *
+ *   cpx.json.peek(s, key...)       -> value... | nil, err
+ *       string values are decoded, numbers and booleans converted, null is
+ *       nil, objects and arrays are reported as true
+ *   cpx.json.set_string(s, key, v) -> new string with the top-level key's
+ *       value replaced by the JSON string v (the key is added when absent)
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include <lauxlib.h>
+#include <lua.h>
+
+#include "cpx.h"
+#include "cpx_lua_util.h"
+
+#define MAX_DEPTH 1024
+
+typedef struct {
+  const char *kp; /* key bytes (without quotes) */
+  size_t kn;
+  const char *vp; /* value bytes as written */
+  size_t vn;
+} top_entry_t;
+
+static const char *skip_ws(const char *p, const char *end) {
+  while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
+    p++;
+  return p;
+}
+
+/* p points at the opening quote; returns the byte after the closing one. */
+static const char *skip_string(const char *p, const char *end) {
+  const char *q = p + 1;
+  for (;;) {
+    const char *c = memchr(q, '"', (size_t)(end - q));
+    if (!c)
+      return NULL;
+    /* The quote ends the string unless an odd run of backslashes precedes
+     * it. */
+    size_t bs = 0;
+    for (const char *b = c - 1; b > p && *b == '\\'; b--)
+      bs++;
+    if ((bs & 1) == 0)
+      return c + 1;
+    q = c + 1;
+  }
+}
+
+static int is_scalar_char(unsigned char c) {
+  return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') ||
+         (c >= 'A' && c <= 'Z') || c == '.' || c == '+' || c == '-';
+}
+
+/* Skips one value starting at p (after whitespace). */
+static const char *skip_value(const char *p, const char *end) {
+  char stack[MAX_DEPTH];
+  int depth = 0;
+
+  if (p >= end)
+    return NULL;
+  if (*p == '"')
+    return skip_string(p, end);
+  if (*p != '{' && *p != '[') {
+    const char *s = p;
+    while (p < end && is_scalar_char((unsigned char)*p))
+      p++;
+    return p > s ? p : NULL;
+  }
+  while (p < end) {
+    char c = *p;
+    if (c == '"') {
+      p = skip_string(p, end);
+      if (!p)
+        return NULL;
+      continue;
+    }
+    if (c == '{' || c == '[') {
+      if (depth >= MAX_DEPTH)
+        return NULL;
+      stack[depth++] = c == '{' ? '}' : ']';
+    } else if (c == '}' || c == ']') {
+      if (depth == 0 || stack[depth - 1] != c)
+        return NULL;
+      if (--depth == 0)
+        return p + 1;
+    }
+    p++;
+  }
+  return NULL;
+}
+
+/* Walks the top-level object. Calls back per entry; returns 0 or
+ * CPX_EPARSE with *at set to the failing offset. */
+typedef int (*entry_cb)(void *ud, const top_entry_t *e);
+
+static int scan_top(const char *s, size_t n, entry_cb cb, void *ud,
+                    size_t *at, const char **close_brace) {
+  const char *p = s, *end = s + n;
+  top_entry_t e;
+
+  p = skip_ws(p, end);
+  if (p >= end || *p != '{')
+    goto bad;
+  p = skip_ws(p + 1, end);
+  if (p < end && *p == '}') {
+    *close_brace = p;
+    p = skip_ws(p + 1, end);
+    if (p != end)
+      goto bad;
+    return 0;
+  }
+  for (;;) {
+    const char *ks, *ke, *ve;
+    if (p >= end || *p != '"')
+      goto bad;
+    ks = p;
+    ke = skip_string(p, end);
+    if (!ke)
+      goto bad;
+    p = skip_ws(ke, end);
+    if (p >= end || *p != ':')
+      goto bad;
+    p = skip_ws(p + 1, end);
+    ve = skip_value(p, end);
+    if (!ve)
+      goto bad;
+    e.kp = ks + 1;
+    e.kn = (size_t)(ke - ks - 2);
+    e.vp = p;
+    e.vn = (size_t)(ve - p);
+    if (cb && cb(ud, &e))
+      return 0;
+    p = skip_ws(ve, end);
+    if (p < end && *p == ',') {
+      p = skip_ws(p + 1, end);
+      continue;
+    }
+    if (p < end && *p == '}') {
+      *close_brace = p;
+      p = skip_ws(p + 1, end);
+      if (p != end)
+        goto bad;
+      return 0;
+    }
+    goto bad;
+  }
+bad:
+  *at = (size_t)(p - s);
+  return CPX_EPARSE;
+}
+
+typedef struct {
+  lua_State *L;
+  int nkeys;
+  int first_key; /* stack index of the first key argument */
+  top_entry_t found[16];
+  int have[16];
+} peek_t;
+
+static int peek_cb(void *ud, const top_entry_t *e) {
+  peek_t *pk = ud;
+  for (int i = 0; i < pk->nkeys; i++) {
+    size_t kn;
+    const char *k = lua_tolstring(pk->L, pk->first_key + i, &kn);
+    /* Duplicate keys: the last one wins, as in the full decoder. */
+    if (kn == e->kn && memcmp(k, e->kp, kn) == 0) {
+      pk->found[i] = *e;
+      pk->have[i] = 1;
+    }
+  }
+  return 0;
+}
+
+static void push_value(lua_State *L, const top_entry_t *e) {
+  char err[64];
+  const char *v = e->vp;
+  if (*v == '{' || *v == '[') {
+    lua_pushboolean(L, 1);
+    return;
+  }
+  if (*v == '"' && !memchr(v, '\\', e->vn)) {
+    lua_pushlstring(L, v + 1, e->vn - 2);
+    return;
+  }
+  /* Escaped strings, numbers and literals: the real decoder, on just this
+   * value. */
+  if (cpx_json_decode_push(L, v, e->vn, err, sizeof(err)) != 0) {
+    lua_pushnil(L);
+    return;
+  }
+  if (lua_type(L, -1) == LUA_TLIGHTUSERDATA) {
+    lua_pop(L, 1);
+    lua_pushnil(L);
+  }
+}
+
+static int l_peek(lua_State *L) {
+  size_t n, at = 0;
+  const char *s = luaL_checklstring(L, 1, &n);
+  const char *close;
+  peek_t pk;
+
+  memset(&pk, 0, sizeof(pk));
+  pk.L = L;
+  pk.first_key = 2;
+  pk.nkeys = lua_gettop(L) - 1;
+  if (pk.nkeys > 16)
+    return luaL_error(L, "json.peek: at most 16 keys");
+  for (int i = 0; i < pk.nkeys; i++)
+    luaL_checkstring(L, 2 + i);
+  if (scan_top(s, n, peek_cb, &pk, &at, &close) != 0) {
+    lua_pushnil(L);
+    lua_pushfstring(L, "json: malformed document at byte %d", (int)at);
+    return 2;
+  }
+  for (int i = 0; i < pk.nkeys; i++) {
+    if (pk.have[i])
+      push_value(L, &pk.found[i]);
+    else
+      lua_pushnil(L);
+  }
+  return pk.nkeys;
+}
+
+typedef struct {
+  const char *k;
+  size_t kn;
+  top_entry_t found;
+  int have;
+} find_t;
+
+static int find_cb(void *ud, const top_entry_t *e) {
+  find_t *f = ud;
+  if (e->kn == f->kn && memcmp(e->kp, f->k, f->kn) == 0) {
+    f->found = *e;
+    f->have = 1;
+  }
+  return 0;
+}
+
+static int l_set_string(lua_State *L) {
+  size_t n, at = 0, pre, post, total;
+  const char *s = luaL_checklstring(L, 1, &n);
+  const char *close, *tail;
+  char *enc, *out, *o;
+  size_t enclen;
+  find_t f;
+
+  memset(&f, 0, sizeof(f));
+  f.k = luaL_checklstring(L, 2, &f.kn);
+  luaL_checkstring(L, 3);
+  if (scan_top(s, n, find_cb, &f, &at, &close) != 0) {
+    lua_pushnil(L);
+    lua_pushfstring(L, "json: malformed document at byte %d", (int)at);
+    return 2;
+  }
+  if (cpx_json_encode_value(L, 3, &enc, &enclen) != 0)
+    return luaL_error(L, "json.set_string: cannot encode value");
+  /* One allocation and one copy: luaL_Buffer would copy a 78 KB body byte
+   * by byte through 8 KiB pieces. */
+  if (f.have) {
+    pre = (size_t)(f.found.vp - s);
+    tail = f.found.vp + f.found.vn;
+    post = n - (size_t)(tail - s);
+    total = pre + enclen + post;
+  } else {
+    const char *brace = memchr(s, '{', n);
+    const char *after = skip_ws(brace + 1, s + n);
+    int empty = after < s + n && *after == '}';
+    pre = (size_t)(brace + 1 - s);
+    tail = brace + 1;
+    post = n - pre;
+    total = pre + 1 + f.kn + 2 + enclen + (empty ? 0 : 1) + post;
+    out = malloc(total);
+    if (!out) {
+      free(enc);
+      return luaL_error(L, "out of memory");
+    }
+    o = out;
+    memcpy(o, s, pre);
+    o += pre;
+    *o++ = '"';
+    memcpy(o, f.k, f.kn);
+    o += f.kn;
+    *o++ = '"';
+    *o++ = ':';
+    memcpy(o, enc, enclen);
+    o += enclen;
+    if (!empty)
+      *o++ = ',';
+    memcpy(o, tail, post);
+    free(enc);
+    lua_pushlstring(L, out, total);
+    free(out);
+    return 1;
+  }
+  out = malloc(total);
+  if (!out) {
+    free(enc);
+    return luaL_error(L, "out of memory");
+  }
+  memcpy(out, s, pre);
+  memcpy(out + pre, enc, enclen);
+  memcpy(out + pre + enclen, tail, post);
+  free(enc);
+  lua_pushlstring(L, out, total);
+  free(out);
+  return 1;
+}
+
+/* Adds peek and set_string to the cpx.json table of the cpx table at the
+ * top of the stack. */
+void cpx_json_scan_register(lua_State *L) {
+  lua_getfield(L, -1, "json");
+  lua_pushcfunction(L, l_peek);
+  lua_setfield(L, -2, "peek");
+  lua_pushcfunction(L, l_set_string);
+  lua_setfield(L, -2, "set_string");
+  lua_pop(L, 1);
+}
