@@ -282,15 +282,17 @@ static void test_testplans(void) {
 
 /* ---- cases.txt --------------------------------------------------------- */
 
-/* The text gen.mjs builds for the "allcp" record. */
+/* The text gen.mjs builds for the "allcp" record: per code point C,
+ * C ctx "x" C "'s\n". */
 static char *allcp_text(size_t *len) {
   static const char *const ctx[8] = {"",  "a",  "A's",  " ",
                                      "1", "\n", "x'LL", "Z"};
-  size_t cap = 16 << 20, n = 0;
+  size_t cap = 32 << 20, n = 0;
   char *s = malloc(cap);
   for (uint32_t cp = 0; cp < 0xE1000; cp++) {
     if ((cp >= 0xD800 && cp < 0xE000) || (cp >= 0x40000 && cp < 0xE0000))
       continue;
+    size_t start = n;
     if (cp < 0x80) {
       s[n++] = (char)cp;
     } else if (cp < 0x800) {
@@ -306,9 +308,14 @@ static char *allcp_text(size_t *len) {
       s[n++] = (char)(0x80 | ((cp >> 6) & 0x3F));
       s[n++] = (char)(0x80 | (cp & 0x3F));
     }
-    size_t l = strlen(ctx[cp % 8]);
+    size_t l = strlen(ctx[cp % 8]), cl = n - start;
     memcpy(s + n, ctx[cp % 8], l);
     n += l;
+    s[n++] = 'x';
+    memmove(s + n, s + start, cl);
+    n += cl;
+    memcpy(s + n, "'s\n", 3);
+    n += 3;
   }
   *len = n;
   return s;
