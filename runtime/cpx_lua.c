@@ -53,7 +53,7 @@ static int vm_panic(lua_State *L) {
 /* ---- locating lua/ ------------------------------------------------------ */
 
 static int is_lua_dir(const char *dir) {
-  char p[PATH_MAX + 64];
+  char p[PATH_MAX * 2];
   struct stat st;
   snprintf(p, sizeof(p), "%s/rt/boot.lua", dir);
   return stat(p, &st) == 0 && S_ISREG(st.st_mode);

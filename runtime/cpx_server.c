@@ -732,9 +732,9 @@ int cpx_server_init(cpx_server_t *srv, uv_loop_t *loop,
   srv->loop = loop;
   srv->cfg = *cfg;
   srv->tls = tls;
-  uv_tcp_init(loop, &srv->listener);
+  /* The listener is created in cpx_server_listen, once the address family
+   * is known: SO_REUSEPORT must be set on the socket before bind. */
   uv_timer_init(loop, &srv->drain_timer);
-  srv->listener.data = srv;
   srv->drain_timer.data = srv;
   return 0;
 }
@@ -753,6 +753,13 @@ int cpx_server_listen(cpx_server_t *srv, char *err, size_t errlen) {
     snprintf(err, errlen, "invalid listen address %s:%d", host, srv->cfg.port);
     return CPX_EINVAL;
   }
+  rc = uv_tcp_init_ex(srv->loop, &srv->listener, addr.ss_family);
+  if (rc != 0) {
+    snprintf(err, errlen, "cannot create a socket: %s", uv_strerror(rc));
+    return rc;
+  }
+  srv->listener.data = srv;
+  srv->listener_open = 1;
   if (srv->cfg.reuse_port) {
     uv_os_fd_t fd;
     /* SO_REUSEPORT lets every worker own a listener on the same port. */
@@ -819,10 +826,9 @@ void cpx_server_drain(cpx_server_t *srv) {
   if (srv->draining)
     return;
   srv->draining = 1;
-  if (srv->listening) {
+  if (srv->listener_open && !uv_is_closing((uv_handle_t *)&srv->listener))
     uv_close((uv_handle_t *)&srv->listener, noop_close);
-    srv->listening = 0;
-  }
+  srv->listening = 0;
   for (c = srv->conns; c;) {
     cpx_conn_t *next = c->next;
     if (!c->active && c->write_queued == 0)
@@ -847,7 +853,7 @@ void cpx_server_close(cpx_server_t *srv) {
   srv->closed = 1;
   while (srv->conns)
     conn_close(srv->conns);
-  if (!uv_is_closing((uv_handle_t *)&srv->listener))
+  if (srv->listener_open && !uv_is_closing((uv_handle_t *)&srv->listener))
     uv_close((uv_handle_t *)&srv->listener, noop_close);
   if (!uv_is_closing((uv_handle_t *)&srv->drain_timer))
     uv_close((uv_handle_t *)&srv->drain_timer, noop_close);

@@ -89,6 +89,7 @@ struct cpx_server_s {
   size_t nconns;
   size_t active_requests;
   uint64_t next_rid;
+  int listener_open; /* listener handle initialised (needs uv_close) */
   int listening;
   int draining;
   int closed;

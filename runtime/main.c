@@ -2,6 +2,7 @@
  * hot reload, and the worker loop. */
 #include <getopt.h>
 #include <limits.h>
+#include <stdatomic.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,12 +18,35 @@
 #include "cpx_tls.h"
 #include "cpx_tokens.h"
 
+#include <curl/curl.h>
+
 #include <lua.h>
 
 #define MAX_SCRIPT_WATCHES 128
+#define MAX_WORKERS 64
 
+enum { CMD_RELOAD = 1, CMD_DRAIN = 2 };
+
+struct app_s;
+
+/* One loop thread. Worker 0 runs on the main thread and also owns the
+ * signals, the file watches and the log flush timer; the others get their
+ * commands through an async handle. */
 typedef struct {
-  cpx_worker_t w;
+  cpx_worker_t w; /* first: the server's data pointer leads to both */
+  struct app_s *app;
+  uv_loop_t loop;
+  uv_async_t async;
+  atomic_uint cmds;
+  uv_thread_t tid;
+  int started;
+  int drained;
+} worker_t;
+
+typedef struct app_s {
+  worker_t workers[MAX_WORKERS];
+  int nworkers;
+  cpx_tls_ctx_t *tls;
   uv_signal_t sig_term, sig_int, sig_hup;
   uv_fs_event_t watch;
   uv_timer_t debounce;
@@ -151,40 +175,58 @@ static void apply_log_level(const cpx_settings_t *s) {
   cpx_log_set_level(s->debug ? CPX_LOG_DEBUG : CPX_LOG_INFO);
 }
 
-static void reload(app_t *app, const char *why) {
-  cpx_worker_t *w = &app->w;
+/* Builds a new generation for one worker and swaps it in if it loaded. */
+static int reload_worker(worker_t *wk, const char *why) {
+  cpx_worker_t *w = &wk->w;
   cpx_vm_t *vm, *old = w->vm;
   char err[4096];
   uint64_t t0 = uv_hrtime();
 
-  if (app->stopping)
-    return;
   if (cpx_vm_new(w, w->config_path, &vm, err, sizeof(err)) != 0) {
     cpx_log_error(NULL, "reload (%s) rejected, keeping generation %u: %s", why,
                   old->gen, err);
-    return;
+    return -1;
   }
-  if (strcmp(vm->settings.server.host, old->settings.server.host) != 0 ||
-      vm->settings.server.port != old->settings.server.port ||
-      vm->settings.tls_enable != old->settings.tls_enable ||
-      strcmp(vm->settings.tls_cert, old->settings.tls_cert) != 0 ||
-      strcmp(vm->settings.tls_key, old->settings.tls_key) != 0)
-    cpx_log_warn(NULL, "host, port or tls changed: restart cliproxy to apply");
-  if (vm->settings.workers != old->settings.workers)
-    cpx_log_warn(NULL, "workers changed: restart cliproxy to apply");
+  if (w->id == 0) {
+    if (strcmp(vm->settings.server.host, old->settings.server.host) != 0 ||
+        vm->settings.server.port != old->settings.server.port ||
+        vm->settings.tls_enable != old->settings.tls_enable ||
+        strcmp(vm->settings.tls_cert, old->settings.tls_cert) != 0 ||
+        strcmp(vm->settings.tls_key, old->settings.tls_key) != 0)
+      cpx_log_warn(NULL,
+                   "host, port or tls changed: restart cliproxy to apply");
+    if (vm->settings.workers != old->settings.workers)
+      cpx_log_warn(NULL, "workers changed: restart cliproxy to apply");
+    apply_log_level(&vm->settings);
+  }
   w->vm = vm;
   cpx_server_update_config(&w->server, &vm->settings.server);
   cpx_upstream_set_proxy(&w->upstream, vm->settings.proxy_url);
-  apply_log_level(&vm->settings);
-  cpx_log_info(NULL, "reloaded (%s): generation %u in %.1f ms", why, vm->gen,
-               (double)(uv_hrtime() - t0) / 1e6);
+  cpx_log_info(NULL, "reloaded (%s): worker %d generation %u in %.1f ms", why,
+               w->id, vm->gen, (double)(uv_hrtime() - t0) / 1e6);
   cpx_vm_unref(old);
+  return 0;
+}
+
+static void broadcast(app_t *app, unsigned cmd) {
+  for (int i = 1; i < app->nworkers; i++) {
+    atomic_fetch_or(&app->workers[i].cmds, cmd);
+    uv_async_send(&app->workers[i].async);
+  }
+}
+
+/* Worker 0 decides; the others follow only when the new setup loaded. */
+static void reload(app_t *app, const char *why) {
+  if (app->stopping)
+    return;
+  if (reload_worker(&app->workers[0], why) == 0)
+    broadcast(app, CMD_RELOAD);
 }
 
 static void on_debounce(uv_timer_t *t) {
   app_t *app = t->data;
   struct stat st;
-  if (stat(app->w.config_path, &st) != 0)
+  if (stat(app->workers[0].w.config_path, &st) != 0)
     return; /* mid-rename: the next event brings it back */
   if (st.st_mtim.tv_sec == app->cfg_st.st_mtim.tv_sec &&
       st.st_mtim.tv_nsec == app->cfg_st.st_mtim.tv_nsec &&
@@ -202,7 +244,7 @@ static void on_config_event(uv_fs_event_t *h, const char *filename, int events,
   CPX_UNUSED(events);
   if (status < 0)
     return;
-  snprintf(base, sizeof(base), "%s", app->w.config_path);
+  snprintf(base, sizeof(base), "%s", app->workers[0].w.config_path);
   /* Editors replace files by rename: watch the directory, filter by name. */
   if (filename && strcmp(filename, basename(base)) != 0)
     return;
@@ -236,7 +278,7 @@ static void on_script_event(uv_fs_event_t *h, const char *filename,
   CPX_UNUSED(events);
   if (status < 0 || app->stopping)
     return;
-  /* Only Lua sources matter; editors' swap and backup files do not. */
+  /* Only Lua sources and new directories matter, not editors' swap files. */
   if (filename) {
     n = strlen(filename);
     if (n < 4 || strcmp(filename + n - 4, ".lua") != 0) {
@@ -260,7 +302,7 @@ static void add_script_watch(app_t *app, const char *dir, int depth) {
   h = malloc(sizeof(*h));
   if (!h)
     return;
-  if (uv_fs_event_init(app->w.loop, h) != 0) {
+  if (uv_fs_event_init(&app->workers[0].loop, h) != 0) {
     free(h);
     return;
   }
@@ -284,15 +326,17 @@ static void add_script_watch(app_t *app, const char *dir, int depth) {
   uv_fs_req_cleanup(&req);
 }
 
-/* (Re)builds the watches over every script directory of the current
+/* (Re)builds the watches over every script directory of worker 0's
  * generation: the lua.paths entries, then the built-in lua/. */
 static void watch_scripts(app_t *app) {
-  lua_State *L = app->w.vm->L;
+  lua_State *L = app->workers[0].w.vm->L;
   int n;
 
   for (int i = 0; i < app->nscript_watch; i++)
     uv_close((uv_handle_t *)app->script_watch[i], on_close_free);
   app->nscript_watch = 0;
+  if (app->stopping)
+    return;
   lua_getfield(L, LUA_REGISTRYINDEX, "cpx.paths");
   n = lua_istable(L, -1) ? (int)lua_objlen(L, -1) : 0;
   for (int i = 1; i <= n; i++) {
@@ -304,26 +348,39 @@ static void watch_scripts(app_t *app) {
   lua_pop(L, 1);
 }
 
+/* A worker with no request left closes its handles and leaves its loop. */
 static void on_drained(cpx_server_t *srv) {
-  app_t *app = srv->data == NULL ? NULL : (app_t *)srv->data;
-  cpx_worker_t *w = &app->w;
-  if (app->stopping == 2)
+  worker_t *wk = srv->data;
+  app_t *app = wk->app;
+  if (wk->drained)
     return;
-  app->stopping = 2;
-  cpx_log_info(NULL, "drained: exiting");
-  cpx_server_close(&w->server);
-  uv_close((uv_handle_t *)&app->sig_term, on_close_noop);
-  uv_close((uv_handle_t *)&app->sig_int, on_close_noop);
-  uv_close((uv_handle_t *)&app->sig_hup, on_close_noop);
-  uv_close((uv_handle_t *)&app->debounce, on_close_noop);
-  uv_close((uv_handle_t *)&app->script_debounce, on_close_noop);
-  uv_close((uv_handle_t *)&app->log_flush, on_close_noop);
-  for (int i = 0; i < app->nscript_watch; i++)
-    uv_close((uv_handle_t *)app->script_watch[i], on_close_free);
-  app->nscript_watch = 0;
-  if (app->watching)
-    uv_close((uv_handle_t *)&app->watch, on_close_noop);
-  uv_stop(w->loop);
+  wk->drained = 1;
+  cpx_server_close(&wk->w.server);
+  uv_close((uv_handle_t *)&wk->async, on_close_noop);
+  if (wk->w.id == 0) {
+    cpx_log_info(NULL, "drained: exiting");
+    uv_close((uv_handle_t *)&app->sig_term, on_close_noop);
+    uv_close((uv_handle_t *)&app->sig_int, on_close_noop);
+    uv_close((uv_handle_t *)&app->sig_hup, on_close_noop);
+    uv_close((uv_handle_t *)&app->debounce, on_close_noop);
+    uv_close((uv_handle_t *)&app->script_debounce, on_close_noop);
+    uv_close((uv_handle_t *)&app->log_flush, on_close_noop);
+    for (int i = 0; i < app->nscript_watch; i++)
+      uv_close((uv_handle_t *)app->script_watch[i], on_close_free);
+    app->nscript_watch = 0;
+    if (app->watching)
+      uv_close((uv_handle_t *)&app->watch, on_close_noop);
+  }
+  uv_stop(&wk->loop);
+}
+
+static void on_async(uv_async_t *h) {
+  worker_t *wk = h->data;
+  unsigned cmds = atomic_exchange(&wk->cmds, 0);
+  if (cmds & CMD_RELOAD)
+    reload_worker(wk, "reload");
+  if (cmds & CMD_DRAIN)
+    cpx_server_drain(&wk->w.server);
 }
 
 static void on_signal(uv_signal_t *h, int signum) {
@@ -335,100 +392,158 @@ static void on_signal(uv_signal_t *h, int signum) {
   }
   if (app->stopping) {
     cpx_log_warn(NULL, "second signal: exiting now");
-    exit(app->exit_code);
+    cpx_log_flush();
+    _exit(app->exit_code);
   }
   app->stopping = 1;
   cpx_log_info(NULL, "%s: draining", signum == SIGTERM ? "SIGTERM" : "SIGINT");
-  cpx_server_drain(&app->w.server);
+  broadcast(app, CMD_DRAIN);
+  cpx_server_drain(&app->workers[0].w.server);
 }
 
-/* cpx_server_t.data must lead to the worker for the Lua layer and to the app
- * for on_drained: the worker is the app's first member. */
+/* Sets up one worker: loop, Lua generation, upstream client. */
+static int worker_init(app_t *app, int id, const char *config_path,
+                       const char *lua_dir) {
+  worker_t *wk = &app->workers[id];
+  cpx_worker_t *w = &wk->w;
+  char err[4096];
+
+  wk->app = app;
+  w->id = id;
+  snprintf(w->config_path, sizeof(w->config_path), "%s", config_path);
+  snprintf(w->lua_dir, sizeof(w->lua_dir), "%s", lua_dir);
+  uv_loop_init(&wk->loop);
+  w->loop = &wk->loop;
+  cpx_worker_init_lua(w);
+  if (cpx_vm_new(w, w->config_path, &w->vm, err, sizeof(err)) != 0) {
+    fprintf(stderr, "%s\n", err);
+    return -1;
+  }
+  if (cpx_upstream_init(&w->upstream, w->loop, w->vm->settings.proxy_url) !=
+      0) {
+    fprintf(stderr, "cliproxy: cannot initialise libcurl\n");
+    return -1;
+  }
+  uv_async_init(w->loop, &wk->async, on_async);
+  wk->async.data = wk;
+  return 0;
+}
+
+/* Opens the worker's listener; with several workers each owns one on the
+ * same port (SO_REUSEPORT) and the kernel spreads connections. */
+static int worker_listen(app_t *app, int id, int nworkers) {
+  worker_t *wk = &app->workers[id];
+  cpx_worker_t *w = &wk->w;
+  cpx_server_config_t sc = w->vm->settings.server;
+  char err[4096];
+
+  sc.reuse_port = nworkers > 1;
+  cpx_server_init(&w->server, w->loop, &sc, app->tls);
+  w->server.on_request = cpx_lua_on_request;
+  w->server.on_drained = on_drained;
+  w->server.data = wk;
+  if (cpx_server_listen(&w->server, err, sizeof(err)) != 0) {
+    fprintf(stderr, "cliproxy: %s\n", err);
+    return -1;
+  }
+  return 0;
+}
+
+static void worker_finish(worker_t *wk) {
+  cpx_worker_close_lua(&wk->w);
+  cpx_upstream_close(&wk->w.upstream);
+  uv_run(&wk->loop, UV_RUN_NOWAIT);
+  uv_run(&wk->loop, UV_RUN_NOWAIT);
+}
+
+static void worker_thread(void *arg) {
+  worker_t *wk = arg;
+  uv_run(&wk->loop, UV_RUN_DEFAULT);
+  worker_finish(wk);
+}
 
 static int run_server(const char *argv0, const char *path) {
   static app_t app;
-  cpx_worker_t *w = &app.w;
-  cpx_tls_ctx_t *tls = NULL;
-  char err[4096];
-  uv_loop_t loop;
+  char config_path[4096], lua_dir[4096], err[4096];
+  worker_t *w0 = &app.workers[0];
+  int n;
 
   signal(SIGPIPE, SIG_IGN);
   umask(077);
-  if (resolve_config(path, w->config_path, sizeof(w->config_path)) != 0)
+  if (resolve_config(path, config_path, sizeof(config_path)) != 0)
     return 1;
-  if (cpx_lua_find_builtin_dir(argv0, w->lua_dir, sizeof(w->lua_dir)) != 0) {
+  if (cpx_lua_find_builtin_dir(argv0, lua_dir, sizeof(lua_dir)) != 0) {
     fprintf(stderr, "cliproxy: cannot find the built-in lua/ directory "
                     "(set CPX_LUA_DIR)\n");
     return 1;
   }
-  uv_loop_init(&loop);
-  w->loop = &loop;
-  cpx_worker_init_lua(w);
-  if (cpx_vm_new(w, w->config_path, &w->vm, err, sizeof(err)) != 0) {
-    fprintf(stderr, "%s\n", err);
+  /* libcurl's global state must be set up before any thread uses it. */
+  curl_global_init(CURL_GLOBAL_DEFAULT);
+  if (worker_init(&app, 0, config_path, lua_dir) != 0)
+    return 1;
+  apply_log_level(&w0->w.vm->settings);
+  n = w0->w.vm->settings.workers;
+  if (n > MAX_WORKERS)
+    n = MAX_WORKERS;
+  if (w0->w.vm->settings.tls_enable &&
+      cpx_tls_ctx_new(&app.tls, w0->w.vm->settings.tls_cert,
+                      w0->w.vm->settings.tls_key, err, sizeof(err)) != 0) {
+    fprintf(stderr, "%s: %s\n", config_path, err);
     return 1;
   }
-  apply_log_level(&w->vm->settings);
-  if (w->vm->settings.workers > 1)
-    cpx_log_warn(NULL, "workers: %d requested; this build runs 1 worker",
-                 w->vm->settings.workers);
-  if (w->vm->settings.tls_enable &&
-      cpx_tls_ctx_new(&tls, w->vm->settings.tls_cert, w->vm->settings.tls_key,
-                      err, sizeof(err)) != 0) {
-    fprintf(stderr, "%s: %s\n", w->config_path, err);
+  if (worker_listen(&app, 0, n) != 0)
     return 1;
-  }
-  if (cpx_upstream_init(&w->upstream, &loop, w->vm->settings.proxy_url) != 0) {
-    fprintf(stderr, "cliproxy: cannot initialise libcurl\n");
-    return 1;
-  }
-  cpx_server_init(&w->server, &loop, &w->vm->settings.server, tls);
-  w->server.on_request = cpx_lua_on_request;
-  w->server.on_drained = on_drained;
-  w->server.data = &app;
-  if (cpx_server_listen(&w->server, err, sizeof(err)) != 0) {
-    fprintf(stderr, "cliproxy: %s\n", err);
-    return 1;
-  }
-  uv_signal_init(&loop, &app.sig_term);
-  uv_signal_init(&loop, &app.sig_int);
-  uv_signal_init(&loop, &app.sig_hup);
+  for (int i = 1; i < n; i++)
+    if (worker_init(&app, i, config_path, lua_dir) != 0 ||
+        worker_listen(&app, i, n) != 0)
+      return 1;
+  app.nworkers = n;
+  uv_signal_init(&w0->loop, &app.sig_term);
+  uv_signal_init(&w0->loop, &app.sig_int);
+  uv_signal_init(&w0->loop, &app.sig_hup);
   app.sig_term.data = app.sig_int.data = app.sig_hup.data = &app;
   uv_signal_start(&app.sig_term, on_signal, SIGTERM);
   uv_signal_start(&app.sig_int, on_signal, SIGINT);
   uv_signal_start(&app.sig_hup, on_signal, SIGHUP);
-  uv_timer_init(&loop, &app.debounce);
+  uv_timer_init(&w0->loop, &app.debounce);
   app.debounce.data = &app;
-  uv_timer_init(&loop, &app.script_debounce);
+  uv_timer_init(&w0->loop, &app.script_debounce);
   app.script_debounce.data = &app;
-  uv_timer_init(&loop, &app.log_flush);
+  uv_timer_init(&w0->loop, &app.log_flush);
   uv_timer_start(&app.log_flush, on_log_flush, 100, 100);
   uv_unref((uv_handle_t *)&app.log_flush);
   cpx_log_buffered();
   watch_scripts(&app);
-  stat(w->config_path, &app.cfg_st);
+  stat(config_path, &app.cfg_st);
   {
     char dir[PATH_MAX];
-    snprintf(dir, sizeof(dir), "%s", w->config_path);
-    if (uv_fs_event_init(&loop, &app.watch) == 0 &&
+    snprintf(dir, sizeof(dir), "%s", config_path);
+    if (uv_fs_event_init(&w0->loop, &app.watch) == 0 &&
         uv_fs_event_start(&app.watch, on_config_event, dirname(dir), 0) == 0) {
       app.watch.data = &app;
       app.watching = 1;
     }
   }
-  cpx_log_info(NULL, "cliproxy %s listening on %s%s:%d (config %s, lua %s)",
-               CPX_VERSION, w->vm->settings.tls_enable ? "https://" : "http://",
-               w->server.cfg.host[0] ? w->server.cfg.host : "0.0.0.0",
-               w->server.cfg.port, w->config_path, w->lua_dir);
-  uv_run(&loop, UV_RUN_DEFAULT);
-  /* Let every handle close, then release what the loop held. */
-  cpx_worker_close_lua(w);
-  cpx_upstream_close(&w->upstream);
-  uv_run(&loop, UV_RUN_NOWAIT);
-  uv_run(&loop, UV_RUN_NOWAIT);
-  if (tls)
-    cpx_tls_ctx_free(tls);
-  fflush(stderr);
+  for (int i = 1; i < n; i++) {
+    if (uv_thread_create(&app.workers[i].tid, worker_thread,
+                         &app.workers[i]) == 0)
+      app.workers[i].started = 1;
+  }
+  cpx_log_info(NULL,
+               "cliproxy %s listening on %s%s:%d with %d worker(s) (config %s, "
+               "lua %s)",
+               CPX_VERSION, w0->w.vm->settings.tls_enable ? "https://"
+                                                          : "http://",
+               w0->w.server.cfg.host[0] ? w0->w.server.cfg.host : "0.0.0.0",
+               w0->w.server.cfg.port, n, config_path, lua_dir);
+  uv_run(&w0->loop, UV_RUN_DEFAULT);
+  worker_finish(w0);
+  for (int i = 1; i < n; i++)
+    if (app.workers[i].started)
+      uv_thread_join(&app.workers[i].tid);
+  if (app.tls)
+    cpx_tls_ctx_free(app.tls);
+  cpx_log_flush();
   return app.exit_code;
 }
 
