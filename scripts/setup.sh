@@ -46,3 +46,17 @@ if [ "$want_test" = 1 ] && [ -f spec/e2e/package.json ]; then
     echo "setup: e2e npm packages present"
   fi
 fi
+
+# The real coding CLIs for spec/e2e/clis.test.mjs, pinned in their own npm
+# project (about 750 MB: Claude Code and Codex ship native binaries) so that the
+# SDK install above stays light. npm ci installs exactly the lock file.
+if [ "$want_test" = 1 ] && [ -f spec/e2e/clis/package.json ]; then
+  if [ ! -d spec/e2e/clis/node_modules ] || [ spec/e2e/clis/package.json -nt spec/e2e/clis/node_modules ] \
+     || [ spec/e2e/clis/package-lock.json -nt spec/e2e/clis/node_modules ]; then
+    echo "setup: installing the e2e CLIs (spec/e2e/clis: claude-code, codex, gemini-cli; about 750 MB)"
+    (cd spec/e2e/clis && npm ci --no-audit --no-fund --loglevel=error)
+    touch spec/e2e/clis/node_modules
+  else
+    echo "setup: e2e CLIs present"
+  fi
+fi
