@@ -365,16 +365,20 @@ const SCENARIOS = {
 
 // -------------------------------------------------------------------- set-up
 
+// Models of their own for the client-disconnect tests, so that a cooldown there
+// cannot touch the other groups.
+const DC = { openai: { name: 'mock-dc-openai', alias: 'mx-dc-openai' }, claude: { name: 'mock-dc-claude', alias: 'mx-dc-claude' } };
+
 before(async () => {
   mock = await startMock();
   const U = UPSTREAMS;
   const entry = (u, base) => ({ 'api-key': u.key, 'base-url': base, models: [{ name: u.name, alias: u.alias }] });
   proxy = await startProxy({
     apiKeys: [CLIENT_KEY],
-    openaiCompat: [{ name: 'mx-compat', baseUrl: `${mock.url}/v1`, keys: [U.openai.key], models: [{ name: U.openai.name, alias: U.openai.alias }] }],
+    openaiCompat: [{ name: 'mx-compat', baseUrl: `${mock.url}/v1`, keys: [U.openai.key], models: [{ name: U.openai.name, alias: U.openai.alias }, DC.openai] }],
     extra: {
       'codex-api-key': [entry(U.responses, `${mock.url}/v1`)],
-      'claude-api-key': [entry(U.claude, mock.url)],
+      'claude-api-key': [{ ...entry(U.claude, mock.url), models: [{ name: U.claude.name, alias: U.claude.alias }, DC.claude] }],
       'gemini-api-key': [entry(U.gemini, mock.url)],
     },
   });
@@ -662,6 +666,34 @@ describe('misc endpoints', () => {
     const one = await gg.models.get({ model: 'mx-responses' });
     assert.equal(one.name, 'models/mx-responses');
   });
+});
+
+// ------------------------------------------------------- client goes away
+
+// A client that disconnects while its request is upstream says nothing about the
+// upstream credential. Found by the benchmarks: wrk closes its connections with
+// requests in flight, cliproxy then cooled the only credential for 60 s and
+// answered every later request with 429 model_cooldown.
+describe('client disconnect', () => {
+  for (const upstream of ['openai', 'claude']) {
+    const todo = 'KNOWN BUG (reported): cliproxy cools the credential down for 60 s after "client closed request"';
+    test(`a client that aborts mid-request does not cool down the ${upstream} upstream`, { ...T(), todo }, async () => {
+      mock.reset().once({ text: 'slow', delayMs: 400 }).reply({ text: 'still served' });
+      const ac = new AbortController();
+      const p = fetch(`${proxy.url}/v1/chat/completions`, {
+        method: 'POST', signal: ac.signal,
+        headers: { 'content-type': 'application/json', authorization: `Bearer ${CLIENT_KEY}` },
+        body: JSON.stringify({ model: DC[upstream].alias, messages: [{ role: 'user', content: 'hi' }] }),
+      });
+      await mock.waitForRequest(() => true, 3000);
+      ac.abort();
+      await assert.rejects(p);
+      await mock.waitForClose(mock.requests[0], 3000); // cliproxy cancelled the upstream request
+      const r = await raw('POST', '/v1/chat/completions', JSON.stringify({ model: DC[upstream].alias, messages: [{ role: 'user', content: 'again' }] }), AUTH.chat);
+      assert.equal(r.status, 200, `the next request is served, got ${r.status} ${r.text}`);
+      assert.equal(r.json.choices[0].message.content, 'still served');
+    });
+  }
 });
 
 // ---------------------------------------------------------- legacy completions
