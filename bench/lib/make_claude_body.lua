@@ -1,0 +1,95 @@
+-- Writes an Anthropic Messages request of about TARGET bytes (default 78000)
+-- shaped like the one Claude Code 2.1.197 sends first: `system` as three text
+-- blocks (billing header, then two with cache_control), 24 tools with an
+-- input_schema ($schema draft 2020-12), a user turn of text blocks followed by
+-- a role:"system" message, thinking adaptive + output_config.effort,
+-- context_management, metadata.user_id as a JSON string, max_tokens 64000.
+-- Deterministic (own word list and LCG).
+--   luajit make_claude_body.lua OUTFILE [TARGET_BYTES] [MODEL] [STREAM]
+local out, target, model = arg[1], tonumber(arg[2] or "78000"), arg[3] or "bench-model"
+local stream = arg[4] == "stream"
+assert(out, "usage: luajit make_claude_body.lua OUTFILE [TARGET_BYTES] [MODEL] [stream]")
+
+local words = {
+  "the", "agent", "reads", "files", "in", "the", "repository", "and", "edits", "them", "with", "care",
+  "before", "running", "tests", "always", "check", "the", "working", "directory", "use", "absolute",
+  "paths", "when", "possible", "prefer", "small", "focused", "changes", "explain", "what", "you",
+  "changed", "and", "why", "never", "commit", "secrets", "tool", "results", "may", "be", "truncated",
+  "search", "for", "symbols", "first", "then", "open", "only", "relevant", "ranges", "of", "a", "file",
+  "shell", "commands", "run", "in", "a", "sandbox", "network", "access", "is", "limited", "to",
+  "loopback", "respect", "the", "user's", "instructions", "over", "defaults", "keep", "answers", "short",
+}
+local seed = 4242
+local function rnd(n) seed = (seed * 1103515245 + 12345) % 2147483648; return seed % n + 1 end
+local function sentence(n)
+  local t = {}
+  for i = 1, n do t[i] = words[rnd(#words)] end
+  t[1] = t[1]:sub(1, 1):upper() .. t[1]:sub(2)
+  return table.concat(t, " ") .. "."
+end
+local function paragraph(sentences)
+  local t = {}
+  for i = 1, sentences do t[i] = sentence(6 + rnd(12)) end
+  return table.concat(t, " ")
+end
+local function esc(s)
+  return '"' .. s:gsub('[%c"\\]', function(c)
+    if c == "\n" then return "\\n" elseif c == '"' then return '\\"' elseif c == "\\" then return "\\\\" end
+    return string.format("\\u%04x", c:byte())
+  end) .. '"'
+end
+
+local tool_names = { "Agent", "Bash", "CronCreate", "CronDelete", "CronList", "Edit", "EnterWorktree",
+  "ExitWorktree", "NotebookEdit", "Read", "ReportFindings", "ScheduleWakeup", "SendMessage", "Skill",
+  "TaskCreate", "TaskGet", "TaskList", "TaskOutput", "TaskStop", "TaskUpdate", "WebFetch", "WebSearch",
+  "Workflow", "Write" }
+
+local function tool(name)
+  local props, req = {}, {}
+  for i = 1, 2 + rnd(4) do
+    local p = words[rnd(#words)] .. "_" .. i
+    local kind = ({ "string", "string", "number", "boolean" })[rnd(4)]
+    props[#props + 1] = esc(p) .. ':{"type":"' .. kind .. '","description":' .. esc(sentence(8 + rnd(10))) .. '}'
+    if i == 1 then req[#req + 1] = esc(p) end
+  end
+  return '{"name":' .. esc(name) .. ',"description":' .. esc(paragraph(6 + rnd(10))) ..
+    ',"input_schema":{"$schema":"https://json-schema.org/draft/2020-12/schema","type":"object","properties":{' ..
+    table.concat(props, ",") .. '},"required":[' .. table.concat(req, ",") .. '],"additionalProperties":false}}'
+end
+
+local tools = {}
+for i, n in ipairs(tool_names) do tools[i] = tool(n) end
+local tools_json = "[" .. table.concat(tools, ",") .. "]"
+local reminder = "<system-reminder>\n" .. paragraph(4) .. "\n</system-reminder>\n\n"
+local agents = "Available agent types for the Agent tool:\n" .. paragraph(6)
+local user_id = esc('{"device_id":"0f3c9a7e5b1d4c2a8e6f0b9d7c5a3e1f0f3c9a7e5b1d4c2a8e6f0b9d7c5a3e1f","account_uuid":"","session_id":"6d1f2a9c-3b4e-4f5a-8c7d-9e0f1a2b3c4d"}')
+
+local function build(system)
+  return '{"model":' .. esc(model) .. ',"messages":[' ..
+    '{"role":"user","content":[{"type":"text","text":' .. esc(reminder) .. '},' ..
+    '{"type":"text","text":"Reply with the word PONG","cache_control":{"type":"ephemeral"}}]},' ..
+    '{"role":"system","content":' .. esc(agents) .. '}],' ..
+    '"system":[{"type":"text","text":"x-anthropic-billing-header: cc_version=2.1.197.a1b; cc_entrypoint=sdk-cli; cch=00000;"},' ..
+    '{"type":"text","text":"You are Claude Code, Anthropic\'s official CLI for Claude.","cache_control":{"type":"ephemeral"}},' ..
+    '{"type":"text","text":' .. esc(system) .. ',"cache_control":{"type":"ephemeral"}}],' ..
+    '"tools":' .. tools_json .. ',' ..
+    '"metadata":{"user_id":' .. user_id .. '},' ..
+    '"max_tokens":64000,"thinking":{"type":"adaptive"},"output_config":{"effort":"high"},' ..
+    '"context_management":{"edits":[{"type":"clear_thinking_20251015","keep":"all"}]},' ..
+    '"stream":' .. (stream and "true" or "false") .. '}'
+end
+
+local paras = {}
+local body = build("")
+while #body < target do
+  paras[#paras + 1] = paragraph(5)
+  body = build(table.concat(paras, "\n\n"))
+end
+local sys = table.concat(paras, "\n\n")
+sys = sys:sub(1, #sys - (#body - target))
+body = build(sys)
+
+local f = assert(io.open(out, "wb"))
+f:write(body)
+f:close()
+io.stderr:write(string.format("make_claude_body: %s, %d bytes, %d tools\n", out, #body, #tool_names))
