@@ -22,6 +22,9 @@
 #include "cpx_yaml.h"
 
 #define REG_PATHS "cpx.paths"
+/* The sandbox's module cache. Not _LOADED: that one holds io, os, debug,
+ * package and jit, which require() would otherwise hand to any script. */
+#define REG_MODULES "cpx.modules"
 #define REG_ENV "cpx.env"
 #define MAX_MODULE_BYTES (8u * 1024 * 1024)
 
@@ -36,7 +39,7 @@ static void *vm_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
     return NULL;
   }
   size_t old = ptr ? osize : 0;
-  if (vm->mem_limit && nsize > old &&
+  if (vm->mem_limit && !vm->host && nsize > old &&
       vm->mem_used + (nsize - old) > vm->mem_limit)
     return NULL; /* LuaJIT raises "not enough memory" */
   void *np = realloc(ptr, nsize);
@@ -168,22 +171,35 @@ static int l_require(lua_State *L) {
   struct stat st;
   int found = 0;
 
-  lua_getfield(L, LUA_REGISTRYINDEX, "_LOADED");
+  lua_getfield(L, LUA_REGISTRYINDEX, REG_MODULES);
   lua_getfield(L, -1, name);
+  if (lua_isboolean(L, -1) && !lua_toboolean(L, -1))
+    return luaL_error(L, "module '%s' requires itself while loading "
+                         "(an override must not require its own name)",
+                      name);
   if (!lua_isnil(L, -1))
     return 1;
   lua_pop(L, 1);
+  /* Mark the module as loading so one that requires itself (an override
+   * asking for "the built-in") fails cleanly instead of recursing. */
+  lua_pushboolean(L, 0);
+  lua_setfield(L, -2, name);
   for (int i = 0; native_modules[i]; i++) {
     if (strcmp(name, native_modules[i]) == 0) {
       lua_getglobal(L, "require");
       lua_pushvalue(L, 1);
       lua_call(L, 1, 1);
+      lua_pushvalue(L, -1);
+      lua_setfield(L, -3, name);
       return 1;
     }
   }
   if (strlen(name) >= sizeof(rel) - 16 || strstr(name, "..") ||
-      strchr(name, '/'))
+      strchr(name, '/')) {
+    lua_pushnil(L);
+    lua_setfield(L, -2, name);
     return luaL_error(L, "invalid module name '%s'", name);
+  }
   snprintf(rel, sizeof(rel), "%s", name);
   for (char *p = rel; *p; p++)
     if (*p == '.')
@@ -202,18 +218,33 @@ static int l_require(lua_State *L) {
     lua_pop(L, 1);
   }
   lua_pop(L, 1);
-  if (!found)
+  if (!found) {
+    lua_pushnil(L);
+    lua_setfield(L, -2, name);
     return luaL_error(L, "module '%s' not found in lua.paths or lua/", name);
-  if (load_sandboxed(L, path) != 0)
+  }
+  if (load_sandboxed(L, path) != 0) {
+    lua_pushnil(L);
+    lua_setfield(L, -3, name);
     return lua_error(L);
+  }
   lua_pushstring(L, name);
-  lua_call(L, 1, 1);
+  {
+    /* Run the chunk protected so a failing module is forgotten (a later
+     * require retries it) and the error still reaches the caller. */
+    int rc = lua_pcall(L, 1, 1, 0);
+    if (rc != 0) {
+      lua_pushnil(L);
+      lua_setfield(L, -3, name);
+      return lua_error(L);
+    }
+  }
   if (lua_isnil(L, -1)) {
     lua_pop(L, 1);
     lua_pushboolean(L, 1);
   }
   lua_pushvalue(L, -1);
-  lua_setfield(L, -3, name); /* _LOADED[name] */
+  lua_setfield(L, -3, name); /* modules[name] */
   return 1;
 }
 
@@ -455,10 +486,11 @@ int cpx_vm_new(cpx_worker_t *w, const char *config_path, cpx_vm_t **out,
   lua_setfield(L, LUA_REGISTRYINDEX, "cpx.worker");
   lua_pushlightuserdata(L, vm);
   lua_setfield(L, LUA_REGISTRYINDEX, "cpx.vm");
-  lua_getfield(L, LUA_REGISTRYINDEX, "_LOADED");
+  lua_newtable(L); /* the sandbox's module cache */
   lua_pushvalue(L, -2);
   lua_setfield(L, -2, "cpx");
-  lua_pop(L, 2);
+  lua_setfield(L, LUA_REGISTRYINDEX, REG_MODULES);
+  lua_pop(L, 1);
   build_sandbox(L);
 
   top = lua_gettop(L);

@@ -44,6 +44,10 @@ struct cpx_vm_s {
   unsigned gen;
   size_t mem_used;
   size_t mem_limit;
+  /* > 0 while the host (C) works on the VM outside any protected call: the
+   * cap does not apply then, so a full VM can never make an unprotected API
+   * call fail (which would be a panic). Scripts always run under the cap. */
+  int host;
   int handle_ref; /* rt.server handle function */
   int shutdown_ref;
   cpx_worker_t *worker;

@@ -217,7 +217,20 @@ static void push_fetch_error(lua_State *L, cpx_fetch_t *f) {
     lua_pushstring(L, cpx_strerror(f->result));
 }
 
+static void on_fetch_event_inner(cpx_fetch_t *f, int ev);
+
+/* Values pushed onto a suspended coroutine are host work: no cap. */
 static void on_fetch_event(cpx_fetch_t *f, int ev) {
+  lfetch_t *lf = f->data;
+  cpx_vm_t *vm = lf->lr->vm;
+  cpx_vm_ref(vm);
+  vm->host++;
+  on_fetch_event_inner(f, ev);
+  vm->host--;
+  cpx_vm_unref(vm);
+}
+
+static void on_fetch_event_inner(cpx_fetch_t *f, int ev) {
   lfetch_t *lf = f->data;
   lreq_t *lr = lf->lr;
 
@@ -280,8 +293,10 @@ static void on_resume_idle(uv_idle_t *h) {
       continue;
     lr->wait = W_NONE;
     lr->wait_fetch = NULL;
+    lr->vm->host++;
     lua_pushnil(lr->co);
     lua_pushliteral(lr->co, "client closed request");
+    lr->vm->host--;
     lreq_resume(lr, 2);
   }
 }
@@ -304,6 +319,7 @@ static void on_sleep_closed(uv_handle_t *h) {
 static void lreq_release(lreq_t *lr) {
   lua_State *L = lr->vm->L;
   lr->released = 1;
+  lr->vm->host++;
   while (lr->fetches)
     lfetch_release(lr->fetches);
   if (lr->sleep) {
@@ -327,6 +343,7 @@ static void lreq_release(lreq_t *lr) {
   lua_pop(L, 1);
   luaL_unref(L, LUA_REGISTRYINDEX, lr->co_ref);
   lr->r->handler_data = NULL;
+  lr->vm->host--;
   cpx_request_unref(lr->r);
   if (lr->resume_queued) {
     lreq_t **pp = (lreq_t **)&lr->w->resume_queue;
@@ -377,19 +394,31 @@ static void lreq_resume(lreq_t *lr, int nargs) {
   lua_State *co = lr->co;
   int rc;
 
+  cpx_vm_t *vm = lr->vm;
+  int saved_host = vm->host;
+
   lr->running = 1;
+  vm->host = 0;
   rc = lua_resume(co, nargs);
+  vm->host = saved_host + 1;
   lr->running = 0;
-  if (rc == LUA_YIELD)
+  if (rc == LUA_YIELD) {
+    vm->host--;
     return;
+  }
   if (rc != 0) {
     const char *msg = lua_tostring(co, -1);
-    luaL_traceback(lr->vm->L, co, msg ? msg : "(error object)", 0);
+    if (rc == LUA_ERRMEM)
+      lua_gc(vm->L, LUA_GCCOLLECT, 0);
+    luaL_traceback(vm->L, co, msg ? msg : "(error object)", 0);
     cpx_log_error(lr->r->rid, "request handler failed: %s",
-                  lua_tostring(lr->vm->L, -1));
-    lua_pop(lr->vm->L, 1);
-    respond_internal_error(lr, "internal error in request handler");
+                  lua_tostring(vm->L, -1));
+    lua_pop(vm->L, 1);
+    respond_internal_error(lr, rc == LUA_ERRMEM
+                                   ? "script ran out of memory (lua.memory-limit-mb)"
+                                   : "internal error in request handler");
   }
+  vm->host--;
   lr->co_done = 1;
   lr->wait = W_NONE;
   lreq_maybe_release(lr);
@@ -434,8 +463,10 @@ static void on_req_shutdown(cpx_request_t *r) {
     while (lr->fetches)
       lfetch_release(lr->fetches);
     lr->wait = W_NONE;
+    lr->vm->host++;
     lua_pushnil(lr->co);
     lua_pushliteral(lr->co, "server shutting down");
+    lr->vm->host--;
     lreq_resume(lr, 2);
   }
 }
@@ -498,6 +529,7 @@ void cpx_lua_on_request(cpx_server_t *srv, cpx_request_t *r) {
   }
   lr->vm = vm;
   cpx_vm_ref(vm);
+  vm->host++;
   lr->w = w;
   lr->r = r;
   cpx_request_ref(r);
@@ -525,6 +557,7 @@ void cpx_lua_on_request(cpx_server_t *srv, cpx_request_t *r) {
   lua_rawgeti(lr->co, LUA_REGISTRYINDEX, vm->handle_ref);
   lua_insert(lr->co, -2);
   push_request_info(lr->co, r);
+  vm->host--;
   lreq_resume(lr, 2);
 }
 
@@ -533,12 +566,15 @@ void cpx_lua_on_request(cpx_server_t *srv, cpx_request_t *r) {
 static int call_handler(lreq_t *lr, const char *fn, int nargs, int *failed) {
   lua_State *L = lr->vm->L;
   int base = lua_gettop(L) - nargs;
+  int rc;
   /* stack: args... -> traceback handler fn args */
+  lr->vm->host++;
   lua_rawgeti(L, LUA_REGISTRYINDEX, lr->handler_ref);
   lua_getfield(L, -1, fn);
   lua_remove(L, -2);
   if (!lua_isfunction(L, -1)) {
     lua_settop(L, base);
+    lr->vm->host--;
     return 0;
   }
   lua_insert(L, base + 1);
@@ -546,11 +582,17 @@ static int call_handler(lreq_t *lr, const char *fn, int nargs, int *failed) {
   lua_getfield(L, -1, "traceback");
   lua_remove(L, -2);
   lua_insert(L, base + 1);
-  if (lua_pcall(L, nargs, 1, base + 1) != 0) {
+  lr->vm->host--;
+  rc = lua_pcall(L, nargs, 1, base + 1);
+  if (rc != 0) {
+    lr->vm->host++;
+    if (rc == LUA_ERRMEM)
+      lua_gc(L, LUA_GCCOLLECT, 0);
     cpx_log_error(lr->r->rid, "stream handler %s failed: %s", fn,
                   lua_tostring(L, -1));
     *failed = 1;
     lua_settop(L, base);
+    lr->vm->host--;
     return 0;
   }
   /* stack: traceback result */
@@ -584,6 +626,7 @@ static int deliver_event(lreq_t *lr, const char *event, size_t elen,
                          const char *data, size_t dlen) {
   lua_State *L = lr->vm->L;
   int failed = 0;
+  lr->vm->host++;
   lua_createtable(L, 0, 2);
   if (event) {
     lua_pushlstring(L, event, elen);
@@ -591,6 +634,7 @@ static int deliver_event(lreq_t *lr, const char *event, size_t elen,
   }
   lua_pushlstring(L, data, dlen);
   lua_setfield(L, -2, "data");
+  lr->vm->host--;
   if (call_handler(lr, "on_event", 1, &failed))
     return write_result(lr) == CPX_ECLOSED ? 1 : 0;
   if (failed) {
@@ -646,10 +690,12 @@ static void pipe_end(lreq_t *lr, const char *err) {
   if (lr->handler_failed && !err)
     err = "stream translation failed";
   if (!lr->aborted && lr->r->conn) {
+    lr->vm->host++;
     if (err)
       lua_pushstring(L, err);
     else
       lua_pushnil(L);
+    lr->vm->host--;
     if (call_handler(lr, "on_end", 1, &failed))
       write_result(lr);
     cpx_request_finish(lr->r);

@@ -415,10 +415,7 @@ describe('sandbox, script errors and the memory cap', () => {
     assert.equal(streamText(ok.text), 'fine');
   });
 
-  test('requiring a standard library by name gives nothing back', {
-    todo: 'runtime/cpx_lua.c l_require returns _LOADED[name] for any name, so require("debug"), require("io"), '
-      + 'require("os"), require("package") and require("jit") hand out the real libraries (reported)',
-  }, async () => {
+  test('requiring a standard library by name gives nothing back', async () => {
     const n = mock.requests.length;
     await chat(proxy);
     const found = mock.requests[n].headers['x-escape-native'];
@@ -435,11 +432,7 @@ describe('sandbox, script errors and the memory cap', () => {
     }
   });
 
-  test('the VM memory cap holds: unbounded allocation fails the request, not the server', {
-    todo: 'runtime/cpx_lua_api.c:387 lreq_resume calls luaL_traceback on the main state unprotected; with '
-      + 'the VM at its cap that raises "not enough memory" outside any pcall and the panic handler aborts (reported)',
-    skip: process.env.CPX_TEST_KNOWN_CRASHES ? false : 'aborts the server (see todo)',
-  }, async () => {
+  test('the VM memory cap holds: unbounded allocation fails the request, not the server', async () => {
     for (let i = 0; i < 3; i++) {
       const r = await chat(proxy, {}, { 'x-fault': 'alloc' });
       assert.equal(r.status, 500, r.text);

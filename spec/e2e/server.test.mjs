@@ -1,0 +1,285 @@
+// The runtime around the routes: TLS, outbound proxies, reload (SIGHUP,
+// config edit, broken edit), drain on SIGTERM, timeouts, several workers.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import http from 'node:http';
+import https from 'node:https';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+
+import { startMock } from './lib/mock_upstream.mjs';
+import { startProxy, buildConfig, freePort, BIN, ROOT } from './lib/proxy.mjs';
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const T = (ms = 30000) => ({ timeout: ms });
+
+let mock;
+before(async () => { mock = await startMock(); });
+after(async () => { await mock?.close(); });
+
+const chatBody = (model, extra = {}) => JSON.stringify({ model, messages: [{ role: 'user', content: 'hi' }], ...extra });
+
+async function post(url, body, headers = {}) {
+  const r = await fetch(url, { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body, signal: AbortSignal.timeout(15000) });
+  const text = await r.text();
+  let json = null;
+  try { json = JSON.parse(text); } catch {}
+  return { status: r.status, text, json, headers: r.headers };
+}
+
+async function waitFor(pred, ms = 5000, step = 50) {
+  const end = Date.now() + ms;
+  while (Date.now() < end) {
+    if (await pred()) return true;
+    await sleep(step);
+  }
+  return false;
+}
+
+const compat = (models, extra = {}) => [{ name: 'mock', baseUrl: `${mock.url}/v1`, keys: ['up-key'], models, ...extra }];
+
+// ---------------------------------------------------------------- TLS
+
+test('TLS: the proxy serves HTTPS with the configured certificate', T(), async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cpx-tls-'));
+  const cert = path.join(dir, 'cert.pem');
+  const key = path.join(dir, 'key.pem');
+  execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1',
+    '-nodes', '-keyout', key, '-out', cert, '-days', '1', '-subj', '/CN=localhost'], { stdio: 'ignore' });
+  fs.chmodSync(key, 0o600);
+  const port = await freePort();
+  const cfgPath = path.join(dir, 'config.yaml');
+  fs.writeFileSync(cfgPath, buildConfig({ port, authDir: dir, openaiCompat: compat(['tls-model']),
+    extra: { tls: { enable: true, cert, key } } }));
+  const child = spawn(BIN, ['--config', cfgPath], { cwd: ROOT, stdio: ['ignore', 'ignore', 'pipe'] });
+  let err = '';
+  child.stderr.on('data', (d) => { err += d; });
+  const ca = fs.readFileSync(cert);
+  const get = (p, body) => new Promise((resolve, reject) => {
+    const req = https.request({ host: '127.0.0.1', port, path: p, method: body ? 'POST' : 'GET', ca, servername: 'localhost',
+      checkServerIdentity: () => undefined, headers: body ? { 'content-type': 'application/json' } : {} }, (res) => {
+      let data = '';
+      res.on('data', (d) => { data += d; });
+      res.on('end', () => resolve({ status: res.statusCode, data }));
+    });
+    req.on('error', reject);
+    req.end(body);
+  });
+  try {
+    assert.ok(await waitFor(async () => { try { return (await get('/healthz')).status === 200; } catch { return false; } }), err);
+    mock.reset().reply({ text: 'over tls' });
+    const r = await get('/v1/chat/completions', chatBody('tls-model'));
+    assert.equal(r.status, 200, r.data);
+    assert.equal(JSON.parse(r.data).choices[0].message.content, 'over tls');
+    // plain HTTP on the TLS port is not served
+    const plain = await fetch(`http://127.0.0.1:${port}/healthz`).then((x) => x.status, () => 'refused');
+    assert.notEqual(plain, 200);
+  } finally {
+    child.kill('SIGTERM');
+    await new Promise((r) => child.on('exit', r));
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('TLS: a key that does not match the certificate stops start-up with the file named', T(), async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cpx-tls-'));
+  const gen = (n) => execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1',
+    '-nodes', '-keyout', path.join(dir, `k${n}.pem`), '-out', path.join(dir, `c${n}.pem`), '-days', '1', '-subj', '/CN=x'], { stdio: 'ignore' });
+  gen(1); gen(2);
+  const cfgPath = path.join(dir, 'config.yaml');
+  fs.writeFileSync(cfgPath, buildConfig({ port: await freePort(), authDir: dir,
+    extra: { tls: { enable: true, cert: path.join(dir, 'c1.pem'), key: path.join(dir, 'k2.pem') } } }));
+  let out = '';
+  try {
+    execFileSync(BIN, ['--config', cfgPath], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'], timeout: 5000 });
+    assert.fail('cliproxy started with a mismatched key');
+  } catch (e) {
+    out = String(e.stderr);
+    assert.equal(e.status, 1);
+  }
+  assert.match(out, /k2\.pem/);
+  assert.match(out, /does not match/);
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
+// ---------------------------------------------------------------- proxies
+
+function startForwardProxy() {
+  // A plain HTTP forward proxy: absolute-form request targets.
+  const seen = [];
+  const srv = http.createServer((req, res) => {
+    seen.push(req.url);
+    const u = new URL(req.url);
+    const up = http.request({ host: u.hostname, port: u.port, path: u.pathname + u.search, method: req.method, headers: req.headers }, (r) => {
+      res.writeHead(r.statusCode, r.headers);
+      r.pipe(res);
+    });
+    up.on('error', () => { res.writeHead(502); res.end(); });
+    req.pipe(up);
+  });
+  return new Promise((resolve) => srv.listen(0, '127.0.0.1', () => resolve({ srv, seen, url: `http://127.0.0.1:${srv.address().port}` })));
+}
+
+test('proxy-url: global proxy carries upstream requests; per-entry "direct" bypasses it', T(), async () => {
+  const fp = await startForwardProxy();
+  const proxy = await startProxy({
+    openaiCompat: [
+      { name: 'via', baseUrl: `${mock.url}/v1`, keys: ['k1'], models: ['via-proxy'] },
+      { name: 'direct', baseUrl: `${mock.url}/v1`, keys: [{ key: 'k2', proxyUrl: 'direct' }], models: ['no-proxy'] },
+    ],
+    extra: { 'proxy-url': fp.url },
+  });
+  try {
+    mock.reset().reply({ text: 'ok' });
+    assert.equal((await post(`${proxy.url}/v1/chat/completions`, chatBody('via-proxy'))).status, 200);
+    assert.equal(fp.seen.length, 1);
+    assert.match(fp.seen[0], /\/v1\/chat\/completions$/);
+    assert.equal((await post(`${proxy.url}/v1/chat/completions`, chatBody('no-proxy'))).status, 200);
+    assert.equal(fp.seen.length, 1, 'the direct entry must not use the proxy');
+    assert.equal(mock.requests.length, 2);
+  } finally {
+    await proxy.stop();
+    fp.srv.close();
+  }
+});
+
+// ---------------------------------------------------------------- reload
+
+test('SIGHUP reload picks up a new model; a broken edit keeps the working setup', T(), async () => {
+  const proxy = await startProxy({ openaiCompat: compat(['first']) });
+  try {
+    mock.reset().reply({ text: 'ok' });
+    assert.equal((await post(`${proxy.url}/v1/chat/completions`, chatBody('second'))).status, 502);
+    const cfg = fs.readFileSync(proxy.configPath, 'utf8');
+    fs.writeFileSync(proxy.configPath, cfg.replace('"first"', '"second"').replaceAll('alias: "first"', 'alias: "second"'));
+    process.kill(proxy.pid, 'SIGHUP');
+    assert.ok(await waitFor(async () => (await post(`${proxy.url}/v1/chat/completions`, chatBody('second'))).status === 200),
+      proxy.stderr());
+    // broken edit: a type error in a known key
+    fs.writeFileSync(proxy.configPath, fs.readFileSync(proxy.configPath, 'utf8').replace(/^port: \d+/m, 'port: "nope"'));
+    process.kill(proxy.pid, 'SIGHUP');
+    assert.ok(await waitFor(() => /reload .* rejected.*port: expected an integer/.test(proxy.stderr())), proxy.stderr());
+    assert.equal((await post(`${proxy.url}/v1/chat/completions`, chatBody('second'))).status, 200);
+  } finally {
+    await proxy.stop();
+  }
+});
+
+test('editing the config file reloads without a signal', T(), async () => {
+  const proxy = await startProxy({ openaiCompat: compat(['alpha']) });
+  try {
+    mock.reset().reply({ text: 'ok' });
+    const cfg = fs.readFileSync(proxy.configPath, 'utf8');
+    // Editors write a temporary file and rename it over the original.
+    const tmp = proxy.configPath + '.tmp';
+    fs.writeFileSync(tmp, cfg.replaceAll('"alpha"', '"beta"'));
+    fs.renameSync(tmp, proxy.configPath);
+    assert.ok(await waitFor(async () => (await post(`${proxy.url}/v1/chat/completions`, chatBody('beta'))).status === 200),
+      proxy.stderr());
+    assert.equal((await post(`${proxy.url}/v1/chat/completions`, chatBody('alpha'))).status, 502);
+  } finally {
+    await proxy.stop();
+  }
+});
+
+// ---------------------------------------------------------------- drain
+
+function streamRequest(url, body) {
+  // Resolves with everything the client received once the response ends.
+  return new Promise((resolve, reject) => {
+    const u = new URL(url);
+    const req = http.request({ host: u.hostname, port: u.port, path: u.pathname, method: 'POST', headers: { 'content-type': 'application/json' } }, (res) => {
+      let data = '';
+      res.setEncoding('utf8');
+      res.on('data', (d) => { data += d; });
+      res.on('end', () => resolve({ status: res.statusCode, data }));
+      res.on('error', () => resolve({ status: res.statusCode, data }));
+    });
+    req.on('error', reject);
+    req.end(body);
+  });
+}
+
+test('SIGTERM drain: an in-flight stream past the deadline ends with an error event, then exit 0', T(), async () => {
+  const proxy = await startProxy({ openaiCompat: compat(['drain-model']), extra: { limits: { 'drain-timeout-seconds': 1 } } });
+  mock.reset().reply({ endless: { intervalMs: 20, bytes: 8, maxMs: 20000 } });
+  const p = streamRequest(`${proxy.url}/v1/chat/completions`, chatBody('drain-model', { stream: true }));
+  assert.ok(await waitFor(() => mock.requests.length === 1 && mock.requests[0].framesOut > 3));
+  const t0 = Date.now();
+  const stopped = proxy.stop({ timeoutMs: 8000 });
+  const r = await p;
+  const ex = await stopped;
+  assert.equal(r.status, 200);
+  assert.match(r.data, /data: \{"choices"|data: \{"id"/, 'some frames were streamed before the drain');
+  const last = r.data.trim().split('\n\n').pop();
+  assert.match(last, /^data: \{"error":/, `last event: ${last}`);
+  assert.match(last, /shutting down/);
+  assert.equal(ex.code, 0);
+  assert.ok(Date.now() - t0 < 6000);
+  assert.ok(await waitFor(() => mock.requests[0].closedAt !== undefined, 3000), 'upstream closed');
+});
+
+test('SIGTERM drain: a short in-flight request finishes normally', T(), async () => {
+  const proxy = await startProxy({ openaiCompat: compat(['short-model']) });
+  mock.reset().reply({ text: 'done in time', delayMs: 400 });
+  const p = post(`${proxy.url}/v1/chat/completions`, chatBody('short-model'));
+  assert.ok(await waitFor(() => mock.requests.length === 1));
+  const stopped = proxy.stop();
+  const r = await p;
+  assert.equal(r.status, 200);
+  assert.equal(r.json.choices[0].message.content, 'done in time');
+  assert.equal((await stopped).code, 0);
+});
+
+// ---------------------------------------------------------------- timeouts
+
+test('upstream first-byte timeout: an error in the client format, not a hang', T(), async () => {
+  const proxy = await startProxy({ openaiCompat: compat(['slow-model']), extra: { limits: { 'upstream-first-byte-timeout-seconds': 0.5 } } });
+  try {
+    mock.reset().reply({ text: 'too late', delayMs: 3000 });
+    const t0 = Date.now();
+    const r = await post(`${proxy.url}/v1/chat/completions`, chatBody('slow-model'));
+    assert.ok(Date.now() - t0 < 2500, `took ${Date.now() - t0} ms`);
+    assert.equal(r.status, 502);
+    assert.match(r.json.error.message, /first-byte timeout/);
+    assert.ok(await waitFor(() => mock.requests[0].closedAt !== undefined || mock.requests[0].abortedAt !== undefined, 3000));
+  } finally {
+    await proxy.stop();
+  }
+});
+
+test('header timeout (slowloris): 408 and the connection closes', T(), async () => {
+  const proxy = await startProxy({ extra: { limits: { 'header-timeout-seconds': 0.5 } } });
+  try {
+    const sock = net.connect(proxy.port, '127.0.0.1');
+    await new Promise((r) => sock.once('connect', r));
+    sock.write('GET /healthz HTTP/1.1\r\nHost: x\r\n');
+    let data = '';
+    sock.on('data', (d) => { data += d; });
+    const closed = new Promise((r) => sock.once('close', r));
+    const t0 = Date.now();
+    await Promise.race([closed, sleep(5000)]);
+    assert.match(data, /^HTTP\/1\.1 408 /);
+    assert.ok(Date.now() - t0 < 4000);
+    assert.equal((await fetch(`${proxy.url}/healthz`)).status, 200);
+  } finally {
+    await proxy.stop();
+  }
+});
+
+// ---------------------------------------------------------------- workers
+
+test('workers: 2 serves requests on both loops and exits 0 on SIGTERM', T(), async () => {
+  const proxy = await startProxy({ openaiCompat: compat(['w-model']), extra: { workers: 2 } });
+  try {
+    mock.reset().reply({ text: 'ok' });
+    const rs = await Promise.all(Array.from({ length: 40 }, () => post(`${proxy.url}/v1/chat/completions`, chatBody('w-model'))));
+    assert.ok(rs.every((r) => r.status === 200));
+    assert.match(proxy.stderr(), /with 2 worker\(s\)/);
+  } finally {
+    assert.equal((await proxy.stop()).code, 0);
+  }
+});
