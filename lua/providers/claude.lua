@@ -1,6 +1,8 @@
 -- providers/claude: Anthropic Messages with an API key (`claude-api-key`).
 -- The official host takes the key in x-api-key; a custom base-url gets
 -- Authorization: Bearer (as CLIProxyAPI does).
+local cooldown = require("rt.cooldown")
+
 local pairs = pairs
 
 local _M = {
@@ -10,6 +12,7 @@ local _M = {
   anthropic_version = "2023-06-01",
   -- Impersonation strings change often: data, not code.
   user_agent = "claude-cli/2.1.63 (external, cli)",
+  oauth_beta = "oauth-2025-04-20",
 }
 
 local function join(base, path)
@@ -35,10 +38,19 @@ function _M.prepare(ctx, target, body, stream)
     headers["Anthropic-Beta"] = client["anthropic-beta"]
   end
   local k = key and key["api-key"] or entry["api-key"]
-  if official(base) then
+  if official(base) and not entry.oauth then
     headers["X-Api-Key"] = k
   else
     headers["Authorization"] = "Bearer " .. k
+  end
+  if entry.oauth then
+    -- A Claude Code login (auth-dir credential): its token needs the beta.
+    local beta = headers["Anthropic-Beta"]
+    if not beta then
+      headers["Anthropic-Beta"] = _M.oauth_beta
+    elseif not beta:find(_M.oauth_beta, 1, true) then
+      headers["Anthropic-Beta"] = beta .. "," .. _M.oauth_beta
+    end
   end
   for hk, hv in pairs(entry.headers or {}) do headers[hk] = hv end
   local path = ctx.endpoint == "count_tokens" and "/v1/messages/count_tokens?beta=true" or "/v1/messages?beta=true"
@@ -46,10 +58,12 @@ function _M.prepare(ctx, target, body, stream)
            proxy = entry["proxy-url"] ~= "" and entry["proxy-url"] or nil }
 end
 
-function _M.classify(status)
-  if status < 400 then return "success" end
-  if status == 400 or status == 413 or status == 422 then return "fatal" end
-  return "retry"
+-- Anthropic sends retry-after with its 429s, and the reset of every limit
+-- as anthropic-ratelimit-*-reset (RFC 3339); 529 overloaded is transient.
+function _M.classify(status, headers, body)
+  local hint
+  if status == 429 then hint = cooldown.retry_after(headers) or cooldown.anthropic_reset(headers) end
+  return cooldown.classify(status, headers, body, hint)
 end
 
 return _M

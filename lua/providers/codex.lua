@@ -2,6 +2,8 @@
 -- by default the ChatGPT Codex backend. That backend only streams, so the
 -- request always asks for a stream and a non-stream client gets the
 -- collected response.completed object.
+local cooldown = require("rt.cooldown")
+
 local pairs = pairs
 local ipairs = ipairs
 
@@ -41,16 +43,19 @@ function _M.prepare(ctx, target, body, stream)
     ["Accept"] = "text/event-stream",
     ["User-Agent"] = (ctx.info and ctx.info.headers["user-agent"]) or _M.user_agent,
   }
+  if entry.account_id then headers["Chatgpt-Account-Id"] = entry.account_id end
   for hk, hv in pairs(entry.headers or {}) do headers[hk] = hv end
   local path = ctx.endpoint == "compact" and "/responses/compact" or "/responses"
   return { method = "POST", url = join(base, path), headers = headers, body = body,
            proxy = entry["proxy-url"] ~= "" and entry["proxy-url"] or nil }
 end
 
-function _M.classify(status)
-  if status < 400 then return "success" end
-  if status == 400 or status == 413 or status == 422 then return "fatal" end
-  return "retry"
+-- The ChatGPT backend's plan limit: 429 usage_limit_reached with
+-- resets_at (epoch s) or resets_in_seconds, and x-codex-primary-* headers.
+function _M.classify(status, headers, body)
+  local hint
+  if status == 429 then hint = cooldown.codex_reset(headers, body) or cooldown.retry_after(headers) end
+  return cooldown.classify(status, headers, body, hint)
 end
 
 return _M

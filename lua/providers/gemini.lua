@@ -1,4 +1,6 @@
 -- providers/gemini: the Gemini API with an AI Studio key (`gemini-api-key`).
+local cooldown = require("rt.cooldown")
+
 local pairs = pairs
 
 local _M = {
@@ -34,10 +36,12 @@ function _M.prepare(ctx, target, body, stream)
            proxy = entry["proxy-url"] ~= "" and entry["proxy-url"] or nil }
 end
 
-function _M.classify(status)
-  if status < 400 then return "success" end
-  if status == 400 or status == 413 or status == 422 then return "fatal" end
-  return "retry"
+-- Gemini puts its reset in the body: RetryInfo.retryDelay, and a PerDay
+-- QuotaFailure means the daily quota (cool until the daily reset).
+function _M.classify(status, headers, body)
+  local hint
+  if status == 429 then hint = cooldown.gemini_reset(body) or cooldown.retry_after(headers) end
+  return cooldown.classify(status, headers, body, hint)
 end
 
 return _M

@@ -1,5 +1,7 @@
 -- providers/openai_compat: any OpenAI-compatible Chat Completions service
 -- (OpenRouter and the like), configured by `openai-compatibility` entries.
+local cooldown = require("rt.cooldown")
+
 local pairs = pairs
 
 local _M = {
@@ -41,11 +43,13 @@ function _M.prepare(ctx, target, body, stream)
   }
 end
 
--- What to do with an upstream answer before anything reached the client.
-function _M.classify(status)
-  if status < 400 then return "success" end
-  if status == 400 or status == 422 or status == 413 then return "fatal" end
-  return "retry"
+-- What to do with an upstream answer before anything reached the client:
+-- action, cooldown kind, reset hint (rt.cooldown). OpenAI-style services
+-- give Retry-After and x-ratelimit-reset-*.
+function _M.classify(status, headers, body)
+  local hint
+  if status == 429 then hint = cooldown.retry_after(headers) or cooldown.openai_reset(headers) end
+  return cooldown.classify(status, headers, body, hint)
 end
 
 return _M

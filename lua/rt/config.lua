@@ -106,8 +106,12 @@ local schema = map({
   ["quota-exceeded"] = ANY,
   routing = map({
     strategy = { type = "string", default = "round-robin", enum = { "round-robin", "fill-first", "weighted-round-robin" } },
-    ["session-affinity"] = ANY,
-    ["session-affinity-ttl"] = ANY,
+    ["session-affinity"] = bool(false),
+    -- a Go-style duration ("1h", "30m") or seconds; default 1h
+    ["session-affinity-ttl"] = { type = "string", default = "1h", check = function(v)
+      if v:match("^%d+%.?%d*$") or v:match("^[%d%.hms]+$") then return true end
+      return nil, "expected a duration such as 1h, 30m or 90s"
+    end },
   }),
   ["ws-auth"] = bool(false),
   ["enable-gemini-cli-endpoint"] = bool(false),

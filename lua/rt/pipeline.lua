@@ -8,6 +8,7 @@ local json = require("rt.json")
 local ir = require("rt.ir")
 local http = require("rt.http")
 local pool = require("rt.pool")
+local payload = require("rt.payload")
 local mw = require("rt.middleware")
 local translators = require("translators")
 
@@ -149,6 +150,7 @@ function _M.infer(app, req, info, fmt, body, opts)
     if tb then
       if upfmt ~= "gemini" then tb.stream = upstream_stream or nil end
       if provider.fixup then tb = provider.fixup(tb, actx) or tb end
+      if payload_rules(app) then tb = payload.apply(app.config.payload, tb, model, target.upstream_model, upfmt) end
       out = json.encode(tb)
     end
     if not out then return { status = 500, own = true, message = "cannot encode upstream request" } end
@@ -183,6 +185,8 @@ function _M.infer(app, req, info, fmt, body, opts)
     return http.error(req, fmt, 502, "no upstream available for model " .. model)
   end
   if not res.ok then
+    -- every account cooling: the fact sheet's model_cooldown body as is
+    if res.raw_body then return http.json(req, res.status, res.raw_body, res.extra) end
     if res.own then return own_error(req, fmt, http.error_info(res.status, res.message, res.type, res.code), res.extra) end
     if res.err then
       return http.error(req, fmt, 502, "upstream request failed: " .. res.err, "server_error", "upstream_error")
