@@ -196,7 +196,8 @@ function _M.infer(app, req, info, fmt, body, opts)
 
   local up, upfmt, actx = res.up, res.upfmt, res.ctx
   if stream then
-    req:start(200, stream_headers())
+    -- Gemini without alt=sse streams a JSON array, not SSE.
+    req:start(200, opts.gemini_array and http.headers("application/json") or stream_headers())
     mw.defer_log(actx)
     if res.passthrough then
       local codec = translators.codecs[fmt]

@@ -230,7 +230,8 @@ local function gemini_action(req, info, model, action)
   local stream = action == "streamGenerateContent"
   local alt = query_param(info.query, "alt") or query_param(info.query, "$alt")
   return pipeline.infer(app, req, info, "gemini", body, {
-    model = model, stream = stream, gemini_array = stream and alt ~= nil and alt ~= "sse" })
+    -- alt=sse streams SSE; without it Gemini streams a JSON array.
+    model = model, stream = stream, gemini_array = stream and alt ~= "sse" })
 end
 
 local function gemini_route(req, info)

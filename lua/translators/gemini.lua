@@ -605,7 +605,9 @@ function _M.stream_error(err, st, ctx)
     if st and (st.count or 0) > 0 then return { ",\r\n" .. body, "]" } end
     return { "[" .. body, "]" }
   end
-  return { "event: error\ndata: " .. body .. "\n\n" }
+  -- A plain data frame, as Google sends it: the genai SDK reads only
+  -- "data:" frames, so an "event: error" frame would be skipped silently.
+  return { "data: " .. body .. "\r\n\r\n" }
 end
 
 return _M

@@ -23,18 +23,35 @@ _M.codecs = codecs
 
 local TOOL_ID_PREFIX = { claude = "toolu_" }
 
--- pair overrides, loaded once: false = none
+-- Pair overrides are loaded when the hub loads (each VM generation), so a
+-- broken pair file fails the load -- and `cliproxy check` -- with its file
+-- and line instead of being skipped. false = no override for that pair.
 local pair_cache = {}
 
-local function pair_of(from, to)
-  local key = from .. "-to-" .. to
-  local p = pair_cache[key]
-  if p == nil then
-    local ok, mod = pcall(require, "translators.pairs." .. key)
-    p = (ok and type(mod) == "table") and mod or false
-    pair_cache[key] = p
+local function load_pair(key)
+  local name = "translators.pairs." .. key
+  local ok, mod = pcall(require, name)
+  if ok then
+    if type(mod) ~= "table" then
+      error("translators/pairs/" .. key .. ".lua: module must return a table", 0)
+    end
+    return mod
   end
-  return p or nil
+  -- absent (both the runtime's loader and plain Lua say "not found");
+  -- anything else is a broken override file
+  if tostring(mod):find("module '" .. name .. "' not found", 1, true) then return false end
+  error(mod, 0)
+end
+
+for _, a in ipairs(_M.formats) do
+  for _, b in ipairs(_M.formats) do
+    local key = a .. "-to-" .. b
+    pair_cache[key] = load_pair(key)
+  end
+end
+
+local function pair_of(from, to)
+  return pair_cache[from .. "-to-" .. to] or nil
 end
 
 local function codec(fmt)

@@ -478,12 +478,7 @@ describe('upstream failure after the first byte', () => {
   for (const client of CLIENT_FORMATS) {
     for (const upstream of UP_FORMATS) {
       for (const kind of ['cut', 'in-band error']) {
-        // KNOWN BUG (reported): cliproxy ends a Gemini SSE stream with `event: error\ndata: {...}\n\n`;
-        // @google/genai only reads frames that start with `data:`, so it never sees the error and
-        // the stream just ends. Google itself sends `data: {"error":{...}}`. Only the gemini←gemini
-        // in-band case (the upstream's own frame, passed through) reaches the SDK.
-        const todo = client === 'gemini' && !(upstream === 'gemini' && kind === 'in-band error')
-          ? 'cliproxy sends "event: error" on Gemini SSE; @google/genai ignores frames not starting with "data:"' : undefined;
+        const todo = undefined;
         test(`${client}←${upstream} ${kind}: the client's error event ends the stream`, { ...T(), todo }, async () => {
           // frames: a few text deltas get through before the failure
           const spec = kind === 'cut' ? { text: TEXT, chunks: 10, cutAfter: 6, eventDelayMs: 5 } : { text: TEXT, chunks: 10, errorAfter: 6, eventDelayMs: 5, streamError: { status: 500, message: 'upstream exploded MARK-ERR' } };
@@ -621,7 +616,7 @@ describe('count endpoints', () => {
 
 describe('misc endpoints', () => {
   // Issue 3: ":streamGenerateContent (alt=sse -> SSE; otherwise a streamed JSON array)".
-  test('Gemini :streamGenerateContent without alt → a streamed JSON array', { ...T(), todo: 'cliproxy answers text/event-stream without alt (CLIProxyAPI does the same; issue 3 asks for a JSON array)' }, async () => {
+  test('Gemini :streamGenerateContent without alt → a streamed JSON array', T(), async () => {
     for (const upstream of ['gemini', 'openai']) {
       mock.reset().reply({ text: 'array of chunks here', chunks: 3 });
       const r = await raw('POST', `/v1beta/models/${UPSTREAMS[upstream].alias}:streamGenerateContent`, JSON.stringify({ contents: [{ role: 'user', parts: [{ text: 'hi' }] }] }), AUTH.gemini);

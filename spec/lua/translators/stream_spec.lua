@@ -329,7 +329,8 @@ describe("stream errors", function()
         assert.equal("Overloaded", d.response.error.message)
         assert.truthy(d.sequence_number > 0)
       else
-        local d = json.decode(f:match("^event: error\ndata: (.-)\n\n$"))
+        -- a plain data frame: @google/genai reads only "data:" frames
+        local d = json.decode(f:match("^data: (.-)\r\n\r\n$"))
         assert.equal(529, d.error.code)
         assert.equal("UNAVAILABLE", d.error.status)
       end
