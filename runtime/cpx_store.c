@@ -172,6 +172,8 @@ static int name_cmp(const void *a, const void *b) {
 
 static const file_t *find_old(const cpx_store_t *s, const char *name) {
   file_t key;
+  if (!s->nfiles)
+    return NULL; /* bsearch must not see a NULL base */
   key.name = (char *)name;
   return bsearch(&key, s->files, s->nfiles, sizeof(file_t), name_cmp);
 }
