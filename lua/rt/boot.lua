@@ -38,6 +38,8 @@ function _M.start(doc, lines, path)
     providers[name] = p
   end
   local translators = require("translators")
+  local pok, perr = pcall(translators.load_pairs)
+  if not pok then return nil, tostring(perr) end
   for _, f in ipairs(translators.formats) do
     local c = translators.codecs[f]
     for _, fn in ipairs({ "decode_request", "encode_request", "decode_response", "encode_response",

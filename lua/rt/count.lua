@@ -1,17 +1,23 @@
--- rt.count: token counts for the count endpoints. First-party Claude and
--- Gemini accounts are asked upstream (by rt.server); everything else is
--- estimated here with the C tokenizer over the request as the upstream
--- would see it: system, message text, tool calls and results, tool
--- definitions.
+-- rt.count: token counts for the count endpoints and for Claude clients'
+-- message_start. First-party Claude and Gemini accounts are asked upstream
+-- (by rt.server); everything else is estimated here with the C tokenizer
+-- over the request as the upstream would see it: system, message text,
+-- tool calls and results, tool definitions.
 local cpx = require("cpx")
 local json = require("rt.json")
 local translators = require("translators")
 
 local type = type
 local ipairs = ipairs
+local floor = math.floor
 local concat = table.concat
 
 local _M = {}
+
+-- Text beyond this is not tokenized: the count of the first part is scaled.
+-- Counting is linear, so this bounds the CPU one request can take.
+local MAX_BYTES = 8 * 1024 * 1024
+_M.MAX_BYTES = MAX_BYTES
 
 -- Model -> encoding, as tiktoken-go's mapping in CLIProxyAPI.
 function _M.encoding_for(model)
@@ -59,10 +65,22 @@ function _M.text_of(fmt, body)
   return concat(clean, "\n")
 end
 
--- Returns the estimated count or nil, err.
+-- Counts text with the encoding (in the threadpool during the request
+-- phase); text over MAX_BYTES is counted on its first part and scaled.
+function _M.count_text(text, encoding)
+  local tokens = cpx.tokens
+  if not tokens then return nil, "tokenizer not available" end
+  local count = tokens.count_async or tokens.count
+  local max = _M.MAX_BYTES
+  if #text <= max then return count(text, encoding) end
+  local n, err = count(text:sub(1, max), encoding)
+  if not n then return nil, err end
+  return floor(n * #text / max)
+end
+
+-- Returns the estimated count of a client request or nil, err.
 function _M.estimate(fmt, body, model)
-  if not cpx.tokens then return nil, "tokenizer not available" end
-  return cpx.tokens.count(_M.text_of(fmt, body), _M.encoding_for(model))
+  return _M.count_text(_M.text_of(fmt, body), _M.encoding_for(model))
 end
 
 return _M

@@ -11,6 +11,7 @@ local pool = require("rt.pool")
 local payload = require("rt.payload")
 local mw = require("rt.middleware")
 local translators = require("translators")
+local count = require("rt.count")
 
 local fetch = cpx.fetch
 local log = cpx.log
@@ -196,6 +197,11 @@ function _M.infer(app, req, info, fmt, body, opts)
 
   local up, upfmt, actx = res.up, res.upfmt, res.ctx
   if stream then
+    -- Claude clients read input usage from message_start, which no other
+    -- upstream reports up front: estimate it locally (in the threadpool).
+    if fmt == "claude" and upfmt ~= "claude" and not res.passthrough and body then
+      actx.input_estimate = count.estimate("claude", body, model)
+    end
     -- Gemini without alt=sse streams a JSON array, not SSE.
     req:start(200, opts.gemini_array and http.headers("application/json") or stream_headers())
     mw.defer_log(actx)

@@ -177,6 +177,12 @@ local function upstream_count(fmt, body, model, info)
   local t = targets[1]
   local p = app.providers[t.provider]
   if p.format ~= fmt then return nil end
+  -- Claude: only the first-party API counts; a custom base-url keeps the
+  -- local estimate (as CLIProxyAPI does).
+  local base = t.entry and t.entry["base-url"]
+  if fmt == "claude" and base and base ~= "" and not base:find("^https://api%.anthropic%.com") then
+    return nil
+  end
   local b = json.decode(json.encode(body))
   if fmt == "claude" then
     b.model = t.upstream_model

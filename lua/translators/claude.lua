@@ -494,6 +494,11 @@ local function emit_start(st, ctx, ev, out)
   st.started = true
   local u = usage_out(ev and ev.usage, true)
   u.output_tokens = (ev and ev.usage and ev.usage.output) or 1
+  -- An upstream that reports no input usage up front (every non-Claude
+  -- one): the pipeline's local estimate stands in (ctx.input_estimate).
+  if u.input_tokens == 0 and ctx and ctx.input_estimate then
+    u.input_tokens = ctx.input_estimate
+  end
   out[#out + 1] = frame("message_start", { type = "message_start", message = {
     id = msg_id(ev and ev.id, ctx), type = "message", role = "assistant",
     model = (ctx and ctx.model) or (ev and ev.model) or "", content = arr(),

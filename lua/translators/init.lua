@@ -23,9 +23,11 @@ _M.codecs = codecs
 
 local TOOL_ID_PREFIX = { claude = "toolu_" }
 
--- Pair overrides are loaded when the hub loads (each VM generation), so a
--- broken pair file fails the load -- and `cliproxy check` -- with its file
--- and line instead of being skipped. false = no override for that pair.
+-- Pair overrides are loaded by load_pairs(), which rt.boot calls once the
+-- hub itself is loaded (a pair file may require "translators" to reuse the
+-- hub). A broken pair file thus fails the generation -- and `cliproxy
+-- check` -- with its file and line instead of being skipped.
+-- false = no override for that pair.
 local pair_cache = {}
 
 local function load_pair(key)
@@ -43,15 +45,24 @@ local function load_pair(key)
   error(mod, 0)
 end
 
-for _, a in ipairs(_M.formats) do
-  for _, b in ipairs(_M.formats) do
-    local key = a .. "-to-" .. b
-    pair_cache[key] = load_pair(key)
+function _M.load_pairs()
+  for _, a in ipairs(_M.formats) do
+    for _, b in ipairs(_M.formats) do
+      local key = a .. "-to-" .. b
+      pair_cache[key] = load_pair(key)
+    end
   end
 end
 
 local function pair_of(from, to)
-  return pair_cache[from .. "-to-" .. to] or nil
+  local key = from .. "-to-" .. to
+  local p = pair_cache[key]
+  if p == nil then
+    -- outside rt.boot (specs, tools): load on first use
+    p = load_pair(key)
+    pair_cache[key] = p
+  end
+  return p or nil
 end
 
 local function codec(fmt)
