@@ -41,7 +41,7 @@ typedef struct {
   lreq_t *lr; /* NULL once the request is released */
 } req_box_t;
 
-enum { W_NONE = 0, W_HEADERS, W_BODY, W_SLEEP, W_WORK };
+enum { W_NONE = 0, W_HEADERS, W_BODY, W_SLEEP, W_WORK, W_PEEK };
 enum { FRAME_RAW = 0, FRAME_SSE, FRAME_JSONARR };
 
 /* One upstream transfer started from Lua. Owned by its lreq_t; freed with
@@ -53,6 +53,14 @@ struct lfetch_s {
   lfetch_t *next;
   int headers_seen;
   int done_seen;
+  /* fetch:peek(): a private SSE parser over the held bytes (which stay
+   * held, so a later pipe replays them) and a queue of parsed events. */
+  int peeking;
+  cpx_sse_t peek;
+  size_t peek_fed;
+  int peek_ref;   /* registry ref of the queue table */
+  int peek_head;  /* next index to hand out */
+  int peek_tail;  /* last index stored */
 };
 
 /* Owned by the worker from dispatch until released (see lreq_release). */
@@ -78,6 +86,13 @@ struct lreq_s {
   cpx_sse_t sse;
   cpx_jsonarr_t ja;
   int handler_failed;
+  /* streaming.keepalive-seconds: a frame written when the stream has been
+   * quiet that long (heap timer, freed in its close callback). */
+  uv_timer_t *ka;
+  char *ka_frame; /* owned */
+  size_t ka_len;
+  uint64_t ka_ms;
+  uint64_t last_write;
   /* state */
   int pending_work; /* threadpool jobs that still point at this request */
   int aborted;
@@ -89,6 +104,7 @@ struct lreq_s {
 static void lreq_resume(lreq_t *lr, int nargs);
 static void lreq_maybe_release(lreq_t *lr);
 static void pipe_end(lreq_t *lr, const char *err);
+static void ka_stop(lreq_t *lr);
 
 /* ---- helpers ------------------------------------------------------------ */
 
@@ -203,9 +219,16 @@ static void lfetch_release(lfetch_t *lf) {
     lr->wait_fetch = NULL;
   {
     lua_State *L = lr->vm->L;
+    lr->vm->host++;
     lua_pushlightuserdata(L, lf);
     lua_pushnil(L);
     lua_rawset(L, LUA_REGISTRYINDEX);
+    if (lf->peeking) {
+      cpx_sse_free(&lf->peek);
+      luaL_unref(L, LUA_REGISTRYINDEX, lf->peek_ref);
+      lf->peeking = 0;
+    }
+    lr->vm->host--;
   }
   cpx_fetch_free(lf->f);
   free(lf);
@@ -220,6 +243,46 @@ static void push_fetch_error(lua_State *L, cpx_fetch_t *f) {
 }
 
 static void on_fetch_event_inner(cpx_fetch_t *f, int ev);
+
+/* SSE callback of the peek parser: appends {event=, data=} to the queue. */
+static int on_peek_event(void *ud, const cpx_sse_event_t *ev) {
+  lfetch_t *lf = ud;
+  lua_State *L = lf->lr->vm->L;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, lf->peek_ref);
+  lua_createtable(L, 0, 2);
+  if (ev->event.n) {
+    lua_pushlstring(L, ev->event.p, ev->event.n);
+    lua_setfield(L, -2, "event");
+  }
+  lua_pushlstring(L, ev->data.p, ev->data.n);
+  lua_setfield(L, -2, "data");
+  lua_rawseti(L, -2, ++lf->peek_tail);
+  lua_pop(L, 1);
+  return 0;
+}
+
+/* Feeds the held bytes not yet seen to the peek parser. Host work. */
+static void peek_feed(lfetch_t *lf) {
+  cpx_fetch_t *f = lf->f;
+  if (lf->peek_fed < f->body_len) {
+    if (cpx_sse_feed(&lf->peek, f->body + lf->peek_fed,
+                     f->body_len - lf->peek_fed, on_peek_event, lf) != 0)
+      f->paused = 1; /* an oversized event: report the end of peeking */
+    lf->peek_fed = f->body_len;
+  }
+}
+
+/* Pushes the next queued event onto L and returns 1, or returns 0. */
+static int peek_pop(lua_State *L, lfetch_t *lf) {
+  if (lf->peek_head > lf->peek_tail)
+    return 0;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, lf->peek_ref);
+  lua_rawgeti(L, -1, lf->peek_head);
+  lua_pushnil(L);
+  lua_rawseti(L, -3, lf->peek_head++);
+  lua_remove(L, -2);
+  return 1;
+}
 
 /* Values pushed onto a suspended coroutine are host work: no cap. */
 static void on_fetch_event(cpx_fetch_t *f, int ev) {
@@ -250,6 +313,29 @@ static void on_fetch_event_inner(cpx_fetch_t *f, int ev) {
   }
   if (lr->wait_fetch != lf || lr->running)
     return;
+  if (lr->wait == W_PEEK) {
+    peek_feed(lf);
+    if (peek_pop(lr->co, lf)) {
+      lr->wait = W_NONE;
+      lr->wait_fetch = NULL;
+      f->notify_data = 0;
+      lreq_resume(lr, 1);
+    } else if (ev == CPX_FETCH_DONE || f->paused) {
+      /* The stream ended, failed, or filled the hold buffer without a
+       * complete event: nothing more to peek at. */
+      lr->wait = W_NONE;
+      lr->wait_fetch = NULL;
+      f->notify_data = 0;
+      lua_pushnil(lr->co);
+      if (f->done && f->result != 0)
+        lua_pushstring(lr->co, f->errmsg[0] ? f->errmsg
+                                            : cpx_strerror(f->result));
+      else
+        lua_pushstring(lr->co, f->done ? "end of stream" : "no complete event yet");
+      lreq_resume(lr, 2);
+    }
+    return;
+  }
   if (lr->wait == W_HEADERS) {
     if (ev == CPX_FETCH_HEADERS || (ev == CPX_FETCH_DONE && f->result == 0)) {
       lr->wait = W_NONE;
@@ -328,6 +414,7 @@ static void lreq_release(lreq_t *lr) {
     uv_close((uv_handle_t *)lr->sleep, on_sleep_closed);
     lr->sleep = NULL;
   }
+  ka_stop(lr);
   if (lr->framing == FRAME_SSE)
     cpx_sse_free(&lr->sse);
   else if (lr->framing == FRAME_JSONARR)
@@ -606,6 +693,7 @@ static int write_result(lreq_t *lr) {
   lua_State *L = lr->vm->L;
   size_t n;
   int rc = 0;
+  lr->last_write = uv_now(lr->w->loop);
   if (lua_type(L, -1) == LUA_TSTRING) {
     const char *s = lua_tolstring(L, -1, &n);
     rc = cpx_request_write(lr->r, s, n);
@@ -675,6 +763,7 @@ static int pipe_sink(cpx_fetch_t *f, const char *data, size_t len) {
     break;
   default:
     rc = cpx_request_write(r, data, len);
+    lr->last_write = uv_now(lr->w->loop);
     break;
   }
   if (rc != 0)
@@ -689,6 +778,7 @@ static void pipe_end(lreq_t *lr, const char *err) {
   if (lr->pipe_ended)
     return;
   lr->pipe_ended = 1;
+  ka_stop(lr);
   if (lr->handler_failed && !err)
     err = "stream translation failed";
   if (!lr->aborted && lr->r->conn) {
@@ -836,6 +926,46 @@ static int l_fetch_body(lua_State *L) {
   return lua_yield(L, 0);
 }
 
+/* fetch:peek() -> {event=, data=} | nil, why. Yields until the next SSE
+ * event of the upstream body is complete, without consuming it: a later
+ * req:pipe still delivers every byte. This is how the pipeline holds the
+ * client's headers until the first real upstream event (so an error in it
+ * can still fail over to another account). Only before a mode is chosen. */
+static int l_fetch_peek(lua_State *L) {
+  lfetch_t *lf = check_fetch(L, 1);
+  lreq_t *lr = lf->lr;
+  cpx_fetch_t *f = lf->f;
+
+  if (lr->co != L)
+    return luaL_error(L, "fetch:peek can only run in a request's handler");
+  if (f->mode != 0)
+    return luaL_error(L, "fetch:peek: the body is already being read");
+  if (!lf->peeking) {
+    cpx_sse_init(&lf->peek, 1024 * 1024);
+    lua_newtable(L);
+    lf->peek_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lf->peek_head = 1;
+    lf->peek_tail = 0;
+    lf->peek_fed = 0;
+    lf->peeking = 1;
+  }
+  peek_feed(lf);
+  if (peek_pop(L, lf))
+    return 1;
+  if (f->done || f->paused) {
+    lua_pushnil(L);
+    if (f->done && f->result != 0)
+      lua_pushstring(L, f->errmsg[0] ? f->errmsg : cpx_strerror(f->result));
+    else
+      lua_pushstring(L, f->done ? "end of stream" : "no complete event yet");
+    return 2;
+  }
+  f->notify_data = 1;
+  lr->wait = W_PEEK;
+  lr->wait_fetch = lf;
+  return lua_yield(L, 0);
+}
+
 static int l_fetch_close(lua_State *L) {
   fetch_box_t *b = luaL_checkudata(L, 1, MT_FETCH);
   if (b->lf && !(b->lf->lr->piping && b->lf->lr->pipe == b->lf))
@@ -914,6 +1044,32 @@ static int l_req_finish(lua_State *L) {
   return push_write_rc(L, cpx_request_finish(lr->r));
 }
 
+static void on_ka_closed(uv_handle_t *h) {
+  free(h);
+}
+
+static void ka_stop(lreq_t *lr) {
+  if (lr->ka) {
+    uv_close((uv_handle_t *)lr->ka, on_ka_closed);
+    lr->ka = NULL;
+  }
+  free(lr->ka_frame);
+  lr->ka_frame = NULL;
+}
+
+static void on_ka(uv_timer_t *t) {
+  lreq_t *lr = t->data;
+  uint64_t now = uv_now(lr->w->loop);
+  if (lr->pipe_ended || lr->aborted || !lr->r->conn)
+    return;
+  /* Only a quiet stream gets a keep-alive; never while the client is
+   * behind (the queue is the signal that it is still reading). */
+  if (now - lr->last_write >= lr->ka_ms && !cpx_request_congested(lr->r)) {
+    cpx_request_write(lr->r, lr->ka_frame, lr->ka_len);
+    lr->last_write = now;
+  }
+}
+
 /* req:pipe(fetch, handler, framing) hands the rest of the upstream body to
  * the client: framing "raw" (bytes as they come; handler optional, its
  * on_end(err) may add a last frame), "sse" or "jsonarr" (handler.on_event
@@ -948,6 +1104,35 @@ static int l_req_pipe(lua_State *L) {
   if (lua_istable(L, 3)) {
     lua_pushvalue(L, 3);
     lr->handler_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
+  if (lua_istable(L, 5)) {
+    /* opts: keepalive = seconds, keepalive_frame = bytes */
+    double sec;
+    size_t fl = 0;
+    const char *frame;
+    lua_getfield(L, 5, "keepalive");
+    sec = lua_isnumber(L, -1) ? lua_tonumber(L, -1) : 0;
+    lua_getfield(L, 5, "keepalive_frame");
+    frame = lua_tolstring(L, -1, &fl);
+    if (sec > 0 && frame && fl > 0) {
+      lr->ka = malloc(sizeof(uv_timer_t));
+      lr->ka_frame = malloc(fl);
+      if (lr->ka && lr->ka_frame) {
+        memcpy(lr->ka_frame, frame, fl);
+        lr->ka_len = fl;
+        lr->ka_ms = (uint64_t)(sec * 1000);
+        lr->last_write = uv_now(lr->w->loop);
+        uv_timer_init(lr->w->loop, lr->ka);
+        lr->ka->data = lr;
+        uv_timer_start(lr->ka, on_ka, lr->ka_ms, lr->ka_ms);
+      } else {
+        free(lr->ka);
+        free(lr->ka_frame);
+        lr->ka = NULL;
+        lr->ka_frame = NULL;
+      }
+    }
+    lua_pop(L, 2);
   }
   lr->piping = 1;
   lr->pipe = lf;
@@ -1186,6 +1371,7 @@ void cpx__lua_api_register(lua_State *L) {
   static const luaL_Reg fetch_methods[] = {{"status", l_fetch_status},
                                            {"headers", l_fetch_headers},
                                            {"body", l_fetch_body},
+                                           {"peek", l_fetch_peek},
                                            {"close", l_fetch_close},
                                            {NULL, NULL}};
   int t = lua_gettop(L);

@@ -125,6 +125,11 @@ static void on_idle(uv_idle_t *h) {
       if (f->freed)
         continue;
     }
+    if (ev & CPX_FETCH_DATA) {
+      f->on_event(f, CPX_FETCH_DATA);
+      if (f->freed)
+        continue;
+    }
     if (ev & CPX_FETCH_DONE) {
       /* A sink sees every byte before it hears of the end. */
       if (f->mode == 2 && f->body_read < f->body_len) {
@@ -277,12 +282,16 @@ static size_t write_cb(char *p, size_t size, size_t nmemb, void *ud) {
     f->bytes_in -= n;
     f->paused = 1;
     uv_timer_stop(&f->timer);
+    if (f->notify_data)
+      queue_event(f, CPX_FETCH_DATA);
     return CURL_WRITEFUNC_PAUSE;
   }
   if (append(&f->body, &f->body_len, &f->body_cap, p, n)) {
     f->result = CPX_ENOMEM;
     return 0;
   }
+  if (f->mode == 0 && f->notify_data)
+    queue_event(f, CPX_FETCH_DATA);
   arm_timer(f);
   return n;
 }

@@ -31,7 +31,9 @@
 typedef struct cpx_upstream_s cpx_upstream_t;
 typedef struct cpx_fetch_s cpx_fetch_t;
 
-enum { CPX_FETCH_HEADERS = 1, CPX_FETCH_DONE = 2 };
+/* CPX_FETCH_DATA: new body bytes were held (only while notify_data is set:
+ * the owner is peeking at the first events before it commits). */
+enum { CPX_FETCH_HEADERS = 1, CPX_FETCH_DONE = 2, CPX_FETCH_DATA = 8 };
 
 typedef void (*cpx_fetch_event_cb)(cpx_fetch_t *f, int event);
 /* Returns 0 (consumed), CPX_EAGAIN (pause; not consumed) or < 0 (abort). */
@@ -85,6 +87,7 @@ struct cpx_fetch_s {
   size_t body_len, body_cap, max_body;
   size_t body_read; /* sink mode: held bytes already delivered */
   int paused;
+  int notify_data; /* owner wants CPX_FETCH_DATA for held bytes */
   int in_multi;
   int freed;
   uint64_t first_byte_ms, idle_ms;

@@ -19,6 +19,7 @@ local type = type
 local pairs = pairs
 local ipairs = ipairs
 local tostring = tostring
+local tonumber = tonumber
 local pcall = pcall
 local setmetatable = setmetatable
 local getmetatable = getmetatable
@@ -50,6 +51,71 @@ local function payload_rules(app)
     if p[k] and #p[k] > 0 then return true end
   end
   return false
+end
+
+-- ---- stream bootstrap --------------------------------------------------------
+
+-- Events that only open a stream: the first real one comes after them.
+local HANDSHAKE = {
+  message_start = true, ping = true,
+  ["response.created"] = true, ["response.in_progress"] = true,
+}
+local BOOTSTRAP_MAX_EVENTS = 16
+
+local function error_status(e)
+  local t = type(e) == "table" and (e.type or e.status or e.code) or nil
+  if type(e) == "table" and type(e.code) == "number" then return e.code end
+  t = type(t) == "string" and t:lower() or ""
+  if t:find("overloaded", 1, true) then return 529 end
+  if t:find("rate_limit", 1, true) or t:find("resource_exhausted", 1, true)
+      or t:find("usage_limit", 1, true) or t:find("quota", 1, true) then
+    return 429
+  end
+  if t:find("invalid_request", 1, true) or t:find("invalid_argument", 1, true) then return 400 end
+  return 500
+end
+
+-- Peeks at the upstream's first events. Returns nil when the first real
+-- event is not an error (or nothing could be seen), else
+-- { status, body } with body an error envelope of the upstream's format.
+local function bootstrap(up, upfmt)
+  for _ = 1, BOOTSTRAP_MAX_EVENTS do
+    local ev = up:peek()
+    if not ev then return nil end
+    local name = ev.event
+    if not HANDSHAKE[name] then
+      local d = ev.data ~= "" and ev.data ~= "[DONE]" and json.decode(ev.data) or nil
+      if type(d) ~= "table" then return nil end
+      if upfmt == "claude" then
+        if name ~= "error" and d.type ~= "error" then return nil end
+        return { status = error_status(d.error), body = ev.data }
+      elseif upfmt == "openai_responses" then
+        if name ~= "error" and name ~= "response.failed" and d.type ~= "response.failed" then return nil end
+        local e = (type(d.response) == "table" and d.response.error) or d.error or d
+        return { status = error_status(e), body = json.encode({ error = e }) }
+      else
+        if d.error == nil then return nil end
+        return { status = error_status(d.error), body = ev.data }
+      end
+    end
+  end
+  return nil
+end
+
+-- streaming.keepalive-seconds: an SSE comment when the stream is quiet
+-- (safe for every SSE client; a JSON-array Gemini stream gets none).
+local KEEPALIVE = { keepalive_frame = ": keep-alive\n\n" }
+
+local function keepalive_opts(app, fmt, opts)
+  local s = app.config.streaming
+  local sec = s and tonumber(s["keepalive-seconds"]) or 0
+  if sec <= 0 or (fmt == "gemini" and opts.gemini_array) then return nil end
+  return { keepalive = sec, keepalive_frame = KEEPALIVE.keepalive_frame }
+end
+
+local function bootstrap_retries(app)
+  local s = app.config.streaming
+  return s and tonumber(s["bootstrap-retries"]) or 0
 end
 
 -- Answers cliproxy's own error in the client's format.
@@ -176,6 +242,18 @@ function _M.infer(app, req, info, fmt, body, opts)
       up:close()
       return { status = status, headers = headers, body = eb, upfmt = upfmt, ctx = actx }
     end
+    if stream then
+      -- Hold the client's headers until the first real upstream event: an
+      -- error there is still a clean HTTP error, or another account.
+      local bad = bootstrap(up, upfmt)
+      if bad then
+        up:close()
+        ctx.bootstrap_left = (ctx.bootstrap_left or bootstrap_retries(app)) - 1
+        log("warn", "upstream", target.owner, "failed before its first event:", bad.status)
+        return { status = bad.status, headers = {}, body = bad.body, upfmt = upfmt, ctx = actx,
+                 final = ctx.bootstrap_left < 0 }
+      end
+    end
     return { ok = true, up = up, upfmt = upfmt, ctx = actx, passthrough = passthrough,
              provider = provider, upstream_stream = upstream_stream }
   end
@@ -214,7 +292,7 @@ function _M.infer(app, req, info, fmt, body, opts)
           mw.run(chain, "log", actx, r)
           if e then return codec.stream_error({ status = 502, type = "server_error", message = e }, {}, actx) end
         end,
-      }, "raw")
+      }, "raw", keepalive_opts(app, fmt, opts))
     end
     if wants_chunks then
       actx.ir_filter = function(ev) return mw.run(chain, "on_chunk", actx, ev) end
@@ -244,7 +322,7 @@ function _M.infer(app, req, info, fmt, body, opts)
         mw.run(chain, "log", actx, r)
         return out_frames(frames)
       end,
-    }, FRAMING)
+    }, FRAMING, keepalive_opts(app, fmt, opts))
   end
 
   local rb, berr = up:body()

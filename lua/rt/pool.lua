@@ -62,6 +62,9 @@ local function classify(app, target, out)
     if action == "fatal" then kind = "neutral" end
   end
   if not cooldown.KINDS[kind] then kind = "neutral" end
+  -- out.final: the pipeline has no retries left for this kind of failure
+  -- (streaming.bootstrap-retries); the account still cools down.
+  if out.final and action == "retry" then action = "fatal" end
   return action, kind, hint
 end
 _M.classify = classify
