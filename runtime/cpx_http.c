@@ -63,7 +63,7 @@ static int on_url(llhttp_t *p, const char *at, size_t n) {
     r->url_off = r->len;
   r->url_len += n;
   return buf_append(&r->buf, &r->len, &r->cap, at, n) ? fail(hp, 500, "oom")
-                                                        : 0;
+                                                      : 0;
 }
 
 static int on_header_field(llhttp_t *p, const char *at, size_t n) {
@@ -118,8 +118,7 @@ static int on_header_value(llhttp_t *p, const char *at, size_t n) {
      * passes an obs-fold continuation line this way. Folding is a
      * smuggling vector and RFC 9112 lets us refuse it. */
     return fail(hp, 400, "obs-fold in header value");
-  if (hp->last_cb == 2 &&
-      !(hp->value_at_end && at == hp->exec_start)) {
+  if (hp->last_cb == 2 && !(hp->value_at_end && at == hp->exec_start)) {
     /* A second piece of the same value is only legitimate when the input
      * was split there; anything else is llhttp 8 passing an obs-fold
      * continuation line ("\r\n c") as more value. */
@@ -320,36 +319,67 @@ const char *cpx_http_header(const cpx_http_request_t *r, const char *name,
 
 const char *cpx_http_reason(int status) {
   switch (status) {
-  case 100: return "Continue";
-  case 101: return "Switching Protocols";
-  case 200: return "OK";
-  case 201: return "Created";
-  case 204: return "No Content";
-  case 301: return "Moved Permanently";
-  case 302: return "Found";
-  case 304: return "Not Modified";
-  case 400: return "Bad Request";
-  case 401: return "Unauthorized";
-  case 402: return "Payment Required";
-  case 403: return "Forbidden";
-  case 404: return "Not Found";
-  case 405: return "Method Not Allowed";
-  case 408: return "Request Timeout";
-  case 409: return "Conflict";
-  case 413: return "Content Too Large";
-  case 414: return "URI Too Long";
-  case 415: return "Unsupported Media Type";
-  case 417: return "Expectation Failed";
-  case 422: return "Unprocessable Content";
-  case 426: return "Upgrade Required";
-  case 429: return "Too Many Requests";
-  case 431: return "Request Header Fields Too Large";
-  case 500: return "Internal Server Error";
-  case 501: return "Not Implemented";
-  case 502: return "Bad Gateway";
-  case 503: return "Service Unavailable";
-  case 504: return "Gateway Timeout";
-  case 529: return "Overloaded";
-  default: return "Unknown";
+  case 100:
+    return "Continue";
+  case 101:
+    return "Switching Protocols";
+  case 200:
+    return "OK";
+  case 201:
+    return "Created";
+  case 204:
+    return "No Content";
+  case 301:
+    return "Moved Permanently";
+  case 302:
+    return "Found";
+  case 304:
+    return "Not Modified";
+  case 400:
+    return "Bad Request";
+  case 401:
+    return "Unauthorized";
+  case 402:
+    return "Payment Required";
+  case 403:
+    return "Forbidden";
+  case 404:
+    return "Not Found";
+  case 405:
+    return "Method Not Allowed";
+  case 408:
+    return "Request Timeout";
+  case 409:
+    return "Conflict";
+  case 413:
+    return "Content Too Large";
+  case 414:
+    return "URI Too Long";
+  case 415:
+    return "Unsupported Media Type";
+  case 417:
+    return "Expectation Failed";
+  case 422:
+    return "Unprocessable Content";
+  case 426:
+    return "Upgrade Required";
+  case 429:
+    return "Too Many Requests";
+  case 431:
+    return "Request Header Fields Too Large";
+  case 500:
+    return "Internal Server Error";
+  case 501:
+    return "Not Implemented";
+  case 502:
+    return "Bad Gateway";
+  case 503:
+    return "Service Unavailable";
+  case 504:
+    return "Gateway Timeout";
+  case 529:
+    return "Overloaded";
+  default:
+    return "Unknown";
   }
 }

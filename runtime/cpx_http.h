@@ -44,7 +44,7 @@ typedef struct {
   int http_major, http_minor;
   int keep_alive;
   int expect_continue;
-  int upgrade; /* Upgrade header present */
+  int upgrade;             /* Upgrade header present */
   uint64_t content_length; /* 0 when absent or chunked */
   int has_body;            /* Content-Length > 0 or chunked */
 } cpx_http_request_t;
@@ -61,8 +61,8 @@ typedef struct {
   cpx_http_limits_t limits;
   cpx_http_request_t req;
   size_t header_bytes;
-  int state;        /* 0 fresh, 1 in headers, 2 in body, 3 done */
-  int last_cb;      /* 0 none, 1 field, 2 value, 3 value complete */
+  int state;   /* 0 fresh, 1 in headers, 2 in body, 3 done */
+  int last_cb; /* 0 none, 1 field, 2 value, 3 value complete */
   int headers_done_pending;
   int value_at_end;       /* last value piece ended at the input's end */
   const char *exec_start; /* input of the running llhttp_execute */

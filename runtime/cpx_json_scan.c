@@ -104,8 +104,8 @@ static const char *skip_value(const char *p, const char *end) {
  * CPX_EPARSE with *at set to the failing offset. */
 typedef int (*entry_cb)(void *ud, const top_entry_t *e);
 
-static int scan_top(const char *s, size_t n, entry_cb cb, void *ud,
-                    size_t *at, const char **close_brace) {
+static int scan_top(const char *s, size_t n, entry_cb cb, void *ud, size_t *at,
+                    const char **close_brace) {
   const char *p = s, *end = s + n;
   top_entry_t e;
 

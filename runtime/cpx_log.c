@@ -91,8 +91,8 @@ void cpx_log_flush(void) {
 }
 
 static int is_secret_param(const char *p, size_t n) {
-  static const char *names[] = {"key", "auth_token", "access_token",
-                                "api_key", "token"};
+  static const char *names[] = {"key", "auth_token", "access_token", "api_key",
+                                "token"};
   for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
     if (strlen(names[i]) == n && strncasecmp(p, names[i], n) == 0)
       return 1;

@@ -174,8 +174,9 @@ static int l_require(lua_State *L) {
   lua_getfield(L, LUA_REGISTRYINDEX, REG_MODULES);
   lua_getfield(L, -1, name);
   if (lua_isboolean(L, -1) && !lua_toboolean(L, -1))
-    return luaL_error(L, "module '%s' requires itself while loading "
-                         "(an override must not require its own name)",
+    return luaL_error(L,
+                      "module '%s' requires itself while loading "
+                      "(an override must not require its own name)",
                       name);
   if (!lua_isnil(L, -1))
     return 1;
@@ -274,11 +275,11 @@ static int l_env_newindex(lua_State *L) {
  * standard library, our require, and no ffi/debug/io/os.execute/load. */
 static void build_sandbox(lua_State *L) {
   static const char *globals[] = {
-      "assert", "error",    "ipairs",       "next",         "pairs",
-      "pcall",  "rawequal", "rawget",       "rawset",       "select",
+      "assert",       "error",        "ipairs",   "next",     "pairs",
+      "pcall",        "rawequal",     "rawget",   "rawset",   "select",
       "setmetatable", "getmetatable", "tonumber", "tostring", "type",
-      "unpack", "xpcall",   "string",       "table",        "math",
-      "bit",    "coroutine", NULL};
+      "unpack",       "xpcall",       "string",   "table",    "math",
+      "bit",          "coroutine",    NULL};
 
   /* string.dump would hand out bytecode; strings share this table. */
   lua_getglobal(L, "string");
@@ -379,8 +380,9 @@ static void read_settings(lua_State *L, int idx, cpx_settings_t *s) {
       (uint64_t)(num_at(L, idx, "limits.body-timeout-seconds", 60) * 1000);
   sc->keepalive_timeout_ms =
       (uint64_t)(num_at(L, idx, "limits.keepalive-timeout-seconds", 60) * 1000);
-  sc->write_stall_ms = (uint64_t)(
-      num_at(L, idx, "limits.write-stall-timeout-seconds", 300) * 1000);
+  sc->write_stall_ms =
+      (uint64_t)(num_at(L, idx, "limits.write-stall-timeout-seconds", 300) *
+                 1000);
   sc->drain_timeout_ms =
       (uint64_t)(num_at(L, idx, "limits.drain-timeout-seconds", 30) * 1000);
   sc->write_high_water =
@@ -395,13 +397,16 @@ static void read_settings(lua_State *L, int idx, cpx_settings_t *s) {
   s->workers = (int)num_at(L, idx, "workers", 1);
   s->lua_memory_limit =
       (size_t)(num_at(L, idx, "lua.memory-limit-mb", 256) * 1024 * 1024);
-  s->upstream_connect_ms = (uint64_t)(
-      num_at(L, idx, "limits.upstream-connect-timeout-seconds", 10) * 1000);
-  s->upstream_first_byte_ms = (uint64_t)(
-      num_at(L, idx, "limits.upstream-first-byte-timeout-seconds", 300) *
-      1000);
-  s->upstream_idle_ms = (uint64_t)(
-      num_at(L, idx, "limits.upstream-idle-timeout-seconds", 300) * 1000);
+  s->upstream_connect_ms =
+      (uint64_t)(num_at(L, idx, "limits.upstream-connect-timeout-seconds", 10) *
+                 1000);
+  s->upstream_first_byte_ms =
+      (uint64_t)(num_at(L, idx, "limits.upstream-first-byte-timeout-seconds",
+                        300) *
+                 1000);
+  s->upstream_idle_ms =
+      (uint64_t)(num_at(L, idx, "limits.upstream-idle-timeout-seconds", 300) *
+                 1000);
   s->upstream_max_body = (size_t)num_at(
       L, idx, "limits.upstream-max-body-bytes", 64.0 * 1024 * 1024);
 }

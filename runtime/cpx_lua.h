@@ -40,7 +40,7 @@ typedef struct {
 
 struct cpx_vm_s {
   lua_State *L;
-  int refs;      /* the worker's reference + one per request */
+  int refs; /* the worker's reference + one per request */
   unsigned gen;
   size_t mem_used;
   size_t mem_limit;
@@ -60,11 +60,11 @@ struct cpx_worker_s {
   int id;
   cpx_server_t server;
   cpx_upstream_t upstream;
-  cpx_vm_t *vm;        /* current generation (one reference) */
+  cpx_vm_t *vm; /* current generation (one reference) */
   uv_idle_t resume_idle;
   void *resume_queue; /* requests whose coroutine must be resumed */
   char config_path[4096];
-  char lua_dir[4096];  /* built-in lua/ directory */
+  char lua_dir[4096]; /* built-in lua/ directory */
   unsigned next_gen;
 };
 

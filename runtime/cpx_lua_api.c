@@ -58,16 +58,16 @@ struct lfetch_s {
   int peeking;
   cpx_sse_t peek;
   size_t peek_fed;
-  int peek_ref;   /* registry ref of the queue table */
-  int peek_head;  /* next index to hand out */
-  int peek_tail;  /* last index stored */
+  int peek_ref;  /* registry ref of the queue table */
+  int peek_head; /* next index to hand out */
+  int peek_tail; /* last index stored */
 };
 
 /* Owned by the worker from dispatch until released (see lreq_release). */
 struct lreq_s {
-  cpx_vm_t *vm;      /* one reference */
+  cpx_vm_t *vm; /* one reference */
   cpx_worker_t *w;
-  cpx_request_t *r;  /* one reference */
+  cpx_request_t *r; /* one reference */
   lua_State *co;
   int co_ref;
   int co_done;
@@ -306,9 +306,9 @@ static void on_fetch_event_inner(cpx_fetch_t *f, int ev) {
 
   if (lr->piping && lr->pipe == lf) {
     if (ev == CPX_FETCH_DONE)
-      pipe_end(lr, f->result ? (f->errmsg[0] ? f->errmsg
-                                             : cpx_strerror(f->result))
-                             : NULL);
+      pipe_end(lr, f->result
+                       ? (f->errmsg[0] ? f->errmsg : cpx_strerror(f->result))
+                       : NULL);
     return;
   }
   if (lr->wait_fetch != lf || lr->running)
@@ -328,10 +328,11 @@ static void on_fetch_event_inner(cpx_fetch_t *f, int ev) {
       f->notify_data = 0;
       lua_pushnil(lr->co);
       if (f->done && f->result != 0)
-        lua_pushstring(lr->co, f->errmsg[0] ? f->errmsg
-                                            : cpx_strerror(f->result));
+        lua_pushstring(lr->co,
+                       f->errmsg[0] ? f->errmsg : cpx_strerror(f->result));
       else
-        lua_pushstring(lr->co, f->done ? "end of stream" : "no complete event yet");
+        lua_pushstring(lr->co,
+                       f->done ? "end of stream" : "no complete event yet");
       lreq_resume(lr, 2);
     }
     return;
@@ -503,9 +504,9 @@ static void lreq_resume(lreq_t *lr, int nargs) {
     cpx_log_error(lr->r->rid, "request handler failed: %s",
                   lua_tostring(vm->L, -1));
     lua_pop(vm->L, 1);
-    respond_internal_error(lr, rc == LUA_ERRMEM
-                                   ? "script ran out of memory (lua.memory-limit-mb)"
-                                   : "internal error in request handler");
+    respond_internal_error(
+        lr, rc == LUA_ERRMEM ? "script ran out of memory (lua.memory-limit-mb)"
+                             : "internal error in request handler");
   }
   vm->host--;
   lr->co_done = 1;
@@ -852,13 +853,16 @@ static int l_fetch(lua_State *L) {
     return luaL_error(L, "cpx.fetch: headers must be a table");
   o.headers = hdrs;
   o.nheaders = (size_t)nh;
-  o.connect_timeout_ms = (uint64_t)(
-      opt_num(L, 1, "connect_timeout", s->upstream_connect_ms / 1000.0) * 1000);
-  o.first_byte_timeout_ms = (uint64_t)(
-      opt_num(L, 1, "first_byte_timeout", s->upstream_first_byte_ms / 1000.0) *
-      1000);
-  o.idle_timeout_ms = (uint64_t)(
-      opt_num(L, 1, "idle_timeout", s->upstream_idle_ms / 1000.0) * 1000);
+  o.connect_timeout_ms = (uint64_t)(opt_num(L, 1, "connect_timeout",
+                                            s->upstream_connect_ms / 1000.0) *
+                                    1000);
+  o.first_byte_timeout_ms =
+      (uint64_t)(opt_num(L, 1, "first_byte_timeout",
+                         s->upstream_first_byte_ms / 1000.0) *
+                 1000);
+  o.idle_timeout_ms =
+      (uint64_t)(opt_num(L, 1, "idle_timeout", s->upstream_idle_ms / 1000.0) *
+                 1000);
   o.max_body = (size_t)opt_num(L, 1, "max_body", (double)s->upstream_max_body);
 
   lf = calloc(1, sizeof(*lf));
@@ -1230,8 +1234,8 @@ static void count_done(uv_work_t *req, int status) {
       lua_pushnumber(lr->co, (lua_Number)w->count);
     } else {
       lua_pushnil(lr->co);
-      lua_pushstring(lr->co, status ? uv_strerror(status)
-                                    : cpx_strerror(w->rc));
+      lua_pushstring(lr->co,
+                     status ? uv_strerror(status) : cpx_strerror(w->rc));
       nres = 2;
     }
     vm->host--;
@@ -1368,12 +1372,10 @@ void cpx__lua_api_register(lua_State *L) {
       {"write", l_req_write},     {"finish", l_req_finish},
       {"pipe", l_req_pipe},       {"closed", l_req_closed},
       {"sent", l_req_sent},       {NULL, NULL}};
-  static const luaL_Reg fetch_methods[] = {{"status", l_fetch_status},
-                                           {"headers", l_fetch_headers},
-                                           {"body", l_fetch_body},
-                                           {"peek", l_fetch_peek},
-                                           {"close", l_fetch_close},
-                                           {NULL, NULL}};
+  static const luaL_Reg fetch_methods[] = {
+      {"status", l_fetch_status}, {"headers", l_fetch_headers},
+      {"body", l_fetch_body},     {"peek", l_fetch_peek},
+      {"close", l_fetch_close},   {NULL, NULL}};
   int t = lua_gettop(L);
 
   luaL_newmetatable(L, MT_REQUEST);

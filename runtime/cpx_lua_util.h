@@ -6,11 +6,10 @@
  * module (lua_module/cpx_module.c) returns it as is.
  *
  *   cpx.json.decode(s)          -> value | nil, err  (arrays carry
- *                                  cpx.json.array_mt, JSON null is cpx.json.null)
- *   cpx.json.encode(v)          -> string | nil, err (a table with array_mt,
- *                                  or a non-empty sequence, is an array;
- *                                  an empty table without it is {})
- *   cpx.json.null, cpx.json.array_mt, cpx.json.array(t) -> t (sets array_mt)
+ *                                  cpx.json.array_mt, JSON null is
+ * cpx.json.null) cpx.json.encode(v)          -> string | nil, err (a table with
+ * array_mt, or a non-empty sequence, is an array; an empty table without it is
+ * {}) cpx.json.null, cpx.json.array_mt, cpx.json.array(t) -> t (sets array_mt)
  *   cpx.base64.encode(s[, url]), cpx.base64.decode(s) -> string | nil, err
  *   cpx.sha256(s) -> 32 raw bytes, cpx.sha256_hex(s), cpx.hmac_sha256(k, s),
  *   cpx.hmac_sha256_hex(k, s), cpx.uuid() -> v4 string,

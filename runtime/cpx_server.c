@@ -33,8 +33,8 @@ struct cpx_conn_s {
   cpx_server_t *srv;
   cpx_conn_t *prev, *next;
   cpx_http_parser_t parser;
-  cpx_tls_conn_t *tls;   /* owned */
-  char *pending;         /* owned: input not yet fed to the parser */
+  cpx_tls_conn_t *tls; /* owned */
+  char *pending;       /* owned: input not yet fed to the parser */
   size_t pending_len, pending_cap;
   cpx_request_t *active; /* holds one reference */
   size_t write_queued;
@@ -180,8 +180,8 @@ static int tls_cipher_out(void *ud, const char *buf, size_t len) {
 }
 
 /* Writes up to three plaintext pieces as one unit. */
-static int conn_write(cpx_conn_t *c, const char *p1, size_t n1,
-                      const char *p2, size_t n2, const char *p3, size_t n3) {
+static int conn_write(cpx_conn_t *c, const char *p1, size_t n1, const char *p2,
+                      size_t n2, const char *p3, size_t n3) {
   if (!c->tls)
     return conn_write_raw(c, p1, n1, p2, n2, p3, n3);
   const char *ps[3] = {p1, p2, p3};
@@ -268,8 +268,8 @@ static void access_log(cpx_request_t *r) {
                        sizeof(target));
   cpx_log_info(r->rid, "%d | %.3fms | %s | %s %s | in=%zu out=%llu%s",
                r->status ? r->status : 499, ms, r->remote,
-               r->http.method ? r->http.method : "-", target,
-               r->http.body_len, (unsigned long long)r->bytes_out,
+               r->http.method ? r->http.method : "-", target, r->http.body_len,
+               (unsigned long long)r->bytes_out,
                r->aborted ? " | client closed" : "");
 }
 
@@ -355,7 +355,8 @@ int cpx_request_respond(cpx_request_t *r, int status,
   }
   is_head = r->http.method && strcmp(r->http.method, "HEAD") == 0;
   /* 1xx, 204 and 304 carry no body and no Content-Length. */
-  int no_body = status == 204 || status == 304 || (status >= 100 && status < 200);
+  int no_body =
+      status == 204 || status == 304 || (status >= 100 && status < 200);
   head = build_head(r, status, headers, nheaders, no_body ? -1 : (long long)len,
                     0, &hlen);
   if (!head)
@@ -369,8 +370,8 @@ int cpx_request_respond(cpx_request_t *r, int status,
   return rc;
 }
 
-int cpx_request_start(cpx_request_t *r, int status,
-                      const cpx_header_t *headers, size_t nheaders) {
+int cpx_request_start(cpx_request_t *r, int status, const cpx_header_t *headers,
+                      size_t nheaders) {
   size_t hlen;
   char *head;
   int rc;
@@ -432,8 +433,7 @@ static void request_done(cpx_request_t *r) {
   access_log(r);
   r->srv->active_requests--;
   if (!c) {
-    if (r->srv->draining && r->srv->active_requests == 0 &&
-        r->srv->on_drained)
+    if (r->srv->draining && r->srv->active_requests == 0 && r->srv->on_drained)
       r->srv->on_drained(r->srv);
     return;
   }
@@ -501,8 +501,8 @@ static void dispatch(cpx_conn_t *c) {
       uint64_t x = ++srv->next_rid ^ r->start_ns;
       memcpy(rnd, &x, 4);
     }
-    snprintf(r->rid, sizeof(r->rid), "%02x%02x%02x%02x", rnd[0], rnd[1],
-             rnd[2], rnd[3]);
+    snprintf(r->rid, sizeof(r->rid), "%02x%02x%02x%02x", rnd[0], rnd[1], rnd[2],
+             rnd[3]);
   }
   cpx_http_take_request(&c->parser, &r->http);
   if (srv->draining)

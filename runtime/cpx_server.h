@@ -47,17 +47,17 @@ typedef struct {
 
 struct cpx_request_s {
   cpx_server_t *srv;
-  cpx_conn_t *conn;         /* NULL once the client is gone */
-  cpx_http_request_t http;  /* owned */
-  char rid[9];              /* 8 hex chars */
+  cpx_conn_t *conn;        /* NULL once the client is gone */
+  cpx_http_request_t http; /* owned */
+  char rid[9];             /* 8 hex chars */
   char remote[64];
   uint64_t start_ns;
   int refs;
   /* response state */
   int status;
   int headers_sent;
-  int streaming;   /* started with cpx_request_start */
-  int chunked;     /* streaming with chunked encoding */
+  int streaming; /* started with cpx_request_start */
+  int chunked;   /* streaming with chunked encoding */
   int finished;
   int aborted;     /* client gone before finish */
   int close_after; /* send Connection: close */
@@ -116,8 +116,8 @@ int cpx_request_respond(cpx_request_t *r, int status,
                         const cpx_header_t *headers, size_t nheaders,
                         const char *body, size_t len);
 /* Starts a streamed response (chunked for HTTP/1.1). */
-int cpx_request_start(cpx_request_t *r, int status,
-                      const cpx_header_t *headers, size_t nheaders);
+int cpx_request_start(cpx_request_t *r, int status, const cpx_header_t *headers,
+                      size_t nheaders);
 int cpx_request_write(cpx_request_t *r, const char *data, size_t len);
 int cpx_request_finish(cpx_request_t *r);
 /* Bytes queued towards the client and not yet written to the socket. */

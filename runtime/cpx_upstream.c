@@ -318,9 +318,9 @@ static void check_multi_info(cpx_upstream_t *up) {
         finish(f, 0, NULL);
       }
     } else {
-      int rc = f->result ? f->result
-                         : (cc == CURLE_OPERATION_TIMEDOUT ? CPX_ETIMEOUT
-                                                           : CPX_EIO);
+      int rc = f->result
+                   ? f->result
+                   : (cc == CURLE_OPERATION_TIMEDOUT ? CPX_ETIMEOUT : CPX_EIO);
       if (!f->errmsg[0])
         snprintf(f->errmsg, sizeof(f->errmsg), "%s", curl_easy_strerror(cc));
       finish(f, rc, NULL);
@@ -413,8 +413,8 @@ int cpx_fetch_start(cpx_upstream_t *up, const cpx_fetch_opts_t *o,
   f->on_event = on_event;
   f->data = data;
   f->max_body = o->max_body ? o->max_body : 64u * 1024 * 1024;
-  f->first_byte_ms = o->first_byte_timeout_ms ? o->first_byte_timeout_ms
-                                              : 300000;
+  f->first_byte_ms =
+      o->first_byte_timeout_ms ? o->first_byte_timeout_ms : 300000;
   f->idle_ms = o->idle_timeout_ms ? o->idle_timeout_ms : 300000;
   uv_timer_init(up->loop, &f->timer);
   f->timer.data = f;
@@ -426,9 +426,9 @@ int cpx_fetch_start(cpx_upstream_t *up, const cpx_fetch_opts_t *o,
   curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
   curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
   curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
-  curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
-                   (long)(o->connect_timeout_ms ? o->connect_timeout_ms
-                                                : 10000));
+  curl_easy_setopt(
+      e, CURLOPT_CONNECTTIMEOUT_MS,
+      (long)(o->connect_timeout_ms ? o->connect_timeout_ms : 10000));
   curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, header_cb);
   curl_easy_setopt(e, CURLOPT_HEADERDATA, f);
   curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, write_cb);
@@ -576,8 +576,8 @@ void cpx_fetch_free(cpx_fetch_t *f) {
     f->in_multi = 0;
     f->up->running--;
   }
-  if (!f->up->closed && f->up->nspare < (int)(sizeof(f->up->spare) /
-                                              sizeof(f->up->spare[0]))) {
+  if (!f->up->closed &&
+      f->up->nspare < (int)(sizeof(f->up->spare) / sizeof(f->up->spare[0]))) {
     curl_easy_reset(f->easy);
     f->up->spare[f->up->nspare++] = f->easy;
   } else {

@@ -56,8 +56,8 @@ typedef struct {
 struct cpx_upstream_s {
   uv_loop_t *loop;
   CURLM *multi;
-  uv_timer_t timer; /* curl's timeout */
-  uv_idle_t idle;   /* delivers deferred events */
+  uv_timer_t timer;     /* curl's timeout */
+  uv_idle_t idle;       /* delivers deferred events */
   cpx_fetch_t *pending; /* fetches with undelivered events */
   char *proxy;          /* owned: global proxy-url or NULL */
   /* Reset easy handles kept for reuse: curl_easy_init allocates its
@@ -91,7 +91,7 @@ struct cpx_fetch_s {
   int in_multi;
   int freed;
   uint64_t first_byte_ms, idle_ms;
-  unsigned events;     /* undelivered events (bit mask) */
+  unsigned events; /* undelivered events (bit mask) */
   cpx_fetch_t *next_pending;
   int queued;
   cpx_fetch_event_cb on_event;
@@ -105,8 +105,7 @@ void cpx_upstream_set_proxy(cpx_upstream_t *up, const char *proxy);
 void cpx_upstream_close(cpx_upstream_t *up);
 
 int cpx_fetch_start(cpx_upstream_t *up, const cpx_fetch_opts_t *opts,
-                    cpx_fetch_event_cb on_event, void *data,
-                    cpx_fetch_t **out);
+                    cpx_fetch_event_cb on_event, void *data, cpx_fetch_t **out);
 void cpx_fetch_buffer(cpx_fetch_t *f);
 void cpx_fetch_sink(cpx_fetch_t *f, cpx_fetch_sink_cb sink);
 void cpx_fetch_resume(cpx_fetch_t *f);

@@ -271,8 +271,8 @@ static void on_script_debounce(uv_timer_t *t) {
   watch_scripts(app);
 }
 
-static void on_script_event(uv_fs_event_t *h, const char *filename,
-                            int events, int status) {
+static void on_script_event(uv_fs_event_t *h, const char *filename, int events,
+                            int status) {
   app_t *app = h->data;
   size_t n;
   CPX_UNUSED(events);
@@ -525,15 +525,15 @@ static int run_server(const char *argv0, const char *path) {
     }
   }
   for (int i = 1; i < n; i++) {
-    if (uv_thread_create(&app.workers[i].tid, worker_thread,
-                         &app.workers[i]) == 0)
+    if (uv_thread_create(&app.workers[i].tid, worker_thread, &app.workers[i]) ==
+        0)
       app.workers[i].started = 1;
   }
   cpx_log_info(NULL,
                "cliproxy %s listening on %s%s:%d with %d worker(s) (config %s, "
                "lua %s)",
-               CPX_VERSION, w0->w.vm->settings.tls_enable ? "https://"
-                                                          : "http://",
+               CPX_VERSION,
+               w0->w.vm->settings.tls_enable ? "https://" : "http://",
                w0->w.server.cfg.host[0] ? w0->w.server.cfg.host : "0.0.0.0",
                w0->w.server.cfg.port, n, config_path, lua_dir);
   uv_run(&w0->loop, UV_RUN_DEFAULT);

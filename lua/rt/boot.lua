@@ -18,9 +18,13 @@ local function check_provider(name, p)
   local file = "providers/" .. name .. ".lua"
   if type(p) ~= "table" then return nil, file .. ": module must return a table" end
   if type(p.name) ~= "string" then return nil, file .. ": field 'name' must be a string" end
-  if not FORMATS[p.format] then return nil, file .. ": field 'format' must be one of openai_chat, openai_responses, claude, gemini" end
+  if not FORMATS[p.format] then
+    return nil, file .. ": field 'format' must be one of openai_chat, openai_responses, claude, gemini"
+  end
   if type(p.prepare) ~= "function" then return nil, file .. ": field 'prepare' must be a function" end
-  if p.classify ~= nil and type(p.classify) ~= "function" then return nil, file .. ": field 'classify' must be a function" end
+  if p.classify ~= nil and type(p.classify) ~= "function" then
+    return nil, file .. ": field 'classify' must be a function"
+  end
   return true
 end
 

@@ -54,7 +54,7 @@ function _M.find(id)
   if not index then
     index = {}
     for _, key in pairs({ "claude", "codex", "gemini" }) do
-      for _, m in ipairs(_M[key]) do index[m.id] = m end
+      for _, entry in ipairs(_M[key]) do index[entry.id] = entry end
     end
   end
   return index[id]

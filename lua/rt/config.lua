@@ -105,7 +105,8 @@ local schema = map({
   ["auth-auto-refresh-workers"] = int(16, 1),
   ["quota-exceeded"] = ANY,
   routing = map({
-    strategy = { type = "string", default = "round-robin", enum = { "round-robin", "fill-first", "weighted-round-robin" } },
+    strategy = { type = "string", default = "round-robin",
+                 enum = { "round-robin", "fill-first", "weighted-round-robin" } },
     ["session-affinity"] = bool(false),
     -- a Go-style duration ("1h", "30m") or seconds; default 1h
     ["session-affinity-ttl"] = { type = "string", default = "1h", check = function(v)
@@ -206,7 +207,9 @@ local function check(spec, v, path, st)
       if not ok then return fail(format("expected one of %s, got %q", concat(spec.enum, ", "), v)) end
     end
   elseif t == "integer" or t == "number" then
-    if type(v) ~= "number" then return fail("expected " .. (t == "integer" and "an integer" or "a number") .. ", got " .. describe(v)) end
+    if type(v) ~= "number" then
+      return fail("expected " .. (t == "integer" and "an integer" or "a number") .. ", got " .. describe(v))
+    end
     if t == "integer" and v ~= floor(v) then return fail("expected an integer, got " .. tostring(v)) end
     if spec.min and v < spec.min then return fail(format("must be at least %s, got %s", spec.min, v)) end
     if spec.max and v > spec.max then return fail(format("must be at most %s, got %s", spec.max, v)) end

@@ -266,7 +266,9 @@ function _M.infer(app, req, info, fmt, body, opts)
   if not res.ok then
     -- every account cooling: the fact sheet's model_cooldown body as is
     if res.raw_body then return http.json(req, res.status, res.raw_body, res.extra) end
-    if res.own then return own_error(req, fmt, http.error_info(res.status, res.message, res.type, res.code), res.extra) end
+    if res.own then
+      return own_error(req, fmt, http.error_info(res.status, res.message, res.type, res.code), res.extra)
+    end
     if res.err then
       return http.error(req, fmt, 502, "upstream request failed: " .. res.err, "server_error", "upstream_error")
     end

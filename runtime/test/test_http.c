@@ -7,10 +7,10 @@
 #include "cpx_test.h"
 
 typedef struct {
-  int status;   /* final parser state */
-  int error;    /* error_status when CPX_HTTP_ERROR */
+  int status; /* final parser state */
+  int error;  /* error_status when CPX_HTTP_ERROR */
   int headers_done;
-  size_t used;  /* bytes consumed by the first request */
+  size_t used; /* bytes consumed by the first request */
   cpx_http_request_t req;
 } result_t;
 
@@ -121,11 +121,12 @@ static void test_header_bytes_limit(void) {
   free(req);
   /* A configured smaller bound applies too. */
   cpx_http_limits_t lim = {1024, 0, 0};
-  static const char mid[] = "GET / HTTP/1.1\r\nX-A: "
-                            "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
-                            "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
-                            "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
-                            "\r\n\r\n";
+  static const char mid[] =
+      "GET / HTTP/1.1\r\nX-A: "
+      "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+      "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+      "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+      "\r\n\r\n";
   run(mid, sizeof(mid) - 1, 0, &lim, &r);
   CPX_CHECK_INT(r.status, CPX_HTTP_DONE);
   free_result(&r);
@@ -164,8 +165,9 @@ static void test_body_limit(void) {
   /* Rejected from the header alone: the body never has to arrive. */
   run(cl, sizeof(cl) - 1 - 11, 0, &lim, &r);
   CPX_CHECK_INT(r.error, 413);
-  static const char ch[] = "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
-                           "6\r\nhello \r\n5\r\nworld\r\n0\r\n\r\n";
+  static const char ch[] =
+      "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+      "6\r\nhello \r\n5\r\nworld\r\n0\r\n\r\n";
   run(ch, sizeof(ch) - 1, 0, &lim, &r);
   CPX_CHECK_INT(r.error, 413);
 }
@@ -185,7 +187,8 @@ static void test_rejections(void) {
        "chunked\r\n\r\n0\r\n\r\n",
        400},
       /* duplicate, different CL */
-      {"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n", 400},
+      {"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+       400},
       {"POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\nhello", 400},
       {"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, identity\r\n\r\n", 501},
       {"GET / HTTP/1.1\r\nX-A: a\0b\r\n\r\n", 400},
@@ -244,8 +247,7 @@ static void test_pipelining(void) {
   cpx_http_request_t a, b;
   size_t used, off;
   cpx_http_parser_init(&hp, &defaults);
-  CPX_CHECK_INT(cpx_http_feed(&hp, two, sizeof(two) - 1, &used),
-                CPX_HTTP_DONE);
+  CPX_CHECK_INT(cpx_http_feed(&hp, two, sizeof(two) - 1, &used), CPX_HTTP_DONE);
   cpx_http_take_request(&hp, &a);
   off = used;
   CPX_CHECK_MEM(a.buf + a.url_off, a.url_len, "/a", 2);
