@@ -150,6 +150,10 @@ local schema = map({
   }),
   -- cliproxy's own keys
   workers = int(1, 1, 64),
+  ["count-tokens"] = map({
+    encoding = { type = "string", default = "auto", enum = { "auto", "o200k_base", "cl100k_base", "off" } },
+    factor = num(1, 0.1, 10),
+  }),
   lua = map({
     paths = list(str()),
     ["memory-limit-mb"] = int(256, 16, 65536),

@@ -78,9 +78,19 @@ function _M.count_text(text, encoding)
   return floor(n * #text / max)
 end
 
--- Returns the estimated count of a client request or nil, err.
-function _M.estimate(fmt, body, model)
-  return _M.count_text(_M.text_of(fmt, body), _M.encoding_for(model))
+-- Returns the estimated count of a client request or nil, err. opts is
+-- the config's count-tokens block: encoding "auto" (by model) or a fixed
+-- one, "off" to refuse, and a factor (e.g. cl100k x 1.15 as a Claude
+-- approximation).
+function _M.estimate(fmt, body, model, opts)
+  local enc = opts and opts.encoding or "auto"
+  if enc == "off" then return nil, "local token counting is disabled (count-tokens.encoding: off)" end
+  if enc == "auto" then enc = _M.encoding_for(model) end
+  local n, err = _M.count_text(_M.text_of(fmt, body), enc)
+  if not n then return nil, err end
+  local factor = opts and opts.factor or 1
+  if factor ~= 1 then n = floor(n * factor + 0.5) end
+  return n
 end
 
 return _M

@@ -280,7 +280,7 @@ function _M.infer(app, req, info, fmt, body, opts)
     -- Claude clients read input usage from message_start, which no other
     -- upstream reports up front: estimate it locally (in the threadpool).
     if fmt == "claude" and upfmt ~= "claude" and not res.passthrough and body then
-      actx.input_estimate = count.estimate("claude", body, model)
+      actx.input_estimate = count.estimate("claude", body, model, app.config["count-tokens"])
     end
     -- Gemini without alt=sse streams a JSON array, not SSE.
     req:start(200, opts.gemini_array and http.headers("application/json") or stream_headers())

@@ -207,8 +207,8 @@ local function count_tokens_claude(req, info)
   if status then
     return req:respond(status, http.headers(uh["content-type"] or "application/json"), text or "")
   end
-  local n, err = count.estimate("claude", body, body.model)
-  if not n then return http.error(req, "claude", 500, "token counting failed: " .. tostring(err)) end
+  local n, err = count.estimate("claude", body, body.model, app.config["count-tokens"])
+  if not n then return http.error(req, "claude", 501, "token counting failed: " .. tostring(err)) end
   return http.json(req, 200, { input_tokens = n })
 end
 
@@ -223,8 +223,8 @@ local function gemini_action(req, info, model, action)
       return req:respond(status, http.headers(uh["content-type"] or "application/json"), text or "")
     end
     local src = body.generateContentRequest or body
-    local n, err = count.estimate("gemini", src, model)
-    if not n then return http.error(req, "gemini", 500, "token counting failed: " .. tostring(err)) end
+    local n, err = count.estimate("gemini", src, model, app.config["count-tokens"])
+    if not n then return http.error(req, "gemini", 501, "token counting failed: " .. tostring(err)) end
     return http.json(req, 200, { totalTokens = n,
                                  promptTokensDetails = json.array({ { modality = "TEXT", tokenCount = n } }) })
   end

@@ -60,3 +60,25 @@ describe("rt.count.count_text", function()
     assert.is_true(math.abs(scaled - exact) / exact < 0.05, exact .. " vs " .. scaled)
   end)
 end)
+
+describe("rt.count.estimate options", function()
+  local body = { model = "gpt-4",
+                 messages = A({ { role = "user", content = "the quick brown fox jumps over the lazy dog" } }) }
+  it("uses the model's encoding on auto and a fixed one when configured", function()
+    local text = count.text_of("openai_chat", body)
+    assert.are.equal(cpx.tokens.count(text, "cl100k_base"),
+      count.estimate("openai_chat", body, "gpt-4", { encoding = "auto" }))
+    assert.are.equal(cpx.tokens.count(text, "o200k_base"),
+      count.estimate("openai_chat", body, "gpt-4", { encoding = "o200k_base" }))
+  end)
+  it("scales by the factor", function()
+    local base = count.estimate("openai_chat", body, "gpt-4", { encoding = "cl100k_base" })
+    assert.are.equal(math.floor(base * 1.15 + 0.5),
+      count.estimate("openai_chat", body, "gpt-4", { encoding = "cl100k_base", factor = 1.15 }))
+  end)
+  it("refuses when off", function()
+    local n, err = count.estimate("openai_chat", body, "gpt-4", { encoding = "off" })
+    assert.is_nil(n)
+    assert.matches("disabled", err)
+  end)
+end)
