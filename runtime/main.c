@@ -547,8 +547,25 @@ static int run_server(const char *argv0, const char *path) {
   return app.exit_code;
 }
 
+/* The rank files live in data/ beside lua/ (the source tree, or
+ * <prefix>/share/cliproxy after cmake --install), wherever that is. */
+static void set_token_data_dir(const char *argv0) {
+  char lua_dir[4096], data[4096 + 16];
+  struct stat st;
+  if (getenv("CPX_DATA_DIR") ||
+      cpx_lua_find_builtin_dir(argv0, lua_dir, sizeof(lua_dir)) != 0)
+    return;
+  snprintf(data, sizeof(data), "%s/../data", lua_dir);
+  if (stat(data, &st) == 0 && S_ISDIR(st.st_mode)) {
+    char real[PATH_MAX];
+    cpx_tokens_set_data_dir(realpath(data, real) ? real : data);
+  }
+}
+
 int main(int argc, char **argv) {
   const char *path = "config.yaml";
+
+  set_token_data_dir(argv[0]);
 
   if (argc > 1 && strcmp(argv[1], "check") == 0)
     return cmd_check(argc, argv, argv[0]);
