@@ -10,7 +10,7 @@ local format = string.format
 
 local _M = {}
 
-local PROVIDERS = { "openai_compat", "claude", "gemini", "codex" }
+local PROVIDERS = { "openai_compat", "claude", "gemini", "codex", "vertex" }
 local FORMATS = { openai_chat = true, openai_responses = true, claude = true, gemini = true }
 
 -- A provider declares its contract as data; errors name file and field.

@@ -46,7 +46,7 @@ _M.gemini = {
 }
 
 -- provider module -> catalog key
-_M.by_provider = { claude = "claude", codex = "codex", gemini = "gemini" }
+_M.by_provider = { claude = "claude", codex = "codex", gemini = "gemini", vertex = "gemini" }
 
 local index
 -- The catalog entry of a model id, or nil.

@@ -43,6 +43,7 @@ local KEY_KINDS = {
   { key = "claude-api-key", provider = "claude", owner = "claude" },
   { key = "gemini-api-key", provider = "gemini", owner = "gemini" },
   { key = "codex-api-key", provider = "codex", owner = "codex" },
+  { key = "vertex-api-key", provider = "vertex", owner = "vertex" },
 }
 _M.KEY_KINDS = KEY_KINDS
 
