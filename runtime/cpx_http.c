@@ -5,30 +5,14 @@
 #include <string.h>
 #include <strings.h>
 
+#include "cpx_buf.h"
+
 /* RFC 9110 tchar. */
 static int is_tchar(unsigned char c) {
   if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
       (c >= '0' && c <= '9'))
     return 1;
   return strchr("!#$%&'*+-.^_`|~", c) != NULL && c != 0;
-}
-
-static int buf_append(char **buf, size_t *len, size_t *cap, const char *p,
-                      size_t n) {
-  if (*len + n + 1 > *cap) {
-    size_t nc = *cap ? *cap : 512;
-    while (nc < *len + n + 1)
-      nc *= 2;
-    char *nb = realloc(*buf, nc);
-    if (!nb)
-      return CPX_ENOMEM;
-    *buf = nb;
-    *cap = nc;
-  }
-  memcpy(*buf + *len, p, n);
-  *len += n;
-  (*buf)[*len] = '\0';
-  return 0;
 }
 
 static cpx_http_parser_t *hp_of(llhttp_t *p) {
@@ -62,8 +46,8 @@ static int on_url(llhttp_t *p, const char *at, size_t n) {
   if (r->url_len == 0)
     r->url_off = r->len;
   r->url_len += n;
-  return buf_append(&r->buf, &r->len, &r->cap, at, n) ? fail(hp, 500, "oom")
-                                                      : 0;
+  return cpx_buf_append(&r->buf, &r->len, &r->cap, at, n) ? fail(hp, 500, "oom")
+                                                          : 0;
 }
 
 static int on_header_field(llhttp_t *p, const char *at, size_t n) {
@@ -96,7 +80,7 @@ static int on_header_field(llhttp_t *p, const char *at, size_t n) {
     if (!is_tchar(c))
       return fail(hp, 400, "invalid character in header field name");
   }
-  if (buf_append(&r->buf, &r->len, &r->cap, at, n))
+  if (cpx_buf_append(&r->buf, &r->len, &r->cap, at, n))
     return fail(hp, 500, "oom");
   for (size_t i = r->len - n; i < r->len; i++)
     if (r->buf[i] >= 'A' && r->buf[i] <= 'Z')
@@ -136,7 +120,7 @@ static int on_header_value(llhttp_t *p, const char *at, size_t n) {
     if (c == '\r' || c == '\n' || c == 0)
       return fail(hp, 400, "obs-fold or control character in header value");
   }
-  if (buf_append(&r->buf, &r->len, &r->cap, at, n))
+  if (cpx_buf_append(&r->buf, &r->len, &r->cap, at, n))
     return fail(hp, 500, "oom");
   f->value_len += n;
   return 0;
@@ -186,7 +170,7 @@ static int on_body(llhttp_t *p, const char *at, size_t n) {
   cpx_http_request_t *r = &hp->req;
   if (r->body_len + n > hp->limits.max_body)
     return fail(hp, 413, "request body too large");
-  if (buf_append(&r->body, &r->body_len, &r->body_cap, at, n))
+  if (cpx_buf_append(&r->body, &r->body_len, &r->body_cap, at, n))
     return fail(hp, 500, "oom");
   return 0;
 }

@@ -5,6 +5,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "cpx_buf.h"
 #include "cpx_log.h"
 
 /* Body bytes held before the owner has chosen a mode; past this the
@@ -201,24 +202,6 @@ static void arm_timer(cpx_fetch_t *f) {
 
 /* ---- curl callbacks ----------------------------------------------------- */
 
-static int append(char **buf, size_t *len, size_t *cap, const char *p,
-                  size_t n) {
-  if (*len + n + 1 > *cap) {
-    size_t nc = *cap ? *cap : 4096;
-    while (nc < *len + n + 1)
-      nc *= 2;
-    char *nb = realloc(*buf, nc);
-    if (!nb)
-      return CPX_ENOMEM;
-    *buf = nb;
-    *cap = nc;
-  }
-  memcpy(*buf + *len, p, n);
-  *len += n;
-  (*buf)[*len] = '\0';
-  return 0;
-}
-
 static size_t header_cb(char *p, size_t size, size_t nmemb, void *ud) {
   cpx_fetch_t *f = ud;
   size_t n = size * nmemb;
@@ -242,8 +225,8 @@ static size_t header_cb(char *p, size_t size, size_t nmemb, void *ud) {
   }
   if (f->resp_headers_len + n > MAX_RESP_HEADERS)
     return 0;
-  if (append(&f->resp_headers, &f->resp_headers_len, &f->resp_headers_cap, p,
-             n))
+  if (cpx_buf_append(&f->resp_headers, &f->resp_headers_len,
+                     &f->resp_headers_cap, p, n))
     return 0;
   return n;
 }
@@ -286,7 +269,7 @@ static size_t write_cb(char *p, size_t size, size_t nmemb, void *ud) {
       queue_event(f, CPX_FETCH_DATA);
     return CURL_WRITEFUNC_PAUSE;
   }
-  if (append(&f->body, &f->body_len, &f->body_cap, p, n)) {
+  if (cpx_buf_append(&f->body, &f->body_len, &f->body_cap, p, n)) {
     f->result = CPX_ENOMEM;
     return 0;
   }

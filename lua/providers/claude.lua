@@ -3,7 +3,7 @@
 -- Authorization: Bearer (as CLIProxyAPI does).
 local cooldown = require("rt.cooldown")
 
-local pairs = pairs
+local util = require("rt.provider_util")
 
 local _M = {
   name = "claude-api-key",
@@ -15,10 +15,6 @@ local _M = {
   oauth_beta = "oauth-2025-04-20",
 }
 
-local function join(base, path)
-  if base:sub(-1) == "/" then base = base:sub(1, -2) end
-  return base .. path
-end
 
 local function official(base)
   return base:find("^https://api%.anthropic%.com") ~= nil
@@ -26,7 +22,7 @@ end
 
 function _M.prepare(ctx, target, body, stream)
   local entry, key = target.entry, target.key
-  local base = (entry["base-url"] and entry["base-url"] ~= "") and entry["base-url"] or _M.base_url
+  local base = util.base(entry, _M.base_url)
   local client = ctx.info and ctx.info.headers or {}
   local headers = {
     ["Content-Type"] = "application/json",
@@ -52,10 +48,10 @@ function _M.prepare(ctx, target, body, stream)
       headers["Anthropic-Beta"] = beta .. "," .. _M.oauth_beta
     end
   end
-  for hk, hv in pairs(entry.headers or {}) do headers[hk] = hv end
+  util.add_entry_headers(headers, entry)
   local path = ctx.endpoint == "count_tokens" and "/v1/messages/count_tokens?beta=true" or "/v1/messages?beta=true"
-  return { method = "POST", url = join(base, path), headers = headers, body = body,
-           proxy = entry["proxy-url"] ~= "" and entry["proxy-url"] or nil }
+  return { method = "POST", url = base .. path, headers = headers, body = body,
+           proxy = util.proxy(entry, key) }
 end
 
 -- Anthropic sends retry-after with its 429s, and the reset of every limit

@@ -4,7 +4,7 @@
 -- collected response.completed object.
 local cooldown = require("rt.cooldown")
 
-local pairs = pairs
+local util = require("rt.provider_util")
 local ipairs = ipairs
 
 local _M = {
@@ -15,10 +15,6 @@ local _M = {
   user_agent = "codex_cli_rs/0.171.0",
 }
 
-local function join(base, path)
-  if base:sub(-1) == "/" then base = base:sub(1, -2) end
-  return base .. path
-end
 
 -- Codex rejects these (fact sheet: Codex request fix-ups).
 local DROP = { "max_output_tokens", "max_completion_tokens", "temperature", "top_p",
@@ -36,7 +32,7 @@ end
 
 function _M.prepare(ctx, target, body, stream)
   local entry, key = target.entry, target.key
-  local base = (entry["base-url"] and entry["base-url"] ~= "") and entry["base-url"] or _M.base_url
+  local base = util.base(entry, _M.base_url)
   local headers = {
     ["Content-Type"] = "application/json",
     ["Authorization"] = "Bearer " .. (key and key["api-key"] or entry["api-key"]),
@@ -44,10 +40,10 @@ function _M.prepare(ctx, target, body, stream)
     ["User-Agent"] = (ctx.info and ctx.info.headers["user-agent"]) or _M.user_agent,
   }
   if entry.account_id then headers["Chatgpt-Account-Id"] = entry.account_id end
-  for hk, hv in pairs(entry.headers or {}) do headers[hk] = hv end
+  util.add_entry_headers(headers, entry)
   local path = ctx.endpoint == "compact" and "/responses/compact" or "/responses"
-  return { method = "POST", url = join(base, path), headers = headers, body = body,
-           proxy = entry["proxy-url"] ~= "" and entry["proxy-url"] or nil }
+  return { method = "POST", url = base .. path, headers = headers, body = body,
+           proxy = util.proxy(entry, key) }
 end
 
 -- The ChatGPT backend's plan limit: 429 usage_limit_reached with

@@ -1,39 +1,31 @@
 -- providers/gemini: the Gemini API with an AI Studio key (`gemini-api-key`).
 local cooldown = require("rt.cooldown")
 
-local pairs = pairs
+local util = require("rt.provider_util")
 
 local _M = {
   name = "gemini-api-key",
   format = "gemini",
   base_url = "https://generativelanguage.googleapis.com",
+  model_path = "/v1beta/models/",
 }
 
-local function join(base, path)
-  if base:sub(-1) == "/" then base = base:sub(1, -2) end
-  return base .. path
-end
-
-function _M.prepare(ctx, target, body, stream)
+-- The request for provider p (gemini or one that reuses it, like vertex):
+-- {base}{p.model_path}{model}{action}, key in x-goog-api-key.
+function _M.build(p, ctx, target, body, stream)
   local entry, key = target.entry, target.key
-  local base = (entry["base-url"] and entry["base-url"] ~= "") and entry["base-url"] or _M.base_url
-  local action
-  if ctx.endpoint == "count_tokens" then
-    action = ":countTokens"
-  elseif stream then
-    action = ":streamGenerateContent?alt=sse"
-  else
-    action = ":generateContent"
-  end
-  local headers = {
+  local headers = util.add_entry_headers({
     ["Content-Type"] = "application/json",
     ["X-Goog-Api-Key"] = key and key["api-key"] or entry["api-key"],
     ["Accept"] = stream and "text/event-stream" or "application/json",
-  }
-  for hk, hv in pairs(entry.headers or {}) do headers[hk] = hv end
-  return { method = "POST", url = join(base, "/v1beta/models/" .. target.upstream_model .. action),
-           headers = headers, body = body,
-           proxy = entry["proxy-url"] ~= "" and entry["proxy-url"] or nil }
+  }, entry)
+  local url = util.base(entry, p.base_url) .. p.model_path .. target.upstream_model
+    .. util.gemini_action(ctx, stream)
+  return { method = "POST", url = url, headers = headers, body = body, proxy = util.proxy(entry, key) }
+end
+
+function _M.prepare(ctx, target, body, stream)
+  return _M.build(_M, ctx, target, body, stream)
 end
 
 -- Gemini puts its reset in the body: RetryInfo.retryDelay, and a PerDay

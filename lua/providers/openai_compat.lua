@@ -2,7 +2,7 @@
 -- (OpenRouter and the like), configured by `openai-compatibility` entries.
 local cooldown = require("rt.cooldown")
 
-local pairs = pairs
+local util = require("rt.provider_util")
 
 local _M = {
   name = "openai-compatibility",
@@ -10,10 +10,6 @@ local _M = {
   user_agent = "cli-proxy-openai-compat",
 }
 
-local function join(base, path)
-  if base:sub(-1) == "/" then base = base:sub(1, -2) end
-  return base .. path
-end
 
 -- Builds the upstream request: { url, method, headers, body }.
 -- target = { entry = <config entry>, key = <api-key entry>, upstream_model }
@@ -32,14 +28,13 @@ function _M.prepare(ctx, target, body, stream)
   else
     headers["Accept"] = "application/json"
   end
-  for k, v in pairs(entry.headers or {}) do headers[k] = v end
+  util.add_entry_headers(headers, entry)
   return {
     method = "POST",
-    url = join(entry["base-url"], "/chat/completions"),
+    url = util.base(entry, "") .. "/chat/completions",
     headers = headers,
     body = body,
-    proxy = (key and key["proxy-url"] ~= nil and key["proxy-url"] ~= "" and key["proxy-url"])
-      or (entry["proxy-url"] ~= "" and entry["proxy-url"]) or nil,
+    proxy = util.proxy(entry, key),
   }
 end
 

@@ -1,0 +1,13 @@
+/* cpx_buf.h: the one growable byte buffer append, shared by the request
+ * parser and the upstream client. The caller owns *buf (free it). */
+#ifndef CPX_BUF_H
+#define CPX_BUF_H
+
+#include <stddef.h>
+
+/* Appends n bytes, keeping the buffer NUL-terminated; capacity doubles
+ * from 512. Returns 0 or CPX_ENOMEM (the buffer is then unchanged). */
+int cpx_buf_append(char **buf, size_t *len, size_t *cap, const char *p,
+                   size_t n);
+
+#endif /* CPX_BUF_H */
