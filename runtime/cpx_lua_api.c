@@ -28,6 +28,7 @@
 #define MT_REQUEST "cpx.request"
 #define MT_FETCH "cpx.fetch"
 #define REG_THREADS "cpx.threads"
+#define REG_SPARE "cpx.spare_threads"
 #define MAX_HEADERS 128
 
 typedef struct lreq_s lreq_t;
@@ -71,7 +72,8 @@ struct lreq_s {
   lua_State *co;
   int co_ref;
   int co_done;
-  int running; /* inside lua_resume */
+  int co_failed; /* the coroutine ended with an error: never reuse it */
+  int running;   /* inside lua_resume */
   req_box_t *box;
   int box_ref;
   int wait;
@@ -431,6 +433,19 @@ static void lreq_release(lreq_t *lr) {
   lua_pushnil(L);
   lua_rawset(L, -3);
   lua_pop(L, 1);
+  /* A coroutine that returned normally is dead but reusable: keep a few
+   * for the next requests instead of allocating a thread and its stack
+   * each time. */
+  if (!lr->co_failed && lua_status(lr->co) == 0) {
+    lua_settop(lr->co, 0);
+    lua_getfield(L, LUA_REGISTRYINDEX, REG_SPARE);
+    int n = (int)lua_objlen(L, -1);
+    if (n < 64) {
+      lua_rawgeti(L, LUA_REGISTRYINDEX, lr->co_ref);
+      lua_rawseti(L, -2, n + 1);
+    }
+    lua_pop(L, 1);
+  }
   luaL_unref(L, LUA_REGISTRYINDEX, lr->co_ref);
   lr->r->handler_data = NULL;
   lr->vm->host--;
@@ -498,6 +513,7 @@ static void lreq_resume(lreq_t *lr, int nargs) {
   }
   if (rc != 0) {
     const char *msg = lua_tostring(co, -1);
+    lr->co_failed = 1;
     if (rc == LUA_ERRMEM)
       lua_gc(vm->L, LUA_GCCOLLECT, 0);
     luaL_traceback(vm->L, co, msg ? msg : "(error object)", 0);
@@ -629,8 +645,20 @@ void cpx_lua_on_request(cpx_server_t *srv, cpx_request_t *r) {
   r->on_drain = on_req_drain;
   r->on_shutdown = on_req_shutdown;
 
-  lr->co = lua_newthread(L);
+  lua_getfield(L, LUA_REGISTRYINDEX, REG_SPARE);
+  {
+    int n = (int)lua_objlen(L, -1);
+    if (n > 0) {
+      lua_rawgeti(L, -1, n);
+      lua_pushnil(L);
+      lua_rawseti(L, -3, n);
+      lr->co = lua_tothread(L, -1);
+    } else {
+      lr->co = lua_newthread(L);
+    }
+  }
   lr->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_pop(L, 1);
   lua_getfield(L, LUA_REGISTRYINDEX, REG_THREADS);
   lua_rawgeti(L, LUA_REGISTRYINDEX, lr->co_ref);
   lua_pushlightuserdata(L, lr);
@@ -1392,6 +1420,8 @@ void cpx__lua_api_register(lua_State *L) {
   lua_pop(L, 1);
   lua_newtable(L);
   lua_setfield(L, LUA_REGISTRYINDEX, REG_THREADS);
+  lua_newtable(L);
+  lua_setfield(L, LUA_REGISTRYINDEX, REG_SPARE);
 
   lua_pushcfunction(L, l_fetch);
   lua_setfield(L, t, "fetch");
