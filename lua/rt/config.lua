@@ -139,6 +139,7 @@ local schema = map({
     ["excluded-models"] = excluded,
     disabled = bool(false),
     ["proxy-url"] = proxy_url,
+    ["request-retry"] = int(nil, 0, 100),
   })),
   ampcode = ANY,
   ["oauth-model-alias"] = dict(list(map({ name = str(), alias = str(), fork = bool() }))),

@@ -29,6 +29,7 @@ local cooldown = require("rt.cooldown")
 
 local type = type
 local ipairs = ipairs
+local pairs = pairs
 local tostring = tostring
 local pcall = pcall
 local error = error
@@ -138,7 +139,20 @@ function _M.run(app, ctx, model, attempt)
     return { status = 502, own = true, type = "server_error", code = "unknown_provider",
              message = "unknown provider for model " .. tostring(model) }
   end
-  local rounds = 1 + (cfg["request-retry"] or 0)
+  -- request-retry: global, overridable per entry (request-retry) or per
+  -- credential file (request_retry). The rounds run as long as any target
+  -- still has retries; a target past its own count sits the round out.
+  local global = cfg["request-retry"] or 0
+  local function retries_of(t)
+    local e = t.entry
+    local v = type(e) == "table" and (e["request-retry"] or e.request_retry) or nil
+    return type(v) == "number" and v or global
+  end
+  local rounds = 1 + global
+  for _, t in pairs(targets) do
+    local r = 1 + retries_of(t)
+    if r > rounds then rounds = r end
+  end
   local max_creds = cfg["max-retry-credentials"] or 0
   local max_wait = cfg["max-retry-interval"] or 0
   local akey
@@ -147,6 +161,11 @@ function _M.run(app, ctx, model, attempt)
   ctx.attempts = ctx.attempts or {}
   for round = 1, rounds do
     local tried, n = {}, 0
+    if round > 1 then
+      for member, t in pairs(targets) do
+        if round > 1 + retries_of(t) then tried[#tried + 1] = member end
+      end
+    end
     local wait
     while max_creds == 0 or n < max_creds do
       local member, handle = pick(group, tried, akey)

@@ -235,6 +235,19 @@ describe("rt.pool.run", function()
     assert.is_true(#calls >= 1 and #calls <= 2)
   end)
 
+  it("gives an entry its own request-retry rounds", function()
+    local app = app_for(cfg({ ["disable-cooling"] = true, ["max-retry-interval"] = 30, ["openai-compatibility"] = {
+      compat("x", { "a" }, { "m" }, { ["request-retry"] = 2 }), compat("y", { "b" }, { "m" }) } }))
+    local calls = {}
+    local out = run(app, "m", { a = { status = 500, headers = {}, body = "" },
+                                b = { status = 500, headers = {}, body = "" } }, calls)
+    assert.equal(500, out.status)
+    local per = {}
+    for _, c in ipairs(calls) do per[c] = (per[c] or 0) + 1 end
+    assert.equal(3, per["a:m"], "entry x: 1 + its 2 retries")
+    assert.equal(1, per["b:m"], "entry y: the global 0 retries")
+  end)
+
   it("falls over inside an alias pool and honours max-retry-credentials", function()
     local app = app_for(cfg({ ["openai-compatibility"] = {
       compat("x", { "a" }, { { name = "up-1", alias = "m" }, { name = "up-2", alias = "m" } }) } }))
