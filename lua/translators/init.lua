@@ -99,26 +99,36 @@ function _M.request(from, to, body, ctx)
   return dst.encode_request(r, ctx)
 end
 
--- upstream non-stream body (format `to`) -> client body (format `from`)
-function _M.response(from, to, body, ctx)
+-- The hub's response path, without pair overrides. rewrite(res, ctx), when
+-- given, edits the IR response between decoding and encoding: a pair
+-- override that only changes how something is rendered uses this instead of
+-- copying the codec calls.
+function _M.hub_response(from, to, body, ctx, rewrite)
   ctx = ctx or {}
-  local p = pair_of(from, to)
-  if p and p.response then return p.response(body, ctx) end
   local src, dst = codec(from), codec(to)
   prepare(from, to, ctx)
   local res, err = dst.decode_response(body, ctx)
   if not res then return nil, err end
   ctx.usage = res.usage
+  if rewrite then res = rewrite(res, ctx) or res end
   return src.encode_response(res, ctx)
+end
+
+-- upstream non-stream body (format `to`) -> client body (format `from`)
+function _M.response(from, to, body, ctx)
+  local p = pair_of(from, to)
+  if p and p.response then return p.response(body, ctx or {}) end
+  return _M.hub_response(from, to, body, ctx)
 end
 
 local Stream = {}
 Stream.__index = Stream
 
--- ctx.ir_filter (set by the pipeline for on_chunk middleware) sees each IR
--- event and returns it, a replacement, a list of events, or nil to drop it.
-local function filtered(ctx, evs)
-  local f = ctx.ir_filter
+-- An IR event hook returns the event, a replacement, a list of events, or
+-- nil to drop it. Two hooks run per event: the stream's rewrite (a pair
+-- override's rendering change, see hub_stream), then ctx.ir_filter (the
+-- pipeline's on_chunk middleware).
+local function apply(f, evs)
   if not f then return evs end
   local out = {}
   for _, e in ipairs(evs) do
@@ -136,7 +146,7 @@ end
 
 local function push(self, evs, out)
   local enc, es, ctx = self.enc, self.es, self.ctx
-  evs = filtered(ctx, evs)
+  evs = apply(ctx.ir_filter, apply(self.rewrite, evs))
   for _, e in ipairs(evs) do
     local t = e.t
     if t == "finish" or t == "error" then self.ended = true end
@@ -173,13 +183,19 @@ function Stream:fail(err)
   return self.enc.stream_error(err or { status = 502, message = "upstream failed" }, self.es, self.ctx)
 end
 
-function _M.stream(from, to, ctx)
+-- The hub's stream, without pair overrides; rewrite(ev) is the optional IR
+-- event hook described at apply().
+function _M.hub_stream(from, to, ctx, rewrite)
   ctx = ctx or {}
-  local p = pair_of(from, to)
-  if p and p.stream then return p.stream(ctx) end
   local src, dst = codec(from), codec(to)
   prepare(from, to, ctx)
-  return setmetatable({ enc = src, dec = dst, ds = {}, es = {}, ctx = ctx }, Stream)
+  return setmetatable({ enc = src, dec = dst, ds = {}, es = {}, ctx = ctx, rewrite = rewrite }, Stream)
+end
+
+function _M.stream(from, to, ctx)
+  local p = pair_of(from, to)
+  if p and p.stream then return p.stream(ctx or {}) end
+  return _M.hub_stream(from, to, ctx)
 end
 
 -- upstream error -> client error body (format `from`), status
