@@ -4,6 +4,7 @@
 local cpx = require("cpx")
 
 local cjson = cpx.json
+local pairs = pairs
 local setmetatable = setmetatable
 local getmetatable = getmetatable
 local type = type
@@ -21,6 +22,14 @@ local _M = {
 -- Marks t (or a new table) as a JSON array.
 function _M.array(t)
   return setmetatable(t or {}, cjson.array_mt)
+end
+
+-- A copy of t's top level (same metatable, so an array stays an array):
+-- enough to change a few top-level fields of a decoded body.
+function _M.shallow_copy(t)
+  local o = {}
+  for k, v in pairs(t) do o[k] = v end
+  return setmetatable(o, getmetatable(t))
 end
 
 function _M.is_array(t)

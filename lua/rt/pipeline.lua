@@ -16,13 +16,10 @@ local count = require("rt.count")
 local fetch = cpx.fetch
 local log = cpx.log
 local type = type
-local pairs = pairs
 local ipairs = ipairs
 local tostring = tostring
 local tonumber = tonumber
 local pcall = pcall
-local setmetatable = setmetatable
-local getmetatable = getmetatable
 
 local _M = {}
 
@@ -31,12 +28,6 @@ local FRAMING = "sse"
 
 local function stream_headers()
   return http.headers("text/event-stream", { ["Cache-Control"] = "no-cache", ["X-Accel-Buffering"] = "no" })
-end
-
-local function shallow_copy(t)
-  local o = {}
-  for k, v in pairs(t) do o[k] = v end
-  return setmetatable(o, getmetatable(t))
 end
 
 local function has_hook(chain, phase)
@@ -192,7 +183,7 @@ function _M.infer(app, req, info, fmt, body, opts)
   local function attempt(target, key)
     local provider = app.providers[target.provider]
     local upfmt = provider.format
-    local actx = shallow_copy(ctx)
+    local actx = json.shallow_copy(ctx)
     actx.upstream_format = upfmt
     actx.target = target
     local passthrough = upfmt == fmt and not think and not wants_chunks and not opts.force_hub
@@ -203,7 +194,7 @@ function _M.infer(app, req, info, fmt, body, opts)
       -- The fast path: same format, only the model rewritten, no decode.
       out = fmt == "gemini" and raw or json.set_string(raw, "model", target.upstream_model)
     elseif passthrough then
-      tb = shallow_copy(need_body())
+      tb = json.shallow_copy(need_body())
       if fmt ~= "gemini" then tb.model = target.upstream_model end
     else
       need_body()

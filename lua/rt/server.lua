@@ -183,7 +183,8 @@ local function upstream_count(fmt, body, model, info)
   if fmt == "claude" and base and base ~= "" and not base:find("^https://api%.anthropic%.com") then
     return nil
   end
-  local b = json.decode(json.encode(body))
+  -- Only top-level fields change: a shallow copy, not a re-encode.
+  local b = json.shallow_copy(body)
   if fmt == "claude" then
     b.model = t.upstream_model
     b.stream = nil
