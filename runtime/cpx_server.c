@@ -130,8 +130,11 @@ static void on_write_done(uv_write_t *req, int status) {
     /* Progress was made: re-arm or stop the write-stall timer. */
     if (c->write_queued > 0)
       conn_timer_arm(c, c->srv->cfg.write_stall_ms, CONN_ACTIVE);
-    else if (c->timer_mode == CONN_ACTIVE)
+    else if (c->timer_mode == CONN_ACTIVE) {
+      /* Disarmed: the next queued write must arm it again. */
       uv_timer_stop(&c->timer);
+      c->timer_mode = -1;
+    }
   }
   if (c->active && before >= c->srv->cfg.write_low_water &&
       c->write_queued < c->srv->cfg.write_low_water && c->active->on_drain)

@@ -283,3 +283,50 @@ test('workers: 2 serves requests on both loops and exits 0 on SIGTERM', T(), asy
     assert.equal((await proxy.stop()).code, 0);
   }
 });
+
+// ---------------------------------------------------------------- idle and stalled clients
+
+test('keep-alive idle timeout closes a connection that sends nothing more', T(), async () => {
+  const proxy = await startProxy({ extra: { limits: { 'keepalive-timeout-seconds': 0.5 } } });
+  try {
+    const sock = net.connect(proxy.port, '127.0.0.1');
+    await new Promise((r) => sock.once('connect', r));
+    let data = '';
+    sock.on('data', (d) => { data += d; });
+    const closed = new Promise((r) => sock.once('close', r));
+    sock.write('GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n');
+    const t0 = Date.now();
+    await Promise.race([closed, sleep(5000)]);
+    assert.match(data, /^HTTP\/1\.1 200 .*Connection: keep-alive/s, 'the first answer keeps the connection');
+    const idle = Date.now() - t0;
+    assert.ok(sock.destroyed || sock.readyState === 'closed', 'closed by the server');
+    assert.ok(idle >= 400 && idle < 3000, `closed after ${idle} ms`);
+  } finally {
+    await proxy.stop();
+  }
+});
+
+test('write-stall timeout: a client that stops reading is cut off and the upstream cancelled', T(), async () => {
+  const proxy = await startProxy({
+    openaiCompat: compat(['stall-model']),
+    extra: { limits: { 'write-stall-timeout-seconds': 1, 'write-buffer-high-bytes': 65536, 'write-buffer-low-bytes': 16384 } },
+  });
+  try {
+    mock.reset().reply({ endless: { intervalMs: 1, bytes: 16384, burstBytes: 1 << 20, maxMs: 20000 } });
+    const sock = net.connect(proxy.port, '127.0.0.1');
+    await new Promise((r) => sock.once('connect', r));
+    sock.pause(); // never read
+    const body = chatBody('stall-model', { stream: true });
+    sock.write(`POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
+    assert.ok(await waitFor(() => mock.requests.length === 1, 5000));
+    const rec = mock.requests[0];
+    // The kernel buffers fill, then nothing moves for 1 s: the proxy gives up.
+    assert.ok(await waitFor(() => rec.closedAt !== undefined || rec.abortedAt !== undefined, 15000, 100),
+      `upstream still open after 15 s (${(rec.bytesOut / 1048576).toFixed(1)} MiB written)`);
+    assert.ok(await waitFor(() => /client stopped reading for too long/.test(proxy.stderr()), 3000), proxy.stderr());
+    sock.destroy();
+    assert.equal((await fetch(`${proxy.url}/healthz`)).status, 200);
+  } finally {
+    await proxy.stop();
+  }
+});
