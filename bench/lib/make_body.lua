@@ -6,40 +6,11 @@
 local out, target, model = arg[1], tonumber(arg[2] or "78000"), arg[3] or "bench-model"
 assert(out, "usage: luajit make_body.lua OUTFILE [TARGET_BYTES] [MODEL]")
 
-local words = {
-  "the", "agent", "reads", "files", "in", "the", "repository", "and", "edits", "them", "with", "care",
-  "before", "running", "tests", "always", "check", "the", "working", "directory", "use", "absolute",
-  "paths", "when", "possible", "prefer", "small", "focused", "changes", "explain", "what", "you",
-  "changed", "and", "why", "never", "commit", "secrets", "tool", "results", "may", "be", "truncated",
-  "search", "for", "symbols", "first", "then", "open", "only", "relevant", "ranges", "of", "a", "file",
-  "shell", "commands", "run", "in", "a", "sandbox", "network", "access", "is", "limited", "to",
-  "loopback", "respect", "the", "user's", "instructions", "over", "defaults", "keep", "answers", "short",
-}
-local seed = 12345
-local function rnd(n) seed = (seed * 1103515245 + 12345) % 2147483648; return seed % n + 1 end
-local function sentence(n)
-  local t = {}
-  for i = 1, n do t[i] = words[rnd(#words)] end
-  t[1] = t[1]:sub(1, 1):upper() .. t[1]:sub(2)
-  return table.concat(t, " ") .. "."
-end
-local function paragraph(sentences)
-  local t = {}
-  for i = 1, sentences do t[i] = sentence(6 + rnd(12)) end
-  return table.concat(t, " ")
-end
-
-local function esc(s)
-  return '"' .. s:gsub('[%c"\\]', function(c)
-    if c == "\n" then return "\\n" elseif c == '"' then return '\\"' elseif c == "\\" then return "\\\\" end
-    return string.format("\\u%04x", c:byte())
-  end) .. '"'
-end
-
-local tool_names = { "Agent", "Bash", "CronCreate", "CronDelete", "CronList", "Edit", "EnterWorktree",
-  "ExitWorktree", "NotebookEdit", "Read", "ReportFindings", "ScheduleWakeup", "SendMessage", "Skill",
-  "TaskCreate", "TaskGet", "TaskList", "TaskOutput", "TaskStop", "TaskUpdate", "WebFetch", "WebSearch",
-  "Workflow", "Write" }
+package.path = (arg[0]:match("^(.*)/[^/]*$") or ".") .. "/?.lua;" .. package.path
+local textgen = require("textgen")
+local gen = textgen.new(12345)
+local words, tool_names, esc = gen.words, gen.tool_names, gen.esc
+local rnd, sentence, paragraph = gen.rnd, gen.sentence, gen.paragraph
 
 local function tool(name)
   local props = {}
