@@ -30,31 +30,9 @@ for tool in wrk nginx curl luajit; do
   command -v "$tool" >/dev/null || { echo "bench: $tool is missing (scripts/setup.sh --test installs it)" >&2; exit 1; }
 done
 
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/cpx-bench.XXXXXX")
-PIDS=()        # every server this script started
-NGINX_PIDS=()
-CPX_PID=""
-cleanup() {
-  local pid i
-  # nginx stops gracefully on QUIT, cliproxy on TERM; each pid gets its own signal.
-  for pid in "${NGINX_PIDS[@]}"; do kill -QUIT "$pid" 2>/dev/null || true; done
-  [ -n "$CPX_PID" ] && kill -TERM "$CPX_PID" 2>/dev/null || true
-  for pid in "${PIDS[@]}"; do
-    for i in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
-  rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# Command prefixes (not functions, so that $! is the server's own pid).
-ON_CPU0=(); ON_CPU1=()
-if [ "$PIN" = 1 ] && command -v taskset >/dev/null; then ON_CPU0=(taskset -c 0); ON_CPU1=(taskset -c 1); fi
+bench_init cpx-bench
 
 # ---------------------------------------------------------------- fixtures
-mkdir -p "$TMP/body" "$TMP/res"
 printf '%s' '{"model":"bench-model","messages":[{"role":"user","content":"Reply with the word PONG, nothing else."}]}' >"$TMP/body/small.json"
 luajit bench/lib/make_body.lua "$TMP/body/large.json" 78000 bench-model 2>/dev/null
 printf '%s' '{"id":"chatcmpl-bench0001","object":"chat.completion","created":1700000000,"model":"up-model","choices":[{"index":0,"message":{"role":"assistant","content":"PONG"},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":19,"completion_tokens":2,"total_tokens":21},"system_fingerprint":"fp_bench"}' >"$TMP/body/response.json"

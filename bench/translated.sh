@@ -32,26 +32,8 @@ for tool in wrk nginx curl luajit; do
 done
 [ -x "$CPX_BIN" ] || { echo "bench: no cliproxy binary at $CPX_BIN (build it with scripts/build.sh)" >&2; exit 2; }
 
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/cpx-bench-tr.XXXXXX")
-PIDS=(); NGINX_PIDS=(); CPX_PID=""
-cleanup() {
-  local pid i
-  for pid in "${NGINX_PIDS[@]}"; do kill -QUIT "$pid" 2>/dev/null || true; done
-  [ -n "$CPX_PID" ] && kill -TERM "$CPX_PID" 2>/dev/null || true
-  for pid in "${PIDS[@]}"; do
-    for i in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
-  rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+bench_init cpx-bench-tr
 
-ON_CPU0=(); ON_CPU1=()
-if [ "$PIN" = 1 ] && command -v taskset >/dev/null; then ON_CPU0=(taskset -c 0); ON_CPU1=(taskset -c 1); fi
-
-mkdir -p "$TMP/body" "$TMP/res"
 luajit bench/lib/make_body.lua "$TMP/body/chat.json" 78000 bench-model 2>/dev/null
 luajit bench/lib/make_claude_body.lua "$TMP/body/claude.json" 78000 bench-model 2>/dev/null
 printf '%s' '{"id":"chatcmpl-bench0001","object":"chat.completion","created":1700000000,"model":"up-model","choices":[{"index":0,"message":{"role":"assistant","content":"PONG"},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":19,"completion_tokens":2,"total_tokens":21},"system_fingerprint":"fp_bench"}' >"$TMP/body/response.json"

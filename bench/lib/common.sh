@@ -120,3 +120,30 @@ median() {
 
 # field NAME < "BENCH k=v ..." line
 field() { tr ' ' '\n' | awk -F= -v k="$1" '$1 == k {print $2}'; }
+
+# bench_init NAME: a temporary directory ($TMP, removed on exit) and the
+# clean-up of every server the script starts: nginx pids in NGINX_PIDS (QUIT),
+# cliproxy in CPX_PID (TERM), all of them in PIDS (waited for, then KILL).
+# ON_CPU0/ON_CPU1 are command prefixes pinning to a CPU when PIN=1 (prefixes,
+# not functions, so that $! is the server's own pid).
+bench_init() {
+  TMP=$(mktemp -d "${TMPDIR:-/tmp}/$1.XXXXXX")
+  PIDS=(); NGINX_PIDS=(); CPX_PID=""
+  trap bench_cleanup EXIT
+  trap 'exit 130' INT TERM
+  ON_CPU0=(); ON_CPU1=()
+  if [ "${PIN:-0}" = 1 ] && command -v taskset >/dev/null; then ON_CPU0=(taskset -c 0); ON_CPU1=(taskset -c 1); fi
+  mkdir -p "$TMP/body" "$TMP/res"
+}
+
+bench_cleanup() {
+  local pid i
+  for pid in "${NGINX_PIDS[@]}"; do kill -QUIT "$pid" 2>/dev/null || true; done
+  [ -n "$CPX_PID" ] && kill -TERM "$CPX_PID" 2>/dev/null || true
+  for pid in "${PIDS[@]}"; do
+    for i in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  rm -rf "$TMP"
+}
