@@ -55,7 +55,10 @@ function _M.start(doc, lines, path)
   end
   local chain, merr = require("rt.middleware").load(cfg, lines)
   if not chain then return nil, merr end
-  local app = { config = cfg, registry = registry.build(cfg), providers = providers, middleware = chain }
+  -- Decided once per generation: whether payload rules force the pipeline
+  -- to decode same-format bodies.
+  local app = { config = cfg, registry = registry.build(cfg), providers = providers, middleware = chain,
+                payload_active = require("rt.payload").active(cfg.payload) }
   local server = require("rt.server")
   server.init(app)
   return { config = cfg, handle = server.handle }

@@ -212,4 +212,14 @@ function _M.error_type(status)
   return "invalid_request_error", nil
 end
 
+-- Stream decoders: opens the next IR block (state st numbers them from 1),
+-- appends its block_start to out and returns its index.
+function _M.open_block(st, kind, out, extra)
+  st.n = (st.n or 0) + 1
+  local ev = { t = "block_start", i = st.n, kind = kind }
+  if extra then ev.id, ev.name = extra.id, extra.name end
+  out[#out + 1] = ev
+  return st.n
+end
+
 return _M

@@ -32,6 +32,15 @@ function _M.shallow_copy(t)
   return setmetatable(o, getmetatable(t))
 end
 
+-- A full copy (arrays stay arrays).
+local function deep_copy(v)
+  if type(v) ~= "table" then return v end
+  local o = {}
+  for k, x in pairs(v) do o[k] = deep_copy(x) end
+  return setmetatable(o, getmetatable(v))
+end
+_M.deep_copy = deep_copy
+
 function _M.is_array(t)
   return type(t) == "table" and getmetatable(t) == cjson.array_mt
 end

@@ -90,12 +90,7 @@ local function describe(v)
   return t .. " " .. tostring(v)
 end
 
-local function deep_copy(v)
-  if type(v) ~= "table" then return v end
-  local o = {}
-  for k, x in pairs(v) do o[k] = deep_copy(x) end
-  return setmetatable(o, getmetatable(v))
-end
+local deep_copy = require("rt.json").deep_copy
 
 -- ---- schema of a module's settings ---------------------------------------
 

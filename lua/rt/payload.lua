@@ -27,7 +27,6 @@ local tostring = tostring
 local json_decode = cpx.json.decode
 local array_mt = cpx.json.array_mt
 local getmetatable = getmetatable
-local setmetatable = setmetatable
 
 local _M = {}
 
@@ -149,12 +148,7 @@ local function raw_value(v)
   return d
 end
 
-local function deep_copy(v)
-  if type(v) ~= "table" then return v end
-  local o = {}
-  for k, x in pairs(v) do o[k] = deep_copy(x) end
-  return setmetatable(o, getmetatable(v))
-end
+local deep_copy = require("rt.json").deep_copy
 
 -- True when the config has any payload rule.
 function _M.active(conf)

@@ -34,16 +34,6 @@ local function has_hook(chain, phase)
   return chain ~= nil and chain.hooks ~= nil and chain.hooks[phase] ~= nil
 end
 
--- True when config payload rules exist (they edit the decoded body).
-local function payload_rules(app)
-  local p = app.config.payload
-  if not p then return false end
-  for _, k in ipairs({ "default", "default-raw", "override", "override-raw", "filter" }) do
-    if p[k] and #p[k] > 0 then return true end
-  end
-  return false
-end
-
 -- ---- stream bootstrap --------------------------------------------------------
 
 -- Events that only open a stream: the first real one comes after them.
@@ -190,7 +180,7 @@ function _M.infer(app, req, info, fmt, body, opts)
       and not (fmt == "gemini" and opts.gemini_array and stream)
     local tb, out
     local upstream_stream = stream or provider.force_stream or false
-    if passthrough and raw and not provider.fixup and not payload_rules(app) then
+    if passthrough and raw and not provider.fixup and not app.payload_active then
       -- The fast path: same format, only the model rewritten, no decode.
       out = fmt == "gemini" and raw or json.set_string(raw, "model", target.upstream_model)
     elseif passthrough then
@@ -208,7 +198,7 @@ function _M.infer(app, req, info, fmt, body, opts)
     if tb then
       if upfmt ~= "gemini" then tb.stream = upstream_stream or nil end
       if provider.fixup then tb = provider.fixup(tb, actx) or tb end
-      if payload_rules(app) then tb = payload.apply(app.config.payload, tb, model, target.upstream_model, upfmt) end
+      if app.payload_active then tb = payload.apply(app.config.payload, tb, model, target.upstream_model, upfmt) end
       out = json.encode(tb)
     end
     if not out then return { status = 500, own = true, message = "cannot encode upstream request" } end

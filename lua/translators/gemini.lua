@@ -416,13 +416,7 @@ end
 
 ----------------------------------------------------------------- streams --
 
-local function open_block(st, kind, out, extra)
-  st.n = (st.n or 0) + 1
-  local ev = { t = "block_start", i = st.n, kind = kind }
-  if extra then ev.id, ev.name = extra.id, extra.name end
-  out[#out + 1] = ev
-  return st.n
-end
+local open_block = ir.open_block
 
 local function close_block(st, key, out)
   if st[key] then
