@@ -219,3 +219,47 @@ test('a disabled credential is skipped; a malformed one is reported and skipped'
   assert.match(proxy.stderr(), /claude-broken\.json skipped: malformed JSON/);
   for (const f of ['claude-off.json', 'claude-on.json', 'claude-broken.json']) fs.unlinkSync(path.join(authDir, f));
 });
+
+test('payload rules edit the upstream body after translation, by model wildcard and protocol', T(), async () => {
+  const m2 = await startMock();
+  const p2 = await startProxy({
+    openaiCompat: [{ name: 'pl', baseUrl: `${m2.url}/v1`, keys: ['k'], models: ['pl-chat', 'other-chat'] }],
+    extra: {
+      payload: {
+        default: [{ models: [{ name: 'pl-*', protocol: 'openai' }], params: { max_tokens: 77, temperature: 0.9 } }],
+        override: [{ models: [{ name: 'pl-*' }], params: { temperature: 0.2, 'metadata.tag': 'forced' } }],
+        filter: [{ models: [{ name: 'pl-*', protocol: 'openai' }], params: ['user'] }],
+      },
+    },
+  });
+  try {
+    m2.reply({ text: 'ok' });
+    const send = (body, pathname = '/v1/chat/completions', headers = {}) => fetch(`${p2.url}${pathname}`, {
+      method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body: JSON.stringify(body),
+    }).then((r) => r.text().then((t) => ({ status: r.status, t })));
+    // same format (the fast path must give way to the rules)
+    let r = await send({ model: 'pl-chat', user: 'u1', temperature: 1, max_tokens: 5, messages: [{ role: 'user', content: 'hi' }] });
+    assert.equal(r.status, 200, r.t);
+    let b = m2.requests.at(-1).body;
+    assert.equal(b.temperature, 0.2, 'override wins');
+    assert.equal(b.max_tokens, 5, 'default only fills what is missing');
+    assert.equal(b.metadata.tag, 'forced');
+    assert.equal(b.user, undefined, 'filtered');
+    // translated from an Anthropic client: applied to the Chat body upstream
+    r = await send({ model: 'pl-chat', max_tokens: 9, messages: [{ role: 'user', content: 'hi' }] }, '/v1/messages',
+      { 'anthropic-version': '2023-06-01' });
+    assert.equal(r.status, 200, r.t);
+    b = m2.requests.at(-1).body;
+    assert.equal(b.temperature, 0.2);
+    assert.equal(b.metadata.tag, 'forced');
+    // a model the rules do not match is untouched
+    r = await send({ model: 'other-chat', user: 'u2', messages: [{ role: 'user', content: 'hi' }] });
+    b = m2.requests.at(-1).body;
+    assert.equal(b.user, 'u2');
+    assert.equal(b.temperature, undefined);
+    assert.equal(b.max_tokens, undefined);
+  } finally {
+    await p2.stop();
+    await m2.close();
+  }
+});
