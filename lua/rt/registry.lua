@@ -7,7 +7,7 @@
 --
 -- A target is { provider = <module name>, entry = <config entry or the
 -- entry synthesised from a credential file>, key = <api-key entry>,
--- keys = { key }, upstream_model = <name sent upstream>, account = <pool
+-- upstream_model = <name sent upstream>, account = <pool
 -- account id>, owner = <string>, priority = n }. The targets of a name
 -- are the members of its pool group, in the same order.
 --
@@ -152,7 +152,7 @@ local function from_openai_compat(reg, cfg)
         local alias = nonempty(m.alias) or m.name
         if not excluded(e["excluded-models"], alias) and not excluded(e["excluded-models"], m.name) then
           for i, k in ipairs(keys) do
-            register(reg, alias, { provider = "openai_compat", entry = e, key = k, keys = { k },
+            register(reg, alias, { provider = "openai_compat", entry = e, key = k,
                                    upstream_model = m.name, owner = e.name, account = ids[i],
                                    priority = e.priority or 0 }, e.prefix)
           end
@@ -173,7 +173,7 @@ local function from_key_entries(reg, cfg)
       })
       for _, m in ipairs(model_list(e.models, kind.provider)) do
         if not excluded(e["excluded-models"], m.alias) and not excluded(e["excluded-models"], m.name) then
-          register(reg, m.alias, { provider = kind.provider, entry = e, key = key, keys = { key },
+          register(reg, m.alias, { provider = kind.provider, entry = e, key = key,
                                    upstream_model = m.name, owner = kind.owner .. "#" .. i, account = id,
                                    priority = e.priority or 0 }, e.prefix)
         end
@@ -244,7 +244,7 @@ local function from_credentials(reg, cfg, creds)
         for _, m in ipairs(catalog.for_provider(kind.provider)) do
           if not excluded(excl, m.id) and not excluded(cexcl, m.id) then
             for _, alias in ipairs(oauth_aliases(cfg, c.type, m.id)) do
-              register(reg, alias, { provider = kind.provider, entry = entry, key = key, keys = { key },
+              register(reg, alias, { provider = kind.provider, entry = entry, key = key,
                                      upstream_model = m.id, owner = kind.owner, account = id,
                                      priority = priority, credential = c.name }, entry.prefix)
             end

@@ -190,7 +190,7 @@ local function upstream_count(fmt, body, model, info)
     b.stream = nil
   end
   local ctx = { endpoint = "count_tokens", client_format = fmt, info = info, model = model }
-  local ureq = p.prepare(ctx, { entry = t.entry, key = t.keys[1], upstream_model = t.upstream_model },
+  local ureq = p.prepare(ctx, { entry = t.entry, key = t.key, upstream_model = t.upstream_model },
                          json.encode(b), false)
   local up, err = fetch(ureq)
   if not up then
