@@ -156,6 +156,17 @@ static int on_headers_complete(llhttp_t *p) {
     r->has_body = p->content_length > 0;
     if (p->content_length > hp->limits.max_body)
       return fail(hp, 413, "request body too large");
+    /* One allocation for the whole body instead of doubling copies; only up
+     * to 1 MiB ahead of the bytes, so a false Content-Length cannot make
+     * every connection reserve the body limit. */
+    if (p->content_length > 0 && !r->body) {
+      size_t want = p->content_length < (1u << 20)
+                        ? (size_t)p->content_length + 1
+                        : (size_t)(1u << 20);
+      r->body = malloc(want);
+      if (r->body)
+        r->body_cap = want;
+    }
   }
   hp->state = 2;
   /* Reported once the bytes at hand are used up, so the server can answer

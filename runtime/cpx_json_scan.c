@@ -22,6 +22,7 @@
 #include <lua.h>
 
 #include "cpx.h"
+#include "cpx_json_scan.h"
 #include "cpx_lua_util.h"
 
 #define MAX_DEPTH 1024
@@ -317,6 +318,35 @@ static int l_set_string(lua_State *L) {
   lua_pushlstring(L, out, total);
   free(out);
   return 1;
+}
+
+typedef struct {
+  const cpx_str_t *keys;
+  cpx_str_t *vals;
+  size_t n;
+} get_t;
+
+static int get_cb(void *ud, const top_entry_t *e) {
+  get_t *g = ud;
+  for (size_t i = 0; i < g->n; i++) {
+    if (e->kn == g->keys[i].n && memcmp(e->kp, g->keys[i].p, e->kn) == 0) {
+      g->vals[i].p = e->vp;
+      g->vals[i].n = e->vn;
+    }
+  }
+  return 0;
+}
+
+int cpx_json_top_get(const char *s, size_t n, const cpx_str_t *keys,
+                     cpx_str_t *vals, size_t nkeys) {
+  get_t g = {keys, vals, nkeys};
+  size_t at = 0;
+  const char *close;
+  for (size_t i = 0; i < nkeys; i++) {
+    vals[i].p = NULL;
+    vals[i].n = 0;
+  }
+  return scan_top(s, n, get_cb, &g, &at, &close);
 }
 
 /* Adds peek and set_string to the cpx.json table of the cpx table at the

@@ -1,5 +1,6 @@
 /* cpx_lua.c: VM generations, the sandboxed module loader, settings.
  * See cpx_lua.h. */
+#include "cpx_lane.h"
 #include "cpx_lua.h"
 
 #include <fcntl.h>
@@ -487,6 +488,7 @@ int cpx_vm_new(cpx_worker_t *w, const char *config_path, cpx_vm_t **out,
   cpx_tokens_lua_register(L);
   cpx__lua_api_register(L);
   cpx_pool_lua_register(L);
+  cpx_lane_lua_register(L);
   lua_pushlightuserdata(L, w);
   lua_setfield(L, LUA_REGISTRYINDEX, "cpx.worker");
   lua_pushlightuserdata(L, vm);
@@ -552,6 +554,7 @@ int cpx_vm_new(cpx_worker_t *w, const char *config_path, cpx_vm_t **out,
 
 fail:
   lua_close(L);
+  cpx_lane_free(vm->lane);
   free(vm);
   return rc;
 }
@@ -565,5 +568,6 @@ void cpx_vm_unref(cpx_vm_t *vm) {
     return;
   cpx_log_debug(NULL, "closing Lua generation %u", vm->gen);
   lua_close(vm->L);
+  cpx_lane_free(vm->lane);
   free(vm);
 }

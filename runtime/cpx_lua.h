@@ -17,6 +17,7 @@
 
 #include "cpx.h"
 #include "cpx_server.h"
+#include "cpx_h1.h"
 #include "cpx_upstream.h"
 
 typedef struct cpx_worker_s cpx_worker_t;
@@ -48,7 +49,8 @@ struct cpx_vm_s {
    * cap does not apply then, so a full VM can never make an unprotected API
    * call fail (which would be a panic). Scripts always run under the cap. */
   int host;
-  int handle_ref; /* rt.server handle function */
+  int handle_ref;          /* rt.server handle function */
+  struct cpx_lane_s *lane; /* the fast path's routes (owned; may be NULL) */
   int shutdown_ref;
   cpx_worker_t *worker;
   cpx_settings_t settings;
@@ -60,7 +62,8 @@ struct cpx_worker_s {
   int id;
   cpx_server_t server;
   cpx_upstream_t upstream;
-  cpx_vm_t *vm; /* current generation (one reference) */
+  cpx_h1_pool_t h1; /* the fast path's upstream connections */
+  cpx_vm_t *vm;     /* current generation (one reference) */
   uv_idle_t resume_idle;
   void *resume_queue; /* requests whose coroutine must be resumed */
   char config_path[4096];
@@ -84,8 +87,16 @@ void cpx_vm_unref(cpx_vm_t *vm);
 int cpx_worker_init_lua(cpx_worker_t *w);
 void cpx_worker_close_lua(cpx_worker_t *w);
 
-/* The server's request callback: runs rt.server.handle in a coroutine. */
+/* The server's request callback: the C fast path when it can take the
+ * request (cpx_lane.c), else rt.server.handle in a coroutine. */
 void cpx_lua_on_request(cpx_server_t *srv, cpx_request_t *r);
+/* Runs rt.server.handle(req, info) for r on generation vm; push_extra (may
+ * be NULL) can add fields to the info table at the top of L's stack (the
+ * fast path hands over its first attempt this way). */
+void cpx__lua_start(cpx_worker_t *w, cpx_vm_t *vm, cpx_request_t *r,
+                    void (*push_extra)(lua_State *L, void *ud), void *ud);
+/* Constant-time equality of two secrets (HMAC, then CRYPTO_memcmp). */
+int cpx_secure_equal(const char *a, size_t na, const char *b, size_t nb);
 
 /* Registers the request/upstream/log part of the `cpx` API into the table
  * at the top of the stack (cpx_lua_api.c). */

@@ -21,6 +21,7 @@
 #include <openssl/rand.h>
 
 #include "cpx_log.h"
+#include "cpx_lane.h"
 #include "cpx_lua.h"
 #include "cpx_sse.h"
 #include "cpx_tokens.h"
@@ -624,7 +625,13 @@ static void push_request_info(lua_State *L, cpx_request_t *r) {
 
 void cpx_lua_on_request(cpx_server_t *srv, cpx_request_t *r) {
   cpx_worker_t *w = srv->data;
-  cpx_vm_t *vm = w->vm;
+  if (w->vm->lane && cpx_lane_try(w, r))
+    return;
+  cpx__lua_start(w, w->vm, r, NULL, NULL);
+}
+
+void cpx__lua_start(cpx_worker_t *w, cpx_vm_t *vm, cpx_request_t *r,
+                    void (*push_extra)(lua_State *L, void *ud), void *ud) {
   lua_State *L = vm->L;
   lreq_t *lr = calloc(1, sizeof(*lr));
 
@@ -675,6 +682,8 @@ void cpx_lua_on_request(cpx_server_t *srv, cpx_request_t *r) {
   lua_rawgeti(lr->co, LUA_REGISTRYINDEX, vm->handle_ref);
   lua_insert(lr->co, -2);
   push_request_info(lr->co, r);
+  if (push_extra)
+    push_extra(lr->co, ud);
   vm->host--;
   lreq_resume(lr, 2);
 }
@@ -1348,22 +1357,38 @@ static int l_log(lua_State *L) {
 /* cpx.secure_compare(a, b): equal in time that depends on neither value:
  * both sides go through HMAC-SHA256 under a per-process random key first,
  * so even the lengths do not leak. */
+/* HMAC both sides with a per-process random key, then compare the digests
+ * with CRYPTO_memcmp: neither the bytes nor the length of the secret leak
+ * through timing. */
+static unsigned char secure_key[32];
+static uv_once_t secure_once = UV_ONCE_INIT;
+static int secure_ready;
+
+static void secure_init(void) {
+  secure_ready = RAND_bytes(secure_key, sizeof(secure_key)) == 1;
+}
+
+int cpx_secure_equal(const char *a, size_t na, const char *b, size_t nb) {
+  unsigned char ha[32], hb[32];
+  unsigned int la = 0, lb = 0;
+  uv_once(&secure_once, secure_init);
+  if (!secure_ready)
+    return 0;
+  HMAC(EVP_sha256(), secure_key, sizeof(secure_key), (const unsigned char *)a,
+       na, ha, &la);
+  HMAC(EVP_sha256(), secure_key, sizeof(secure_key), (const unsigned char *)b,
+       nb, hb, &lb);
+  return la == 32 && lb == 32 && CRYPTO_memcmp(ha, hb, 32) == 0;
+}
+
 static int l_secure_compare(lua_State *L) {
-  static unsigned char key[32];
-  static int have_key;
   size_t na, nb;
   const char *a = luaL_checklstring(L, 1, &na);
   const char *b = luaL_checklstring(L, 2, &nb);
-  unsigned char ha[32], hb[32];
-  unsigned int la = 0, lb = 0;
-  if (!have_key) {
-    if (RAND_bytes(key, sizeof(key)) != 1)
-      return luaL_error(L, "no randomness");
-    have_key = 1;
-  }
-  HMAC(EVP_sha256(), key, sizeof(key), (const unsigned char *)a, na, ha, &la);
-  HMAC(EVP_sha256(), key, sizeof(key), (const unsigned char *)b, nb, hb, &lb);
-  lua_pushboolean(L, la == 32 && lb == 32 && CRYPTO_memcmp(ha, hb, 32) == 0);
+  uv_once(&secure_once, secure_init);
+  if (!secure_ready)
+    return luaL_error(L, "no randomness");
+  lua_pushboolean(L, cpx_secure_equal(a, na, b, nb));
   return 1;
 }
 

@@ -269,11 +269,11 @@ static void access_log(cpx_request_t *r) {
   ms = (double)(uv_hrtime() - r->start_ns) / 1e6;
   cpx_log_redact_query(r->http.buf + r->http.url_off, r->http.url_len, target,
                        sizeof(target));
-  cpx_log_info(r->rid, "%d | %.3fms | %s | %s %s | in=%zu out=%llu%s",
+  cpx_log_info(r->rid, "%d | %.3fms | %s | %s %s | in=%zu out=%llu%s%s%s",
                r->status ? r->status : 499, ms, r->remote,
                r->http.method ? r->http.method : "-", target, r->http.body_len,
-               (unsigned long long)r->bytes_out,
-               r->aborted ? " | client closed" : "");
+               (unsigned long long)r->bytes_out, r->tag ? " | " : "",
+               r->tag ? r->tag : "", r->aborted ? " | client closed" : "");
 }
 
 const char *cpx_request_header(const cpx_request_t *r, const char *name,
@@ -425,6 +425,16 @@ int cpx_request_finish(cpx_request_t *r) {
   return rc;
 }
 
+void cpx_request_abort(cpx_request_t *r) {
+  if (r->finished)
+    return;
+  r->on_abort = NULL;
+  if (r->conn)
+    conn_close(r->conn); /* marks it aborted and ends it */
+  else
+    request_done(r);
+}
+
 /* The response is complete (or the client is gone): log it and let the
  * connection move on to the next request. */
 static void request_done(cpx_request_t *r) {
@@ -522,49 +532,98 @@ static void dispatch(cpx_conn_t *c) {
   srv->on_request(srv, r);
 }
 
+enum { STEP_MORE, STEP_AGAIN, STEP_DISPATCH, STEP_ERROR };
+
+/* One parser step over in[0..n): *used gets the bytes consumed; the
+ * timers and 100-continue are handled here, dispatching and errors by the
+ * caller (after it has put the unconsumed bytes where they belong). */
+static int conn_step(cpx_conn_t *c, const char *in, size_t n, size_t *used) {
+  if (c->state == CONN_IDLE) {
+    c->state = CONN_HEADERS;
+    conn_timer_arm(c, c->srv->cfg.header_timeout_ms, CONN_HEADERS);
+  }
+  *used = 0;
+  switch (cpx_http_feed(&c->parser, in, n, used)) {
+  case CPX_HTTP_NEED_MORE:
+    if (c->state == CONN_BODY)
+      conn_timer_arm(c, c->srv->cfg.body_timeout_ms, CONN_BODY);
+    return STEP_MORE;
+  case CPX_HTTP_HEADERS_DONE:
+    c->state = CONN_BODY;
+    conn_timer_arm(c, c->srv->cfg.body_timeout_ms, CONN_BODY);
+    if (c->parser.req.expect_continue && c->parser.req.has_body &&
+        c->parser.req.http_minor >= 1) {
+      static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+      conn_write(c, cont, sizeof(cont) - 1, NULL, 0, NULL, 0);
+    }
+    return STEP_AGAIN;
+  case CPX_HTTP_DONE:
+    return STEP_DISPATCH;
+  default:
+    return STEP_ERROR;
+  }
+}
+
+static void conn_parse_error(cpx_conn_t *c) {
+  error_response(c, c->parser.error_status ? c->parser.error_status : 400,
+                 c->parser.error_reason);
+}
+
+static int conn_can_parse(const cpx_conn_t *c) {
+  return !c->closing && !c->close_when_flushed && !c->active &&
+         c->state != CONN_LINGER;
+}
+
 /* Runs the parser over pending input until it needs more bytes, a request
  * is dispatched, or the connection is being closed. */
 static void conn_process(cpx_conn_t *c) {
-  while (!c->closing && !c->close_when_flushed && !c->active &&
-         c->state != CONN_LINGER) {
-    size_t used = 0;
-    int st;
-
-    if (c->pending_len == 0)
-      return;
-    if (c->state == CONN_IDLE) {
-      c->state = CONN_HEADERS;
-      conn_timer_arm(c, c->srv->cfg.header_timeout_ms, CONN_HEADERS);
-    }
-    st = cpx_http_feed(&c->parser, c->pending, c->pending_len, &used);
+  while (conn_can_parse(c) && c->pending_len > 0) {
+    size_t used;
+    int step = conn_step(c, c->pending, c->pending_len, &used);
     if (used) {
       memmove(c->pending, c->pending + used, c->pending_len - used);
       c->pending_len -= used;
     }
-    switch (st) {
-    case CPX_HTTP_NEED_MORE:
-      if (c->state == CONN_BODY)
-        conn_timer_arm(c, c->srv->cfg.body_timeout_ms, CONN_BODY);
-      return;
-    case CPX_HTTP_HEADERS_DONE:
-      c->state = CONN_BODY;
-      conn_timer_arm(c, c->srv->cfg.body_timeout_ms, CONN_BODY);
-      if (c->parser.req.expect_continue && c->parser.req.has_body &&
-          c->parser.req.http_minor >= 1) {
-        static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
-        conn_write(c, cont, sizeof(cont) - 1, NULL, 0, NULL, 0);
-      }
+    if (step == STEP_AGAIN)
       continue;
-    case CPX_HTTP_DONE:
+    if (step == STEP_DISPATCH)
       dispatch(c);
-      return;
-    case CPX_HTTP_ERROR:
-    default:
-      error_response(c, c->parser.error_status ? c->parser.error_status : 400,
-                     c->parser.error_reason);
-      return;
-    }
+    else if (step == STEP_ERROR)
+      conn_parse_error(c);
+    return;
   }
+}
+
+static int pending_append(cpx_conn_t *c, const char *p, size_t n);
+
+/* conn_process for the common case: nothing is buffered, so the parser
+ * runs straight over the read buffer and only bytes left over are copied
+ * (a 78 KB body would otherwise be copied once more). Bytes after a
+ * complete request go to pending before it is dispatched, where a
+ * synchronous answer's request_done looks for the next one. */
+static void conn_process_direct(cpx_conn_t *c, const char *in, size_t n) {
+  while (n && conn_can_parse(c)) {
+    size_t used;
+    int step = conn_step(c, in, n, &used);
+    in += used;
+    n -= used;
+    if (step == STEP_AGAIN || (step == STEP_MORE && used > 0))
+      continue;
+    if (step == STEP_MORE)
+      break;
+    if (step == STEP_DISPATCH) {
+      if (n && pending_append(c, in, n) != 0) {
+        conn_close(c);
+        return;
+      }
+      dispatch(c);
+    } else {
+      conn_parse_error(c);
+    }
+    return;
+  }
+  if (n && !c->closing && pending_append(c, in, n) != 0)
+    conn_close(c);
 }
 
 static int pending_append(cpx_conn_t *c, const char *p, size_t n) {
@@ -618,6 +677,9 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
       conn_close(c);
       return;
     }
+  } else if (c->pending_len == 0 && !c->active) {
+    conn_process_direct(c, buf->base, (size_t)nread);
+    return;
   } else if (pending_append(c, buf->base, (size_t)nread) != 0) {
     conn_close(c);
     return;

@@ -63,6 +63,7 @@ struct cpx_request_s {
   int close_after; /* send Connection: close */
   int logged;
   uint64_t bytes_out;
+  const char *tag; /* static string for the access log ("fast"), or NULL */
   /* Set by the handler (the Lua layer); called from the loop. */
   void *handler_data;
   void (*on_abort)(cpx_request_t *r);    /* client disconnected */
@@ -120,6 +121,10 @@ int cpx_request_start(cpx_request_t *r, int status, const cpx_header_t *headers,
                       size_t nheaders);
 int cpx_request_write(cpx_request_t *r, const char *data, size_t len);
 int cpx_request_finish(cpx_request_t *r);
+/* Ends a response that cannot be completed (a body cut short): the
+ * connection is closed so the client sees the truncation. on_abort is not
+ * called (the caller knows). */
+void cpx_request_abort(cpx_request_t *r);
 /* Bytes queued towards the client and not yet written to the socket. */
 size_t cpx_request_queued(const cpx_request_t *r);
 /* 1 when the write queue is above the high-water mark. */

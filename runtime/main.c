@@ -176,6 +176,15 @@ static void apply_log_level(const cpx_settings_t *s) {
 }
 
 /* Builds a new generation for one worker and swaps it in if it loaded. */
+/* The fast path's upstream timeouts are the libcurl client's; an idle
+ * pooled connection lives as long as an idle client connection. */
+static void h1_timeouts(const cpx_settings_t *s, cpx_h1_timeouts_t *to) {
+  to->connect_ms = s->upstream_connect_ms;
+  to->first_byte_ms = s->upstream_first_byte_ms;
+  to->idle_ms = s->upstream_idle_ms;
+  to->keepalive_ms = s->server.keepalive_timeout_ms;
+}
+
 static int reload_worker(worker_t *wk, const char *why) {
   cpx_worker_t *w = &wk->w;
   cpx_vm_t *vm, *old = w->vm;
@@ -202,6 +211,11 @@ static int reload_worker(worker_t *wk, const char *why) {
   w->vm = vm;
   cpx_server_update_config(&w->server, &vm->settings.server);
   cpx_upstream_set_proxy(&w->upstream, vm->settings.proxy_url);
+  {
+    cpx_h1_timeouts_t to;
+    h1_timeouts(&vm->settings, &to);
+    cpx_h1_pool_set_timeouts(&w->h1, &to);
+  }
   cpx_log_info(NULL, "reloaded (%s): worker %d generation %u in %.1f ms", why,
                w->id, vm->gen, (double)(uv_hrtime() - t0) / 1e6);
   cpx_vm_unref(old);
@@ -424,6 +438,11 @@ static int worker_init(app_t *app, int id, const char *config_path,
     fprintf(stderr, "cliproxy: cannot initialise libcurl\n");
     return -1;
   }
+  {
+    cpx_h1_timeouts_t to;
+    h1_timeouts(&w->vm->settings, &to);
+    cpx_h1_pool_init(&w->h1, w->loop, &to);
+  }
   uv_async_init(w->loop, &wk->async, on_async);
   wk->async.data = wk;
   return 0;
@@ -452,6 +471,7 @@ static int worker_listen(app_t *app, int id, int nworkers) {
 static void worker_finish(worker_t *wk) {
   cpx_worker_close_lua(&wk->w);
   cpx_upstream_close(&wk->w.upstream);
+  cpx_h1_pool_close(&wk->w.h1);
   uv_run(&wk->loop, UV_RUN_NOWAIT);
   uv_run(&wk->loop, UV_RUN_NOWAIT);
 }

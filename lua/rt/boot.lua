@@ -61,6 +61,7 @@ function _M.start(doc, lines, path)
                 payload_active = require("rt.payload").active(cfg.payload) }
   local server = require("rt.server")
   server.init(app)
+  require("rt.lane").sync(app)
   return { config = cfg, handle = server.handle }
 end
 

@@ -98,6 +98,7 @@ local schema = map({
   ["proxy-url"] = proxy_url,
   ["force-model-prefix"] = bool(false),
   ["passthrough-headers"] = bool(false),
+  ["fast-path"] = bool(true),
   ["request-retry"] = int(3, 0, 100),
   ["max-retry-credentials"] = int(0, 0),
   ["max-retry-interval"] = int(30, 0),

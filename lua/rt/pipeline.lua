@@ -56,29 +56,33 @@ local function error_status(e)
   return 500
 end
 
+-- Judges the first real event of a stream: nil when it is not an error,
+-- else { status, body } with body an error envelope of the upstream's
+-- format.
+local function bootstrap_event(ev, upfmt)
+  local name = ev.event
+  local d = ev.data ~= "" and ev.data ~= "[DONE]" and json.decode(ev.data) or nil
+  if type(d) ~= "table" then return nil end
+  if upfmt == "claude" then
+    if name ~= "error" and d.type ~= "error" then return nil end
+    return { status = error_status(d.error), body = ev.data }
+  elseif upfmt == "openai_responses" then
+    if name ~= "error" and name ~= "response.failed" and d.type ~= "response.failed" then return nil end
+    local e = (type(d.response) == "table" and d.response.error) or d.error or d
+    return { status = error_status(e), body = json.encode({ error = e }) }
+  end
+  if d.error == nil then return nil end
+  return { status = error_status(d.error), body = ev.data }
+end
+
 -- Peeks at the upstream's first events. Returns nil when the first real
--- event is not an error (or nothing could be seen), else
--- { status, body } with body an error envelope of the upstream's format.
+-- event is not an error (or nothing could be seen), else what
+-- bootstrap_event says.
 local function bootstrap(up, upfmt)
   for _ = 1, BOOTSTRAP_MAX_EVENTS do
     local ev = up:peek()
     if not ev then return nil end
-    local name = ev.event
-    if not HANDSHAKE[name] then
-      local d = ev.data ~= "" and ev.data ~= "[DONE]" and json.decode(ev.data) or nil
-      if type(d) ~= "table" then return nil end
-      if upfmt == "claude" then
-        if name ~= "error" and d.type ~= "error" then return nil end
-        return { status = error_status(d.error), body = ev.data }
-      elseif upfmt == "openai_responses" then
-        if name ~= "error" and name ~= "response.failed" and d.type ~= "response.failed" then return nil end
-        local e = (type(d.response) == "table" and d.response.error) or d.error or d
-        return { status = error_status(e), body = json.encode({ error = e }) }
-      else
-        if d.error == nil then return nil end
-        return { status = error_status(d.error), body = ev.data }
-      end
-    end
+    if not HANDSHAKE[ev.event] then return bootstrap_event(ev, upfmt) end
   end
   return nil
 end
@@ -97,6 +101,30 @@ end
 local function bootstrap_retries(app)
   local s = app.config.streaming
   return s and tonumber(s["bootstrap-retries"]) or 0
+end
+
+-- A stream that failed at its first event: one bootstrap retry used up.
+local function bootstrap_failure(app, ctx, bad, target, upfmt, actx)
+  ctx.bootstrap_left = (ctx.bootstrap_left or bootstrap_retries(app)) - 1
+  log("warn", "upstream", target.owner, "failed before its first event:", bad.status)
+  return { status = bad.status, headers = {}, body = bad.body, upfmt = upfmt, ctx = actx,
+           final = ctx.bootstrap_left < 0 }
+end
+
+-- The outcome of the attempt the C fast path made (rt.lane), as attempt()
+-- would have produced it.
+local function lane_outcome(app, ctx, lane, target, upfmt, actx)
+  if lane.err then
+    log("warn", "upstream", target.owner, "failed:", lane.err)
+    return { err = lane.err, upfmt = upfmt, ctx = actx }
+  end
+  if lane.event then
+    local bad = bootstrap_event(lane.event, upfmt)
+    if bad then return bootstrap_failure(app, ctx, bad, target, upfmt, actx) end
+    -- The C side only hands over what bootstrap_event calls an error.
+    return { err = "upstream stream could not be relayed", upfmt = upfmt, ctx = actx }
+  end
+  return { status = lane.status, headers = lane.headers or {}, body = lane.body or "", upfmt = upfmt, ctx = actx }
 end
 
 -- Answers cliproxy's own error in the client's format.
@@ -176,6 +204,11 @@ function _M.infer(app, req, info, fmt, body, opts)
     local actx = json.shallow_copy(ctx)
     actx.upstream_format = upfmt
     actx.target = target
+    local lane = ctx.lane_attempt
+    if lane then
+      ctx.lane_attempt = nil
+      return lane_outcome(app, ctx, lane, target, upfmt, actx)
+    end
     local passthrough = upfmt == fmt and not think and not wants_chunks and not opts.force_hub
       and not (fmt == "gemini" and opts.gemini_array and stream)
     local tb, out
@@ -229,10 +262,7 @@ function _M.infer(app, req, info, fmt, body, opts)
       local bad = bootstrap(up, upfmt)
       if bad then
         up:close()
-        ctx.bootstrap_left = (ctx.bootstrap_left or bootstrap_retries(app)) - 1
-        log("warn", "upstream", target.owner, "failed before its first event:", bad.status)
-        return { status = bad.status, headers = {}, body = bad.body, upfmt = upfmt, ctx = actx,
-                 final = ctx.bootstrap_left < 0 }
+        return bootstrap_failure(app, ctx, bad, target, upfmt, actx)
       end
     end
     return { ok = true, up = up, upfmt = upfmt, ctx = actx, passthrough = passthrough,

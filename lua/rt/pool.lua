@@ -159,6 +159,16 @@ function _M.run(app, ctx, model, attempt)
   if cfg.routing and cfg.routing["session-affinity"] == true then akey = _M.affinity_key(ctx) end
   local last, tries = nil, 0
   ctx.attempts = ctx.attempts or {}
+  -- The C fast path already sent the first attempt (info.lane): its pick
+  -- is this round's first, its answer the attempt's outcome.
+  local pre = ctx.info and ctx.info.lane
+  if pre then
+    ctx.info.lane = nil
+    if pre.group ~= group or not targets[pre.member] then
+      report(pre.handle, "neutral")
+      pre = nil
+    end
+  end
   for round = 1, rounds do
     local tried, n = {}, 0
     if round > 1 then
@@ -168,7 +178,14 @@ function _M.run(app, ctx, model, attempt)
     end
     local wait
     while max_creds == 0 or n < max_creds do
-      local member, handle = pick(group, tried, akey)
+      local member, handle
+      if pre then
+        member, handle = pre.member, pre.handle
+        ctx.lane_attempt = pre
+        pre = nil
+      else
+        member, handle = pick(group, tried, akey)
+      end
       if not member then
         wait = handle
         break

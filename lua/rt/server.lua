@@ -8,6 +8,7 @@ local access = require("rt.access")
 local pipeline = require("rt.pipeline")
 local count = require("rt.count")
 local mw = require("rt.middleware")
+local lane = require("rt.lane")
 
 local log = cpx.log
 local fetch = cpx.fetch
@@ -311,6 +312,7 @@ end
 -- Entry from C. Any script error becomes a clean 500 in the client's
 -- format naming the script and line; the traceback goes to the log.
 function _M.handle(req, info)
+  lane.refresh(app)
   local ok, err = xpcall(dispatch, on_error, req, info)
   if ok then return mw.done(app.middleware, info) end
   log("error", "script error:", err)

@@ -297,6 +297,51 @@ describe("rt.pool.run", function()
     assert.equal(0, st.remaining)
   end)
 
+  it("continues from the fast path's attempt (info.lane) without picking it again", function()
+    local app = app_for(cfg({ ["openai-compatibility"] = { compat("x", { "a", "b" }, { "m" }) } }))
+    local targets, _, group = app.registry:lookup("m")
+    local member, handle = cpx.pool.pick(group)
+    local lane_key = targets[member].key["api-key"]
+    local ctx = { info = { lane = { member = member, handle = handle, group = group } } }
+    local calls = {}
+    local out = pool.run(app, ctx, "m", function(t)
+      local k = t.key["api-key"]
+      if ctx.lane_attempt then
+        -- what rt.pipeline does: the fast path's answer is this attempt's
+        calls[#calls + 1] = "lane:" .. k
+        ctx.lane_attempt = nil
+        return { status = 429, headers = { ["retry-after"] = "30" }, body = "" }
+      end
+      calls[#calls + 1] = k
+      return { ok = true }
+    end)
+    assert.is_true(out.ok)
+    local other = lane_key == "a" and "b" or "a"
+    assert.same({ "lane:" .. lane_key, other }, calls)
+    assert.is_nil(ctx.info.lane)
+    -- the fast path's account cools like any other 429
+    assert.equal(2, #ctx.attempts)
+    assert.equal(30, ctx.attempts[1].cooldown)
+  end)
+
+  it("ignores a fast-path attempt from another group and releases its pick", function()
+    local app = app_for(cfg({ ["openai-compatibility"] = { compat("x", { "a" }, { "m", "n" }) } }))
+    local _, _, gm = app.registry:lookup("m")
+    local _, _, gn = app.registry:lookup("n")
+    local member, handle = cpx.pool.pick(gn)
+    local ctx = { info = { lane = { member = member, handle = handle, group = gn } } }
+    local out = pool.run(app, ctx, "m", function()
+      assert.is_nil(ctx.lane_attempt)
+      return { ok = true }
+    end)
+    assert.is_true(out.ok)
+    assert.truthy(gm ~= gn)
+    -- the stale pick was reported: the account is not stuck half-open
+    local st = cpx.pool.state("openai-compatibility:x:" .. cpx.sha256_hex("http://up/x\0a"):sub(1, 12), "n")
+    assert.equal(0, st.remaining)
+    assert.equal(0, st.inflight)
+  end)
+
   it("answers unknown provider for a model nobody serves", function()
     local app = app_for(cfg())
     local out = pool.run(app, {}, "nope", function() error("not called") end)

@@ -1,0 +1,672 @@
+/* cpx_h1.c: HTTP/1.1 client over libuv + llhttp with a keep-alive pool
+ * (see cpx_h1.h for why this exists beside libcurl).
+ *
+ * A connection is busy (one request) or idle (in its endpoint's LIFO list,
+ * still reading so that a close by the server is seen at once). The last
+ * used connection is reused first: it is the one least likely to have been
+ * closed by the server's own keep-alive timeout.
+ *
+ * A request that fails on a reused connection before any response byte
+ * arrived is sent once more on a fresh connection: the server most likely
+ * closed the idle connection while the request was on its way (curl and
+ * browsers do the same).
+ */
+#include "cpx_h1.h"
+
+#include "cpx_buf.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct endpoint_s {
+  struct endpoint_s *next;
+  char *host;
+  int port;
+  cpx_h1_conn_t *idle; /* LIFO through next_idle */
+  size_t nidle;
+} endpoint_t;
+
+enum { C_RESOLVING, C_CONNECTING, C_BUSY, C_IDLE, C_CLOSING };
+enum { T_NONE, T_CONNECT, T_FIRST_BYTE, T_IDLE, T_KEEPALIVE };
+
+#define RBUF_SIZE (64 * 1024)
+
+struct cpx_h1_conn_s {
+  uv_tcp_t tcp;
+  uv_timer_t timer;
+  uv_connect_t connect;
+  uv_write_t write;
+  uv_getaddrinfo_t gai;
+  cpx_h1_pool_t *pool;
+  endpoint_t *ep;
+  cpx_h1_req_t *req; /* NULL when idle */
+  cpx_h1_conn_t *next_idle;
+  llhttp_t parser;
+  int state;
+  int timer_mode;
+  int pending;   /* close callbacks and a name lookup still to come */
+  int reused;    /* has served a request before this one */
+  int writing;   /* the request's write is in flight */
+  int reading;   /* uv_read_start is on */
+  int msg_done;  /* on_message_complete seen */
+  int cancelled; /* cpx_h1_cancel ran inside llhttp_execute */
+  int stopped;   /* a callback returned non-zero inside llhttp_execute */
+  char *rbuf;    /* RBUF_SIZE; owned */
+};
+
+static llhttp_settings_t settings;
+static int settings_ready;
+
+static void conn_close(cpx_h1_conn_t *c);
+static void conn_fail(cpx_h1_conn_t *c, int rc);
+static int conn_open(cpx_h1_pool_t *p, endpoint_t *ep, cpx_h1_req_t *q);
+
+/* ---- helpers --------------------------------------------------------------
+ */
+
+static void timer_arm(cpx_h1_conn_t *c, int mode, uint64_t ms);
+
+static void on_timer(uv_timer_t *t) {
+  cpx_h1_conn_t *c = t->data;
+  int mode = c->timer_mode;
+  c->timer_mode = T_NONE;
+  if (mode == T_KEEPALIVE || !c->req) {
+    conn_close(c);
+    return;
+  }
+  /* The texts of the libcurl client, so both paths read alike. */
+  c->req->err = mode == T_CONNECT      ? "upstream connect timeout"
+                : mode == T_FIRST_BYTE ? "upstream first-byte timeout"
+                                       : "upstream stream idle timeout";
+  conn_fail(c, CPX_ETIMEOUT);
+}
+
+static void timer_arm(cpx_h1_conn_t *c, int mode, uint64_t ms) {
+  if (c->state == C_CLOSING)
+    return;
+  c->timer_mode = mode;
+  if (ms == 0) {
+    uv_timer_stop(&c->timer);
+    return;
+  }
+  uv_timer_start(&c->timer, on_timer, ms, 0);
+}
+
+static endpoint_t *endpoint_get(cpx_h1_pool_t *p, const char *host, int port) {
+  endpoint_t *e;
+  for (e = p->endpoints; e; e = e->next)
+    if (e->port == port && strcmp(e->host, host) == 0)
+      return e;
+  e = calloc(1, sizeof(*e));
+  if (!e)
+    return NULL;
+  e->host = strdup(host);
+  if (!e->host) {
+    free(e);
+    return NULL;
+  }
+  e->port = port;
+  e->next = p->endpoints;
+  p->endpoints = e;
+  return e;
+}
+
+static void endpoints_free(cpx_h1_pool_t *p) {
+  endpoint_t *e = p->endpoints, *n;
+  for (; e; e = n) {
+    n = e->next;
+    free(e->host);
+    free(e);
+  }
+  p->endpoints = NULL;
+}
+
+static void idle_remove(cpx_h1_conn_t *c) {
+  endpoint_t *e = c->ep;
+  cpx_h1_conn_t **pp;
+  for (pp = &e->idle; *pp; pp = &(*pp)->next_idle) {
+    if (*pp == c) {
+      *pp = c->next_idle;
+      e->nidle--;
+      break;
+    }
+  }
+  c->next_idle = NULL;
+}
+
+static void conn_unref(cpx_h1_conn_t *c) {
+  cpx_h1_pool_t *p = c->pool;
+  if (--c->pending > 0)
+    return;
+  free(c->rbuf);
+  free(c);
+  p->nconns--;
+  if (p->closed && p->nconns == 0)
+    endpoints_free(p);
+}
+
+static void on_handle_closed(uv_handle_t *h) {
+  conn_unref(h->data);
+}
+
+/* Closes the connection; the request (if any) must have been detached. */
+static void conn_close(cpx_h1_conn_t *c) {
+  if (c->state == C_CLOSING)
+    return;
+  if (c->state == C_IDLE)
+    idle_remove(c);
+  c->state = C_CLOSING;
+  if (c->req)
+    c->req->conn = NULL;
+  c->req = NULL;
+  uv_close((uv_handle_t *)&c->timer, on_handle_closed);
+  uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
+}
+
+static void req_detach(cpx_h1_req_t *q) {
+  if (q->conn)
+    q->conn->req = NULL;
+  q->conn = NULL;
+}
+
+/* Errors after which a reused connection is presumed to have been closed
+ * by the server before it saw the request. */
+static int stale_error(int rc) {
+  return rc == UV_EOF || rc == UV_ECONNRESET || rc == UV_EPIPE ||
+         rc == CPX_EIO || rc == UV_ECONNABORTED;
+}
+
+static void conn_fail(cpx_h1_conn_t *c, int rc) {
+  cpx_h1_req_t *q = c->req;
+  int reused = c->reused;
+  if (q)
+    req_detach(q);
+  conn_close(c);
+  if (!q)
+    return;
+  if (reused && !q->got_bytes && !q->retried && stale_error(rc) &&
+      !q->pool->closed) {
+    endpoint_t *ep = c->ep;
+    q->retried = 1;
+    q->err = NULL;
+    q->hlen = q->nfields = 0;
+    q->in_field = q->head_done = 0;
+    if (conn_open(q->pool, ep, q) == 0)
+      return;
+  }
+  if (rc == UV_EOF)
+    rc = CPX_EIO;
+  if (!q->err)
+    q->err = rc == CPX_EPARSE ? "malformed upstream response"
+             : rc == CPX_EIO  ? "upstream closed the connection"
+             : rc > -10000    ? uv_strerror(rc)
+                              : cpx_strerror(rc);
+  q->cb->on_done(q, rc);
+}
+
+/* ---- parser callbacks -----------------------------------------------------
+ */
+
+static cpx_h1_req_t *preq(llhttp_t *ps) {
+  cpx_h1_conn_t *c = ps->data;
+  return c->req;
+}
+
+static int head_append(cpx_h1_req_t *q, const char *at, size_t n, int lower) {
+  size_t at0 = q->hlen;
+  if (q->hlen + n > CPX_H1_MAX_HEAD ||
+      cpx_buf_append(&q->hbuf, &q->hlen, &q->hcap, at, n) != 0)
+    return -1;
+  if (lower)
+    for (size_t i = at0; i < q->hlen; i++)
+      if (q->hbuf[i] >= 'A' && q->hbuf[i] <= 'Z')
+        q->hbuf[i] = (char)(q->hbuf[i] + 32);
+  return 0;
+}
+
+static int on_header_field(llhttp_t *ps, const char *at, size_t n) {
+  cpx_h1_req_t *q = preq(ps);
+  if (!q)
+    return -1;
+  if (q->in_field != 1) {
+    if (q->nfields >= CPX_H1_MAX_FIELDS)
+      return -1;
+    q->fields[q->nfields].name_off = q->hlen;
+    q->fields[q->nfields].name_len = 0;
+    q->in_field = 1;
+  }
+  if (head_append(q, at, n, 1) != 0)
+    return -1;
+  q->fields[q->nfields].name_len += n;
+  return 0;
+}
+
+static int on_header_value(llhttp_t *ps, const char *at, size_t n) {
+  cpx_h1_req_t *q = preq(ps);
+  if (!q)
+    return -1;
+  if (q->in_field != 2) {
+    q->fields[q->nfields].value_off = q->hlen;
+    q->fields[q->nfields].value_len = 0;
+    q->in_field = 2;
+  }
+  if (head_append(q, at, n, 0) != 0)
+    return -1;
+  q->fields[q->nfields].value_len += n;
+  return 0;
+}
+
+static int on_header_value_complete(llhttp_t *ps) {
+  cpx_h1_req_t *q = preq(ps);
+  if (!q)
+    return -1;
+  if (q->in_field != 2) { /* empty value */
+    q->fields[q->nfields].value_off = q->hlen;
+    q->fields[q->nfields].value_len = 0;
+  }
+  q->nfields++;
+  q->in_field = 0;
+  return 0;
+}
+
+static int on_headers_complete(llhttp_t *ps) {
+  cpx_h1_conn_t *c = ps->data;
+  cpx_h1_req_t *q = c->req;
+  int status = (int)llhttp_get_status_code(ps);
+  if (!q)
+    return -1;
+  if (status >= 100 && status < 200) {
+    /* 100 Continue and friends: the real answer follows. */
+    q->hlen = q->nfields = 0;
+    q->in_field = 0;
+    return 0;
+  }
+  q->status = status;
+  q->head_done = 1;
+  if (q->cb->on_head(q) != 0) {
+    c->stopped = 1;
+    return -1;
+  }
+  return c->req == q ? 0 : -1;
+}
+
+static int on_body(llhttp_t *ps, const char *at, size_t n) {
+  cpx_h1_conn_t *c = ps->data;
+  cpx_h1_req_t *q = c->req;
+  if (!q)
+    return -1;
+  if (q->cb->on_body(q, at, n) != 0) {
+    c->stopped = 1;
+    return -1;
+  }
+  return c->req == q ? 0 : -1;
+}
+
+static int on_message_complete(llhttp_t *ps) {
+  cpx_h1_conn_t *c = ps->data;
+  if (!c->req || !c->req->head_done)
+    return 0; /* a 1xx message */
+  c->msg_done = 1;
+  return HPE_PAUSED; /* bytes after the response are not ours to parse */
+}
+
+static void settings_init(void) {
+  if (settings_ready)
+    return;
+  llhttp_settings_init(&settings);
+  settings.on_header_field = on_header_field;
+  settings.on_header_value = on_header_value;
+  settings.on_header_value_complete = on_header_value_complete;
+  settings.on_headers_complete = on_headers_complete;
+  settings.on_body = on_body;
+  settings.on_message_complete = on_message_complete;
+  settings_ready = 1;
+}
+
+/* ---- reading and writing --------------------------------------------------
+ */
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+
+static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
+  cpx_h1_conn_t *c = h->data;
+  CPX_UNUSED(hint);
+  buf->base = c->rbuf;
+  buf->len = RBUF_SIZE;
+}
+
+/* The response is complete: the connection goes back to the pool when it
+ * can carry another request, and the request learns its outcome. */
+static void conn_done(cpx_h1_conn_t *c, int reusable) {
+  cpx_h1_req_t *q = c->req;
+  endpoint_t *ep = c->ep;
+  req_detach(q);
+  c->msg_done = 0;
+  if (reusable && !c->pool->closed && ep->nidle < CPX_H1_MAX_IDLE) {
+    c->state = C_IDLE;
+    c->reused = 1;
+    c->next_idle = ep->idle;
+    ep->idle = c;
+    ep->nidle++;
+    llhttp_init(&c->parser, HTTP_RESPONSE, &settings);
+    c->parser.data = c;
+    if (!c->reading &&
+        uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0)
+      c->reading = 1;
+    timer_arm(c, T_KEEPALIVE, c->pool->to.keepalive_ms);
+  } else {
+    conn_close(c);
+  }
+  q->cb->on_done(q, 0);
+}
+
+/* After the parser ran the callbacks: a cancelled request is gone, a
+ * stopped one learns it through on_done (outside the parser). Returns 1
+ * when the connection is finished with. */
+static int after_callbacks(cpx_h1_conn_t *c, cpx_h1_req_t *q) {
+  if (c->stopped) {
+    if (c->req == q)
+      req_detach(q);
+    conn_close(c);
+    q->cb->on_done(q, CPX_ECLOSED);
+    return 1;
+  }
+  if (c->cancelled || c->req != q) {
+    conn_close(c);
+    return 1;
+  }
+  return 0;
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
+  cpx_h1_conn_t *c = s->data;
+  cpx_h1_req_t *q = c->req;
+  llhttp_errno_t err;
+
+  if (nread == 0)
+    return;
+  if (!q) {
+    /* Idle: the server closed it, or sent bytes nobody asked for. */
+    conn_close(c);
+    return;
+  }
+  if (nread < 0) {
+    if (nread == UV_EOF && q->got_bytes) {
+      /* A body delimited by the close. */
+      err = llhttp_finish(&c->parser);
+      if (after_callbacks(c, q))
+        return;
+      if (err == HPE_OK && c->msg_done) {
+        conn_done(c, 0);
+        return;
+      }
+      if (err == HPE_PAUSED && c->msg_done) {
+        conn_done(c, 0);
+        return;
+      }
+    }
+    conn_fail(c, (int)nread);
+    return;
+  }
+  q->got_bytes = 1;
+  if (!q->paused)
+    timer_arm(c, T_IDLE, c->pool->to.idle_ms);
+  err = llhttp_execute(&c->parser, buf->base, (size_t)nread);
+  if (after_callbacks(c, q))
+    return;
+  if (err == HPE_PAUSED && c->msg_done) {
+    const char *pos = llhttp_get_error_pos(&c->parser);
+    int extra = pos && pos < buf->base + nread;
+    conn_done(c, !extra && !c->writing && llhttp_should_keep_alive(&c->parser));
+    return;
+  }
+  if (err != HPE_OK)
+    conn_fail(c, CPX_EPARSE);
+}
+
+static void on_write(uv_write_t *w, int status) {
+  cpx_h1_conn_t *c = w->data;
+  c->writing = 0;
+  if (status == UV_ECANCELED || c->state == C_CLOSING)
+    return;
+  if (status < 0) {
+    if (c->req)
+      conn_fail(c, status);
+    else
+      conn_close(c); /* answered early, then failed: not reusable */
+  }
+}
+
+/* Sends q's bytes on c (connected) and waits for the answer. Returns 0 or
+ * a negative code (then q is still attached; the caller fails it). */
+static int conn_start(cpx_h1_conn_t *c, cpx_h1_req_t *q) {
+  int rc;
+  c->state = C_BUSY;
+  c->req = q;
+  q->conn = c;
+  c->cancelled = c->stopped = 0;
+  c->msg_done = 0;
+  if (!c->reading) {
+    rc = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+    if (rc != 0)
+      return rc;
+    c->reading = 1;
+  }
+  c->write.data = c;
+  rc = uv_write(&c->write, (uv_stream_t *)&c->tcp, q->bufs, q->nbufs, on_write);
+  if (rc != 0)
+    return rc;
+  c->writing = 1;
+  timer_arm(c, T_FIRST_BYTE, c->pool->to.first_byte_ms);
+  return 0;
+}
+
+static void on_connect(uv_connect_t *cr, int status) {
+  cpx_h1_conn_t *c = cr->data;
+  if (status == UV_ECANCELED || c->state == C_CLOSING)
+    return;
+  if (status < 0) {
+    conn_fail(c, status); /* never reused: no second try */
+    return;
+  }
+  uv_tcp_nodelay(&c->tcp, 1);
+  if (!c->req) {
+    conn_close(c);
+    return;
+  }
+  status = conn_start(c, c->req);
+  if (status != 0)
+    conn_fail(c, status);
+}
+
+static int conn_connect(cpx_h1_conn_t *c, const struct sockaddr *sa) {
+  c->state = C_CONNECTING;
+  c->connect.data = c;
+  return uv_tcp_connect(&c->connect, &c->tcp, sa, on_connect);
+}
+
+static void on_resolved(uv_getaddrinfo_t *g, int status, struct addrinfo *res) {
+  cpx_h1_conn_t *c = g->data;
+  int closing = c->state == C_CLOSING;
+  int rc = status;
+  if (!closing && status == 0 && res)
+    rc = conn_connect(c, res->ai_addr);
+  else if (!closing && rc == 0)
+    rc = UV_EAI_NONAME;
+  if (res)
+    uv_freeaddrinfo(res);
+  /* The two handle references keep c alive unless it is closing. */
+  conn_unref(c);
+  if (!closing && rc != 0)
+    conn_fail(c, rc);
+}
+
+/* Opens a connection to ep for q. */
+static int conn_open(cpx_h1_pool_t *p, endpoint_t *ep, cpx_h1_req_t *q) {
+  cpx_h1_conn_t *c = calloc(1, sizeof(*c));
+  union {
+    struct sockaddr_in v4;
+    struct sockaddr_in6 v6;
+  } addr;
+  int rc;
+
+  if (!c)
+    return CPX_ENOMEM;
+  c->rbuf = malloc(RBUF_SIZE);
+  if (!c->rbuf) {
+    free(c);
+    return CPX_ENOMEM;
+  }
+  c->pool = p;
+  c->ep = ep;
+  c->req = q;
+  q->conn = c;
+  llhttp_init(&c->parser, HTTP_RESPONSE, &settings);
+  c->parser.data = c;
+  uv_tcp_init(p->loop, &c->tcp);
+  uv_timer_init(p->loop, &c->timer);
+  c->tcp.data = c;
+  c->timer.data = c;
+  c->pending = 2;
+  p->nconns++;
+  timer_arm(c, T_CONNECT, p->to.connect_ms);
+  if (uv_ip4_addr(ep->host, ep->port, &addr.v4) == 0 ||
+      uv_ip6_addr(ep->host, ep->port, &addr.v6) == 0) {
+    rc = conn_connect(c, (const struct sockaddr *)&addr);
+  } else {
+    char port[16];
+    struct addrinfo hints;
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    snprintf(port, sizeof(port), "%d", ep->port);
+    c->state = C_RESOLVING;
+    c->gai.data = c;
+    c->pending++;
+    rc = uv_getaddrinfo(p->loop, &c->gai, on_resolved, ep->host, port, &hints);
+    if (rc != 0)
+      c->pending--;
+  }
+  if (rc != 0) {
+    q->conn = NULL;
+    c->req = NULL;
+    conn_close(c);
+    return rc;
+  }
+  return 0;
+}
+
+/* ---- public ------------------------------------------------------------- */
+
+void cpx_h1_pool_init(cpx_h1_pool_t *p, uv_loop_t *loop,
+                      const cpx_h1_timeouts_t *to) {
+  memset(p, 0, sizeof(*p));
+  p->loop = loop;
+  p->to = *to;
+  settings_init();
+}
+
+void cpx_h1_pool_set_timeouts(cpx_h1_pool_t *p, const cpx_h1_timeouts_t *to) {
+  p->to = *to;
+}
+
+void cpx_h1_pool_close(cpx_h1_pool_t *p) {
+  endpoint_t *e;
+  if (p->closed)
+    return;
+  p->closed = 1;
+  for (e = p->endpoints; e; e = e->next)
+    while (e->idle)
+      conn_close(e->idle);
+  if (p->nconns == 0)
+    endpoints_free(p);
+}
+
+int cpx_h1_send(cpx_h1_pool_t *p, cpx_h1_req_t *q) {
+  endpoint_t *ep;
+  cpx_h1_conn_t *c;
+
+  if (p->closed)
+    return CPX_ECLOSED;
+  q->pool = p;
+  q->conn = NULL;
+  q->status = 0;
+  q->hlen = q->nfields = 0;
+  q->got_bytes = q->retried = q->paused = q->in_field = q->head_done = 0;
+  q->err = NULL;
+  ep = endpoint_get(p, q->host, q->port);
+  if (!ep)
+    return CPX_ENOMEM;
+  c = ep->idle;
+  if (c) {
+    ep->idle = c->next_idle;
+    ep->nidle--;
+    c->next_idle = NULL;
+    uv_timer_stop(&c->timer);
+    if (conn_start(c, q) == 0)
+      return 0;
+    /* The pooled connection is unusable: a fresh one instead (no callback
+     * may run before this returns). */
+    req_detach(q);
+    conn_close(c);
+  }
+  return conn_open(p, ep, q);
+}
+
+void cpx_h1_cancel(cpx_h1_req_t *q) {
+  cpx_h1_conn_t *c = q->conn;
+  if (!c)
+    return;
+  req_detach(q);
+  c->cancelled = 1;
+  conn_close(c);
+}
+
+void cpx_h1_pause(cpx_h1_req_t *q) {
+  cpx_h1_conn_t *c = q->conn;
+  if (!c || q->paused)
+    return;
+  q->paused = 1;
+  if (c->reading) {
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    c->reading = 0;
+  }
+  if (c->timer_mode == T_IDLE || c->timer_mode == T_FIRST_BYTE)
+    timer_arm(c, c->timer_mode, 0);
+}
+
+void cpx_h1_resume(cpx_h1_req_t *q) {
+  cpx_h1_conn_t *c = q->conn;
+  if (!q->paused)
+    return;
+  q->paused = 0;
+  if (!c || c->state != C_BUSY)
+    return;
+  if (!c->reading) {
+    if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) != 0) {
+      conn_fail(c, CPX_EIO);
+      return;
+    }
+    c->reading = 1;
+  }
+  timer_arm(c, T_IDLE, c->pool->to.idle_ms);
+}
+
+const char *cpx_h1_header(const cpx_h1_req_t *q, const char *name, size_t *n) {
+  size_t nl = strlen(name);
+  for (size_t i = 0; i < q->nfields; i++) {
+    const cpx_h1_field_t *f = &q->fields[i];
+    if (f->name_len == nl && memcmp(q->hbuf + f->name_off, name, nl) == 0) {
+      if (n)
+        *n = f->value_len;
+      return q->hbuf + f->value_off;
+    }
+  }
+  return NULL;
+}
+
+void cpx_h1_req_free(cpx_h1_req_t *q) {
+  free(q->hbuf);
+  q->hbuf = NULL;
+  q->hlen = q->hcap = 0;
+}

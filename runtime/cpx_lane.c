@@ -1,0 +1,823 @@
+/* cpx_lane.c: the C fast path (see cpx_lane.h). */
+#include "cpx_lane.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <lauxlib.h>
+
+#include "cpx_buf.h"
+#include "cpx_json_scan.h"
+#include "cpx_log.h"
+#include "cpx_lua.h"
+#include "cpx_pool.h"
+#include "cpx_sse.h"
+#include "cpx_store.h"
+
+/* Bodies held before anything is sent to the client: an upstream error
+ * (handed to Lua), a small non-stream answer (sent in one write), a stream
+ * until its first event. Past these the lane gives up holding. */
+#define HOLD_MAX (1024 * 1024)
+
+/* ---- the route table --------------------------------------------------------
+ * Built by cpx.lane.configure from rt.lane's table; immutable afterwards. */
+
+typedef struct {
+  char *host;
+  int port;
+  char *head; /* request line and headers, without Content-Length */
+  size_t head_len;
+  char *head_stream; /* the same for stream: true */
+  size_t head_stream_len;
+  char *model; /* the upstream model as a JSON string literal */
+  size_t model_len;
+} lane_target_t;
+
+typedef struct {
+  char *name; /* client model name */
+  size_t name_len;
+  char *group;            /* pool group */
+  lane_target_t *targets; /* in pool member order */
+  size_t ntargets;
+} lane_model_t;
+
+struct cpx_lane_s {
+  char *path; /* "/v1/chat/completions" */
+  size_t path_len;
+  lane_model_t *models; /* sorted by name */
+  size_t nmodels;
+  char **keys; /* client api-keys; none = open */
+  size_t *key_lens;
+  size_t nkeys;
+  int check_store; /* credential files can add targets: watch the store */
+  uint64_t store_version;
+};
+
+static void target_free(lane_target_t *t) {
+  free(t->host);
+  free(t->head);
+  free(t->head_stream);
+  free(t->model);
+}
+
+void cpx_lane_free(cpx_lane_t *l) {
+  if (!l)
+    return;
+  for (size_t i = 0; i < l->nmodels; i++) {
+    lane_model_t *m = &l->models[i];
+    for (size_t j = 0; j < m->ntargets; j++)
+      target_free(&m->targets[j]);
+    free(m->targets);
+    free(m->name);
+    free(m->group);
+  }
+  for (size_t i = 0; i < l->nkeys; i++)
+    free(l->keys[i]);
+  free(l->keys);
+  free(l->key_lens);
+  free(l->models);
+  free(l->path);
+  free(l);
+}
+
+static int model_cmp(const void *a, const void *b) {
+  const lane_model_t *x = a, *y = b;
+  size_t n = x->name_len < y->name_len ? x->name_len : y->name_len;
+  int c = memcmp(x->name, y->name, n);
+  if (c)
+    return c;
+  return x->name_len < y->name_len ? -1 : x->name_len > y->name_len;
+}
+
+static const lane_model_t *model_find(const cpx_lane_t *l, const char *name,
+                                      size_t n) {
+  size_t lo = 0, hi = l->nmodels;
+  lane_model_t key;
+  key.name = (char *)name;
+  key.name_len = n;
+  while (lo < hi) {
+    size_t mid = (lo + hi) / 2;
+    int c = model_cmp(&key, &l->models[mid]);
+    if (c == 0)
+      return &l->models[mid];
+    if (c < 0)
+      hi = mid;
+    else
+      lo = mid + 1;
+  }
+  return NULL;
+}
+
+/* ---- one request ------------------------------------------------------------
+ */
+
+enum {
+  P_WAIT,     /* request sent, no head yet */
+  P_HOLD_ERR, /* non-2xx: collecting the body for Lua */
+  P_HOLD_OK,  /* 2xx non-stream with a small Content-Length: collecting */
+  P_BOOT,     /* 2xx stream: collecting until the first event */
+  P_RELAY,    /* the client has the head: bytes go straight through */
+};
+
+typedef struct {
+  cpx_h1_req_t q;
+  cpx_request_t *r;
+  cpx_worker_t *w;
+  cpx_vm_t *vm;
+  const lane_model_t *m;
+  const lane_target_t *t;
+  cpx_pool_choice_t pick;
+  int reported; /* the pool heard the outcome (or Lua will) */
+  int stream;
+  int phase;
+  int chunked_out; /* P_RELAY through cpx_request_start/write */
+  char clen[48];   /* "Content-Length: N\r\n\r\n" */
+  char *acc;       /* held bytes (see HOLD_MAX) */
+  size_t acc_len, acc_cap;
+  cpx_sse_t sse; /* P_BOOT only */
+  int sse_on;
+  int first_error; /* P_BOOT: the first event carries "error" */
+  cpx_str_t first_event, first_data; /* into acc copies below */
+  char *ev_name, *ev_data;
+  size_t ev_name_len, ev_data_len;
+  int seen_event;
+} lane_req_t;
+
+static const cpx_h1_cb_t lane_cb;
+
+static void report(lane_req_t *lq, int result) {
+  if (lq->reported)
+    return;
+  lq->reported = 1;
+  cpx_pool_report(cpx_pool_global(), lq->pick.state, lq->pick.probe, result, 0);
+}
+
+/* Drops everything the lane holds for the request. */
+static void lane_free(lane_req_t *lq) {
+  cpx_request_t *r = lq->r;
+  if (r->handler_data == lq) {
+    r->handler_data = NULL;
+    r->on_abort = NULL;
+    r->on_drain = NULL;
+    r->on_shutdown = NULL;
+  }
+  if (lq->sse_on)
+    cpx_sse_free(&lq->sse);
+  cpx_h1_req_free(&lq->q);
+  free(lq->acc);
+  free(lq->ev_name);
+  free(lq->ev_data);
+  cpx_request_unref(r);
+  cpx_vm_unref(lq->vm);
+  free(lq);
+}
+
+static int hold(lane_req_t *lq, const char *p, size_t n) {
+  if (lq->acc_len + n > HOLD_MAX)
+    return CPX_ELIMIT;
+  return cpx_buf_append(&lq->acc, &lq->acc_len, &lq->acc_cap, p, n);
+}
+
+/* JSON string body of msg (ASCII messages of our own; quotes and
+ * backslashes escaped, control bytes dropped). */
+static size_t json_escape(char *out, size_t cap, const char *msg) {
+  size_t o = 0;
+  for (; *msg && o + 2 < cap; msg++) {
+    unsigned char ch = (unsigned char)*msg;
+    if (ch < 0x20)
+      continue;
+    if (ch == '"' || ch == '\\')
+      out[o++] = '\\';
+    out[o++] = (char)ch;
+  }
+  out[o] = 0;
+  return o;
+}
+
+static const cpx_header_t json_headers[] = {
+    {CPX_STR("Access-Control-Allow-Origin"), CPX_STR("*")},
+    {CPX_STR("Access-Control-Allow-Methods"),
+     CPX_STR("GET, POST, PUT, PATCH, DELETE, OPTIONS")},
+    {CPX_STR("Access-Control-Allow-Headers"), CPX_STR("*")},
+    {CPX_STR("Content-Type"), CPX_STR("application/json")},
+};
+
+static const cpx_header_t sse_headers[] = {
+    {CPX_STR("Access-Control-Allow-Origin"), CPX_STR("*")},
+    {CPX_STR("Access-Control-Allow-Methods"),
+     CPX_STR("GET, POST, PUT, PATCH, DELETE, OPTIONS")},
+    {CPX_STR("Access-Control-Allow-Headers"), CPX_STR("*")},
+    {CPX_STR("Content-Type"), CPX_STR("text/event-stream")},
+    {CPX_STR("Cache-Control"), CPX_STR("no-cache")},
+    {CPX_STR("X-Accel-Buffering"), CPX_STR("no")},
+};
+
+/* cliproxy's own error in OpenAI's envelope (status 502 unless given). */
+static void respond_error(lane_req_t *lq, int status, const char *msg) {
+  char esc[512], body[768];
+  int n;
+  json_escape(esc, sizeof(esc), msg);
+  n = snprintf(body, sizeof(body),
+               "{\"error\":{\"message\":\"%s\",\"type\":\"server_error\","
+               "\"code\":\"upstream_error\"}}",
+               esc);
+  cpx_request_respond(lq->r, status, json_headers,
+                      sizeof(json_headers) / sizeof(json_headers[0]), body,
+                      (size_t)n);
+}
+
+/* The stream error event of the OpenAI codec (translators/openai_chat). */
+static void stream_error_end(lane_req_t *lq, const char *msg) {
+  char esc[512], frame[768];
+  int n;
+  json_escape(esc, sizeof(esc), msg);
+  n = snprintf(frame, sizeof(frame),
+               "data: {\"error\":{\"message\":\"%s\",\"type\":\"server_error\","
+               "\"code\":\"upstream_error\"}}\n\n",
+               esc);
+  cpx_request_write(lq->r, frame, (size_t)n);
+  cpx_request_finish(lq->r);
+}
+
+/* ---- hand-off to Lua
+ * --------------------------------------------------------- */
+
+typedef struct {
+  lane_req_t *lq;
+  int rc; /* transport error, or 0 */
+} handoff_t;
+
+static void push_lane_info(lua_State *L, void *ud) {
+  handoff_t *h = ud;
+  lane_req_t *lq = h->lq;
+  const cpx_h1_req_t *q = &lq->q;
+
+  lua_createtable(L, 0, 8);
+  lua_pushinteger(L, (lua_Integer)lq->pick.member + 1);
+  lua_setfield(L, -2, "member");
+  lua_pushnumber(L, (double)lq->pick.state * 2 + (lq->pick.probe ? 1 : 0));
+  lua_setfield(L, -2, "handle");
+  lua_pushstring(L, lq->m->group);
+  lua_setfield(L, -2, "group");
+  if (h->rc != 0) {
+    lua_pushstring(L, q->err ? q->err : cpx_strerror(h->rc));
+    lua_setfield(L, -2, "err");
+  } else if (lq->phase == P_BOOT) {
+    /* 2xx, then an error as the first event: Lua judges it as its own
+     * bootstrap would have. */
+    lua_createtable(L, 0, 2);
+    lua_pushlstring(L, lq->ev_name ? lq->ev_name : "", lq->ev_name_len);
+    lua_setfield(L, -2, "event");
+    lua_pushlstring(L, lq->ev_data ? lq->ev_data : "", lq->ev_data_len);
+    lua_setfield(L, -2, "data");
+    lua_setfield(L, -2, "event");
+    lua_pushinteger(L, q->status);
+    lua_setfield(L, -2, "status");
+  } else {
+    lua_pushinteger(L, q->status);
+    lua_setfield(L, -2, "status");
+    lua_createtable(L, 0, (int)q->nfields);
+    for (size_t i = 0; i < q->nfields; i++) {
+      const cpx_h1_field_t *f = &q->fields[i];
+      lua_pushlstring(L, q->hbuf + f->name_off, f->name_len);
+      lua_pushlstring(L, q->hbuf + f->value_off, f->value_len);
+      lua_rawset(L, -3);
+    }
+    lua_setfield(L, -2, "headers");
+    lua_pushlstring(L, lq->acc ? lq->acc : "", lq->acc_len);
+    lua_setfield(L, -2, "body");
+  }
+  lua_setfield(L, -2, "lane");
+}
+
+/* The upstream failed before the client saw a byte: rt.server takes the
+ * request over with this attempt attached; the pool pick goes with it. */
+static void handoff(lane_req_t *lq, int rc) {
+  handoff_t h = {lq, rc};
+  cpx_request_t *r = lq->r;
+  lq->reported = 1; /* Lua reports the handle */
+  r->handler_data = NULL;
+  r->on_abort = NULL;
+  r->on_drain = NULL;
+  r->on_shutdown = NULL;
+  r->tag = NULL;
+  if (r->conn && !r->finished)
+    cpx__lua_start(lq->w, lq->vm, r, push_lane_info, &h);
+  lane_free(lq);
+}
+
+/* ---- the response
+ * ------------------------------------------------------------ */
+
+static const char *fail_text(const cpx_h1_req_t *q, int rc) {
+  return q->err ? q->err : cpx_strerror(rc);
+}
+
+static int relay(lane_req_t *lq, const char *p, size_t n) {
+  if (n == 0)
+    return 0;
+  if (cpx_request_write(lq->r, p, n) != 0)
+    return -1;
+  if (cpx_request_congested(lq->r))
+    cpx_h1_pause(&lq->q);
+  return 0;
+}
+
+static int on_first_event(void *ud, const cpx_sse_event_t *ev) {
+  lane_req_t *lq = ud;
+  static const cpx_str_t key = CPX_STR("error");
+  cpx_str_t val;
+  /* As rt.pipeline's bootstrap for OpenAI streams: an event whose data is
+   * a JSON object with an "error" member is a failure. */
+  if (ev->data.n > 0 &&
+      cpx_json_top_get(ev->data.p, ev->data.n, &key, &val, 1) == 0 && val.p) {
+    lq->first_error = 1;
+    lq->ev_name = malloc(ev->event.n + 1);
+    lq->ev_data = malloc(ev->data.n + 1);
+    if (lq->ev_name && lq->ev_data) {
+      memcpy(lq->ev_name, ev->event.p, ev->event.n);
+      memcpy(lq->ev_data, ev->data.p, ev->data.n);
+      lq->ev_name_len = ev->event.n;
+      lq->ev_data_len = ev->data.n;
+    }
+  }
+  lq->seen_event = 1;
+  return 1;
+}
+
+/* Sends the client its head and whatever was held. */
+static int start_relay(lane_req_t *lq) {
+  const cpx_header_t *h = lq->stream ? sse_headers : json_headers;
+  size_t nh = lq->stream ? sizeof(sse_headers) / sizeof(sse_headers[0])
+                         : sizeof(json_headers) / sizeof(json_headers[0]);
+  cpx_header_t hs[8];
+  size_t ctn;
+  const char *ct;
+
+  report(lq, CPX_POOL_OK);
+  if (!lq->stream && (ct = cpx_h1_header(&lq->q, "content-type", &ctn))) {
+    memcpy(hs, json_headers, sizeof(json_headers));
+    hs[3].value.p = ct;
+    hs[3].value.n = ctn;
+    h = hs;
+  }
+  lq->phase = P_RELAY;
+  lq->chunked_out = 1;
+  if (cpx_request_start(lq->r, 200, h, nh) != 0)
+    return -1;
+  if (lq->acc_len) {
+    int rc = relay(lq, lq->acc, lq->acc_len);
+    lq->acc_len = 0;
+    return rc;
+  }
+  return 0;
+}
+
+static int on_head(cpx_h1_req_t *q) {
+  lane_req_t *lq = q->data;
+  size_t n;
+  const char *cl;
+
+  if (q->status < 200 || q->status >= 300) {
+    lq->phase = P_HOLD_ERR;
+    return 0;
+  }
+  if (lq->stream) {
+    lq->phase = P_BOOT;
+    cpx_sse_init(&lq->sse, HOLD_MAX);
+    lq->sse_on = 1;
+    return 0;
+  }
+  cl = cpx_h1_header(q, "content-length", &n);
+  if (cl && n > 0 && n < 10 && strtoul(cl, NULL, 10) <= HOLD_MAX) {
+    report(lq, CPX_POOL_OK);
+    lq->phase = P_HOLD_OK;
+    return 0;
+  }
+  return start_relay(lq);
+}
+
+static int on_body(cpx_h1_req_t *q, const char *p, size_t n) {
+  lane_req_t *lq = q->data;
+  int rc;
+
+  switch (lq->phase) {
+  case P_HOLD_ERR:
+  case P_HOLD_OK:
+    return hold(lq, p, n);
+  case P_BOOT:
+    if (hold(lq, p, n) != 0)
+      return start_relay(lq); /* a first event past 1 MiB: stop looking */
+    rc = cpx_sse_feed(&lq->sse, p, n, on_first_event, lq);
+    if (!lq->seen_event && rc == 0)
+      return 0;
+    cpx_sse_free(&lq->sse);
+    lq->sse_on = 0;
+    if (lq->first_error)
+      return -1; /* stop: on_done hands it to Lua */
+    return start_relay(lq);
+  case P_RELAY:
+    return relay(lq, p, n);
+  default:
+    return -1;
+  }
+}
+
+static void on_done(cpx_h1_req_t *q, int rc) {
+  lane_req_t *lq = q->data;
+  cpx_request_t *r = lq->r;
+
+  if (!r->conn || r->finished) {
+    /* The client left while we were inside the parser. */
+    report(lq, CPX_POOL_NEUTRAL);
+    lane_free(lq);
+    return;
+  }
+  switch (lq->phase) {
+  case P_WAIT:
+    handoff(lq, rc ? rc : CPX_EIO);
+    return;
+  case P_HOLD_ERR:
+    handoff(lq, rc);
+    return;
+  case P_BOOT:
+    if (lq->first_error) {
+      handoff(lq, 0);
+      return;
+    }
+    /* The stream ended (or failed) before any event: what came is all. */
+    if (start_relay(lq) != 0)
+      break;
+    if (rc)
+      stream_error_end(lq, fail_text(q, rc));
+    else
+      cpx_request_finish(r);
+    break;
+  case P_HOLD_OK:
+    if (rc) {
+      char msg[128];
+      snprintf(msg, sizeof(msg), "upstream body failed: %s", fail_text(q, rc));
+      respond_error(lq, 502, msg);
+      break;
+    }
+    {
+      cpx_header_t hs[4];
+      size_t ctn;
+      const char *ct = cpx_h1_header(q, "content-type", &ctn);
+      memcpy(hs, json_headers, sizeof(json_headers));
+      if (ct) {
+        hs[3].value.p = ct;
+        hs[3].value.n = ctn;
+      }
+      cpx_request_respond(r, 200, hs, 4, lq->acc ? lq->acc : "", lq->acc_len);
+    }
+    break;
+  case P_RELAY:
+    if (rc == 0)
+      cpx_request_finish(r);
+    else if (lq->stream)
+      stream_error_end(lq, fail_text(q, rc));
+    else
+      cpx_request_abort(r); /* a JSON body cut short: the client must see it */
+    break;
+  }
+  lane_free(lq);
+}
+
+static const cpx_h1_cb_t lane_cb = {on_head, on_body, on_done};
+
+/* ---- client events
+ * ----------------------------------------------------------- */
+
+static void on_req_abort(cpx_request_t *r) {
+  lane_req_t *lq = r->handler_data;
+  if (!lq)
+    return;
+  cpx_h1_cancel(&lq->q);
+  report(lq, CPX_POOL_NEUTRAL);
+  lane_free(lq);
+}
+
+static void on_req_drain(cpx_request_t *r) {
+  lane_req_t *lq = r->handler_data;
+  if (lq)
+    cpx_h1_resume(&lq->q);
+}
+
+static void on_req_shutdown(cpx_request_t *r) {
+  lane_req_t *lq = r->handler_data;
+  if (!lq)
+    return;
+  cpx_h1_cancel(&lq->q);
+  report(lq, CPX_POOL_NEUTRAL);
+  if (lq->phase == P_RELAY) {
+    if (lq->stream)
+      stream_error_end(lq, "server shutting down");
+    else
+      cpx_request_abort(r);
+  } else {
+    respond_error(lq, 502, "upstream request failed: server shutting down");
+  }
+  lane_free(lq);
+}
+
+/* ---- taking a request
+ * -------------------------------------------------------- */
+
+/* The key the client presented, as rt.access reads it (headers only: a
+ * request with a query string never comes here). */
+static int key_ok(const cpx_lane_t *l, const cpx_request_t *r) {
+  size_t n;
+  const char *k = cpx_request_header(r, "authorization", &n);
+  int ok = 0;
+
+  if (l->nkeys == 0)
+    return 1;
+  if (k && n > 6 && (k[0] == 'B' || k[0] == 'b') &&
+      memcmp(k + 1, "earer", 5) == 0 && (k[6] == ' ' || k[6] == '\t')) {
+    k += 6;
+    n -= 6;
+    while (n && (*k == ' ' || *k == '\t')) {
+      k++;
+      n--;
+    }
+    if (n == 0)
+      k = NULL;
+  } else {
+    k = NULL;
+  }
+  if (!k)
+    k = cpx_request_header(r, "x-goog-api-key", &n);
+  if (!k)
+    k = cpx_request_header(r, "x-api-key", &n);
+  if (!k)
+    return 0;
+  /* Every key is compared, so the time does not say which one matched. */
+  for (size_t i = 0; i < l->nkeys; i++)
+    ok |= cpx_secure_equal(k, n, l->keys[i], l->key_lens[i]);
+  return ok;
+}
+
+int cpx_lane_try(cpx_worker_t *w, cpx_request_t *r) {
+  cpx_vm_t *vm = w->vm;
+  const cpx_lane_t *l = vm->lane;
+  const cpx_http_request_t *h = &r->http;
+  static const cpx_str_t keys[2] = {CPX_STR("model"), CPX_STR("stream")};
+  cpx_str_t vals[2];
+  const lane_model_t *m;
+  const lane_target_t *t;
+  cpx_pool_pick_t pk = {NULL, 0, NULL, 0, -1};
+  cpx_pool_choice_t choice;
+  lane_req_t *lq;
+  size_t pre, post;
+  int n;
+
+  if (!h->method || strcmp(h->method, "POST") != 0 ||
+      h->url_len != l->path_len ||
+      memcmp(h->buf + h->url_off, l->path, l->path_len) != 0 || h->upgrade ||
+      !h->body)
+    return 0;
+  if (l->check_store) {
+    cpx_store_t *s = cpx_store_current();
+    if (s && cpx_store_version(s) != l->store_version)
+      return 0; /* Lua refreshes its registry and this table */
+  }
+  if (!key_ok(l, r))
+    return 0;
+  if (cpx_json_top_get(h->body, h->body_len, keys, vals, 2) != 0)
+    return 0;
+  /* model: a plain JSON string (no escapes) naming a lane model */
+  if (!vals[0].p || vals[0].n < 2 || vals[0].p[0] != '"' ||
+      memchr(vals[0].p, '\\', vals[0].n))
+    return 0;
+  m = model_find(l, vals[0].p + 1, vals[0].n - 2);
+  if (!m)
+    return 0;
+  if (cpx_pool_pick(cpx_pool_global(), m->group, &pk, &choice, NULL) != 0)
+    return 0; /* cooling or gone: Lua gives the proper answer */
+  if (choice.member >= m->ntargets) {
+    cpx_pool_report(cpx_pool_global(), choice.state, choice.probe,
+                    CPX_POOL_NEUTRAL, 0);
+    return 0;
+  }
+  t = &m->targets[choice.member];
+  lq = calloc(1, sizeof(*lq));
+  if (!lq) {
+    cpx_pool_report(cpx_pool_global(), choice.state, choice.probe,
+                    CPX_POOL_NEUTRAL, 0);
+    return 0;
+  }
+  lq->r = r;
+  lq->w = w;
+  lq->vm = vm;
+  lq->m = m;
+  lq->t = t;
+  lq->pick = choice;
+  lq->stream = vals[1].p && vals[1].n == 4 && memcmp(vals[1].p, "true", 4) == 0;
+  lq->phase = P_WAIT;
+  cpx_vm_ref(vm);
+  cpx_request_ref(r);
+
+  /* head | Content-Length | body before "model"'s value | new value | rest */
+  pre = (size_t)(vals[0].p - h->body);
+  post = h->body_len - pre - vals[0].n;
+  n = snprintf(lq->clen, sizeof(lq->clen), "Content-Length: %zu\r\n\r\n",
+               pre + t->model_len + post);
+  lq->q.cb = &lane_cb;
+  lq->q.data = lq;
+  lq->q.host = t->host;
+  lq->q.port = t->port;
+  lq->q.bufs[0] =
+      uv_buf_init(lq->stream ? t->head_stream : t->head,
+                  (unsigned)(lq->stream ? t->head_stream_len : t->head_len));
+  lq->q.bufs[1] = uv_buf_init(lq->clen, (unsigned)n);
+  lq->q.bufs[2] = uv_buf_init((char *)h->body, (unsigned)pre);
+  lq->q.bufs[3] = uv_buf_init(t->model, (unsigned)t->model_len);
+  lq->q.bufs[4] = uv_buf_init((char *)vals[0].p + vals[0].n, (unsigned)post);
+  lq->q.nbufs = 5;
+
+  r->handler_data = lq;
+  r->on_abort = on_req_abort;
+  r->on_drain = on_req_drain;
+  r->on_shutdown = on_req_shutdown;
+  r->tag = "fast";
+  if (cpx_h1_send(&w->h1, &lq->q) != 0) {
+    /* Nothing went out: Lua sends it the usual way. */
+    report(lq, CPX_POOL_NEUTRAL);
+    r->tag = NULL;
+    lane_free(lq);
+    return 0;
+  }
+  return 1;
+}
+
+/* ---- cpx.lane
+ * ---------------------------------------------------------------- */
+
+/* Copies the string at the top of the stack into a new C string (and pops
+ * it); NULL when it is not a string, with *bad set to what. */
+static char *pop_str(lua_State *L, size_t *len, const char **bad,
+                     const char *what) {
+  size_t n;
+  const char *s =
+      lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &n) : NULL;
+  char *out = NULL;
+  if (s && (out = malloc(n + 1))) {
+    memcpy(out, s, n);
+    out[n] = 0;
+    if (len)
+      *len = n;
+  } else if (!*bad) {
+    *bad = what;
+  }
+  lua_pop(L, 1);
+  return out;
+}
+
+static char *field_str(lua_State *L, int idx, const char *k, size_t *len,
+                       const char **bad) {
+  lua_getfield(L, idx, k);
+  return pop_str(L, len, bad, k);
+}
+
+static cpx_vm_t *current_vm(lua_State *L) {
+  cpx_vm_t *vm;
+  lua_getfield(L, LUA_REGISTRYINDEX, "cpx.vm");
+  vm = lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  return vm;
+}
+
+/* Builds the table at index 1 into l (zeroed). Returns NULL or the name of
+ * the first field that is missing or malformed (or out of memory). Never
+ * raises: what was built stays in l for cpx_lane_free. */
+static const char *build(lua_State *L, cpx_lane_t *l) {
+  const char *bad = NULL;
+  size_t n;
+  int top = lua_gettop(L);
+
+  l->path = field_str(L, 1, "path", &l->path_len, &bad);
+  lua_getfield(L, 1, "store_version");
+  if (lua_type(L, -1) == LUA_TNUMBER) {
+    l->check_store = 1;
+    l->store_version = (uint64_t)lua_tonumber(L, -1);
+  }
+  lua_pop(L, 1);
+
+  lua_getfield(L, 1, "keys");
+  n = lua_istable(L, -1) ? lua_objlen(L, -1) : 0;
+  if (n) {
+    l->keys = calloc(n, sizeof(char *));
+    l->key_lens = calloc(n, sizeof(size_t));
+    if (!l->keys || !l->key_lens)
+      bad = "keys";
+    for (size_t i = 0; i < n && !bad; i++) {
+      lua_rawgeti(L, -1, (int)i + 1);
+      l->keys[i] = pop_str(L, &l->key_lens[i], &bad, "keys");
+      l->nkeys = i + 1;
+    }
+  }
+  lua_pop(L, 1);
+
+  lua_getfield(L, 1, "models");
+  n = lua_istable(L, -1) ? lua_objlen(L, -1) : 0;
+  if (!lua_istable(L, -1))
+    bad = bad ? bad : "models";
+  l->models = calloc(n ? n : 1, sizeof(lane_model_t));
+  if (!l->models)
+    bad = "models";
+  for (size_t i = 0; i < n && !bad; i++) {
+    lane_model_t *m = &l->models[i];
+    int mi;
+    size_t nt;
+    lua_rawgeti(L, -1, (int)i + 1);
+    mi = lua_gettop(L);
+    if (!lua_istable(L, mi)) {
+      bad = "models[i]";
+      break;
+    }
+    l->nmodels = i + 1;
+    m->name = field_str(L, mi, "name", &m->name_len, &bad);
+    m->group = field_str(L, mi, "group", NULL, &bad);
+    lua_getfield(L, mi, "targets");
+    nt = lua_istable(L, -1) ? lua_objlen(L, -1) : 0;
+    m->targets = calloc(nt ? nt : 1, sizeof(lane_target_t));
+    if (!m->targets || !lua_istable(L, -1))
+      bad = bad ? bad : "targets";
+    for (size_t j = 0; j < nt && !bad; j++) {
+      lane_target_t *t = &m->targets[j];
+      int ti;
+      lua_rawgeti(L, -1, (int)j + 1);
+      ti = lua_gettop(L);
+      if (!lua_istable(L, ti)) {
+        bad = "targets[j]";
+        break;
+      }
+      m->ntargets = j + 1;
+      t->host = field_str(L, ti, "host", NULL, &bad);
+      lua_getfield(L, ti, "port");
+      t->port = (int)lua_tointeger(L, -1);
+      if (t->port <= 0 || t->port > 65535)
+        bad = bad ? bad : "port";
+      lua_pop(L, 1);
+      t->head = field_str(L, ti, "head", &t->head_len, &bad);
+      t->head_stream =
+          field_str(L, ti, "head_stream", &t->head_stream_len, &bad);
+      t->model = field_str(L, ti, "model", &t->model_len, &bad);
+      lua_settop(L, ti - 1);
+    }
+    lua_settop(L, mi - 1);
+  }
+  lua_settop(L, top);
+  if (!bad)
+    qsort(l->models, l->nmodels, sizeof(lane_model_t), model_cmp);
+  return bad;
+}
+
+/* cpx.lane.configure(t | nil) -> true | false, why
+ *   t = { path, keys = {..}, store_version = n|nil,
+ *         models = { { name, group, targets = { { host, port, head,
+ *                      head_stream, model } } } } }
+ * Replaces the generation's table; nil turns the fast path off. Outside a
+ * server worker (cliproxy check, the busted module) it does nothing. */
+static int l_configure(lua_State *L) {
+  cpx_vm_t *vm = current_vm(L);
+  cpx_lane_t *l;
+  const char *bad;
+
+  if (!vm || !vm->worker) {
+    lua_pushboolean(L, 0);
+    lua_pushliteral(L, "no worker");
+    return 2;
+  }
+  if (lua_isnoneornil(L, 1)) {
+    cpx_lane_free(vm->lane);
+    vm->lane = NULL;
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  luaL_checktype(L, 1, LUA_TTABLE);
+  l = calloc(1, sizeof(*l));
+  if (!l)
+    return luaL_error(L, "out of memory");
+  bad = build(L, l);
+  if (bad) {
+    cpx_lane_free(l);
+    lua_pushboolean(L, 0);
+    lua_pushfstring(L, "cpx.lane.configure: field '%s' is missing or invalid",
+                    bad);
+    return 2;
+  }
+  cpx_lane_free(vm->lane);
+  vm->lane = l;
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+void cpx_lane_lua_register(lua_State *L) {
+  lua_createtable(L, 0, 1);
+  lua_pushcfunction(L, l_configure);
+  lua_setfield(L, -2, "configure");
+  lua_setfield(L, -2, "lane");
+}

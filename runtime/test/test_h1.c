@@ -1,0 +1,471 @@
+/* test_h1.c: the fast path's HTTP/1.1 client (cpx_h1) against a scripted
+ * TCP server on the same loop: keep-alive reuse, the one retry after a
+ * stale pooled connection, chunked and close-delimited bodies, 1xx heads,
+ * timeouts, truncation, backpressure, cancel and stop. */
+#include "cpx_h1.h"
+#include "cpx_test.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- the scripted server ----------------------------------------------------
+ */
+
+typedef struct {
+  uv_tcp_t tcp;
+  char buf[1 << 16];
+  size_t len;
+  int nreq; /* requests answered on this connection */
+  int dead;
+} sconn_t;
+
+static struct {
+  uv_tcp_t listener;
+  int port;
+  const char *answer; /* raw bytes sent for every request */
+  size_t answer_len;
+  int close_after_answer; /* close the connection after each answer */
+  int drop_second;        /* close without answering a connection's 2nd */
+  int silent;             /* never answer */
+  int conns, requests;
+  char last_req[1 << 16];
+  size_t last_req_len;
+  int eof_seen; /* a connection was closed by the client */
+} S;
+
+static uv_loop_t *loop;
+
+static void s_alloc(uv_handle_t *h, size_t sz, uv_buf_t *b) {
+  sconn_t *c = h->data;
+  (void)sz;
+  b->base = c->buf + c->len;
+  b->len = sizeof(c->buf) - c->len;
+}
+
+static void s_closed(uv_handle_t *h) {
+  free(h->data);
+}
+
+static void s_close(sconn_t *c) {
+  if (c->dead)
+    return;
+  c->dead = 1;
+  uv_close((uv_handle_t *)&c->tcp, s_closed);
+}
+
+static void s_written(uv_write_t *w, int st) {
+  sconn_t *c = w->data;
+  (void)st;
+  free(w);
+  if (S.close_after_answer)
+    s_close(c);
+}
+
+/* One request = head up to CRLFCRLF plus Content-Length bytes. */
+static size_t s_complete(const char *p, size_t n) {
+  const char *e = memmem(p, n, "\r\n\r\n", 4);
+  const char *cl;
+  size_t head, body = 0;
+  if (!e)
+    return 0;
+  head = (size_t)(e - p) + 4;
+  cl = memmem(p, head, "Content-Length: ", 16);
+  if (cl)
+    body = strtoul(cl + 16, NULL, 10);
+  return n >= head + body ? head + body : 0;
+}
+
+static void s_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b) {
+  sconn_t *c = s->data;
+  size_t used;
+  (void)b;
+  if (n < 0) {
+    S.eof_seen++;
+    s_close(c);
+    return;
+  }
+  c->len += (size_t)n;
+  while ((used = s_complete(c->buf, c->len)) > 0) {
+    memcpy(S.last_req, c->buf, used);
+    S.last_req_len = used;
+    memmove(c->buf, c->buf + used, c->len - used);
+    c->len -= used;
+    S.requests++;
+    c->nreq++;
+    if (S.silent)
+      continue;
+    if (S.drop_second && c->nreq == 2) {
+      s_close(c);
+      return;
+    }
+    {
+      uv_write_t *w = malloc(sizeof(*w));
+      uv_buf_t out = uv_buf_init((char *)S.answer, (unsigned)S.answer_len);
+      w->data = c;
+      uv_write(w, s, &out, 1, s_written);
+    }
+  }
+}
+
+static void s_connection(uv_stream_t *l, int st) {
+  sconn_t *c = calloc(1, sizeof(*c));
+  (void)st;
+  uv_tcp_init(loop, &c->tcp);
+  c->tcp.data = c;
+  if (uv_accept(l, (uv_stream_t *)&c->tcp) != 0) {
+    s_close(c);
+    return;
+  }
+  S.conns++;
+  uv_read_start((uv_stream_t *)&c->tcp, s_alloc, s_read);
+}
+
+static void server_start(const char *answer) {
+  struct sockaddr_in a;
+  struct sockaddr_storage ss;
+  int len = sizeof(ss);
+  memset(&S, 0, sizeof(S));
+  S.answer = answer;
+  S.answer_len = strlen(answer);
+  uv_tcp_init(loop, &S.listener);
+  uv_ip4_addr("127.0.0.1", 0, &a);
+  uv_tcp_bind(&S.listener, (const struct sockaddr *)&a, 0);
+  uv_listen((uv_stream_t *)&S.listener, 16, s_connection);
+  uv_tcp_getsockname(&S.listener, (struct sockaddr *)&ss, &len);
+  S.port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+}
+
+static void server_stop(void) {
+  uv_close((uv_handle_t *)&S.listener, NULL);
+}
+
+/* ---- the client side -------------------------------------------------------
+ */
+
+typedef struct {
+  cpx_h1_req_t q;
+  int heads, dones, rc;
+  int status;
+  char ctype[64];
+  char body[1 << 21];
+  size_t body_len;
+  int stop_in_head;   /* on_head returns 1 */
+  int cancel_in_head; /* on_head calls cpx_h1_cancel */
+  int pause_first;    /* pause at the first body piece */
+  int pieces;
+  int paused;       /* between pause and resume */
+  int while_paused; /* body pieces delivered while paused */
+} call_t;
+
+static cpx_h1_pool_t pool;
+static int pending_calls;
+
+static int c_head(cpx_h1_req_t *q) {
+  call_t *c = q->data;
+  size_t n;
+  const char *ct = cpx_h1_header(q, "content-type", &n);
+  c->heads++;
+  c->status = q->status;
+  if (ct && n < sizeof(c->ctype)) {
+    memcpy(c->ctype, ct, n);
+    c->ctype[n] = 0;
+  }
+  if (c->cancel_in_head) {
+    cpx_h1_cancel(q);
+    pending_calls--;
+    if (pending_calls == 0)
+      uv_stop(loop);
+    return 0;
+  }
+  return c->stop_in_head;
+}
+
+static void on_resume(uv_timer_t *t) {
+  call_t *c = t->data;
+  c->paused = 0;
+  cpx_h1_resume(&c->q);
+  uv_close((uv_handle_t *)t, (uv_close_cb)free);
+}
+
+static int c_body(cpx_h1_req_t *q, const char *p, size_t n) {
+  call_t *c = q->data;
+  if (c->body_len + n > sizeof(c->body))
+    return 1;
+  if (c->paused)
+    c->while_paused++;
+  memcpy(c->body + c->body_len, p, n);
+  c->body_len += n;
+  if (c->pause_first && c->pieces++ == 0) {
+    uv_timer_t *t = malloc(sizeof(*t));
+    cpx_h1_pause(q);
+    c->paused = 1;
+    uv_timer_init(loop, t);
+    t->data = c;
+    uv_timer_start(t, on_resume, 50, 0);
+  }
+  return 0;
+}
+
+static void c_done(cpx_h1_req_t *q, int rc) {
+  call_t *c = q->data;
+  c->dones++;
+  c->rc = rc;
+  if (--pending_calls == 0)
+    uv_stop(loop);
+}
+
+static const cpx_h1_cb_t cbs = {c_head, c_body, c_done};
+
+static const char REQ[] = "POST /v1/x HTTP/1.1\r\nHost: t\r\nContent-Length: "
+                          "2\r\n\r\n{}";
+
+static call_t *call_new(void) {
+  call_t *c = calloc(1, sizeof(*c));
+  c->q.cb = &cbs;
+  c->q.data = c;
+  c->q.host = "127.0.0.1";
+  c->q.port = S.port;
+  c->q.bufs[0] = uv_buf_init((char *)REQ, sizeof(REQ) - 1);
+  c->q.nbufs = 1;
+  return c;
+}
+
+static void call_free(call_t *c) {
+  cpx_h1_req_free(&c->q);
+  free(c);
+}
+
+/* Sends one request and runs the loop until it ends. */
+static call_t *roundtrip(call_t *c) {
+  int rc;
+  if (!c)
+    c = call_new();
+  pending_calls = 1;
+  rc = cpx_h1_send(&pool, &c->q);
+  CPX_CHECK_INT(rc, 0);
+  if (rc == 0)
+    uv_run(loop, UV_RUN_DEFAULT);
+  return c;
+}
+
+static void stop_loop(uv_timer_t *t) {
+  uv_stop(t->loop);
+}
+
+static void spin(int ms) {
+  uv_timer_t t;
+  uv_timer_init(loop, &t);
+  uv_timer_start(&t, stop_loop, (uint64_t)ms, 0);
+  uv_run(loop, UV_RUN_DEFAULT);
+  uv_close((uv_handle_t *)&t, NULL);
+  uv_run(loop, UV_RUN_NOWAIT);
+}
+
+static void pool_open(uint64_t first_byte_ms) {
+  cpx_h1_timeouts_t to = {1000, first_byte_ms, 1000, 60000};
+  cpx_h1_pool_init(&pool, loop, &to);
+}
+
+static void pool_shut(void) {
+  cpx_h1_pool_close(&pool);
+  server_stop();
+  spin(20);
+  CPX_CHECK_INT(pool.nconns, 0);
+}
+
+/* ---- cases ----------------------------------------------------------------
+ */
+
+static const char OK[] = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                         "Content-Length: 11\r\n\r\n{\"ok\":true}";
+
+static void test_keepalive_reuse(void) {
+  server_start(OK);
+  pool_open(1000);
+  for (int i = 0; i < 3; i++) {
+    call_t *c = roundtrip(NULL);
+    CPX_CHECK_INT(c->rc, 0);
+    CPX_CHECK_INT(c->status, 200);
+    CPX_CHECK_STR(c->ctype, "application/json");
+    CPX_CHECK_MEM(c->body, c->body_len, "{\"ok\":true}", 11);
+    call_free(c);
+  }
+  CPX_CHECK_INT(S.conns, 1);
+  CPX_CHECK_INT(S.requests, 3);
+  CPX_CHECK_MEM(S.last_req, S.last_req_len, REQ, sizeof(REQ) - 1);
+  pool_shut();
+}
+
+static void test_chunked_after_100(void) {
+  server_start("HTTP/1.1 100 Continue\r\n\r\n"
+               "HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n"
+               "5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n");
+  pool_open(1000);
+  call_t *c = roundtrip(NULL);
+  CPX_CHECK_INT(c->rc, 0);
+  CPX_CHECK_INT(c->heads, 1);
+  CPX_CHECK_INT(c->status, 201);
+  CPX_CHECK_MEM(c->body, c->body_len, "hello world", 11);
+  call_free(c);
+  c = roundtrip(NULL); /* chunked framing leaves the connection reusable */
+  CPX_CHECK_INT(c->rc, 0);
+  CPX_CHECK_INT(S.conns, 1);
+  call_free(c);
+  pool_shut();
+}
+
+static void test_stale_connection_retried_once(void) {
+  server_start(OK);
+  S.drop_second = 1; /* the pooled connection dies under the 2nd request */
+  pool_open(1000);
+  call_t *c = roundtrip(NULL);
+  CPX_CHECK_INT(c->rc, 0);
+  call_free(c);
+  c = roundtrip(NULL);
+  CPX_CHECK_INT(c->rc, 0);
+  CPX_CHECK_INT(c->status, 200);
+  CPX_CHECK_INT(c->dones, 1);
+  CPX_CHECK_INT(S.conns, 2);
+  CPX_CHECK_INT(S.requests, 3);
+  call_free(c);
+  pool_shut();
+}
+
+static void test_connection_refused(void) {
+  call_t *c;
+  server_start(OK);
+  pool_open(1000);
+  server_stop();
+  spin(10);
+  c = roundtrip(NULL);
+  CPX_CHECK(c->rc < 0);
+  CPX_CHECK_INT(c->dones, 1);
+  CPX_CHECK_INT(c->heads, 0);
+  CPX_CHECK(c->q.err && strstr(c->q.err, "refused") != NULL);
+  call_free(c);
+  cpx_h1_pool_close(&pool);
+  spin(10);
+  CPX_CHECK_INT(pool.nconns, 0);
+}
+
+static void test_first_byte_timeout(void) {
+  server_start(OK);
+  S.silent = 1;
+  pool_open(100);
+  call_t *c = roundtrip(NULL);
+  CPX_CHECK_INT(c->rc, CPX_ETIMEOUT);
+  CPX_CHECK(c->q.err && strcmp(c->q.err, "upstream first-byte timeout") == 0);
+  call_free(c);
+  spin(20);
+  CPX_CHECK_INT(S.eof_seen, 1); /* the timed-out connection was closed */
+  pool_shut();
+}
+
+static void test_close_delimited_body(void) {
+  server_start("HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the end");
+  S.close_after_answer = 1;
+  pool_open(1000);
+  call_t *c = roundtrip(NULL);
+  CPX_CHECK_INT(c->rc, 0);
+  CPX_CHECK_MEM(c->body, c->body_len, "until the end", 13);
+  call_free(c);
+  c = roundtrip(NULL);
+  CPX_CHECK_INT(c->rc, 0);
+  CPX_CHECK_INT(S.conns, 2); /* never reused */
+  call_free(c);
+  pool_shut();
+}
+
+static void test_truncated_body(void) {
+  server_start("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf!");
+  S.close_after_answer = 1;
+  pool_open(1000);
+  call_t *c = roundtrip(NULL);
+  CPX_CHECK(c->rc < 0);
+  CPX_CHECK_INT(c->q.got_bytes, 1);
+  CPX_CHECK_INT(c->heads, 1);
+  CPX_CHECK_MEM(c->body, c->body_len, "half!", 5);
+  call_free(c);
+  pool_shut();
+}
+
+static void test_malformed_status(void) {
+  server_start("HTTP/1.1 abc nope\r\n\r\n");
+  pool_open(1000);
+  call_t *c = roundtrip(NULL);
+  CPX_CHECK_INT(c->rc, CPX_EPARSE);
+  CPX_CHECK_INT(c->heads, 0);
+  call_free(c);
+  pool_shut();
+}
+
+static char big_answer[(1 << 20) + 128];
+
+static void test_pause_resume(void) {
+  size_t n = 1 << 20, h;
+  h = (size_t)snprintf(big_answer, sizeof(big_answer),
+                       "HTTP/1.1 200 OK\r\nContent-Length: %zu\r\n\r\n", n);
+  for (size_t i = 0; i < n; i++)
+    big_answer[h + i] = (char)('a' + i % 26);
+  big_answer[h + n] = 0;
+  server_start(big_answer);
+  pool_open(1000);
+  call_t *c = call_new();
+  c->pause_first = 1;
+  roundtrip(c);
+  CPX_CHECK_INT(c->rc, 0);
+  CPX_CHECK_INT(c->while_paused, 0);
+  CPX_CHECK(c->pieces > 1);
+  CPX_CHECK_INT(c->body_len, n);
+  CPX_CHECK(c->body_len == n && memcmp(c->body, big_answer + h, n) == 0);
+  call_free(c);
+  pool_shut();
+}
+
+static void test_cancel_in_head(void) {
+  server_start(OK);
+  pool_open(1000);
+  call_t *c = call_new();
+  c->cancel_in_head = 1;
+  roundtrip(c);
+  CPX_CHECK_INT(c->heads, 1);
+  CPX_CHECK_INT(c->dones, 0);
+  call_free(c); /* the client must not touch it any more */
+  spin(20);
+  CPX_CHECK_INT(S.eof_seen, 1);
+  pool_shut();
+}
+
+static void test_stop_in_head(void) {
+  server_start(OK);
+  pool_open(1000);
+  call_t *c = call_new();
+  c->stop_in_head = 1;
+  roundtrip(c);
+  CPX_CHECK_INT(c->heads, 1);
+  CPX_CHECK_INT(c->dones, 1);
+  CPX_CHECK_INT(c->rc, CPX_ECLOSED);
+  call_free(c);
+  c = roundtrip(NULL); /* a stopped response's connection is not reused */
+  CPX_CHECK_INT(c->rc, 0);
+  CPX_CHECK_INT(S.conns, 2);
+  call_free(c);
+  pool_shut();
+}
+
+int main(void) {
+  loop = uv_default_loop();
+  CPX_TEST_RUN(test_keepalive_reuse);
+  CPX_TEST_RUN(test_chunked_after_100);
+  CPX_TEST_RUN(test_stale_connection_retried_once);
+  CPX_TEST_RUN(test_connection_refused);
+  CPX_TEST_RUN(test_first_byte_timeout);
+  CPX_TEST_RUN(test_close_delimited_body);
+  CPX_TEST_RUN(test_truncated_body);
+  CPX_TEST_RUN(test_malformed_status);
+  CPX_TEST_RUN(test_pause_resume);
+  CPX_TEST_RUN(test_cancel_in_head);
+  CPX_TEST_RUN(test_stop_in_head);
+  uv_run(loop, UV_RUN_NOWAIT);
+  CPX_TEST_DONE();
+}

@@ -1,0 +1,147 @@
+-- rt.lane: which requests the C fast path may serve, compiled from the
+-- config (the C side itself is covered by spec/e2e/fast_path.test.mjs).
+local cpx = require("cpx")
+local registry = require("rt.registry")
+local lane = require("rt.lane")
+local json = cpx.json
+
+local providers = { openai_compat = require("providers.openai_compat"), claude = require("providers.claude"),
+                    codex = require("providers.codex"), gemini = require("providers.gemini") }
+
+local function compat(name, base, keys, models, extra)
+  local e = { name = name, ["base-url"] = base, ["api-key-entries"] = {}, models = {} }
+  for _, k in ipairs(keys) do e["api-key-entries"][#e["api-key-entries"] + 1] = { ["api-key"] = k } end
+  for _, m in ipairs(models) do e.models[#e.models + 1] = { name = m[1], alias = m[2] } end
+  for k, v in pairs(extra or {}) do e[k] = v end
+  return e
+end
+
+local function app_for(over, app_over)
+  local c = { ["openai-compatibility"] = json.array({}), ["request-retry"] = 0, routing = {},
+              ["api-keys"] = json.array({}) }
+  for k, v in pairs(over or {}) do c[k] = v end
+  local app = { config = c, providers = providers, registry = registry.build(c, {}),
+                middleware = { hooks = {}, list = {} } }
+  for k, v in pairs(app_over or {}) do app[k] = v end
+  return app
+end
+
+local function by_name(t)
+  local out = {}
+  for _, m in ipairs(t.models) do out[m.name] = m end
+  return out
+end
+
+describe("rt.lane.parse_url", function()
+  local cases = {
+    { "http://127.0.0.1:9000/v1/chat/completions", "127.0.0.1", 9000, "/v1/chat/completions" },
+    { "http://localhost/v1/chat/completions", "localhost", 80, "/v1/chat/completions" },
+    { "http://[::1]:8080/x", "::1", 8080, "/x" },
+    { "http://my-host.internal:1/a/b", "my-host.internal", 1, "/a/b" },
+    { "https://api.openai.com/v1/chat/completions" },
+    { "http://user:pw@host/v1" },
+    { "http://host:99999/v1" },
+    { "http://host/v1?x=1" },
+    { "http://host" },
+    { 42 },
+  }
+  for _, c in ipairs(cases) do
+    it(tostring(c[1]), function()
+      local host, port, path = lane.parse_url(c[1])
+      assert.equal(c[2], host)
+      assert.equal(c[3], port)
+      assert.equal(c[4], path)
+    end)
+  end
+end)
+
+describe("rt.lane.build", function()
+  it("compiles every plain-http OpenAI-compatible account with its own head", function()
+    local app = app_for({
+      ["api-keys"] = json.array({ "client-1", "client-2" }),
+      ["openai-compatibility"] = { compat("local", "http://127.0.0.1:9000/v1", { "k1", "k2" },
+        { { "up-model", "m" } }, { headers = { ["X-Entry"] = "local" } }) },
+    })
+    local t = assert(lane.build(app))
+    assert.equal("/v1/chat/completions", t.path)
+    assert.same({ "client-1", "client-2" }, t.keys)
+    local m = by_name(t).m
+    assert.equal(app.registry.groups.m, m.group)
+    assert.equal(2, #m.targets)
+    for i, key in ipairs({ "k1", "k2" }) do
+      -- in pool member order
+      assert.equal(key, app.registry.models.m[i].key["api-key"])
+      local tg = m.targets[i]
+      assert.equal("127.0.0.1", tg.host)
+      assert.equal(9000, tg.port)
+      assert.equal('"up-model"', tg.model)
+      assert.truthy(tg.head:find("^POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:9000\r\n"))
+      assert.truthy(tg.head:find("\r\nAuthorization: Bearer " .. key .. "\r\n", 1, true))
+      assert.truthy(tg.head:find("\r\nAccept: application/json\r\n", 1, true))
+      assert.truthy(tg.head:find("\r\nX-Entry: local\r\n", 1, true))
+      assert.truthy(tg.head_stream:find("\r\nAccept: text/event-stream\r\n", 1, true))
+      assert.truthy(tg.head:sub(-2) == "\r\n" and tg.head:sub(-4) ~= "\r\n\r\n")
+      assert.falsy(tg.head:lower():find("content-length", 1, true))
+    end
+  end)
+
+  it("leaves out models with an account it cannot serve", function()
+    local app = app_for({
+      ["openai-compatibility"] = {
+        compat("plain", "http://127.0.0.1:9000/v1", { "k" }, { { "a", "plain" }, { "b", "mixed" } }),
+        compat("tls", "https://api.example.com/v1", { "k" }, { { "c", "tls" }, { "d", "mixed" } }),
+        compat("proxied", "http://127.0.0.1:9001/v1", { "k" }, { { "e", "proxied" } },
+               { ["proxy-url"] = "socks5://127.0.0.1:1080" }),
+        compat("badhdr", "http://127.0.0.1:9002/v1", { "k" }, { { "f", "badhdr" } },
+               { headers = { ["X-Evil"] = "a\r\nInjected: 1" } }),
+      },
+      ["claude-api-key"] = { { ["api-key"] = "sk-ant", models = { { name = "claude-x", alias = "plain2" } } } },
+    })
+    local names = by_name(assert(lane.build(app)))
+    assert.truthy(names.plain)
+    assert.is_nil(names.mixed)   -- one of its accounts is https
+    assert.is_nil(names.tls)
+    assert.is_nil(names.proxied)
+    assert.is_nil(names.badhdr)  -- a header that would split the request
+    assert.is_nil(names.plain2)  -- a Claude account
+  end)
+
+  it("stays off for the whole generation when something must see the request", function()
+    local base = { ["openai-compatibility"] = { compat("p", "http://127.0.0.1:9/v1", { "k" }, { { "a", "a" } }) } }
+    local function with(over, app_over)
+      local c = {}
+      for k, v in pairs(base) do c[k] = v end
+      for k, v in pairs(over or {}) do c[k] = v end
+      return app_for(c, app_over)
+    end
+    assert.truthy(lane.build(with()))
+    local cases = {
+      { with({ ["fast-path"] = false }), "fast%-path is off" },
+      { with(nil, { middleware = { hooks = { rewrite = { function() end } }, list = {} } }), "middleware" },
+      { with(nil, { payload_active = true }), "payload" },
+      { with({ routing = { ["session-affinity"] = true } }), "session affinity" },
+      { with({ streaming = { ["keepalive-seconds"] = 15 } }), "keepalive" },
+      { with({ ["proxy-url"] = "http://proxy:3128" }), "proxy%-url" },
+      { with({ ["openai-compatibility"] = { compat("t", "https://x/v1", { "k" }, { { "a", "a" } }) } }),
+        "no model" },
+    }
+    for _, c in ipairs(cases) do
+      local t, why = lane.build(c[1])
+      assert.is_nil(t)
+      assert.truthy(why:find(c[2]), why)
+    end
+  end)
+
+  it("needs the provider's opt-in", function()
+    local entry = compat("p", "http://127.0.0.1:9/v1", { "k" }, { { "a", "a" } })
+    local app = app_for({ ["openai-compatibility"] = { entry } })
+    -- a user's copy of the module without the field
+    local own = {}
+    for k, v in pairs(providers.openai_compat) do own[k] = v end
+    own.fast_path = nil
+    app.providers = setmetatable({ openai_compat = own }, { __index = providers })
+    local t, why = lane.build(app)
+    assert.is_nil(t)
+    assert.truthy(why:find("no model"))
+  end)
+end)
