@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <yajl/yajl_gen.h>
+
 #include "cpx_lua_util.h"
 #include "cpx_test.h"
 
@@ -357,6 +359,45 @@ static void test_random_input(void) {
   CPX_CHECK_INT(bad, 0);
 }
 
+/* The encoder escapes ASCII strings itself; the bytes must be exactly
+ * yajl's: every byte alone, then random strings over all 128 ASCII bytes
+ * (with a non-ASCII one now and then, which goes through yajl). */
+static void test_ascii_escapes_match_yajl(void) {
+  unsigned seed = 12345;
+  char s[64];
+  for (int round = 0; round < 2128; round++) {
+    size_t n, want_len = 0, got_len = 0;
+    const unsigned char *want;
+    char *got = NULL;
+    yajl_gen g = yajl_gen_alloc(NULL);
+    yajl_gen_config(g, yajl_gen_validate_utf8, 1); /* as the encoder */
+    if (round < 128) {
+      s[0] = (char)round;
+      n = 1;
+    } else {
+      seed = seed * 1103515245u + 12345u;
+      n = (seed >> 16) % sizeof(s);
+      for (size_t i = 0; i < n; i++) {
+        seed = seed * 1103515245u + 12345u;
+        s[i] = (char)((seed >> 16) % 128);
+      }
+      if (n && round % 50 == 0)
+        s[n / 2] = (char)0xC3, s[n - 1] = (char)0xA9; /* not always valid */
+    }
+    yajl_gen_string(g, (const unsigned char *)s, n);
+    yajl_gen_get_buf(g, &want, &want_len);
+    lua_pushlstring(L, s, n);
+    if (cpx_json_encode_value(L, -1, &got, &got_len) == 0) {
+      CPX_CHECK_MEM(got, got_len, want, want_len);
+    } else {
+      CPX_CHECK(want_len == 0); /* both refuse invalid UTF-8 */
+    }
+    free(got);
+    lua_pop(L, 1);
+    yajl_gen_free(g);
+  }
+}
+
 int main(void) {
   L = luaL_newstate();
   luaL_openlibs(L);
@@ -377,6 +418,7 @@ int main(void) {
   CPX_TEST_RUN(test_encode_tables);
   CPX_TEST_RUN(test_encode_errors);
   CPX_TEST_RUN(test_random_input);
+  CPX_TEST_RUN(test_ascii_escapes_match_yajl);
   lua_close(L);
   CPX_TEST_DONE();
 }
