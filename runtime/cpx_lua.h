@@ -45,6 +45,8 @@ struct cpx_vm_s {
   unsigned gen;
   size_t mem_used;
   size_t mem_limit;
+  lua_Alloc base_alloc; /* LuaJIT's own allocator, wrapped by the cap */
+  void *base_ud;
   /* > 0 while the host (C) works on the VM outside any protected call: the
    * cap does not apply then, so a full VM can never make an unprotected API
    * call fail (which would be a panic). Scripts always run under the cap. */
