@@ -452,11 +452,26 @@ static int conn_start(cpx_h1_conn_t *c, cpx_h1_req_t *q) {
       return rc;
     c->reading = 1;
   }
-  c->write.data = c;
-  rc = uv_write(&c->write, (uv_stream_t *)&c->tcp, q->bufs, q->nbufs, on_write);
-  if (rc != 0)
-    return rc;
-  c->writing = 1;
+  {
+    /* Write now what the socket takes (a completed uv_write costs an
+     * epoll_ctl through libuv's drain); queue the rest. */
+    uv_buf_t rest[sizeof(q->bufs) / sizeof(q->bufs[0])];
+    unsigned n = 0, i = 0;
+    int done = uv_try_write((uv_stream_t *)&c->tcp, q->bufs, q->nbufs);
+    size_t d = done > 0 ? (size_t)done : 0;
+    for (; i < q->nbufs && d >= q->bufs[i].len; i++)
+      d -= q->bufs[i].len;
+    for (; i < q->nbufs; i++, d = 0)
+      rest[n++] =
+          uv_buf_init(q->bufs[i].base + d, (unsigned)(q->bufs[i].len - d));
+    if (n > 0) {
+      c->write.data = c;
+      rc = uv_write(&c->write, (uv_stream_t *)&c->tcp, rest, n, on_write);
+      if (rc != 0)
+        return rc;
+      c->writing = 1;
+    }
+  }
   timer_arm(c, T_FIRST_BYTE, c->pool->to.first_byte_ms);
   return 0;
 }

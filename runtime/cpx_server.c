@@ -154,6 +154,45 @@ static int conn_write_raw(cpx_conn_t *c, const char *p1, size_t n1,
     return CPX_ECLOSED;
   if (total == 0)
     return 0;
+  if (c->write_queued == 0) {
+    /* Nothing queued: write now. A completed uv_write costs a copy and,
+     * through libuv's drain, an epoll_ctl per response. What the socket
+     * does not take is queued below; an error takes the queued path too,
+     * which reports it the usual way. */
+    uv_buf_t b[3];
+    unsigned nb = 0;
+    int done;
+    if (n1)
+      b[nb++] = uv_buf_init((char *)p1, (unsigned)n1);
+    if (n2)
+      b[nb++] = uv_buf_init((char *)p2, (unsigned)n2);
+    if (n3)
+      b[nb++] = uv_buf_init((char *)p3, (unsigned)n3);
+    done = uv_try_write((uv_stream_t *)&c->tcp, b, nb);
+    if (done > 0) {
+      size_t d = (size_t)done;
+      if (d == total)
+        return 0;
+      /* drop what went out from the front of the pieces */
+      if (d >= n1) {
+        d -= n1;
+        n1 = 0;
+        if (d >= n2) {
+          d -= n2;
+          n2 = 0;
+          p3 += d;
+          n3 -= d;
+        } else {
+          p2 += d;
+          n2 -= d;
+        }
+      } else {
+        p1 += d;
+        n1 -= d;
+      }
+      total = n1 + n2 + n3;
+    }
+  }
   w = malloc(sizeof(*w) + total);
   if (!w)
     return CPX_ENOMEM;
