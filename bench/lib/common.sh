@@ -4,7 +4,9 @@
 free_port() {
   local p i
   for i in $(seq 1 200); do
-    p=$((20000 + RANDOM % 40000))
+    # below the ephemeral range (32768+), where outgoing connections take
+    # their local ports and a bind can fail although nothing listens
+    p=$((10000 + RANDOM % 22000))
     if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
       case " ${USED_PORTS:-} " in *" $p "*) continue ;; esac
       USED_PORTS="${USED_PORTS:-} $p"
