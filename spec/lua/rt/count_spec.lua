@@ -59,6 +59,25 @@ describe("rt.count.count_text", function()
     local scaled = assert(count.count_text(text, "o200k_base"))
     assert.is_true(math.abs(scaled - exact) / exact < 0.05, exact .. " vs " .. scaled)
   end)
+
+  it("counts short texts on the loop and long ones in the threadpool", function()
+    local used = {}
+    local real_async = cpx.tokens.count_async
+    cpx.tokens.count_async = function(t, e)
+      used[#used + 1] = #t
+      return cpx.tokens.count(t, e)
+    end
+    local ok, err = pcall(function()
+      local short = string.rep("a b ", count.SYNC_BYTES / 4)
+      local long = short .. "c"
+      assert.equal(cpx.tokens.count(short, "o200k_base"), count.count_text(short, "o200k_base"))
+      assert.same({}, used)
+      assert.equal(cpx.tokens.count(long, "o200k_base"), count.count_text(long, "o200k_base"))
+      assert.same({ #long }, used)
+    end)
+    cpx.tokens.count_async = real_async
+    assert(ok, err)
+  end)
 end)
 
 describe("rt.count.estimate options", function()
