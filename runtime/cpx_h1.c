@@ -55,7 +55,7 @@ struct cpx_h1_conn_s {
 };
 
 static llhttp_settings_t settings;
-static int settings_ready;
+static uv_once_t settings_once = UV_ONCE_INIT;
 
 static void conn_close(cpx_h1_conn_t *c);
 static void conn_fail(cpx_h1_conn_t *c, int rc);
@@ -311,8 +311,6 @@ static int on_message_complete(llhttp_t *ps) {
 }
 
 static void settings_init(void) {
-  if (settings_ready)
-    return;
   llhttp_settings_init(&settings);
   settings.on_header_field = on_header_field;
   settings.on_header_value = on_header_value;
@@ -320,7 +318,6 @@ static void settings_init(void) {
   settings.on_headers_complete = on_headers_complete;
   settings.on_body = on_body;
   settings.on_message_complete = on_message_complete;
-  settings_ready = 1;
 }
 
 /* ---- reading and writing --------------------------------------------------
@@ -578,7 +575,7 @@ void cpx_h1_pool_init(cpx_h1_pool_t *p, uv_loop_t *loop,
   memset(p, 0, sizeof(*p));
   p->loop = loop;
   p->to = *to;
-  settings_init();
+  uv_once(&settings_once, settings_init); /* workers start concurrently */
 }
 
 void cpx_h1_pool_set_timeouts(cpx_h1_pool_t *p, const cpx_h1_timeouts_t *to) {

@@ -43,6 +43,7 @@ typedef struct {
 } lane_model_t;
 
 struct cpx_lane_s {
+  int refs;   /* the generation's + one per request in flight */
   char *path; /* "/v1/chat/completions" */
   size_t path_len;
   lane_model_t *models; /* sorted by name */
@@ -61,8 +62,11 @@ static void target_free(lane_target_t *t) {
   free(t->model);
 }
 
-void cpx_lane_free(cpx_lane_t *l) {
-  if (!l)
+/* A rebuilt table (credential files changed) replaces the generation's
+ * while requests still send from the old one: each request holds a
+ * reference. */
+static void lane_unref(cpx_lane_t *l) {
+  if (!l || --l->refs > 0)
     return;
   for (size_t i = 0; i < l->nmodels; i++) {
     lane_model_t *m = &l->models[i];
@@ -79,6 +83,10 @@ void cpx_lane_free(cpx_lane_t *l) {
   free(l->models);
   free(l->path);
   free(l);
+}
+
+void cpx_lane_free(cpx_lane_t *l) {
+  lane_unref(l);
 }
 
 static int model_cmp(const void *a, const void *b) {
@@ -125,6 +133,7 @@ typedef struct {
   cpx_request_t *r;
   cpx_worker_t *w;
   cpx_vm_t *vm;
+  cpx_lane_t *lane; /* one reference: m and t point into it */
   const lane_model_t *m;
   const lane_target_t *t;
   cpx_pool_choice_t pick;
@@ -169,6 +178,7 @@ static void lane_free(lane_req_t *lq) {
   free(lq->ev_name);
   free(lq->ev_data);
   cpx_request_unref(r);
+  lane_unref(lq->lane);
   cpx_vm_unref(lq->vm);
   free(lq);
 }
@@ -304,6 +314,9 @@ static void handoff(lane_req_t *lq, int rc) {
   r->tag = NULL;
   if (r->conn && !r->finished)
     cpx__lua_start(lq->w, lq->vm, r, push_lane_info, &h);
+  else
+    cpx_pool_report(cpx_pool_global(), lq->pick.state, lq->pick.probe,
+                    CPX_POOL_NEUTRAL, 0); /* nobody left to answer */
   lane_free(lq);
 }
 
@@ -561,7 +574,7 @@ static int key_ok(const cpx_lane_t *l, const cpx_request_t *r) {
 
 int cpx_lane_try(cpx_worker_t *w, cpx_request_t *r) {
   cpx_vm_t *vm = w->vm;
-  const cpx_lane_t *l = vm->lane;
+  cpx_lane_t *l = vm->lane;
   const cpx_http_request_t *h = &r->http;
   static const cpx_str_t keys[2] = {CPX_STR("model"), CPX_STR("stream")};
   cpx_str_t vals[2];
@@ -611,6 +624,8 @@ int cpx_lane_try(cpx_worker_t *w, cpx_request_t *r) {
   lq->r = r;
   lq->w = w;
   lq->vm = vm;
+  lq->lane = l;
+  l->refs++;
   lq->m = m;
   lq->t = t;
   lq->pick = choice;
@@ -801,6 +816,7 @@ static int l_configure(lua_State *L) {
   l = calloc(1, sizeof(*l));
   if (!l)
     return luaL_error(L, "out of memory");
+  l->refs = 1;
   bad = build(L, l);
   if (bad) {
     cpx_lane_free(l);

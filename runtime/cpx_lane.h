@@ -20,9 +20,10 @@
  * attempt attached (info.lane), so rt.pool classifies it, cools the account
  * and retries exactly as if Lua had sent it.
  *
- * Ownership: cpx_lane_t belongs to its VM generation (vm->lane, freed with
- * it). A request served here holds a reference on the generation and on the
- * cpx_request_t until it ends.
+ * Ownership: cpx_lane_t is reference counted: its VM generation holds one
+ * (vm->lane, dropped when the generation closes or rt.lane installs a new
+ * table) and every request served from it one. A request also holds a
+ * reference on the generation and on the cpx_request_t until it ends.
  */
 #ifndef CPX_LANE_H
 #define CPX_LANE_H
@@ -36,6 +37,7 @@ struct cpx_worker_s;
 
 /* Serves r when it qualifies. Returns 1 when taken, 0 to leave it to Lua. */
 int cpx_lane_try(struct cpx_worker_s *w, cpx_request_t *r);
+/* Drops the generation's reference (requests in flight keep theirs). */
 void cpx_lane_free(cpx_lane_t *l);
 /* Adds cpx.lane (configure, stats) to the table at the top of the stack. */
 void cpx_lane_lua_register(lua_State *L);
