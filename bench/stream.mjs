@@ -15,11 +15,18 @@
 // figures are latency, not load). Added = route − direct, at the median and p99.
 // Targets: TTFT added <= 300 us; per-frame added <= 10 us at p99.
 //
+// The upstream and the client are bench/stream-lat.c (compiled here with cc and
+// the node-llhttp sources): blocking threads, no event loop on either end, so
+// the harness adds little jitter of its own. HARNESS=node runs the same
+// measurement with a Node upstream and client instead (Node's own jitter is of
+// the order of what is measured).
+//
 //   node bench/stream.mjs                 # REQS=60 FRAMES=50 INTERVAL_MS=2
 //   REQS=200 node bench/stream.mjs
-// Environment: CPX_BIN (default build/cliproxy), REQS, FRAMES, INTERVAL_MS, NGINX=0 to skip nginx.
+// Environment: CPX_BIN (default build/cliproxy), REQS, FRAMES, INTERVAL_MS, NGINX=0 to skip nginx,
+// HARNESS=c|node (default c).
 
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import http from 'node:http';
 import os from 'node:os';
@@ -68,8 +75,23 @@ async function main() {
   const watchdog = setTimeout(() => { console.error('bench: stream benchmark took over 10 minutes; stopping'); process.exit(1); }, 600000);
   watchdog.unref();
 
-  // upstream
-  const up = spawn(process.execPath, [fileURLToPath(import.meta.url), '--upstream'], { env: { ...process.env, FRAMES, INTERVAL_MS }, stdio: ['ignore', 'pipe', 'inherit'] });
+  // upstream (and the C client)
+  let harness = process.env.HARNESS || 'c';
+  const LLHTTP = '/usr/share/llhttp';
+  let lat = null;
+  if (harness === 'c') {
+    lat = path.join(tmp, 'stream-lat');
+    const inc = ['/usr/share/include/llhttp', '/usr/include/llhttp'].find((d) => fs.existsSync(path.join(d, 'llhttp.h')));
+    const cc = spawnSync('cc', ['-O2', '-w', '-D_GNU_SOURCE', `-I${inc}`, path.join(here, 'stream-lat.c'),
+      ...['llhttp.c', 'api.c', 'http.c'].map((f) => path.join(LLHTTP, f)), '-o', lat, '-lpthread'], { encoding: 'utf8' });
+    if (!inc || cc.status !== 0) {
+      console.error(`bench: cannot build bench/stream-lat.c (${cc.stderr || 'no llhttp.h'}); using the Node harness`);
+      harness = 'node';
+    }
+  }
+  const up = harness === 'c'
+    ? spawn(lat, ['upstream', String(FRAMES), String(INTERVAL_MS * 1000)], { stdio: ['ignore', 'pipe', 'inherit'] })
+    : spawn(process.execPath, [fileURLToPath(import.meta.url), '--upstream'], { env: { ...process.env, FRAMES, INTERVAL_MS }, stdio: ['ignore', 'pipe', 'inherit'] });
   up.sig = 'SIGTERM';
   children.push(up);
   const upPort = await new Promise((resolve, reject) => {
@@ -168,9 +190,34 @@ http { access_log off; tcp_nodelay on;
   }
 
   const names = Object.keys(routes);
-  console.error(`bench: ${REQS} streams per route, ${FRAMES} frames ${INTERVAL_MS} ms apart; routes: ${names.join(', ')}`);
-  for (let i = 0; i < 5; i++) for (const n of names) await once(routes[n]).catch((e) => { throw new Error(`${n}: ${e.message}\n${cpxErr.slice(-2000)}`); });
-  for (let i = 0; i < REQS; i++) {
+  console.error(`bench: ${REQS} streams per route, ${FRAMES} frames ${INTERVAL_MS} ms apart; routes: ${names.join(', ')}; ${harness} harness`);
+  if (harness === 'c') {
+    // One client process: 5 warm-up rounds, then REQS measured ones.
+    const specs = names.map((n) => {
+      const r = routes[n];
+      const bf = path.join(tmp, `body-${n}.json`);
+      fs.writeFileSync(bf, r.body);
+      const h = Object.entries(r.headers || {}).map(([k, v]) => `${k}: ${v}`)[0];
+      return `${n}=${r.port}:${r.path}:${bf}${h ? `:${h}` : ''}`;
+    });
+    const run = spawnSync(lat, ['client', String(REQS + 5), String(FRAMES), ...specs], { encoding: 'utf8', maxBuffer: 1 << 28, timeout: 540000 });
+    if (run.status !== 0) throw new Error(`stream-lat client failed: ${run.stderr}`);
+    const seen = {};
+    for (const line of run.stdout.split('\n').filter(Boolean)) {
+      const o = JSON.parse(line);
+      seen[o.route] = (seen[o.route] || 0) + 1;
+      if (o.error) {
+        routes[o.route].bad++;
+        if (routes[o.route].bad > 3) throw new Error(`${o.route}: ${o.error}\n${cpxErr.slice(-2000)}`);
+        continue;
+      }
+      if (seen[o.route] <= 5) continue; // warm-up
+      routes[o.route].ttft.push(o.ttft);
+      routes[o.route].frames.push(...o.frames.slice(1)); // frame 0 is the TTFT sample
+    }
+  }
+  if (harness === 'node') for (let i = 0; i < 5; i++) for (const n of names) await once(routes[n]).catch((e) => { throw new Error(`${n}: ${e.message}\n${cpxErr.slice(-2000)}`); });
+  for (let i = 0; harness === 'node' && i < REQS; i++) {
     for (const n of names) {
       try {
         const { ttft, lat } = await once(routes[n]);
@@ -186,7 +233,7 @@ http { access_log off; tcp_nodelay on;
   const pct = (a, p) => { const s = [...a].sort((x, y) => x - y); return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))]; };
   const f = (x) => x.toFixed(1).padStart(9);
   const lines = [];
-  lines.push(`cliproxy streaming latency — ${new Date().toISOString()}, ${os.cpus().length} CPUs; ${REQS} streams x ${FRAMES} frames, ${INTERVAL_MS} ms apart, per route`);
+  lines.push(`cliproxy streaming latency — ${new Date().toISOString()}, ${os.cpus().length} CPUs; ${REQS} streams x ${FRAMES} frames, ${INTERVAL_MS} ms apart, per route; ${harness} harness`);
   lines.push('');
   lines.push(`${'route'.padEnd(12)} ${'TTFT p50'.padStart(9)} ${'TTFT p99'.padStart(9)} ${'frame p50'.padStart(9)} ${'frame p90'.padStart(9)} ${'frame p99'.padStart(9)}   (us)  errors`);
   for (const n of names) {
