@@ -181,6 +181,12 @@ static int on_body(llhttp_t *p, const char *at, size_t n) {
   cpx_http_request_t *r = &hp->req;
   if (r->body_len + n > hp->limits.max_body)
     return fail(hp, 413, "request body too large");
+  if (r->body && at == r->body + r->body_len) {
+    /* read in place (cpx_http_body_room): already where it belongs */
+    r->body_len += n;
+    r->body[r->body_len] = '\0';
+    return 0;
+  }
   if (cpx_buf_append(&r->body, &r->body_len, &r->body_cap, at, n))
     return fail(hp, 500, "oom");
   return 0;
@@ -224,6 +230,19 @@ void cpx_http_parser_init(cpx_http_parser_t *hp, const cpx_http_limits_t *lim) {
   if (!hp->limits.max_body)
     hp->limits.max_body = 32u * 1024 * 1024;
   llhttp_init(&hp->p, HTTP_REQUEST, &settings);
+}
+
+int cpx_http_body_room(cpx_http_parser_t *hp, char **p, size_t *n) {
+  cpx_http_request_t *r = &hp->req;
+  uint64_t left = hp->p.content_length;
+  size_t room;
+  if (hp->state != 2 || (hp->p.flags & F_CHUNKED) || left == 0 || !r->body ||
+      r->body_cap < r->body_len + 2)
+    return 0;
+  room = r->body_cap - r->body_len - 1; /* keep the NUL's byte */
+  *p = r->body + r->body_len;
+  *n = left < room ? (size_t)left : room;
+  return 1;
 }
 
 void cpx_http_request_free(cpx_http_request_t *r) {

@@ -85,6 +85,12 @@ int cpx_http_feed(cpx_http_parser_t *hp, const char *data, size_t len,
  * request on the same connection. */
 void cpx_http_take_request(cpx_http_parser_t *hp, cpx_http_request_t *out);
 void cpx_http_request_free(cpx_http_request_t *r);
+/* While a Content-Length body is being read: where the next body bytes go
+ * in the request's body buffer and how many may be read there (never past
+ * the body, so a pipelined request cannot land in it). Bytes read there and
+ * fed to cpx_http_feed are taken in place, without a copy. Returns 0 when
+ * there is no such room. */
+int cpx_http_body_room(cpx_http_parser_t *hp, char **p, size_t *n);
 
 /* Case-insensitive lookup (name must be lower case). Returns the first match
  * or NULL; *n receives the value length. */

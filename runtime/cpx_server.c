@@ -686,11 +686,25 @@ static int tls_plain_in(void *ud, const char *buf, size_t len) {
   return pending_append(c, buf, len) ? 1 : 0;
 }
 
+/* Reads land in a per-thread slab and are parsed from there, except the
+ * rest of a Content-Length body, which is read straight into the request's
+ * body buffer (cpx_http_body_room). A read that may begin a request takes
+ * 8 KiB at most, so that most of a large body arrives by the second path
+ * instead of being copied out of the slab. */
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   static __thread char slab[65536];
-  CPX_UNUSED(h);
+  cpx_conn_t *c = h->data;
+  char *p;
+  size_t n;
   CPX_UNUSED(suggested);
-  *buf = uv_buf_init(slab, sizeof(slab));
+  if (!c->tls && c->state == CONN_BODY && c->pending_len == 0 && !c->active &&
+      cpx_http_body_room(&c->parser, &p, &n)) {
+    *buf = uv_buf_init(p, (unsigned)n);
+    return;
+  }
+  *buf = uv_buf_init(slab, (c->state == CONN_IDLE || c->state == CONN_HEADERS)
+                               ? 8192
+                               : sizeof(slab));
 }
 
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
