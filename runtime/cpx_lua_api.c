@@ -1198,6 +1198,14 @@ static int l_req_sent(lua_State *L) {
   return 1;
 }
 
+static int l_req_status(lua_State *L) {
+  lreq_t *lr = check_req(L, 1);
+  if (!lr->r->headers_sent)
+    return 0;
+  lua_pushinteger(L, lr->r->status);
+  return 1;
+}
+
 /* ---- Lua: misc ---------------------------------------------------------- */
 
 static void on_sleep_done(uv_timer_t *t) {
@@ -1420,11 +1428,15 @@ static int l_worker_id(lua_State *L) {
 }
 
 void cpx__lua_api_register(lua_State *L) {
-  static const luaL_Reg req_methods[] = {
-      {"respond", l_req_respond}, {"start", l_req_start},
-      {"write", l_req_write},     {"finish", l_req_finish},
-      {"pipe", l_req_pipe},       {"closed", l_req_closed},
-      {"sent", l_req_sent},       {NULL, NULL}};
+  static const luaL_Reg req_methods[] = {{"respond", l_req_respond},
+                                         {"start", l_req_start},
+                                         {"write", l_req_write},
+                                         {"finish", l_req_finish},
+                                         {"pipe", l_req_pipe},
+                                         {"closed", l_req_closed},
+                                         {"sent", l_req_sent},
+                                         {"status", l_req_status},
+                                         {NULL, NULL}};
   static const luaL_Reg fetch_methods[] = {
       {"status", l_fetch_status}, {"headers", l_fetch_headers},
       {"body", l_fetch_body},     {"peek", l_fetch_peek},

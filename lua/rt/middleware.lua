@@ -474,12 +474,15 @@ end
 
 -- End of the request handler (rt.server): the log phase, unless a stream
 -- is still running (then the pipeline runs it when the stream ends).
-function _M.done(chain, info, err)
+-- status: what the client was answered (cliproxy's own errors never ran
+-- the "after" phase that records it).
+function _M.done(chain, info, err, status)
   if not chain.hooks.log then return end
   local st = STATES[info]
   if st and (st.deferred or st.logged) then return end
   local ctx = st and st.ctx or { info = info }
   local res = st and st.res or {}
+  if res.status == nil then res.status = status end
   if err then res.error = err end
   _M.run(chain, "log", ctx, res)
 end

@@ -314,13 +314,13 @@ end
 function _M.handle(req, info)
   lane.refresh(app)
   local ok, err = xpcall(dispatch, on_error, req, info)
-  if ok then return mw.done(app.middleware, info) end
+  if ok then return mw.done(app.middleware, info, nil, req:status()) end
   log("error", "script error:", err)
   if not req:sent() and not req:closed() then
     local msg = tostring(err):match("^[^\n]*") or "script error"
     http.error(req, format_for_path(info.path), 500, "script error: " .. msg, "server_error", "script_error")
   end
-  mw.done(app.middleware, info, err)
+  mw.done(app.middleware, info, err, req:status())
 end
 
 return _M

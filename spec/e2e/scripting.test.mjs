@@ -170,7 +170,8 @@ describe('middleware hooks through the server', () => {
     assert.equal(up.body.messages[0].content, 'hello (rewritten)');
     // after: a (higher priority) first; on_chunk does not run for non-streams
     assert.equal(r.json.choices[0].message.content, 'hello there[a][b]');
-    const line = await waitFor(() => proxy.stderr().match(/probe b trace=(\S+) status=200/), 2000);
+    // (health probes log too, with a trace of only a:log,b:log)
+    const line = await waitFor(() => proxy.stderr().match(/probe b trace=(a:access\S+) status=200/), 2000);
     assert.ok(line, proxy.stderr());
     assert.equal(line[1], 'a:access,b:access,a:rewrite,b:rewrite,a:before_upstream,b:before_upstream,'
       + 'a:on_headers:200,b:on_headers:200,a:after,b:after,a:log,b:log');
@@ -181,7 +182,7 @@ describe('middleware hooks through the server', () => {
     const r = await chat(proxy, { stream: true });
     assert.equal(r.status, 200);
     assert.equal(streamText(r.text), 'ONE TWO THREE');
-    const line = await waitFor(() => [...proxy.stderr().matchAll(/probe b trace=(\S+) status=200/g)][1], 2000);
+    const line = await waitFor(() => [...proxy.stderr().matchAll(/probe b trace=(a:access\S+) status=200/g)][1], 2000);
     assert.ok(line, proxy.stderr());
     assert.match(line[1], /a:on_headers:200,b:on_headers:200,a:on_chunk,b:on_chunk,a:after,b:after,a:log,b:log$/);
   });
@@ -199,6 +200,13 @@ describe('middleware hooks through the server', () => {
     assert.equal(mock.requests.length, n);
     const line = await waitFor(() => proxy.stderr().match(/probe b trace=(\S+) status=403/), 2000);
     assert.equal(line?.[1], 'a:access,a:log,b:log');
+  });
+
+  test("the log phase sees the status of cliproxy's own error answers", async () => {
+    const r = await chat(proxy, { model: 'no-such-model-for-log' });
+    assert.equal(r.status, 502);
+    const line = await waitFor(() => proxy.stderr().match(/probe b trace=(\S+) status=502/), 2000);
+    assert.ok(line, proxy.stderr().slice(-1500));
   });
 });
 
