@@ -96,6 +96,9 @@ struct lreq_s {
   size_t ka_len;
   uint64_t ka_ms;
   uint64_t last_write;
+  /* nonstream-keepalive-interval: the ka timer belongs to req:keepalive;
+   * nka_started once it has started the response (200, JSON). */
+  int nka, nka_started;
   /* state */
   int pending_work; /* threadpool jobs that still point at this request */
   int aborted;
@@ -1040,6 +1043,33 @@ static int push_write_rc(lua_State *L, int rc) {
   return 2;
 }
 
+static const cpx_header_t nka_headers[] = {
+    {CPX_STR("Access-Control-Allow-Origin"), CPX_STR("*")},
+    {CPX_STR("Access-Control-Allow-Methods"),
+     CPX_STR("GET, POST, PUT, PATCH, DELETE, OPTIONS")},
+    {CPX_STR("Access-Control-Allow-Headers"), CPX_STR("*")},
+    {CPX_STR("Content-Type"), CPX_STR("application/json")},
+};
+
+static void ka_stop(lreq_t *lr);
+
+/* The answer after keep-alive blank lines: the status line is gone (200),
+ * only the body can follow. */
+static int nka_finish(lua_State *L, lreq_t *lr, int status, const char *body,
+                      size_t blen) {
+  int rc;
+  ka_stop(lr);
+  if (status != 200)
+    cpx_log_info(lr->r->rid,
+                 "status %d sent as 200 after keep-alive blank lines (body "
+                 "keeps the error)",
+                 status);
+  rc = blen ? cpx_request_write(lr->r, body, blen) : 0;
+  if (rc == 0)
+    rc = cpx_request_finish(lr->r);
+  return push_write_rc(L, rc);
+}
+
 /* req:respond(status, headers, body) */
 static int l_req_respond(lua_State *L) {
   lreq_t *lr = check_req(L, 1);
@@ -1052,6 +1082,10 @@ static int l_req_respond(lua_State *L) {
     return luaL_argerror(L, 3, "headers must be a table");
   if (status < 100 || status > 999)
     return luaL_argerror(L, 2, "invalid status");
+  if (lr->nka_started)
+    return nka_finish(L, lr, status, body, blen);
+  if (lr->nka)
+    ka_stop(lr);
   if (lr->r->headers_sent)
     return push_write_rc(L, CPX_ESTATE);
   return push_write_rc(
@@ -1096,6 +1130,47 @@ static void ka_stop(lreq_t *lr) {
   }
   free(lr->ka_frame);
   lr->ka_frame = NULL;
+  lr->nka = 0;
+}
+
+/* nonstream-keepalive-interval: while a non-stream answer is awaited, a
+ * blank line every interval (JSON parsers skip leading whitespace); the
+ * first one starts the response. */
+static void on_nka(uv_timer_t *t) {
+  lreq_t *lr = t->data;
+  cpx_request_t *r = lr->r;
+  if (lr->aborted || !r->conn || r->finished)
+    return;
+  if (!r->headers_sent) {
+    if (cpx_request_start(r, 200, nka_headers,
+                          sizeof(nka_headers) / sizeof(nka_headers[0])) != 0)
+      return;
+    lr->nka_started = 1;
+  }
+  if (lr->nka_started && !cpx_request_congested(r))
+    cpx_request_write(r, "\n", 1);
+}
+
+/* req:keepalive(seconds) -> true | nil, err */
+static int l_req_keepalive(lua_State *L) {
+  lreq_t *lr = check_req(L, 1);
+  double sec = luaL_checknumber(L, 2);
+  if (lr->r->headers_sent || lr->ka)
+    return push_write_rc(L, CPX_ESTATE);
+  if (sec <= 0) {
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  lr->ka = malloc(sizeof(uv_timer_t));
+  if (!lr->ka)
+    return push_write_rc(L, CPX_ENOMEM);
+  lr->nka = 1;
+  lr->ka_ms = (uint64_t)(sec * 1000);
+  uv_timer_init(lr->w->loop, lr->ka);
+  lr->ka->data = lr;
+  uv_timer_start(lr->ka, on_nka, lr->ka_ms, lr->ka_ms);
+  lua_pushboolean(L, 1);
+  return 1;
 }
 
 static void on_ka(uv_timer_t *t) {
@@ -1428,15 +1503,12 @@ static int l_worker_id(lua_State *L) {
 }
 
 void cpx__lua_api_register(lua_State *L) {
-  static const luaL_Reg req_methods[] = {{"respond", l_req_respond},
-                                         {"start", l_req_start},
-                                         {"write", l_req_write},
-                                         {"finish", l_req_finish},
-                                         {"pipe", l_req_pipe},
-                                         {"closed", l_req_closed},
-                                         {"sent", l_req_sent},
-                                         {"status", l_req_status},
-                                         {NULL, NULL}};
+  static const luaL_Reg req_methods[] = {
+      {"respond", l_req_respond},     {"start", l_req_start},
+      {"write", l_req_write},         {"finish", l_req_finish},
+      {"pipe", l_req_pipe},           {"closed", l_req_closed},
+      {"sent", l_req_sent},           {"status", l_req_status},
+      {"keepalive", l_req_keepalive}, {NULL, NULL}};
   static const luaL_Reg fetch_methods[] = {
       {"status", l_fetch_status}, {"headers", l_fetch_headers},
       {"body", l_fetch_body},     {"peek", l_fetch_peek},

@@ -5,7 +5,7 @@
 -- model name whose every account is an OpenAI-compatible upstream on plain
 -- http without a proxy, provided nothing would look at the request on its
 -- way: no middleware hook, no payload rule, no session affinity, no stream
--- keep-alive comments, and `fast-path` not turned off. It does what
+-- or non-stream keep-alives, and `fast-path` not turned off. It does what
 -- rt.pipeline's passthrough does (the model rewritten, the body otherwise
 -- untouched, the answer relayed), and hands every failure before the first
 -- byte back to rt.server with the attempt attached (info.lane), so retries,
@@ -49,6 +49,7 @@ function _M.blocked(app)
   if cfg.routing and cfg.routing["session-affinity"] == true then return "session affinity is on" end
   local s = cfg.streaming
   if s and (s["keepalive-seconds"] or 0) > 0 then return "streaming.keepalive-seconds is set" end
+  if (cfg["nonstream-keepalive-interval"] or 0) > 0 then return "nonstream-keepalive-interval is set" end
   local p = cfg["proxy-url"]
   if type(p) == "string" and p ~= "" then return "a global proxy-url is set" end
   return nil

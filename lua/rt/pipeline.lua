@@ -174,6 +174,10 @@ function _M.infer(app, req, info, fmt, body, opts)
   end
   local chain = app.middleware
   local stream = opts.stream and true or false
+  -- nonstream-keepalive-interval: blank lines while the answer is awaited
+  -- (the first one commits to status 200; an error then goes in the body).
+  local nka = not stream and app.config["nonstream-keepalive-interval"] or 0
+  if nka > 0 then req:keepalive(nka) end
   -- body may be nil: the route passed only the raw bytes (opts.raw) and the
   -- table is decoded when something needs it (translation, a rewrite hook,
   -- payload rules, a provider fix-up); a plain passthrough never does.

@@ -251,6 +251,39 @@ test('upstream first-byte timeout: an error in the client format, not a hang', T
   }
 });
 
+test('nonstream-keepalive-interval: blank lines while the answer is awaited, then the answer', T(), async () => {
+  const proxy = await startProxy({ openaiCompat: compat(['ka-model']),
+    extra: { 'nonstream-keepalive-interval': 1, 'request-retry': 0 } });
+  try {
+    assert.match(proxy.stderr(), /fast path off: nonstream-keepalive-interval is set/);
+    mock.reset().reply({ text: 'slow answer', delayMs: 2500 });
+    const t0 = Date.now();
+    const res = await fetch(`${proxy.url}/v1/chat/completions`, { method: 'POST',
+      headers: { 'content-type': 'application/json' }, body: chatBody('ka-model'), signal: AbortSignal.timeout(15000) });
+    const headAt = Date.now() - t0;
+    assert.equal(res.status, 200);
+    assert.ok(headAt >= 800 && headAt < 2200, `head after ${headAt} ms`); // with the first blank line
+    assert.equal(res.headers.get('content-type'), 'application/json');
+    const text = await res.text();
+    assert.match(text, /^\n\n\{/); // at 1 s and 2 s, then the JSON
+    assert.equal(JSON.parse(text).choices[0].message.content, 'slow answer');
+    // A quick answer has no blank line and keeps its own status.
+    mock.reply({ error: { status: 400, message: 'bad quickly' } });
+    let r = await post(`${proxy.url}/v1/chat/completions`, chatBody('ka-model'));
+    assert.equal(r.status, 400);
+    assert.match(r.text, /^\{/);
+    // An error after the first blank line: the status is already 200, the
+    // body is the error in the client's envelope.
+    mock.reply({ error: { status: 500, message: 'broke late' }, delayMs: 1500 });
+    r = await post(`${proxy.url}/v1/chat/completions`, chatBody('ka-model'));
+    assert.equal(r.status, 200);
+    assert.match(r.text, /^\n\{/);
+    assert.equal(r.json.error.message, 'broke late');
+  } finally {
+    await proxy.stop();
+  }
+});
+
 test('header timeout (slowloris): 408 and the connection closes', T(), async () => {
   const proxy = await startProxy({ extra: { limits: { 'header-timeout-seconds': 0.5 } } });
   try {
