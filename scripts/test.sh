@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what is missing, builds, and runs every test: the C unit tests,
 # the busted specs and the end-to-end tests (ctest), then the C unit tests
-# again under ASan and UBSan.
+# and the fast path's end-to-end tests again under ASan and UBSan.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --test
@@ -12,3 +12,8 @@ echo "== ctest"
 echo "== C unit tests under ASan + UBSan"
 BUILD_DIR=build-asan BUILD_TYPE=Debug scripts/build.sh -DCPX_SANITIZE=ON -DCPX_E2E=OFF
 (cd build-asan && ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -j2 -R '^c_')
+echo "== the server under ASan + UBSan: fast path, pipeline hand-offs, reloads, start-up failure"
+# Memory errors abort the proxy and fail the test; a leak at exit makes its
+# exit status non-zero, which these tests assert to be 0.
+(cd spec/e2e && ASAN_OPTIONS=detect_leaks=1 CPX_BIN="$PWD/../../build-asan/cliproxy" \
+  node --test fast_path.test.mjs fast_path_lifecycle.test.mjs)
