@@ -95,6 +95,7 @@ EOF
 }
 
 # write_cliproxy_config FILE PORT UPSTREAM_PORT AUTH_DIR WORKERS
+# (FAST_PATH=0 in the environment: every request through the Lua pipeline)
 write_cliproxy_config() {
   cat >"$1" <<EOF
 host: "127.0.0.1"
@@ -104,6 +105,7 @@ debug: false
 api-keys: []
 request-retry: 0
 workers: $5
+fast-path: $([ "${FAST_PATH:-1}" = 0 ] && echo false || echo true)
 openai-compatibility:
   - name: "bench-upstream"
     base-url: "http://127.0.0.1:$3/v1"
