@@ -210,6 +210,42 @@ describe('middleware hooks through the server', () => {
   });
 });
 
+describe('redact on streams', () => {
+  let mock, proxy;
+  before(async () => {
+    mock = await startMock();
+    proxy = await startProxy({
+      apiKeys: ['sk-client'], openaiCompat: upstreamEntry(mock),
+      extra: { lua: { middleware: [{ name: 'redact', patterns: ['sk%-live%-%w+'] }] } },
+    });
+  });
+  after(async () => {
+    await proxy?.stop();
+    await mock?.close();
+  });
+
+  // The secret reaches the proxy in three upstream events.
+  const pieces = ['Use sk-li', 've-9f8e7d', '6c5b4a and go.'];
+
+  test('a secret split across upstream events never reaches an OpenAI client', async () => {
+    mock.reply({ text: pieces.join(''), chunks: pieces });
+    const r = await chat(proxy, { stream: true });
+    assert.equal(r.status, 200);
+    assert.equal(streamText(r.text), 'Use [REDACTED] and go.');
+    assert.doesNotMatch(r.text, /9f8e7d|6c5b4a|sk-li/);
+  });
+
+  test('nor an Anthropic client (translated stream)', async () => {
+    mock.reply({ text: pieces.join(''), chunks: pieces });
+    const r = await chat(proxy, { stream: true }, { 'anthropic-version': '2023-06-01' }, '/v1/messages');
+    assert.equal(r.status, 200);
+    const text = r.text.split('\n').filter((l) => l.startsWith('data: ')).map((l) => JSON.parse(l.slice(6)))
+      .filter((e) => e.type === 'content_block_delta').map((e) => e.delta.text).join('');
+    assert.equal(text, 'Use [REDACTED] and go.');
+    assert.doesNotMatch(r.text, /9f8e7d|6c5b4a|sk-li/);
+  });
+});
+
 // ---------------------------------------------------------------- check
 
 describe('cliproxy check', () => {

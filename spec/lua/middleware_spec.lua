@@ -347,10 +347,91 @@ describe("built-in middleware", function()
     mw.run(chain, "after", ctx, { status = 200, body = body })
     assert.equal("call [REDACTED] for the [REDACTED]", body.choices[1].message.content)
     assert.equal("secret-id", body.id)
+    -- short deltas are held until the block stops (a match may continue)
     local out = mw.run(chain, "on_chunk", ctx, { t = "delta", i = 0, text = "my secret" })
-    assert.same({ { t = "delta", i = 0, text = "my [REDACTED]" } }, out)
+    assert.same({}, out)
+    out = mw.run(chain, "on_chunk", ctx, { t = "block_stop", i = 0 })
+    assert.same({ { t = "delta", i = 0, text = "my [REDACTED]" }, { t = "block_stop", i = 0 } }, out)
     out = mw.run(chain, "on_chunk", ctx, { t = "delta", i = 1, thinking = "555-0000" })
-    assert.equal("[REDACTED]", out[1].thinking)
+    assert.same({}, out)
+    out = mw.run(chain, "on_chunk", ctx, { t = "finish", stop = "end_turn" })
+    assert.same({ { t = "delta", i = 1, thinking = "[REDACTED]" }, { t = "finish", stop = "end_turn" } }, out)
+  end)
+
+  describe("redact across deltas", function()
+    local SECRET = "sk-live-4f9a8b7c6d5e4f3a2b1c"
+    local TEXT = "Here is the key: " .. SECRET .. " \u{e9}t\u{e9} keep it \u{1F600} safe, " ..
+      string.rep("lorem ipsum ", 8) .. "and 555-1234 too."
+    local WANT = "Here is the key: [K] \u{e9}t\u{e9} keep it \u{1F600} safe, " .. string.rep("lorem ipsum ", 8) ..
+      "and [K] too."
+
+    local function valid_utf8(s)
+      local i, n = 1, #s
+      while i <= n do
+        local c = s:byte(i)
+        local len = c < 0x80 and 1 or c >= 0xF0 and 4 or c >= 0xE0 and 3 or c >= 0xC0 and 2 or nil
+        if not len or i + len - 1 > n then return false end
+        for j = i + 1, i + len - 1 do
+          local b = s:byte(j)
+          if b < 0x80 or b >= 0xC0 then return false end
+        end
+        i = i + len
+      end
+      return true
+    end
+
+    -- Streams TEXT in pieces (the cut points), then block_stop; returns the
+    -- text the client would see and every piece it got.
+    local function stream(cuts, hold)
+      local chain = loaded({ { name = "redact", patterns = arr({ "sk%-live%-%w+", "%d%d%d%-%d%d%d%d" }),
+                               replacement = "[K]", hold = hold } })
+      local ctx = { info = info() }
+      local pieces, seen, from = {}, {}, 1
+      cuts[#cuts + 1] = #TEXT
+      for _, to in ipairs(cuts) do
+        if to >= from then
+          local evs = mw.run(chain, "on_chunk", ctx, { t = "delta", i = 0, text = TEXT:sub(from, to) })
+          for _, e in ipairs(evs) do pieces[#pieces + 1] = e.text end
+          from = to + 1
+        end
+      end
+      local evs = mw.run(chain, "on_chunk", ctx, { t = "block_stop", i = 0 })
+      for _, e in ipairs(evs) do
+        if e.t == "delta" then pieces[#pieces + 1] = e.text else seen.stop = true end
+      end
+      return table.concat(pieces), pieces, seen
+    end
+
+    it("catches a secret split at every byte, and never cuts a character", function()
+      for cut = 1, #TEXT - 1 do
+        local got, pieces, seen = stream({ cut }, nil)
+        assert.equal(WANT, got, "split at " .. cut)
+        assert.is_true(seen.stop)
+        for _, p in ipairs(pieces) do
+          assert.is_true(valid_utf8(p), "piece " .. p)
+          assert.is_nil(p:find("4f9a", 1, true), "split at " .. cut .. " leaked " .. p)
+        end
+      end
+    end)
+
+    it("byte-by-byte deltas give the same text", function()
+      local cuts = {}
+      for i = 1, #TEXT - 1 do cuts[#cuts + 1] = i end
+      assert.equal(WANT, (stream(cuts, nil)))
+    end)
+
+    it("with hold = 0 only a match that has begun is held", function()
+      -- split after "sk-live-4f": the match reaches the end and waits
+      assert.equal(WANT, (stream({ 27, 40, 60 }, 0)))
+      -- split inside "sk-": nothing matched yet, so nothing was held
+      assert.is_not.equal(WANT, (stream({ 19, 40, 60 }, 0)))
+    end)
+
+    it("lets long text through while it streams", function()
+      local _, pieces = stream({ 120 }, nil)
+      assert.is_true(#pieces >= 2)
+      assert.is_true(#pieces[1] > 60) -- not everything waited for block_stop
+    end)
   end)
 
   it("request_id passes the client's id (or cliproxy's) upstream", function()
