@@ -3,7 +3,9 @@
 -- classify(status, headers, body, hint) -> action, kind, hint_seconds
 --   action: "success" | "retry" (try another account) | "fatal" (answer now)
 --   kind:   the pool's cooldown kind: "ok" | "quota" | "auth" | "not_found" |
---           "transient" | "neutral" (no change: the request's own fault)
+--           "transient" | "neutral" (no change: the request's own fault) |
+--           "overloaded" (529, or 503 saying so: the provider is, not the
+--           account; no cooldown, see rt.pool)
 --   hint_seconds: the upstream's own reset time, when it gave one
 --
 -- The reset-hint parsers read each upstream's signals (fact sheet 5.3,
@@ -226,6 +228,8 @@ end
 local NOT_SUPPORTED = { "model_not_found", "model not found", "not supported", "does not exist",
                         "unsupported model", "no such model", "not_found_error" }
 
+local OVERLOADED = { "overloaded" }
+
 local function mentions(body, list)
   if type(body) ~= "string" or body == "" then return false end
   local b = lower(body:sub(1, 4096))
@@ -247,11 +251,15 @@ function _M.classify(status, headers, body, hint)
     if mentions(body, NOT_SUPPORTED) then return "retry", "not_found" end
     return "fatal", "neutral"
   end
+  -- Overload is the provider's, not the account's (limits §3.1): no
+  -- cooldown; rt.pool moves on to other providers only.
+  if status == 529 or (status == 503 and mentions(body, OVERLOADED)) then return "retry", "overloaded" end
   if status == 408 or status >= 500 then return "retry", "transient", hint end
   return "fatal", "neutral" -- 413, 422 and the rest: the request's own fault
 end
 
 -- The pool's cooldown kinds (cpx.pool.report).
-_M.KINDS = { ok = true, quota = true, auth = true, not_found = true, transient = true, neutral = true }
+_M.KINDS = { ok = true, quota = true, auth = true, not_found = true, transient = true, neutral = true,
+             overloaded = true } -- overloaded: reported to the pool as neutral
 
 return _M

@@ -9,6 +9,10 @@
 --   (account, model) down and tries the next account. After a failed
 --   round, up to request-retry more rounds run, each after waiting for the
 --   soonest cooldown when that is at most max-retry-interval seconds.
+--   An overloaded provider (529) is load on the provider, not on one
+--   account (limits sheet 3.1): nothing cools, the request's other
+--   accounts at the same provider are skipped, and a round that met only
+--   overload is the last one (the client's SDK backs off and retries).
 --   When no account could be tried at all because every one is cooling,
 --   the answer is 429 model_cooldown with Retry-After.
 --
@@ -33,6 +37,7 @@ local pairs = pairs
 local tostring = tostring
 local pcall = pcall
 local error = error
+local next = next
 local ceil = math.ceil
 local log = cpx.log or function() end -- absent in the busted module
 local pick = cpx.pool.pick
@@ -45,6 +50,13 @@ local _M = {}
 -- ---- classification -------------------------------------------------------
 
 -- outcome -> action ("success" | "retry" | "fatal"), kind, hint seconds
+-- Accounts at the same upstream share its load.
+local function provider_key(t)
+  local e = t.entry
+  local base = type(e) == "table" and e["base-url"] or ""
+  return tostring(t.provider) .. "\0" .. tostring(base)
+end
+
 local function classify(app, target, out)
   if out.ok then return "success", "ok" end
   if out.own then return "fatal", "neutral" end
@@ -169,11 +181,13 @@ function _M.run(app, ctx, model, attempt)
       pre = nil
     end
   end
+  local overloaded = {} -- provider keys that answered 529 in this request
   for round = 1, rounds do
     local tried, n = {}, 0
+    local failures, overloads = 0, 0
     if round > 1 then
       for member, t in pairs(targets) do
-        if round > 1 + retries_of(t) then tried[#tried + 1] = member end
+        if round > 1 + retries_of(t) or overloaded[provider_key(t)] then tried[#tried + 1] = member end
       end
     end
     local wait
@@ -203,11 +217,24 @@ function _M.run(app, ctx, model, attempt)
       -- A transfer cut because the client left says nothing about the
       -- account: no cooldown for "client closed request".
       if out.err and ctx.client_gone and ctx.client_gone() then kind = "neutral" end
-      local cool = report(handle, kind, hint)
+      local cool = report(handle, kind == "overloaded" and "neutral" or kind, hint)
       local a = ctx.attempts
       a[#a + 1] = { account = t.account, model = t.upstream_model, status = out.status, err = out.err,
                     action = action, cooldown = cool }
       if action == "success" or action == "fatal" then return out end
+      failures = failures + 1
+      if kind == "overloaded" then
+        overloads = overloads + 1
+        overloaded[provider_key(t)] = true
+      end
+      -- Skip the accounts of overloaded providers for the rest of the round.
+      if next(overloaded) then
+        local seen = {}
+        for _, m in ipairs(tried) do seen[m] = true end
+        for m, other in pairs(targets) do
+          if not seen[m] and overloaded[provider_key(other)] then tried[#tried + 1] = m end
+        end
+      end
       if cool > 0 then
         log("info", "pool: " .. t.account .. " / " .. t.upstream_model .. " cooling " .. cool .. " s after "
           .. tostring(out.status or out.err))
@@ -215,6 +242,7 @@ function _M.run(app, ctx, model, attempt)
       last = out
       if ctx.client_gone and ctx.client_gone() then return last end
     end
+    if failures > 0 and overloads == failures then break end -- only overload
     if tries == 0 and wait and wait > 0 then
       -- Nothing could be tried: every account is cooling.
       if round < rounds and max_wait > 0 and wait <= max_wait then

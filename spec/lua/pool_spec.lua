@@ -86,7 +86,9 @@ describe("rt.cooldown", function()
     assert.same({ "retry", "not_found" }, c(400, [[{"error":{"message":"The model x is not supported"}}]]))
     assert.same({ "fatal", "neutral" }, c(400, [[{"error":{"type":"invalid_request_error"}}]]))
     assert.same({ "fatal", "neutral" }, c(422))
-    for _, s in ipairs({ 408, 500, 502, 503, 504, 529 }) do assert.same({ "retry", "transient" }, c(s)) end
+    for _, s in ipairs({ 408, 500, 502, 503, 504 }) do assert.same({ "retry", "transient" }, c(s)) end
+    assert.same({ "retry", "overloaded" }, c(529))
+    assert.same({ "retry", "overloaded" }, c(503, [[{"error":{"code":503,"message":"The model is overloaded."}}]]))
     assert.same({ "retry", "transient" }, { cooldown.classify(nil) })
   end)
 end)
@@ -295,6 +297,49 @@ describe("rt.pool.run", function()
     end)
     local st = cpx.pool.state("openai-compatibility:x:" .. cpx.sha256_hex("http://up/x\0a"):sub(1, 12), "m")
     assert.equal(0, st.remaining)
+  end)
+
+  it("treats 529 as the provider's overload: no cooldown, no more tries there, no more rounds", function()
+    local c = cfg({ ["request-retry"] = 3, ["openai-compatibility"] = {
+      compat("busy", { "a", "b" }, { "m" }), compat("calm", { "c" }, { "m" }, { priority = -1 }) } })
+    local app = app_for(c)
+    local calls = {}
+    local out = pool.run(app, {}, "m", function(t)
+      local k = t.key["api-key"]
+      calls[#calls + 1] = k
+      if k == "c" then return { status = 529, headers = {}, body = '{"type":"error"}' } end
+      return { status = 529, headers = {}, body = '{"type":"error","error":{"type":"overloaded_error"}}' }
+    end)
+    assert.equal(529, out.status)
+    -- one account per provider, one round (request-retry 3 notwithstanding)
+    assert.equal(2, #calls)
+    assert.truthy(calls[1] == "a" or calls[1] == "b")
+    assert.equal("c", calls[2])
+    for _, k in ipairs({ "a", "b" }) do
+      local st = cpx.pool.state("openai-compatibility:busy:" .. cpx.sha256_hex("http://up/busy\0" .. k):sub(1, 12), "m")
+      assert.equal(0, st.remaining)
+    end
+    -- the next request is not turned away: nothing is cooling
+    calls = {}
+    out = run(app, "m", {}, calls)
+    assert.is_true(out.ok)
+  end)
+
+  it("moves on to another provider after an overload, and says 503 overloaded is one", function()
+    local app = app_for(cfg({ ["request-retry"] = 0, ["openai-compatibility"] = {
+      compat("busy", { "a", "b" }, { "m" }, { priority = 1 }), compat("calm", { "c" }, { "m" }) } }))
+    local calls = {}
+    local out = pool.run(app, {}, "m", function(t)
+      local k = t.key["api-key"]
+      calls[#calls + 1] = k
+      local busy = '{"error":{"message":"The model is overloaded."}}'
+      if k ~= "c" then return { status = 503, headers = {}, body = busy } end
+      return { ok = true }
+    end)
+    assert.is_true(out.ok)
+    assert.equal(2, #calls)
+    assert.equal("c", calls[2])
+    assert.same({ "retry", "transient" }, { cooldown.classify(503, {}, '{"error":"maintenance"}') })
   end)
 
   it("continues from the fast path's attempt (info.lane) without picking it again", function()
