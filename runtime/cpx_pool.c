@@ -202,7 +202,8 @@ struct cpx_pool_s {
   imap_t grp_map;
   uint32_t next_version;
 
-  bind_t *binds; /* BIND_CAP entries, allocated on first use */
+  bind_t *binds;    /* BIND_CAP entries, allocated on first use */
+  uint64_t changes; /* cooldowns opened or closed (cpx_pool_changes) */
 };
 
 /* ---- lifecycle ----------------------------------------------------------- */
@@ -775,6 +776,8 @@ uint64_t cpx_pool_report(cpx_pool_t *p, uint32_t state, int probe, int result,
     s->probing = 0;
   switch (result) {
   case CPX_POOL_OK:
+    if (s->until_ms || s->level)
+      p->changes++;
     s->until_ms = 0;
     s->level = 0;
     s->quota = 0;
@@ -811,6 +814,7 @@ uint64_t cpx_pool_report(cpx_pool_t *p, uint32_t state, int probe, int result,
     s->until_ms = now + dur;
     s->reason = (uint8_t)result;
     s->quota = result == CPX_POOL_QUOTA;
+    p->changes++;
     break;
   default: /* NEUTRAL: the request's own fault says nothing about health */
     break;
@@ -857,6 +861,8 @@ int cpx_pool_clear(cpx_pool_t *p, const char *account) {
       continue;
     if (s->until_ms)
       n++;
+    if (s->until_ms || s->level)
+      p->changes++;
     s->until_ms = 0;
     s->level = 0;
     s->quota = 0;
@@ -865,4 +871,57 @@ int cpx_pool_clear(cpx_pool_t *p, const char *account) {
   }
   pthread_mutex_unlock(&p->mu);
   return n;
+}
+
+/* ---- keeping cooldowns across restarts ------------------------------------
+ */
+
+uint64_t cpx_pool_changes(cpx_pool_t *p) {
+  uint64_t n;
+  pthread_mutex_lock(&p->mu);
+  n = p->changes;
+  pthread_mutex_unlock(&p->mu);
+  return n;
+}
+
+int cpx_pool_each_cooling(cpx_pool_t *p, cpx_pool_each_fn fn, void *ud) {
+  int n = 0;
+  pthread_mutex_lock(&p->mu);
+  uint64_t now = p->clock(p->clock_ud);
+  for (uint32_t i = 0; i < p->nst; i++) {
+    const state_t *s = &p->st[i];
+    if (s->until_ms <= now && s->level == 0)
+      continue;
+    fn(ud, p->acct[s->account].id, s->model,
+       s->until_ms > now ? s->until_ms - now : 0, s->level, s->reason,
+       s->quota);
+    n++;
+  }
+  pthread_mutex_unlock(&p->mu);
+  return n;
+}
+
+int cpx_pool_restore(cpx_pool_t *p, const char *account, const char *model,
+                     uint64_t remaining_ms, int level, int reason, int quota) {
+  uint32_t a, si;
+  int rc = -ENOENT;
+  pthread_mutex_lock(&p->mu);
+  if (find_acct(p, account, &a)) {
+    st_key_t k = {p, a, model};
+    if (imap_find(&p->st_map, st_hash(a, model), st_eq, &k, &si)) {
+      state_t *s = &p->st[si];
+      uint64_t until = remaining_ms ? p->clock(p->clock_ud) + remaining_ms : 0;
+      /* What the pool learnt since start wins over what was saved. */
+      if (until > s->until_ms) {
+        s->until_ms = until;
+        s->reason = (uint8_t)reason;
+        s->quota = quota ? 1 : 0;
+      }
+      if (level > s->level)
+        s->level = (uint16_t)(level < 64 ? level : 64);
+      rc = 0;
+    }
+  }
+  pthread_mutex_unlock(&p->mu);
+  return rc;
 }

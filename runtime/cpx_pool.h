@@ -160,6 +160,29 @@ int cpx_pool_get_state(cpx_pool_t *p, const char *account, const char *model,
  * the operator's "reset quota". Returns how many were open. */
 int cpx_pool_clear(cpx_pool_t *p, const char *account);
 
+/* ---- keeping cooldowns across restarts (limits sheet 3.3) ----------------
+ * A counter that moves whenever a cooldown opens or closes, so a saver
+ * knows when there is something new to write. */
+uint64_t cpx_pool_changes(cpx_pool_t *p);
+/* Calls fn (under the pool's lock: fn must not call the pool) for every
+ * state that is cooling or has a backoff level. Returns how many. */
+typedef void (*cpx_pool_each_fn)(void *ud, const char *account,
+                                 const char *model, uint64_t remaining_ms,
+                                 int level, int reason, int quota);
+int cpx_pool_each_cooling(cpx_pool_t *p, cpx_pool_each_fn fn, void *ud);
+/* Puts a saved state back: cooling for remaining_ms from now unless the
+ * state already cools longer; the higher backoff level wins. Returns 0, or
+ * -ENOENT when no group has that (account, model) (any more). */
+int cpx_pool_restore(cpx_pool_t *p, const char *account, const char *model,
+                     uint64_t remaining_ms, int level, int reason, int quota);
+/* The file in auth-dir (cpx_pool_file.c): JSON, 0600, written atomically.
+ * save writes it when there is anything to keep, else removes it; load
+ * restores every entry whose time has not passed and returns how many
+ * (0 when there is no file). */
+#define CPX_POOL_FILE ".cliproxy-cooldowns.json"
+int cpx_pool_save_file(cpx_pool_t *p, const char *dir);
+int cpx_pool_load_file(cpx_pool_t *p, const char *dir);
+
 /* Adds cpx.pool and cpx.store (cpx_pool_lua.c) to the table at the top of
  * the stack. */
 struct lua_State;

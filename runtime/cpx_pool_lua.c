@@ -28,6 +28,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <pthread.h>
+
 #include <lauxlib.h>
 #include <lua.h>
 
@@ -176,6 +178,31 @@ static int l_report(lua_State *L) {
   d = cpx_pool_report(pool(L), (uint32_t)(handle / 2), (int)(handle % 2),
                       result, hint > 0 ? (uint64_t)(hint * 1000 + 0.5) : 0);
   lua_pushnumber(L, (double)d / 1000.0);
+  return 1;
+}
+
+/* cpx.pool.load_file(dir) -> n | nil, err: the cooldowns saved in dir,
+ * once per process (a reload must not bring back what has cleared since). */
+static int l_load_file(lua_State *L) {
+  static int loaded;
+  static pthread_mutex_t once_mu = PTHREAD_MUTEX_INITIALIZER;
+  const char *dir = luaL_checkstring(L, 1);
+  int rc, first;
+  pthread_mutex_lock(&once_mu);
+  first = !loaded;
+  loaded = 1;
+  pthread_mutex_unlock(&once_mu);
+  if (!first) {
+    lua_pushinteger(L, 0);
+    return 1;
+  }
+  rc = cpx_pool_load_file(pool(L), dir);
+  if (rc < 0) {
+    lua_pushnil(L);
+    lua_pushstring(L, cpx_strerror(rc));
+    return 2;
+  }
+  lua_pushinteger(L, rc);
   return 1;
 }
 
@@ -330,17 +357,13 @@ static int l_store_rescan(lua_State *L) {
 }
 
 void cpx_pool_lua_register(lua_State *L) {
-  static const luaL_Reg pool_fns[] = {{"configure", l_configure},
-                                      {"account", l_account},
-                                      {"group", l_group},
-                                      {"pick", l_pick},
-                                      {"report", l_report},
-                                      {"wait", l_wait},
-                                      {"state", l_state},
-                                      {"clear", l_clear},
-                                      {"reset", l_reset},
-                                      {"fake_clock", l_fake_clock},
-                                      {NULL, NULL}};
+  static const luaL_Reg pool_fns[] = {
+      {"configure", l_configure},   {"account", l_account},
+      {"group", l_group},           {"pick", l_pick},
+      {"report", l_report},         {"wait", l_wait},
+      {"load_file", l_load_file},   {"state", l_state},
+      {"clear", l_clear},           {"reset", l_reset},
+      {"fake_clock", l_fake_clock}, {NULL, NULL}};
   static const luaL_Reg store_fns[] = {
       {"open", l_store_open},     {"version", l_store_version},
       {"list", l_store_list},     {"write", l_store_write},

@@ -509,6 +509,14 @@ static int safe_name(const char *name) {
          strlen(name) < NAME_MAX - 16;
 }
 
+/* The runtime's own files in the directory: ".<name>.json", which the
+ * credential scan skips (cpx_pool_file.c keeps cooldowns in one). */
+static int own_name(const char *name) {
+  size_t n = name ? strlen(name) : 0;
+  return n > 6 && name[0] == '.' && name[1] != '.' && !strchr(name, '/') &&
+         strcmp(name + n - 5, ".json") == 0 && n < NAME_MAX - 16;
+}
+
 int cpx_store_write_file(const char *dir, const char *name, const char *data,
                          size_t len) {
   char tmp[PATH_MAX], tmpbase[NAME_MAX + 1];
@@ -516,7 +524,7 @@ int cpx_store_write_file(const char *dir, const char *name, const char *data,
   int fd, dfd, rc = 0;
   size_t off = 0;
 
-  if (!safe_name(name))
+  if (!safe_name(name) && !own_name(name))
     return CPX_EINVAL;
   if (snprintf(tmp, sizeof(tmp), "%s/.%s.tmp.XXXXXX", dir, name) >=
       (int)sizeof(tmp))
@@ -561,7 +569,10 @@ int cpx_store_write_file(const char *dir, const char *name, const char *data,
 
 int cpx_store_write(cpx_store_t *s, const char *name, const char *data,
                     size_t len) {
-  int rc = cpx_store_write_file(s->dir, name, data, len);
+  int rc;
+  if (!safe_name(name))
+    return CPX_EINVAL; /* credential files only */
+  rc = cpx_store_write_file(s->dir, name, data, len);
   if (rc == 0)
     scan(s);
   return rc;

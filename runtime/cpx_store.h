@@ -80,7 +80,9 @@ int cpx_store_write(cpx_store_t *s, const char *name, const char *data,
 int cpx_store_remove(cpx_store_t *s, const char *name);
 
 /* Atomic 0600 write into an open directory (tmp + fsync + rename + dir
- * fsync). Exposed for the OAuth refresher and tests. */
+ * fsync): a credential file name, or ".<name>.json" for the runtime's own
+ * files (skipped by the credential scan). Exposed for the OAuth refresher,
+ * the pool's cooldown file and tests. */
 int cpx_store_write_file(const char *dir, const char *name, const char *data,
                          size_t len);
 

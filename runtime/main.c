@@ -15,6 +15,8 @@
 #include "cpx.h"
 #include "cpx_log.h"
 #include "cpx_lua.h"
+#include "cpx_pool.h"
+#include "cpx_store.h"
 #include "cpx_tls.h"
 #include "cpx_tokens.h"
 
@@ -52,6 +54,9 @@ typedef struct app_s {
   uv_timer_t debounce;
   uv_timer_t script_debounce;
   uv_timer_t log_flush;
+  uv_timer_t pool_save; /* cooldowns to auth-dir when they changed */
+  uint64_t pool_saved;  /* cpx_pool_changes at the last save */
+  int pool_save_failed; /* warned once */
   /* One handle per script directory (inotify is not recursive). Each is
    * heap-allocated and freed in its close callback. */
   uv_fs_event_t *script_watch[MAX_SCRIPT_WATCHES];
@@ -269,6 +274,28 @@ static void on_close_noop(uv_handle_t *h) {
   CPX_UNUSED(h);
 }
 
+/* Keeps the pool's cooldowns in auth-dir (cpx_pool_file.c) when they
+ * changed since the last save; also once more at exit. */
+static void save_pool(app_t *app) {
+  cpx_store_t *s = cpx_store_current();
+  uint64_t c = cpx_pool_changes(cpx_pool_global());
+  int rc;
+  if (!s || c == app->pool_saved)
+    return;
+  rc = cpx_pool_save_file(cpx_pool_global(), cpx_store_dir(s));
+  if (rc == 0) {
+    app->pool_saved = c;
+  } else if (!app->pool_save_failed) {
+    app->pool_save_failed = 1;
+    cpx_log_warn(NULL, "cannot keep cooldowns in %s/%s: %s", cpx_store_dir(s),
+                 CPX_POOL_FILE, cpx_strerror(rc));
+  }
+}
+
+static void on_pool_save(uv_timer_t *t) {
+  save_pool(t->data);
+}
+
 static void on_log_flush(uv_timer_t *t) {
   CPX_UNUSED(t);
   cpx_log_flush();
@@ -379,6 +406,8 @@ static void on_drained(cpx_server_t *srv) {
     uv_close((uv_handle_t *)&app->debounce, on_close_noop);
     uv_close((uv_handle_t *)&app->script_debounce, on_close_noop);
     uv_close((uv_handle_t *)&app->log_flush, on_close_noop);
+    uv_close((uv_handle_t *)&app->pool_save, on_close_noop);
+    save_pool(app);
     for (int i = 0; i < app->nscript_watch; i++)
       uv_close((uv_handle_t *)app->script_watch[i], on_close_free);
     app->nscript_watch = 0;
@@ -543,6 +572,11 @@ static int run_server(const char *argv0, const char *path) {
   uv_timer_init(&w0->loop, &app.log_flush);
   uv_timer_start(&app.log_flush, on_log_flush, 100, 100);
   uv_unref((uv_handle_t *)&app.log_flush);
+  uv_timer_init(&w0->loop, &app.pool_save);
+  app.pool_save.data = &app;
+  app.pool_saved = cpx_pool_changes(cpx_pool_global());
+  uv_timer_start(&app.pool_save, on_pool_save, 2000, 2000);
+  uv_unref((uv_handle_t *)&app.pool_save);
   cpx_log_buffered();
   watch_scripts(&app);
   stat(config_path, &app.cfg_st);

@@ -304,6 +304,17 @@ function _M.build(cfg, creds)
   from_credentials(reg, cfg, creds)
   sort(reg.order)
   reg:sync()
+  -- Cooldowns saved before a restart (auth-dir/.cliproxy-cooldowns.json);
+  -- the C side reads the file once per process.
+  local dir = reg.auto_store and store.dir and store.dir()
+  if dir and pool.load_file then
+    local n, err = pool.load_file(dir)
+    if not n then
+      log("warn", "pool: cannot read the cooldowns kept in " .. dir .. ": " .. tostring(err))
+    elseif n > 0 then
+      log("info", "pool: " .. n .. " cooldown(s) kept from before the restart")
+    end
+  end
   return reg
 end
 

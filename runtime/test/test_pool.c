@@ -4,7 +4,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "cpx_pool.h"
 #include "cpx_test.h"
@@ -419,6 +421,79 @@ static int bench(int naccts) {
   return 0;
 }
 
+/* Cooldowns survive a restart through auth-dir/.cliproxy-cooldowns.json:
+ * a new pool (a new process) with the same accounts gets them back, less
+ * the time that passed; unknown accounts are skipped; nothing cooling means
+ * no file. */
+static void test_cooldowns_kept_in_a_file(void) {
+  char dir[] = "/tmp/cpx_test_pool_XXXXXX", path[256];
+  const char *ids[] = {"acct:a", "acct:b"};
+  cpx_pool_t *p = mkpool(), *q;
+  cpx_pool_state_info_t si;
+  cpx_pool_choice_t c;
+  struct stat st;
+  FILE *f;
+
+  CPX_CHECK(mkdtemp(dir) != NULL);
+  snprintf(path, sizeof(path), "%s/%s", dir, CPX_POOL_FILE);
+  add(p, ids[0], 0, 1);
+  add(p, ids[1], 0, 1);
+  group(p, "m", ids, 2);
+  /* nothing cools yet: no file */
+  CPX_CHECK_INT(cpx_pool_save_file(p, dir), 0);
+  CPX_CHECK(stat(path, &st) != 0);
+  /* a: quota with the upstream's 60 s; b: two 429s without a hint */
+  CPX_CHECK_INT(cpx_pool_pick(p, "m", NULL, &c, NULL), 0);
+  cpx_pool_report(p, c.state, c.probe, CPX_POOL_QUOTA, 60000);
+  CPX_CHECK_INT(cpx_pool_pick(p, "m", NULL, &c, NULL), 0);
+  cpx_pool_report(p, c.state, c.probe, CPX_POOL_QUOTA, 0);
+  fake_now += 2000;
+  CPX_CHECK_INT(cpx_pool_pick(p, "m", NULL, &c, NULL), 0);
+  cpx_pool_report(p, c.state, c.probe, CPX_POOL_QUOTA, 0);
+  CPX_CHECK_INT(cpx_pool_save_file(p, dir), 0);
+  CPX_CHECK_INT(stat(path, &st), 0);
+  CPX_CHECK_INT(st.st_mode & 0777, 0600);
+
+  /* the next process: other clock origin, same accounts, one more */
+  q = mkpool();
+  fake_now = 5;
+  add(q, ids[1], 0, 1);
+  add(q, ids[0], 0, 1);
+  add(q, "acct:new", 0, 1);
+  {
+    const char *ids2[] = {"acct:a", "acct:b", "acct:new"};
+    group(q, "m", ids2, 3);
+  }
+  CPX_CHECK_INT(cpx_pool_load_file(q, dir), 2);
+  CPX_CHECK_INT(cpx_pool_get_state(q, "acct:a", "up", &si), 0);
+  CPX_CHECK(si.remaining_ms > 57000 && si.remaining_ms <= 58000);
+  CPX_CHECK_INT(si.quota, 1);
+  CPX_CHECK_INT(si.reason, CPX_POOL_QUOTA);
+  CPX_CHECK_INT(cpx_pool_get_state(q, "acct:b", "up", &si), 0);
+  CPX_CHECK_INT(si.level, 2); /* the 429 ladder goes on where it was */
+  CPX_CHECK(si.remaining_ms > 0 && si.remaining_ms <= 2000);
+  CPX_CHECK_INT(cpx_pool_get_state(q, "acct:new", "up", &si), 0);
+  CPX_CHECK_INT(si.remaining_ms, 0);
+  /* only the new account is picked while the others cool */
+  CPX_CHECK_INT(pick_ok(q, "m", CPX_POOL_OK), 2);
+
+  /* everything clears: the file goes */
+  cpx_pool_clear(q, NULL);
+  CPX_CHECK_INT(cpx_pool_save_file(q, dir), 0);
+  CPX_CHECK(stat(path, &st) != 0);
+
+  /* a broken file is an error, not a crash; a missing one is 0 */
+  f = fopen(path, "w");
+  fputs("{\"states\": [ {\"account\": 1", f);
+  fclose(f);
+  CPX_CHECK_INT(cpx_pool_load_file(q, dir), CPX_EPARSE);
+  unlink(path);
+  CPX_CHECK_INT(cpx_pool_load_file(q, dir), 0);
+  rmdir(dir);
+  cpx_pool_free(p);
+  cpx_pool_free(q);
+}
+
 int main(int argc, char **argv) {
   if (argc > 1 && strcmp(argv[1], "--bench") == 0)
     return bench(argc > 2 ? atoi(argv[2]) : 1000);
@@ -433,5 +508,6 @@ int main(int argc, char **argv) {
   CPX_TEST_RUN(test_affinity);
   CPX_TEST_RUN(test_shared_state_across_groups);
   CPX_TEST_RUN(test_threads);
+  CPX_TEST_RUN(test_cooldowns_kept_in_a_file);
   CPX_TEST_DONE();
 }

@@ -263,3 +263,56 @@ test('payload rules edit the upstream body after translation, by model wildcard 
     await m2.close();
   }
 });
+
+// ---- cooldowns across a restart -------------------------------------------
+
+test('cooldowns are kept in auth-dir and outlive a restart', T(25000), async () => {
+  const dir = fs.mkdtempSync(path.join(path.dirname(authDir), 'kept-'));
+  fs.chmodSync(dir, 0o700);
+  const file = path.join(dir, '.cliproxy-cooldowns.json');
+  const cfg = {
+    apiKeys: [CLIENT_KEY],
+    openaiCompat: [{ name: 'keep', baseUrl: `${mock.url}/v1`, keys: ['k-1'], models: [{ name: 'pool-cool', alias: 'pool-kept' }] }],
+    extra: { 'auth-dir': dir },
+  };
+  const ask = async (p) => {
+    const r = await fetch(`${p.url}/v1/chat/completions`, {
+      method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${CLIENT_KEY}` },
+      body: JSON.stringify({ model: 'pool-kept', messages: [{ role: 'user', content: 'hi' }] }),
+    });
+    return { status: r.status, headers: r.headers, body: await r.json() };
+  };
+  let p = await startProxy(cfg);
+  try {
+    const n0 = reqsFor('pool-cool').length;
+    const r = await ask(p);
+    assert.equal(r.status, 429); // the upstream's quota answer, Retry-After 30
+    assert.equal(reqsFor('pool-cool').length, n0 + 1);
+    // Saved within the saver's 2 s period, 0600, naming the account.
+    const end = Date.now() + 5000;
+    while (!fs.existsSync(file) && Date.now() < end) await sleep(100);
+    assert.ok(fs.existsSync(file), 'cooldown file written');
+    assert.equal(fs.statSync(file).mode & 0o777, 0o600);
+    const saved = JSON.parse(fs.readFileSync(file, 'utf8'));
+    assert.equal(saved.states.length, 1);
+    assert.match(saved.states[0].account, /^openai-compatibility:keep:/);
+    assert.equal(saved.states[0].model, 'pool-cool');
+    assert.ok(saved.states[0].until - Date.now() > 20000);
+  } finally {
+    await p.stop();
+  }
+  p = await startProxy(cfg);
+  try {
+    assert.match(p.stderr(), /pool: 1 cooldown\(s\) kept from before the restart/);
+    const n0 = reqsFor('pool-cool').length;
+    const r = await ask(p);
+    assert.equal(r.status, 429);
+    assert.equal(r.body.error.code, 'model_cooldown');
+    assert.equal(reqsFor('pool-cool').length, n0, 'the exhausted account was not asked again');
+    const ra = Number(r.headers.get('retry-after'));
+    assert.ok(ra > 15 && ra <= 30, `Retry-After ${ra}`);
+  } finally {
+    await p.stop();
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
