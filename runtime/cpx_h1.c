@@ -61,8 +61,7 @@ static void conn_close(cpx_h1_conn_t *c);
 static void conn_fail(cpx_h1_conn_t *c, int rc);
 static int conn_open(cpx_h1_pool_t *p, endpoint_t *ep, cpx_h1_req_t *q);
 
-/* ---- helpers --------------------------------------------------------------
- */
+/* ---- helpers ------------------------------------------------------------ */
 
 static void timer_arm(cpx_h1_conn_t *c, int mode, uint64_t ms);
 
@@ -204,8 +203,7 @@ static void conn_fail(cpx_h1_conn_t *c, int rc) {
   q->cb->on_done(q, rc);
 }
 
-/* ---- parser callbacks -----------------------------------------------------
- */
+/* ---- parser callbacks --------------------------------------------------- */
 
 static cpx_h1_req_t *preq(llhttp_t *ps) {
   cpx_h1_conn_t *c = ps->data;
@@ -320,8 +318,7 @@ static void settings_init(void) {
   settings.on_message_complete = on_message_complete;
 }
 
-/* ---- reading and writing --------------------------------------------------
- */
+/* ---- reading and writing ------------------------------------------------ */
 
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
 

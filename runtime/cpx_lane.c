@@ -20,8 +20,9 @@
  * until its first event. Past these the lane gives up holding. */
 #define HOLD_MAX (1024 * 1024)
 
-/* ---- the route table --------------------------------------------------------
- * Built by cpx.lane.configure from rt.lane's table; immutable afterwards. */
+/* ---- the route table ---------------------------------------------------- */
+
+/* Built by cpx.lane.configure from rt.lane's table; immutable afterwards. */
 
 typedef struct {
   char *host;
@@ -117,8 +118,7 @@ static const lane_model_t *model_find(const cpx_lane_t *l, const char *name,
   return NULL;
 }
 
-/* ---- one request ------------------------------------------------------------
- */
+/* ---- one request -------------------------------------------------------- */
 
 enum {
   P_WAIT,     /* request sent, no head yet */
@@ -140,14 +140,12 @@ typedef struct {
   int reported; /* the pool heard the outcome (or Lua will) */
   int stream;
   int phase;
-  int chunked_out; /* P_RELAY through cpx_request_start/write */
-  char clen[48];   /* "Content-Length: N\r\n\r\n" */
-  char *acc;       /* held bytes (see HOLD_MAX) */
+  char clen[48]; /* "Content-Length: N\r\n\r\n" */
+  char *acc;     /* held bytes (see HOLD_MAX) */
   size_t acc_len, acc_cap;
   cpx_sse_t sse; /* P_BOOT only */
   int sse_on;
   int first_error; /* P_BOOT: the first event carries "error" */
-  cpx_str_t first_event, first_data; /* into acc copies below */
   char *ev_name, *ev_data;
   size_t ev_name_len, ev_data_len;
   int seen_event;
@@ -250,8 +248,7 @@ static void stream_error_end(lane_req_t *lq, const char *msg) {
   cpx_request_finish(lq->r);
 }
 
-/* ---- hand-off to Lua
- * --------------------------------------------------------- */
+/* ---- hand-off to Lua ---------------------------------------------------- */
 
 typedef struct {
   lane_req_t *lq;
@@ -320,8 +317,7 @@ static void handoff(lane_req_t *lq, int rc) {
   lane_free(lq);
 }
 
-/* ---- the response
- * ------------------------------------------------------------ */
+/* ---- the response ------------------------------------------------------- */
 
 static const char *fail_text(const cpx_h1_req_t *q, int rc) {
   return q->err ? q->err : cpx_strerror(rc);
@@ -376,7 +372,6 @@ static int start_relay(lane_req_t *lq) {
     h = hs;
   }
   lq->phase = P_RELAY;
-  lq->chunked_out = 1;
   if (cpx_request_start(lq->r, 200, h, nh) != 0)
     return -1;
   if (lq->acc_len) {
@@ -500,8 +495,7 @@ static void on_done(cpx_h1_req_t *q, int rc) {
 
 static const cpx_h1_cb_t lane_cb = {on_head, on_body, on_done};
 
-/* ---- client events
- * ----------------------------------------------------------- */
+/* ---- client events ------------------------------------------------------ */
 
 static void on_req_abort(cpx_request_t *r) {
   lane_req_t *lq = r->handler_data;
@@ -535,8 +529,7 @@ static void on_req_shutdown(cpx_request_t *r) {
   lane_free(lq);
 }
 
-/* ---- taking a request
- * -------------------------------------------------------- */
+/* ---- taking a request --------------------------------------------------- */
 
 /* The key the client presented, as rt.access reads it (headers only: a
  * request with a query string never comes here). */
@@ -667,8 +660,7 @@ int cpx_lane_try(cpx_worker_t *w, cpx_request_t *r) {
   return 1;
 }
 
-/* ---- cpx.lane
- * ---------------------------------------------------------------- */
+/* ---- cpx.lane ----------------------------------------------------------- */
 
 /* Copies the string at the top of the stack into a new C string (and pops
  * it); NULL when it is not a string, with *bad set to what. */
