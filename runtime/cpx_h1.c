@@ -52,6 +52,11 @@ struct cpx_h1_conn_s {
   int cancelled; /* cpx_h1_cancel ran inside llhttp_execute */
   int stopped;   /* a callback returned non-zero inside llhttp_execute */
   char *rbuf;    /* RBUF_SIZE; owned */
+  /* The name's addresses (owned, freed with the connection) and the one
+   * being tried: a refused connect moves on to the next, as curl does
+   * ("localhost" is often ::1 first, and servers often listen on
+   * 127.0.0.1 only). */
+  struct addrinfo *ai_head, *ai_cur;
 };
 
 static llhttp_settings_t settings;
@@ -60,6 +65,8 @@ static uv_once_t settings_once = UV_ONCE_INIT;
 static void conn_close(cpx_h1_conn_t *c);
 static void conn_fail(cpx_h1_conn_t *c, int rc);
 static int conn_open(cpx_h1_pool_t *p, endpoint_t *ep, cpx_h1_req_t *q);
+static int conn_open_at(cpx_h1_pool_t *p, endpoint_t *ep, cpx_h1_req_t *q,
+                        struct addrinfo *head, struct addrinfo *at);
 
 /* ---- helpers ------------------------------------------------------------ */
 
@@ -137,6 +144,8 @@ static void conn_unref(cpx_h1_conn_t *c) {
   cpx_h1_pool_t *p = c->pool;
   if (--c->pending > 0)
     return;
+  if (c->ai_head)
+    uv_freeaddrinfo(c->ai_head);
   free(c->rbuf);
   free(c);
   p->nconns--;
@@ -475,6 +484,21 @@ static void on_connect(uv_connect_t *cr, int status) {
   if (status == UV_ECANCELED || c->state == C_CLOSING)
     return;
   if (status < 0) {
+    cpx_h1_req_t *q = c->req;
+    struct addrinfo *next = c->ai_cur ? c->ai_cur->ai_next : NULL;
+    if (q && next) {
+      /* The next address, on a new handle (a socket whose connect failed
+       * cannot connect again); the address list goes with it. */
+      struct addrinfo *head = c->ai_head;
+      c->ai_head = NULL;
+      req_detach(q);
+      conn_close(c);
+      status = conn_open_at(c->pool, c->ep, q, head, next);
+      if (status == 0)
+        return;
+      q->cb->on_done(q, status);
+      return;
+    }
     conn_fail(c, status); /* never reused: no second try */
     return;
   }
@@ -498,10 +522,13 @@ static void on_resolved(uv_getaddrinfo_t *g, int status, struct addrinfo *res) {
   cpx_h1_conn_t *c = g->data;
   int closing = c->state == C_CLOSING;
   int rc = status;
-  if (!closing && status == 0 && res)
-    rc = conn_connect(c, res->ai_addr);
-  else if (!closing && rc == 0)
+  if (!closing && status == 0 && res) {
+    c->ai_head = c->ai_cur = res; /* freed with the connection */
+    res = NULL;
+    rc = conn_connect(c, c->ai_cur->ai_addr);
+  } else if (!closing && rc == 0) {
     rc = UV_EAI_NONAME;
+  }
   if (res)
     uv_freeaddrinfo(res);
   /* The two handle references keep c alive unless it is closing. */
@@ -510,8 +537,10 @@ static void on_resolved(uv_getaddrinfo_t *g, int status, struct addrinfo *res) {
     conn_fail(c, rc);
 }
 
-/* Opens a connection to ep for q. */
-static int conn_open(cpx_h1_pool_t *p, endpoint_t *ep, cpx_h1_req_t *q) {
+/* Opens a connection to ep for q: to the address `at` of the list `head`
+ * (owned from here on, even on failure) when given, else by name. */
+static int conn_open_at(cpx_h1_pool_t *p, endpoint_t *ep, cpx_h1_req_t *q,
+                        struct addrinfo *head, struct addrinfo *at) {
   cpx_h1_conn_t *c = calloc(1, sizeof(*c));
   union {
     struct sockaddr_in v4;
@@ -519,13 +548,14 @@ static int conn_open(cpx_h1_pool_t *p, endpoint_t *ep, cpx_h1_req_t *q) {
   } addr;
   int rc;
 
-  if (!c)
-    return CPX_ENOMEM;
-  c->rbuf = malloc(RBUF_SIZE);
-  if (!c->rbuf) {
+  if (!c || !(c->rbuf = malloc(RBUF_SIZE))) {
     free(c);
+    if (head)
+      uv_freeaddrinfo(head);
     return CPX_ENOMEM;
   }
+  c->ai_head = head;
+  c->ai_cur = at;
   c->pool = p;
   c->ep = ep;
   c->req = q;
@@ -539,8 +569,10 @@ static int conn_open(cpx_h1_pool_t *p, endpoint_t *ep, cpx_h1_req_t *q) {
   c->pending = 2;
   p->nconns++;
   timer_arm(c, T_CONNECT, p->to.connect_ms);
-  if (uv_ip4_addr(ep->host, ep->port, &addr.v4) == 0 ||
-      uv_ip6_addr(ep->host, ep->port, &addr.v6) == 0) {
+  if (at) {
+    rc = conn_connect(c, at->ai_addr);
+  } else if (uv_ip4_addr(ep->host, ep->port, &addr.v4) == 0 ||
+             uv_ip6_addr(ep->host, ep->port, &addr.v6) == 0) {
     rc = conn_connect(c, (const struct sockaddr *)&addr);
   } else {
     char port[16];
@@ -563,6 +595,10 @@ static int conn_open(cpx_h1_pool_t *p, endpoint_t *ep, cpx_h1_req_t *q) {
     return rc;
   }
   return 0;
+}
+
+static int conn_open(cpx_h1_pool_t *p, endpoint_t *ep, cpx_h1_req_t *q) {
+  return conn_open_at(p, ep, q, NULL, NULL);
 }
 
 /* ---- public ------------------------------------------------------------- */
@@ -620,6 +656,27 @@ int cpx_h1_send(cpx_h1_pool_t *p, cpx_h1_req_t *q) {
     conn_close(c);
   }
   return conn_open(p, ep, q);
+}
+
+int cpx__h1_send_addrs(cpx_h1_pool_t *p, cpx_h1_req_t *q,
+                       struct addrinfo *list) {
+  endpoint_t *ep;
+  if (p->closed) {
+    uv_freeaddrinfo(list);
+    return CPX_ECLOSED;
+  }
+  q->pool = p;
+  q->conn = NULL;
+  q->status = 0;
+  q->hlen = q->nfields = 0;
+  q->got_bytes = q->retried = q->paused = q->in_field = q->head_done = 0;
+  q->err = NULL;
+  ep = endpoint_get(p, q->host, q->port);
+  if (!ep) {
+    uv_freeaddrinfo(list);
+    return CPX_ENOMEM;
+  }
+  return conn_open_at(p, ep, q, list, list);
 }
 
 void cpx_h1_cancel(cpx_h1_req_t *q) {

@@ -105,6 +105,10 @@ void cpx_h1_pool_close(cpx_h1_pool_t *p);
  * outcome arrives through q->cb, never before this returns) or a negative
  * code (nothing was started, no callback will run). */
 int cpx_h1_send(cpx_h1_pool_t *p, cpx_h1_req_t *q);
+/* Tests: sends q on a new connection trying the addresses of list in
+ * order (list as from getaddrinfo; owned from here on). */
+int cpx__h1_send_addrs(cpx_h1_pool_t *p, cpx_h1_req_t *q,
+                       struct addrinfo *list);
 /* Stops q now: its connection is closed (a response cut short cannot be
  * reused); no callback runs afterwards. Safe inside q's callbacks. */
 void cpx_h1_cancel(cpx_h1_req_t *q);

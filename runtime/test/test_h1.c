@@ -5,6 +5,7 @@
 #include "cpx_h1.h"
 #include "cpx_test.h"
 
+#include <netdb.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -453,6 +454,35 @@ static void test_stop_in_head(void) {
   pool_shut();
 }
 
+/* A name with several addresses ("localhost": ::1, then 127.0.0.1) where
+ * the first one refuses: the next address is tried, as curl does. */
+static void test_next_address_after_refusal(void) {
+  struct addrinfo hints, *v6 = NULL, *v4 = NULL, *tail;
+  char port[16];
+  call_t *c;
+  server_start(OK);
+  pool_open(1000);
+  snprintf(port, sizeof(port), "%d", S.port);
+  memset(&hints, 0, sizeof(hints));
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_NUMERICHOST;
+  CPX_CHECK_INT(getaddrinfo("::1", port, &hints, &v6), 0);
+  CPX_CHECK_INT(getaddrinfo("127.0.0.1", port, &hints, &v4), 0);
+  /* one list, as a resolver would give it (glibc frees node by node) */
+  for (tail = v6; tail->ai_next; tail = tail->ai_next)
+    ;
+  tail->ai_next = v4;
+  c = call_new();
+  pending_calls = 1;
+  CPX_CHECK_INT(cpx__h1_send_addrs(&pool, &c->q, v6), 0);
+  uv_run(loop, UV_RUN_DEFAULT);
+  CPX_CHECK_INT(c->rc, 0);
+  CPX_CHECK_INT(c->status, 200);
+  CPX_CHECK_INT(S.conns, 1);
+  call_free(c);
+  pool_shut();
+}
+
 int main(void) {
   loop = uv_default_loop();
   CPX_TEST_RUN(test_keepalive_reuse);
@@ -466,6 +496,7 @@ int main(void) {
   CPX_TEST_RUN(test_pause_resume);
   CPX_TEST_RUN(test_cancel_in_head);
   CPX_TEST_RUN(test_stop_in_head);
+  CPX_TEST_RUN(test_next_address_after_refusal);
   uv_run(loop, UV_RUN_NOWAIT);
   CPX_TEST_DONE();
 }
