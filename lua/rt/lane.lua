@@ -4,8 +4,9 @@
 -- The fast path takes POST /v1/chat/completions (no query string) for a
 -- model name whose every account is an OpenAI-compatible upstream on plain
 -- http without a proxy, provided nothing would look at the request on its
--- way: no middleware hook, no payload rule, no session affinity, no stream
--- or non-stream keep-alives, and `fast-path` not turned off. It does what
+-- way: no middleware hook, no payload rule for that model, no session
+-- affinity, no stream or non-stream keep-alives, and `fast-path` not turned
+-- off. It does what
 -- rt.pipeline's passthrough does (the model rewritten, the body otherwise
 -- untouched, the answer relayed), and hands every failure before the first
 -- byte back to rt.server with the attempt attached (info.lane), so retries,
@@ -17,6 +18,7 @@
 -- provider module without that field keeps its requests in Lua.
 local cpx = require("cpx")
 local json = require("rt.json")
+local payload = require("rt.payload")
 
 local type = type
 local pairs = pairs
@@ -45,7 +47,6 @@ function _M.blocked(app)
   if cfg["fast-path"] == false then return "fast-path is off" end
   local hooks = app.middleware and app.middleware.hooks
   if hooks and next(hooks) ~= nil then return "middleware hooks are configured" end
-  if app.payload_active then return "payload rules are configured" end
   if cfg.routing and cfg.routing["session-affinity"] == true then return "session affinity is on" end
   local s = cfg.streaming
   if s and (s["keepalive-seconds"] or 0) > 0 then return "streaming.keepalive-seconds is set" end
@@ -95,6 +96,9 @@ end
 
 -- One account -> { host, port, head, head_stream, model } or nil, why.
 local function target_spec(app, alias, t)
+  if payload.touches(app.config.payload, alias, t.upstream_model, FORMAT) then
+    return nil, "a payload rule applies"
+  end
   local p = app.providers[t.provider]
   if not p or p.fast_path ~= true then return nil, "provider " .. tostring(t.provider) .. " is not fast_path" end
   if p.format ~= FORMAT or p.fixup or p.force_stream then return nil, "provider needs the pipeline" end

@@ -159,6 +159,22 @@ function _M.active(conf)
   return false
 end
 
+-- True when some rule would apply to a request for model (the client's)
+-- sent to upstream_model in format upfmt (rt.lane keeps such models off
+-- the C fast path, which does not decode bodies).
+function _M.touches(conf, model, upstream_model, upfmt)
+  if not _M.active(conf) then return false end
+  local base = ir.parse_model(model)
+  local models = { base or model, upstream_model }
+  local protocol = PROTOCOL[upfmt] or upfmt
+  for _, kind in ipairs({ "default", "default-raw", "override", "override-raw", "filter" }) do
+    for _, rule in ipairs(conf[kind] or {}) do
+      if type(rule) == "table" and matches(rule, models, protocol) then return true end
+    end
+  end
+  return false
+end
+
 -- Applies the rules to body (a table, changed in place and returned).
 -- model: the client's model; upstream_model: the name sent upstream;
 -- upfmt: the upstream's wire format.

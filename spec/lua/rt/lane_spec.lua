@@ -118,7 +118,6 @@ describe("rt.lane.build", function()
     local cases = {
       { with({ ["fast-path"] = false }), "fast%-path is off" },
       { with(nil, { middleware = { hooks = { rewrite = { function() end } }, list = {} } }), "middleware" },
-      { with(nil, { payload_active = true }), "payload" },
       { with({ routing = { ["session-affinity"] = true } }), "session affinity" },
       { with({ streaming = { ["keepalive-seconds"] = 15 } }), "keepalive" },
       { with({ ["proxy-url"] = "http://proxy:3128" }), "proxy%-url" },
@@ -130,6 +129,22 @@ describe("rt.lane.build", function()
       assert.is_nil(t)
       assert.truthy(why:find(c[2]), why)
     end
+  end)
+
+  it("leaves out exactly the models a payload rule applies to", function()
+    local app = app_for({
+      ["openai-compatibility"] = { compat("p", "http://127.0.0.1:9/v1", { "k" },
+        { { "gpt-4o", "gpt-4o" }, { "up-x", "plain" }, { "up-y", "by-upstream" } }) },
+      payload = {
+        default = { { models = { { name = "gpt-*" } }, params = { temperature = 0.2 } } },
+        filter = { { models = { { name = "up-y", protocol = "openai" } }, params = { "user" } } },
+        override = { { models = { { name = "*", protocol = "claude" } }, params = { x = 1 } } },
+      },
+    }, { payload_active = true })
+    local names = by_name(assert(lane.build(app)))
+    assert.is_nil(names["gpt-4o"])      -- by the client's name
+    assert.is_nil(names["by-upstream"]) -- by the upstream's name and protocol
+    assert.truthy(names.plain)          -- the claude-only rule is not for it
   end)
 
   it("needs the provider's opt-in", function()
