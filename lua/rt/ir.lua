@@ -17,6 +17,12 @@ local LEVEL_BUDGET = {
 }
 _M.LEVEL_BUDGET = LEVEL_BUDGET
 
+-- Typed reads of decoded JSON, shared by the codecs: the value when it has
+-- that type, else nil.
+function _M.str(v) if type(v) == "string" then return v end return nil end
+function _M.num(v) if type(v) == "number" then return v end return nil end
+function _M.tbl(v) if type(v) == "table" then return v end return nil end
+
 function _M.level_to_budget(level)
   if level == nil then return nil end
   return LEVEL_BUDGET[level]

@@ -16,8 +16,8 @@ local null = json.null
 local FMT = "claude"
 local _M = { name = FMT }
 
-local function s(v) if type(v) == "string" then return v end return nil end
-local function num(v) if type(v) == "number" then return v end return nil end
+local s = ir.str
+local num = ir.num
 
 ---------------------------------------------------------------- requests --
 

@@ -20,9 +20,9 @@ local FMT = "gemini"
 local _M = { name = FMT }
 local SKIP_SIG = "skip_thought_signature_validator"
 
-local function s(v) if type(v) == "string" then return v end return nil end
-local function num(v) if type(v) == "number" then return v end return nil end
-local function tbl(v) if type(v) == "table" then return v end return nil end
+local s = ir.str
+local num = ir.num
+local tbl = ir.tbl
 
 local function tool_prefix(ctx) return (ctx and ctx.tool_id_prefix) or "call_" end
 

@@ -15,9 +15,9 @@ local null = json.null
 local FMT = "openai_responses"
 local _M = { name = FMT }
 
-local function s(v) if type(v) == "string" then return v end return nil end
-local function num(v) if type(v) == "number" then return v end return nil end
-local function tbl(v) if type(v) == "table" then return v end return nil end
+local s = ir.str
+local num = ir.num
+local tbl = ir.tbl
 
 -- Request fields response.completed echoes back.
 local ECHO = {
