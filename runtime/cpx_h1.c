@@ -171,6 +171,22 @@ static void conn_close(cpx_h1_conn_t *c) {
   uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
 }
 
+/* Forgets a response head: before a (re-)send. */
+static void req_reset_head(cpx_h1_req_t *q) {
+  q->status = 0;
+  q->hlen = q->nfields = 0;
+  q->in_field = q->head_done = 0;
+  q->err = NULL;
+}
+
+/* A request starting anew on pool p. */
+static void req_start(cpx_h1_pool_t *p, cpx_h1_req_t *q) {
+  q->pool = p;
+  q->conn = NULL;
+  q->got_bytes = q->retried = q->paused = 0;
+  req_reset_head(q);
+}
+
 static void req_detach(cpx_h1_req_t *q) {
   if (q->conn)
     q->conn->req = NULL;
@@ -196,9 +212,7 @@ static void conn_fail(cpx_h1_conn_t *c, int rc) {
       !q->pool->closed) {
     endpoint_t *ep = c->ep;
     q->retried = 1;
-    q->err = NULL;
-    q->hlen = q->nfields = 0;
-    q->in_field = q->head_done = 0;
+    req_reset_head(q);
     if (conn_open(q->pool, ep, q) == 0)
       return;
   }
@@ -633,12 +647,7 @@ int cpx_h1_send(cpx_h1_pool_t *p, cpx_h1_req_t *q) {
 
   if (p->closed)
     return CPX_ECLOSED;
-  q->pool = p;
-  q->conn = NULL;
-  q->status = 0;
-  q->hlen = q->nfields = 0;
-  q->got_bytes = q->retried = q->paused = q->in_field = q->head_done = 0;
-  q->err = NULL;
+  req_start(p, q);
   ep = endpoint_get(p, q->host, q->port);
   if (!ep)
     return CPX_ENOMEM;
@@ -665,12 +674,7 @@ int cpx__h1_send_addrs(cpx_h1_pool_t *p, cpx_h1_req_t *q,
     uv_freeaddrinfo(list);
     return CPX_ECLOSED;
   }
-  q->pool = p;
-  q->conn = NULL;
-  q->status = 0;
-  q->hlen = q->nfields = 0;
-  q->got_bytes = q->retried = q->paused = q->in_field = q->head_done = 0;
-  q->err = NULL;
+  req_start(p, q);
   ep = endpoint_get(p, q->host, q->port);
   if (!ep) {
     uv_freeaddrinfo(list);

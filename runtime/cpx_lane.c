@@ -135,7 +135,6 @@ typedef struct {
   cpx_vm_t *vm;
   cpx_lane_t *lane; /* one reference: m and t point into it */
   const lane_model_t *m;
-  const lane_target_t *t;
   cpx_pool_choice_t pick;
   int reported; /* the pool heard the outcome (or Lua will) */
   int stream;
@@ -203,19 +202,8 @@ static size_t json_escape(char *out, size_t cap, const char *msg) {
   return o;
 }
 
-static const cpx_header_t json_headers[] = {
-    {CPX_STR("Access-Control-Allow-Origin"), CPX_STR("*")},
-    {CPX_STR("Access-Control-Allow-Methods"),
-     CPX_STR("GET, POST, PUT, PATCH, DELETE, OPTIONS")},
-    {CPX_STR("Access-Control-Allow-Headers"), CPX_STR("*")},
-    {CPX_STR("Content-Type"), CPX_STR("application/json")},
-};
-
 static const cpx_header_t sse_headers[] = {
-    {CPX_STR("Access-Control-Allow-Origin"), CPX_STR("*")},
-    {CPX_STR("Access-Control-Allow-Methods"),
-     CPX_STR("GET, POST, PUT, PATCH, DELETE, OPTIONS")},
-    {CPX_STR("Access-Control-Allow-Headers"), CPX_STR("*")},
+    CPX_CORS_HEADERS,
     {CPX_STR("Content-Type"), CPX_STR("text/event-stream")},
     {CPX_STR("Cache-Control"), CPX_STR("no-cache")},
     {CPX_STR("X-Accel-Buffering"), CPX_STR("no")},
@@ -230,8 +218,7 @@ static void respond_error(lane_req_t *lq, int status, const char *msg) {
                "{\"error\":{\"message\":\"%s\",\"type\":\"server_error\","
                "\"code\":\"upstream_error\"}}",
                esc);
-  cpx_request_respond(lq->r, status, json_headers,
-                      sizeof(json_headers) / sizeof(json_headers[0]), body,
+  cpx_request_respond(lq->r, status, cpx_json_headers, CPX_JSON_HEADERS_N, body,
                       (size_t)n);
 }
 
@@ -355,22 +342,33 @@ static int on_first_event(void *ud, const cpx_sse_event_t *ev) {
   return 1;
 }
 
-/* Sends the client its head and whatever was held. */
-static int start_relay(lane_req_t *lq) {
-  const cpx_header_t *h = lq->stream ? sse_headers : json_headers;
-  size_t nh = lq->stream ? sizeof(sse_headers) / sizeof(sse_headers[0])
-                         : sizeof(json_headers) / sizeof(json_headers[0]);
-  cpx_header_t hs[8];
+/* The client's head for a 2xx: SSE for a stream, else JSON with the
+ * upstream's own content type when it gave one (hs: room for a copy). */
+static const cpx_header_t *
+answer_headers(lane_req_t *lq, cpx_header_t hs[CPX_JSON_HEADERS_N], size_t *n) {
   size_t ctn;
   const char *ct;
+  if (lq->stream) {
+    *n = sizeof(sse_headers) / sizeof(sse_headers[0]);
+    return sse_headers;
+  }
+  *n = CPX_JSON_HEADERS_N;
+  ct = cpx_h1_header(&lq->q, "content-type", &ctn);
+  if (!ct)
+    return cpx_json_headers;
+  memcpy(hs, cpx_json_headers, sizeof(cpx_json_headers));
+  hs[CPX_JSON_HEADERS_N - 1].value.p = ct;
+  hs[CPX_JSON_HEADERS_N - 1].value.n = ctn;
+  return hs;
+}
+
+/* Sends the client its head and whatever was held. */
+static int start_relay(lane_req_t *lq) {
+  cpx_header_t hs[CPX_JSON_HEADERS_N];
+  size_t nh;
+  const cpx_header_t *h = answer_headers(lq, hs, &nh);
 
   report(lq, CPX_POOL_OK);
-  if (!lq->stream && (ct = cpx_h1_header(&lq->q, "content-type", &ctn))) {
-    memcpy(hs, json_headers, sizeof(json_headers));
-    hs[3].value.p = ct;
-    hs[3].value.n = ctn;
-    h = hs;
-  }
   lq->phase = P_RELAY;
   if (cpx_request_start(lq->r, 200, h, nh) != 0)
     return -1;
@@ -470,15 +468,10 @@ static void on_done(cpx_h1_req_t *q, int rc) {
       break;
     }
     {
-      cpx_header_t hs[4];
-      size_t ctn;
-      const char *ct = cpx_h1_header(q, "content-type", &ctn);
-      memcpy(hs, json_headers, sizeof(json_headers));
-      if (ct) {
-        hs[3].value.p = ct;
-        hs[3].value.n = ctn;
-      }
-      cpx_request_respond(r, 200, hs, 4, lq->acc ? lq->acc : "", lq->acc_len);
+      cpx_header_t hs[CPX_JSON_HEADERS_N];
+      size_t nh;
+      const cpx_header_t *h = answer_headers(lq, hs, &nh);
+      cpx_request_respond(r, 200, h, nh, lq->acc ? lq->acc : "", lq->acc_len);
     }
     break;
   case P_RELAY:
@@ -620,7 +613,6 @@ int cpx_lane_try(cpx_worker_t *w, cpx_request_t *r) {
   lq->lane = l;
   l->refs++;
   lq->m = m;
-  lq->t = t;
   lq->pick = choice;
   lq->stream = vals[1].p && vals[1].n == 4 && memcmp(vals[1].p, "true", 4) == 0;
   lq->phase = P_WAIT;

@@ -1043,14 +1043,6 @@ static int push_write_rc(lua_State *L, int rc) {
   return 2;
 }
 
-static const cpx_header_t nka_headers[] = {
-    {CPX_STR("Access-Control-Allow-Origin"), CPX_STR("*")},
-    {CPX_STR("Access-Control-Allow-Methods"),
-     CPX_STR("GET, POST, PUT, PATCH, DELETE, OPTIONS")},
-    {CPX_STR("Access-Control-Allow-Headers"), CPX_STR("*")},
-    {CPX_STR("Content-Type"), CPX_STR("application/json")},
-};
-
 static void ka_stop(lreq_t *lr);
 
 /* The answer after keep-alive blank lines: the status line is gone (200),
@@ -1142,8 +1134,7 @@ static void on_nka(uv_timer_t *t) {
   if (lr->aborted || !r->conn || r->finished)
     return;
   if (!r->headers_sent) {
-    if (cpx_request_start(r, 200, nka_headers,
-                          sizeof(nka_headers) / sizeof(nka_headers[0])) != 0)
+    if (cpx_request_start(r, 200, cpx_json_headers, CPX_JSON_HEADERS_N) != 0)
       return;
     lr->nka_started = 1;
   }

@@ -63,6 +63,9 @@ static void conn_start_reading(cpx_conn_t *c);
 static void request_done(cpx_request_t *r);
 static void conn_timer_arm(cpx_conn_t *c, uint64_t ms, int mode);
 
+const cpx_header_t cpx_json_headers[CPX_JSON_HEADERS_N] = {
+    CPX_CORS_HEADERS, {CPX_STR("Content-Type"), CPX_STR("application/json")}};
+
 void cpx_server_config_defaults(cpx_server_config_t *cfg) {
   memset(cfg, 0, sizeof(*cfg));
   snprintf(cfg->host, sizeof(cfg->host), "127.0.0.1");

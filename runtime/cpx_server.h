@@ -112,6 +112,20 @@ void cpx_server_close(cpx_server_t *srv);
 void cpx_request_ref(cpx_request_t *r);
 void cpx_request_unref(cpx_request_t *r);
 
+/* CORS as CLIProxyAPI sends it (lua/rt/http.lua has the same for Lua), for
+ * header arrays built in C. */
+#define CPX_CORS_HEADERS                                                       \
+  {CPX_STR("Access-Control-Allow-Origin"), CPX_STR("*")},                      \
+      {CPX_STR("Access-Control-Allow-Methods"),                                \
+       CPX_STR("GET, POST, PUT, PATCH, DELETE, OPTIONS")},                     \
+  {                                                                            \
+    CPX_STR("Access-Control-Allow-Headers"), CPX_STR("*")                      \
+  }
+/* CORS, then Content-Type: application/json (the last entry, so a caller
+ * may copy the array and replace the type). */
+#define CPX_JSON_HEADERS_N 4
+extern const cpx_header_t cpx_json_headers[CPX_JSON_HEADERS_N];
+
 /* Complete response with a body (Content-Length). headers may be NULL. */
 int cpx_request_respond(cpx_request_t *r, int status,
                         const cpx_header_t *headers, size_t nheaders,
