@@ -165,12 +165,12 @@ function _M.sync(app)
   return t ~= nil
 end
 
--- After credential files changed, the registry has new targets: rebuild.
+-- After the registry rebuilt itself (credential files changed; its
+-- lookups notice), the table follows. Meanwhile the C side sees the
+-- store's new version and leaves the requests to Lua.
 function _M.refresh(app)
   local reg = app.registry
-  if not reg.auto_store then return end
-  reg:refresh()
-  if reg.store_version ~= app.lane_version then _M.sync(app) end
+  if reg.auto_store and reg.store_version ~= app.lane_version then _M.sync(app) end
 end
 
 return _M

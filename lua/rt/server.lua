@@ -312,8 +312,8 @@ end
 -- Entry from C. Any script error becomes a clean 500 in the client's
 -- format naming the script and line; the traceback goes to the log.
 function _M.handle(req, info)
-  lane.refresh(app)
   local ok, err = xpcall(dispatch, on_error, req, info)
+  lane.refresh(app)
   if ok then return mw.done(app.middleware, info, nil, req:status()) end
   log("error", "script error:", err)
   if not req:sent() and not req:closed() then
