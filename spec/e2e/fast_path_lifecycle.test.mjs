@@ -202,3 +202,36 @@ test('a second proxy on a taken port exits 1 naming the address, with nothing le
     await p.stop();
   }
 });
+
+test('an 8 MiB request body reaches the upstream byte-exact (the socket takes it in pieces)', T(), async () => {
+  const crypto = await import('node:crypto');
+  const got = [];
+  const srv = http.createServer(async (req, res) => {
+    const chunks = [];
+    for await (const c of req) chunks.push(c);
+    const body = Buffer.concat(chunks);
+    got.push({ length: body.length, sha: crypto.createHash('sha256').update(body).digest('hex'), cl: req.headers['content-length'] });
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end('{"id":"x","object":"chat.completion","choices":[]}');
+  });
+  await new Promise((r) => srv.listen(0, '127.0.0.1', r));
+  const p = await startProxy({ openaiCompat: [{ name: 'big', baseUrl: `http://127.0.0.1:${srv.address().port}/v1`,
+    keys: ['k'], models: [{ name: 'up-big', alias: 'big-model' }] }] });
+  try {
+    const text = 'abcdefghij'.repeat(8 * 1024 * 1024 / 10);
+    const tail = ', "model" : "big-model", "n": 1}';
+    const body = `{"messages":[{"role":"user","content":"${text}"}]${tail}`;
+    const want = body.replace('"big-model"', '"up-big"');
+    const r = await fetch(`${p.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body });
+    assert.equal(r.status, 200);
+    await r.text();
+    assert.equal(got.length, 1);
+    assert.equal(got[0].length, Buffer.byteLength(want));
+    assert.equal(got[0].cl, String(Buffer.byteLength(want)));
+    assert.equal(got[0].sha, crypto.createHash('sha256').update(want).digest('hex'));
+    assert.ok(await waitFor(() => accessLines(p).some((l) => /\| fast/.test(l)), 3000), p.stderr().slice(-800));
+  } finally {
+    await p.stop();
+    await new Promise((r) => srv.close(r));
+  }
+});
