@@ -18,18 +18,7 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 . bench/lib/common.sh
 
-RUNS=${RUNS:-3}
-DURATION=${DURATION:-8s}
-CONNS=${CONNS:-32}
-THREADS=${THREADS:-2}
-WORKERS=${WORKERS:-1}
-PIN=${PIN:-0}
-CPX_BIN=${CPX_BIN:-$ROOT/build/cliproxy}
-if [ "${1:-}" = "--quick" ]; then RUNS=1; DURATION=3s; fi
-
-for tool in wrk nginx curl luajit; do
-  command -v "$tool" >/dev/null || { echo "bench: $tool is missing (scripts/setup.sh --test installs it)" >&2; exit 1; }
-done
+bench_options "$@"
 [ -x "$CPX_BIN" ] || { echo "bench: no cliproxy binary at $CPX_BIN (build it with scripts/build.sh)" >&2; exit 2; }
 
 bench_init cpx-bench-tr

@@ -125,6 +125,24 @@ median() {
 # field NAME < "BENCH k=v ..." line
 field() { tr ' ' '\n' | awk -F= -v k="$1" '$1 == k {print $2}'; }
 
+# bench_options "$@": the wrk benchmarks' shared settings from the
+# environment (RUNS, DURATION, CONNS, THREADS, WORKERS, PIN, CPX_BIN;
+# --quick = 1 run x 3 s) and a check for the tools they need. Needs ROOT.
+bench_options() {
+  RUNS=${RUNS:-3}
+  DURATION=${DURATION:-8s}
+  CONNS=${CONNS:-32}
+  THREADS=${THREADS:-2}
+  WORKERS=${WORKERS:-1}
+  PIN=${PIN:-0}
+  CPX_BIN=${CPX_BIN:-$ROOT/build/cliproxy}
+  if [ "${1:-}" = "--quick" ]; then RUNS=1; DURATION=3s; fi
+  local tool
+  for tool in wrk nginx curl luajit; do
+    command -v "$tool" >/dev/null || { echo "bench: $tool is missing (scripts/setup.sh --test installs it)" >&2; exit 1; }
+  done
+}
+
 # bench_init NAME: a temporary directory ($TMP, removed on exit) and the
 # clean-up of every server the script starts: nginx pids in NGINX_PIDS (QUIT),
 # cliproxy in CPX_PID (TERM), all of them in PIDS (waited for, then KILL).
