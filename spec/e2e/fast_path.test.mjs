@@ -79,6 +79,19 @@ function assertOpenAIError(body, where) {
   assert.ok('code' in body.error, `${where}: error.code present`);
 }
 
+// Listens on a free loopback port; s gets port, url and close() (which
+// also drops the connections still open, tracked in s.sockets).
+async function listenOn(srv, s) {
+  await new Promise((resolve, reject) => { srv.once('error', reject); srv.listen(0, '127.0.0.1', resolve); });
+  s.port = srv.address().port;
+  s.url = `http://127.0.0.1:${s.port}`;
+  s.close = async () => {
+    for (const sock of s.sockets) sock.destroy();
+    await new Promise((r) => srv.close(r));
+  };
+  return s;
+}
+
 // A plain node:http upstream that records connections and requests.
 // idleCloseMs: the server closes a keep-alive connection idle that long.
 async function startServer(handler, { idleCloseMs } = {}) {
@@ -110,14 +123,7 @@ async function startServer(handler, { idleCloseMs } = {}) {
     });
     try { await handler(req, res, rec); } catch (e) { rec.error = String(e); res.destroy(); }
   });
-  await new Promise((resolve, reject) => { srv.once('error', reject); srv.listen(0, '127.0.0.1', resolve); });
-  s.port = srv.address().port;
-  s.url = `http://127.0.0.1:${s.port}`;
-  s.close = async () => {
-    for (const sock of s.sockets) sock.destroy();
-    await new Promise((r) => srv.close(r));
-  };
-  return s;
+  return listenOn(srv, s);
 }
 
 // A raw TCP upstream for framings node:http does not produce: a body
@@ -155,14 +161,7 @@ async function startRawServer() {
       }
     });
   });
-  await new Promise((resolve, reject) => { srv.once('error', reject); srv.listen(0, '127.0.0.1', resolve); });
-  s.port = srv.address().port;
-  s.url = `http://127.0.0.1:${s.port}`;
-  s.close = async () => {
-    for (const sock of s.sockets) sock.destroy();
-    await new Promise((r) => srv.close(r));
-  };
-  return s;
+  return listenOn(srv, s);
 }
 
 function sseChunk(id, content, finish = null) {
