@@ -14,19 +14,36 @@ local PROVIDERS = { "openai_compat", "claude", "gemini", "codex", "vertex" }
 local FORMATS = { openai_chat = true, openai_responses = true, claude = true, gemini = true }
 
 -- A provider declares its contract as data; errors name file and field.
+-- Every field the engine reads from a provider module is listed here, so a
+-- typo or a wrong type fails the load instead of silently changing routing.
+local PROVIDER_FIELDS = {
+  { "name", "string", true },
+  { "format", "format", true },
+  { "prepare", "function", true },
+  { "classify", "function" },
+  { "fixup", "function" },
+  { "force_stream", "boolean" },
+  { "fast_path", "boolean" },
+}
+local FORMAT_LIST = "openai_chat, openai_responses, claude, gemini"
+
 local function check_provider(name, p)
   local file = "providers/" .. name .. ".lua"
   if type(p) ~= "table" then return nil, file .. ": module must return a table" end
-  if type(p.name) ~= "string" then return nil, file .. ": field 'name' must be a string" end
-  if not FORMATS[p.format] then
-    return nil, file .. ": field 'format' must be one of openai_chat, openai_responses, claude, gemini"
-  end
-  if type(p.prepare) ~= "function" then return nil, file .. ": field 'prepare' must be a function" end
-  if p.classify ~= nil and type(p.classify) ~= "function" then
-    return nil, file .. ": field 'classify' must be a function"
+  for _, f in ipairs(PROVIDER_FIELDS) do
+    local key, want, required = f[1], f[2], f[3]
+    local v = p[key]
+    if want == "format" then
+      if (v ~= nil or required) and not FORMATS[v] then
+        return nil, format("%s: field '%s' must be one of %s", file, key, FORMAT_LIST)
+      end
+    elseif (v ~= nil or required) and type(v) ~= want then
+      return nil, format("%s: field '%s' must be a %s, not a %s", file, key, want, type(v))
+    end
   end
   return true
 end
+_M.check_provider = check_provider
 
 function _M.start(doc, lines, path)
   local cfg, err = config.validate(doc, lines, path)

@@ -1,0 +1,42 @@
+-- rt.boot checks every provider field the engine reads, naming file and field.
+local boot = require("rt.boot")
+
+local function prov(over)
+  local p = { name = "x", format = "openai_chat", prepare = function() end }
+  for k, v in pairs(over) do p[k] = v end
+  return p
+end
+
+describe("rt.boot.check_provider", function()
+  local bad = {
+    { prov({ name = 1 }), "field 'name' must be a string, not a number" },
+    { prov({ format = "grpc" }), "field 'format' must be one of openai_chat, openai_responses, claude, gemini" },
+    { prov({ prepare = "yes" }), "field 'prepare' must be a function, not a string" },
+    { prov({ classify = {} }), "field 'classify' must be a function, not a table" },
+    { prov({ fixup = true }), "field 'fixup' must be a function, not a boolean" },
+    { prov({ force_stream = "true" }), "field 'force_stream' must be a boolean, not a string" },
+    { prov({ fast_path = 1 }), "field 'fast_path' must be a boolean, not a number" },
+    { "not a table", "module must return a table" },
+  }
+  for i, c in ipairs(bad) do
+    it("refuses case " .. i .. ": " .. c[2], function()
+      local ok, err = boot.check_provider("x", c[1])
+      assert.is_nil(ok)
+      assert.equal("providers/x.lua: " .. c[2], err)
+    end)
+  end
+
+  it("refuses a missing required field", function()
+    local p = prov({})
+    p.prepare = nil
+    local ok, err = boot.check_provider("x", p)
+    assert.is_nil(ok)
+    assert.equal("providers/x.lua: field 'prepare' must be a function, not a nil", err)
+  end)
+
+  it("accepts every built-in provider", function()
+    for _, name in ipairs({ "openai_compat", "claude", "gemini", "codex", "vertex" }) do
+      assert.is_true(boot.check_provider(name, require("providers." .. name)))
+    end
+  end)
+end)
