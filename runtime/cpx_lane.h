@@ -39,7 +39,7 @@ struct cpx_worker_s;
 int cpx_lane_try(struct cpx_worker_s *w, cpx_request_t *r);
 /* Drops the generation's reference (requests in flight keep theirs). */
 void cpx_lane_free(cpx_lane_t *l);
-/* Adds cpx.lane (configure, stats) to the table at the top of the stack. */
+/* Adds cpx.lane (configure) to the table at the top of the stack. */
 void cpx_lane_lua_register(lua_State *L);
 
 #endif /* CPX_LANE_H */

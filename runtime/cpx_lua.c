@@ -471,7 +471,7 @@ int cpx_vm_new(cpx_worker_t *w, const char *config_path, cpx_vm_t **out,
   vm->worker = w;
   vm->refs = 1;
   vm->gen = ++w->next_gen;
-  vm->handle_ref = vm->shutdown_ref = LUA_NOREF;
+  vm->handle_ref = LUA_NOREF;
   vm->mem_limit = 0; /* set once the config is read */
   L = luaL_newstate();
   if (!L) {
@@ -551,8 +551,6 @@ int cpx_vm_new(cpx_worker_t *w, const char *config_path, cpx_vm_t **out,
     goto fail;
   }
   vm->handle_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  lua_getfield(L, -1, "config");
-  lua_setfield(L, LUA_REGISTRYINDEX, "cpx.config");
   lua_settop(L, top);
   vm->mem_limit = vm->settings.lua_memory_limit;
   if (vm->mem_limit && vm->mem_used > vm->mem_limit)

@@ -53,7 +53,6 @@ struct cpx_vm_s {
   int host;
   int handle_ref;          /* rt.server handle function */
   struct cpx_lane_s *lane; /* the fast path's routes (owned; may be NULL) */
-  int shutdown_ref;
   cpx_worker_t *worker;
   cpx_settings_t settings;
 };
