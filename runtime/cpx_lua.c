@@ -471,7 +471,7 @@ int cpx_vm_new(cpx_worker_t *w, const char *config_path, cpx_vm_t **out,
   vm->worker = w;
   vm->refs = 1;
   vm->gen = ++w->next_gen;
-  vm->handle_ref = LUA_NOREF;
+  vm->handle_ref = vm->banner_ref = LUA_NOREF;
   vm->mem_limit = 0; /* set once the config is read */
   L = luaL_newstate();
   if (!L) {
@@ -551,6 +551,9 @@ int cpx_vm_new(cpx_worker_t *w, const char *config_path, cpx_vm_t **out,
     goto fail;
   }
   vm->handle_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_getfield(L, -1, "banner");
+  if (lua_isfunction(L, -1))
+    vm->banner_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_settop(L, top);
   vm->mem_limit = vm->settings.lua_memory_limit;
   if (vm->mem_limit && vm->mem_used > vm->mem_limit)
@@ -564,6 +567,30 @@ fail:
   cpx_lane_free(vm->lane);
   free(vm);
   return rc;
+}
+
+void cpx_vm_banner(cpx_vm_t *vm, const char *base_url) {
+  lua_State *L = vm->L;
+  int top = lua_gettop(L);
+  if (vm->banner_ref == LUA_NOREF)
+    return;
+  vm->host++;
+  lua_pushcfunction(L, traceback);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, vm->banner_ref);
+  lua_pushstring(L, base_url);
+  vm->host--;
+  if (lua_pcall(L, 1, 1, top + 1) != 0) {
+    cpx_log_warn(NULL, "rt.banner: %s", lua_tostring(L, -1));
+  } else if (lua_istable(L, -1)) {
+    for (int i = 1;; i++) {
+      lua_rawgeti(L, -1, i);
+      if (!lua_isstring(L, -1))
+        break;
+      cpx_log_info(NULL, "%s", lua_tostring(L, -1));
+      lua_pop(L, 1);
+    }
+  }
+  lua_settop(L, top);
 }
 
 void cpx_vm_ref(cpx_vm_t *vm) {

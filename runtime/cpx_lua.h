@@ -52,6 +52,7 @@ struct cpx_vm_s {
    * call fail (which would be a panic). Scripts always run under the cap. */
   int host;
   int handle_ref;          /* rt.server handle function */
+  int banner_ref;          /* rt.banner of this generation (may be LUA_NOREF) */
   struct cpx_lane_s *lane; /* the fast path's routes (owned; may be NULL) */
   cpx_worker_t *worker;
   cpx_settings_t settings;
@@ -82,6 +83,9 @@ int cpx_lua_find_builtin_dir(const char *argv0, char *out, size_t outlen);
 int cpx_vm_new(cpx_worker_t *w, const char *config_path, cpx_vm_t **out,
                char *err, size_t errlen);
 void cpx_vm_ref(cpx_vm_t *vm);
+/* Logs the start-up banner (rt.banner) of a generation: what is served and
+ * how to point clients at base_url. A script error is logged, not fatal. */
+void cpx_vm_banner(cpx_vm_t *vm, const char *base_url);
 void cpx_vm_unref(cpx_vm_t *vm);
 
 /* Worker glue: set the loop first, then init. */

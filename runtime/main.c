@@ -601,6 +601,19 @@ static int run_server(const char *argv0, const char *path) {
                w0->w.vm->settings.tls_enable ? "https://" : "http://",
                w0->w.server.cfg.host[0] ? w0->w.server.cfg.host : "0.0.0.0",
                w0->w.server.cfg.port, n, config_path, lua_dir);
+  {
+    /* The address clients on this machine use: a wildcard bind is reached
+     * through loopback. */
+    char url[320];
+    const char *h = w0->w.server.cfg.host;
+    int wild = !h[0] || strcmp(h, "0.0.0.0") == 0 || strcmp(h, "::") == 0;
+    int v6 = !wild && strchr(h, ':') != NULL;
+    snprintf(url, sizeof(url), "%s%s%s%s:%d",
+             w0->w.vm->settings.tls_enable ? "https://" : "http://",
+             v6 ? "[" : "", wild ? "127.0.0.1" : h, v6 ? "]" : "",
+             w0->w.server.cfg.port);
+    cpx_vm_banner(w0->w.vm, url);
+  }
   uv_run(&w0->loop, UV_RUN_DEFAULT);
   worker_finish(w0);
   for (int i = 1; i < n; i++)

@@ -79,7 +79,9 @@ function _M.start(doc, lines, path)
   local server = require("rt.server")
   server.init(app)
   require("rt.lane").sync(app)
-  return { config = cfg, handle = server.handle }
+  local banner = require("rt.banner")
+  return { config = cfg, handle = server.handle,
+           banner = function(base_url) return banner.lines(app, base_url) end }
 end
 
 return _M

@@ -363,3 +363,27 @@ test('write-stall timeout: a client that stops reading is cut off and the upstre
     await proxy.stop();
   }
 });
+
+// ---------------------------------------------------------------- start-up banner
+
+test('start-up banner: the models served and how to point each CLI at them, never a key', T(), async () => {
+  const proxy = await startProxy({ apiKeys: ['sk-banner-secret-1'], openaiCompat: compat(['kimi-k2', 'glm-4']) });
+  try {
+    // the log is flushed every 100 ms
+    assert.ok(await waitFor(() => /OpenAI SDKs:/.test(proxy.stderr() + proxy.stdout())), proxy.stderr());
+    const log = proxy.stderr() + proxy.stdout();
+    assert.match(log, /models \(2\): glm-4, kimi-k2/);
+    assert.match(log, new RegExp(`ANTHROPIC_BASE_URL=http://127\\.0\\.0\\.1:${proxy.port} ANTHROPIC_AUTH_TOKEN=<one of your api-keys> ANTHROPIC_MODEL=glm-4 claude`));
+    assert.match(log, new RegExp(`GOOGLE_GEMINI_BASE_URL=http://127\\.0\\.0\\.1:${proxy.port} `));
+    assert.match(log, new RegExp(`base_url = "http://127\\.0\\.0\\.1:${proxy.port}/v1"`));
+    assert.doesNotMatch(log, /sk-banner-secret-1|up-key/);
+    assert.doesNotMatch(log, /every client is accepted/);
+  } finally { await proxy.stop(); }
+  const open = await startProxy({ openaiCompat: [] });
+  try {
+    assert.ok(await waitFor(() => /OpenAI SDKs:/.test(open.stderr() + open.stdout())), open.stderr());
+    const log = open.stderr() + open.stdout();
+    assert.match(log, /no models are served yet: add an upstream/);
+    assert.match(log, /api-keys is empty: every client is accepted/);
+  } finally { await open.stop(); }
+});
