@@ -471,7 +471,7 @@ int cpx_vm_new(cpx_worker_t *w, const char *config_path, cpx_vm_t **out,
   vm->worker = w;
   vm->refs = 1;
   vm->gen = ++w->next_gen;
-  vm->handle_ref = vm->banner_ref = LUA_NOREF;
+  vm->handle_ref = vm->app_ref = LUA_NOREF;
   vm->mem_limit = 0; /* set once the config is read */
   L = luaL_newstate();
   if (!L) {
@@ -551,9 +551,8 @@ int cpx_vm_new(cpx_worker_t *w, const char *config_path, cpx_vm_t **out,
     goto fail;
   }
   vm->handle_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  lua_getfield(L, -1, "banner");
-  if (lua_isfunction(L, -1))
-    vm->banner_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_pushvalue(L, -1);
+  vm->app_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_settop(L, top);
   vm->mem_limit = vm->settings.lua_memory_limit;
   if (vm->mem_limit && vm->mem_used > vm->mem_limit)
@@ -569,17 +568,30 @@ fail:
   return rc;
 }
 
+/* Calls app[name](arg) under traceback; leaves the result at the top (or
+ * an error message) and returns 0 or -1. The caller resets the stack. */
+static int app_call(cpx_vm_t *vm, const char *name, const char *arg) {
+  lua_State *L = vm->L;
+  int base = lua_gettop(L);
+  vm->host++;
+  lua_pushcfunction(L, traceback);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, vm->app_ref);
+  lua_getfield(L, -1, name);
+  lua_remove(L, -2);
+  if (arg)
+    lua_pushstring(L, arg);
+  vm->host--;
+  if (!lua_isfunction(L, arg ? -2 : -1)) {
+    lua_pushfstring(L, "rt.boot.start returned no %s function", name);
+    return -1;
+  }
+  return lua_pcall(L, arg ? 1 : 0, 1, base + 1) == 0 ? 0 : -1;
+}
+
 void cpx_vm_banner(cpx_vm_t *vm, const char *base_url) {
   lua_State *L = vm->L;
   int top = lua_gettop(L);
-  if (vm->banner_ref == LUA_NOREF)
-    return;
-  vm->host++;
-  lua_pushcfunction(L, traceback);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, vm->banner_ref);
-  lua_pushstring(L, base_url);
-  vm->host--;
-  if (lua_pcall(L, 1, 1, top + 1) != 0) {
+  if (app_call(vm, "banner", base_url) != 0) {
     cpx_log_warn(NULL, "rt.banner: %s", lua_tostring(L, -1));
   } else if (lua_istable(L, -1)) {
     for (int i = 1;; i++) {
@@ -591,6 +603,78 @@ void cpx_vm_banner(cpx_vm_t *vm, const char *base_url) {
     }
   }
   lua_settop(L, top);
+}
+
+/* Copies t[i] (a string, else "") into out. */
+static void str_index(lua_State *L, int t, int i, char *out, size_t n) {
+  lua_rawgeti(L, t, i);
+  snprintf(out, n, "%s", lua_isstring(L, -1) ? lua_tostring(L, -1) : "");
+  lua_pop(L, 1);
+}
+
+static void str_field(lua_State *L, int t, const char *k, char *out, size_t n) {
+  lua_getfield(L, t, k);
+  snprintf(out, n, "%s", lua_isstring(L, -1) ? lua_tostring(L, -1) : "");
+  lua_pop(L, 1);
+}
+
+int cpx_vm_doctor(cpx_vm_t *vm, cpx_doctor_t *out, char *err, size_t errlen) {
+  lua_State *L = vm->L;
+  int top = lua_gettop(L), rep, n, rc = 0;
+
+  memset(out, 0, sizeof(*out));
+  if (app_call(vm, "doctor", NULL) != 0 || !lua_istable(L, -1)) {
+    snprintf(err, errlen, "rt.doctor: %s",
+             lua_isstring(L, -1) ? lua_tostring(L, -1) : "no report");
+    lua_settop(L, top);
+    return CPX_ESCRIPT;
+  }
+  rep = lua_gettop(L);
+  lua_getfield(L, rep, "checks");
+  n = lua_istable(L, -1) ? (int)lua_objlen(L, -1) : 0;
+  out->checks = n ? calloc((size_t)n, sizeof(*out->checks)) : NULL;
+  if (n && !out->checks)
+    rc = CPX_ENOMEM;
+  for (int i = 0; !rc && i < n; i++) {
+    lua_rawgeti(L, -1, i + 1);
+    if (lua_istable(L, -1)) {
+      int t = lua_gettop(L);
+      cpx_doctor_check_t *c = &out->checks[out->nchecks++];
+      str_index(L, t, 1, c->level, sizeof(c->level));
+      str_index(L, t, 2, c->text, sizeof(c->text));
+      str_index(L, t, 3, c->hint, sizeof(c->hint));
+    }
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  lua_getfield(L, rep, "upstreams");
+  n = lua_istable(L, -1) ? (int)lua_objlen(L, -1) : 0;
+  out->upstreams = n ? calloc((size_t)n, sizeof(*out->upstreams)) : NULL;
+  if (!rc && n && !out->upstreams)
+    rc = CPX_ENOMEM;
+  for (int i = 0; !rc && i < n; i++) {
+    lua_rawgeti(L, -1, i + 1);
+    if (lua_istable(L, -1)) {
+      int t = lua_gettop(L);
+      cpx_doctor_upstream_t *u = &out->upstreams[out->nupstreams++];
+      str_field(L, t, "name", u->name, sizeof(u->name));
+      str_field(L, t, "url", u->url, sizeof(u->url));
+      str_field(L, t, "proxy", u->proxy, sizeof(u->proxy));
+    }
+    lua_pop(L, 1);
+  }
+  lua_settop(L, top);
+  if (rc) {
+    snprintf(err, errlen, "out of memory");
+    cpx_doctor_free(out);
+  }
+  return rc;
+}
+
+void cpx_doctor_free(cpx_doctor_t *d) {
+  free(d->checks);
+  free(d->upstreams);
+  memset(d, 0, sizeof(*d));
 }
 
 void cpx_vm_ref(cpx_vm_t *vm) {

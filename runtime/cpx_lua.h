@@ -52,7 +52,7 @@ struct cpx_vm_s {
    * call fail (which would be a panic). Scripts always run under the cap. */
   int host;
   int handle_ref;          /* rt.server handle function */
-  int banner_ref;          /* rt.banner of this generation (may be LUA_NOREF) */
+  int app_ref;             /* the table rt.boot.start returned */
   struct cpx_lane_s *lane; /* the fast path's routes (owned; may be NULL) */
   cpx_worker_t *worker;
   cpx_settings_t settings;
@@ -86,6 +86,27 @@ void cpx_vm_ref(cpx_vm_t *vm);
 /* Logs the start-up banner (rt.banner) of a generation: what is served and
  * how to point clients at base_url. A script error is logged, not fatal. */
 void cpx_vm_banner(cpx_vm_t *vm, const char *base_url);
+
+/* `cliproxy doctor`'s findings from Lua (rt.doctor): checks and the upstream
+ * origins to probe. Filled by cpx_vm_doctor, freed by cpx_doctor_free. */
+typedef struct {
+  char level[8]; /* "ok", "warn", "error" */
+  char text[768];
+  char hint[256];
+} cpx_doctor_check_t;
+typedef struct {
+  char name[256];
+  char url[512];
+  char proxy[512]; /* empty: the global proxy-url */
+} cpx_doctor_upstream_t;
+typedef struct {
+  cpx_doctor_check_t *checks;
+  int nchecks;
+  cpx_doctor_upstream_t *upstreams;
+  int nupstreams;
+} cpx_doctor_t;
+int cpx_vm_doctor(cpx_vm_t *vm, cpx_doctor_t *out, char *err, size_t errlen);
+void cpx_doctor_free(cpx_doctor_t *d);
 void cpx_vm_unref(cpx_vm_t *vm);
 
 /* Worker glue: set the loop first, then init. */

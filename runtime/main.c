@@ -13,6 +13,7 @@
 #include <libgen.h>
 
 #include "cpx.h"
+#include "cpx_doctor.h"
 #include "cpx_log.h"
 #include "cpx_lua.h"
 #include "cpx_pool.h"
@@ -80,6 +81,11 @@ static void usage(FILE *out) {
           "module as the\n"
           "                                     server would; exit 0 when all "
           "is well\n"
+          "  cliproxy doctor [-config FILE] [--offline]\n"
+          "                                     check the config, the port, "
+          "each credential and\n"
+          "                                     each upstream; say what to "
+          "fix (exit 1 on a problem)\n"
           "  cliproxy tokens --encoding ENC [FILE]\n"
           "                                     count tokens (o200k_base, "
           "cl100k_base) of FILE\n"
@@ -172,6 +178,43 @@ static int cmd_check(int argc, char **argv, const char *argv0) {
   printf("%s: ok (lua: %s)\n", w.config_path, w.lua_dir);
   cpx_vm_unref(vm);
   return 0;
+}
+
+static int cmd_doctor(int argc, char **argv, const char *argv0) {
+  const char *path = "config.yaml";
+  cpx_doctor_opts_t opts = {0, 0};
+  cpx_worker_t w;
+  cpx_vm_t *vm;
+  char err[4096];
+  char *rest[64];
+  int nrest = 0, problems;
+
+  /* doctor's own flags first; the rest is -config as everywhere. */
+  for (int i = 0; i < argc && nrest < 64; i++) {
+    if (i >= 2 &&
+        (strcmp(argv[i], "--offline") == 0 || strcmp(argv[i], "-offline") == 0))
+      opts.offline = 1;
+    else
+      rest[nrest++] = argv[i];
+  }
+  if (parse_config_flag(nrest, rest, 2, &path) != 0)
+    return 2;
+  memset(&w, 0, sizeof(w));
+  if (resolve_config(path, w.config_path, sizeof(w.config_path)) != 0)
+    return 1;
+  if (cpx_lua_find_builtin_dir(argv0, w.lua_dir, sizeof(w.lua_dir)) != 0) {
+    fprintf(stderr, "cliproxy: cannot find the built-in lua/ directory\n");
+    return 1;
+  }
+  if (cpx_vm_new(&w, w.config_path, &vm, err, sizeof(err)) != 0) {
+    printf("cliproxy doctor: %s\n  error %s\n        -> fix the file and line "
+           "named above, then run doctor again\n1 problem(s), 0 warning(s)\n",
+           w.config_path, err);
+    return 1;
+  }
+  problems = cpx_doctor_run(vm, w.config_path, &opts);
+  cpx_vm_unref(vm);
+  return problems ? 1 : 0;
 }
 
 /* ---- reload and drain --------------------------------------------------- */
@@ -647,6 +690,8 @@ int main(int argc, char **argv) {
 
   if (argc > 1 && strcmp(argv[1], "check") == 0)
     return cmd_check(argc, argv, argv[0]);
+  if (argc > 1 && strcmp(argv[1], "doctor") == 0)
+    return cmd_doctor(argc, argv, argv[0]);
   if (argc > 1 && strcmp(argv[1], "tokens") == 0)
     return cpx_tokens_cli(argc - 1, argv + 1);
   if (argc > 1 &&

@@ -80,8 +80,10 @@ function _M.start(doc, lines, path)
   server.init(app)
   require("rt.lane").sync(app)
   local banner = require("rt.banner")
+  local doctor = require("rt.doctor")
   return { config = cfg, handle = server.handle,
-           banner = function(base_url) return banner.lines(app, base_url) end }
+           banner = function(base_url) return banner.lines(app, base_url) end,
+           doctor = function() return doctor.report(app, cpx.store.list(), cpx.now()) end }
 end
 
 return _M
