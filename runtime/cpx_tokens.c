@@ -259,8 +259,10 @@ static inline uint32_t rank_of(const encoding_t *e, const uint8_t *p,
   }
 }
 
+/* path NULL reads standard input (opening /dev/stdin fails with ENXIO when
+ * stdin is a socket, as a parent that spawns with socketpair() gives). */
 static int read_file(const char *path, uint8_t **out, size_t *outn) {
-  FILE *f = fopen(path, "rb");
+  FILE *f = path ? fopen(path, "rb") : stdin;
   if (!f)
     return -errno;
   uint8_t *buf = NULL;
@@ -271,7 +273,8 @@ static int read_file(const char *path, uint8_t **out, size_t *outn) {
       uint8_t *nb = realloc(buf, cap);
       if (!nb) {
         free(buf);
-        fclose(f);
+        if (path)
+          fclose(f);
         return CPX_ENOMEM;
       }
       buf = nb;
@@ -282,7 +285,8 @@ static int read_file(const char *path, uint8_t **out, size_t *outn) {
       break;
   }
   int bad = ferror(f);
-  fclose(f);
+  if (path)
+    fclose(f);
   if (bad) {
     free(buf);
     return CPX_EIO;
@@ -997,7 +1001,7 @@ int cpx_tokens_cli(int argc, char **argv) {
   size_t n = 0;
   int rc;
   if (!file || strcmp(file, "-") == 0) {
-    rc = read_file("/dev/stdin", &buf, &n);
+    rc = read_file(NULL, &buf, &n);
     file = "stdin";
   } else {
     rc = read_file(file, &buf, &n);

@@ -1,0 +1,102 @@
+// Packaging: `cmake --install` gives a binary that finds its Lua modules and
+// rank files with no flags, from any directory; the systemd unit verifies;
+// the container builds where a container engine runs (skipped elsewhere).
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+
+import { BIN, ROOT, freePort, healthz } from './lib/proxy.mjs';
+
+const T = (ms = 60000) => ({ timeout: ms });
+let prefix;
+before(() => {
+  prefix = fs.mkdtempSync(path.join(os.tmpdir(), 'cpx-install-'));
+  const r = spawnSync('cmake', ['--install', path.dirname(BIN), '--prefix', prefix], { encoding: 'utf8' });
+  assert.equal(r.status, 0, r.stdout + r.stderr);
+});
+after(() => { fs.rmSync(prefix, { recursive: true, force: true }); });
+
+const installed = () => path.join(prefix, 'bin', 'cliproxy');
+
+test('the installed binary finds lua/ and the rank files under its prefix, from any directory', T(), async () => {
+  const share = path.join(prefix, 'share', 'cliproxy');
+  for (const f of ['lua/rt/boot.lua', 'data/o200k_base.tiktoken', 'config.example.yaml', 'cliproxy.service']) {
+    assert.ok(fs.existsSync(path.join(share, f)), f);
+  }
+  const cwd = fs.mkdtempSync(path.join(os.tmpdir(), 'cpx-cwd-'));
+  try {
+    const env = { ...process.env };
+    delete env.CPX_LUA_DIR;
+    const check = spawnSync(installed(), ['check', '-config', path.join(share, 'config.example.yaml')],
+      { cwd, env, encoding: 'utf8' });
+    assert.equal(check.status, 0, check.stderr);
+    assert.match(check.stdout, new RegExp(`lua: ${share.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}/lua`));
+    const tok = spawnSync(installed(), ['tokens', '--encoding', 'o200k_base'], { cwd, env, input: 'hello world', encoding: 'utf8' });
+    assert.equal(tok.status, 0, tok.stderr);
+    assert.equal(tok.stdout.trim(), '2');
+    // and it serves
+    const port = await freePort();
+    const cfg = path.join(cwd, 'config.yaml');
+    fs.writeFileSync(cfg, `host: "127.0.0.1"\nport: ${port}\nauth-dir: "${cwd}/auths"\n`);
+    const child = spawn(installed(), ['-config', cfg], { cwd, env, stdio: 'ignore' });
+    try {
+      let h = { status: 0 };
+      for (let i = 0; i < 100 && h.status !== 200; i++) {
+        h = await healthz(`http://127.0.0.1:${port}`);
+        if (h.status !== 200) await new Promise((r) => setTimeout(r, 100));
+      }
+      assert.equal(h.status, 200, h.text);
+    } finally {
+      child.kill('SIGTERM');
+      await new Promise((r) => child.on('exit', r));
+    }
+  } finally {
+    fs.rmSync(cwd, { recursive: true, force: true });
+  }
+});
+
+test('the systemd unit passes systemd-analyze verify', T(), (t) => {
+  const which = spawnSync('sh', ['-c', 'command -v systemd-analyze']);
+  if (which.status !== 0) { t.skip('systemd-analyze is not installed'); return; }
+  const unit = fs.readFileSync(path.join(ROOT, 'examples/deploy/cliproxy.service'), 'utf8')
+    .replaceAll('/usr/bin/cliproxy', installed());
+  const p = path.join(prefix, 'cliproxy.service');
+  fs.writeFileSync(p, unit);
+  const r = spawnSync('systemd-analyze', ['verify', p], { encoding: 'utf8' });
+  // verify exits 0 on unknown keys and bad values too: any output is a finding
+  assert.equal(r.status, 0, r.stderr);
+  assert.equal(r.stderr.trim(), '', r.stderr);
+  for (const k of ['NoNewPrivileges=yes', 'ProtectSystem=strict', 'ProtectHome=yes', 'User=cliproxy']) {
+    assert.ok(unit.includes(k), k);
+  }
+});
+
+test('the container image builds and becomes healthy', T(900000), async (t) => {
+  const info = spawnSync('docker', ['info'], { encoding: 'utf8' });
+  if (info.error || info.status !== 0) {
+    t.skip('no container engine answers `docker info` here: the Dockerfile is not built');
+    return;
+  }
+  const tag = `cliproxy-test:${process.pid}`;
+  const b = spawnSync('docker', ['build', '-t', tag, ROOT], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+  assert.equal(b.status, 0, b.stderr);
+  const run = spawnSync('docker', ['run', '-d', '--rm', tag], { encoding: 'utf8' });
+  assert.equal(run.status, 0, run.stderr);
+  const id = run.stdout.trim();
+  try {
+    let health = '';
+    for (let i = 0; i < 60 && health !== 'healthy'; i++) {
+      await new Promise((r) => setTimeout(r, 1000));
+      health = spawnSync('docker', ['inspect', '-f', '{{.State.Health.Status}}', id], { encoding: 'utf8' }).stdout.trim();
+    }
+    assert.equal(health, 'healthy');
+    const user = spawnSync('docker', ['exec', id, 'id', '-u'], { encoding: 'utf8' }).stdout.trim();
+    assert.notEqual(user, '0');
+  } finally {
+    spawnSync('docker', ['rm', '-f', id]);
+    spawnSync('docker', ['rmi', tag]);
+  }
+});
