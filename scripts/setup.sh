@@ -53,7 +53,7 @@ fi
 if [ "$want_test" = 1 ] && [ -f spec/e2e/clis/package.json ]; then
   if [ ! -d spec/e2e/clis/node_modules ] || [ spec/e2e/clis/package.json -nt spec/e2e/clis/node_modules ] \
      || [ spec/e2e/clis/package-lock.json -nt spec/e2e/clis/node_modules ]; then
-    echo "setup: installing the e2e CLIs (spec/e2e/clis: claude-code, codex, gemini-cli; about 750 MB)"
+    echo "setup: installing the e2e CLIs (spec/e2e/clis: claude-code, codex, gemini-cli, qwen-code, opencode; about 1.2 GB)"
     (cd spec/e2e/clis && npm ci --no-audit --no-fund --loglevel=error)
     touch spec/e2e/clis/node_modules
   else

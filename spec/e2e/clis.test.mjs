@@ -6,6 +6,8 @@
 //                                                          → cliproxy → Anthropic Messages mock
 //   Gemini CLI 0.61.0    gemini -p      Gemini (streamGenerateContent?alt=sse)
 //                                                          → cliproxy → Responses (codex-api-key) mock
+//   qwen-code 0.15.10    qwen -p        Chat Completions    → cliproxy → Anthropic Messages mock
+//   opencode 1.18.33     opencode run   Chat Completions    → cliproxy → Chat Completions mock (text only)
 //
 // The mock answers the first turn with a tool call that reads hello.txt in the
 // temporary working directory; the CLI runs it and sends the file's content back
@@ -265,6 +267,82 @@ test('Codex CLI 0.171.0 built-in provider (openai_base_url): WebSocket probe →
     assert.ok(ms < 5000, `codex finished in ${ms} ms; a retried WebSocket probe would take about 6 s more`);
     const gens = mock.requests.filter((q) => q.path === '/v1/messages');
     assert.equal(gens.length, 1, why(r));
+  } finally {
+    sb.cleanup();
+  }
+});
+
+// ------------------------------------------------------------------- qwen-code
+
+// qwen-code speaks Chat Completions; behind the alias is the Anthropic mock, so
+// the tool round trip crosses Chat → Anthropic → Chat.
+test('qwen-code 0.15.10: qwen -p → cliproxy (/v1/chat/completions) → Anthropic upstream, read_file round trip', { ...T, skip: missing('qwen') }, async () => {
+  const sb = sandbox('qwen');
+  const file = path.join(sb.work, 'hello.txt');
+  try {
+    const qdir = path.join(sb.home, '.qwen');
+    fs.mkdirSync(qdir);
+    fs.writeFileSync(path.join(qdir, 'settings.json'), JSON.stringify({
+      security: { auth: { selectedType: 'openai' } },
+      privacy: { usageStatisticsEnabled: false },
+      telemetry: { enabled: false },
+      general: { disableAutoUpdate: true, disableUpdateNag: true },
+    }));
+    mock.reset().reply((req) => {
+      const msgs = req.body?.messages || [];
+      const hasResult = msgs.some((m) => Array.isArray(m.content) && m.content.some((b) => b.type === 'tool_result'));
+      const tools = (req.body?.tools || []).map((t) => t.name);
+      if (!tools.length) return { text: 'ok' }; // side calls (titles, summaries)
+      if (!hasResult) {
+        const name = tools.find((n) => n === 'read_file') || tools.find((n) => /read/i.test(n));
+        return { tools: [{ id: 'toolu_qwen_read_1', name, args: { absolute_path: file, file_path: file } }] };
+      }
+      return { text: FINAL('qwen code') };
+    });
+    const r = await run(bin('qwen'), ['-p', 'Read hello.txt and tell me what it says', '--yolo'], {
+      cwd: sb.work,
+      env: { HOME: sb.home, OPENAI_BASE_URL: `${proxy.url}/v1`, OPENAI_API_KEY: CLIENT_KEY, OPENAI_MODEL: 'codex-model' },
+    });
+    debug('qwen');
+    assert.equal(r.code, 0, why(r));
+    assert.match(r.stdout, new RegExp(FINAL('qwen code').replace(/[().]/g, '\\$&')), why(r));
+    const gens = mock.requests.filter((q) => q.path.startsWith('/v1/messages') && (q.body?.tools || []).length);
+    assert.ok(gens.length >= 2, `two model turns with tools upstream, got ${gens.length}: ${why(r)}`);
+    assert.equal(gens[0].body.model, 'mock-claude-up');
+    const last = gens.at(-1).body;
+    const use = last.messages.flatMap((m) => (Array.isArray(m.content) ? m.content : [])).find((b) => b.type === 'tool_use');
+    const res = last.messages.flatMap((m) => (Array.isArray(m.content) ? m.content : [])).find((b) => b.type === 'tool_result');
+    assert.ok(use && res, 'tool_use and tool_result are in the history');
+    assert.equal(res.tool_use_id, use.id, 'the tool result answers the call');
+    assert.match(JSON.stringify(res.content), new RegExp(SECRET), 'the file content came back as the tool result');
+  } finally {
+    sb.cleanup();
+  }
+});
+
+// -------------------------------------------------------------------- opencode
+
+test('opencode 1.18.33: opencode run → cliproxy (/v1/chat/completions) → Chat Completions upstream', { ...T, skip: missing('opencode') }, async () => {
+  const sb = sandbox('opencode');
+  try {
+    const cdir = path.join(sb.home, '.config', 'opencode');
+    fs.mkdirSync(cdir, { recursive: true });
+    fs.writeFileSync(path.join(cdir, 'opencode.json'), JSON.stringify({
+      autoupdate: false, share: 'disabled', model: 'cliproxy/cc-model',
+      provider: { cliproxy: { npm: '@ai-sdk/openai-compatible', options: { baseURL: `${proxy.url}/v1`, apiKey: CLIENT_KEY }, models: { 'cc-model': {} } } },
+    }));
+    mock.reset().reply(() => ({ text: FINAL('opencode') }));
+    const r = await run(bin('opencode'), ['run', '-m', 'cliproxy/cc-model', 'Reply with the done line'], {
+      cwd: sb.work,
+      env: { HOME: sb.home, XDG_CONFIG_HOME: path.join(sb.home, '.config'), OPENCODE_DISABLE_AUTOUPDATE: '1' },
+    });
+    debug('opencode');
+    assert.equal(r.code, 0, why(r));
+    assert.match(r.stdout, new RegExp(FINAL('opencode').replace(/[().]/g, '\\$&')), why(r));
+    const gens = mock.requests.filter((q) => q.path === '/v1/chat/completions');
+    assert.ok(gens.length >= 1, why(r));
+    assert.ok(gens.every((q) => q.body.model === 'mock-chat-up'));
+    assert.ok(gens.some((q) => (q.body.tools || []).length > 0), 'the main call carries opencode tools');
   } finally {
     sb.cleanup();
   }
