@@ -81,6 +81,9 @@ void cpx_server_config_defaults(cpx_server_config_t *cfg) {
   cfg->lingering_time_ms = 30000;
   cfg->lingering_timeout_ms = 5000;
   cfg->lingering_max_bytes = 64u * 1024 * 1024;
+  /* Far below the fd limits we ask for, far above what one proxy needs;
+   * it stops a flood before it takes every descriptor. */
+  cfg->max_connections = 10000;
 }
 
 /* ---- writing ------------------------------------------------------------ */
@@ -834,6 +837,7 @@ static void on_connection(uv_stream_t *server, int status) {
   cpx_conn_t *c;
   struct sockaddr_storage ss;
   int namelen = sizeof(ss);
+  int over;
 
   if (status < 0) {
     cpx_log_warn(NULL, "accept failed: %s", uv_strerror(status));
@@ -869,15 +873,26 @@ static void on_connection(uv_stream_t *server, int status) {
     uv_close((uv_handle_t *)&c->timer, on_conn_handle_closed);
     return;
   }
+  over = srv->cfg.max_connections && srv->nconns >= srv->cfg.max_connections;
   c->next = srv->conns;
   if (srv->conns)
     srv->conns->prev = c;
   srv->conns = c;
   srv->nconns++;
+  conn_start_reading(c);
+  if (over) {
+    /* Accepted only to say why: a 503 the client can read (lingering
+     * close) beats a refused or reset connection it would retry at once.
+     * Over TLS the answer would need a handshake first: just close. */
+    if (c->tls)
+      conn_close(c);
+    else
+      error_response(c, 503, "too many connections");
+    return;
+  }
   /* The keep-alive idle timeout also bounds a connection that never sends
    * its first byte; the header timeout starts at that byte. */
   conn_timer_arm(c, srv->cfg.header_timeout_ms, CONN_IDLE);
-  conn_start_reading(c);
 }
 
 int cpx_server_init(cpx_server_t *srv, uv_loop_t *loop,

@@ -43,6 +43,9 @@ typedef struct {
   uint64_t lingering_time_ms;    /* 30 s */
   uint64_t lingering_timeout_ms; /* 5 s */
   size_t lingering_max_bytes;    /* 64 MiB */
+  /* Open connections per worker (per cpx_server_t) beyond which a new one
+   * is answered 503 and closed; lingering ones count. 0 = no limit. */
+  size_t max_connections; /* 10000 */
   int reuse_port;
 } cpx_server_config_t;
 

@@ -1,27 +1,31 @@
-// Issue 15: lingering close.
+// Issue 15: lingering close and limits.max-connections.
 // A client that sends its whole request at once (as curl does) reads the
 // complete error answer (413, 431, 400) instead of a connection reset; the
 // bytes it sends after the answer are discarded, not buffered (RSS stays
-// flat); a client that keeps sending is cut after the lingering limits.
+// flat); a client that keeps sending is cut after the lingering limits; the
+// connection past limits.max-connections gets a 503 and a close.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
 
 import { startProxy } from './lib/proxy.mjs';
-import { parseResponse } from './lib/raw_http.mjs';
+import { connect, parseResponse } from './lib/raw_http.mjs';
 
 const LINGER_TIMEOUT_S = 0.5;
 const LINGER_TIME_S = 3;
 
-let proxy;
+let proxy, capped;
 before(async () => {
   proxy = await startProxy({
     extra: { limits: { 'lingering-timeout-seconds': LINGER_TIMEOUT_S, 'lingering-time-seconds': LINGER_TIME_S } },
   });
+  capped = await startProxy({ extra: { limits: { 'max-connections': 4 } } });
 });
 after(async () => {
   const a = await proxy?.stop();
+  const b = await capped?.stop();
   assert.equal(a?.signal ?? null, null, 'the server was not killed by a signal');
+  assert.equal(b?.signal ?? null, null, 'the server was not killed by a signal');
 });
 
 // Writes all of `bytes` in one go without waiting for an answer, collects
@@ -140,4 +144,37 @@ test('a client that keeps sending after the 413 is cut at lingering-time; a sile
   assert.equal(silent.status, 413);
   assert.ok(silent.afterAnswerMs >= probeMs && silent.afterAnswerMs < probeMs + 500,
     `silent client: the probe at ${probeMs} ms met a closed socket (seen after ${silent.afterAnswerMs.toFixed(0)} ms)`);
+});
+
+async function healthzOn(c) {
+  c.sock.write('GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n');
+  const r = await c.next({ timeoutMs: 3000 });
+  assert.equal(r.status, 200);
+}
+
+test('max-connections 4: the 5th connection gets 503 and a close; after one closes, a new one is served', { timeout: 30000 }, async () => {
+  const open = [];
+  for (let i = 0; i < 4; i++) {
+    const c = await connect(capped.port);
+    await healthzOn(c); // accepted and counted, now idle keep-alive
+    open.push(c);
+  }
+  const fifth = await eager(capped.port, Buffer.from('GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n'), 5000);
+  const body = assertAnswer(fifth, 503, '5th connection');
+  assert.match(body.error.message, /too many connections/);
+  assert.equal(body.error.type, 'server_error');
+
+  for (const c of open) await healthzOn(c); // the 4 are still served
+  open[0].sock.destroy();
+  // The close reaches the server asynchronously; the next connection within a second is served.
+  let served = null;
+  const deadline = performance.now() + 2000;
+  while (!served && performance.now() < deadline) {
+    const r = await eager(capped.port, Buffer.from('GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n'), 3000);
+    const p = parseResponse(r.data, { eof: true });
+    if (p?.status === 200) served = p;
+    else await new Promise((res) => setTimeout(res, 50));
+  }
+  assert.ok(served, 'a new connection is served after one of the 4 closed');
+  for (const c of open.slice(1)) c.sock.destroy();
 });
