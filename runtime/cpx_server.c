@@ -90,7 +90,8 @@ void cpx_server_config_defaults(cpx_server_config_t *cfg) {
 
 /* Arms the linger timer: the next read must come within
  * lingering_timeout_ms, and all of lingering within lingering_time_ms of
- * the first call. A zero lingering_time closes at once. */
+ * the first call. A zero lingering_time closes at once (error_response
+ * does not call it before its answer is written then). */
 static void conn_linger_arm(cpx_conn_t *c) {
   const cpx_server_config_t *cfg = &c->srv->cfg;
   uint64_t now = uv_now(c->srv->loop);
@@ -555,9 +556,13 @@ static void error_response(cpx_conn_t *c, int status, const char *reason) {
   /* The request was not (fully) read: from here on input is discarded
    * (on_read), and the lingering clock covers the flush as well, so a
    * client that neither reads nor sends is still let go. */
-  conn_linger_arm(c);
-  if (c->closing)
-    return;
+  if (c->srv->cfg.lingering_time_ms) {
+    conn_linger_arm(c);
+  } else {
+    /* No lingering: the answer still goes out, then the close. */
+    uv_timer_stop(&c->timer);
+    c->timer_mode = -1;
+  }
   if (conn_write(c, head, (size_t)hn, body, (size_t)bn, NULL, 0) != 0)
     conn_close(c);
   else

@@ -14,16 +14,19 @@ import { connect, parseResponse } from './lib/raw_http.mjs';
 const LINGER_TIMEOUT_S = 0.5;
 const LINGER_TIME_S = 3;
 
-let proxy, capped;
+let proxy, capped, noLinger;
 before(async () => {
   proxy = await startProxy({
     extra: { limits: { 'lingering-timeout-seconds': LINGER_TIMEOUT_S, 'lingering-time-seconds': LINGER_TIME_S } },
   });
   capped = await startProxy({ extra: { limits: { 'max-connections': 4 } } });
+  noLinger = await startProxy({ extra: { limits: { 'lingering-time-seconds': 0 } } });
 });
 after(async () => {
   const a = await proxy?.stop();
   const b = await capped?.stop();
+  const c = await noLinger?.stop();
+  assert.equal(c?.signal ?? null, null, 'the server was not killed by a signal');
   assert.equal(a?.signal ?? null, null, 'the server was not killed by a signal');
   assert.equal(b?.signal ?? null, null, 'the server was not killed by a signal');
 });
@@ -144,6 +147,10 @@ test('a client that keeps sending after the 413 is cut at lingering-time; a sile
   assert.equal(silent.status, 413);
   assert.ok(silent.afterAnswerMs >= probeMs && silent.afterAnswerMs < probeMs + 500,
     `silent client: the probe at ${probeMs} ms met a closed socket (seen after ${silent.afterAnswerMs.toFixed(0)} ms)`);
+});
+
+test('lingering-time 0: the error answer is still written before the close', { timeout: 30000 }, async () => {
+  for (let i = 0; i < 5; i++) assertAnswer(await eager(noLinger.port, Buffer.from('GARBAGE\x01 \x02 HTTP/9.x\r\n\r\n')), 400, `400 #${i}`);
 });
 
 async function healthzOn(c) {
