@@ -393,6 +393,13 @@ static void read_settings(lua_State *L, int idx, cpx_settings_t *s) {
       (size_t)num_at(L, idx, "limits.write-buffer-high-bytes", 262144);
   sc->write_low_water =
       (size_t)num_at(L, idx, "limits.write-buffer-low-bytes", 65536);
+  sc->lingering_time_ms =
+      (uint64_t)(num_at(L, idx, "limits.lingering-time-seconds", 30) * 1000);
+  sc->lingering_timeout_ms =
+      (uint64_t)(num_at(L, idx, "limits.lingering-timeout-seconds", 5) * 1000);
+  sc->lingering_max_bytes =
+      (size_t)num_at(L, idx, "limits.lingering-max-bytes", 64.0 * 1024 * 1024);
+  sc->max_connections = (size_t)num_at(L, idx, "limits.max-connections", 10000);
   s->tls_enable = bool_at(L, idx, "tls.enable");
   str_at(L, idx, "tls.cert", s->tls_cert, sizeof(s->tls_cert), "");
   str_at(L, idx, "tls.key", s->tls_key, sizeof(s->tls_key), "");

@@ -14,10 +14,6 @@
  * client that sends the next request early) up to this bound, then reading
  * stops until the response is done. */
 #define CPX_CONN_PENDING_MAX (64 * 1024)
-/* After an error response we keep reading and discarding for a while so the
- * client sees the response instead of a reset (lingering close). */
-#define CPX_LINGER_MS 2000
-#define CPX_LINGER_MAX_BYTES (1024 * 1024)
 
 enum {
   CONN_IDLE = 0, /* waiting for the first byte of a request */
@@ -38,7 +34,8 @@ struct cpx_conn_s {
   size_t pending_len, pending_cap;
   cpx_request_t *active; /* holds one reference */
   size_t write_queued;
-  size_t lingered;
+  size_t lingered;          /* bytes discarded since the answer */
+  uint64_t linger_deadline; /* uv_now() cap on lingering; 0 = not yet */
   int state;
   int reading;
   int closing;
@@ -62,6 +59,7 @@ static void conn_process(cpx_conn_t *c);
 static void conn_start_reading(cpx_conn_t *c);
 static void request_done(cpx_request_t *r);
 static void conn_timer_arm(cpx_conn_t *c, uint64_t ms, int mode);
+static void conn_linger_arm(cpx_conn_t *c);
 
 const cpx_header_t cpx_json_headers[CPX_JSON_HEADERS_N] = {
     CPX_CORS_HEADERS, {CPX_STR("Content-Type"), CPX_STR("application/json")}};
@@ -80,9 +78,35 @@ void cpx_server_config_defaults(cpx_server_config_t *cfg) {
   cfg->drain_timeout_ms = 30000;
   cfg->write_high_water = 256 * 1024;
   cfg->write_low_water = 64 * 1024;
+  cfg->lingering_time_ms = 30000;
+  cfg->lingering_timeout_ms = 5000;
+  cfg->lingering_max_bytes = 64u * 1024 * 1024;
+  /* Far below the fd limits we ask for, far above what one proxy needs;
+   * it stops a flood before it takes every descriptor. */
+  cfg->max_connections = 10000;
 }
 
 /* ---- writing ------------------------------------------------------------ */
+
+/* Arms the linger timer: the next read must come within
+ * lingering_timeout_ms, and all of lingering within lingering_time_ms of
+ * the first call. A zero lingering_time closes at once (error_response
+ * does not call it before its answer is written then). */
+static void conn_linger_arm(cpx_conn_t *c) {
+  const cpx_server_config_t *cfg = &c->srv->cfg;
+  uint64_t now = uv_now(c->srv->loop);
+  uint64_t ms = cfg->lingering_timeout_ms;
+
+  if (c->linger_deadline == 0)
+    c->linger_deadline = now + cfg->lingering_time_ms;
+  if (now >= c->linger_deadline) {
+    conn_close(c);
+    return;
+  }
+  if (ms == 0 || ms > c->linger_deadline - now)
+    ms = c->linger_deadline - now;
+  conn_timer_arm(c, ms, CONN_LINGER);
+}
 
 static void on_shutdown_done(uv_shutdown_t *req, int status) {
   cpx_conn_t *c = req->data;
@@ -95,7 +119,7 @@ static void on_shutdown_done(uv_shutdown_t *req, int status) {
   /* Linger: read and discard what the client still sends, then close. */
   c->state = CONN_LINGER;
   conn_start_reading(c);
-  conn_timer_arm(c, CPX_LINGER_MS, CONN_LINGER);
+  conn_linger_arm(c);
 }
 
 static void conn_flushed(cpx_conn_t *c) {
@@ -529,8 +553,16 @@ static void error_response(cpx_conn_t *c, int status, const char *reason) {
   cpx_log_info(NULL, "%d | %s | rejected: %s", status, c->remote,
                reason ? reason : "");
   c->close_when_flushed = 1;
-  uv_timer_stop(&c->timer);
-  c->timer_mode = -1;
+  /* The request was not (fully) read: from here on input is discarded
+   * (on_read), and the lingering clock covers the flush as well, so a
+   * client that neither reads nor sends is still let go. */
+  if (c->srv->cfg.lingering_time_ms) {
+    conn_linger_arm(c);
+  } else {
+    /* No lingering: the answer still goes out, then the close. */
+    uv_timer_stop(&c->timer);
+    c->timer_mode = -1;
+  }
   if (conn_write(c, head, (size_t)hn, body, (size_t)bn, NULL, 0) != 0)
     conn_close(c);
   else
@@ -700,7 +732,8 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   char *p;
   size_t n;
   CPX_UNUSED(suggested);
-  if (!c->tls && c->state == CONN_BODY && c->pending_len == 0 && !c->active &&
+  if (!c->tls && c->state == CONN_BODY && !c->close_when_flushed &&
+      c->pending_len == 0 && !c->active &&
       cpx_http_body_room(&c->parser, &p, &n)) {
     *buf = uv_buf_init(p, (unsigned)n);
     return;
@@ -720,10 +753,14 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   }
   if (nread == 0)
     return;
-  if (c->state == CONN_LINGER) {
+  if (c->state == CONN_LINGER || c->close_when_flushed) {
+    /* Nothing more will be parsed on this connection: drop the bytes
+     * (keeping them is how a 42 MB body to a 413 would end up in memory). */
     c->lingered += (size_t)nread;
-    if (c->lingered > CPX_LINGER_MAX_BYTES)
+    if (c->lingered > c->srv->cfg.lingering_max_bytes)
       conn_close(c);
+    else if (c->state == CONN_LINGER)
+      conn_linger_arm(c);
     return;
   }
   if (c->tls) {
@@ -805,6 +842,7 @@ static void on_connection(uv_stream_t *server, int status) {
   cpx_conn_t *c;
   struct sockaddr_storage ss;
   int namelen = sizeof(ss);
+  int over;
 
   if (status < 0) {
     cpx_log_warn(NULL, "accept failed: %s", uv_strerror(status));
@@ -840,15 +878,26 @@ static void on_connection(uv_stream_t *server, int status) {
     uv_close((uv_handle_t *)&c->timer, on_conn_handle_closed);
     return;
   }
+  over = srv->cfg.max_connections && srv->nconns >= srv->cfg.max_connections;
   c->next = srv->conns;
   if (srv->conns)
     srv->conns->prev = c;
   srv->conns = c;
   srv->nconns++;
+  conn_start_reading(c);
+  if (over) {
+    /* Accepted only to say why: a 503 the client can read (lingering
+     * close) beats a refused or reset connection it would retry at once.
+     * Over TLS the answer would need a handshake first: just close. */
+    if (c->tls)
+      conn_close(c);
+    else
+      error_response(c, 503, "too many connections");
+    return;
+  }
   /* The keep-alive idle timeout also bounds a connection that never sends
    * its first byte; the header timeout starts at that byte. */
   conn_timer_arm(c, srv->cfg.header_timeout_ms, CONN_IDLE);
-  conn_start_reading(c);
 }
 
 int cpx_server_init(cpx_server_t *srv, uv_loop_t *loop,

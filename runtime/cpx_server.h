@@ -35,6 +35,17 @@ typedef struct {
   uint64_t drain_timeout_ms;     /* SIGTERM drain: 30 s */
   size_t write_high_water;       /* pause producers above (256 KiB) */
   size_t write_low_water;        /* resume producers below (64 KiB) */
+  /* Lingering close (as nginx's lingering_*): after an answer that closes
+   * the connection, input is read and discarded, never buffered, for at
+   * most lingering_time_ms in all, lingering_timeout_ms between reads and
+   * lingering_max_bytes, so that the client reads the answer instead of a
+   * reset caused by its unread bytes. */
+  uint64_t lingering_time_ms;    /* 30 s */
+  uint64_t lingering_timeout_ms; /* 5 s */
+  size_t lingering_max_bytes;    /* 64 MiB */
+  /* Open connections per worker (per cpx_server_t) beyond which a new one
+   * is answered 503 and closed; lingering ones count. 0 = no limit. */
+  size_t max_connections; /* 10000 */
   int reuse_port;
 } cpx_server_config_t;
 
