@@ -935,6 +935,10 @@ static void open_json(lua_State *L) {
   lua_pushlightuserdata(L, NULL);
   lua_setfield(L, -2, "null");
 
+  /* For rt.json's copies, which carry the number texts to the copy. */
+  json_raw_push(L);
+  lua_setfield(L, -2, "raw_text");
+
   lua_pushcfunction(L, l_json_decode);
   lua_setfield(L, -2, "decode");
 
