@@ -46,6 +46,18 @@
 
 /* ---- JSON decode -------------------------------------------------------- */
 
+/* The escape yajl writes for an ASCII byte below 0x20, '"' or '\\'
+ * ('u' = \u00XX with upper-case hex), 0 when the byte stays as it is. */
+static const char ascii_escape[128] = {
+    ['\b'] = 'b', ['\f'] = 'f',  ['\n'] = 'n', ['\r'] = 'r', ['\t'] = 't',
+    ['"'] = '"',  ['\\'] = '\\', [0] = 'u',    [1] = 'u',    [2] = 'u',
+    [3] = 'u',    [4] = 'u',     [5] = 'u',    [6] = 'u',    [7] = 'u',
+    [11] = 'u',   [14] = 'u',    [15] = 'u',   [16] = 'u',   [17] = 'u',
+    [18] = 'u',   [19] = 'u',    [20] = 'u',   [21] = 'u',   [22] = 'u',
+    [23] = 'u',   [24] = 'u',    [25] = 'u',   [26] = 'u',   [27] = 'u',
+    [28] = 'u',   [29] = 'u',    [30] = 'u',   [31] = 'u',
+};
+
 /* Decoder state shared by the yajl callbacks. Lives on the C stack of the
  * decode call; owns nothing. The Lua stack holds, per open container, the
  * table and (for objects, between key and value) the pending key. */
@@ -55,7 +67,11 @@ typedef struct {
   int in_array[JSON_MAX_DEPTH + 1]; /* 1 when that level is an array */
   int next_idx[JSON_MAX_DEPTH + 1]; /* next array index / key slot */
   int raw;                          /* stack index of the RAW_KEY table */
-  const char *err;                  /* set when a callback cancels */
+  yajl_handle h;                    /* for the offset of the current token */
+  const char *in;                   /* the input, to find raw string tokens */
+  size_t inlen;
+  size_t last_end; /* offset past the last key or string token */
+  const char *err; /* set when a callback cancels */
 } json_dec_t;
 
 /* Stores the value on top of the Lua stack into the enclosing container
@@ -88,10 +104,10 @@ static void json_raw_push(lua_State *L) {
  * number texts the encoder would reproduce by itself. */
 static int fmt_number(char *buf, size_t cap, double v);
 
-/* Records the text of the number about to be stored in the current
- * container, which sits at -3 for an object ([tbl, order, key]) and -1 for
- * an array. */
-static void dec_note_raw(json_dec_t *d, const char *s, size_t n) {
+/* Pushes the raw-text table of the current container (creating it) and the
+ * key of the member about to be stored. The container sits at -3 for an
+ * object ([tbl, order, key]) and -1 for an array. */
+static void dec_raw_slot(json_dec_t *d) {
   lua_State *L = d->L;
   int arr = d->in_array[d->depth];
   lua_pushvalue(L, arr ? -1 : -3);
@@ -107,9 +123,81 @@ static void dec_note_raw(json_dec_t *d, const char *s, size_t n) {
     lua_pushinteger(L, d->next_idx[d->depth]);
   else
     lua_pushvalue(L, -2);
-  lua_pushlstring(L, s, n);
-  lua_rawset(L, -3);
-  lua_pop(L, 1);
+}
+
+/* Records the text of the number about to be stored. */
+static void dec_note_raw(json_dec_t *d, const char *s, size_t n) {
+  dec_raw_slot(d);
+  lua_pushlstring(d->L, s, n);
+  lua_rawset(d->L, -3);
+  lua_pop(d->L, 1);
+}
+
+/* 1 when the encoder writes the escapes of the raw string token r (quotes
+ * excluded) exactly as they are: \" \\ \b \f \n \r \t, and \u00XX
+ * in upper case for the other control bytes. */
+static int dec_escapes_canonical(const char *r, size_t n) {
+  const char *p = r, *end = r + n;
+  while ((p = memchr(p, '\\', (size_t)(end - p))) != NULL && p + 1 < end) {
+    unsigned v = 0;
+    switch (p[1]) {
+    case '"':
+    case '\\':
+    case 'b':
+    case 'f':
+    case 'n':
+    case 'r':
+    case 't':
+      p += 2;
+      continue;
+    case 'u':
+      if (end - p < 6 || p[2] != '0' || p[3] != '0')
+        return 0;
+      for (int i = 4; i < 6; i++) {
+        char c = p[i];
+        if (c >= '0' && c <= '9')
+          v = v * 16 + (unsigned)(c - '0');
+        else if (c >= 'A' && c <= 'F')
+          v = v * 16 + (unsigned)(c - 'A' + 10);
+        else
+          return 0;
+      }
+      if (v >= 0x20 || ascii_escape[v] != 'u')
+        return 0;
+      p += 6;
+      continue;
+    default:
+      return 0;
+    }
+  }
+  return 1;
+}
+
+/* A string with escapes was decoded into yajl's buffer: if the encoder
+ * would write its escapes differently (\/, \u00e9, surrogate pairs), keep
+ * {decoded, raw token} so an unchanged value is written as it came. */
+static void dec_note_raw_string(json_dec_t *d, const unsigned char *s, size_t n,
+                                size_t end) {
+  const char *q;
+  size_t i;
+  /* Only non-string tokens (no quotes) lie between the last key or string
+   * and this one, so its opening quote is the first quote after it. */
+  if (end < 2 || end > d->inlen || d->last_end >= end || d->in[end - 1] != '"')
+    return;
+  q = memchr(d->in + d->last_end, '"', end - 1 - d->last_end);
+  if (!q)
+    return;
+  i = (size_t)(q - d->in);
+  if (dec_escapes_canonical(d->in + i + 1, end - 1 - (i + 1)))
+    return;
+  dec_raw_slot(d);
+  lua_createtable(d->L, 2, 0);
+  lua_pushlstring(d->L, (const char *)s, n);
+  lua_rawseti(d->L, -2, 1);
+  lua_pushlstring(d->L, d->in + i, end - i);
+  lua_rawseti(d->L, -2, 2);
+  lua_rawset(d->L, -3);
+  lua_pop(d->L, 1);
 }
 
 static int dec_null(void *ctx) {
@@ -179,6 +267,12 @@ static int dec_number(void *ctx, const char *s, size_t n) {
 
 static int dec_string(void *ctx, const unsigned char *s, size_t n) {
   json_dec_t *d = ctx;
+  size_t end = yajl_get_bytes_consumed(d->h);
+  /* yajl hands out a pointer into the input unless it had to unescape */
+  if (d->depth > 0 &&
+      ((const char *)s < d->in || (const char *)s > d->in + d->inlen))
+    dec_note_raw_string(d, s, n, end);
+  d->last_end = end;
   lua_pushlstring(d->L, (const char *)s, n);
   dec_store(d);
   return 1;
@@ -199,7 +293,7 @@ static int dec_open(json_dec_t *d, int is_array) {
     lua_getfield(d->L, LUA_REGISTRYINDEX, ARRAY_MT_KEY);
     lua_setmetatable(d->L, -2);
   } else {
-    lua_createtable(d->L, 0, 0); /* the order metatable, set on close */
+    lua_createtable(d->L, 4, 0); /* the order metatable, set on close */
   }
   d->depth++;
   d->in_array[d->depth] = is_array;
@@ -234,6 +328,7 @@ static int dec_end_array(void *ctx) {
 static int dec_key(void *ctx, const unsigned char *s, size_t n) {
   json_dec_t *d = ctx;
   lua_State *L = d->L;
+  d->last_end = yajl_get_bytes_consumed(d->h);
   lua_pushlstring(L, (const char *)s, n);
   /* A repeated key keeps its first place (its last value wins). */
   lua_pushvalue(L, -1);
@@ -311,7 +406,11 @@ int cpx_json_decode_push(lua_State *L, const char *s, size_t n, char *err,
   lua_setmetatable(L, -2);
   json_raw_push(L);
   d.raw = lua_gettop(L);
+  d.in = s;
+  d.inlen = n;
+  d.last_end = 0;
   box->h = yajl_alloc(&dec_callbacks, NULL, &d);
+  d.h = box->h;
   if (!box->h) {
     lua_settop(L, base);
     snprintf(err, errlen, "json: out of memory at byte 0");
@@ -445,18 +544,6 @@ static int enc_fail(json_enc_t *e, const char *msg) {
   return -1;
 }
 
-/* The escape yajl writes for an ASCII byte below 0x20, '"' or '\\'
- * ('u' = \u00XX with upper-case hex), 0 when the byte stays as it is. */
-static const char ascii_escape[128] = {
-    ['\b'] = 'b', ['\f'] = 'f',  ['\n'] = 'n', ['\r'] = 'r', ['\t'] = 't',
-    ['"'] = '"',  ['\\'] = '\\', [0] = 'u',    [1] = 'u',    [2] = 'u',
-    [3] = 'u',    [4] = 'u',     [5] = 'u',    [6] = 'u',    [7] = 'u',
-    [11] = 'u',   [14] = 'u',    [15] = 'u',   [16] = 'u',   [17] = 'u',
-    [18] = 'u',   [19] = 'u',    [20] = 'u',   [21] = 'u',   [22] = 'u',
-    [23] = 'u',   [24] = 'u',    [25] = 'u',   [26] = 'u',   [27] = 'u',
-    [28] = 'u',   [29] = 'u',    [30] = 'u',   [31] = 'u',
-};
-
 /* Non-zero when one of the 8 bytes needs a look: >= 0x80, < 0x20, '"' or
  * '\\' (bit tricks; a false alarm only sends the word to the byte loop). */
 static inline uint64_t word_dirty(uint64_t x) {
@@ -564,6 +651,28 @@ static long enc_table_kind(lua_State *L, int idx) {
  * written as that text, so 1.10 and 64-bit integers survive. */
 static int enc_member(json_enc_t *e, int sub, int kidx, int vidx, int depth) {
   lua_State *L = e->L;
+  if (sub && lua_type(L, vidx) == LUA_TSTRING) {
+    lua_pushvalue(L, kidx);
+    lua_rawget(L, sub);
+    if (lua_istable(L, -1)) {
+      lua_rawgeti(L, -1, 1);
+      if (lua_rawequal(L, -1, vidx)) {
+        size_t n;
+        const char *t;
+        lua_rawgeti(L, -2, 2);
+        t = lua_tolstring(L, -1, &n);
+        if (t)
+          jbuf_add(e->out, t, n);
+        lua_pop(L, 3);
+        if (t)
+          return 0;
+      } else {
+        lua_pop(L, 2);
+      }
+    } else {
+      lua_pop(L, 1);
+    }
+  }
   if (sub && lua_type(L, vidx) == LUA_TNUMBER) {
     lua_pushvalue(L, kidx);
     lua_rawget(L, sub);

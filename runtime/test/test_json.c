@@ -225,8 +225,15 @@ static void test_fidelity_roundtrip(void) {
       "{\"a\":{},\"b\":[],\"c\":null,\"d\":true,\"e\":false}",
       "{\"b\":{\"d\":1,\"c\":2},\"a\":[{\"y\":1,\"x\":2}]}",
   };
+  /* escapes the encoder writes differently come back as they were sent */
+  static const char *const escaped[] = {
+      "[\"\\ud83d\\ude00\",\"\\u00e9\",\"\\/\",\"\\u001f\"]",
+      "{\"k\":\"x\\\\\",\"l\":\"\\/\\\\\",\"m\":[\"a\\\\\\\"b\\/\"]}",
+  };
   for (size_t i = 0; i < sizeof(docs) / sizeof(docs[0]); i++)
     check_rt(docs[i], docs[i]);
+  for (size_t i = 0; i < sizeof(escaped) / sizeof(escaped[0]); i++)
+    check_rt(escaped[i], escaped[i]);
   /* repeated keys: first place, last value */
   check_rt("{\"b\":1,\"a\":2,\"b\":3}", "{\"b\":3,\"a\":2}");
 }
@@ -245,6 +252,10 @@ static void test_fidelity_edits(void) {
   check_lua("local j = require('cpx').json "
             "local v = j.decode('[1.10,2]') v[2] = 1.10 return j.encode(v)",
             "[1.10,1.1]");
+  check_lua("local j = require('cpx').json "
+            "local v = j.decode('{\"a\":\"\\\\/\",\"b\":\"\\\\/\"}') "
+            "v.a = 'new' return j.encode(v)",
+            "{\"a\":\"new\",\"b\":\"\\/\"}");
   /* tables built in Lua encode with sorted keys */
   check_lua("local j = require('cpx').json "
             "return j.encode({zeta = 1, alpha = 2, [3] = 0, answer = {}})",
