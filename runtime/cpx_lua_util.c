@@ -768,6 +768,25 @@ static int enc_object(json_enc_t *e, int idx, int mt, int sub, int depth) {
     }
     lua_pop(L, 2);
   }
+  if (!olen) {
+    /* Built in Lua: most are small, collect without counting first. */
+    int full = 0;
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+      lua_pop(L, 1);
+      if (nk == sizeof(small) / sizeof(small[0])) {
+        lua_pop(L, 1);
+        full = 1;
+        break;
+      }
+      if (enc_key_read(e, lua_gettop(L), &keys[nk]))
+        return -1;
+      nk++;
+    }
+    if (!full)
+      goto sorted;
+    nk = 0;
+  }
   lua_pushnil(L);
   while (lua_next(L, idx)) {
     lua_pop(L, 1);
@@ -805,6 +824,7 @@ static int enc_object(json_enc_t *e, int idx, int mt, int sub, int depth) {
       return -1;
     nk++;
   }
+sorted:
   qsort(keys, nk, sizeof(*keys), enc_key_cmp);
   for (size_t i = 0; i < nk; i++) {
     int top;

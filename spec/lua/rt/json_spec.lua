@@ -40,6 +40,16 @@ describe("rt.json fidelity", function()
       json.encode({ z = json.array({ 1 }), b = 1, a = { d = 2, c = 1 } }))
   end)
 
+  it("objects with many keys: recorded first, then added, sorted", function()
+    local t, want = {}, {}
+    for i = 20, 1, -1 do t[("k%02d"):format(i)] = i end
+    for i = 1, 20 do want[#want + 1] = ('"k%02d":%d'):format(i, i) end
+    assert.equal("{" .. table.concat(want, ",") .. "}", json.encode(t))
+    local v = json.decode('{"z":0}')
+    for k, x in pairs(t) do v[k] = x end
+    assert.equal('{"z":0,' .. table.concat(want, ",") .. "}", json.encode(v))
+  end)
+
   it("shallow_copy and deep_copy carry order and number text", function()
     local s = '{"z":{"q":1.10,"p":[1.10]},"a":12345678901234567891}'
     local v = json.decode(s)
