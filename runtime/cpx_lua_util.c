@@ -302,8 +302,14 @@ static int dec_open(json_dec_t *d, int is_array) {
 }
 
 static int dec_close(json_dec_t *d) {
-  if (!d->in_array[d->depth])
-    lua_setmetatable(d->L, -2);
+  /* An empty object has no order to keep and stays a bare table, which
+   * Lua code may still fill as a sequence, as before. */
+  if (!d->in_array[d->depth]) {
+    if (d->next_idx[d->depth] > 1)
+      lua_setmetatable(d->L, -2);
+    else
+      lua_pop(d->L, 1);
+  }
   d->depth--;
   dec_store(d);
   return 1;

@@ -35,6 +35,14 @@ describe("rt.json fidelity", function()
     assert.equal('{"z":1.25,"n":1.2345678901235567e+19,"a":1,"b":3,"y":2}', json.encode(v))
   end)
 
+  it("a decoded {} stays a bare table, an object keeps its order list", function()
+    local v = json.decode('{"e":{},"o":{"b":1,"a":2}}')
+    assert.is_nil(getmetatable(v.e))
+    assert.same({ "b", "a" }, { getmetatable(v.o)[1], getmetatable(v.o)[2] })
+    v.e[1] = "x"
+    assert.equal('{"e":["x"],"o":{"b":1,"a":2}}', json.encode(v))
+  end)
+
   it("tables built in Lua encode with sorted keys", function()
     assert.equal('{"a":{"c":1,"d":2},"b":1,"z":[1]}',
       json.encode({ z = json.array({ 1 }), b = 1, a = { d = 2, c = 1 } }))
