@@ -5,6 +5,15 @@
  * round-trip `[]` as `[]`. Decoding builds Lua tables directly from yajl's
  * callbacks (no intermediate tree); encoding walks the Lua value and feeds
  * yajl_gen.
+ *
+ * Fidelity: decode then encode of an untouched document gives back the
+ * input bytes (compact input; see docs/lua-api.md). Each decoded object gets
+ * its own metatable whose array part lists the keys in input order, so the
+ * order survives in the value itself and is carried by any copy that keeps
+ * the metatable; decoded values stay plain tables for the translators.
+ * Numbers whose text the encoder would not reproduce (64-bit integers,
+ * "1.10", "-0", "1e-7") have that text kept in a weak side table, used on
+ * encode only while the Lua value still equals it.
  */
 #include "cpx_lua_util.h"
 
@@ -27,12 +36,27 @@
 
 #define JSON_MAX_DEPTH 1000
 #define ARRAY_MT_KEY "cpx.json.array_mt"
+/* Weak-keyed: decoded container -> {key or index = original number text},
+ * for the numbers whose text the encoder would not reproduce. */
+#define RAW_KEY "cpx.json.raw"
 #define SSE_MT "cpx.sse.framer"
 #define JSONARR_MT "cpx.jsonarr.framer"
 /* 2^53: doubles below this magnitude hold every integer exactly. */
 #define JSON_INT_LIMIT 9007199254740992.0
 
 /* ---- JSON decode -------------------------------------------------------- */
+
+/* The escape yajl writes for an ASCII byte below 0x20, '"' or '\\'
+ * ('u' = \u00XX with upper-case hex), 0 when the byte stays as it is. */
+static const char ascii_escape[128] = {
+    ['\b'] = 'b', ['\f'] = 'f',  ['\n'] = 'n', ['\r'] = 'r', ['\t'] = 't',
+    ['"'] = '"',  ['\\'] = '\\', [0] = 'u',    [1] = 'u',    [2] = 'u',
+    [3] = 'u',    [4] = 'u',     [5] = 'u',    [6] = 'u',    [7] = 'u',
+    [11] = 'u',   [14] = 'u',    [15] = 'u',   [16] = 'u',   [17] = 'u',
+    [18] = 'u',   [19] = 'u',    [20] = 'u',   [21] = 'u',   [22] = 'u',
+    [23] = 'u',   [24] = 'u',    [25] = 'u',   [26] = 'u',   [27] = 'u',
+    [28] = 'u',   [29] = 'u',    [30] = 'u',   [31] = 'u',
+};
 
 /* Decoder state shared by the yajl callbacks. Lives on the C stack of the
  * decode call; owns nothing. The Lua stack holds, per open container, the
@@ -41,8 +65,13 @@ typedef struct {
   lua_State *L;
   int depth;
   int in_array[JSON_MAX_DEPTH + 1]; /* 1 when that level is an array */
-  int next_idx[JSON_MAX_DEPTH + 1]; /* next array index per level */
-  const char *err;                  /* set when a callback cancels */
+  int next_idx[JSON_MAX_DEPTH + 1]; /* next array index / key slot */
+  int raw;                          /* stack index of the RAW_KEY table */
+  yajl_handle h;                    /* for the offset of the current token */
+  const char *in;                   /* the input, to find raw string tokens */
+  size_t inlen;
+  size_t last_end; /* offset past the last key or string token */
+  const char *err; /* set when a callback cancels */
 } json_dec_t;
 
 /* Stores the value on top of the Lua stack into the enclosing container
@@ -53,7 +82,122 @@ static void dec_store(json_dec_t *d) {
   if (d->in_array[d->depth])
     lua_rawseti(d->L, -2, d->next_idx[d->depth]++);
   else
-    lua_rawset(d->L, -3); /* [tbl, key, value] */
+    lua_rawset(d->L, -4); /* [tbl, order, key, value] */
+}
+
+/* Pushes the weak container -> raw-text table, creating it on first use. */
+static void json_raw_push(lua_State *L) {
+  lua_getfield(L, LUA_REGISTRYINDEX, RAW_KEY);
+  if (!lua_isnil(L, -1))
+    return;
+  lua_pop(L, 1);
+  lua_createtable(L, 0, 0);
+  lua_createtable(L, 0, 1);
+  lua_pushliteral(L, "k");
+  lua_setfield(L, -2, "__mode");
+  lua_setmetatable(L, -2);
+  lua_pushvalue(L, -1);
+  lua_setfield(L, LUA_REGISTRYINDEX, RAW_KEY);
+}
+
+/* Formats like the encoder; declared here so the decoder can tell which
+ * number texts the encoder would reproduce by itself. */
+static int fmt_number(char *buf, size_t cap, double v);
+
+/* Pushes the raw-text table of the current container (creating it) and the
+ * key of the member about to be stored. The container sits at -3 for an
+ * object ([tbl, order, key]) and -1 for an array. */
+static void dec_raw_slot(json_dec_t *d) {
+  lua_State *L = d->L;
+  int arr = d->in_array[d->depth];
+  lua_pushvalue(L, arr ? -1 : -3);
+  lua_rawget(L, d->raw);
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    lua_createtable(L, 0, 1);
+    lua_pushvalue(L, arr ? -2 : -4);
+    lua_pushvalue(L, -2);
+    lua_rawset(L, d->raw);
+  }
+  if (arr)
+    lua_pushinteger(L, d->next_idx[d->depth]);
+  else
+    lua_pushvalue(L, -2);
+}
+
+/* Records the text of the number about to be stored. */
+static void dec_note_raw(json_dec_t *d, const char *s, size_t n) {
+  dec_raw_slot(d);
+  lua_pushlstring(d->L, s, n);
+  lua_rawset(d->L, -3);
+  lua_pop(d->L, 1);
+}
+
+/* 1 when the encoder writes the escapes of the raw string token r (quotes
+ * excluded) exactly as they are: \" \\ \b \f \n \r \t, and \u00XX
+ * in upper case for the other control bytes. */
+static int dec_escapes_canonical(const char *r, size_t n) {
+  const char *p = r, *end = r + n;
+  while ((p = memchr(p, '\\', (size_t)(end - p))) != NULL && p + 1 < end) {
+    unsigned v = 0;
+    switch (p[1]) {
+    case '"':
+    case '\\':
+    case 'b':
+    case 'f':
+    case 'n':
+    case 'r':
+    case 't':
+      p += 2;
+      continue;
+    case 'u':
+      if (end - p < 6 || p[2] != '0' || p[3] != '0')
+        return 0;
+      for (int i = 4; i < 6; i++) {
+        char c = p[i];
+        if (c >= '0' && c <= '9')
+          v = v * 16 + (unsigned)(c - '0');
+        else if (c >= 'A' && c <= 'F')
+          v = v * 16 + (unsigned)(c - 'A' + 10);
+        else
+          return 0;
+      }
+      if (v >= 0x20 || ascii_escape[v] != 'u')
+        return 0;
+      p += 6;
+      continue;
+    default:
+      return 0;
+    }
+  }
+  return 1;
+}
+
+/* A string with escapes was decoded into yajl's buffer: if the encoder
+ * would write its escapes differently (\/, \u00e9, surrogate pairs), keep
+ * {decoded, raw token} so an unchanged value is written as it came. */
+static void dec_note_raw_string(json_dec_t *d, const unsigned char *s, size_t n,
+                                size_t end) {
+  const char *q;
+  size_t i;
+  /* Only non-string tokens (no quotes) lie between the last key or string
+   * and this one, so its opening quote is the first quote after it. */
+  if (end < 2 || end > d->inlen || d->last_end >= end || d->in[end - 1] != '"')
+    return;
+  q = memchr(d->in + d->last_end, '"', end - 1 - d->last_end);
+  if (!q)
+    return;
+  i = (size_t)(q - d->in);
+  if (dec_escapes_canonical(d->in + i + 1, end - 1 - (i + 1)))
+    return;
+  dec_raw_slot(d);
+  lua_createtable(d->L, 2, 0);
+  lua_pushlstring(d->L, (const char *)s, n);
+  lua_rawseti(d->L, -2, 1);
+  lua_pushlstring(d->L, d->in + i, end - i);
+  lua_rawseti(d->L, -2, 2);
+  lua_rawset(d->L, -3);
+  lua_pop(d->L, 1);
 }
 
 static int dec_null(void *ctx) {
@@ -78,6 +222,7 @@ static int dec_number(void *ctx, const char *s, size_t n) {
   size_t i = 0;
   int neg = 0, simple = 1;
   double v;
+  int canonical;
   if (n > 0 && s[0] == '-') {
     neg = 1;
     i = 1;
@@ -92,6 +237,8 @@ static int dec_number(void *ctx, const char *s, size_t n) {
     for (; i < n; i++)
       acc = acc * 10 + (s[i] - '0');
     v = (double)(neg ? -acc : acc);
+    /* "-0" prints as 0; above 2^53 the double is not the integer. */
+    canonical = !(neg && acc == 0) && fabs(v) < JSON_INT_LIMIT;
   } else {
     char small[64];
     char *tmp = n < sizeof(small) ? small : malloc(n + 1);
@@ -108,7 +255,11 @@ static int dec_number(void *ctx, const char *s, size_t n) {
       d->err = "number out of range";
       return 0;
     }
+    canonical = (size_t)fmt_number(small, sizeof(small), v) == n &&
+                memcmp(small, s, n) == 0;
   }
+  if (!canonical && d->depth > 0)
+    dec_note_raw(d, s, n);
   lua_pushnumber(d->L, v);
   dec_store(d);
   return 1;
@@ -116,6 +267,12 @@ static int dec_number(void *ctx, const char *s, size_t n) {
 
 static int dec_string(void *ctx, const unsigned char *s, size_t n) {
   json_dec_t *d = ctx;
+  size_t end = yajl_get_bytes_consumed(d->h);
+  /* yajl hands out a pointer into the input unless it had to unescape */
+  if (d->depth > 0 &&
+      ((const char *)s < d->in || (const char *)s > d->in + d->inlen))
+    dec_note_raw_string(d, s, n, end);
+  d->last_end = end;
   lua_pushlstring(d->L, (const char *)s, n);
   dec_store(d);
   return 1;
@@ -126,8 +283,8 @@ static int dec_open(json_dec_t *d, int is_array) {
     d->err = "nesting too deep";
     return 0;
   }
-  /* table + pending key + value + one spare */
-  if (!lua_checkstack(d->L, 4)) {
+  /* table + order + pending key + value + raw-text scratch */
+  if (!lua_checkstack(d->L, 8)) {
     d->err = "nesting too deep for the Lua stack";
     return 0;
   }
@@ -135,6 +292,8 @@ static int dec_open(json_dec_t *d, int is_array) {
   if (is_array) {
     lua_getfield(d->L, LUA_REGISTRYINDEX, ARRAY_MT_KEY);
     lua_setmetatable(d->L, -2);
+  } else {
+    lua_createtable(d->L, 4, 0); /* the order metatable, set on close */
   }
   d->depth++;
   d->in_array[d->depth] = is_array;
@@ -143,6 +302,14 @@ static int dec_open(json_dec_t *d, int is_array) {
 }
 
 static int dec_close(json_dec_t *d) {
+  /* An empty object has no order to keep and stays a bare table, which
+   * Lua code may still fill as a sequence, as before. */
+  if (!d->in_array[d->depth]) {
+    if (d->next_idx[d->depth] > 1)
+      lua_setmetatable(d->L, -2);
+    else
+      lua_pop(d->L, 1);
+  }
   d->depth--;
   dec_store(d);
   return 1;
@@ -166,7 +333,17 @@ static int dec_end_array(void *ctx) {
 
 static int dec_key(void *ctx, const unsigned char *s, size_t n) {
   json_dec_t *d = ctx;
-  lua_pushlstring(d->L, (const char *)s, n);
+  lua_State *L = d->L;
+  d->last_end = yajl_get_bytes_consumed(d->h);
+  lua_pushlstring(L, (const char *)s, n);
+  /* A repeated key keeps its first place (its last value wins). */
+  lua_pushvalue(L, -1);
+  lua_rawget(L, -4);
+  if (lua_isnil(L, -1)) {
+    lua_pushvalue(L, -2);
+    lua_rawseti(L, -4, d->next_idx[d->depth]++);
+  }
+  lua_pop(L, 1);
   return 1;
 }
 
@@ -222,7 +399,7 @@ int cpx_json_decode_push(lua_State *L, const char *s, size_t n, char *err,
   d.L = L;
   d.depth = 0;
   d.err = NULL;
-  if (!lua_checkstack(L, 6)) {
+  if (!lua_checkstack(L, 8)) {
     snprintf(err, errlen, "json: Lua stack exhausted at byte 0");
     return CPX_EPARSE;
   }
@@ -233,7 +410,13 @@ int cpx_json_decode_push(lua_State *L, const char *s, size_t n, char *err,
     lua_setfield(L, -2, "__gc");
   }
   lua_setmetatable(L, -2);
+  json_raw_push(L);
+  d.raw = lua_gettop(L);
+  d.in = s;
+  d.inlen = n;
+  d.last_end = 0;
   box->h = yajl_alloc(&dec_callbacks, NULL, &d);
+  d.h = box->h;
   if (!box->h) {
     lua_settop(L, base);
     snprintf(err, errlen, "json: out of memory at byte 0");
@@ -264,8 +447,9 @@ int cpx_json_decode_push(lua_State *L, const char *s, size_t n, char *err,
   }
   yajl_free(box->h);
   box->h = NULL;
-  /* stack: base, box, value */
+  /* stack: base, box, raw, value */
   lua_replace(L, base + 1);
+  lua_settop(L, base + 1);
   return 0;
 }
 
@@ -354,6 +538,7 @@ typedef struct {
   lua_State *L;
   yajl_gen g;
   jbuf_t *out;
+  int raw;         /* stack index of the RAW_KEY table */
   const char *err; /* static message or errbuf on failure */
   char errbuf[96];
 } json_enc_t;
@@ -364,18 +549,6 @@ static int enc_fail(json_enc_t *e, const char *msg) {
   e->err = msg;
   return -1;
 }
-
-/* The escape yajl writes for an ASCII byte below 0x20, '"' or '\\'
- * ('u' = \u00XX with upper-case hex), 0 when the byte stays as it is. */
-static const char ascii_escape[128] = {
-    ['\b'] = 'b', ['\f'] = 'f',  ['\n'] = 'n', ['\r'] = 'r', ['\t'] = 't',
-    ['"'] = '"',  ['\\'] = '\\', [0] = 'u',    [1] = 'u',    [2] = 'u',
-    [3] = 'u',    [4] = 'u',     [5] = 'u',    [6] = 'u',    [7] = 'u',
-    [11] = 'u',   [14] = 'u',    [15] = 'u',   [16] = 'u',   [17] = 'u',
-    [18] = 'u',   [19] = 'u',    [20] = 'u',   [21] = 'u',   [22] = 'u',
-    [23] = 'u',   [24] = 'u',    [25] = 'u',   [26] = 'u',   [27] = 'u',
-    [28] = 'u',   [29] = 'u',    [30] = 'u',   [31] = 'u',
-};
 
 /* Non-zero when one of the 8 bytes needs a look: >= 0x80, < 0x20, '"' or
  * '\\' (bit tricks; a false alarm only sends the word to the byte loop). */
@@ -479,62 +652,243 @@ static long enc_table_kind(lua_State *L, int idx) {
   return (count > 0 && (double)count == max) ? count : -1;
 }
 
-static int enc_table(json_enc_t *e, int idx, int depth) {
+/* Writes the value at vidx, member kidx of a container whose raw-text
+ * table is at sub (0: none): a number still equal to its input text is
+ * written as that text, so 1.10 and 64-bit integers survive. */
+static int enc_member(json_enc_t *e, int sub, int kidx, int vidx, int depth) {
   lua_State *L = e->L;
-  long n;
-  int first = 1;
-  if (depth >= JSON_MAX_DEPTH)
-    return enc_fail(e, "nesting too deep");
-  if (!lua_checkstack(L, 4))
-    return enc_fail(e, "nesting too deep for the Lua stack");
-  n = enc_table_kind(L, idx);
-  if (n >= 0) {
-    jbuf_addc(e->out, '[');
-    for (long i = 1; i <= n; i++) {
-      if (i > 1)
-        jbuf_addc(e->out, ',');
-      lua_rawgeti(L, idx, (int)i);
-      if (enc_value(e, lua_gettop(L), depth + 1))
-        return -1;
+  if (sub && lua_type(L, vidx) == LUA_TSTRING) {
+    lua_pushvalue(L, kidx);
+    lua_rawget(L, sub);
+    if (lua_istable(L, -1)) {
+      lua_rawgeti(L, -1, 1);
+      if (lua_rawequal(L, -1, vidx)) {
+        size_t n;
+        const char *t;
+        lua_rawgeti(L, -2, 2);
+        t = lua_tolstring(L, -1, &n);
+        if (t)
+          jbuf_add(e->out, t, n);
+        lua_pop(L, 3);
+        if (t)
+          return 0;
+      } else {
+        lua_pop(L, 2);
+      }
+    } else {
       lua_pop(L, 1);
     }
-    jbuf_addc(e->out, ']');
+  }
+  if (sub && lua_type(L, vidx) == LUA_TNUMBER) {
+    lua_pushvalue(L, kidx);
+    lua_rawget(L, sub);
+    if (lua_type(L, -1) == LUA_TSTRING) {
+      size_t n;
+      const char *t = lua_tolstring(L, -1, &n);
+      if (strtod(t, NULL) == lua_tonumber(L, vidx)) {
+        jbuf_add(e->out, t, n);
+        lua_pop(L, 1);
+        return 0;
+      }
+    }
+    lua_pop(L, 1);
+  }
+  return enc_value(e, vidx, depth);
+}
+
+/* An object key as it is written; numbers are formatted into nb because
+ * lua_tolstring on a key would break lua_next. */
+typedef struct {
+  const char *s;
+  size_t n;
+  double num;
+  int isnum;
+  char nb[32];
+} enc_key_t;
+
+static int enc_key_cmp(const void *pa, const void *pb) {
+  const enc_key_t *a = pa, *b = pb;
+  size_t n = a->n < b->n ? a->n : b->n;
+  int c = memcmp(a->isnum ? a->nb : a->s, b->isnum ? b->nb : b->s, n);
+  if (c)
+    return c;
+  return a->n < b->n ? -1 : a->n > b->n;
+}
+
+/* Reads the key at kidx into k. */
+static int enc_key_read(json_enc_t *e, int kidx, enc_key_t *k) {
+  lua_State *L = e->L;
+  int kt = lua_type(L, kidx);
+  if (kt == LUA_TSTRING) {
+    k->s = lua_tolstring(L, kidx, &k->n);
+    k->isnum = 0;
     return 0;
   }
+  if (kt == LUA_TNUMBER) {
+    k->num = lua_tonumber(L, kidx);
+    if (!isfinite(k->num))
+      return enc_fail(e, "cannot encode a non-finite number key");
+    k->n = (size_t)fmt_number(k->nb, sizeof(k->nb), k->num);
+    k->s = NULL;
+    k->isnum = 1;
+    return 0;
+  }
+  snprintf(e->errbuf, sizeof(e->errbuf), "cannot encode a %s key",
+           lua_typename(L, kt));
+  return enc_fail(e, e->errbuf);
+}
+
+/* Writes `key:value` for the key at kidx and the value at vidx. */
+static int enc_pair(json_enc_t *e, int sub, int kidx, int vidx, int depth,
+                    int first) {
+  enc_key_t k;
+  if (!first)
+    jbuf_addc(e->out, ',');
+  if (enc_key_read(e, kidx, &k))
+    return -1;
+  if (enc_string(e, k.isnum ? k.nb : k.s, k.n))
+    return -1;
+  jbuf_addc(e->out, ':');
+  return enc_member(e, sub, kidx, vidx, depth);
+}
+
+/* Writes the members of the object at idx: first the keys its order
+ * metatable (at mt, 0: none) recorded, in that order, skipping removed
+ * ones; then every other key sorted by bytes, so the output never depends
+ * on the hash seed. */
+static int enc_object(json_enc_t *e, int idx, int mt, int sub, int depth) {
+  lua_State *L = e->L;
+  enc_key_t small[16], *keys = small;
+  size_t olen = mt ? lua_objlen(L, mt) : 0, count = 0, nk = 0;
+  int written = 0, set = 0;
   jbuf_addc(e->out, '{');
+  for (size_t i = 1; i <= olen; i++) {
+    lua_rawgeti(L, mt, (int)i);
+    lua_pushvalue(L, -1);
+    lua_rawget(L, idx);
+    if (!lua_isnil(L, -1)) {
+      int top = lua_gettop(L);
+      if (enc_pair(e, sub, top - 1, top, depth, !written))
+        return -1;
+      written++;
+    }
+    lua_pop(L, 2);
+  }
+  if (!olen) {
+    /* Built in Lua: most are small, collect without counting first. */
+    int full = 0;
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+      lua_pop(L, 1);
+      if (nk == sizeof(small) / sizeof(small[0])) {
+        lua_pop(L, 1);
+        full = 1;
+        break;
+      }
+      if (enc_key_read(e, lua_gettop(L), &keys[nk]))
+        return -1;
+      nk++;
+    }
+    if (!full)
+      goto sorted;
+    nk = 0;
+  }
   lua_pushnil(L);
   while (lua_next(L, idx)) {
-    int kt = lua_type(L, -2);
-    if (!first)
-      jbuf_addc(e->out, ',');
-    first = 0;
-    if (kt == LUA_TSTRING) {
-      size_t kl;
-      const char *k = lua_tolstring(L, -2, &kl);
-      if (enc_string(e, k, kl))
-        return -1;
-    } else if (kt == LUA_TNUMBER) {
-      /* Format a copy: lua_tolstring on the key would break lua_next. */
-      char kb[64];
-      double kv = lua_tonumber(L, -2);
-      int kl;
-      if (!isfinite(kv))
-        return enc_fail(e, "cannot encode a non-finite number key");
-      kl = fmt_number(kb, sizeof(kb), kv);
-      if (enc_string(e, kb, (size_t)kl))
-        return -1;
-    } else {
-      snprintf(e->errbuf, sizeof(e->errbuf), "cannot encode a %s key",
-               lua_typename(L, kt));
-      return enc_fail(e, e->errbuf);
-    }
-    jbuf_addc(e->out, ':');
-    if (enc_value(e, lua_gettop(L), depth + 1))
-      return -1;
     lua_pop(L, 1);
+    count++;
+  }
+  if (count == (size_t)written) {
+    jbuf_addc(e->out, '}');
+    return 0;
+  }
+  /* Keys added since decoding (or a table built in Lua): collect, sort. */
+  if (olen) {
+    lua_createtable(L, 0, (int)olen);
+    set = lua_gettop(L);
+    for (size_t i = 1; i <= olen; i++) {
+      lua_rawgeti(L, mt, (int)i);
+      lua_pushboolean(L, 1);
+      lua_rawset(L, set);
+    }
+  }
+  if (count > sizeof(small) / sizeof(small[0]))
+    keys = lua_newuserdata(L, count * sizeof(*keys)); /* freed by the GC */
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    lua_pop(L, 1);
+    if (set) {
+      int dup;
+      lua_pushvalue(L, -1);
+      lua_rawget(L, set);
+      dup = !lua_isnil(L, -1);
+      lua_pop(L, 1);
+      if (dup)
+        continue;
+    }
+    if (enc_key_read(e, lua_gettop(L), &keys[nk]))
+      return -1;
+    nk++;
+  }
+sorted:
+  qsort(keys, nk, sizeof(*keys), enc_key_cmp);
+  for (size_t i = 0; i < nk; i++) {
+    int top;
+    if (keys[i].isnum)
+      lua_pushnumber(L, keys[i].num);
+    else
+      lua_pushlstring(L, keys[i].s, keys[i].n);
+    lua_pushvalue(L, -1);
+    lua_rawget(L, idx);
+    top = lua_gettop(L);
+    if (enc_pair(e, sub, top - 1, top, depth, !written))
+      return -1;
+    written++;
+    lua_pop(L, 2);
   }
   jbuf_addc(e->out, '}');
   return 0;
+}
+
+static int enc_table(json_enc_t *e, int idx, int depth) {
+  lua_State *L = e->L;
+  long n;
+  int sub = 0, mt = 0, top = lua_gettop(L), rc;
+  if (depth >= JSON_MAX_DEPTH)
+    return enc_fail(e, "nesting too deep");
+  if (!lua_checkstack(L, 12))
+    return enc_fail(e, "nesting too deep for the Lua stack");
+  n = enc_table_kind(L, idx);
+  lua_pushvalue(L, idx);
+  lua_rawget(L, e->raw);
+  if (lua_isnil(L, -1))
+    lua_pop(L, 1);
+  else
+    sub = lua_gettop(L);
+  if (n >= 0) {
+    jbuf_addc(e->out, '[');
+    for (long i = 1; i <= n; i++) {
+      int v;
+      if (i > 1)
+        jbuf_addc(e->out, ',');
+      if (sub)
+        lua_pushinteger(L, (lua_Integer)i);
+      lua_rawgeti(L, idx, (int)i);
+      v = lua_gettop(L);
+      if (enc_member(e, sub, v - 1, v, depth + 1))
+        return -1;
+      lua_pop(L, sub ? 2 : 1);
+    }
+    jbuf_addc(e->out, ']');
+    lua_settop(L, top);
+    return 0;
+  }
+  if (lua_getmetatable(L, idx))
+    mt = lua_gettop(L);
+  rc = enc_object(e, idx, mt, sub, depth + 1);
+  /* Drop sub, mt and the sort scratch: the caller pops by count. */
+  lua_settop(L, top);
+  return rc;
 }
 
 static int enc_value(json_enc_t *e, int idx, int depth) {
@@ -599,6 +953,8 @@ static int enc_run(lua_State *L, yajl_gen g, jbuf_t *out, int idx, char *err,
   e.g = g;
   e.out = out;
   e.err = NULL;
+  json_raw_push(L);
+  e.raw = lua_gettop(L);
   rc = enc_value(&e, idx, 0);
   lua_settop(L, top);
   if (!rc && out->oom)
@@ -713,6 +1069,10 @@ static void open_json(lua_State *L) {
 
   lua_pushlightuserdata(L, NULL);
   lua_setfield(L, -2, "null");
+
+  /* For rt.json's copies, which carry the number texts to the copy. */
+  json_raw_push(L);
+  lua_setfield(L, -2, "raw_text");
 
   lua_pushcfunction(L, l_json_decode);
   lua_setfield(L, -2, "decode");

@@ -12,8 +12,6 @@ local type = type
 local pairs = pairs
 local ipairs = ipairs
 local tonumber = tonumber
-local setmetatable = setmetatable
-local getmetatable = getmetatable
 local remove = table.remove
 local json = require("rt.json")
 
@@ -76,12 +74,8 @@ _M.schema = {
   models = { type = "list", items = { type = "string" }, default = {} },
 }
 
-local function copy(v)
-  if type(v) ~= "table" then return v end
-  local o = {}
-  for k, x in pairs(v) do o[k] = copy(x) end
-  return setmetatable(o, getmetatable(v))
-end
+-- rt.json's copy carries key order and number text, like any decoded value
+local copy = json.deep_copy
 
 local function index(t, k)
   if type(k) == "number" and k < 0 then return #t + k + 1 end

@@ -1,13 +1,18 @@
 -- rt.json: the JSON functions every Lua module uses.
 -- They come from the runtime (`cpx.json`, C over yajl): arrays decode with
 -- `array_mt` so `[]` stays `[]` on re-encode, and JSON null is `json.null`.
+-- Decoded objects keep their key order in their own metatable and numbers
+-- keep their input text in `cpx.json.raw_text` (weak-keyed), so an untouched
+-- body re-encodes byte for byte; the copies below carry both.
 local cpx = require("cpx")
 
 local cjson = cpx.json
+local raw_text = cjson.raw_text or setmetatable({}, { __mode = "k" })
 local pairs = pairs
 local setmetatable = setmetatable
 local getmetatable = getmetatable
 local type = type
+local rawget = rawget
 
 local _M = {
   decode = cjson.decode,
@@ -29,6 +34,7 @@ end
 function _M.shallow_copy(t)
   local o = {}
   for k, v in pairs(t) do o[k] = v end
+  raw_text[o] = raw_text[t]
   return setmetatable(o, getmetatable(t))
 end
 
@@ -37,9 +43,20 @@ local function deep_copy(v)
   if type(v) ~= "table" then return v end
   local o = {}
   for k, x in pairs(v) do o[k] = deep_copy(x) end
+  raw_text[o] = raw_text[v]
   return setmetatable(o, getmetatable(v))
 end
 _M.deep_copy = deep_copy
+
+-- Gives dst (a new object built from src's members) src's recorded key
+-- order, so the keys src had come out in src's order; returns dst.
+function _M.keep_order(dst, src)
+  local mt = type(src) == "table" and getmetatable(src)
+  if mt and mt ~= cjson.array_mt and rawget(mt, 1) ~= nil then
+    setmetatable(dst, mt)
+  end
+  return dst
+end
 
 function _M.is_array(t)
   return type(t) == "table" and getmetatable(t) == cjson.array_mt

@@ -154,7 +154,8 @@ clean = function(s, depth)
   end
 
   if type(w.properties) == "table" then
-    local props = {}
+    -- the client's property order, not the hash order (issue 12)
+    local props = json.keep_order({}, w.properties)
     local names = {}
     for k, v in pairs(w.properties) do
       props[k] = clean(v, depth + 1)
