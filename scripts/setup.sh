@@ -48,13 +48,16 @@ if [ "$want_test" = 1 ] && [ -f spec/e2e/package.json ]; then
 fi
 
 # The real coding CLIs for spec/e2e/clis.test.mjs, pinned in their own npm
-# project (about 750 MB: Claude Code and Codex ship native binaries) so that the
-# SDK install above stays light. npm ci installs exactly the lock file.
+# project (about 1.2 GB: Claude Code, Codex and opencode ship native binaries)
+# so that the SDK install above stays light. The versions are exact and the
+# lock file pins the tree; `npm install` rather than `npm ci`, because the
+# registry here lacks some other platforms' optional packages (qwen-code's
+# clipboard helpers), which the lock then cannot list and npm ci refuses.
 if [ "$want_test" = 1 ] && [ -f spec/e2e/clis/package.json ]; then
   if [ ! -d spec/e2e/clis/node_modules ] || [ spec/e2e/clis/package.json -nt spec/e2e/clis/node_modules ] \
      || [ spec/e2e/clis/package-lock.json -nt spec/e2e/clis/node_modules ]; then
     echo "setup: installing the e2e CLIs (spec/e2e/clis: claude-code, codex, gemini-cli, qwen-code, opencode; about 1.2 GB)"
-    (cd spec/e2e/clis && npm ci --no-audit --no-fund --loglevel=error)
+    (cd spec/e2e/clis && npm install --no-audit --no-fund --loglevel=error)
     touch spec/e2e/clis/node_modules
   else
     echo "setup: e2e CLIs present"
