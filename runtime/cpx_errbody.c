@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 typedef struct {
@@ -194,6 +195,38 @@ static const char *gemini_status(int st) {
   return st >= 500 ? "INTERNAL" : "INVALID_ARGUMENT";
 }
 
+/* A type is kept only where the codec keeps it (its OPENAI_TYPES or
+ * CLAUDE_TYPES), so one call fits every envelope. */
+static int in_set(const char *type, const char *const *set) {
+  for (; type && *set; set++)
+    if (strcmp(type, *set) == 0)
+      return 1;
+  return 0;
+}
+
+static const char *const openai_chat_types[] = {
+    "invalid_request_error", "authentication_error",
+    "permission_error",      "rate_limit_error",
+    "server_error",          "not_found_error",
+    "insufficient_quota",    NULL};
+/* translators/openai_responses.lua: no insufficient_quota */
+static const char *const openai_responses_types[] = {"invalid_request_error",
+                                                     "authentication_error",
+                                                     "permission_error",
+                                                     "rate_limit_error",
+                                                     "server_error",
+                                                     "not_found_error",
+                                                     NULL};
+static const char *const claude_types[] = {"invalid_request_error",
+                                           "authentication_error",
+                                           "permission_error",
+                                           "not_found_error",
+                                           "request_too_large",
+                                           "rate_limit_error",
+                                           "api_error",
+                                           "overloaded_error",
+                                           NULL};
+
 static void eb_body(eb_out_t *o, int fmt, int status, const char *type,
                     const char *code, const char *msg) {
   char num[16];
@@ -201,7 +234,7 @@ static void eb_body(eb_out_t *o, int fmt, int status, const char *type,
   switch (fmt) {
   case CPX_FMT_CLAUDE:
     eb_adds(o, "{\"type\":\"error\",\"error\":{\"type\":");
-    eb_str(o, type ? type : claude_type(status));
+    eb_str(o, in_set(type, claude_types) ? type : claude_type(status));
     eb_adds(o, ",\"message\":");
     eb_str(o, msg);
     eb_adds(o, "}}");
@@ -221,7 +254,11 @@ static void eb_body(eb_out_t *o, int fmt, int status, const char *type,
     eb_adds(o, "{\"error\":{\"message\":");
     eb_str(o, msg);
     eb_adds(o, ",\"type\":");
-    eb_str(o, type ? type : dtype);
+    eb_str(o,
+           in_set(type, fmt == CPX_FMT_OPENAI_RESPONSES ? openai_responses_types
+                                                        : openai_chat_types)
+               ? type
+               : dtype);
     eb_adds(o, ",\"param\":null,\"code\":");
     if (code || dcode)
       eb_str(o, code ? code : dcode);
@@ -261,4 +298,52 @@ int cpx_errbody_sse(char *out, size_t cap, int fmt, int status,
   eb_body(&o, fmt, status, type, code, msg);
   eb_adds(&o, fmt == CPX_FMT_GEMINI ? "\r\n\r\n" : "\n\n");
   return eb_finish(&o);
+}
+
+typedef int (*eb_fn)(char *out, size_t cap, int fmt, int status,
+                     const char *type, const char *code, const char *msg);
+
+/* Builds into stack space, or a heap buffer sized for the worst case (six
+ * bytes per message byte, as \u00XX) when a message is long; *heap is
+ * what the caller frees. */
+static int eb_build(eb_fn fn, char *stack, size_t cap, char **heap,
+                    const cpx_request_t *r, int status, const char *type,
+                    const char *code, const char *msg) {
+  const cpx_http_request_t *h = &r->http;
+  int fmt = cpx_errbody_format(h->buf ? h->buf + h->url_off : NULL,
+                               h->buf ? h->url_len : 0);
+  size_t big;
+  int n;
+  *heap = NULL;
+  n = fn(stack, cap, fmt, status, type, code, msg);
+  if (n != -ENOBUFS)
+    return n;
+  big = 6 * strlen(msg ? msg : "") + 512;
+  *heap = malloc(big);
+  if (!*heap)
+    return -ENOMEM;
+  return fn(*heap, big, fmt, status, type, code, msg);
+}
+
+int cpx_errbody_respond(cpx_request_t *r, int status, const char *type,
+                        const char *code, const char *msg) {
+  char stack[1024], *heap;
+  int n = eb_build(cpx_errbody, stack, sizeof(stack), &heap, r, status, type,
+                   code, msg);
+  if (n >= 0)
+    n = cpx_request_respond(r, status, cpx_json_headers, CPX_JSON_HEADERS_N,
+                            heap ? heap : stack, (size_t)n);
+  free(heap);
+  return n;
+}
+
+int cpx_errbody_write_event(cpx_request_t *r, int status, const char *type,
+                            const char *code, const char *msg) {
+  char stack[1024], *heap;
+  int n = eb_build(cpx_errbody_sse, stack, sizeof(stack), &heap, r, status,
+                   type, code, msg);
+  if (n >= 0)
+    n = cpx_request_write(r, heap ? heap : stack, (size_t)n);
+  free(heap);
+  return n;
 }

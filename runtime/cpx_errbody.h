@@ -9,6 +9,8 @@
 
 #include <stddef.h>
 
+#include "cpx_server.h"
+
 enum {
   CPX_FMT_OPENAI_CHAT = 0,
   CPX_FMT_OPENAI_RESPONSES,
@@ -22,9 +24,10 @@ int cpx_errbody_format(const char *path, size_t n);
 
 /* Writes the error body for format fmt into out (NUL-terminated) and
  * returns its length, or a negative errno (-ENOBUFS when cap is too small,
- * -EINVAL for an unknown format). type and code may be NULL: they are then
- * derived from status the way the codec does. msg is escaped; invalid UTF-8
- * becomes U+FFFD so the body is always valid JSON. */
+ * -EINVAL for an unknown format). type is kept where the format's codec
+ * knows it and code applies to OpenAI only; either may be NULL. What is not
+ * kept is derived from status the way the codec does. msg is escaped; invalid
+ * UTF-8 becomes U+FFFD so the body is always valid JSON. */
 int cpx_errbody(char *out, size_t cap, int fmt, int status, const char *type,
                 const char *code, const char *msg);
 
@@ -33,5 +36,16 @@ int cpx_errbody(char *out, size_t cap, int fmt, int status, const char *type,
  * response object to fail. */
 int cpx_errbody_sse(char *out, size_t cap, int fmt, int status,
                     const char *type, const char *code, const char *msg);
+
+/* Answers r with the error in its client's envelope (the format from r's
+ * target) and the CORS/JSON header set. Returns cpx_request_respond's result
+ * or a negative errno. */
+int cpx_errbody_respond(cpx_request_t *r, int status, const char *type,
+                        const char *code, const char *msg);
+
+/* Writes the stream error event to r, already streaming; the caller
+ * finishes r. */
+int cpx_errbody_write_event(cpx_request_t *r, int status, const char *type,
+                            const char *code, const char *msg);
 
 #endif /* CPX_ERRBODY_H */

@@ -56,6 +56,24 @@ static void test_envelopes(void) {
       {CPX_FMT_CLAUDE, 502, NULL, NULL, "boom",
        "{\"type\":\"error\",\"error\":{\"type\":\"api_error\","
        "\"message\":\"boom\"}}"},
+      {CPX_FMT_CLAUDE, 502, "server_error", "upstream_error", "boom",
+       "{\"type\":\"error\",\"error\":{\"type\":\"api_error\","
+       "\"message\":\"boom\"}}"},
+      {CPX_FMT_CLAUDE, 400, "overloaded_error", NULL, "busy",
+       "{\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\","
+       "\"message\":\"busy\"}}"},
+      {CPX_FMT_OPENAI_CHAT, 403, "insufficient_quota", NULL, "q",
+       "{\"error\":{\"message\":\"q\",\"type\":\"insufficient_quota\","
+       "\"param\":null,\"code\":\"insufficient_quota\"}}"},
+      {CPX_FMT_OPENAI_RESPONSES, 403, "insufficient_quota", NULL, "q",
+       "{\"error\":{\"message\":\"q\",\"type\":\"permission_error\","
+       "\"param\":null,\"code\":\"insufficient_quota\"}}"},
+      {CPX_FMT_OPENAI_CHAT, 500, "api_error", NULL, "x",
+       "{\"error\":{\"message\":\"x\",\"type\":\"server_error\","
+       "\"param\":null,\"code\":\"internal_server_error\"}}"},
+      {CPX_FMT_GEMINI, 502, "server_error", "upstream_error", "boom",
+       "{\"error\":{\"code\":502,\"message\":\"boom\","
+       "\"status\":\"UNAVAILABLE\"}}"},
       {CPX_FMT_CLAUDE, 529, NULL, NULL, "busy",
        "{\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\","
        "\"message\":\"busy\"}}"},
