@@ -5,7 +5,11 @@
 #include <errno.h>
 #include <string.h>
 
+#include <lauxlib.h>
+#include <lualib.h>
 #include <yajl/yajl_tree.h>
+
+#include "cpx_lua_util.h"
 
 #include "cpx_errbody.h"
 #include "cpx_test.h"
@@ -221,11 +225,111 @@ static void test_format_for_path(void) {
   CPX_CHECK_INT(cpx_errbody_format("/v1/messages", 5), CPX_FMT_OPENAI_CHAT);
 }
 
+/* The C body and the Lua codec's encode_error (lua/translators) must be the
+ * same document for the same input. They are compared decoded: the Lua
+ * encoder writes a table's keys in hash order. */
+static const char agree_lua[] =
+    "local function same(a, b)\n"
+    "  if type(a) ~= 'table' or type(b) ~= 'table' then return a == b end\n"
+    "  for k, v in pairs(a) do if not same(v, b[k]) then return false end end\n"
+    "  for k in pairs(b) do if a[k] == nil then return false end end\n"
+    "  return true\n"
+    "end\n"
+    "local mod, c_doc, st, msg, ty, code = ...\n"
+    "local lua_doc = require('translators.' .. mod).encode_error(\n"
+    "  { status = st, message = msg, type = ty, code = code })\n"
+    "return same(c_doc, lua_doc), require('rt.json').encode(lua_doc)\n";
+
+static void test_codec_agreement(void) {
+  static const struct {
+    int fmt;
+    const char *mod;
+  } fmts[] = {{CPX_FMT_OPENAI_CHAT, "openai_chat"},
+              {CPX_FMT_OPENAI_RESPONSES, "openai_responses"},
+              {CPX_FMT_CLAUDE, "claude"},
+              {CPX_FMT_GEMINI, "gemini"}};
+  static const int statuses[] = {400, 401, 403, 404, 408, 409, 413, 418, 429,
+                                 499, 500, 501, 502, 503, 504, 507, 529};
+  static const char *const types[] = {NULL,
+                                      "server_error",
+                                      "api_error",
+                                      "overloaded_error",
+                                      "insufficient_quota",
+                                      "not_found_error",
+                                      "bogus"};
+  static const char *const codes[] = {NULL, "upstream_error"};
+  static const char *const msgs[] = {
+      "", "boom", "say \"hi\" C:\\x", "a\nb\r\tc\x01",
+      "caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80"};
+  lua_State *L = luaL_newstate();
+  size_t f, s, t, c, m;
+  int checked = 0;
+
+  luaL_openlibs(L);
+  lua_getglobal(L, "package");
+  lua_pushstring(L, "lua/?.lua;lua/?/init.lua");
+  lua_setfield(L, -2, "path");
+  lua_getfield(L, -1, "loaded");
+  cpx_lua_util_open(L);
+  lua_setfield(L, -2, "cpx");
+  lua_pop(L, 2);
+  if (luaL_loadbuffer(L, agree_lua, sizeof(agree_lua) - 1, "agree") != 0) {
+    CPX_CHECK(!"agree chunk loads");
+    lua_close(L);
+    return;
+  }
+  for (f = 0; f < 4; f++)
+    for (s = 0; s < sizeof(statuses) / sizeof(statuses[0]); s++)
+      for (t = 0; t < sizeof(types) / sizeof(types[0]); t++)
+        for (c = 0; c < 2; c++)
+          for (m = 0; m < sizeof(msgs) / sizeof(msgs[0]); m++) {
+            char out[512], err[128];
+            int n = cpx_errbody(out, sizeof(out), fmts[f].fmt, statuses[s],
+                                types[t], codes[c], msgs[m]);
+            CPX_CHECK(n > 0);
+            lua_pushvalue(L, -1);
+            lua_pushstring(L, fmts[f].mod);
+            if (cpx_json_decode_push(L, out, (size_t)n, err, sizeof(err)) !=
+                0) {
+              CPX_CHECK(!"C body decodes");
+              lua_pop(L, 2);
+              continue;
+            }
+            lua_pushinteger(L, statuses[s]);
+            lua_pushstring(L, msgs[m]);
+            if (types[t])
+              lua_pushstring(L, types[t]);
+            else
+              lua_pushnil(L);
+            if (codes[c])
+              lua_pushstring(L, codes[c]);
+            else
+              lua_pushnil(L);
+            if (lua_pcall(L, 6, 2, 0) != 0) {
+              fprintf(stderr, "  %s\n", lua_tostring(L, -1));
+              CPX_CHECK(!"agree chunk runs");
+              lua_pop(L, 1);
+              continue;
+            }
+            if (!lua_toboolean(L, -2)) {
+              fprintf(stderr, "  %s %d type=%s code=%s:\n  C   %s\n  Lua %s\n",
+                      fmts[f].mod, statuses[s], types[t] ? types[t] : "nil",
+                      codes[c] ? codes[c] : "nil", out, lua_tostring(L, -1));
+              CPX_CHECK(!"C and Lua agree");
+            }
+            checked++;
+            lua_pop(L, 2);
+          }
+  CPX_CHECK_INT(checked, 4 * 17 * 7 * 2 * 5);
+  lua_close(L);
+}
+
 int main(void) {
   CPX_TEST_RUN(test_envelopes);
   CPX_TEST_RUN(test_escaping);
   CPX_TEST_RUN(test_sse);
   CPX_TEST_RUN(test_limits);
   CPX_TEST_RUN(test_format_for_path);
+  CPX_TEST_RUN(test_codec_agreement);
   CPX_TEST_DONE();
 }
