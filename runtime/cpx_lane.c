@@ -8,6 +8,7 @@
 #include <lauxlib.h>
 
 #include "cpx_buf.h"
+#include "cpx_errbody.h"
 #include "cpx_json_scan.h"
 #include "cpx_log.h"
 #include "cpx_lua.h"
@@ -186,22 +187,6 @@ static int hold(lane_req_t *lq, const char *p, size_t n) {
   return cpx_buf_append(&lq->acc, &lq->acc_len, &lq->acc_cap, p, n);
 }
 
-/* JSON string body of msg (ASCII messages of our own; quotes and
- * backslashes escaped, control bytes dropped). */
-static size_t json_escape(char *out, size_t cap, const char *msg) {
-  size_t o = 0;
-  for (; *msg && o + 2 < cap; msg++) {
-    unsigned char ch = (unsigned char)*msg;
-    if (ch < 0x20)
-      continue;
-    if (ch == '"' || ch == '\\')
-      out[o++] = '\\';
-    out[o++] = (char)ch;
-  }
-  out[o] = 0;
-  return o;
-}
-
 static const cpx_header_t sse_headers[] = {
     CPX_CORS_HEADERS,
     {CPX_STR("Content-Type"), CPX_STR("text/event-stream")},
@@ -209,29 +194,14 @@ static const cpx_header_t sse_headers[] = {
     {CPX_STR("X-Accel-Buffering"), CPX_STR("no")},
 };
 
-/* cliproxy's own error in OpenAI's envelope (status 502 unless given). */
+/* cliproxy's own error, in the client's envelope. */
 static void respond_error(lane_req_t *lq, int status, const char *msg) {
-  char esc[512], body[768];
-  int n;
-  json_escape(esc, sizeof(esc), msg);
-  n = snprintf(body, sizeof(body),
-               "{\"error\":{\"message\":\"%s\",\"type\":\"server_error\","
-               "\"code\":\"upstream_error\"}}",
-               esc);
-  cpx_request_respond(lq->r, status, cpx_json_headers, CPX_JSON_HEADERS_N, body,
-                      (size_t)n);
+  cpx_errbody_respond(lq->r, status, "server_error", "upstream_error", msg);
 }
 
-/* The stream error event of the OpenAI codec (translators/openai_chat). */
+/* After the first byte the error can only be the codec's stream event. */
 static void stream_error_end(lane_req_t *lq, const char *msg) {
-  char esc[512], frame[768];
-  int n;
-  json_escape(esc, sizeof(esc), msg);
-  n = snprintf(frame, sizeof(frame),
-               "data: {\"error\":{\"message\":\"%s\",\"type\":\"server_error\","
-               "\"code\":\"upstream_error\"}}\n\n",
-               esc);
-  cpx_request_write(lq->r, frame, (size_t)n);
+  cpx_errbody_write_event(lq->r, 502, "server_error", "upstream_error", msg);
   cpx_request_finish(lq->r);
 }
 

@@ -20,6 +20,7 @@
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
 
+#include "cpx_errbody.h"
 #include "cpx_log.h"
 #include "cpx_lane.h"
 #include "cpx_lua.h"
@@ -467,21 +468,15 @@ static void lreq_release(lreq_t *lr) {
 
 static void respond_internal_error(lreq_t *lr, const char *msg) {
   cpx_request_t *r = lr->r;
-  char body[512];
-  int n;
-  static const cpx_header_t hdrs[] = {
-      {{"Content-Type", 12}, {"application/json", 16}}};
   if (r->finished)
     return;
+  /* A stream's framing is the script's (an SSE event or a JSON array), so
+   * an event of ours could break it: end the stream as it is. */
   if (r->streaming) {
     cpx_request_finish(r);
     return;
   }
-  n = snprintf(body, sizeof(body),
-               "{\"error\":{\"message\":\"%s\",\"type\":\"server_error\","
-               "\"code\":\"internal_server_error\"}}",
-               msg);
-  cpx_request_respond(r, 500, hdrs, 1, body, (size_t)n);
+  cpx_errbody_respond(r, 500, "server_error", "internal_server_error", msg);
 }
 
 static void lreq_maybe_release(lreq_t *lr) {
@@ -639,8 +634,7 @@ void cpx__lua_start(cpx_worker_t *w, cpx_vm_t *vm, cpx_request_t *r,
   lreq_t *lr = calloc(1, sizeof(*lr));
 
   if (!lr) {
-    static const char b[] = "{\"error\":{\"message\":\"out of memory\"}}";
-    cpx_request_respond(r, 503, NULL, 0, b, sizeof(b) - 1);
+    cpx_errbody_respond(r, 503, "server_error", NULL, "out of memory");
     return;
   }
   lr->vm = vm;

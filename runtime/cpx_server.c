@@ -8,6 +8,7 @@
 
 #include <openssl/rand.h>
 
+#include "cpx_errbody.h"
 #include "cpx_log.h"
 
 /* Bytes read while a request is in flight are kept (pipelining, or a
@@ -267,6 +268,8 @@ static int conn_write(cpx_conn_t *c, const char *p1, size_t n1, const char *p2,
 
 /* ---- timers ------------------------------------------------------------- */
 
+static void conn_error_write(cpx_conn_t *c, int status, const char *msg);
+
 static void on_conn_timer(uv_timer_t *t) {
   cpx_conn_t *c = t->data;
   int mode = c->timer_mode;
@@ -277,20 +280,10 @@ static void on_conn_timer(uv_timer_t *t) {
     conn_close(c);
     break;
   case CONN_HEADERS:
-  case CONN_BODY: {
-    static const char resp[] =
-        "HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
-        "Content-Length: 74\r\nConnection: close\r\n\r\n"
-        "{\"error\":{\"message\":\"request timeout\",\"type\":"
-        "\"invalid_request_error\"}}\n";
+  case CONN_BODY:
     cpx_log_info(NULL, "408 | %s | request not received in time", c->remote);
-    c->close_when_flushed = 1;
-    if (conn_write(c, resp, sizeof(resp) - 1, NULL, 0, NULL, 0) != 0)
-      conn_close(c);
-    else
-      conn_flushed(c);
+    conn_error_write(c, 408, "request timeout");
     break;
-  }
   case CONN_ACTIVE:
     cpx_log_warn(c->active ? c->active->rid : NULL,
                  "client stopped reading for too long: closing");
@@ -538,20 +531,30 @@ static void request_done(cpx_request_t *r) {
 
 /* ---- reading and parsing ------------------------------------------------ */
 
-static void error_response(cpx_conn_t *c, int status, const char *reason) {
-  char body[256], head[256];
+/* An answer before there is a request object: the body in the client's
+ * envelope as far as the target is parsed, the CORS/JSON header set, and
+ * the connection closes. */
+static void conn_error_write(cpx_conn_t *c, int status, const char *msg) {
+  const cpx_http_request_t *h = &c->parser.req;
+  int fmt = cpx_errbody_format(h->buf ? h->buf + h->url_off : NULL,
+                               h->buf ? h->url_len : 0);
+  char body[512], head[512];
   int bn, hn;
+  size_t i;
 
-  bn = snprintf(body, sizeof(body),
-                "{\"error\":{\"message\":\"%s\",\"type\":\"%s\"}}\n",
-                reason ? reason : cpx_http_reason(status),
-                status >= 500 ? "server_error" : "invalid_request_error");
-  hn = snprintf(head, sizeof(head),
-                "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
-                "Content-Length: %d\r\nConnection: close\r\n\r\n",
-                status, cpx_http_reason(status), bn);
-  cpx_log_info(NULL, "%d | %s | rejected: %s", status, c->remote,
-               reason ? reason : "");
+  bn = cpx_errbody(body, sizeof(body), fmt, status, NULL, NULL, msg);
+  if (bn < 0)
+    bn = cpx_errbody(body, sizeof(body), fmt, status, NULL, NULL,
+                     cpx_http_reason(status));
+  hn = snprintf(head, sizeof(head), "HTTP/1.1 %d %s\r\n", status,
+                cpx_http_reason(status));
+  for (i = 0; i < CPX_JSON_HEADERS_N; i++)
+    hn +=
+        snprintf(head + hn, sizeof(head) - (size_t)hn, "%.*s: %.*s\r\n",
+                 (int)cpx_json_headers[i].name.n, cpx_json_headers[i].name.p,
+                 (int)cpx_json_headers[i].value.n, cpx_json_headers[i].value.p);
+  hn += snprintf(head + hn, sizeof(head) - (size_t)hn,
+                 "Content-Length: %d\r\nConnection: close\r\n\r\n", bn);
   c->close_when_flushed = 1;
   /* The request was not (fully) read: from here on input is discarded
    * (on_read), and the lingering clock covers the flush as well, so a
@@ -567,6 +570,14 @@ static void error_response(cpx_conn_t *c, int status, const char *reason) {
     conn_close(c);
   else
     conn_flushed(c);
+}
+
+static void error_response(cpx_conn_t *c, int status, const char *reason) {
+  cpx_log_info(NULL, "%d | %s | rejected: %s", status, c->remote,
+               reason ? reason : "");
+  uv_timer_stop(&c->timer);
+  c->timer_mode = -1;
+  conn_error_write(c, status, reason ? reason : cpx_http_reason(status));
 }
 
 static void dispatch(cpx_conn_t *c) {

@@ -277,6 +277,8 @@ local routes = {
 }
 _M.routes = routes
 
+-- cpx_errbody_format (runtime/cpx_errbody.c) makes this decision for the
+-- answers built in C; test_errbody pins its table, keep the two in step.
 local function format_for_path(path)
   if path:find("^/v1/messages") then return "claude" end
   if path:find("^/v1/responses") then return "openai_responses" end

@@ -305,6 +305,33 @@ test('header timeout (slowloris): 408 and the connection closes', T(), async () 
 
 // ---------------------------------------------------------------- workers
 
+test('a 408 before the request is complete: the client\'s envelope, CORS, a true Content-Length', T(), async () => {
+  const proxy = await startProxy({ extra: { limits: { 'header-timeout-seconds': 0.5 } } });
+  try {
+    const cases = [
+      ['/v1/messages', { type: 'error', error: { type: 'invalid_request_error', message: 'request timeout' } }],
+      ['/v1beta/models/g:generateContent', { error: { code: 408, message: 'request timeout', status: 'INVALID_ARGUMENT' } }],
+      ['/v1/chat/completions', { error: { message: 'request timeout', type: 'invalid_request_error', param: null, code: null } }],
+    ];
+    for (const [path, want] of cases) {
+      const sock = net.connect(proxy.port, '127.0.0.1');
+      await new Promise((r) => sock.once('connect', r));
+      sock.write(`POST ${path} HTTP/1.1\r\nHost: x\r\n`);
+      let data = '';
+      sock.on('data', (d) => { data += d; });
+      await Promise.race([new Promise((r) => sock.once('close', r)), sleep(5000)]);
+      const [head, body] = data.split('\r\n\r\n');
+      assert.match(head, /^HTTP\/1\.1 408 /, path);
+      assert.match(head, /\r\nAccess-Control-Allow-Origin: \*\r\n/i, path);
+      assert.match(head, /\r\nContent-Type: application\/json\r\n/i, path);
+      assert.equal(Number(/Content-Length: (\d+)/i.exec(head)[1]), Buffer.byteLength(body), path);
+      assert.deepEqual(JSON.parse(body), want, path);
+    }
+  } finally {
+    await proxy.stop();
+  }
+});
+
 test('workers: 2 serves requests on both loops and exits 0 on SIGTERM', T(), async () => {
   const proxy = await startProxy({ openaiCompat: compat(['w-model']), extra: { workers: 2 } });
   try {
