@@ -900,10 +900,24 @@ static void on_connection(uv_stream_t *server, int status) {
     /* Accepted only to say why: a 503 the client can read (lingering
      * close) beats a refused or reset connection it would retry at once.
      * Over TLS the answer would need a handshake first: just close. */
-    if (c->tls)
+    uint64_t now = uv_hrtime();
+    srv->over_unlogged++;
+    if (now - srv->over_logged_ns >= 1000000000ull || !srv->over_logged_ns) {
+      cpx_log_info(NULL,
+                   "503 | %s | rejected: too many connections (limit %zu; "
+                   "%lu refused since the last such line)",
+                   c->remote, (size_t)srv->cfg.max_connections,
+                   srv->over_unlogged);
+      srv->over_logged_ns = now;
+      srv->over_unlogged = 0;
+    }
+    if (c->tls) {
       conn_close(c);
-    else
-      error_response(c, 503, "too many connections");
+    } else {
+      uv_timer_stop(&c->timer);
+      c->timer_mode = -1;
+      conn_error_write(c, 503, "too many connections");
+    }
     return;
   }
   /* The keep-alive idle timeout also bounds a connection that never sends

@@ -99,6 +99,10 @@ struct cpx_server_s {
   void *data;
   cpx_conn_t *conns; /* intrusive list of open connections */
   size_t nconns;
+  /* limits.max-connections refusals: logged at most once a second, with
+   * the count since the last line, so a flood cannot flood the log. */
+  uint64_t over_logged_ns;
+  unsigned long over_unlogged;
   size_t active_requests;
   uint64_t next_rid;
   int listener_open; /* listener handle initialised (needs uv_close) */

@@ -170,6 +170,13 @@ test('max-connections 4: the 5th connection gets 503 and a close; after one clos
   const body = assertAnswer(fifth, 503, '5th connection');
   assert.match(body.error.message, /too many connections/);
   assert.equal(body.error.type, 'server_error');
+  // A burst of refusals is logged at most once a second, with a count.
+  const before = (capped.stderr().match(/too many connections/g) || []).length;
+  for (let i = 0; i < 20; i++) assertAnswer(await eager(capped.port, Buffer.from('GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n'), 5000), 503, `burst #${i}`);
+  await new Promise((res) => setTimeout(res, 300)); // the log is flushed every 100 ms
+  const lines = (capped.stderr().match(/too many connections/g) || []).length - before;
+  assert.ok(lines <= 2, `${lines} log lines for 20 refusals`);
+  assert.match(capped.stderr(), /rejected: too many connections \(limit 4; \d+ refused since the last such line\)/);
 
   for (const c of open) await healthzOn(c); // the 4 are still served
   open[0].sock.destroy();
