@@ -6,12 +6,12 @@
 -- report(app, creds, now) -> { checks = {{level, text, hint}}, upstreams = {{name, url}} }
 local json = require("rt.json")
 local registry = require("rt.registry")
+local cooldown = require("rt.cooldown")
 
 local format = string.format
 local ipairs = ipairs
 local pcall = pcall
 local sort = table.sort
-local tonumber = tonumber
 local type = type
 local floor = math.floor
 
@@ -19,35 +19,12 @@ local _M = {}
 
 local LEAD = 3600 -- an hour before expiry counts as "expires soon"
 
--- Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's
--- days_from_civil), so RFC 3339 times convert without the local zone.
-local function days_from_civil(y, m, d)
-  if m <= 2 then y = y - 1 end
-  local era = floor((y >= 0 and y or y - 399) / 400)
-  local yoe = y - era * 400
-  local mp = (m + 9) % 12
-  local doy = floor((153 * mp + 2) / 5) + d - 1
-  local doe = yoe * 365 + floor(yoe / 4) - floor(yoe / 100) + doy
-  return era * 146097 + doe - 719468
-end
-
--- RFC 3339 ("2026-12-07T10:00:00Z", "...+08:00", fractions) -> epoch seconds.
-local function parse_time(s)
-  if type(s) ~= "string" then return nil end
-  local y, mo, d, h, mi, sec, rest = s:match("^(%d%d%d%d)%-(%d%d)%-(%d%d)[Tt ](%d%d):(%d%d):(%d%d)%.?%d*(.*)$")
-  if not y then return nil end
-  local off = 0
-  if rest ~= "Z" and rest ~= "z" and rest ~= "" then
-    local sign, oh, om = rest:match("^([+-])(%d%d):?(%d%d)$")
-    if not sign then return nil end
-    off = (tonumber(oh) * 3600 + tonumber(om) * 60) * (sign == "+" and 1 or -1)
-  end
-  local days = days_from_civil(tonumber(y), tonumber(mo), tonumber(d))
-  return days * 86400 + tonumber(h) * 3600 + tonumber(mi) * 60 + tonumber(sec) - off
-end
+-- RFC 3339 -> epoch seconds: the one parser the cooldown rules use too.
+local parse_time = cooldown.parse_rfc3339
 _M.parse_time = parse_time
 
 local function duration(s)
+  s = floor(s)
   if s < 120 then return format("%d s", s) end
   if s < 7200 then return format("%d min", floor(s / 60)) end
   if s < 172800 then return format("%d h", floor(s / 3600)) end
