@@ -144,22 +144,32 @@ static int resolve_config(const char *path, char *out, size_t outlen) {
   return 0;
 }
 
-static int cmd_check(int argc, char **argv, const char *argv0) {
+/* The set-up `check` and `doctor` share: -config, the file, lua/. Returns 0,
+ * or the exit code (2: bad flags, 1: no such file or no lua/). */
+static int cli_worker(int argc, char **argv, const char *argv0,
+                      cpx_worker_t *w) {
   const char *path = "config.yaml";
+
+  if (parse_config_flag(argc, argv, 2, &path) != 0)
+    return 2;
+  memset(w, 0, sizeof(*w));
+  if (resolve_config(path, w->config_path, sizeof(w->config_path)) != 0)
+    return 1;
+  if (cpx_lua_find_builtin_dir(argv0, w->lua_dir, sizeof(w->lua_dir)) != 0) {
+    fprintf(stderr, "cliproxy: cannot find the built-in lua/ directory\n");
+    return 1;
+  }
+  return 0;
+}
+
+static int cmd_check(int argc, char **argv, const char *argv0) {
   cpx_worker_t w;
   cpx_vm_t *vm;
   char err[4096];
   int rc;
 
-  if (parse_config_flag(argc, argv, 2, &path) != 0)
-    return 2;
-  memset(&w, 0, sizeof(w));
-  if (resolve_config(path, w.config_path, sizeof(w.config_path)) != 0)
-    return 1;
-  if (cpx_lua_find_builtin_dir(argv0, w.lua_dir, sizeof(w.lua_dir)) != 0) {
-    fprintf(stderr, "cliproxy: cannot find the built-in lua/ directory\n");
-    return 1;
-  }
+  if ((rc = cli_worker(argc, argv, argv0, &w)) != 0)
+    return rc;
   rc = cpx_vm_new(&w, w.config_path, &vm, err, sizeof(err));
   if (rc != 0) {
     fprintf(stderr, "%s\n", err);
@@ -181,7 +191,6 @@ static int cmd_check(int argc, char **argv, const char *argv0) {
 }
 
 static int cmd_doctor(int argc, char **argv, const char *argv0) {
-  const char *path = "config.yaml";
   cpx_doctor_opts_t opts = {0, 0};
   cpx_worker_t w;
   cpx_vm_t *vm;
@@ -197,15 +206,8 @@ static int cmd_doctor(int argc, char **argv, const char *argv0) {
     else
       rest[nrest++] = argv[i];
   }
-  if (parse_config_flag(nrest, rest, 2, &path) != 0)
-    return 2;
-  memset(&w, 0, sizeof(w));
-  if (resolve_config(path, w.config_path, sizeof(w.config_path)) != 0)
-    return 1;
-  if (cpx_lua_find_builtin_dir(argv0, w.lua_dir, sizeof(w.lua_dir)) != 0) {
-    fprintf(stderr, "cliproxy: cannot find the built-in lua/ directory\n");
-    return 1;
-  }
+  if ((problems = cli_worker(nrest, rest, argv0, &w)) != 0)
+    return problems;
   if (cpx_vm_new(&w, w.config_path, &vm, err, sizeof(err)) != 0) {
     printf("cliproxy doctor: %s\n  error %s\n        -> fix the file and line "
            "named above, then run doctor again\n1 problem(s), 0 warning(s)\n",
