@@ -182,10 +182,17 @@ function _M.infer(app, req, info, fmt, body, opts)
   -- table is decoded when something needs it (translation, a rewrite hook,
   -- payload rules, a provider fix-up); a plain passthrough never does.
   local raw = opts.raw
+  -- A body the decoder refuses answers 400 with the decoder's reason (byte
+  -- offset, invalid UTF-8, depth, number out of range) instead of becoming
+  -- {} and failing later as a missing field.
   local function need_body()
     if body == nil then
-      body = json.decode(raw)
-      if type(body) ~= "table" then body = {} end
+      local err
+      body, err = json.decode(raw)
+      if type(body) ~= "table" or json.is_array(body) then
+        body = nil
+        return nil, "invalid JSON body: " .. (err or "expected an object")
+      end
     end
     return body
   end
@@ -193,7 +200,9 @@ function _M.infer(app, req, info, fmt, body, opts)
                 gemini_array = opts.gemini_array, client_format = fmt, endpoint = opts.endpoint,
                 client_gone = function() return req:closed() end }
   if has_hook(chain, "rewrite") then
-    ctx.body = need_body()
+    local berr
+    ctx.body, berr = need_body()
+    if not ctx.body then return http.error(req, fmt, 400, berr) end
     mw.run(chain, "rewrite", ctx, ctx.body)
     body = ctx.body
     raw = nil
@@ -221,10 +230,13 @@ function _M.infer(app, req, info, fmt, body, opts)
       -- The fast path: same format, only the model rewritten, no decode.
       out = fmt == "gemini" and raw or json.set_string(raw, "model", target.upstream_model)
     elseif passthrough then
-      tb = json.shallow_copy(need_body())
+      local b, berr = need_body()
+      if not b then return { status = 400, own = true, message = berr } end
+      tb = json.shallow_copy(b)
       if fmt ~= "gemini" then tb.model = target.upstream_model end
     else
-      need_body()
+      local b, berr = need_body()
+      if not b then return { status = 400, own = true, message = berr } end
       actx.upstream_model = think and (target.upstream_model .. model:match("%b()$")) or target.upstream_model
       local err
       tb, err = translators.request(fmt, upfmt, body, actx)
