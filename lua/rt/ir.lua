@@ -23,6 +23,15 @@ function _M.str(v) if type(v) == "string" then return v end return nil end
 function _M.num(v) if type(v) == "number" then return v end return nil end
 function _M.tbl(v) if type(v) == "table" then return v end return nil end
 
+-- A required list field of a client body, checked where every codec checks
+-- it: the value, or nil and an error naming the client's own field.
+function _M.need_list(body, field)
+  local v = body[field]
+  if v == nil then return nil, field .. ": field required" end
+  if type(v) ~= "table" then return nil, field .. ": expected an array" end
+  return v
+end
+
 function _M.level_to_budget(level)
   if level == nil then return nil end
   return LEVEL_BUDGET[level]

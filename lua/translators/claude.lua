@@ -77,8 +77,8 @@ end
 
 function _M.decode_request(body, ctx)
   if type(body) ~= "table" then return nil, "request body must be a JSON object" end
-  if body.messages == nil then return nil, "messages: field required" end
-  if type(body.messages) ~= "table" then return nil, "messages: expected an array" end
+  local _, lerr = ir.need_list(body, "messages")
+  if lerr then return nil, lerr end
   local r = { model = s(body.model), stream = body.stream == true, system = {}, messages = {} }
 
   if type(body.system) == "string" then

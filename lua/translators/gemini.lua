@@ -107,8 +107,8 @@ local LEVELS = { minimal = "minimal", low = "low", medium = "medium", high = "hi
 
 function _M.decode_request(body, ctx)
   if type(body) ~= "table" then return nil, "request body must be a JSON object" end
-  if body.contents == nil then return nil, "contents: field required" end
-  if type(body.contents) ~= "table" then return nil, "contents: expected an array" end
+  local _, lerr = ir.need_list(body, "contents")
+  if lerr then return nil, lerr end
   local r = { model = (ctx and ctx.model) or s(body.model), stream = ctx and ctx.stream or false,
               system = {}, messages = {} }
   local si = tbl(body.systemInstruction) or tbl(body.system_instruction)
