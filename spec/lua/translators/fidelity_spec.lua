@@ -5,14 +5,8 @@ package.path = "./lua/?/init.lua;" .. package.path
 local tr = require("translators")
 local json = require("rt.json")
 
-local root = (os.getenv("CPX_ROOT") or ".") .. "/spec/fixtures/translators/fidelity/"
-
-local function load(name)
-  local f = assert(io.open(root .. name, "rb"))
-  local s = f:read("*a")
-  f:close()
-  return assert(json.decode(s))
-end
+local fixture = require("fixture")
+local function load(name) return fixture.json("translators/fidelity/" .. name) end
 
 local function new_ctx()
   local n = 0
@@ -68,9 +62,7 @@ describe("translation fidelity", function()
   end
 
   it("same format passes the body through unchanged", function()
-    local f = assert(io.open(root .. "claude.json", "rb"))
-    local s = f:read("*a"):gsub("\n$", "")
-    f:close()
+    local s = fixture.raw("translators/fidelity/claude.json"):gsub("\n$", "")
     local body = json.decode(s)
     assert.equal(s, json.encode(body))
     assert.equal(s, json.encode(json.deep_copy(body)))

@@ -6,14 +6,8 @@ local tr = require("translators")
 local json = require("rt.json")
 local ir = require("rt.ir")
 
-local root = (os.getenv("CPX_ROOT") or ".") .. "/spec/fixtures/translators/"
-
-local function load(name)
-  local f = assert(io.open(root .. name, "rb"))
-  local s = f:read("*a")
-  f:close()
-  return assert(json.decode(s))
-end
+local fixture = require("fixture")
+local function load(name) return fixture.json("translators/" .. name) end
 
 local function new_ctx(extra)
   local n = 0
