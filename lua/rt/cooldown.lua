@@ -56,6 +56,24 @@ function _M.parse_rfc3339(s)
   return sign == "+" and t - off or t + off
 end
 
+-- Epoch seconds -> "2026-01-02T03:04:05Z" (whole seconds, UTC).
+function _M.format_rfc3339(t)
+  t = floor(t)
+  local z = floor(t / 86400)
+  local s = t - z * 86400
+  -- the inverse of days_from_civil
+  z = z + 719468
+  local era = floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = floor((doe - floor(doe / 1460) + floor(doe / 36524) - floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + floor(yoe / 4) - floor(yoe / 100))
+  local mp = floor((5 * doy + 2) / 153)
+  local d = doy - floor((153 * mp + 2) / 5) + 1
+  local m = mp < 10 and mp + 3 or mp - 9
+  local y = yoe + era * 400 + (m <= 2 and 1 or 0)
+  return string.format("%04d-%02d-%02dT%02d:%02d:%02dZ", y, m, d, floor(s / 3600), floor(s % 3600 / 60), s % 60)
+end
+
 local MONTHS = { jan = 1, feb = 2, mar = 3, apr = 4, may = 5, jun = 6,
                  jul = 7, aug = 8, sep = 9, oct = 10, nov = 11, dec = 12 }
 
