@@ -165,6 +165,7 @@ local schema = map({
   lua = map({
     paths = list(str()),
     ["memory-limit-mb"] = int(256, 16, 65536),
+    ["max-timers"] = int(1024, 1, 1000000),
     middleware = list(ANY),
   }),
   limits = map({
