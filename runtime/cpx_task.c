@@ -258,4 +258,5 @@ void cpx__task_lua_register(lua_State *L) {
   luaL_register(L, NULL, fns);
   lua_setfield(L, -2, "timer");
   cpx__lock_lua_register(L);
+  cpx__shared_lua_register(L);
 }

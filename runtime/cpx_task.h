@@ -73,6 +73,8 @@ void cpx__task_lua_register(lua_State *L);
 /* ---- cpx_lock_lua.c: cpx.lock -------------------------------------------- */
 
 void cpx__lock_lua_register(lua_State *L);
+/* cpx_shared.c: cpx.shared, strings every worker sees. */
+void cpx__shared_lua_register(lua_State *L);
 /* Releases every lock co still holds: at its end, at an abort. */
 void cpx__co_release_locks(cpx_co_t *co);
 

@@ -53,6 +53,7 @@ _M.check_provider = check_provider
 -- starts the generation's background tasks. A middleware module may export
 -- init_worker(conf) for its own. Errors are logged, never fatal.
 function _M.init_worker(app)
+  require("rt.refresh").init_worker(app)
   for _, en in ipairs(app.middleware.list or {}) do
     local fn = en.module.init_worker
     if fn then
