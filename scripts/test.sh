@@ -16,4 +16,5 @@ echo "== the server under ASan + UBSan: fast path, pipeline hand-offs, reloads, 
 # Memory errors abort the proxy and fail the test; a leak at exit makes its
 # exit status non-zero, which these tests assert to be 0.
 (cd spec/e2e && ASAN_OPTIONS=detect_leaks=1 CPX_BIN="$PWD/../../build-asan/cliproxy" \
-  node --test fast_path.test.mjs fast_path_lifecycle.test.mjs lingering.test.mjs doctor.test.mjs)
+  node --test fast_path.test.mjs fast_path_lifecycle.test.mjs lingering.test.mjs doctor.test.mjs \
+    tasks.test.mjs refresh.test.mjs)
