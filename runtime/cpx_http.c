@@ -55,6 +55,10 @@ static int on_header_field(llhttp_t *p, const char *at, size_t n) {
   cpx_http_request_t *r = &hp->req;
   if (count_header_bytes(hp, n))
     return HPE_USER;
+  /* An empty span (llhttp's, at a piece boundary or for an empty name)
+   * starts no field; on_header_field_complete refuses an empty name. */
+  if (n == 0)
+    return 0;
   if (hp->last_cb != 1) {
     /* A new field starts (last_cb is 0, or 3 after a complete value). */
     if (r->nfields >= hp->limits.max_fields)
@@ -123,6 +127,15 @@ static int on_header_value(llhttp_t *p, const char *at, size_t n) {
   if (cpx_buf_append(&r->buf, &r->len, &r->cap, at, n))
     return fail(hp, 500, "oom");
   f->value_len += n;
+  return 0;
+}
+
+/* llhttp 8 accepts a line starting with ':' (an empty field name);
+ * RFC 9110 field-name is 1*tchar. */
+static int on_header_field_complete(llhttp_t *p) {
+  cpx_http_parser_t *hp = hp_of(p);
+  if (hp->last_cb != 1)
+    return fail(hp, 400, "empty header field name");
   return 0;
 }
 
@@ -210,6 +223,7 @@ static void settings_init(void) {
   settings.on_url = on_url;
   settings.on_header_field = on_header_field;
   settings.on_header_value = on_header_value;
+  settings.on_header_field_complete = on_header_field_complete;
   settings.on_header_value_complete = on_header_value_complete;
   settings.on_headers_complete = on_headers_complete;
   settings.on_body = on_body;

@@ -195,6 +195,11 @@ static void test_rejections(void) {
       {"GET / HTTP/1.1\nHost: x\n\n", 400},
       {"BREW / HTTP/1.1\r\n\r\n", 400},
       {"GET / HTTP/1.1\r\nExpect: 200-ok\r\n\r\n", 417},
+      /* an empty field name: llhttp 8 lets it through, and the empty
+       * fields it made counted differently with the input in pieces (400
+       * whole, 431 byte by byte; found by fuzz_http) */
+      {"GET / HTTP/1.1\r\n: x\r\n\r\n", 400},
+      {"GET / HTTP/1.1\r\nHost: a\r\n:\r\n\r\n", 400},
   };
   for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
     /* Case 7 holds a NUL, so strlen would stop early: 28 bytes. */
