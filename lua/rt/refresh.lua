@@ -166,8 +166,16 @@ end
 
 -- ---- one refresh ----------------------------------------------------------
 
-local function failed(cfg, file, e, st, err, now)
+-- Seconds to wait after the n-th failure in a row: backoff-seconds,
+-- doubling, capped; a longer Retry-After (429) wins up to the cap.
+function _M.backoff(cfg, n, retry_after)
   local s = settings(cfg)
+  local back = min(s.backoff * 2 ^ (n - 1), s.max_backoff)
+  if retry_after then back = max(back, min(retry_after, s.max_backoff)) end
+  return back
+end
+
+local function failed(cfg, file, e, st, err, now)
   local n = (st.failures or 0) + 1
   local nst = { last_refresh = st.last_refresh, failures = n, last_error = err.message or tostring(err),
                 error_kind = err.kind, fp = fingerprint(e.text) }
@@ -179,8 +187,7 @@ local function failed(cfg, file, e, st, err, now)
     bump_epoch()
     return
   end
-  local back = min(s.backoff * 2 ^ (n - 1), s.max_backoff)
-  if err.retry_after then back = max(back, min(err.retry_after, s.max_backoff)) end
+  local back = _M.backoff(cfg, n, err.retry_after)
   nst.retry_at = now + back
   log("warn", format("refresh %s failed (%d in a row): %s; next try in %d s", file, n, nst.last_error, floor(back)))
   put_state(file, nst)
