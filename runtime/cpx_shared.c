@@ -123,8 +123,12 @@ static int l_get(lua_State *L) {
   uv_mutex_unlock(&mu);
   /* Pushed outside the mutex: a Lua allocation error must not leave it
    * locked. */
-  if (!copy)
-    return 0;
+  if (e && !copy)
+    return luaL_error(L, "out of memory");
+  if (!copy) {
+    lua_pushnil(L);
+    return 1;
+  }
   lua_pushlstring(L, copy, len);
   free(copy);
   return 1;

@@ -307,7 +307,9 @@ function _M.build(cfg, creds)
       local ok, err = store.open(dir)
       if not ok then log("warn", "auth-dir: " .. tostring(err)) end
     end
-    reg.store_version = store.version() .. ":" .. oauth_refresh.epoch()
+    reg.store_version = store.version()
+    -- rt.refresh moves it when an account needs a new login (invalid_grant)
+    reg.refresh_epoch = oauth_refresh.epoch()
     creds = store.list()
   end
   from_openai_compat(reg, cfg)
@@ -332,8 +334,8 @@ end
 -- Rebuilds in place when the credential store moved on.
 function _M:refresh()
   if not self.auto_store then return self end
-  local v = store.version() .. ":" .. oauth_refresh.epoch()
-  if v == self.store_version then return self end
+  local v = store.version()
+  if v == self.store_version and oauth_refresh.epoch() == self.refresh_epoch then return self end
   local fresh = _M.build(self.cfg)
   for k, v2 in pairs(fresh) do self[k] = v2 end
   return self

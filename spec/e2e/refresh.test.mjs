@@ -152,7 +152,7 @@ describe('OAuth refresh', () => {
       : { error: { status: 401, message: 'invalid bearer token' } }));
   };
 
-  test('ahead of expiry: the scheduler refreshes, the rotated tokens are written back 0600', async () => {
+  test('ahead of expiry: the scheduler refreshes, the rotated tokens are written back 0600', { timeout: 90000 }, async () => {
     reset();
     const proxy = await startProxy({ extra: extraFor(tok, mock, 0.1) });
     try {
@@ -183,7 +183,7 @@ describe('OAuth refresh', () => {
     } finally { await proxy.stop(); }
   });
 
-  test('20 concurrent requests on an expired token: one token call, all use the new token', async () => {
+  test('20 concurrent requests on an expired token: one token call, all use the new token', { timeout: 90000 }, async () => {
     reset();
     tok.delayMs = 300;
     const proxy = await startProxy({ extra: extraFor(tok, mock, 60) });
@@ -199,7 +199,7 @@ describe('OAuth refresh', () => {
     } finally { await proxy.stop(); }
   });
 
-  test('two cliproxy processes on one auth-dir: one token call', async () => {
+  test('two cliproxy processes on one auth-dir: one token call', { timeout: 90000 }, async () => {
     reset();
     tok.delayMs = 200;
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cpx-refresh-shared-'));
@@ -223,7 +223,7 @@ describe('OAuth refresh', () => {
     } finally { await a.stop(); await b.stop(); fs.rmSync(dir, { recursive: true, force: true }); }
   });
 
-  test('an upstream 401 refreshes once and retries on the same account', async () => {
+  test('an upstream 401 refreshes once and retries on the same account', { timeout: 90000 }, async () => {
     reset();
     tok.seq = 0;
     const proxy = await startProxy({ extra: extraFor(tok, mock, 60) });
@@ -243,7 +243,7 @@ describe('OAuth refresh', () => {
     } finally { await proxy.stop(); }
   });
 
-  test('invalid_grant: the account needs a new login and leaves the pool until its file changes', async () => {
+  test('invalid_grant: the account needs a new login and leaves the pool until its file changes', { timeout: 90000 }, async () => {
     reset();
     tok.mode = 'invalid_grant';
     const proxy = await startProxy({ extra: extraFor(tok, mock, 0.1) });
@@ -270,7 +270,7 @@ describe('OAuth refresh', () => {
     } finally { await proxy.stop(); }
   });
 
-  test('a 500 from the token server backs off (5 min) and shows in the state', async () => {
+  test('a 500 from the token server backs off (5 min) and shows in the state', { timeout: 90000 }, async () => {
     reset();
     tok.mode = '500';
     const proxy = await startProxy({ extra: extraFor(tok, mock, 0.05) });
@@ -291,7 +291,7 @@ describe('OAuth refresh', () => {
     } finally { await proxy.stop(); }
   });
 
-  test('kill -9 during token writes, 20 times: the file is always a valid credential', async () => {
+  test('kill -9 during token writes, 20 times: the file is always a valid credential', { timeout: 90000 }, async () => {
     reset();
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cpx-refresh-kill-'));
     const auth = path.join(dir, 'auths');

@@ -135,7 +135,7 @@ describe('cpx.timer', () => {
   });
   after(async () => { await proxy?.stop(); await mock?.close(); fs.rmSync(dir, { recursive: true, force: true }); });
 
-  test('a timer runs with no request, with its arguments, and can fetch; every repeats; a failing task is logged', async () => {
+  test('a timer runs with no request, with its arguments, and can fetch; every repeats; a failing task is logged', { timeout: 90000 }, async () => {
     assert.ok(await waitFor(() => lines(proxy, 'fetched').length === 2, 5000), proxy.stderr());
     const at = lines(proxy, 'at');
     assert.deepEqual(at.map((l) => l.replace(/.*probe /, '')).sort(),
@@ -147,7 +147,7 @@ describe('cpx.timer', () => {
     assert.equal((await fetch(proxy.url + '/healthz')).status, 200);
   });
 
-  test('a reload fires the old generation\'s pending timers with premature and wakes its running tasks', async () => {
+  test('a reload fires the old generation\'s pending timers with premature and wakes its running tasks', { timeout: 90000 }, async () => {
     process.kill(proxy.pid, 'SIGHUP');
     assert.ok(await waitFor(() => lines(proxy, 'long').length === 2 && lines(proxy, 'at').length === 4, 5000), proxy.stderr());
     for (const l of lines(proxy, 'long')) assert.match(l, /g=1 premature=true sleep=generation retired/);
@@ -157,7 +157,7 @@ describe('cpx.timer', () => {
     assert.equal(lines(proxy, 'at').filter((l) => l.includes('g=2 premature=false')).length, 2);
   });
 
-  test('SIGTERM ends pending and running tasks at once and the process exits', async () => {
+  test('SIGTERM ends pending and running tasks at once and the process exits', { timeout: 90000 }, async () => {
     const ex = await proxy.stop({ keepDir: true, timeoutMs: 8000 });
     assert.equal(ex.killed, undefined, 'exited without SIGKILL');
     assert.equal(ex.code, 0);
@@ -169,7 +169,7 @@ describe('cpx.timer', () => {
 });
 
 describe('cpx.lock', () => {
-  test('across 2 workers and 2 processes: one holder at a time', async () => {
+  test('across 2 workers and 2 processes: one holder at a time', { timeout: 90000 }, async () => {
     const mock = await startCounter();
     const dir = probeDir();
     const lockfile = path.join(dir, '.probe.lock');
@@ -188,7 +188,7 @@ describe('cpx.lock', () => {
     }
   });
 
-  test('a lock is released when its request is aborted or its handler fails', async () => {
+  test('a lock is released when its request is aborted or its handler fails', { timeout: 90000 }, async () => {
     const mock = await startCounter();
     const dir = probeDir();
     const proxy = await startProxy({ extra: { lua: { paths: [dir], middleware: [{ name: 'tprobe', mock: mock.url, mode: 'none' }] } } });
