@@ -250,6 +250,38 @@ end
 
 -- ---- on demand (rt.pipeline) ----------------------------------------------
 
+-- A request does not refresh in its own coroutine: a client that goes away
+-- aborts that coroutine's fetches and releases its locks, which could cut
+-- a token call after the server rotated the refresh token and lose the
+-- login. The refresh runs in a task instead (one per account and worker at
+-- a time; later callers join it) and the request waits for its answer.
+local flights = {}
+
+local function refresh_in_task(cfg, file, seen)
+  local fl = flights[file]
+  if not fl then
+    fl = {}
+    local ok = cpx.timer and cpx.timer.at(0, function(premature)
+      if premature then
+        fl.err = "generation retired"
+      else
+        fl.doc, fl.err = _M.refresh(cfg, file, seen)
+      end
+      fl.done = true
+      if flights[file] == fl then flights[file] = nil end
+    end)
+    if not ok then return _M.refresh(cfg, file, seen) end
+    flights[file] = fl
+  end
+  while not fl.done do
+    local ok, err = cpx.sleep(0.02)
+    if not ok then return nil, err end
+  end
+  -- A flight that started from an older view still answers with the
+  -- file's current document; one that failed is this caller's failure.
+  return fl.doc, fl.err
+end
+
 local function with_token(key, token)
   if not token or token == key["api-key"] then return key end
   local k = json.shallow_copy(key)
@@ -266,7 +298,7 @@ function _M.fresh_key(app, target, key)
   local doc = e.doc
   local exp = oauth.expiry(doc)
   if exp and exp - cpx.now() <= MARGIN and nonempty(doc.refresh_token) then
-    local nd, err = _M.refresh(app.config, file, snapshot(doc))
+    local nd, err = refresh_in_task(app.config, file, snapshot(doc))
     if nd then
       doc = nd
     else
@@ -284,7 +316,7 @@ function _M.after_401(app, target, key)
   if not e or not nonempty(e.doc.refresh_token) then return nil end
   local seen = snapshot(e.doc)
   seen.access_token = key["api-key"]
-  local nd, err = _M.refresh(app.config, file, seen)
+  local nd, err = refresh_in_task(app.config, file, seen)
   if not nd then
     log("warn", "refresh " .. file .. " after a 401: " .. tostring(err))
     return nil

@@ -110,9 +110,9 @@ function extraFor(tok, mock, check = 60) {
   };
 }
 
-function chat(proxy, headers = {}) {
+function chat(proxy, headers = {}, signal = undefined) {
   return fetch(`${proxy.url}/v1/chat/completions`, {
-    method: 'POST', headers: { 'content-type': 'application/json', ...headers },
+    method: 'POST', signal, headers: { 'content-type': 'application/json', ...headers },
     body: JSON.stringify({ model: MODEL, max_tokens: 20, messages: [{ role: 'user', content: 'hi' }] }),
   });
 }
@@ -145,6 +145,7 @@ describe('OAuth refresh', () => {
 
   const reset = () => {
     tok.calls.length = 0; tok.reused = 0; tok.seq = 0; tok.mode = 'ok'; tok.delayMs = 0; tok.onAnswer = null;
+    tok.expiresIn = 28800;
     tok.used.clear();
     mock.reset();
     // The upstream takes only the newest token the token server issued.
@@ -223,6 +224,28 @@ describe('OAuth refresh', () => {
     } finally { await a.stop(); await b.stop(); fs.rmSync(dir, { recursive: true, force: true }); }
   });
 
+  test('a client that goes away during an on-demand refresh does not cut it', { timeout: 90000 }, async () => {
+    reset();
+    tok.delayMs = 400;
+    const proxy = await startProxy({ extra: extraFor(tok, mock, 60) });
+    try {
+      writeCred(path.join(proxy.dir, 'auths'), credential(nowS() - 60));
+      assert.ok(await served(proxy));
+      const ac = new AbortController();
+      const r = chat(proxy, {}, ac.signal).catch((e) => e);
+      assert.ok(await waitFor(() => tok.calls.length === 1, 5000));
+      ac.abort(); // while the token server is still answering
+      await r;
+      // The rotated tokens still land in the file, and the next request
+      // uses them without another token call.
+      assert.ok(await waitFor(() => readCred(proxy).refresh_token === 'rt-1', 5000), proxy.stderr());
+      const r2 = await chat(proxy);
+      assert.equal(r2.status, 200, await r2.text());
+      assert.equal(tok.calls.length, 1);
+      assert.equal(mock.last().headers.authorization, 'Bearer at-1');
+    } finally { await proxy.stop(); }
+  });
+
   test('an upstream 401 refreshes once and retries on the same account', { timeout: 90000 }, async () => {
     reset();
     tok.seq = 0;
@@ -293,6 +316,9 @@ describe('OAuth refresh', () => {
 
   test('kill -9 during token writes, 20 times: the file is always a valid credential', { timeout: 90000 }, async () => {
     reset();
+    // Tokens that live 60 s are always inside Claude's 4 h lead: the
+    // scheduler refreshes on every turn, and only the proxy writes the file.
+    tok.expiresIn = 60;
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cpx-refresh-kill-'));
     const auth = path.join(dir, 'auths');
     fs.mkdirSync(auth, { mode: 0o700 });
@@ -304,10 +330,6 @@ describe('OAuth refresh', () => {
         const calls = tok.calls.length;
         // Kill it as the answer goes out: while it parses and writes.
         const killed = new Promise((r) => { tok.onAnswer = () => { setTimeout(() => { try { process.kill(p.pid, 'SIGKILL'); } catch {} r(); }, i % 4); }; });
-        // Make it due again every round.
-        const cur = JSON.parse(fs.readFileSync(path.join(auth, FILE), 'utf8'));
-        cur.expired = rfc3339(nowS() - 60);
-        writeCred(auth, JSON.stringify(cur));
         await Promise.race([killed, sleep(5000)]);
         tok.onAnswer = null;
         await waitFor(() => p.exited(), 5000);
