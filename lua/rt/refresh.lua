@@ -346,7 +346,7 @@ local current_cfg
 
 function _M.init_worker(app)
   current_cfg = app.config
-  if cpx.worker_id() ~= 0 or not store.dir() or not cpx.timer then return end
+  if not cpx.timer or cpx.worker_id() ~= 0 or not store.dir() then return end
   local s = settings(app.config)
   local ok, err = cpx.timer.at(0, tick, app.config)
   if ok then ok, err = cpx.timer.every(s.check, tick, app.config) end
