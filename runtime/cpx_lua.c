@@ -515,6 +515,7 @@ int cpx_vm_new(cpx_worker_t *w, const char *config_path, cpx_vm_t **out,
   cpx_tokens_lua_register(L);
   cpx__lua_api_register(L);
   cpx_pool_lua_register(L);
+  cpx__store_async_register(L);
   cpx_lane_lua_register(L);
   lua_pushlightuserdata(L, w);
   lua_setfield(L, LUA_REGISTRYINDEX, "cpx.worker");

@@ -196,7 +196,8 @@ end
 -- Under the lock. opts.due_only: the scheduler's call (skip when the
 -- file is no longer due, e.g. another process refreshed it).
 local function locked(cfg, file, seen, opts)
-  store.rescan()
+  -- In the threadpool when we can (blocking file I/O stays off the loop).
+  if store.rescan_async then store.rescan_async() else store.rescan() end
   local e = docs()[file]
   if not e then return nil, "credential file " .. file .. " is gone" end
   local doc = e.doc
@@ -218,7 +219,7 @@ local function locked(cfg, file, seen, opts)
     return nil, type(err) == "table" and err.message or tostring(err)
   end
   local text = oauth.encode(new)
-  local ok, werr = store.write(file, text)
+  local ok, werr = (store.write_async or store.write)(file, text)
   if not ok then
     -- The server may have rotated the refresh token: the new one exists
     -- only in this worker now. Keep using it here and say so loudly.
