@@ -620,7 +620,7 @@ static void on_req_shutdown(cpx_request_t *r) {
   if (!lr->co_done && lr->wait != W_NONE && !lr->running) {
     while (lr->fetches)
       lfetch_release(lr->fetches);
-    lr->wait = W_NONE;
+    end_wait(lr); /* a lock wait's state, the sleep timer */
     lr->vm->host++;
     lua_pushnil(lr->co);
     lua_pushliteral(lr->co, "server shutting down");
