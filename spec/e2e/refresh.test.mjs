@@ -15,20 +15,11 @@ import os from 'node:os';
 import path from 'node:path';
 import { startMock } from './lib/mock_upstream.mjs';
 import { startProxy, buildConfig } from './lib/proxy.mjs';
+import { sleep, waitFor } from './lib/wait.mjs';
 
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const MODEL = 'claude-sonnet-4-5-20250929';
 const FILE = 'claude-user@example.com.json';
 
-async function waitFor(fn, ms, step = 25) {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > end) return v;
-    await sleep(step);
-  }
-}
 
 const rfc3339 = (s) => new Date(s * 1000).toISOString().replace(/\.\d+Z$/, 'Z');
 const nowS = () => Math.floor(Date.now() / 1000);

@@ -12,18 +12,8 @@ import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import { startProxy } from './lib/proxy.mjs';
+import { sleep, waitFor } from './lib/wait.mjs';
 
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-async function waitFor(fn, ms, step = 50) {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > end) return v;
-    await sleep(step);
-  }
-}
 
 const PROBE = `
 local cpx = require("cpx")
