@@ -149,19 +149,41 @@ local function answer_error(req, fmt, out, ctx)
 end
 
 -- Collects a streamed Responses body into the response.completed object
--- (the Codex backend only streams).
+-- (the Codex backend only streams). A final response whose `output` is
+-- empty gets the response.output_item.done items, in output_index order
+-- (the ChatGPT backend may leave it empty, as CLIProxyAPI also handles).
 local function collect_responses(text)
   local frames = cpx.sse.new(64 * 1024 * 1024):feed(text .. "\n\n")
   local last
+  local items, n = {}, 0
   for _, ev in ipairs(frames or {}) do
     local d = json.decode(ev.data)
     if type(d) == "table" then
       if d.type == "response.completed" or d.type == "response.incomplete" or d.type == "response.failed" then
         last = d.response
+      elseif d.type == "response.output_item.done" and type(d.item) == "table" then
+        n = n + 1
+        items[n] = { i = tonumber(d.output_index) or n, n = n, item = d.item }
       end
     end
   end
+  if type(last) == "table" and n > 0 and (type(last.output) ~= "table" or #last.output == 0) then
+    table.sort(items, function(a, b) if a.i ~= b.i then return a.i < b.i end return a.n < b.n end)
+    local out = json.array({})
+    for k, it in ipairs(items) do out[k] = it.item end
+    last.output = out
+  end
   return last
+end
+
+-- One framed event back to SSE bytes (after a provider's stream_fixup
+-- changed it).
+local function sse_frame(ev)
+  local out = {}
+  if ev.event and ev.event ~= "" then out[#out + 1] = "event: " .. ev.event .. "\n" end
+  for line in (ev.data .. "\n"):gmatch("([^\n]*)\n") do out[#out + 1] = "data: " .. line .. "\n" end
+  out[#out + 1] = "\n"
+  return table.concat(out)
 end
 
 -- opts: { model = <client model>, stream = bool, gemini_array = bool,
@@ -196,7 +218,7 @@ function _M.infer(app, req, info, fmt, body, opts)
     end
     return body
   end
-  local ctx = { model = model, stream = stream, request_id = info.id, info = info, body = body,
+  local ctx = { model = model, stream = stream, request_id = info.id, info = info, body = body, config = app.config,
                 gemini_array = opts.gemini_array, client_format = fmt, endpoint = opts.endpoint,
                 client_gone = function() return req:closed() end }
   if has_hook(chain, "rewrite") then
@@ -270,6 +292,9 @@ function _M.infer(app, req, info, fmt, body, opts)
     if status < 200 or status >= 300 then
       local eb = up:body()
       up:close()
+      -- A provider may read an error answer as another status (Codex:
+      -- "model at capacity" is a 429).
+      if provider.error_status then status = provider.error_status(status, headers, eb) or status end
       return { status = status, headers = headers, body = eb, upfmt = upfmt, ctx = actx }
     end
     if stream then
@@ -303,6 +328,11 @@ function _M.infer(app, req, info, fmt, body, opts)
   end
 
   local up, upfmt, actx = res.up, res.upfmt, res.ctx
+  -- A provider that changed this attempt's request in a way the answer
+  -- must undo (the Claude cloak's tool names) set actx.fixup_response; its
+  -- hooks then see the upstream's own answer, before any translation.
+  local rfix = actx.fixup_response and res.provider.response_fixup or nil
+  local sfix = actx.fixup_response and res.provider.stream_fixup or nil
   if stream then
     -- Claude clients read input usage from message_start, which no other
     -- upstream reports up front: estimate it locally (in the threadpool).
@@ -312,6 +342,18 @@ function _M.infer(app, req, info, fmt, body, opts)
     -- Gemini without alt=sse streams a JSON array, not SSE.
     req:start(200, opts.gemini_array and http.headers("application/json") or stream_headers())
     mw.defer_log(actx)
+    if res.passthrough and sfix then
+      local codec = translators.codecs[fmt]
+      return req:pipe(up, {
+        on_event = function(ev) return sse_frame(sfix(ev, actx) or ev) end,
+        on_end = function(e)
+          local r = { status = 200, error = e }
+          mw.run(chain, "after", actx, r)
+          mw.run(chain, "log", actx, r)
+          if e then return codec.stream_error({ status = 502, type = "server_error", message = e }, {}, actx) end
+        end,
+      }, FRAMING, keepalive_opts(app, fmt, opts))
+    end
     if res.passthrough then
       local codec = translators.codecs[fmt]
       return req:pipe(up, {
@@ -338,7 +380,10 @@ function _M.infer(app, req, info, fmt, body, opts)
       return o
     end
     return req:pipe(up, {
-      on_event = function(ev) return out_frames(s:feed(ev)) end,
+      on_event = function(ev)
+        if sfix then ev = sfix(ev, actx) or ev end
+        return out_frames(s:feed(ev))
+      end,
       on_end = function(e)
         local frames
         if e then
@@ -362,9 +407,10 @@ function _M.infer(app, req, info, fmt, body, opts)
   local decoded
   if res.upstream_stream and upfmt == "openai_responses" then
     decoded = collect_responses(rb)
-  elseif not (res.passthrough and not opts.body_filter) then
+  elseif rfix or not (res.passthrough and not opts.body_filter) then
     decoded = json.decode(rb)
   end
+  if rfix and type(decoded) == "table" then decoded = rfix(decoded, actx) or decoded end
   if res.passthrough and not opts.body_filter then
     if decoded then
       mw.run(chain, "after", actx, { status = 200, body = decoded })
