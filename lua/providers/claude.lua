@@ -282,7 +282,7 @@ function _M.prepare(ctx, target, body, stream)
     local d = cfg["claude-header-defaults"]
     local pass = st.claude_code and not (type(d) == "table" and d["stabilize-device-profile"] == true)
     local function pick(name, dflt)
-      local v = pass and client[name:lower()]
+      local v = pass and client[name:lower()] or nil
       if v ~= nil and v ~= "" then return v end
       return dflt
     end
