@@ -8,7 +8,6 @@ local tonumber = tonumber
 local byte = string.byte
 local char = string.char
 local format = string.format
-local bit = require("bit")
 local band, bor = bit.band, bit.bor
 
 local _M = {}
