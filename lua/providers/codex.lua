@@ -90,17 +90,21 @@ _M.instructions = instructions
 
 -- The conversation's cache key (also the Session_id header), or nil:
 -- the Responses body's own prompt_cache_key; for a Claude client a UUIDv5
--- of its metadata.user_id; for the others a UUIDv5 of the client's key.
-function _M.cache_key(body, ctx)
+-- of its metadata.user_id (user: the translated body's `user`, which
+-- carries it); else a UUIDv5 of the client's key (CLIProxyAPI does this
+-- for chat clients; a Responses client without a key of its own gets it
+-- too, so its turns share a cache).
+function _M.cache_key(body, ctx, user)
   if type(body.prompt_cache_key) == "string" and body.prompt_cache_key ~= "" then
     return body.prompt_cache_key
   end
   local cb = ctx.body
-  if ctx.client_format == "claude" and type(cb) == "table" and type(cb.metadata) == "table"
-      and type(cb.metadata.user_id) == "string" and cb.metadata.user_id ~= "" then
-    return util.uuid5(util.NS_OID, _M.cache_key_prefix .. "claude:" .. cb.metadata.user_id)
+  if ctx.client_format == "claude" then
+    if type(cb) == "table" and type(cb.metadata) == "table" then user = cb.metadata.user_id end
+    if type(user) == "string" and user ~= "" then
+      return util.uuid5(util.NS_OID, _M.cache_key_prefix .. "claude:" .. user)
+    end
   end
-  if ctx.client_format == "openai_responses" then return nil end
   local k = util.client_key(ctx.info)
   if not k then return nil end
   return util.uuid5(util.NS_OID, _M.cache_key_prefix .. k)
@@ -109,6 +113,7 @@ end
 -- Applied to the upstream body table before it is encoded (the top level
 -- is the pipeline's copy; nested tables are replaced, not edited).
 function _M.fixup(body, ctx)
+  local user = body.user
   for _, k in ipairs(DROP) do body[k] = nil end
   if body.service_tier ~= "priority" then body.service_tier = nil end
   body.stream = true
@@ -131,7 +136,7 @@ function _M.fixup(body, ctx)
     body.reasoning = r
   end
   if ctx then
-    local key = _M.cache_key(body, ctx)
+    local key = _M.cache_key(body, ctx, user)
     if key then
       body.prompt_cache_key = key
       ctx.codex_session = key
