@@ -195,12 +195,13 @@ end
 -- Gemini: RetryInfo.retryDelay; a PerDay QuotaFailure waits for the reset.
 function _M.gemini_reset(body)
   local t = decode(body)
-  local err = t and (t.error or (t[1] and t[1].error))
+  -- Gemini answers an object; its streaming endpoints an array of them.
+  local err = t and (t.error or (type(t[1]) == "table" and t[1].error))
   if type(err) ~= "table" or type(err.details) ~= "table" then return nil end
   local delay, daily
   for _, d in ipairs(err.details) do
     if type(d) == "table" then
-      local kind = d["@type"] or ""
+      local kind = type(d["@type"]) == "string" and d["@type"] or ""
       if kind:find("RetryInfo", 1, true) then
         delay = _M.parse_duration(d.retryDelay)
       elseif kind:find("QuotaFailure", 1, true) and type(d.violations) == "table" then
@@ -227,15 +228,12 @@ function _M.codex_reset(h, body)
     local inn = tonumber(err.resets_in_seconds)
     if inn then return positive(inn) end
   end
-  if h then
+  local used = h and tonumber(h["x-codex-primary-used-percent"])
+  if used and used >= 100 then
     local at = tonumber(h["x-codex-primary-reset-at"])
-    if at and h["x-codex-primary-used-percent"] and tonumber(h["x-codex-primary-used-percent"]) >= 100 then
-      return positive(at - _M.now())
-    end
+    if at then return positive(at - _M.now()) end
     local after = tonumber(h["x-codex-primary-reset-after-seconds"])
-    if after and h["x-codex-primary-used-percent"] and tonumber(h["x-codex-primary-used-percent"]) >= 100 then
-      return positive(after)
-    end
+    if after then return positive(after) end
   end
   return nil
 end
