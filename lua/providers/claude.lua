@@ -290,7 +290,7 @@ function _M.prepare(ctx, target, body, stream)
     headers["User-Agent"] = pick("User-Agent", header_default(cfg, "user-agent"))
     headers["X-Stainless-Package-Version"] = pick("X-Stainless-Package-Version", header_default(cfg, "package-version"))
     headers["X-Stainless-Runtime-Version"] = pick("X-Stainless-Runtime-Version", header_default(cfg, "runtime-version"))
-    headers["X-Stainless-Os"] = pick("X-Stainless-Os", header_default(cfg, "os"))
+    headers["X-Stainless-OS"] = pick("X-Stainless-OS", header_default(cfg, "os"))
     headers["X-Stainless-Arch"] = pick("X-Stainless-Arch", header_default(cfg, "arch"))
     headers["X-Stainless-Timeout"] = pick("X-Stainless-Timeout", header_default(cfg, "timeout"))
     headers["X-Claude-Code-Session-Id"] = pick("X-Claude-Code-Session-Id", st.session
