@@ -305,6 +305,15 @@ function _M.infer(app, req, info, fmt, body, opts)
         up:close()
         return bootstrap_failure(app, ctx, bad, target, upfmt, actx)
       end
+    elseif upstream_stream then
+      -- A non-stream client of a stream-only upstream (Codex): a stream
+      -- that fails at its first event is an upstream error answer like any
+      -- other (classified, cooled, retried elsewhere), not a 200.
+      local bad = bootstrap(up, upfmt)
+      if bad then
+        up:close()
+        return { status = bad.status, headers = {}, body = bad.body, upfmt = upfmt, ctx = actx }
+      end
     end
     return { ok = true, up = up, upfmt = upfmt, ctx = actx, passthrough = passthrough,
              provider = provider, upstream_stream = upstream_stream }

@@ -340,6 +340,17 @@ describe('ChatGPT (Codex) login', () => {
     assert.equal(c.choices[0].message.content, 'collected text');
   });
 
+  test('a non-stream client gets an error, not a 200, when the stream fails at its first event', T, async () => {
+    const ev = (type, o) => `event: ${type}\ndata: ${JSON.stringify({ type, ...o })}\n\n`;
+    const resp = { id: 'resp_2', object: 'response', created_at: 1, status: 'failed', model: CODEX_MODEL, output: [],
+                   error: { code: 'invalid_prompt', type: 'invalid_request_error', message: 'the prompt was refused' } };
+    mock.once({ raw: { status: 200, headers: { 'content-type': 'text/event-stream' },
+                       body: ev('response.created', { response: { ...resp, status: 'in_progress', error: null } })
+                         + ev('response.failed', { response: resp }) } });
+    await assert.rejects(oa.chat.completions.create({ model: CODEX_MODEL, messages: [{ role: 'user', content: 'x' }] }),
+                         (e) => e.status === 400 && /the prompt was refused/.test(e.message));
+  });
+
   test('a model-capacity answer is a 429 to the client', T, async () => {
     // another model than the next test's: this one now cools for a moment
     mock.once({ error: { status: 500, body: { error: { message: 'Selected model is at capacity. Please try a different model.' } } } });
