@@ -351,28 +351,20 @@ function _M.infer(app, req, info, fmt, body, opts)
     -- Gemini without alt=sse streams a JSON array, not SSE.
     req:start(200, opts.gemini_array and http.headers("application/json") or stream_headers())
     mw.defer_log(actx)
-    if res.passthrough and sfix then
-      local codec = translators.codecs[fmt]
-      return req:pipe(up, {
-        on_event = function(ev) return sse_frame(sfix(ev, actx) or ev) end,
-        on_end = function(e)
-          local r = { status = 200, error = e }
-          mw.run(chain, "after", actx, r)
-          mw.run(chain, "log", actx, r)
-          if e then return codec.stream_error({ status = 502, type = "server_error", message = e }, {}, actx) end
-        end,
-      }, FRAMING, keepalive_opts(app, fmt, opts))
-    end
     if res.passthrough then
       local codec = translators.codecs[fmt]
-      return req:pipe(up, {
+      -- Raw bytes, unless a provider's stream_fixup must see each event
+      -- (then re-framed as SSE).
+      local handler = {
         on_end = function(e)
           local r = { status = 200, error = e }
           mw.run(chain, "after", actx, r)
           mw.run(chain, "log", actx, r)
           if e then return codec.stream_error({ status = 502, type = "server_error", message = e }, {}, actx) end
         end,
-      }, "raw", keepalive_opts(app, fmt, opts))
+      }
+      if sfix then handler.on_event = function(ev) return sse_frame(sfix(ev, actx) or ev) end end
+      return req:pipe(up, handler, sfix and FRAMING or "raw", keepalive_opts(app, fmt, opts))
     end
     if wants_chunks then
       actx.ir_filter = function(ev) return mw.run(chain, "on_chunk", actx, ev) end
