@@ -143,3 +143,21 @@ describe("claude.prepare and fixup", function()
     assert.is_nil(body.metadata)
   end)
 end)
+
+describe("claude.fixup fidelity", function()
+  -- What the fix-ups do not change keeps its bytes: key order, number text.
+  local text = fixture.raw("translators/fidelity/claude.json"):gsub("%s+$", "")
+  local cases = {
+    { "a plain API key", { ["api-key"] = "sk" }, {} },
+    { "a login used by Claude Code", { oauth = true, file = "f.json" },
+      { ["user-agent"] = "claude-cli/2.1.197 (external, sdk-cli)" } },
+  }
+  for _, c in ipairs(cases) do
+    it(c[1] .. ": the body re-encodes byte for byte", function()
+      local ctx = { info = { headers = c[3] }, client_format = "claude", config = {},
+                    target = { entry = c[2], key = { ["api-key"] = "k" } } }
+      local body = json.shallow_copy(json.decode(text))
+      assert.are.equal(text, json.encode(claude.fixup(body, ctx)))
+    end)
+  end
+end)
