@@ -219,6 +219,31 @@ local function header_default(cfg, name)
   return profile.headers[name]
 end
 
+-- Occurrences of a plain string in s.
+local function count(s, what)
+  local n, i = 0, 1
+  while true do
+    local a, b = s:find(what, i, true)
+    if not a then return n end
+    n, i = n + 1, b + 1
+  end
+end
+
+-- True when a same-format body needs none of fixup's changes, so the
+-- pipeline may send the client's bytes as they are: not cloaked, no body
+-- `betas`, no thinking next to temperature or tool_choice, at most
+-- max_breakpoints cache_control. A word that only appears in the text
+-- costs a decode, never a missed fix-up.
+function _M.raw_ok(ctx, target, raw)
+  local st = state(ctx, target)
+  if st.cloaked and ctx.endpoint ~= "count_tokens" then return false end
+  if raw:find('"betas"', 1, true) then return false end
+  if raw:find('"thinking"', 1, true) and (raw:find('"temperature"', 1, true) or raw:find('"tool_choice"', 1, true)) then
+    return false
+  end
+  return count(raw, '"cache_control"') <= _M.max_breakpoints
+end
+
 function _M.fixup(body, ctx)
   local target = ctx.target or {}
   local st = state(ctx, target)

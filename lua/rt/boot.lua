@@ -22,6 +22,7 @@ local PROVIDER_FIELDS = {
   { "prepare", "function", true },
   { "classify", "function" },
   { "fixup", "function" },
+  { "raw_ok", "function" },
   { "response_fixup", "function" },
   { "stream_fixup", "function" },
   { "error_status", "function" },

@@ -248,7 +248,11 @@ function _M.infer(app, req, info, fmt, body, opts)
       and not (fmt == "gemini" and opts.gemini_array and stream)
     local tb, out
     local upstream_stream = stream or provider.force_stream or false
-    if passthrough and raw and not provider.fixup and not app.payload_active then
+    -- A provider with a fixup may still say this raw body needs none
+    -- (raw_ok), which keeps the no-decode path.
+    local raw_ok = passthrough and raw and not app.payload_active
+      and (not provider.fixup or (provider.raw_ok and provider.raw_ok(actx, target, raw)))
+    if raw_ok then
       -- The fast path: same format, only the model rewritten, no decode.
       out = fmt == "gemini" and raw or json.set_string(raw, "model", target.upstream_model)
     elseif passthrough then

@@ -161,3 +161,32 @@ describe("claude.fixup fidelity", function()
     end)
   end
 end)
+
+describe("claude.raw_ok", function()
+  local function ctx_for(entry, ua)
+    return { info = { headers = { ["user-agent"] = ua } }, client_format = "claude", config = {} },
+           { entry = entry, key = { ["api-key"] = "k" } }
+  end
+  local cc = "claude-cli/2.1.197 (external, sdk-cli)"
+  local bp = '{"type":"text","text":"x","cache_control":{"type":"ephemeral"}}'
+  local cases = {
+    { "a plain body on an API key", { ["api-key"] = "k" }, "curl/8", '{"model":"m","messages":[]}', true },
+    { "Claude Code on a login", { oauth = true, file = "f" }, cc,
+      '{"model":"m","thinking":{"type":"adaptive"},"messages":[]}', true },
+    { "another client on a login (cloaked)", { oauth = true, file = "f" }, "curl/8", '{"model":"m"}', false },
+    { "body betas", { ["api-key"] = "k" }, cc, '{"model":"m","betas":["x"]}', false },
+    { "thinking with temperature", { ["api-key"] = "k" }, cc,
+      '{"thinking":{"type":"enabled"},"temperature":0.5}', false },
+    { "thinking with tool_choice", { ["api-key"] = "k" }, cc,
+      '{"thinking":{"type":"enabled"},"tool_choice":{"type":"any"}}', false },
+    { "four breakpoints", { ["api-key"] = "k" }, cc, '{"system":[' .. (bp .. ","):rep(3) .. bp .. ']}', true },
+    { "five breakpoints", { ["api-key"] = "k" }, cc, '{"system":[' .. (bp .. ","):rep(4) .. bp .. ']}', false },
+  }
+  for _, c in ipairs(cases) do
+    it(c[1], function()
+      local ctx, target = ctx_for(c[2], c[3])
+      ctx.target = target
+      assert.are.equal(c[5], claude.raw_ok(ctx, target, c[4]))
+    end)
+  end
+end)
