@@ -13,6 +13,7 @@
 local cpx = require("cpx")
 local cooldown = require("rt.cooldown")
 local util = require("rt.provider_util")
+local catalog = require("rt.catalog")
 local cloak = require("providers.claude_cloak")
 local profile = require("providers.claude_profile")
 
@@ -36,6 +37,8 @@ local _M = {
   user_agent = "claude-cli/2.1.63 (external, cli)",
   -- At most this many cache_control breakpoints (Anthropic's limit).
   max_breakpoints = 4,
+  -- max_tokens of a body without one, for a model the catalog does not know.
+  default_max_tokens = 1024,
   -- The Claude Code login (cliproxyapi.md §3.2 and its OAuth update):
   -- URLs, client id and scopes as Claude Code sends them. oauth-endpoints
   -- in the config overrides the URLs; rt.oauth reads this table.
@@ -238,6 +241,7 @@ function _M.raw_ok(ctx, target, raw)
   local st = state(ctx, target)
   if st.cloaked and ctx.endpoint ~= "count_tokens" then return false end
   if raw:find('"betas"', 1, true) then return false end
+  if ctx.endpoint ~= "count_tokens" and not raw:find('"max_tokens"', 1, true) then return false end
   if raw:find('"thinking"', 1, true) and (raw:find('"temperature"', 1, true) or raw:find('"tool_choice"', 1, true)) then
     return false
   end
@@ -254,6 +258,11 @@ function _M.fixup(body, ctx)
   _M.thinking_rules(body)
   local owned = {}
   local counting = ctx.endpoint == "count_tokens"
+  -- The API requires max_tokens: the model's output limit, else 1024.
+  if body.max_tokens == nil and not counting then
+    local c = catalog.find(ctx.upstream_model or target.upstream_model or "")
+    body.max_tokens = c and c.output or _M.default_max_tokens
+  end
   if st.cloaked and not counting then
     local ua = header_default(ctx.config or {}, "user-agent")
     local seed = st.session_seed

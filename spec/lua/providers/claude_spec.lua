@@ -134,6 +134,16 @@ describe("claude.prepare and fixup", function()
     assert.are.equal("bash", resp.content[1].name)
   end)
 
+  it("a body without max_tokens gets the model's output limit, else 1024", function()
+    local ctx = ctx_for({ ["api-key"] = "k" }, {}, "claude")
+    ctx.upstream_model = "claude-sonnet-4-5-20250929"
+    assert.are.equal(64000, claude.fixup({ messages = {} }, ctx).max_tokens)
+    local ctx2 = ctx_for({ ["api-key"] = "k" }, {}, "claude")
+    ctx2.upstream_model = "some-claude"
+    assert.are.equal(1024, claude.fixup({ messages = {} }, ctx2).max_tokens)
+    assert.are.equal(5, claude.fixup({ max_tokens = 5, messages = {} }, ctx2).max_tokens)
+  end)
+
   it("a count_tokens body is not cloaked and gets no metadata", function()
     local entry = { oauth = true, file = "f.json" }
     local ctx = ctx_for(entry, {}, "claude")
@@ -170,17 +180,21 @@ describe("claude.raw_ok", function()
   local cc = "claude-cli/2.1.197 (external, sdk-cli)"
   local bp = '{"type":"text","text":"x","cache_control":{"type":"ephemeral"}}'
   local cases = {
-    { "a plain body on an API key", { ["api-key"] = "k" }, "curl/8", '{"model":"m","messages":[]}', true },
+    { "a plain body on an API key", { ["api-key"] = "k" }, "curl/8", '{"model":"m","max_tokens":9,"messages":[]}',
+      true },
+    { "no max_tokens", { ["api-key"] = "k" }, "curl/8", '{"model":"m","messages":[]}', false },
     { "Claude Code on a login", { oauth = true, file = "f" }, cc,
-      '{"model":"m","thinking":{"type":"adaptive"},"messages":[]}', true },
+      '{"model":"m","max_tokens":9,"thinking":{"type":"adaptive"},"messages":[]}', true },
     { "another client on a login (cloaked)", { oauth = true, file = "f" }, "curl/8", '{"model":"m"}', false },
     { "body betas", { ["api-key"] = "k" }, cc, '{"model":"m","betas":["x"]}', false },
     { "thinking with temperature", { ["api-key"] = "k" }, cc,
       '{"thinking":{"type":"enabled"},"temperature":0.5}', false },
     { "thinking with tool_choice", { ["api-key"] = "k" }, cc,
       '{"thinking":{"type":"enabled"},"tool_choice":{"type":"any"}}', false },
-    { "four breakpoints", { ["api-key"] = "k" }, cc, '{"system":[' .. (bp .. ","):rep(3) .. bp .. ']}', true },
-    { "five breakpoints", { ["api-key"] = "k" }, cc, '{"system":[' .. (bp .. ","):rep(4) .. bp .. ']}', false },
+    { "four breakpoints", { ["api-key"] = "k" }, cc, '{"max_tokens":1,"system":[' .. (bp .. ","):rep(3) .. bp .. ']}',
+      true },
+    { "five breakpoints", { ["api-key"] = "k" }, cc, '{"max_tokens":1,"system":[' .. (bp .. ","):rep(4) .. bp .. ']}',
+      false },
   }
   for _, c in ipairs(cases) do
     it(c[1], function()
