@@ -165,6 +165,12 @@ local schema = map({
     ["auth-url"] = url, ["token-url"] = url, ["device-url"] = url, ["device-token-url"] = url,
     ["device-verify-url"] = url, ["api-base-url"] = url,
   })),
+  -- cliproxy: the refresh engine of OAuth accounts (rt.refresh)
+  ["oauth-refresh"] = map({
+    ["check-seconds"] = num(60, 0.05, 60),
+    ["backoff-seconds"] = num(300, 1),
+    ["max-backoff-seconds"] = num(3600, 1),
+  }),
   payload = map({
     default = list(payload_rule), ["default-raw"] = list(payload_rule),
     override = list(payload_rule), ["override-raw"] = list(payload_rule),
@@ -179,6 +185,7 @@ local schema = map({
   lua = map({
     paths = list(str()),
     ["memory-limit-mb"] = int(256, 16, 65536),
+    ["max-timers"] = int(1024, 1, 1000000),
     middleware = list(ANY),
   }),
   limits = map({

@@ -12,6 +12,7 @@ local payload = require("rt.payload")
 local mw = require("rt.middleware")
 local translators = require("translators")
 local count = require("rt.count")
+local refresh = require("rt.refresh")
 
 local fetch = cpx.fetch
 local log = cpx.log
@@ -323,7 +324,22 @@ function _M.infer(app, req, info, fmt, body, opts)
              provider = provider, upstream_stream = upstream_stream }
   end
 
-  local res = pool.run(app, ctx, model, attempt)
+  -- OAuth accounts (rt.refresh): an expired token is refreshed before it
+  -- is sent, and a 401 gets one refresh and one retry on the same account
+  -- before the pool sees it (and cools the account down as for any 401).
+  -- Kept outside attempt() so the pool's accounting sees one attempt.
+  local function attempt_oauth(target, key)
+    if not target.credential then return attempt(target, key) end
+    key = refresh.fresh_key(app, target, key)
+    local r = attempt(target, key)
+    if r.status == 401 and not req:closed() then
+      local nk = refresh.after_401(app, target, key)
+      if nk then r = attempt(target, nk) end
+    end
+    return r
+  end
+
+  local res = pool.run(app, ctx, model, attempt_oauth)
   if req:closed() then return end
   if not res then
     return http.error(req, fmt, 502, "no upstream available for model " .. model)
