@@ -13,6 +13,25 @@ local _M = {
   -- Impersonation strings change often: data, not code.
   user_agent = "claude-cli/2.1.63 (external, cli)",
   oauth_beta = "oauth-2025-04-20",
+  -- The Claude Code login (cliproxyapi.md §3.2 and its OAuth update):
+  -- URLs, client id and scopes as Claude Code sends them. oauth-endpoints
+  -- in the config overrides the URLs; rt.oauth reads this table.
+  oauth = {
+    type = "claude",
+    client_id = "9d1c250a-e61b-44d9-88ed-5944d1962f5e",
+    auth_url = "https://claude.ai/oauth/authorize",
+    token_url = "https://platform.claude.com/v1/oauth/token",
+    redirect_port = 54545,
+    redirect_path = "/callback",
+    scopes = "user:profile user:inference user:sessions:claude_code user:mcp_servers user:file_upload",
+    authorize_params = { { "code", "true" } },
+    token_body = "json",
+    -- Claude Code 2.1.220's key order; the state rides along.
+    exchange_order = { "grant_type", "code", "redirect_uri", "client_id", "code_verifier", "state" },
+    refresh_order = { "grant_type", "refresh_token", "client_id", "scope" },
+    token_headers = { ["User-Agent"] = "axios/1.15.2", ["Accept"] = "application/json, text/plain, */*" },
+    lead = 4 * 3600,
+  },
 }
 
 

@@ -13,6 +13,29 @@ local _M = {
   base_url = "https://chatgpt.com/backend-api/codex",
   force_stream = true,
   user_agent = "codex_cli_rs/0.171.0",
+  -- The ChatGPT login (cliproxyapi.md §3.1): rt.oauth reads this table;
+  -- oauth-endpoints in the config overrides the URLs.
+  oauth = {
+    type = "codex",
+    client_id = "app_EMoamEEZ73f0CkXaXp7hrann",
+    auth_url = "https://auth.openai.com/oauth/authorize",
+    token_url = "https://auth.openai.com/oauth/token",
+    device_url = "https://auth.openai.com/api/accounts/deviceauth/usercode",
+    device_token_url = "https://auth.openai.com/api/accounts/deviceauth/token",
+    device_verify_url = "https://auth.openai.com/codex/device",
+    device_redirect_uri = "https://auth.openai.com/deviceauth/callback",
+    device_timeout = 15 * 60,
+    redirect_port = 1455,
+    redirect_path = "/auth/callback",
+    scopes = "openid email profile offline_access",
+    refresh_scope = "openid profile email",
+    authorize_extra = { { "prompt", "login" }, { "id_token_add_organizations", "true" },
+                        { "codex_cli_simplified_flow", "true" } },
+    token_body = "form",
+    exchange_order = { "grant_type", "client_id", "code", "redirect_uri", "code_verifier" },
+    refresh_order = { "grant_type", "client_id", "refresh_token", "scope" },
+    lead = 5 * 86400,
+  },
 }
 
 

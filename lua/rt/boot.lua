@@ -24,6 +24,7 @@ local PROVIDER_FIELDS = {
   { "fixup", "function" },
   { "force_stream", "boolean" },
   { "fast_path", "boolean" },
+  { "oauth", "table" },
 }
 local FORMAT_LIST = "openai_chat, openai_responses, claude, gemini"
 
@@ -56,6 +57,10 @@ function _M.start(doc, lines, path)
     local p = require("providers." .. name)
     local ok, perr = check_provider(name, p)
     if not ok then return nil, perr end
+    if p.oauth then
+      local facts, ferr = require("rt.oauth").facts(name, cfg)
+      if not facts then return nil, ferr end
+    end
     providers[name] = p
   end
   local translators = require("translators")

@@ -145,6 +145,12 @@ local schema = map({
   ampcode = ANY,
   ["oauth-model-alias"] = dict(list(map({ name = str(), alias = str(), fork = bool() }))),
   ["oauth-excluded-models"] = dict(excluded),
+  -- cliproxy: where each OAuth provider's login, refresh and inference go
+  -- (mirrors, tests); rt.oauth and the registry read it.
+  ["oauth-endpoints"] = dict(map({
+    ["auth-url"] = url, ["token-url"] = url, ["device-url"] = url, ["device-token-url"] = url,
+    ["device-verify-url"] = url, ["api-base-url"] = url,
+  })),
   payload = map({
     default = list(payload_rule), ["default-raw"] = list(payload_rule),
     override = list(payload_rule), ["override-raw"] = list(payload_rule),

@@ -200,6 +200,13 @@ end
 
 local warned = {}
 
+-- oauth-endpoints.<type>.api-base-url: where that provider's OAuth
+-- accounts send inference (a mirror, a test upstream).
+local function oauth_base(cfg, ctype)
+  local e = cfg["oauth-endpoints"] and cfg["oauth-endpoints"][ctype]
+  return type(e) == "table" and nonempty(e["api-base-url"]) or nil
+end
+
 local function from_credentials(reg, cfg, creds)
   for _, c in ipairs(creds or {}) do
     local kind = CRED_TYPES[c.type]
@@ -222,7 +229,7 @@ local function from_credentials(reg, cfg, creds)
         end
       else
         local entry = {
-          ["base-url"] = nonempty(doc.base_url),
+          ["base-url"] = nonempty(doc.base_url) or oauth_base(cfg, c.type),
           ["proxy-url"] = nonempty(doc.proxy_url),
           headers = type(doc.headers) == "table" and doc.headers or nil,
           prefix = nonempty(doc.prefix),
