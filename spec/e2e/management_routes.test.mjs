@@ -1,0 +1,176 @@
+// Issue 13, management API route families against the real binary: the key
+// lists (CLIProxyAPI's GET/PUT/PATCH/DELETE conventions) applied live and
+// written into config.yaml without touching its other bytes.
+
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import { startMock } from './lib/mock_upstream.mjs';
+import { startProxy } from './lib/proxy.mjs';
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const SECRET = 'routes-e2e-secret-4471';
+const H = { 'X-Management-Key': SECRET };
+
+let mock, proxy;
+
+const config = (mockUrl) => `# routes e2e
+host: "127.0.0.1"
+port: \${PORT}
+auth-dir: "\${AUTH_DIR}"
+remote-management:
+  secret-key: "${SECRET}"
+api-keys:
+  - client-one   # the first client
+request-retry: 0
+max-retry-interval: 0
+gemini-api-key:
+  - api-key: g-key-1   # first gemini key
+    prefix: one
+  - api-key: g-key-2
+openai-compatibility:
+  - name: mock
+    base-url: "${mockUrl}/v1"
+    api-key-entries:
+      - api-key: up-key
+    models:
+      - name: up-model
+        alias: m
+# end
+`;
+
+async function call(path, { method = 'GET', body, query = '' } = {}) {
+  const r = await fetch(`${proxy.url}/v0/management${path}${query}`, {
+    method, headers: H, body: body === undefined ? undefined : (typeof body === 'string' ? body : JSON.stringify(body)),
+  });
+  const text = await r.text();
+  let json = null;
+  try { json = JSON.parse(text); } catch {}
+  return { status: r.status, json, text };
+}
+
+async function until(fn, what, ms = 10000) {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = await fn();
+    if (v) return v;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await sleep(50);
+  }
+}
+
+const chat = (key) => fetch(`${proxy.url}/v1/chat/completions`, {
+  method: 'POST',
+  headers: { 'content-type': 'application/json', authorization: `Bearer ${key}` },
+  body: JSON.stringify({ model: 'm', messages: [{ role: 'user', content: 'hi' }] }),
+});
+
+const file = () => fs.readFileSync(proxy.configPath, 'utf8');
+
+before(async () => {
+  mock = await startMock({ models: ['up-model'] });
+  proxy = await startProxy({ configText: config(mock.url) });
+  // the secret-key write-back comes first; wait for it so later edits
+  // compare against a settled file
+  await until(() => !file().includes(SECRET), 'the secret-key hash');
+});
+
+after(async () => {
+  if (proxy) await proxy.stop();
+  if (mock) await mock.close();
+});
+
+test('api-keys: PUT, PATCH by index and by old/new, DELETE by value and index; live', async () => {
+  assert.deepEqual((await call('/api-keys')).json, { 'api-keys': ['client-one'] });
+  assert.equal((await chat('client-two')).status, 401);
+
+  let r = await call('/api-keys', { method: 'PATCH', body: { old: 'nope', new: 'client-two' } });
+  assert.equal(r.status, 200, r.text);
+  assert.deepEqual((await call('/api-keys')).json, { 'api-keys': ['client-one', 'client-two'] });
+  assert.match(file(), /- client-one   # the first client/, 'the comment on the kept item stays');
+  // applied live: the new key is let in once the reload is through
+  await until(async () => (await chat('client-two')).status === 200, 'client-two to be accepted');
+
+  r = await call('/api-keys', { method: 'PATCH', body: { index: 1, value: 'client-three' } });
+  assert.equal(r.status, 200, r.text);
+  r = await call('/api-keys', { method: 'PATCH', body: { old: 'client-one', new: 'client-1' } });
+  assert.deepEqual((await call('/api-keys')).json, { 'api-keys': ['client-1', 'client-three'] });
+  assert.equal((await call('/api-keys', { method: 'PATCH', body: { index: 7, value: 'x' } })).status, 404);
+
+  r = await call('/api-keys', { method: 'DELETE', query: '?value=client-1' });
+  assert.equal(r.status, 200, r.text);
+  assert.deepEqual((await call('/api-keys')).json, { 'api-keys': ['client-three'] });
+  assert.equal((await call('/api-keys', { method: 'DELETE', query: '?value=gone' })).status, 404);
+
+  r = await call('/api-keys', { method: 'PUT', body: { items: ['a-1', 'a-2'] } });
+  assert.equal(r.status, 200, r.text);
+  r = await call('/api-keys', { method: 'DELETE', query: '?index=0' });
+  assert.deepEqual((await call('/api-keys')).json, { 'api-keys': ['a-2'] });
+  r = await call('/api-keys', { method: 'PUT', body: ['client-one'] });
+  assert.deepEqual((await call('/api-keys')).json, { 'api-keys': ['client-one'] });
+  assert.equal((await call('/api-keys', { method: 'PUT', body: '{"items": [1]}' })).status, 400);
+  await until(async () => (await chat('client-one')).status === 200, 'client-one to be accepted again');
+  assert.equal((await chat('client-three')).status, 401);
+});
+
+test('gemini-api-key: PATCH by match edits that entry only; DELETE by api-key and index', async () => {
+  const before = file();
+  let r = await call('/gemini-api-key', { method: 'PATCH', body: { match: 'g-key-2', value: { prefix: 'two', 'base-url': 'https://example.test' } } });
+  assert.equal(r.status, 200, r.text);
+  const after = file();
+  assert.ok(after.includes('  - api-key: g-key-1   # first gemini key\n    prefix: one\n'), after);
+  assert.ok(after.startsWith(before.slice(0, before.indexOf('  - api-key: g-key-2'))), 'bytes before the patched entry are kept');
+  const g = (await call('/gemini-api-key')).json['gemini-api-key'];
+  assert.equal(g.length, 2);
+  assert.equal(g[1]['api-key'], 'g-key-2');
+  assert.equal(g[1].prefix, 'two');
+  assert.equal(g[1]['base-url'], 'https://example.test');
+
+  r = await call('/gemini-api-key', { method: 'PATCH', body: { index: 0, value: { 'base-url': 'not a url' } } });
+  assert.equal(r.status, 422, r.text);
+  assert.match(r.json.message, /gemini-api-key\.1\.base-url/);
+  assert.equal((await call('/gemini-api-key', { method: 'PATCH', body: { match: 'nope', value: { prefix: 'x' } } })).status, 404);
+
+  r = await call('/gemini-api-key', { method: 'DELETE', query: '?api-key=g-key-1' });
+  assert.equal(r.status, 200, r.text);
+  let list = (await call('/gemini-api-key')).json['gemini-api-key'];
+  assert.deepEqual(list.map((e) => e['api-key']), ['g-key-2']);
+  r = await call('/gemini-api-key', { method: 'PUT', body: [{ 'api-key': 'g-3', prefix: 'three' }, { 'api-key': 'g-4' }] });
+  assert.equal(r.status, 200, r.text);
+  r = await call('/gemini-api-key', { method: 'DELETE', query: '?index=1' });
+  list = (await call('/gemini-api-key')).json['gemini-api-key'];
+  assert.deepEqual(list.map((e) => [e['api-key'], e.prefix]), [['g-3', 'three']]);
+});
+
+test('openai-compatibility: matched by name; the models change live', async () => {
+  let r = await call('/openai-compatibility');
+  assert.equal(r.json['openai-compatibility'][0].name, 'mock');
+  r = await call('/openai-compatibility', { method: 'PATCH', body: { match: 'mock', value: { models: [{ name: 'up-model', alias: 'm2' }] } } });
+  assert.equal(r.status, 200, r.text);
+  const served = async () => {
+    const x = await fetch(`${proxy.url}/v1/models`, { headers: { authorization: 'Bearer client-one' } });
+    return (await x.json()).data.map((m) => m.id);
+  };
+  await until(async () => (await served()).includes('m2'), 'model m2 to be served');
+  assert.ok(!(await served()).includes('m'));
+});
+
+test('oauth-excluded-models and oauth-model-alias: PUT, PATCH a channel, DELETE it', async () => {
+  let r = await call('/oauth-excluded-models', { method: 'PATCH', body: { provider: 'Claude', models: ['claude-3-*'] } });
+  assert.equal(r.status, 200, r.text);
+  assert.deepEqual((await call('/oauth-excluded-models')).json, { 'oauth-excluded-models': { claude: ['claude-3-*'] } });
+  r = await call('/oauth-excluded-models', { method: 'PUT', body: { codex: ['gpt-4*'], claude: [] } });
+  assert.equal(r.status, 200, r.text);
+  r = await call('/oauth-excluded-models', { method: 'DELETE', query: '?provider=codex' });
+  assert.equal(r.status, 200, r.text);
+  assert.deepEqual((await call('/oauth-excluded-models')).json['oauth-excluded-models'], { claude: [] });
+
+  r = await call('/oauth-model-alias', { method: 'PATCH', body: { channel: 'codex', aliases: [{ name: 'gpt-5', alias: 'g5', fork: true }] } });
+  assert.equal(r.status, 200, r.text);
+  assert.deepEqual((await call('/oauth-model-alias')).json, { 'oauth-model-alias': { codex: [{ name: 'gpt-5', alias: 'g5', fork: true }] } });
+  r = await call('/oauth-model-alias', { method: 'PATCH', body: { channel: 'codex', aliases: [] } });
+  assert.equal(r.status, 200, r.text);
+  assert.deepEqual((await call('/oauth-model-alias')).json, { 'oauth-model-alias': {} });
+  assert.equal((await call('/oauth-model-alias', { method: 'DELETE', query: '?channel=codex' })).status, 404);
+  assert.ok(file().includes('# routes e2e\n') && file().includes('# end\n'), 'comments stay');
+});
