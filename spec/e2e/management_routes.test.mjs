@@ -174,3 +174,141 @@ test('oauth-excluded-models and oauth-model-alias: PUT, PATCH a channel, DELETE 
   assert.equal((await call('/oauth-model-alias', { method: 'DELETE', query: '?channel=codex' })).status, 404);
   assert.ok(file().includes('# routes e2e\n') && file().includes('# end\n'), 'comments stay');
 });
+
+// ---- credential files --------------------------------------------------
+
+const CRED_MODEL = 'claude-sonnet-4-5-20250929';
+const TOKEN = 'sk-ant-oat01-mgmt-e2e-token-SECRET-9931';
+
+const claude = (key) => fetch(`${proxy.url}/v1/chat/completions`, {
+  method: 'POST',
+  headers: { 'content-type': 'application/json', authorization: `Bearer ${key}` },
+  body: JSON.stringify({ model: CRED_MODEL, messages: [{ role: 'user', content: 'hi' }] }),
+});
+
+function multipart(files) {
+  const boundary = '----cpx-e2e-boundary-7731';
+  const parts = files.map(([name, text]) => `--${boundary}\r\nContent-Disposition: form-data; name="file"; filename="${name}"\r\nContent-Type: application/json\r\n\r\n${text}\r\n`);
+  return { body: parts.join('') + `--${boundary}--\r\n`, type: `multipart/form-data; boundary=${boundary}` };
+}
+
+test('auth-files: upload (raw JSON) -> a request served by it -> list, download, disable, edit -> delete', async () => {
+  assert.equal((await claude('client-one')).status, 502, 'no account serves the model yet');
+  const cred = { type: 'claude', access_token: TOKEN, email: 'mgmt@example.com', base_url: mock.url };
+  let r = await call('/auth-files', { method: 'POST', query: '?name=claude-mgmt@example.com.json', body: cred });
+  assert.equal(r.status, 200, r.text);
+  assert.deepEqual(r.json, { status: 'ok' });
+  const p = `${proxy.dir}/auths/claude-mgmt@example.com.json`;
+  assert.equal(fs.statSync(p).mode & 0o777, 0o600);
+  assert.deepEqual(JSON.parse(fs.readFileSync(p, 'utf8')), cred);
+
+  // used at once: the upload rescanned the store
+  const n0 = mock.requests.length;
+  const used = await claude('client-one');
+  assert.equal(used.status, 200, await used.clone().text());
+  const q = mock.requests.slice(n0).find((x) => x.model === CRED_MODEL);
+  assert.equal(q.headers.authorization, `Bearer ${TOKEN}`);
+
+  r = await call('/auth-files');
+  const e = r.json.files.find((f) => f.name === 'claude-mgmt@example.com.json');
+  assert.ok(e, r.text);
+  assert.equal(e.type, 'claude');
+  assert.equal(e.email, 'mgmt@example.com');
+  assert.equal(e.status, 'active');
+  assert.equal(e.disabled, false);
+  assert.equal(e.next_retry_after, null);
+  assert.equal(typeof e.auth_index, 'number');
+
+  r = await call('/auth-files/download', { query: '?name=claude-mgmt@example.com.json' });
+  assert.equal(r.status, 200);
+  assert.deepEqual(r.json, cred);
+  assert.equal((await call('/auth-files/download', { query: '?name=../config.yaml' })).status, 400);
+  assert.equal((await call('/auth-files/download', { query: '?name=nope.json' })).status, 404);
+
+  r = await call('/auth-files/fields', { method: 'PATCH', body: { name: 'claude-mgmt@example.com.json', note: 'team A', priority: 5 } });
+  assert.equal(r.status, 200, r.text);
+  const edited = JSON.parse(fs.readFileSync(p, 'utf8'));
+  assert.equal(edited.note, 'team A');
+  assert.equal(edited.priority, 5);
+  assert.deepEqual(Object.keys(edited).slice(0, 4), Object.keys(cred), 'field order kept');
+
+  r = await call('/auth-files/status', { method: 'PATCH', body: { name: 'claude-mgmt@example.com.json', disabled: true } });
+  assert.deepEqual(r.json, { status: 'ok', disabled: true });
+  assert.equal((await claude('client-one')).status, 502, 'a disabled credential serves nothing');
+  r = await call('/auth-files');
+  assert.equal(r.json.files.find((f) => f.name === 'claude-mgmt@example.com.json').status, 'disabled');
+  r = await call('/auth-files/status', { method: 'PATCH', body: { name: 'claude-mgmt@example.com.json', disabled: false } });
+  assert.equal((await claude('client-one')).status, 200);
+
+  r = await call('/auth-files', { method: 'DELETE', query: '?name=claude-mgmt@example.com.json' });
+  assert.deepEqual(r.json, { status: 'ok' });
+  assert.ok(!fs.existsSync(p));
+  assert.equal((await claude('client-one')).status, 502, 'deleted: not used any more');
+  assert.equal((await call('/auth-files', { method: 'DELETE', query: '?name=claude-mgmt@example.com.json' })).status, 404);
+});
+
+test('auth-files: multipart upload of several files lists the failures per file', async () => {
+  const ok1 = JSON.stringify({ type: 'claude', access_token: 'tok-m1', base_url: mock.url });
+  const ok2 = JSON.stringify({ type: 'codex', access_token: 'tok-m2' });
+  const { body, type } = multipart([['claude-m1.json', ok1], ['codex-m2.json', ok2], ['bad.txt', ok1], ['claude-bad.json', '{"no":"type"}']]);
+  const r = await fetch(`${proxy.url}/v0/management/auth-files`, { method: 'POST', headers: { ...H, 'content-type': type }, body });
+  const j = await r.json();
+  assert.equal(r.status, 207, JSON.stringify(j));
+  assert.equal(j.status, 'partial');
+  assert.deepEqual(j.files, ['claude-m1.json', 'codex-m2.json']);
+  assert.deepEqual(j.failed.map((f) => f.name), ['bad.txt', 'claude-bad.json']);
+  const names = (await call('/auth-files')).json.files.map((f) => f.name);
+  assert.ok(names.includes('claude-m1.json') && names.includes('codex-m2.json'));
+  assert.ok(!names.includes('claude-bad.json'));
+  const one = multipart([['claude-m3.json', ok1]]);
+  const r1 = await fetch(`${proxy.url}/v0/management/auth-files`, { method: 'POST', headers: { ...H, 'content-type': one.type }, body: one.body });
+  assert.deepEqual(await r1.json(), { status: 'ok' });
+  const d = await call('/auth-files', { method: 'DELETE', query: '?all=true' });
+  assert.equal(d.json.deleted, 3);
+  assert.deepEqual((await call('/auth-files')).json.files, []);
+});
+
+test('auth-files shows a cooldown and its next retry; POST /reset-cooldown (account, model) reopens it', async () => {
+  const cred = { type: 'claude', access_token: 'tok-cool', base_url: mock.url };
+  await call('/auth-files', { method: 'POST', query: '?name=claude-cool.json', body: cred });
+  const cool = async () => {
+    mock.once({ error: { status: 429, message: 'quota', headers: { 'retry-after': '600' } } });
+    assert.equal((await claude('client-one')).status, 429);
+    const n0 = mock.requests.length;
+    assert.equal((await claude('client-one')).status, 429, 'cooling: answered without the upstream');
+    assert.equal(mock.requests.length, n0);
+  };
+  await cool();
+  let e = (await call('/auth-files')).json.files.find((f) => f.name === 'claude-cool.json');
+  assert.equal(e.unavailable, false, 'its other models are still open');
+  assert.notEqual(e.next_retry_after, null);
+  const left = (Date.parse(e.next_retry_after) - Date.now()) / 1000;
+  assert.ok(left > 500 && left <= 601, `next retry in ${left} s`);
+  assert.deepEqual(e.cooldowns.map((c) => c.model), [CRED_MODEL]);
+
+  let r = await call('/reset-cooldown', { method: 'POST', body: { account: 'claude-cool.json' } });
+  assert.equal(r.status, 200, r.text);
+  assert.equal(r.json.cleared, 1);
+  assert.equal((await claude('client-one')).status, 200);
+  e = (await call('/auth-files')).json.files.find((f) => f.name === 'claude-cool.json');
+  assert.equal(e.next_retry_after, null);
+
+  await cool();
+  r = await call('/reset-cooldown', { method: 'POST', body: { model: 'some-other-model' } });
+  assert.equal(r.json.cleared, 0);
+  assert.equal((await claude('client-one')).status, 429);
+  r = await call('/reset-cooldown', { method: 'POST', body: { model: CRED_MODEL } });
+  assert.equal(r.json.cleared, 1);
+  assert.equal((await claude('client-one')).status, 200);
+  assert.equal((await call('/reset-cooldown', { method: 'POST', body: '[1]' })).status, 400);
+  await call('/auth-files', { method: 'DELETE', query: '?name=claude-cool.json' });
+});
+
+test('no key or token used in these tests appears in the proxy log', async () => {
+  const log = proxy.stderr() + proxy.stdout();
+  for (const secret of [SECRET, TOKEN, 'tok-m1', 'tok-m2', 'tok-cool', 'up-key', 'client-one', 'g-key-1']) {
+    const at = log.indexOf(secret);
+    assert.ok(at < 0, `${secret} is in the log: ${log.slice(Math.max(0, at - 200), at + 100)}`);
+  }
+  assert.ok(!/\$2b\$10\$/.test(log), 'the bcrypt hash is not logged');
+});
