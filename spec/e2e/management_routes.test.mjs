@@ -304,9 +304,29 @@ test('auth-files shows a cooldown and its next retry; POST /reset-cooldown (acco
   await call('/auth-files', { method: 'DELETE', query: '?name=claude-cool.json' });
 });
 
+test('POST /api-call: an upstream call with a stored credential, $TOKEN$ replaced', async () => {
+  await call('/auth-files', { method: 'POST', query: '?name=claude-api.json', body: { type: 'claude', access_token: 'tok-api-7', base_url: mock.url } });
+  const idx = (await call('/auth-files')).json.files.find((f) => f.name === 'claude-api.json').auth_index;
+  const n0 = mock.requests.length;
+  let r = await call('/api-call', { method: 'POST', body: { auth_index: idx, method: 'GET', url: `${mock.url}/v1/models`, header: { Authorization: 'Bearer $TOKEN$', 'X-Extra': 'x' } } });
+  assert.equal(r.status, 200, r.text);
+  assert.equal(r.json.status_code, 200);
+  assert.ok(Array.isArray(r.json.header['content-type']));
+  assert.equal(typeof r.json.body, 'string');
+  const q = mock.requests.slice(n0).at(-1);
+  assert.equal(q.headers.authorization, 'Bearer tok-api-7');
+  assert.equal(q.headers['x-extra'], 'x');
+  r = await call('/api-call', { method: 'POST', body: { auth_index: 'claude-api.json', url: `${mock.url}/v1/models`, header: { Authorization: 'Bearer $TOKEN$' } } });
+  assert.equal(r.json.status_code, 200);
+  assert.equal((await call('/api-call', { method: 'POST', body: { auth_index: 99, url: `${mock.url}/x` } })).status, 404);
+  assert.equal((await call('/api-call', { method: 'POST', body: { url: 'file:///etc/passwd' } })).status, 400);
+  assert.equal((await call('/api-call', { method: 'POST', body: { url: `${mock.url}/x`, header: { A: '$TOKEN$' } } })).status, 400);
+  await call('/auth-files', { method: 'DELETE', query: '?name=claude-api.json' });
+});
+
 test('no key or token used in these tests appears in the proxy log', async () => {
   const log = proxy.stderr() + proxy.stdout();
-  for (const secret of [SECRET, TOKEN, 'tok-m1', 'tok-m2', 'tok-cool', 'up-key', 'client-one', 'g-key-1']) {
+  for (const secret of [SECRET, TOKEN, 'tok-m1', 'tok-m2', 'tok-cool', 'tok-api-7', 'up-key', 'client-one', 'g-key-1']) {
     const at = log.indexOf(secret);
     assert.ok(at < 0, `${secret} is in the log: ${log.slice(Math.max(0, at - 200), at + 100)}`);
   }
