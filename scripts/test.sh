@@ -19,6 +19,6 @@ echo "== the server under ASan + UBSan: fast path, pipeline hand-offs, reloads, 
 # exit status non-zero, which these tests assert to be 0.
 (cd spec/e2e && ASAN_OPTIONS=detect_leaks=1 CPX_BIN="$PWD/../../build-asan/cliproxy" \
   node --test fast_path.test.mjs fast_path_lifecycle.test.mjs lingering.test.mjs doctor.test.mjs \
-    management.test.mjs management_routes.test.mjs)
+    management.test.mjs management_routes.test.mjs management_logs.test.mjs)
 echo "== fuzz smoke: every target for ${CPX_FUZZ_SECONDS:-30} s (scripts/fuzz.sh for long runs)"
 scripts/fuzz.sh --time "${CPX_FUZZ_SECONDS:-30}"
