@@ -881,6 +881,19 @@ static int span_node(yctx *c, size_t i, const yaml_event_t *key, size_t *endb) {
   set_int(L, "n", n);
   if (n > 0)
     set_int(L, "ccol", ccol);
+  /* An anchor or an explicit tag sits inside the node's span (and a block
+   * collection with one starts on its key's line): editors leave such
+   * nodes alone. */
+  lua_pushboolean(L, event_anchor(e) != NULL);
+  lua_setfield(L, -2, "anchor");
+  lua_pushboolean(L, (e->type == YAML_SCALAR_EVENT && e->data.scalar.tag &&
+                      !e->data.scalar.plain_implicit &&
+                      !e->data.scalar.quoted_implicit) ||
+                         (e->type == YAML_MAPPING_START_EVENT &&
+                          !e->data.mapping_start.implicit) ||
+                         (e->type == YAML_SEQUENCE_START_EVENT &&
+                          !e->data.sequence_start.implicit));
+  lua_setfield(L, -2, "tag");
   if (key) {
     set_int(L, "ks", key->start_mark.index + 1);
     set_int(L, "ke", key->end_mark.index);

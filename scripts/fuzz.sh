@@ -27,7 +27,7 @@ while [ $# -gt 0 ]; do
     *) targets+=("$1"); shift ;;
   esac
 done
-[ ${#targets[@]} -gt 0 ] || targets=(http sse tokens json codec yaml cred errors)
+[ ${#targets[@]} -gt 0 ] || targets=(http sse tokens json codec yaml cred errors yaml_edit)
 
 if ! command -v clang >/dev/null 2>&1; then
   echo "fuzz: clang not found (scripts/setup.sh --test installs it)" >&2

@@ -166,8 +166,18 @@ local function line_end(text, pos)
   return i and (i - 1) or #text
 end
 
+local function untouchable(n, what)
+  if n.anchor then
+    return "cannot " .. what .. " a value that carries an anchor (&name) other keys may use; edit config.yaml by hand"
+  end
+  if n.tag then return "cannot " .. what .. " a value with an explicit tag (!!...); edit config.yaml by hand" end
+  return nil
+end
+
 -- Replaces node `n` (a span) with value v.
 local function replace(text, n, v)
+  local no = untouchable(n, "replace")
+  if no then return nil, no end
   local one = inline(v)
   if one then
     if n.empty then
@@ -281,14 +291,47 @@ function set(text, path, v)
   end
   return set_via_parent(text, path, v)
 end
-_M.set = set
+
+-- Equality of a value and what the YAML loader read back (JSON null and a
+-- missing value are the same; key order does not matter).
+local function same(a, b)
+  if a == null then a = nil end
+  if b == null then b = nil end
+  if type(a) ~= "table" or type(b) ~= "table" then
+    if type(a) == "number" and type(b) == "number" then return a == b end
+    return a == b
+  end
+  for k, x in pairs(a) do
+    if not same(x, b[k]) then return false end
+  end
+  for k, y in pairs(b) do
+    if a[k] == nil and y ~= null then return false end
+  end
+  return true
+end
+
+-- Every edit is checked by loading the result: the value must read back
+-- and the document must still load; anything else is refused rather than
+-- written (a document whose root is not a mapping, say).
+function _M.set(text, path, v)
+  local out, err = set(text, path, v)
+  if not out then return nil, err end
+  local doc, derr = decode_yaml(out)
+  if not doc then return nil, "the edit would not load: " .. tostring(derr) end
+  if not same(v, value_at(doc, path, #path)) then
+    return nil, "cannot set this key in this document (its root is not a mapping?)"
+  end
+  return out
+end
 
 -- Removes the key at path (its whole lines in a block mapping).
-function _M.delete(text, path)
+local function delete(text, path)
   local spans, err = spans_of(text)
   if not spans then return nil, err end
   local node = spans[join(path)]
   if not node then return text end
+  local no = untouchable(node, "delete")
+  if no then return nil, no end
   local parent = spans[join(path, #path - 1)]
   if node.ks and parent and not parent.flow then
     local ls = node.ks
@@ -313,6 +356,18 @@ function _M.delete(text, path)
   for i = 1, #path - 1 do pp[i] = path[i] end
   if #pp == 0 then return nil, "cannot delete from a flow document" end
   return set(text, pp, pv)
+end
+
+function _M.delete(text, path)
+  local out, err = delete(text, path)
+  if not out then return nil, err end
+  if out == text then return out end
+  local doc, derr = decode_yaml(out)
+  if not doc then return nil, "the edit would not load: " .. tostring(derr) end
+  if type(path[#path]) == "string" and value_at(doc, path, #path) ~= nil then
+    return nil, "cannot delete this key in this document"
+  end
+  return out
 end
 
 return _M

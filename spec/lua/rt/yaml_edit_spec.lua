@@ -156,3 +156,28 @@ describe("rt.mgmt.yaml_edit.delete", function()
     assert.equal(DOC, ye.delete(DOC, { "nope" }))
   end)
 end)
+
+describe("rt.mgmt.yaml_edit and anchors", function()
+  local A = "base: &b\n  k: v\nuse:\n  <<: *b\n  x: 1\nlist: &l [1]\nother: *l\n"
+
+  it("refuses to replace or delete an anchored value, so aliases keep working", function()
+    for _, p in ipairs({ { "base" }, { "list" } }) do
+      local out, err = ye.set(A, p, 5)
+      assert.is_nil(out)
+      assert.matches("anchor", err)
+      out, err = ye.delete(A, p)
+      assert.is_nil(out)
+      assert.matches("anchor", err)
+    end
+  end)
+
+  it("edits next to a merge key", function()
+    local out = assert(ye.set(A, { "use", "x" }, 2))
+    local doc = decode(out)
+    assert.equal(2, doc.use.x)
+    assert.equal("v", doc.use.k)
+    out = assert(ye.set(A, { "use", "k" }, "own"))
+    assert.equal("own", decode(out).use.k)
+    assert.equal("v", decode(out).base.k)
+  end)
+end)
