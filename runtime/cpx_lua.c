@@ -21,6 +21,7 @@
 #include "cpx_pool.h"
 #include "cpx_task.h"
 #include "cpx_tokens.h"
+#include "cpx_mgmt.h"
 #include "cpx_yaml.h"
 
 #define REG_PATHS "cpx.paths"
@@ -405,6 +406,8 @@ static void read_settings(lua_State *L, int idx, cpx_settings_t *s) {
   str_at(L, idx, "tls.cert", s->tls_cert, sizeof(s->tls_cert), "");
   str_at(L, idx, "tls.key", s->tls_key, sizeof(s->tls_key), "");
   s->debug = bool_at(L, idx, "debug");
+  s->logging_to_file = bool_at(L, idx, "logging-to-file");
+  s->logs_max_total_mb = (size_t)num_at(L, idx, "logs-max-total-size-mb", 0.0);
   str_at(L, idx, "proxy-url", s->proxy_url, sizeof(s->proxy_url), "");
   s->workers = (int)num_at(L, idx, "workers", 1);
   s->lua_memory_limit =
@@ -517,6 +520,8 @@ int cpx_vm_new(cpx_worker_t *w, const char *config_path, cpx_vm_t **out,
   cpx_pool_lua_register(L);
   cpx__store_async_register(L);
   cpx_lane_lua_register(L);
+  cpx_yaml_lua_register(L);
+  cpx_mgmt_lua_register(L);
   lua_pushlightuserdata(L, w);
   lua_setfield(L, LUA_REGISTRYINDEX, "cpx.worker");
   lua_pushlightuserdata(L, vm);

@@ -30,6 +30,8 @@ typedef struct {
   char tls_cert[1024];
   char tls_key[1024];
   int debug;
+  int logging_to_file;      /* logs/main.log beside config.yaml */
+  size_t logs_max_total_mb; /* 0: unlimited */
   char proxy_url[1024];
   int workers;
   size_t lua_memory_limit;
@@ -141,6 +143,26 @@ void cpx__lua_start(cpx_worker_t *w, cpx_vm_t *vm, cpx_request_t *r,
                     void (*push_extra)(lua_State *L, void *ud), void *ud);
 /* Constant-time equality of two secrets (HMAC, then CRYPTO_memcmp). */
 int cpx_secure_equal(const char *a, size_t na, const char *b, size_t nb);
+
+/* A blocking job for libuv's threadpool that the calling request coroutine
+ * waits for (bcrypt, file writes: anything that must not run on the loop).
+ * work() runs on a pool thread and must not touch Lua; push() then runs on
+ * the loop and pushes the results onto L, returning their count; done()
+ * frees the job (always called once, also when the request went away and
+ * push() was skipped). Outside a request's coroutine (module load, busted)
+ * work() and push() run at once on the calling thread. Use it as
+ * `return cpx_lua_await(L, job);` from a lua_CFunction. */
+typedef struct cpx_lua_job_s cpx_lua_job_t;
+struct cpx_lua_job_s {
+  void (*work)(cpx_lua_job_t *job);
+  int (*push)(lua_State *L, cpx_lua_job_t *job);
+  void (*done)(cpx_lua_job_t *job);
+  uv_work_t req; /* private */
+  void *lr;      /* private */
+};
+int cpx_lua_await(lua_State *L, cpx_lua_job_t *job);
+/* 1 when L is the coroutine of a request being served (so it may yield). */
+int cpx_lua_in_request(lua_State *L);
 
 /* Registers the request/upstream/log part of the `cpx` API into the table
  * at the top of the stack (cpx_lua_api.c). */

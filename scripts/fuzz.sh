@@ -27,7 +27,7 @@ while [ $# -gt 0 ]; do
     *) targets+=("$1"); shift ;;
   esac
 done
-[ ${#targets[@]} -gt 0 ] || targets=(http sse tokens json codec yaml cred errors)
+[ ${#targets[@]} -gt 0 ] || targets=(http sse tokens json codec yaml cred errors yaml_edit)
 
 if ! command -v clang >/dev/null 2>&1; then
   echo "fuzz: clang not found (scripts/setup.sh --test installs it)" >&2
@@ -35,12 +35,13 @@ if ! command -v clang >/dev/null 2>&1; then
 fi
 
 B=build-fuzz
+mkdir -p "$B"
 echo "fuzz: building ${targets[*]} in $B (clang, libFuzzer, ASan + UBSan)"
 cmake -S . -B "$B" -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-  -DCPX_FUZZ=ON -DCPX_SANITIZE=ON -DCPX_E2E=OFF >"$B.configure.log" 2>&1 ||
-  { cat "$B.configure.log" >&2; exit 1; }
-cmake --build "$B" -j "$jobs" --target $(printf 'fuzz_%s ' "${targets[@]}") >"$B.build.log" 2>&1 ||
-  { tail -40 "$B.build.log" >&2; exit 1; }
+  -DCPX_FUZZ=ON -DCPX_SANITIZE=ON -DCPX_E2E=OFF >"$B/configure.log" 2>&1 ||
+  { cat "$B/configure.log" >&2; exit 1; }
+cmake --build "$B" -j "$jobs" --target $(printf 'fuzz_%s ' "${targets[@]}") >"$B/build.log" 2>&1 ||
+  { tail -40 "$B/build.log" >&2; exit 1; }
 
 # LuaJIT and our allocator hooks: leaks are reported by the ASan e2e runs.
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0:abort_on_error=1}
