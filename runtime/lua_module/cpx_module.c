@@ -5,6 +5,7 @@
 #include "cpx_lua_util.h"
 #include "cpx_pool.h"
 #include "cpx_tokens.h"
+#include "cpx_metrics.h"
 #include "cpx_usage.h"
 
 int luaopen_cpx(lua_State *L) {
@@ -13,5 +14,6 @@ int luaopen_cpx(lua_State *L) {
   cpx_tokens_lua_register(L);
   cpx_pool_lua_register(L);
   cpx_usage_lua_register(L);
+  cpx_metrics_lua_register(L);
   return n;
 }
