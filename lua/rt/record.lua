@@ -222,7 +222,7 @@ function _M.lane(app, list)
       id = cpx.uuid(), request_id = l.request_id, time = l.time, latency_ms = l.latency_ms,
       ttft_ms = l.ttft_ms, method = "POST", endpoint = l.endpoint or "/v1/chat/completions",
       client_format = "openai_chat", stream = l.stream == true, model = l.model,
-      client_key = key_label(keys[l.key_index or 0]), status = status, attempts = 1, tag = "fast",
+      client_key = key_label(keys[l.key_index or 0]), status = status, attempts = 1, tag = "fast", kind = "inference",
       path = "lane",
     }
     _M.note_target(rec, t, alias ~= l.model and alias or nil)
