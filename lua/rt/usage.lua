@@ -55,6 +55,7 @@ local function subscriber(rec)
   if rec.kind ~= "inference" and rec.kind ~= "count" then return end
   usage_c.append(rec)
 end
+_M.subscriber = subscriber
 
 function _M.configure(app)
   local cfg = app.config
