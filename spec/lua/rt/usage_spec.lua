@@ -18,7 +18,8 @@ local function open_store()
   cpx.usage.close()
   local d = tmpdir()
   dirs[#dirs + 1] = d
-  assert(cpx.usage.open({ path = d .. "/usage.db", force = true, flush_ms = 50 }))
+  -- retention 0: the imported CLIProxyAPI export below is older than 30 days
+  assert(cpx.usage.open({ path = d .. "/usage.db", force = true, flush_ms = 50, retention_days = 0 }))
   return d .. "/usage.db"
 end
 
