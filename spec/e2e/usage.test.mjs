@@ -183,6 +183,45 @@ test('every path is counted: lane and Lua, stream and not, errors; usage survive
   }
 });
 
+// A client that leaves mid-stream: its request is recorded as 499 on both
+// paths (the lane's stream relay, the Lua pipe's on_abort).
+async function abandon(p, route, body) {
+  const ac = new AbortController();
+  const r = await fetch(`${p.url}${route}`, {
+    method: 'POST', signal: ac.signal,
+    headers: { 'content-type': 'application/json', authorization: `Bearer ${KEY}` },
+    body: JSON.stringify(body),
+  });
+  assert.equal(r.status, 200);
+  const reader = r.body.getReader();
+  await reader.read(); // the first bytes of the stream
+  ac.abort();
+  await reader.closed.catch(() => {});
+}
+
+test('a client that disconnects mid-stream is recorded (lane and Lua)', T(30000), async () => {
+  const db = path.join(tmp, 'abort.db');
+  const p = await startProxy(proxyOpts(db));
+  try {
+    mock.once({ endless: { intervalMs: 5, maxMs: 20000 } });
+    await abandon(p, '/v1/chat/completions', chat(true));
+    mock.once({ endless: { intervalMs: 5, maxMs: 20000 } });
+    await abandon(p, '/v1/messages', claude(true));
+    const parsed = await until(p, (x) => sum(family(x, 'cliproxy_requests_total').metrics, (l) => l.status === '499') >= 2,
+      'two 499 records');
+    const req = family(parsed, 'cliproxy_requests_total').metrics;
+    assert.equal(sum(req, (l) => l.status === '499' && l.path === 'lane'), 1, JSON.stringify(req));
+    assert.equal(sum(req, (l) => l.status === '499' && l.path === 'lua' && l.endpoint === '/v1/messages'), 1);
+    await until(p, (x) => written(x) >= 2, 'two records written');
+    assert.equal(sql(db, "select count(*) from requests where status = 499 and failed = 1 and error = 'client closed request'"), '2');
+    const inflight = parsePrometheus((await scrape(p)).text);
+    assert.equal(sum(family(inflight, 'cliproxy_streams_in_flight').metrics), 0);
+  } finally {
+    mock.reply({ text: 'hello there', usage: { input: 11, output: 7 } });
+    await p.stop();
+  }
+});
+
 test('a kill -9 keeps every record the writer had written', T(30000), async () => {
   const db = path.join(tmp, 'kill.db');
   const p = await startProxy(proxyOpts(db));
