@@ -6,6 +6,7 @@
 #include "cpx_pool.h"
 #include "cpx_tokens.h"
 #include "cpx_metrics.h"
+#include "cpx_otlp.h"
 #include "cpx_usage.h"
 
 int luaopen_cpx(lua_State *L) {
@@ -15,5 +16,6 @@ int luaopen_cpx(lua_State *L) {
   cpx_pool_lua_register(L);
   cpx_usage_lua_register(L);
   cpx_metrics_lua_register(L);
+  cpx_otlp_lua_register(L);
   return n;
 }
