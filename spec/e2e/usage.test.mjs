@@ -271,6 +271,8 @@ test('OTLP/HTTP: one span per request reaches a mock collector', T(30000), async
     const lua = got.find((s) => route(s) === '/v1/messages');
     assert.equal(attr(lua, 'cliproxy.path').stringValue, 'lua');
     assert.equal(attr(lua, 'gen_ai.usage.output_tokens').intValue, '7');
+    const sent = family(parsePrometheus((await scrape(p)).text), 'cliproxy_otel_spans_total').metrics;
+    assert.ok(sum(sent, (l) => l.result === 'sent') >= 2, JSON.stringify(sent));
     for (const s of got) {
       assert.match(s.traceId, /^[0-9a-f]{32}$/);
       assert.match(s.spanId, /^[0-9a-f]{16}$/);
