@@ -22,6 +22,7 @@
 #include "cpx_log.h"
 #include "cpx_lua_util.h"
 #include "cpx_pool.h"
+#include "cpx_task.h"
 #include "cpx_tokens.h"
 #include "cpx_yaml.h"
 
@@ -411,6 +412,7 @@ static void read_settings(lua_State *L, int idx, cpx_settings_t *s) {
   s->workers = (int)num_at(L, idx, "workers", 1);
   s->lua_memory_limit =
       (size_t)(num_at(L, idx, "lua.memory-limit-mb", 256) * 1024 * 1024);
+  s->max_timers = (int)num_at(L, idx, "lua.max-timers", 1024);
   s->upstream_connect_ms =
       (uint64_t)(num_at(L, idx, "limits.upstream-connect-timeout-seconds", 10) *
                  1000);
@@ -516,6 +518,7 @@ int cpx_vm_new(cpx_worker_t *w, const char *config_path, cpx_vm_t **out,
   cpx_tokens_lua_register(L);
   cpx__lua_api_register(L);
   cpx_pool_lua_register(L);
+  cpx__store_async_register(L);
   cpx_lane_lua_register(L);
   cpx_usage_lua_register(L);
   cpx_metrics_lua_register(L);
@@ -608,6 +611,23 @@ static int app_call(cpx_vm_t *vm, const char *name, const char *arg) {
     return -1;
   }
   return lua_pcall(L, arg ? 1 : 0, 1, base + 1) == 0 ? 0 : -1;
+}
+
+void cpx_vm_init_worker(cpx_vm_t *vm) {
+  lua_State *L = vm->L;
+  int top = lua_gettop(L);
+  if (vm->live)
+    return;
+  cpx__tasks_live(vm);
+  if (app_call(vm, "init_worker", NULL) != 0)
+    cpx_log_error(NULL, "init_worker (worker %d, generation %u): %s",
+                  vm->worker ? vm->worker->id : 0, vm->gen,
+                  lua_tostring(L, -1));
+  lua_settop(L, top);
+}
+
+void cpx_vm_retire(cpx_vm_t *vm, const char *reason) {
+  cpx__tasks_retire(vm, reason);
 }
 
 void cpx_vm_banner(cpx_vm_t *vm, const char *base_url) {

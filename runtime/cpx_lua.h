@@ -37,11 +37,12 @@ typedef struct {
   uint64_t upstream_first_byte_ms;
   uint64_t upstream_idle_ms;
   size_t upstream_max_body;
+  int max_timers; /* lua.max-timers: pending timers per worker */
 } cpx_settings_t;
 
 struct cpx_vm_s {
   lua_State *L;
-  int refs; /* the worker's reference + one per request */
+  int refs; /* the worker's reference + one per request and task */
   unsigned gen;
   size_t mem_used;
   size_t mem_limit;
@@ -56,6 +57,10 @@ struct cpx_vm_s {
   struct cpx_lane_s *lane; /* the fast path's routes (owned; may be NULL) */
   cpx_worker_t *worker;
   cpx_settings_t settings;
+  /* background tasks (cpx_task.c): created, pending or running ones */
+  struct cpx_task_s *tasks;
+  int live;            /* serving on its worker: tasks may start */
+  const char *retired; /* static reason once retired; no new task */
 };
 
 /* Everything one loop thread owns. */
@@ -76,6 +81,8 @@ struct cpx_worker_s {
   char config_path[4096];
   char lua_dir[4096]; /* built-in lua/ directory */
   unsigned next_gen;
+  int timers_pending; /* armed timers of every generation (lua.max-timers) */
+  int tasks_running;  /* task coroutines not finished yet */
 };
 
 /* Locates the built-in lua/ directory next to the executable, in the
@@ -113,6 +120,17 @@ typedef struct {
 int cpx_vm_doctor(cpx_vm_t *vm, cpx_doctor_t *out, char *err, size_t errlen);
 void cpx_doctor_free(cpx_doctor_t *d);
 void cpx_vm_unref(cpx_vm_t *vm);
+
+/* Starts a generation's life on its worker, on the worker's loop thread,
+ * once it serves (at start-up, and after a reload swapped it in): tasks
+ * may be created from then on, and the app's init_worker() runs (rt.boot:
+ * the refresh scheduler, middleware init_worker functions). Its errors are
+ * logged. */
+void cpx_vm_init_worker(cpx_vm_t *vm);
+/* Ends a generation's tasks (see cpx_task.h): at a reload for the old
+ * generation ("generation retired"), at the drain for the current one
+ * ("server shutting down"). */
+void cpx_vm_retire(cpx_vm_t *vm, const char *reason);
 
 /* Worker glue: set the loop first, then init. */
 int cpx_worker_init_lua(cpx_worker_t *w);

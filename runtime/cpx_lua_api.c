@@ -4,7 +4,9 @@
  * Per request there is one lreq_t (C heap) tying together the server
  * request, the coroutine running rt.server's handler, the upstream fetches
  * it started and, for streamed answers, the pipe that carries upstream
- * events to the client through a Lua handler.
+ * events to the client through a Lua handler. A background task's run
+ * (cpx_task.c) is an lreq_t without a request (r == NULL): the same
+ * coroutine, fetch, sleep and wait machinery, no client to answer.
  *
  * Yielding functions (cpx.fetch, fetch:body, cpx.sleep) may only run in the
  * request's own coroutine; stream handlers run under lua_pcall on the main
@@ -25,6 +27,7 @@
 #include "cpx_lane.h"
 #include "cpx_lua.h"
 #include "cpx_sse.h"
+#include "cpx_task.h"
 #include "cpx_tokens.h"
 
 #define MT_REQUEST "cpx.request"
@@ -44,7 +47,7 @@ typedef struct {
   lreq_t *lr; /* NULL once the request is released */
 } req_box_t;
 
-enum { W_NONE = 0, W_HEADERS, W_BODY, W_SLEEP, W_WORK, W_PEEK };
+enum { W_NONE = 0, W_HEADERS, W_BODY, W_SLEEP, W_WORK, W_PEEK, W_POLL };
 enum { FRAME_RAW = 0, FRAME_SSE, FRAME_JSONARR };
 
 /* One upstream transfer started from Lua. Owned by its lreq_t; freed with
@@ -70,7 +73,15 @@ struct lfetch_s {
 struct lreq_s {
   cpx_vm_t *vm; /* one reference */
   cpx_worker_t *w;
-  cpx_request_t *r; /* one reference */
+  cpx_request_t *r;   /* one reference; NULL for a task's coroutine */
+  cpx_task_t *task;   /* the task this coroutine runs, or NULL */
+  const char *refuse; /* static: why yielding calls now return nil, err */
+  int refusals;
+  void *locks; /* held locks (cpx_task.c), released at the end */
+  /* W_POLL: cpx__co_wait_poll's callbacks (the sleep timer repeats) */
+  int (*poll)(lua_State *co, void *ud);
+  void (*poll_cleanup)(void *ud);
+  void *poll_ud;
   lua_State *co;
   int co_ref;
   int co_done;
@@ -380,6 +391,24 @@ static void on_fetch_event_inner(cpx_fetch_t *f, int ev) {
 
 /* ---- deferred resumes --------------------------------------------------- */
 
+/* Ends whatever the coroutine waits for without an answer (the caller
+ * pushes the error it resumes with). */
+static void end_wait(lreq_t *lr) {
+  if (lr->wait == W_POLL) {
+    void (*cleanup)(void *) = lr->poll_cleanup;
+    void *ud = lr->poll_ud;
+    lr->poll = NULL;
+    lr->poll_cleanup = NULL;
+    lr->poll_ud = NULL;
+    if (cleanup)
+      cleanup(ud);
+  }
+  if (lr->sleep)
+    uv_timer_stop(lr->sleep);
+  lr->wait = W_NONE;
+  lr->wait_fetch = NULL;
+}
+
 static void on_resume_idle(uv_idle_t *h) {
   cpx_worker_t *w = h->data;
   lreq_t *list = w->resume_queue;
@@ -392,11 +421,10 @@ static void on_resume_idle(uv_idle_t *h) {
     lr->next_resume = NULL;
     if (lr->released || lr->co_done || lr->wait == W_NONE)
       continue;
-    lr->wait = W_NONE;
-    lr->wait_fetch = NULL;
+    end_wait(lr);
     lr->vm->host++;
     lua_pushnil(lr->co);
-    lua_pushliteral(lr->co, "client closed request");
+    lua_pushstring(lr->co, lr->aborted ? "client closed request" : lr->refuse);
     lr->vm->host--;
     lreq_resume(lr, 2);
   }
@@ -420,6 +448,9 @@ static void on_sleep_closed(uv_handle_t *h) {
 static void lreq_release(lreq_t *lr) {
   lua_State *L = lr->vm->L;
   lr->released = 1;
+  if (lr->wait == W_POLL)
+    end_wait(lr);
+  cpx__co_release_locks(lr);
   lr->vm->host++;
   while (lr->fetches)
     lfetch_release(lr->fetches);
@@ -461,9 +492,13 @@ static void lreq_release(lreq_t *lr) {
     lua_pop(L, 1);
   }
   luaL_unref(L, LUA_REGISTRYINDEX, lr->co_ref);
-  lr->r->handler_data = NULL;
   lr->vm->host--;
-  cpx_request_unref(lr->r);
+  if (lr->r) {
+    lr->r->handler_data = NULL;
+    cpx_request_unref(lr->r);
+  }
+  if (lr->task)
+    cpx__task_co_done(lr->task, lr);
   if (lr->resume_queued) {
     lreq_t **pp = (lreq_t **)&lr->w->resume_queue;
     while (*pp && *pp != lr)
@@ -477,7 +512,7 @@ static void lreq_release(lreq_t *lr) {
 
 static void respond_internal_error(lreq_t *lr, const char *msg) {
   cpx_request_t *r = lr->r;
-  if (r->finished)
+  if (!r || r->finished)
     return;
   /* A stream's framing is the script's (an SSE event or a JSON array), so
    * an event of ours could break it: end the stream as it is. */
@@ -495,7 +530,7 @@ static void lreq_maybe_release(lreq_t *lr) {
     return;
   if (lr->piping && !lr->pipe_ended)
     return;
-  if (!lr->r->finished) {
+  if (lr->r && !lr->r->finished) {
     if (lr->aborted)
       return; /* cannot happen: the server finishes aborted requests */
     respond_internal_error(lr, "handler returned without a response");
@@ -517,6 +552,17 @@ static void lreq_resume(lreq_t *lr, int nargs) {
   lr->running = 0;
   if (rc == LUA_YIELD) {
     vm->host--;
+    if (lr->wait == W_NONE && !lr->r) {
+      /* A bare coroutine.yield() out of a task: nothing would ever resume
+       * it. Stop it instead of keeping it (and its generation) forever. */
+      cpx_log_error(NULL,
+                    "task failed (worker %d, generation %u): "
+                    "coroutine.yield outside a coroutine of its own",
+                    lr->w->id, vm->gen);
+      lr->co_failed = 1;
+      lr->co_done = 1;
+      lreq_maybe_release(lr);
+    }
     return;
   }
   if (rc != 0) {
@@ -525,8 +571,12 @@ static void lreq_resume(lreq_t *lr, int nargs) {
     if (rc == LUA_ERRMEM)
       lua_gc(vm->L, LUA_GCCOLLECT, 0);
     luaL_traceback(vm->L, co, msg ? msg : "(error object)", 0);
-    cpx_log_error(lr->r->rid, "request handler failed: %s",
-                  lua_tostring(vm->L, -1));
+    if (lr->r)
+      cpx_log_error(lr->r->rid, "request handler failed: %s",
+                    lua_tostring(vm->L, -1));
+    else
+      cpx_log_error(NULL, "task failed (worker %d, generation %u): %s",
+                    lr->w->id, vm->gen, lua_tostring(vm->L, -1));
     lua_pop(vm->L, 1);
     respond_internal_error(
         lr, rc == LUA_ERRMEM ? "script ran out of memory (lua.memory-limit-mb)"
@@ -543,6 +593,9 @@ static void on_req_abort(cpx_request_t *r) {
   if (!lr || lr->released)
     return;
   lr->aborted = 1;
+  /* Locks go at once: the client is gone, whatever the handler still does
+   * with them is wasted work another coroutine is waiting behind. */
+  cpx__co_release_locks(lr);
   /* Cancel every upstream transfer at once: nobody will read it. */
   if (lr->piping && !lr->pipe_ended) {
     lr->pipe_ended = 1;
@@ -577,7 +630,7 @@ static void on_req_shutdown(cpx_request_t *r) {
   if (!lr->co_done && lr->wait != W_NONE && !lr->running) {
     while (lr->fetches)
       lfetch_release(lr->fetches);
-    lr->wait = W_NONE;
+    end_wait(lr); /* a lock wait's state, the sleep timer */
     lr->vm->host++;
     lua_pushnil(lr->co);
     lua_pushliteral(lr->co, "server shutting down");
@@ -638,27 +691,20 @@ void cpx_lua_on_request(cpx_server_t *srv, cpx_request_t *r) {
   cpx__lua_start(w, w->vm, r, NULL, NULL);
 }
 
-void cpx__lua_start(cpx_worker_t *w, cpx_vm_t *vm, cpx_request_t *r,
-                    void (*push_extra)(lua_State *L, void *ud), void *ud) {
+/* A new lreq_t with its coroutine (a spare one when there is one),
+ * registered as the owner of that thread. Host work: the caller holds
+ * vm->host. */
+static lreq_t *lreq_new(cpx_worker_t *w, cpx_vm_t *vm) {
   lua_State *L = vm->L;
   lreq_t *lr = calloc(1, sizeof(*lr));
 
-  if (!lr) {
-    cpx_errbody_respond(r, 503, "server_error", NULL, "out of memory");
-    return;
-  }
+  if (!lr)
+    return NULL;
   lr->vm = vm;
   cpx_vm_ref(vm);
-  vm->host++;
   lr->w = w;
-  lr->r = r;
-  cpx_request_ref(r);
   lr->handler_ref = LUA_NOREF;
-  r->handler_data = lr;
-  r->on_abort = on_req_abort;
-  r->on_drain = on_req_drain;
-  r->on_shutdown = on_req_shutdown;
-
+  lr->box_ref = LUA_NOREF;
   lua_getfield(L, LUA_REGISTRYINDEX, REG_SPARE);
   {
     int n = (int)lua_objlen(L, -1);
@@ -678,6 +724,26 @@ void cpx__lua_start(cpx_worker_t *w, cpx_vm_t *vm, cpx_request_t *r,
   lua_pushlightuserdata(L, lr);
   lua_rawset(L, -3);
   lua_pop(L, 1);
+  return lr;
+}
+
+void cpx__lua_start(cpx_worker_t *w, cpx_vm_t *vm, cpx_request_t *r,
+                    void (*push_extra)(lua_State *L, void *ud), void *ud) {
+  lreq_t *lr;
+
+  vm->host++;
+  lr = lreq_new(w, vm);
+  if (!lr) {
+    vm->host--;
+    cpx_errbody_respond(r, 503, "server_error", NULL, "out of memory");
+    return;
+  }
+  lr->r = r;
+  cpx_request_ref(r);
+  r->handler_data = lr;
+  r->on_abort = on_req_abort;
+  r->on_drain = on_req_drain;
+  r->on_shutdown = on_req_shutdown;
 
   lr->box = lua_newuserdata(lr->co, sizeof(req_box_t));
   lr->box->lr = lr;
@@ -693,6 +759,106 @@ void cpx__lua_start(cpx_worker_t *w, cpx_vm_t *vm, cpx_request_t *r,
     push_extra(lr->co, ud);
   vm->host--;
   lreq_resume(lr, 2);
+}
+
+/* ---- coroutines without a request (cpx_task.h) -------------------------- */
+
+int cpx__co_spawn(cpx_worker_t *w, cpx_vm_t *vm, int nargs, cpx_task_t *t,
+                  const char *refuse) {
+  lreq_t *lr;
+
+  vm->host++;
+  lr = lreq_new(w, vm);
+  if (!lr) {
+    lua_pop(vm->L, nargs + 1);
+    vm->host--;
+    return CPX_ENOMEM;
+  }
+  lr->task = t;
+  lr->refuse = refuse;
+  lua_xmove(vm->L, lr->co, nargs + 1);
+  vm->host--;
+  if (t)
+    cpx__task_co_started(t, lr);
+  lreq_resume(lr, nargs);
+  return 0;
+}
+
+void cpx__co_cancel(lreq_t *lr, const char *reason) {
+  if (lr->released || lr->co_done)
+    return;
+  if (!lr->refuse)
+    lr->refuse = reason;
+  if (lr->running || lr->wait == W_NONE)
+    return;
+  /* Cut the wait short now: the caller runs on the loop, outside any
+   * resume of this coroutine. Its transfers are cancelled (nobody will
+   * read them). */
+  while (lr->fetches)
+    lfetch_release(lr->fetches);
+  end_wait(lr);
+  lr->vm->host++;
+  lua_pushnil(lr->co);
+  lua_pushstring(lr->co, lr->refuse);
+  lr->vm->host--;
+  lreq_resume(lr, 2);
+}
+
+lreq_t *cpx__co_current(lua_State *L) {
+  lreq_t *lr = current_lreq(L);
+  return lr && lr->co == L && !lr->released ? lr : NULL;
+}
+
+const char *cpx__co_refusal(lua_State *L, lreq_t *lr) {
+  const char *why = lr->aborted ? "client closed request" : lr->refuse;
+  if (!why)
+    return NULL;
+  /* A loop that ignores the answer would spin on the loop thread forever
+   * (nothing ever waits): after a few refusals the call raises. */
+  if (++lr->refusals > 8)
+    luaL_error(L, "%s", why);
+  return why;
+}
+
+/* Pushes nil, why when co may not wait; returns 2 then, else 0. */
+static int push_refusal(lua_State *L, lreq_t *lr) {
+  const char *why = cpx__co_refusal(L, lr);
+  if (!why)
+    return 0;
+  lua_pushnil(L);
+  lua_pushstring(L, why);
+  return 2;
+}
+
+static void on_sleep_done(uv_timer_t *t);
+
+int cpx__co_wait_poll(lua_State *L, lreq_t *lr, uint64_t interval_ms,
+                      int (*poll)(lua_State *co_L, void *ud),
+                      void (*cleanup)(void *ud), void *ud) {
+  if (!lr->sleep) {
+    lr->sleep = malloc(sizeof(uv_timer_t));
+    if (!lr->sleep) {
+      if (cleanup)
+        cleanup(ud);
+      return luaL_error(L, "out of memory");
+    }
+    uv_timer_init(lr->w->loop, lr->sleep);
+    lr->sleep->data = lr;
+  }
+  lr->poll = poll;
+  lr->poll_cleanup = cleanup;
+  lr->poll_ud = ud;
+  lr->wait = W_POLL;
+  uv_timer_start(lr->sleep, on_sleep_done, interval_ms, interval_ms);
+  return lua_yield(L, 0);
+}
+
+void **cpx__co_locks(lreq_t *lr) {
+  return &lr->locks;
+}
+
+uv_loop_t *cpx__co_loop(lreq_t *lr) {
+  return lr->w->loop;
 }
 
 /* ---- pipe: upstream events to the client -------------------------------- */
@@ -928,13 +1094,11 @@ static int l_fetch(lua_State *L) {
   int nh, rc;
 
   if (!lr || lr->co != L || lr->released)
-    return luaL_error(L, "cpx.fetch can only run in a request's handler");
+    return luaL_error(
+        L, "cpx.fetch can only run in a request's handler or a task");
   luaL_checktype(L, 1, LUA_TTABLE);
-  if (lr->aborted) {
-    lua_pushnil(L);
-    lua_pushliteral(L, "client closed request");
+  if (push_refusal(L, lr))
     return 2;
-  }
   s = &lr->vm->settings;
   memset(&o, 0, sizeof(o));
   lua_getfield(L, 1, "url");
@@ -1013,6 +1177,8 @@ static int l_fetch_body(lua_State *L) {
   lreq_t *lr = lf->lr;
   if (lr->co != L)
     return luaL_error(L, "fetch:body can only run in a request's handler");
+  if (!lf->f->done && push_refusal(L, lr))
+    return 2;
   if (lf->f->done) {
     if (lf->f->result == 0) {
       lua_pushlstring(L, lf->f->body ? lf->f->body : "", lf->f->body_len);
@@ -1045,6 +1211,8 @@ static int l_fetch_peek(lua_State *L) {
     return luaL_error(L, "fetch:peek can only run in a request's handler");
   if (f->mode != 0)
     return luaL_error(L, "fetch:peek: the body is already being read");
+  if (!f->done && push_refusal(L, lr))
+    return 2;
   if (!lf->peeking) {
     cpx_sse_init(&lf->peek, 1024 * 1024);
     lua_newtable(L);
@@ -1351,6 +1519,21 @@ static int l_req_status(lua_State *L) {
 
 static void on_sleep_done(uv_timer_t *t) {
   lreq_t *lr = t->data;
+  if (lr->wait == W_POLL && !lr->running && !lr->released) {
+    int n;
+    lr->vm->host++;
+    n = lr->poll(lr->co, lr->poll_ud);
+    lr->vm->host--;
+    if (n > 0) {
+      uv_timer_stop(t);
+      lr->wait = W_NONE;
+      lr->poll = NULL;
+      lr->poll_cleanup = NULL;
+      lr->poll_ud = NULL;
+      lreq_resume(lr, n);
+    }
+    return;
+  }
   if (lr->wait != W_SLEEP)
     return;
   lr->wait = W_NONE;
@@ -1362,12 +1545,10 @@ static int l_sleep(lua_State *L) {
   lreq_t *lr = current_lreq(L);
   double sec = luaL_checknumber(L, 1);
   if (!lr || lr->co != L)
-    return luaL_error(L, "cpx.sleep can only run in a request's handler");
-  if (lr->aborted) {
-    lua_pushnil(L);
-    lua_pushliteral(L, "client closed request");
+    return luaL_error(
+        L, "cpx.sleep can only run in a request's handler or a task");
+  if (push_refusal(L, lr))
     return 2;
-  }
   if (!lr->sleep) {
     lr->sleep = malloc(sizeof(uv_timer_t));
     if (!lr->sleep)
@@ -1442,7 +1623,9 @@ static int l_count_async(lua_State *L) {
   const char *enc = luaL_optstring(L, 2, "o200k_base");
   count_work_t *w;
 
-  if (!lr || lr->co != L || lr->released) {
+  /* Outside a coroutine, or in one that may no longer wait (a premature
+   * task): count here and now. */
+  if (!lr || lr->co != L || lr->released || lr->refuse || lr->aborted) {
     size_t n;
     int rc = cpx_tokens_count(enc, text, len, &n);
     if (rc != 0) {
@@ -1572,7 +1755,7 @@ static int l_log(lua_State *L) {
   if (level < cpx_log_get_level())
     return 0;
   lr = current_lreq(L);
-  if (lr && !lr->released)
+  if (lr && !lr->released && lr->r)
     rid = lr->r->rid;
   for (int i = 2; i <= n; i++) {
     lua_getglobal(L, "tostring");
@@ -1699,6 +1882,9 @@ void cpx__lua_api_register(lua_State *L) {
   lua_setfield(L, t, "generation");
   lua_pushcfunction(L, l_worker_id);
   lua_setfield(L, t, "worker_id");
+  lua_pushvalue(L, t);
+  cpx__task_lua_register(L);
+  lua_pop(L, 1);
   lua_getfield(L, t, "tokens");
   if (lua_istable(L, -1)) {
     lua_pushcfunction(L, l_count_async);
@@ -1724,6 +1910,10 @@ static void noop_close(uv_handle_t *h) {
 }
 
 void cpx_worker_close_lua(cpx_worker_t *w) {
+  /* Resumes queued by the drain must still run, or their coroutines (and
+   * the generations they pin) would never be released. */
+  if (w->resume_queue)
+    on_resume_idle(&w->resume_idle);
   uv_close((uv_handle_t *)&w->resume_idle, noop_close);
   cpx_lane_records_close(w);
   if (w->vm) {

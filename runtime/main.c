@@ -270,6 +270,10 @@ static int reload_worker(worker_t *wk, const char *why) {
   }
   cpx_log_info(NULL, "reloaded (%s): worker %d generation %u in %.1f ms", why,
                w->id, vm->gen, (double)(uv_hrtime() - t0) / 1e6);
+  /* The old generation's tasks end (its requests still finish on it), then
+   * the new one starts its own. */
+  cpx_vm_retire(old, "generation retired");
+  cpx_vm_init_worker(vm);
   cpx_vm_unref(old);
   return 0;
 }
@@ -469,8 +473,10 @@ static void on_async(uv_async_t *h) {
   unsigned cmds = atomic_exchange(&wk->cmds, 0);
   if (cmds & CMD_RELOAD)
     reload_worker(wk, "reload");
-  if (cmds & CMD_DRAIN)
+  if (cmds & CMD_DRAIN) {
+    cpx_vm_retire(wk->w.vm, "server shutting down");
     cpx_server_drain(&wk->w.server);
+  }
 }
 
 static void on_signal(uv_signal_t *h, int signum) {
@@ -488,6 +494,7 @@ static void on_signal(uv_signal_t *h, int signum) {
   app->stopping = 1;
   cpx_log_info(NULL, "%s: draining", signum == SIGTERM ? "SIGTERM" : "SIGINT");
   broadcast(app, CMD_DRAIN);
+  cpx_vm_retire(app->workers[0].w.vm, "server shutting down");
   cpx_server_drain(&app->workers[0].w.server);
 }
 
@@ -554,6 +561,7 @@ static void worker_finish(worker_t *wk) {
 
 static void worker_thread(void *arg) {
   worker_t *wk = arg;
+  cpx_vm_init_worker(wk->w.vm);
   uv_run(&wk->loop, UV_RUN_DEFAULT);
   worker_finish(wk);
 }
@@ -661,6 +669,7 @@ static int run_server(const char *argv0, const char *path) {
              w0->w.server.cfg.port);
     cpx_vm_banner(w0->w.vm, url);
   }
+  cpx_vm_init_worker(w0->w.vm);
   uv_run(&w0->loop, UV_RUN_DEFAULT);
   worker_finish(w0);
   for (int i = 1; i < n; i++)

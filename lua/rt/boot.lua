@@ -6,6 +6,8 @@ local registry = require("rt.registry")
 
 local type = type
 local ipairs = ipairs
+local xpcall = xpcall
+local tostring = tostring
 local format = string.format
 
 local _M = {}
@@ -22,6 +24,10 @@ local PROVIDER_FIELDS = {
   { "prepare", "function", true },
   { "classify", "function" },
   { "fixup", "function" },
+  { "raw_ok", "function" },
+  { "response_fixup", "function" },
+  { "stream_fixup", "function" },
+  { "error_status", "function" },
   { "force_stream", "boolean" },
   { "fast_path", "boolean" },
   { "oauth", "table" },
@@ -45,6 +51,23 @@ local function check_provider(name, p)
   return true
 end
 _M.check_provider = check_provider
+
+-- Once per worker per generation, when it starts serving (the C runtime
+-- calls it on the worker's loop, after a reload swapped the generation in):
+-- starts the generation's background tasks. A middleware module may export
+-- init_worker(conf) for its own. Errors are logged, never fatal.
+function _M.init_worker(app)
+  require("rt.refresh").init_worker(app)
+  for _, en in ipairs(app.middleware.list or {}) do
+    local fn = en.module.init_worker
+    if fn then
+      local ok, err = xpcall(fn, cpx.traceback, en.conf)
+      if not ok then
+        cpx.log("error", format("middleware/%s.lua: init_worker: %s", en.name, tostring(err)))
+      end
+    end
+  end
+end
 
 function _M.start(doc, lines, path)
   local cfg, err = config.validate(doc, lines, path)
@@ -93,6 +116,7 @@ function _M.start(doc, lines, path)
   local doctor = require("rt.doctor")
   return { config = cfg, handle = server.handle,
            lane_records = function(list) record.lane(app, list) end,
+           init_worker = function() return _M.init_worker(app) end,
            banner = function(base_url) return banner.lines(app, base_url) end,
            doctor = function() return doctor.report(app, cpx.store.list(), cpx.now()) end }
 end

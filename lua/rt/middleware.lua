@@ -10,6 +10,8 @@
 --     schema = { <field> = { type = ..., default = ..., required = ... } },
 --     hooks = { access = fn, rewrite = fn, before_upstream = fn,
 --               on_headers = fn, on_chunk = fn, after = fn, log = fn },
+--     init_worker = fn,         -- optional: fn(conf) once per worker and
+--                               -- generation (start cpx.timer tasks here)
 --   }
 --
 -- Every hook is called as hook(conf, ctx, ...) with the entry's validated
@@ -245,6 +247,9 @@ local function check_module(name, m)
     if RESERVED[k] then return bad("field 'schema.%s' is reserved for the loader", k) end
     local ok, err = check_spec(spec, "schema." .. k)
     if not ok then return bad("%s", err) end
+  end
+  if m.init_worker ~= nil and type(m.init_worker) ~= "function" then
+    return bad("field 'init_worker' must be a function")
   end
   if type(m.hooks) ~= "table" then return bad("field 'hooks' must be a table") end
   for k, fn in pairs(m.hooks) do

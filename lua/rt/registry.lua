@@ -21,6 +21,7 @@ local cpx = require("cpx")
 local ir = require("rt.ir")
 local catalog = require("rt.catalog")
 local cooldown = require("rt.cooldown")
+local oauth_refresh = require("rt.refresh")
 
 local type = type
 local tonumber = tonumber
@@ -207,6 +208,19 @@ local function oauth_base(cfg, ctype)
   return type(e) == "table" and nonempty(e["api-base-url"]) or nil
 end
 
+-- A Claude file's cloak options (cloak_mode, cloak_strict_mode,
+-- cloak_sensitive_words, cloak_cache_user_id) in the shape of a
+-- claude-api-key entry's `cloak` block; nil when the file sets none.
+local function cloak_of(doc)
+  if doc.cloak_mode == nil and doc.cloak_strict_mode == nil and doc.cloak_sensitive_words == nil
+      and doc.cloak_cache_user_id == nil then
+    return nil
+  end
+  return { mode = nonempty(doc.cloak_mode), ["strict-mode"] = doc.cloak_strict_mode == true,
+           ["sensitive-words"] = type(doc.cloak_sensitive_words) == "table" and doc.cloak_sensitive_words or nil,
+           ["cache-user-id"] = doc.cloak_cache_user_id }
+end
+
 local function from_credentials(reg, cfg, creds)
   for _, c in ipairs(creds or {}) do
     local kind = CRED_TYPES[c.type]
@@ -238,6 +252,8 @@ local function from_credentials(reg, cfg, creds)
           email = nonempty(doc.email),
           note = doc.note,
           file = c.name,
+          account_uuid = nonempty(doc.account_uuid),
+          cloak = cloak_of(doc),
         }
         local key = { ["api-key"] = token, ["proxy-url"] = entry["proxy-url"] }
         local priority = tonumber(doc.priority) or 0
@@ -245,6 +261,9 @@ local function from_credentials(reg, cfg, creds)
           id = "auth:" .. c.name, provider = kind.provider, priority = priority,
           weight = tonumber(doc.weight) or 1, disable_cooling = doc.disable_cooling == true,
           request_retry = tonumber(doc.request_retry),
+          -- invalid_grant at the last refresh: out of the pool until the
+          -- file changes (rt.refresh)
+          disabled = oauth_refresh.blocked(c.name, c.text) or nil,
         })
         local excl = type(doc.excluded_models) == "table" and doc.excluded_models or nil
         local cexcl = cfg["oauth-excluded-models"] and cfg["oauth-excluded-models"][c.type]
@@ -304,6 +323,8 @@ function _M.build(cfg, creds)
       if not ok then log("warn", "auth-dir: " .. tostring(err)) end
     end
     reg.store_version = store.version()
+    -- rt.refresh moves it when an account needs a new login (invalid_grant)
+    reg.refresh_epoch = oauth_refresh.epoch()
     creds = store.list()
   end
   from_openai_compat(reg, cfg)
@@ -329,7 +350,7 @@ end
 function _M:refresh()
   if not self.auto_store then return self end
   local v = store.version()
-  if v == self.store_version then return self end
+  if v == self.store_version and oauth_refresh.epoch() == self.refresh_epoch then return self end
   local fresh = _M.build(self.cfg)
   for k, v2 in pairs(fresh) do self[k] = v2 end
   return self

@@ -1,0 +1,13 @@
+// Polling helpers for e2e tests: wait for a condition, never for a time.
+export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+// Resolves with fn()'s first truthy value, or its last value after ms.
+export async function waitFor(fn, ms, step = 25) {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = await fn();
+    if (v) return v;
+    if (Date.now() > end) return v;
+    await sleep(step);
+  }
+}
