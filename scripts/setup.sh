@@ -11,10 +11,10 @@ want_test=0
 
 pkgs=(build-essential cmake pkg-config libluajit-5.1-dev luajit libuv1-dev
       libcurl4-openssl-dev libyaml-dev libssl-dev libyajl-dev node-llhttp
-      libcrypt-dev)
+      libcrypt-dev libsqlite3-dev)
 if [ "$want_test" = 1 ]; then
   pkgs+=(lua-busted lua-check clang-format nginx-light wrk nodejs npm openssl
-        clang libclang-rt-14-dev)
+        clang libclang-rt-14-dev sqlite3)
 fi
 
 missing=()

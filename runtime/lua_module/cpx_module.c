@@ -7,6 +7,9 @@
 #include "cpx_pool.h"
 #include "cpx_tokens.h"
 #include "cpx_yaml.h"
+#include "cpx_metrics.h"
+#include "cpx_otlp.h"
+#include "cpx_usage.h"
 
 int luaopen_cpx(lua_State *L) {
   int n = cpx_lua_util_open(L);
@@ -15,5 +18,8 @@ int luaopen_cpx(lua_State *L) {
   cpx_pool_lua_register(L);
   cpx_yaml_lua_register(L);
   cpx_mgmt_lua_register(L);
+  cpx_usage_lua_register(L);
+  cpx_metrics_lua_register(L);
+  cpx_otlp_lua_register(L);
   return n;
 }
