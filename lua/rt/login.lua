@@ -45,6 +45,12 @@ local MAX_INTERVAL = 60
 _M.CODE_TIMEOUT = CODE_TIMEOUT
 _M.DEVICE_TIMEOUT = DEVICE_TIMEOUT
 
+local function duration(s)
+  s = floor(s + 0.5)
+  if s < 120 then return format("%d s", s) end
+  return format("%d min", floor(s / 60 + 0.5))
+end
+
 local function nonempty(s)
   return type(s) == "string" and s ~= "" and s or nil
 end
@@ -261,8 +267,8 @@ local function device_flow(f, args, io)
     local opened = io.open_browser(verify)
     if opened then io.say("Opening the browser ...") end
   end
-  io.say(format("Waiting for the approval (polling every %d s, up to %d min) ...", interval,
-                floor((min(timeout, life) + 59) / 60)))
+  io.say(format("Waiting for the approval (polling every %d s, up to %s) ...", interval,
+                duration(min(timeout, life))))
   local deadline = io.now() + min(timeout, life)
   local grant
   while true do
@@ -271,8 +277,8 @@ local function device_flow(f, args, io)
         return nil, format("timed out after %d s waiting for the device approval (--timeout SECONDS waits longer)",
                            floor(timeout))
       end
-      return nil, format("the device code expired after %d min without an approval: run the login again",
-                         floor(life / 60 + 0.5))
+      return nil, format("the device code expired after %s without an approval: run the login again",
+                         duration(life))
     end
     io.sleep(interval)
     local st, perr, b = io.request(post_json(f, f.device_token_url, { { "device_auth_id", device_id },
