@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <time.h>
 
@@ -50,6 +51,7 @@ typedef struct {
   cpx_server_t srv;
   int srv_init;
   char cb_path[512];
+  int port;
   cpx_request_t *pending; /* the callback being judged: one reference */
   /* standard input */
   union {
@@ -226,6 +228,21 @@ static void answer_text(cpx_request_t *r, int status, const char *title,
   answer(r, status, page, (size_t)n < sizeof(page) ? (size_t)n : 0);
 }
 
+/* The browser comes back to localhost:<port> (or 127.0.0.1): any other
+ * Host is a page of some web site reaching loopback through DNS
+ * rebinding, and must not end or steer the login. */
+static int host_ok(login_t *lg, cpx_request_t *r) {
+  char a[64], b[64];
+  size_t n;
+  const char *h = cpx_request_header(r, "host", &n);
+  if (!h)
+    return 0;
+  snprintf(a, sizeof(a), "localhost:%d", lg->port);
+  snprintf(b, sizeof(b), "127.0.0.1:%d", lg->port);
+  return (n == strlen(a) && strncasecmp(h, a, n) == 0) ||
+         (n == strlen(b) && memcmp(h, b, n) == 0);
+}
+
 static void on_callback(cpx_server_t *srv, cpx_request_t *r) {
   login_t *lg = srv->data;
   const cpx_http_request_t *h = &r->http;
@@ -233,6 +250,10 @@ static void on_callback(cpx_server_t *srv, cpx_request_t *r) {
   const char *q = memchr(target, '?', h->url_len);
   size_t plen = q ? (size_t)(q - target) : h->url_len;
 
+  if (!host_ok(lg, r)) {
+    answer_text(r, 403, "Forbidden", "Unexpected Host header.");
+    return;
+  }
   if (plen != strlen(lg->cb_path) || memcmp(target, lg->cb_path, plen) != 0) {
     answer_text(r, 404, "Not found", "This is cliproxy's login callback.");
     return;
@@ -248,14 +269,9 @@ static void on_callback(cpx_server_t *srv, cpx_request_t *r) {
   lg->pending = r;
   push_event(lg, "callback", "query", q ? q + 1 : "",
              q ? h->url_len - plen - 1 : 0);
+  /* The flow answers (io.answer) when it knows the outcome; the end of the
+   * command answers what it left open. */
   resume(lg, 1);
-  if (lg->pending == r) {
-    /* The flow did not say what to show: the code arrived, that is all. */
-    lg->pending = NULL;
-    answer_text(r, 200, "Received",
-                "cliproxy received the redirect; see the terminal.");
-    cpx_request_unref(r);
-  }
 }
 
 /* io.answer(status, html): the page for the callback just received. */
@@ -291,6 +307,7 @@ static int l_listen(lua_State *L) {
   if (port < 1 || port > 65535)
     return luaL_error(L, "io.listen: port %d is out of range", port);
   snprintf(lg->cb_path, sizeof(lg->cb_path), "%s", path);
+  lg->port = port;
   cpx_server_config_defaults(&sc);
   snprintf(sc.host, sizeof(sc.host), "127.0.0.1");
   sc.port = port;

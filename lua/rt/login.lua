@@ -15,7 +15,9 @@
 --   io.wait(seconds) -> ev            yields: {kind = "callback", query} |
 --                                     {kind = "line", text} | {kind = "eof"} |
 --                                     {kind = "timeout"}
---   io.answer(status, html)           answers the callback just received
+--   io.answer(status, html)           answers the callback received last (the
+--                                     browser waits for it; at the end of the
+--                                     command an unanswered one gets a short page)
 --   io.sleep(seconds)                 yields
 --   io.request(req) -> status, headers, body | nil, err   yields (oauth.request's shape)
 --   io.write(name, text) -> true | nil, err; io.dir() -> auth-dir
@@ -175,7 +177,7 @@ local function code_flow(f, args, io)
   io.say("on another machine, paste the URL the browser ends on (or the code#state it shows) here:")
 
   local deadline = io.now() + timeout
-  local got
+  local got, browser_waits
   while true do
     local left = deadline - io.now()
     local ev = left > 0 and io.wait(left) or { kind = "timeout" }
@@ -186,9 +188,12 @@ local function code_flow(f, args, io)
       local q = oauth.parse_query(ev.query)
       local c, why = _M.judge({ code = nonempty(q.code), state = q.state, error = nonempty(q.error),
                                 error_description = nonempty(q.error_description) }, state)
-      io.answer(c and 200 or 400, _M.page(c ~= nil, c and "cliproxy received the authorization." or why))
-      if not c then return nil, why end
-      got = c
+      if not c then
+        io.answer(400, _M.page(false, why))
+        return nil, why
+      end
+      -- The browser waits for the outcome of the exchange.
+      got, browser_waits = c, true
       break
     elseif ev.kind == "line" then
       local p, perr = _M.parse_input(ev.text)
@@ -204,8 +209,14 @@ local function code_flow(f, args, io)
   end
   local tokens, terr = exchange(f, io, { code = got, verifier = verifier, state = state,
                                          redirect_uri = redirect_uri })
-  if not tokens then return nil, terr end
-  return save(f, io, tokens)
+  local info
+  if tokens then info, terr = save(f, io, tokens) end
+  if browser_waits then
+    io.answer(info and 200 or 502, _M.page(info ~= nil, info and format("Saved %s%s.", info.name,
+              info.email and (" (" .. info.email .. ")") or "") or terr))
+  end
+  if not info then return nil, terr end
+  return info
 end
 
 -- ---- Codex device code ----------------------------------------------------

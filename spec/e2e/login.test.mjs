@@ -259,8 +259,9 @@ test('claude: code flow through the callback; the file is CLIProxyAPI\'s and the
     await p.waitFor(/Waiting for the browser/);
     const code = mock.issue(a.challenge, a.redirect, a.state);
     const page = await browse(a.redirect, { code, state: a.state });
+    // the browser's page waits for the exchange and tells its outcome
     assert.equal(page.status, 200);
-    assert.match(page.text, /Login successful/);
+    assert.match(page.text, /Login successful.*Saved claude-me@example\.com\.json \(me@example\.com\)/s);
     const r = await p.done;
     assert.equal(r.code, 0, `${r.out}\n${r.err}\nmock: ${mock.failures.join('; ')}`);
     assert.match(r.out, /Exchanging the code at http:\/\/127\.0\.0\.1:\d+\/claude\/token/);
@@ -386,6 +387,13 @@ test('access denied in the browser', T(), async () => {
     await p.waitFor(/Waiting for the browser/);
     const other = await browse(a.redirect.replace('/auth/callback', '/favicon.ico'), {});
     assert.equal(other.status, 404); // not the callback: ignored, still waiting
+    // a web page reaching loopback by DNS rebinding has another Host: refused, ignored
+    const rebound = await new Promise((resolve, reject) => {
+      const u = new URL(a.redirect);
+      http.get({ host: '127.0.0.1', port, path: `${u.pathname}?error=access_denied&state=${a.state}`,
+        headers: { Host: `evil.example:${port}` } }, (res) => { res.resume(); resolve(res.statusCode); }).on('error', reject);
+    });
+    assert.equal(rebound, 403);
     const page = await browse(a.redirect, { error: 'access_denied', error_description: 'The user said no', state: a.state });
     assert.equal(page.status, 400);
     assert.match(page.text, /access denied/);
@@ -405,7 +413,9 @@ test('the token endpoint\'s error is shown', T(), async () => {
     const p = run(['login', 'claude', '--no-browser', '--callback-port', String(port), '-config', s.configPath]);
     const a = await authorizeUrl(p, 'claude', port);
     await p.waitFor(/Waiting for the browser/);
-    await browse(a.redirect, { code: mock.issue(a.challenge, a.redirect, a.state), state: a.state });
+    const page = await browse(a.redirect, { code: mock.issue(a.challenge, a.redirect, a.state), state: a.state });
+    assert.equal(page.status, 502);
+    assert.match(page.text, /Login failed.*The authorization code has expired/s);
     const r = await p.done;
     assert.equal(r.code, 1);
     assert.match(r.err, /^cliproxy login: the token exchange failed: token endpoint answered 400: invalid_grant \(The authorization code has expired\)$/m);

@@ -137,7 +137,10 @@ describe("rt.login.run: code flow", function()
     assert.equal("/auth/callback", io.path)
     assert.truthy(io.opened:find("redirect_uri=http%3A%2F%2Flocalhost%3A4242%2Fauth%2Fcallback", 1, true))
     assert.equal(200, io.answered[1][1])
+    -- answered once, after the exchange, with its outcome
+    assert.equal(1, #io.answered)
     assert.truthy(io.answered[1][2]:find("Login successful", 1, true))
+    assert.truthy(io.answered[1][2]:find("Saved codex-me@example.com.json (me@example.com).", 1, true))
   end)
 
   it("fails with one line: port in use, timeout, token error, network error, a browser that will not open", function()
