@@ -330,6 +330,12 @@ function _M.run(args, io)
   end
   local f, err = oauth.facts(args.provider, args.config)
   if not f then return nil, err end
+  -- Before the user spends a login on it: where the file will go.
+  if not io.dir() then
+    local dir = type(args.config) == "table" and args.config["auth-dir"]
+    return nil, format("auth-dir %s cannot be opened (see the warning above): fix auth-dir in the config",
+                       nonempty(dir) or "(not set)")
+  end
   if args.device then
     if args.provider ~= "codex" then return nil, "--device is for codex only" end
     return device_flow(f, args, io)

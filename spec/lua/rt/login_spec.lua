@@ -235,5 +235,11 @@ describe("rt.login.run: Codex device flow", function()
 
     _, err = login.run({ provider = "claude", device = true, config = {} }, fake_io({}))
     assert.equal("--device is for codex only", err)
+
+    io = fake_io({})
+    io.dir = function() return nil end
+    _, err = login.run({ provider = "codex", device = true, config = { ["auth-dir"] = "/nope" } }, io)
+    assert.equal("auth-dir /nope cannot be opened (see the warning above): fix auth-dir in the config", err)
+    assert.equal(0, #io.requests)
   end)
 end)
