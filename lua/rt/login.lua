@@ -274,10 +274,6 @@ local function device_flow(f, args, io)
   local timeout = tonumber(args.timeout) or life
   local verify = nonempty(d.verification_uri) or f.device_verify_url
   io.say(format("Open %s and enter the code %s", verify, user_code))
-  if args.browser ~= false and verify then
-    local opened = io.open_browser(verify)
-    if opened then io.say("Opening the browser ...") end
-  end
   io.say(format("Waiting for the approval (polling every %d s, up to %s) ...", interval,
                 duration(min(timeout, life))))
   local deadline = io.now() + min(timeout, life)

@@ -190,8 +190,9 @@ describe("rt.login.run: Codex device flow", function()
         return { 200, { access_token = "x", id_token = ID_TOKEN } }
       end,
     } })
-    local info, err = login.run({ provider = "codex", device = true, browser = false, config = {} }, io)
+    local info, err = login.run({ provider = "codex", device = true, config = {} }, io)
     assert.is_nil(err)
+    assert.is_nil(io.opened) -- the device flow is for a browser elsewhere
     assert.equal("codex-d@example.com-pro.json", info.name)
     assert.same({ 3, 3, 3, 8, 8 }, io.slept)
     assert.same({ client_id = "app_EMoamEEZ73f0CkXaXp7hrann" }, json.decode(io.requests[1].body))
