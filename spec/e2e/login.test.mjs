@@ -138,6 +138,10 @@ before(async () => {
       if (req.method === 'POST' && p === '/codex/deviceauth/usercode') return onDevice('usercode', raw, res);
       if (req.method === 'POST' && p === '/codex/deviceauth/token') return onDevice('token', raw, res);
       if (req.method === 'POST' && p === '/v1/messages') return onInference(req, raw, res);
+      if (req.method === 'GET' && p === '/issue') { // the fake browser's "the user approved"
+        const q = new URL(req.url, 'http://x').searchParams;
+        return send(res, 200, { code: mock.issue(q.get('challenge'), q.get('redirect_uri'), q.get('state')) });
+      }
       return send(res, 404, { error: 'not_found' });
     });
   });
@@ -176,8 +180,8 @@ function setup() {
 
 // Spawns `cliproxy <args>`; out()/err() so far, waitFor(re) resolves with the
 // match once stdout has it, done resolves {code, out, err}.
-function run(args, { stdin = 'pipe' } = {}) {
-  const child = spawn(BIN, args, { cwd: ROOT, stdio: [stdin, 'pipe', 'pipe'] });
+function run(args, { stdin = 'pipe', env } = {}) {
+  const child = spawn(BIN, args, { cwd: ROOT, stdio: [stdin, 'pipe', 'pipe'], env: env || process.env });
   let out = '';
   let err = '';
   const waiters = [];
@@ -353,6 +357,65 @@ test('codex: a pasted redirect URL (CLIProxyAPI\'s -codex-login -no-browser -oau
     } finally {
       await proxy.stop();
     }
+  } finally {
+    s.cleanup();
+  }
+});
+
+// A stand-in for xdg-open that plays the user and the browser: it takes the
+// authorize URL, has the mock issue a code for it, and follows the redirect
+// to the callback server, as a browser would after the user approves.
+function fakeBrowser(dir) {
+  const bin = path.join(dir, 'bin');
+  fs.mkdirSync(bin);
+  const script = `#!/usr/bin/env node
+const u = new URL(process.argv[2]);
+const q = u.searchParams;
+fs_append(process.argv[2]);
+const issue = new URL('${mock.url}/issue');
+for (const k of ['state', 'redirect_uri']) issue.searchParams.set(k, q.get(k));
+issue.searchParams.set('challenge', q.get('code_challenge'));
+fetch(issue).then((r) => r.json()).then(({ code }) => {
+  const cb = new URL(q.get('redirect_uri'));
+  cb.hostname = '127.0.0.1';
+  cb.searchParams.set('code', code);
+  cb.searchParams.set('state', q.get('state'));
+  return fetch(cb);
+}).then((r) => r.text()).then((t) => fs_append(t)).catch((e) => { fs_append(String(e)); process.exit(1); });
+function fs_append(s) { require('fs').appendFileSync(${JSON.stringify(path.join(dir, 'browser.log'))}, s + '\\n'); }
+`;
+  fs.writeFileSync(path.join(bin, 'xdg-open'), script.replace('#!/usr/bin/env node', `#!${process.execPath}`), { mode: 0o755 });
+  fs.writeFileSync(path.join(bin, 'open'), fs.readFileSync(path.join(bin, 'xdg-open')), { mode: 0o755 });
+  return { env: { ...process.env, PATH: `${bin}:${process.env.PATH}` }, log: path.join(dir, 'browser.log') };
+}
+
+test('the browser is opened with the URL, and its redirect completes the login', T(), async () => {
+  const s = setup();
+  const port = await freePort();
+  const browser = fakeBrowser(s.dir);
+  try {
+    const p = run(['login', 'codex', '--callback-port', String(port), '-config', s.configPath], { env: browser.env });
+    const a = await authorizeUrl(p, 'codex', port);
+    const r = await p.done;
+    assert.equal(r.code, 0, `${r.out}\n${r.err}\nmock: ${mock.failures.join('; ')}`);
+    assert.match(r.out, /Opening the browser/);
+    // the opener is detached: it may write its log after the command ended
+    let log = '';
+    while (!/Login successful|Error/.test(log)) {
+      await new Promise((res) => setTimeout(res, 50));
+      log = fs.existsSync(browser.log) ? fs.readFileSync(browser.log, 'utf8') : '';
+    }
+    assert.ok(log.includes(`state=${a.state}`), 'the opener got the authorize URL');
+    assert.match(log, /Login successful.*Saved codex-dev@example\.com-plus\.json/s);
+    assert.equal(readCred(s.authDir, 'codex-dev@example.com-plus.json').mode, 0o600);
+
+    // no opener on PATH: said so, and the URL is still there to copy
+    const q = run(['login', 'claude', '--callback-port', String(port), '--timeout', '1', '-config', s.configPath],
+      { env: { ...process.env, PATH: path.join(s.dir, 'empty') } });
+    const r2 = await q.done;
+    assert.equal(r2.code, 1);
+    assert.match(r2.out, /Could not open a browser \(xdg-open: .+\): open the URL above yourself\./);
+    assert.match(r2.out, /^ {2}https:\/\/claude\.example\/oauth\/authorize\?/m);
   } finally {
     s.cleanup();
   }
