@@ -48,8 +48,9 @@ typedef struct {
   int exit_code;
   uv_timer_t timer; /* io.wait / io.sleep deadline, then the end */
   /* the callback server */
-  cpx_server_t srv;
-  int srv_init;
+  cpx_server_t srv;  /* 127.0.0.1 */
+  cpx_server_t srv6; /* ::1, when the host has it */
+  int srv_init, srv6_init;
   char cb_path[512];
   int port;
   cpx_request_t *pending; /* the callback being judged: one reference */
@@ -228,19 +229,21 @@ static void answer_text(cpx_request_t *r, int status, const char *title,
   answer(r, status, page, (size_t)n < sizeof(page) ? (size_t)n : 0);
 }
 
-/* The browser comes back to localhost:<port> (or 127.0.0.1): any other
+/* The browser comes back to localhost:<port> (or 127.0.0.1, [::1]): any other
  * Host is a page of some web site reaching loopback through DNS
  * rebinding, and must not end or steer the login. */
 static int host_ok(login_t *lg, cpx_request_t *r) {
-  char a[64], b[64];
+  char a[64], b[64], c[64];
   size_t n;
   const char *h = cpx_request_header(r, "host", &n);
   if (!h)
     return 0;
   snprintf(a, sizeof(a), "localhost:%d", lg->port);
   snprintf(b, sizeof(b), "127.0.0.1:%d", lg->port);
+  snprintf(c, sizeof(c), "[::1]:%d", lg->port);
   return (n == strlen(a) && strncasecmp(h, a, n) == 0) ||
-         (n == strlen(b) && memcmp(h, b, n) == 0);
+         (n == strlen(b) && memcmp(h, b, n) == 0) ||
+         (n == strlen(c) && memcmp(h, c, n) == 0);
 }
 
 static void on_callback(cpx_server_t *srv, cpx_request_t *r) {
@@ -325,6 +328,15 @@ static int l_listen(lua_State *L) {
     lua_pushstring(L, rc < 0 && rc > -4096 ? uv_err_name(rc) : "EINVAL");
     return 3;
   }
+  /* "localhost" may resolve to ::1 first; browsers fall back to 127.0.0.1
+   * when ::1 refuses, other clients may not. Best effort: a host without
+   * IPv6 loopback just has the one listener. */
+  snprintf(sc.host, sizeof(sc.host), "::1");
+  cpx_server_init(&lg->srv6, &lg->loop, &sc, NULL);
+  lg->srv6_init = 1;
+  lg->srv6.on_request = on_callback;
+  lg->srv6.data = lg;
+  cpx_server_listen(&lg->srv6, err, sizeof(err));
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -685,6 +697,8 @@ static void on_end(uv_timer_t *t) {
     uv_close((uv_handle_t *)&lg->proc, on_proc_closed);
   if (lg->srv_init)
     cpx_server_drain(&lg->srv);
+  if (lg->srv6_init)
+    cpx_server_drain(&lg->srv6);
   cpx_upstream_close(&lg->w.upstream);
 }
 
@@ -806,6 +820,8 @@ int cpx_login_run(const cpx_login_opts_t *opts, const char *config_path,
 out:
   if (lg->srv_init)
     cpx_server_close(&lg->srv);
+  if (lg->srv6_init)
+    cpx_server_close(&lg->srv6);
   cpx_worker_close_lua(w);
   uv_run(&lg->loop, UV_RUN_NOWAIT);
   uv_run(&lg->loop, UV_RUN_NOWAIT);

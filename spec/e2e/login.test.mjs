@@ -242,6 +242,14 @@ async function browse(redirect, params) {
   return { status: r.status, text: await r.text() };
 }
 
+function hasIPv6Loopback() {
+  return new Promise((resolve) => {
+    const srv = net.createServer();
+    srv.once('error', () => resolve(false));
+    srv.listen(0, '::1', () => srv.close(() => resolve(true)));
+  });
+}
+
 function readCred(authDir, name) {
   const file = path.join(authDir, name);
   const st = fs.statSync(file);
@@ -450,6 +458,10 @@ test('access denied in the browser', T(), async () => {
     await p.waitFor(/Waiting for the browser/);
     const other = await browse(a.redirect.replace('/auth/callback', '/favicon.ico'), {});
     assert.equal(other.status, 404); // not the callback: ignored, still waiting
+    if (await hasIPv6Loopback()) { // "localhost" may be ::1 first: served there too
+      const v6 = await fetch(`http://[::1]:${port}/favicon.ico`);
+      assert.equal(v6.status, 404);
+    }
     // a web page reaching loopback by DNS rebinding has another Host: refused, ignored
     const rebound = await new Promise((resolve, reject) => {
       const u = new URL(a.redirect);
