@@ -316,7 +316,8 @@ local function device_flow(f, args, io)
   local tokens, terr = exchange(f, io, { code = grant.authorization_code, verifier = grant.code_verifier,
                                          redirect_uri = f.device_redirect_uri })
   if not tokens then return nil, terr end
-  return save(f, io, tokens)
+  -- CLIProxyAPI records how the account logged in (oauth updates: Codex).
+  return save(f, io, tokens, { codex_login_mode = "device" })
 end
 
 -- args = {provider, device, browser, port, timeout, config}

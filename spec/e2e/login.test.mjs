@@ -550,6 +550,7 @@ test('codex device flow: pending, slow_down, then approved', T(90000), async () 
     const { mode, doc } = readCred(s.authDir, 'codex-dev@example.com-plus.json');
     assert.equal(mode, 0o600);
     assert.equal(doc.type, 'codex');
+    assert.equal(doc.codex_login_mode, 'device');
     assert.equal(mock.exchanges.at(-1).body.redirect_uri, DEVICE_REDIRECT);
     noSecrets(r);
   } finally {

@@ -194,6 +194,7 @@ describe("rt.login.run: Codex device flow", function()
     assert.is_nil(err)
     assert.is_nil(io.opened) -- the device flow is for a browser elsewhere
     assert.equal("codex-d@example.com-pro.json", info.name)
+    assert.equal("device", json.decode(io.written[info.name]).codex_login_mode)
     assert.same({ 3, 3, 3, 8, 8 }, io.slept)
     assert.same({ client_id = "app_EMoamEEZ73f0CkXaXp7hrann" }, json.decode(io.requests[1].body))
     assert.same({ device_auth_id = "d1", user_code = "UC-1" }, json.decode(io.requests[2].body))
