@@ -319,10 +319,17 @@ test('claude: code flow through the callback; the file is CLIProxyAPI\'s and the
   }
 });
 
-test('claude: a pasted code#state on standard input', T(), async () => {
+test('claude: a pasted code#state on standard input; a running proxy picks the file up', T(), async () => {
   const s = setup();
   const port = await freePort();
+  fs.mkdirSync(s.authDir, { mode: 0o700 });
+  const proxy = await startProxy({ apiKeys: ['k'], extra: { 'auth-dir': s.authDir, 'oauth-endpoints': endpoints() } });
+  const claudeModels = async () => {
+    const m = await (await fetch(`${proxy.url}/v1/models`, { headers: { Authorization: 'Bearer k' } })).json();
+    return m.data.filter((x) => /^claude-/.test(x.id)).length;
+  };
   try {
+    assert.equal(await claudeModels(), 0);
     const p = run(['login', 'claude', '--no-browser', '--callback-port', String(port), '-config', s.configPath]);
     const a = await authorizeUrl(p, 'claude', port);
     await p.waitFor(/paste the URL/);
@@ -333,7 +340,10 @@ test('claude: a pasted code#state on standard input', T(), async () => {
     assert.equal(r.code, 0, `${r.out}\n${r.err}\nmock: ${mock.failures.join('; ')}`);
     assert.equal(readCred(s.authDir, 'claude-me@example.com.json').mode, 0o600);
     noSecrets(r);
+    // the proxy's auth-dir watcher sees the new file: no restart
+    while (await claudeModels() === 0) await new Promise((res) => setTimeout(res, 100));
   } finally {
+    await proxy.stop();
     s.cleanup();
   }
 });
