@@ -333,11 +333,18 @@ function _M.run(args, io)
     return nil, format("auth-dir %s cannot be opened (see the warning above): fix auth-dir in the config",
                        nonempty(dir) or "(not set)")
   end
+  local info, msg
   if args.device then
     if args.provider ~= "codex" then return nil, "--device is for codex only" end
-    return device_flow(f, args, io)
+    info, msg = device_flow(f, args, io)
+  else
+    info, msg = code_flow(f, args, io)
   end
-  return code_flow(f, args, io)
+  if not info then
+    -- One line, whatever a server put in its answer (an HTML error page).
+    return nil, (gsub(gsub(tostring(msg), "[%c%s]+", " "), "^ ", ""))
+  end
+  return info
 end
 
 return _M

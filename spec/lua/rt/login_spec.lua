@@ -238,6 +238,11 @@ describe("rt.login.run: Codex device flow", function()
     _, err = login.run({ provider = "claude", device = true, config = {} }, fake_io({}))
     assert.equal("--device is for codex only", err)
 
+    _, err = login.run({ provider = "codex", device = true, config = {} }, fake_io({ answers = {
+      { 502, "<html>\r\n<b>Bad gateway</b>\n</html>" } } }))
+    assert.equal("the device code request failed: https://auth.openai.com/api/accounts/deviceauth/usercode "
+                 .. "answered 502: <html> <b>Bad gateway</b> </html>", err)
+
     io = fake_io({})
     io.dir = function() return nil end
     _, err = login.run({ provider = "codex", device = true, config = { ["auth-dir"] = "/nope" } }, io)
