@@ -1,10 +1,11 @@
 /* cpx_login.c: the OS side of `cliproxy login`. rt.login (Lua) runs the
  * flow in one coroutine; the `io` table it gets is made of the functions
- * below. Three of them yield (wait, sleep, request) and are resumed from
- * this loop's callbacks: the callback server's request, a pasted line, a
- * timer, the end of a token request. Nothing here blocks the loop: the
- * browser is spawned, standard input is read as a stream, the token
- * requests go through cpx_upstream (libcurl multi on this loop).
+ * below. Four of them yield (wait, sleep, request, write) and are resumed
+ * from this loop's callbacks: the callback server's request, a pasted line,
+ * a timer, the end of a token request, the end of the file write. Nothing here
+ * blocks the loop: the browser is spawned, standard input is read as a stream,
+ * the token requests go through cpx_upstream (libcurl multi on this loop), the
+ * file is written in the threadpool.
  *
  * Ownership: one login_t for the whole command (cpx_login_run frees it
  * after the loop has closed every handle). The pending callback request
@@ -35,7 +36,7 @@
 #define MAX_REQ_HEADERS 32   /* token requests carry a handful */
 #define MAX_TOKEN_BODY 65536 /* a token answer is a few KiB */
 
-enum { W_NONE = 0, W_EVENT, W_SLEEP, W_FETCH };
+enum { W_NONE = 0, W_EVENT, W_SLEEP, W_FETCH, W_WRITE };
 
 typedef struct {
   cpx_worker_t w; /* loop, upstream client and the Lua generation */
@@ -635,20 +636,87 @@ static int l_now(lua_State *L) {
   return 1;
 }
 
-/* io.write(name, text) -> true | nil, err: atomically, 0600 (cpx_store). */
-static int l_write(lua_State *L) {
+/* io.write(name, text) -> true | nil, err: atomically, 0600 (cpx_store),
+ * in the threadpool: the fsyncs stay off the loop, which still has the
+ * browser's page to send. Owns copies of name and text. */
+typedef struct {
+  uv_work_t req;
+  login_t *lg;
+  cpx_store_t *store;
+  char *name, *text;
   size_t len;
-  const char *name = luaL_checkstring(L, 1);
+  int rc;
+} write_job_t;
+
+static void write_work(uv_work_t *req) {
+  write_job_t *j = req->data;
+  j->rc = cpx_store_write(j->store, j->name, j->text, j->len);
+}
+
+static void write_done(uv_work_t *req, int status) {
+  write_job_t *j = req->data;
+  login_t *lg = j->lg;
+  lua_State *co = lg->co;
+  int rc = status ? status : j->rc, n = 1;
+  free(j->name);
+  free(j->text);
+  free(j);
+  lg->w.vm->host++;
+  if (rc == 0) {
+    lua_pushboolean(co, 1);
+  } else {
+    lua_pushnil(co);
+    lua_pushstring(co, status ? uv_strerror(status) : cpx_strerror(rc));
+    n = 2;
+  }
+  lg->w.vm->host--;
+  resume(lg, n);
+}
+
+static int l_write(lua_State *L) {
+  login_t *lg = in_flow(L, "write");
+  size_t nlen, len;
+  const char *name = luaL_checklstring(L, 1, &nlen);
   const char *text = luaL_checklstring(L, 2, &len);
   cpx_store_t *s = cpx_store_current();
-  int rc = s ? cpx_store_write(s, name, text, len) : CPX_ESTATE;
-  if (rc != 0) {
+  write_job_t *j;
+
+  if (!s) {
     lua_pushnil(L);
-    lua_pushstring(L, s ? cpx_strerror(rc) : "auth-dir is not open");
+    lua_pushliteral(L, "auth-dir is not open");
     return 2;
   }
-  lua_pushboolean(L, 1);
-  return 1;
+  j = calloc(1, sizeof(*j));
+  if (j) {
+    j->name = malloc(nlen + 1);
+    j->text = malloc(len + 1);
+  }
+  if (!j || !j->name || !j->text) {
+    if (j) {
+      free(j->name);
+      free(j->text);
+    }
+    free(j);
+    lua_pushnil(L);
+    lua_pushliteral(L, "out of memory");
+    return 2;
+  }
+  memcpy(j->name, name, nlen + 1);
+  memcpy(j->text, text, len + 1);
+  j->len = len;
+  j->lg = lg;
+  j->store = s;
+  j->req.data = j;
+  if (uv_queue_work(&lg->loop, &j->req, write_work, write_done) != 0) {
+    free(j->name);
+    free(j->text);
+    free(j);
+    lua_pushnil(L);
+    lua_pushliteral(L, "cannot queue the write");
+    return 2;
+  }
+  lg->wait = W_WRITE;
+  return lua_yield(L, 0);
 }
 
 static int l_dir(lua_State *L) {

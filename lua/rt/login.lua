@@ -20,7 +20,8 @@
 --                                     command an unanswered one gets a short page)
 --   io.sleep(seconds)                 yields
 --   io.request(req) -> status, headers, body | nil, err   yields (oauth.request's shape)
---   io.write(name, text) -> true | nil, err; io.dir() -> auth-dir
+--   io.write(name, text) -> true | nil, err   yields (the threadpool writes)
+--   io.dir() -> auth-dir | nil
 -- run(args, io) -> info | nil, message (one line, never a token).
 local oauth = require("rt.oauth")
 local json = require("rt.json")
