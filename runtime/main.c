@@ -15,6 +15,7 @@
 #include "cpx.h"
 #include "cpx_doctor.h"
 #include "cpx_log.h"
+#include "cpx_login.h"
 #include "cpx_lua.h"
 #include "cpx_pool.h"
 #include "cpx_store.h"
@@ -88,6 +89,17 @@ static void usage(FILE *out) {
           "each credential and\n"
           "                                     each upstream; say what to "
           "fix (exit 1 on a problem)\n"
+          "  cliproxy login claude|codex [--device] [--no-browser] "
+          "[--callback-port N]\n"
+          "                [--timeout SECONDS] [-config FILE]\n"
+          "                                     log in to a Claude or "
+          "ChatGPT (Codex) subscription\n"
+          "                                     and save the credential in "
+          "auth-dir (also as\n"
+          "                                     -claude-login, -codex-login, "
+          "-codex-device-login,\n"
+          "                                     -no-browser, "
+          "-oauth-callback-port N)\n"
           "  cliproxy tokens --encoding ENC [FILE]\n"
           "                                     count tokens (o200k_base, "
           "cl100k_base) of FILE\n"
@@ -219,6 +231,116 @@ static int cmd_doctor(int argc, char **argv, const char *argv0) {
   problems = cpx_doctor_run(vm, w.config_path, &opts);
   cpx_vm_unref(vm);
   return problems ? 1 : 0;
+}
+
+/* `cliproxy login PROVIDER [flags]`, and CLIProxyAPI's spelling of the same
+ * as top-level flags (`-claude-login`, `-codex-device-login`, ...). Every
+ * flag takes one or two dashes and "=VALUE" or a separate value. */
+static int is_flag(const char *a, const char *name) {
+  if (a[0] != '-')
+    return 0;
+  a += a[1] == '-' ? 2 : 1;
+  return strcmp(a, name) == 0;
+}
+
+/* The value of flag `name` at argv[*i] ("-name V" or "-name=V"), or NULL
+ * when argv[*i] is not that flag. *bad is set when the value is missing. */
+static const char *flag_value(int argc, char **argv, int *i, const char *name,
+                              int *bad) {
+  const char *a = argv[*i];
+  size_t n = strlen(name);
+  if (a[0] != '-')
+    return NULL;
+  a += a[1] == '-' ? 2 : 1;
+  if (strncmp(a, name, n) != 0)
+    return NULL;
+  if (a[n] == '=')
+    return a + n + 1;
+  if (a[n] != 0)
+    return NULL;
+  if (*i + 1 >= argc) {
+    fprintf(stderr, "cliproxy: %s needs a value\n", argv[*i]);
+    *bad = 1;
+    return NULL;
+  }
+  return argv[++*i];
+}
+
+static int is_login_alias(const char *a) {
+  return is_flag(a, "claude-login") || is_flag(a, "codex-login") ||
+         is_flag(a, "codex-device-login");
+}
+
+static int cmd_login(int argc, char **argv, int start, const char *argv0) {
+  cpx_login_opts_t o;
+  cpx_worker_t w;
+  const char *config = NULL, *v;
+  int bad = 0, rc;
+
+  memset(&o, 0, sizeof(o));
+  for (int i = start; i < argc && !bad; i++) {
+    const char *a = argv[i];
+    char *end;
+    if (is_flag(a, "claude-login")) {
+      o.provider = "claude";
+    } else if (is_flag(a, "codex-login")) {
+      o.provider = "codex";
+    } else if (is_flag(a, "codex-device-login")) {
+      o.provider = "codex";
+      o.device = 1;
+    } else if (is_flag(a, "device")) {
+      o.device = 1;
+    } else if (is_flag(a, "no-browser")) {
+      o.no_browser = 1;
+    } else if ((v = flag_value(argc, argv, &i, "callback-port", &bad)) ||
+               (!bad && (v = flag_value(argc, argv, &i, "oauth-callback-port",
+                                        &bad)))) {
+      long p = strtol(v, &end, 10);
+      if (*end || p < 1 || p > 65535) {
+        fprintf(stderr, "cliproxy: bad port '%s' (1-65535)\n", v);
+        return 2;
+      }
+      o.port = (int)p;
+    } else if (!bad && (v = flag_value(argc, argv, &i, "timeout", &bad))) {
+      double t = strtod(v, &end);
+      if (*end || !(t > 0) || t > 86400) {
+        fprintf(stderr, "cliproxy: bad timeout '%s' (seconds, 1-86400)\n", v);
+        return 2;
+      }
+      o.timeout = t;
+    } else if (!bad && (v = flag_value(argc, argv, &i, "config", &bad))) {
+      config = v;
+    } else if (!bad && (strcmp(a, "claude") == 0 || strcmp(a, "codex") == 0) &&
+               !o.provider) {
+      o.provider = a;
+    } else if (!bad && (is_flag(a, "h") || is_flag(a, "help"))) {
+      usage(stdout);
+      return 0;
+    } else if (!bad) {
+      fprintf(stderr, "cliproxy login: unknown argument '%s' (see --help)\n",
+              a);
+      return 2;
+    }
+  }
+  if (bad)
+    return 2;
+  if (!o.provider) {
+    fprintf(stderr, "cliproxy login: which account? cliproxy login claude | "
+                    "cliproxy login codex [--device]\n");
+    return 2;
+  }
+  if (o.device && strcmp(o.provider, "codex") != 0) {
+    fprintf(stderr, "cliproxy login: --device is for codex only\n");
+    return 2;
+  }
+  /* -config, the file and lua/ as for check and doctor. */
+  {
+    char *cargv[4] = {argv[0], "login", "-config",
+                      (char *)(config ? config : "config.yaml")};
+    if ((rc = cli_worker(4, cargv, argv0, &w)) != 0)
+      return rc;
+  }
+  return cpx_login_run(&o, w.config_path, w.lua_dir);
 }
 
 /* ---- reload and drain --------------------------------------------------- */
@@ -727,6 +849,11 @@ int main(int argc, char **argv) {
     return cmd_check(argc, argv, argv[0]);
   if (argc > 1 && strcmp(argv[1], "doctor") == 0)
     return cmd_doctor(argc, argv, argv[0]);
+  if (argc > 1 && strcmp(argv[1], "login") == 0)
+    return cmd_login(argc, argv, 2, argv[0]);
+  for (int i = 1; i < argc; i++)
+    if (is_login_alias(argv[i]))
+      return cmd_login(argc, argv, 1, argv[0]);
   if (argc > 1 && strcmp(argv[1], "tokens") == 0)
     return cpx_tokens_cli(argc - 1, argv + 1);
   if (argc > 1 &&

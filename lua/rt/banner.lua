@@ -17,6 +17,8 @@ local function model_line(list)
     return {
       "no models are served yet: add an upstream (openai-compatibility, claude-api-key, gemini-api-key,",
       "  codex-api-key) to the config, or put credential files in auth-dir; see config.example.yaml",
+      "log in to a subscription: cliproxy login claude | cliproxy login codex [--device] "
+        .. "(add -config FILE for another config; --no-browser on a remote machine)",
     }
   end
   local ids = {}
