@@ -4,7 +4,7 @@
 FROM debian:bookworm AS build
 RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
       build-essential cmake pkg-config libluajit-5.1-dev luajit libuv1-dev libcurl4-openssl-dev \
-      libyaml-dev libssl-dev libyajl-dev node-llhttp ca-certificates \
+      libyaml-dev libssl-dev libyajl-dev libsqlite3-dev node-llhttp ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY CMakeLists.txt ./
@@ -18,7 +18,7 @@ RUN cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DCMAKE_INSTALL_PREFIX=/usr -
 
 FROM debian:bookworm-slim
 RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-      libluajit-5.1-2 libuv1 libcurl4 libyaml-0-2 libssl3 libyajl2 ca-certificates curl \
+      libluajit-5.1-2 libuv1 libcurl4 libyaml-0-2 libssl3 libyajl2 libsqlite3-0 ca-certificates curl \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --home-dir /data --shell /usr/sbin/nologin cliproxy \
  && mkdir -p /etc/cliproxy /data/auths /data/logs && chown -R cliproxy:cliproxy /data

@@ -2,6 +2,7 @@
  * See cpx_lua.h. */
 #include "cpx_lane.h"
 #include "cpx_lua.h"
+#include "cpx_usage.h"
 
 #include <fcntl.h>
 #include <libgen.h>
@@ -505,6 +506,7 @@ int cpx_vm_new(cpx_worker_t *w, const char *config_path, cpx_vm_t **out,
   cpx__lua_api_register(L);
   cpx_pool_lua_register(L);
   cpx_lane_lua_register(L);
+  cpx_usage_lua_register(L);
   lua_pushlightuserdata(L, w);
   lua_setfield(L, LUA_REGISTRYINDEX, "cpx.worker");
   lua_pushlightuserdata(L, vm);

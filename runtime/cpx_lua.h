@@ -124,6 +124,14 @@ void cpx__lua_start(cpx_worker_t *w, cpx_vm_t *vm, cpx_request_t *r,
 /* Constant-time equality of two secrets (HMAC, then CRYPTO_memcmp). */
 int cpx_secure_equal(const char *a, size_t na, const char *b, size_t nb);
 
+/* Runs work(ud) in libuv's threadpool, yielding the request's coroutine
+ * until it is done (synchronously outside the request phase); then push(L,
+ * ud) pushes the results and release(ud) frees ud, which also runs alone
+ * when the client left meanwhile. Use as `return cpx__lua_offload(...)`. */
+int cpx__lua_offload(lua_State *L, void (*work)(void *ud),
+                     int (*push)(lua_State *L, void *ud),
+                     void (*release)(void *ud), void *ud);
+
 /* Registers the request/upstream/log part of the `cpx` API into the table
  * at the top of the stack (cpx_lua_api.c). */
 void cpx__lua_api_register(lua_State *L);

@@ -1393,6 +1393,93 @@ static int l_count_async(lua_State *L) {
   return lua_yield(L, 0);
 }
 
+/* ---- threadpool work for other bindings (cpx.usage) -------------------- */
+
+/* cpx__lua_offload: as count_async, for any job. work(ud) runs in the
+ * threadpool; on the loop, push(L, ud) pushes the results onto the
+ * coroutine and release(ud) frees ud (also when the client left first). */
+typedef struct {
+  uv_work_t req;
+  lreq_t *lr;
+  void (*work)(void *ud);
+  int (*push)(lua_State *L, void *ud);
+  void (*release)(void *ud);
+  void *ud;
+} offload_t;
+
+static void offload_work(uv_work_t *req) {
+  offload_t *o = cpx_container_of(req, offload_t, req);
+  o->work(o->ud);
+}
+
+static void offload_done(uv_work_t *req, int status) {
+  offload_t *o = cpx_container_of(req, offload_t, req);
+  lreq_t *lr = o->lr;
+  cpx_vm_t *vm = lr->vm;
+
+  lr->pending_work--;
+  if (!lr->released && lr->wait == W_WORK && !lr->running) {
+    int nres;
+    lr->wait = W_NONE;
+    vm->host++;
+    if (status == 0) {
+      nres = o->push(lr->co, o->ud);
+    } else {
+      lua_pushnil(lr->co);
+      lua_pushstring(lr->co, uv_strerror(status));
+      nres = 2;
+    }
+    vm->host--;
+    o->release(o->ud);
+    free(o);
+    lreq_resume(lr, nres);
+    return;
+  }
+  o->release(o->ud);
+  free(o);
+  lreq_maybe_release(lr);
+}
+
+int cpx__lua_offload(lua_State *L, void (*work)(void *ud),
+                     int (*push)(lua_State *L, void *ud),
+                     void (*release)(void *ud), void *ud) {
+  lreq_t *lr = NULL;
+  offload_t *o;
+  int n;
+
+  /* Plain LuaJIT (busted) has no request registry: run in place. */
+  lua_getfield(L, LUA_REGISTRYINDEX, REG_THREADS);
+  if (lua_istable(L, -1))
+    lr = current_lreq(L);
+  lua_pop(L, 1);
+  if (!lr || lr->co != L || lr->released) {
+    work(ud);
+    n = push(L, ud);
+    release(ud);
+    return n;
+  }
+  o = calloc(1, sizeof(*o));
+  if (!o) {
+    release(ud);
+    return luaL_error(L, "out of memory");
+  }
+  o->lr = lr;
+  o->work = work;
+  o->push = push;
+  o->release = release;
+  o->ud = ud;
+  if (uv_queue_work(lr->w->loop, &o->req, offload_work, offload_done) != 0) {
+    free(o);
+    release(ud);
+    lua_pushnil(L);
+    lua_pushliteral(L, "cannot queue the work");
+    return 2;
+  }
+  lr->pending_work++;
+  lr->wait = W_WORK;
+  return lua_yield(L, 0);
+}
+
 static int l_log(lua_State *L) {
   const char *lvl = luaL_checkstring(L, 1);
   int level = cpx_log_level_from_name(lvl);

@@ -10,7 +10,8 @@ want_test=0
 [ "${1:-}" = "--test" ] && want_test=1
 
 pkgs=(build-essential cmake pkg-config libluajit-5.1-dev luajit libuv1-dev
-      libcurl4-openssl-dev libyaml-dev libssl-dev libyajl-dev node-llhttp)
+      libcurl4-openssl-dev libyaml-dev libssl-dev libyajl-dev node-llhttp
+      libsqlite3-dev)
 if [ "$want_test" = 1 ]; then
   pkgs+=(lua-busted lua-check clang-format nginx-light wrk nodejs npm openssl
         chromium)  # chromium: the control panel's browser tests (playwright-core)

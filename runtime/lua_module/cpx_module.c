@@ -5,11 +5,13 @@
 #include "cpx_lua_util.h"
 #include "cpx_pool.h"
 #include "cpx_tokens.h"
+#include "cpx_usage.h"
 
 int luaopen_cpx(lua_State *L) {
   int n = cpx_lua_util_open(L);
   cpx_json_scan_register(L);
   cpx_tokens_lua_register(L);
   cpx_pool_lua_register(L);
+  cpx_usage_lua_register(L);
   return n;
 }
