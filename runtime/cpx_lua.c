@@ -507,6 +507,7 @@ int cpx_vm_new(cpx_worker_t *w, const char *config_path, cpx_vm_t **out,
   cpx_pool_lua_register(L);
   cpx_lane_lua_register(L);
   cpx_usage_lua_register(L);
+  cpx_panel_lua_register(L);
   lua_pushlightuserdata(L, w);
   lua_setfield(L, LUA_REGISTRYINDEX, "cpx.worker");
   lua_pushlightuserdata(L, vm);

@@ -132,6 +132,12 @@ int cpx__lua_offload(lua_State *L, void (*work)(void *ud),
                      int (*push)(lua_State *L, void *ud),
                      void (*release)(void *ud), void *ud);
 
+/* Registers `cpx.panel` (the control panel's static files; cpx_panel.c)
+ * into the table at the top of the stack. cpx_panel_name_ok(name) is 1 for
+ * a name it would read: [A-Za-z0-9_.-] components, none starting with '.'. */
+void cpx_panel_lua_register(lua_State *L);
+int cpx_panel_name_ok(const char *name);
+
 /* Registers the request/upstream/log part of the `cpx` API into the table
  * at the top of the stack (cpx_lua_api.c). */
 void cpx__lua_api_register(lua_State *L);
