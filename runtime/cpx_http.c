@@ -55,9 +55,16 @@ static int on_header_field(llhttp_t *p, const char *at, size_t n) {
   cpx_http_request_t *r = &hp->req;
   if (count_header_bytes(hp, n))
     return HPE_USER;
+  /* An empty span (llhttp's, at a piece boundary or for an empty name)
+   * starts no field; on_header_field_complete refuses an empty name. */
+  if (n == 0)
+    return 0;
   if (hp->last_cb != 1) {
-    /* A new field starts (last_cb is 0, or 3 after a complete value). */
-    if (r->nfields >= hp->limits.max_fields)
+    /* A new field starts (last_cb is 0, or 3 after a complete value).
+     * The count is checked once its name is complete: checked here, a name
+     * llhttp later refuses (400) would be a 431 only when the name arrived
+     * in pieces. One slot past the limit is the most this allocates. */
+    if (r->nfields > hp->limits.max_fields)
       return fail(hp, 431, "too many header fields");
     if (r->nfields == r->fields_cap) {
       size_t nc = r->fields_cap ? r->fields_cap * 2 : 16;
@@ -123,6 +130,17 @@ static int on_header_value(llhttp_t *p, const char *at, size_t n) {
   if (cpx_buf_append(&r->buf, &r->len, &r->cap, at, n))
     return fail(hp, 500, "oom");
   f->value_len += n;
+  return 0;
+}
+
+/* llhttp 8 accepts a line starting with ':' (an empty field name);
+ * RFC 9110 field-name is 1*tchar. */
+static int on_header_field_complete(llhttp_t *p) {
+  cpx_http_parser_t *hp = hp_of(p);
+  if (hp->last_cb != 1)
+    return fail(hp, 400, "empty header field name");
+  if (hp->req.nfields > hp->limits.max_fields)
+    return fail(hp, 431, "too many header fields");
   return 0;
 }
 
@@ -210,6 +228,7 @@ static void settings_init(void) {
   settings.on_url = on_url;
   settings.on_header_field = on_header_field;
   settings.on_header_value = on_header_value;
+  settings.on_header_field_complete = on_header_field_complete;
   settings.on_header_value_complete = on_header_value_complete;
   settings.on_headers_complete = on_headers_complete;
   settings.on_body = on_body;
@@ -267,9 +286,24 @@ int cpx_http_feed(cpx_http_parser_t *hp, const char *data, size_t len,
     return CPX_HTTP_ERROR;
   if (len == 0)
     return CPX_HTTP_NEED_MORE;
+  /* The head's bound counts raw bytes, and llhttp never sees more than
+   * one byte past it: what is refused (431, or 400 for a bad byte inside
+   * the bound) is then the same however the bytes were split. */
+  if (hp->state < 2) {
+    size_t room = hp->limits.max_header_bytes + 1 - hp->head_raw;
+    if (len > room)
+      len = room;
+  }
   hp->exec_start = data;
   hp->exec_end = data + len;
   err = llhttp_execute(&hp->p, data, len);
+  if (hp->state < 2 && err == HPE_OK) {
+    hp->head_raw += len;
+    if (hp->head_raw > hp->limits.max_header_bytes) {
+      fail(hp, 431, "request header fields too large");
+      return CPX_HTTP_ERROR;
+    }
+  }
   if (err == HPE_OK) {
     *consumed = len;
     if (hp->headers_done_pending && hp->state == 2) {
@@ -311,6 +345,7 @@ void cpx_http_take_request(cpx_http_parser_t *hp, cpx_http_request_t *out) {
   *out = hp->req;
   memset(&hp->req, 0, sizeof(hp->req));
   hp->header_bytes = 0;
+  hp->head_raw = 0;
   hp->state = 0;
   hp->last_cb = 0;
   hp->headers_done_pending = 0;

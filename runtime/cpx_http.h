@@ -60,9 +60,10 @@ typedef struct {
   llhttp_t p;
   cpx_http_limits_t limits;
   cpx_http_request_t req;
-  size_t header_bytes;
-  int state;   /* 0 fresh, 1 in headers, 2 in body, 3 done */
-  int last_cb; /* 0 none, 1 field, 2 value, 3 value complete */
+  size_t header_bytes; /* names + values (trailers included) */
+  size_t head_raw;     /* raw bytes of the head, while in it */
+  int state;           /* 0 fresh, 1 in headers, 2 in body, 3 done */
+  int last_cb;         /* 0 none, 1 field, 2 value, 3 value complete */
   int headers_done_pending;
   int value_at_end;       /* last value piece ended at the input's end */
   const char *exec_start; /* input of the running llhttp_execute */

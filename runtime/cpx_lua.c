@@ -21,6 +21,7 @@
 #include "cpx_lua_util.h"
 #include "cpx_pool.h"
 #include "cpx_tokens.h"
+#include "cpx_mgmt.h"
 #include "cpx_yaml.h"
 
 #define REG_PATHS "cpx.paths"
@@ -508,6 +509,8 @@ int cpx_vm_new(cpx_worker_t *w, const char *config_path, cpx_vm_t **out,
   cpx_lane_lua_register(L);
   cpx_usage_lua_register(L);
   cpx_panel_lua_register(L);
+  cpx_yaml_lua_register(L);
+  cpx_mgmt_lua_register(L);
   lua_pushlightuserdata(L, w);
   lua_setfield(L, LUA_REGISTRYINDEX, "cpx.worker");
   lua_pushlightuserdata(L, vm);

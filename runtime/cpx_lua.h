@@ -137,6 +137,25 @@ int cpx__lua_offload(lua_State *L, void (*work)(void *ud),
  * a name it would read: [A-Za-z0-9_.-] components, none starting with '.'. */
 void cpx_panel_lua_register(lua_State *L);
 int cpx_panel_name_ok(const char *name);
+/* A blocking job for libuv's threadpool that the calling request coroutine
+ * waits for (bcrypt, file writes: anything that must not run on the loop).
+ * work() runs on a pool thread and must not touch Lua; push() then runs on
+ * the loop and pushes the results onto L, returning their count; done()
+ * frees the job (always called once, also when the request went away and
+ * push() was skipped). Outside a request's coroutine (module load, busted)
+ * work() and push() run at once on the calling thread. Use it as
+ * `return cpx_lua_await(L, job);` from a lua_CFunction. */
+typedef struct cpx_lua_job_s cpx_lua_job_t;
+struct cpx_lua_job_s {
+  void (*work)(cpx_lua_job_t *job);
+  int (*push)(lua_State *L, cpx_lua_job_t *job);
+  void (*done)(cpx_lua_job_t *job);
+  uv_work_t req; /* private */
+  void *lr;      /* private */
+};
+int cpx_lua_await(lua_State *L, cpx_lua_job_t *job);
+/* 1 when L is the coroutine of a request being served (so it may yield). */
+int cpx_lua_in_request(lua_State *L);
 
 /* Registers the request/upstream/log part of the `cpx` API into the table
  * at the top of the stack (cpx_lua_api.c). */

@@ -1480,6 +1480,78 @@ int cpx__lua_offload(lua_State *L, void (*work)(void *ud),
   return lua_yield(L, 0);
 }
 
+/* ---- generic threadpool jobs (cpx_lua_await) ---------------------------- */
+
+static lreq_t *request_of(lua_State *L) {
+  lreq_t *lr;
+  /* The plain-LuaJIT module (busted) has no request table. */
+  lua_getfield(L, LUA_REGISTRYINDEX, REG_THREADS);
+  if (!lua_istable(L, -1)) {
+    lua_pop(L, 1);
+    return NULL;
+  }
+  lua_pop(L, 1);
+  lr = current_lreq(L);
+  return lr && lr->co == L && !lr->released ? lr : NULL;
+}
+
+int cpx_lua_in_request(lua_State *L) {
+  return request_of(L) != NULL;
+}
+
+static void job_work(uv_work_t *req) {
+  cpx_lua_job_t *job = cpx_container_of(req, cpx_lua_job_t, req);
+  job->work(job);
+}
+
+static void job_done(uv_work_t *req, int status) {
+  cpx_lua_job_t *job = cpx_container_of(req, cpx_lua_job_t, req);
+  lreq_t *lr = job->lr;
+  cpx_vm_t *vm = lr->vm;
+
+  lr->pending_work--;
+  if (!lr->released && lr->wait == W_WORK && !lr->running) {
+    int nres;
+    lr->wait = W_NONE;
+    vm->host++;
+    if (status == 0) {
+      nres = job->push(lr->co, job);
+    } else {
+      lua_pushnil(lr->co);
+      lua_pushstring(lr->co, uv_strerror(status));
+      nres = 2;
+    }
+    vm->host--;
+    job->done(job);
+    lreq_resume(lr, nres);
+    return;
+  }
+  job->done(job);
+  lreq_maybe_release(lr);
+}
+
+int cpx_lua_await(lua_State *L, cpx_lua_job_t *job) {
+  lreq_t *lr = request_of(L);
+  int n;
+
+  if (!lr) {
+    job->work(job);
+    n = job->push(L, job);
+    job->done(job);
+    return n;
+  }
+  job->lr = lr;
+  if (uv_queue_work(lr->w->loop, &job->req, job_work, job_done) != 0) {
+    job->done(job);
+    lua_pushnil(L);
+    lua_pushliteral(L, "cannot queue the job");
+    return 2;
+  }
+  lr->pending_work++;
+  lr->wait = W_WORK;
+  return lua_yield(L, 0);
+}
+
 static int l_log(lua_State *L) {
   const char *lvl = luaL_checkstring(L, 1);
   int level = cpx_log_level_from_name(lvl);

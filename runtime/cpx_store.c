@@ -519,12 +519,20 @@ static int own_name(const char *name) {
 
 int cpx_store_write_file(const char *dir, const char *name, const char *data,
                          size_t len) {
+  if (!safe_name(name) && !own_name(name))
+    return CPX_EINVAL;
+  return cpx_write_atomic(dir, name, data, len, 0600);
+}
+
+int cpx_write_atomic(const char *dir, const char *name, const char *data,
+                     size_t len, unsigned mode) {
   char tmp[PATH_MAX], tmpbase[NAME_MAX + 1];
   const char *base;
   int fd, dfd, rc = 0;
   size_t off = 0;
 
-  if (!safe_name(name) && !own_name(name))
+  if (!*name || strchr(name, '/') || strcmp(name, ".") == 0 ||
+      strcmp(name, "..") == 0)
     return CPX_EINVAL;
   if (snprintf(tmp, sizeof(tmp), "%s/.%s.tmp.XXXXXX", dir, name) >=
       (int)sizeof(tmp))
@@ -540,7 +548,7 @@ int cpx_store_write_file(const char *dir, const char *name, const char *data,
   }
   base = strrchr(tmp, '/') + 1;
   snprintf(tmpbase, sizeof(tmpbase), "%s", base);
-  if (fchmod(fd, 0600) != 0)
+  if (fchmod(fd, (mode_t)mode) != 0)
     rc = -errno;
   while (rc == 0 && off < len) {
     ssize_t w = write(fd, data + off, len - off);

@@ -86,4 +86,9 @@ int cpx_store_remove(cpx_store_t *s, const char *name);
 int cpx_store_write_file(const char *dir, const char *name, const char *data,
                          size_t len);
 
+/* The same atomic write for any plain file name in dir, with the given
+ * permission bits (config.yaml through the management API keeps its own). */
+int cpx_write_atomic(const char *dir, const char *name, const char *data,
+                     size_t len, unsigned mode);
+
 #endif /* CPX_STORE_H */

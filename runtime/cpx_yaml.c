@@ -70,6 +70,7 @@ typedef struct {
   int depth;
   int mt_idx;    /* stack index of cpx.json.array_mt, or 0 */
   int lines_idx; /* stack index of the line table */
+  char sep;      /* path separator: '.' for lines, '\x1f' for spans */
   int doc_ref, lines_ref;
 
   char *err;
@@ -295,7 +296,7 @@ static int path_push(yctx *c, const char *seg, size_t n, size_t *old) {
     c->pcap = ncap;
   }
   if (c->plen > 0)
-    c->path[c->plen++] = '.';
+    c->path[c->plen++] = c->sep ? c->sep : '.';
   memcpy(c->path + c->plen, seg, n);
   c->plen += n;
   return 0;
@@ -776,4 +777,197 @@ int cpx_yaml_load_file(lua_State *L, const char *path, char *err,
   rc = cpx_yaml_load_string(L, path, buf, n, err, errlen);
   free(buf);
   return rc;
+}
+
+/* ---- byte spans (for editing the text in place) ------------------------- */
+
+/* The end of a node's text without the whitespace libyaml counts into it
+ * (block scalars keep their line breaks, block collections end where the
+ * next token starts). */
+static size_t trim_end(const yctx *c, size_t s, size_t e) {
+  while (e > s && (c->src[e - 1] == ' ' || c->src[e - 1] == '\t' ||
+                   c->src[e - 1] == '\n' || c->src[e - 1] == '\r'))
+    e--;
+  return e;
+}
+
+static void set_int(lua_State *L, const char *k, size_t v) {
+  lua_pushinteger(L, (lua_Integer)v);
+  lua_setfield(L, -2, k);
+}
+
+/* Records the node at i (and its children) in the table at c->lines_idx;
+ * *endb gets the end byte of its text. key is the key event of a mapping
+ * value, or NULL. */
+static int span_node(yctx *c, size_t i, const yaml_event_t *key, size_t *endb) {
+  lua_State *L = c->L;
+  const yaml_event_t *e = &c->ev[i];
+  size_t s = e->start_mark.index, end = e->end_mark.index, j, old;
+  size_t n = 0, ccol = 0, cend;
+  const char *kind = "scalar";
+  int flow = 0, empty = 0, rc;
+  char idx[24];
+
+  switch (e->type) {
+  case YAML_SCALAR_EVENT:
+    empty = e->data.scalar.style == YAML_PLAIN_SCALAR_STYLE &&
+            e->data.scalar.length == 0;
+    break;
+  case YAML_ALIAS_EVENT:
+    kind = "alias";
+    break;
+  case YAML_MAPPING_START_EVENT:
+    kind = "map";
+    flow = e->data.mapping_start.style == YAML_FLOW_MAPPING_STYLE;
+    for (j = i + 1; c->ev[j].type != YAML_MAPPING_END_EVENT;
+         j = c->end[c->end[j]]) {
+      const yaml_event_t *k = &c->ev[j];
+      if (n++ == 0)
+        ccol = k->start_mark.column;
+      if (k->type == YAML_SCALAR_EVENT) {
+        rc = path_push(c, (const char *)k->data.scalar.value,
+                       k->data.scalar.length, &old);
+      } else {
+        rc = path_push(c, "?", 1, &old);
+      }
+      if (rc != 0)
+        return rc;
+      if ((rc = span_node(c, c->end[j], k, &cend)) != 0)
+        return rc;
+      c->plen = old;
+      end = cend;
+    }
+    if (flow)
+      end = c->ev[c->end[i] - 1].end_mark.index;
+    break;
+  case YAML_SEQUENCE_START_EVENT:
+    kind = "seq";
+    flow = e->data.sequence_start.style == YAML_FLOW_SEQUENCE_STYLE;
+    for (j = i + 1; c->ev[j].type != YAML_SEQUENCE_END_EVENT; j = c->end[j]) {
+      if (n++ == 0)
+        ccol = c->ev[j].start_mark.column;
+      snprintf(idx, sizeof(idx), "%zu", n);
+      if ((rc = path_push(c, idx, strlen(idx), &old)) != 0)
+        return rc;
+      if ((rc = span_node(c, j, NULL, &cend)) != 0)
+        return rc;
+      c->plen = old;
+      end = cend;
+    }
+    if (flow)
+      end = c->ev[c->end[i] - 1].end_mark.index;
+    break;
+  default:
+    return errorf_at(c, CPX_EPARSE, e, "unexpected event");
+  }
+  if (!empty)
+    end = trim_end(c, s, end);
+  *endb = end;
+  if (!lua_checkstack(L, 4))
+    return errorf(c, CPX_ENOMEM, 0, 0, "out of memory");
+  lua_pushlstring(L, c->path, c->plen);
+  lua_createtable(L, 0, 12);
+  /* 1-based, inclusive, as string.sub takes them */
+  set_int(L, "s", s + 1);
+  set_int(L, "e", end);
+  set_int(L, "line", e->start_mark.line + 1);
+  set_int(L, "col", e->start_mark.column);
+  lua_pushstring(L, kind);
+  lua_setfield(L, -2, "kind");
+  lua_pushboolean(L, flow);
+  lua_setfield(L, -2, "flow");
+  lua_pushboolean(L, empty);
+  lua_setfield(L, -2, "empty");
+  set_int(L, "n", n);
+  if (n > 0)
+    set_int(L, "ccol", ccol);
+  if (key) {
+    set_int(L, "ks", key->start_mark.index + 1);
+    set_int(L, "ke", key->end_mark.index);
+    set_int(L, "kcol", key->start_mark.column);
+    set_int(L, "kline", key->start_mark.line + 1);
+  }
+  lua_rawset(L, c->lines_idx);
+  return 0;
+}
+
+static int spans_cp(lua_State *L) {
+  yctx *c = lua_touserdata(L, 1);
+  size_t endb;
+  c->L = L;
+  lua_newtable(L);
+  c->lines_idx = lua_gettop(L);
+  if (c->nev > 0 && c->ev[0].type == YAML_MAPPING_START_EVENT &&
+      span_node(c, 0, NULL, &endb) != 0)
+    return 0;
+  c->lines_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  return 0;
+}
+
+int cpx_yaml_spans(lua_State *L, const char *s, size_t n, char *err,
+                   size_t errlen) {
+  yctx c;
+  int st;
+
+  memset(&c, 0, sizeof(c));
+  c.name = "<string>";
+  c.src = s;
+  c.srclen = n;
+  c.err = err;
+  c.errlen = errlen;
+  c.sep = '\x1f';
+  c.doc_ref = c.lines_ref = LUA_NOREF;
+  if (collect(&c, s, n) != 0) {
+    yctx_free(&c);
+    return c.rc;
+  }
+  st = lua_cpcall(L, spans_cp, &c);
+  yctx_free(&c);
+  if (st != 0) {
+    lua_pop(L, 1);
+    snprintf(err, errlen, "out of memory");
+    return CPX_ENOMEM;
+  }
+  if (c.rc != 0)
+    return c.rc;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, c.lines_ref);
+  luaL_unref(L, LUA_REGISTRYINDEX, c.lines_ref);
+  return 0;
+}
+
+/* cpx.yaml.decode(text[, name]) -> doc, lines | nil, err */
+static int l_yaml_decode(lua_State *L) {
+  size_t n;
+  const char *s = luaL_checklstring(L, 1, &n);
+  const char *name = luaL_optstring(L, 2, "config.yaml");
+  char err[1024];
+  if (cpx_yaml_load_string(L, name, s, n, err, sizeof(err)) != 0) {
+    lua_pushnil(L);
+    lua_pushstring(L, err);
+    return 2;
+  }
+  return 2;
+}
+
+/* cpx.yaml.spans(text) -> { [path] = span } | nil, err; path segments are
+ * joined with "\31" (keys may hold dots). */
+static int l_yaml_spans(lua_State *L) {
+  size_t n;
+  const char *s = luaL_checklstring(L, 1, &n);
+  char err[1024];
+  if (cpx_yaml_spans(L, s, n, err, sizeof(err)) != 0) {
+    lua_pushnil(L);
+    lua_pushstring(L, err);
+    return 2;
+  }
+  return 1;
+}
+
+void cpx_yaml_lua_register(lua_State *L) {
+  lua_newtable(L);
+  lua_pushcfunction(L, l_yaml_decode);
+  lua_setfield(L, -2, "decode");
+  lua_pushcfunction(L, l_yaml_spans);
+  lua_setfield(L, -2, "spans");
+  lua_setfield(L, -2, "yaml");
 }

@@ -26,4 +26,17 @@ int cpx_yaml_load_file(lua_State *L, const char *path, char *err,
 int cpx_yaml_load_string(lua_State *L, const char *name, const char *s,
                          size_t n, char *err, size_t errlen);
 
+/* Pushes a table mapping every node's key path (segments joined with
+ * "\31"; "" is the root mapping) to its place in the text: { s, e (1-based,
+ * inclusive byte offsets, trailing blanks excluded), line, col (0-based),
+ * kind = "scalar"|"map"|"seq"|"alias", flow, empty (a key with no value),
+ * n (children), ccol (column of the first child), and for mapping values
+ * ks, ke, kcol, kline (the key) }. The management API edits config.yaml
+ * at these spans so the rest of the file stays byte-identical. */
+int cpx_yaml_spans(lua_State *L, const char *s, size_t n, char *err,
+                   size_t errlen);
+
+/* Registers cpx.yaml = { decode, spans } into the table at the top. */
+void cpx_yaml_lua_register(lua_State *L);
+
 #endif /* CPX_YAML_H */

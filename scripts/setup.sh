@@ -11,10 +11,11 @@ want_test=0
 
 pkgs=(build-essential cmake pkg-config libluajit-5.1-dev luajit libuv1-dev
       libcurl4-openssl-dev libyaml-dev libssl-dev libyajl-dev node-llhttp
-      libsqlite3-dev)
+      libsqlite3-dev libcrypt-dev)
 if [ "$want_test" = 1 ]; then
+  # chromium: the control panel's browser tests (playwright-core)
   pkgs+=(lua-busted lua-check clang-format nginx-light wrk nodejs npm openssl
-        chromium)  # chromium: the control panel's browser tests (playwright-core)
+        clang libclang-rt-14-dev chromium)
 fi
 
 missing=()

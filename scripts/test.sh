@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what is missing, builds, and runs every test: the C unit tests,
 # the busted specs and the end-to-end tests (ctest), then the C unit tests
-# and the fast path's end-to-end tests again under ASan and UBSan.
+# and the fast path's end-to-end tests again under ASan and UBSan, then a
+# short libFuzzer run of every fuzz target (ctest already replayed their
+# corpora).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --test
@@ -17,3 +19,5 @@ echo "== the server under ASan + UBSan: fast path, pipeline hand-offs, reloads, 
 # exit status non-zero, which these tests assert to be 0.
 (cd spec/e2e && ASAN_OPTIONS=detect_leaks=1 CPX_BIN="$PWD/../../build-asan/cliproxy" \
   node --test fast_path.test.mjs fast_path_lifecycle.test.mjs lingering.test.mjs doctor.test.mjs)
+echo "== fuzz smoke: every target for ${CPX_FUZZ_SECONDS:-30} s (scripts/fuzz.sh for long runs)"
+scripts/fuzz.sh --time "${CPX_FUZZ_SECONDS:-30}"

@@ -83,6 +83,8 @@ function _M.start(doc, lines, path)
                 payload_active = require("rt.payload").active(cfg.payload) }
   local server = require("rt.server")
   server.init(app)
+  local mok, mgerr = require("rt.management").init(app)
+  if not mok then return nil, mgerr end
   require("rt.lane").sync(app)
   local banner = require("rt.banner")
   local doctor = require("rt.doctor")

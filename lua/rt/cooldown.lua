@@ -56,6 +56,24 @@ function _M.parse_rfc3339(s)
   return sign == "+" and t - off or t + off
 end
 
+-- Epoch seconds -> "2026-01-02T03:04:05Z" (whole seconds, UTC).
+function _M.format_rfc3339(t)
+  t = floor(t)
+  local z = floor(t / 86400)
+  local s = t - z * 86400
+  -- the inverse of days_from_civil
+  z = z + 719468
+  local era = floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = floor((doe - floor(doe / 1460) + floor(doe / 36524) - floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + floor(yoe / 4) - floor(yoe / 100))
+  local mp = floor((5 * doy + 2) / 153)
+  local d = doy - floor((153 * mp + 2) / 5) + 1
+  local m = mp < 10 and mp + 3 or mp - 9
+  local y = yoe + era * 400 + (m <= 2 and 1 or 0)
+  return string.format("%04d-%02d-%02dT%02d:%02d:%02dZ", y, m, d, floor(s / 3600), floor(s % 3600 / 60), s % 60)
+end
+
 local MONTHS = { jan = 1, feb = 2, mar = 3, apr = 4, may = 5, jun = 6,
                  jul = 7, aug = 8, sep = 9, oct = 10, nov = 11, dec = 12 }
 
@@ -177,12 +195,13 @@ end
 -- Gemini: RetryInfo.retryDelay; a PerDay QuotaFailure waits for the reset.
 function _M.gemini_reset(body)
   local t = decode(body)
-  local err = t and (t.error or (t[1] and t[1].error))
+  -- Gemini answers an object; its streaming endpoints an array of them.
+  local err = t and (t.error or (type(t[1]) == "table" and t[1].error))
   if type(err) ~= "table" or type(err.details) ~= "table" then return nil end
   local delay, daily
   for _, d in ipairs(err.details) do
     if type(d) == "table" then
-      local kind = d["@type"] or ""
+      local kind = type(d["@type"]) == "string" and d["@type"] or ""
       if kind:find("RetryInfo", 1, true) then
         delay = _M.parse_duration(d.retryDelay)
       elseif kind:find("QuotaFailure", 1, true) and type(d.violations) == "table" then
@@ -209,15 +228,12 @@ function _M.codex_reset(h, body)
     local inn = tonumber(err.resets_in_seconds)
     if inn then return positive(inn) end
   end
-  if h then
+  local used = h and tonumber(h["x-codex-primary-used-percent"])
+  if used and used >= 100 then
     local at = tonumber(h["x-codex-primary-reset-at"])
-    if at and h["x-codex-primary-used-percent"] and tonumber(h["x-codex-primary-used-percent"]) >= 100 then
-      return positive(at - _M.now())
-    end
+    if at then return positive(at - _M.now()) end
     local after = tonumber(h["x-codex-primary-reset-after-seconds"])
-    if after and h["x-codex-primary-used-percent"] and tonumber(h["x-codex-primary-used-percent"]) >= 100 then
-      return positive(after)
-    end
+    if after then return positive(after) end
   end
   return nil
 end

@@ -9,6 +9,7 @@
 -- except `request` and `refresh`, which yield on cpx.fetch.
 local cpx = require("cpx")
 local json = require("rt.json")
+local cooldown = require("rt.cooldown")
 
 local type = type
 local pairs = pairs
@@ -19,7 +20,6 @@ local concat = table.concat
 local format = string.format
 local byte = string.byte
 local gsub = string.gsub
-local floor = math.floor
 local setmetatable = setmetatable
 
 local _M = {}
@@ -304,56 +304,9 @@ end
 
 -- ---- times ----------------------------------------------------------------
 
--- Days from the civil date (Howard Hinnant's algorithm): no dependence on
--- the process time zone, unlike os.time.
-local function days_from_civil(y, m, d)
-  y = m <= 2 and y - 1 or y
-  local era = floor(y / 400)
-  local yoe = y - era * 400
-  local mp = (m + 9) % 12
-  local doy = floor((153 * mp + 2) / 5) + d - 1
-  local doe = yoe * 365 + floor(yoe / 4) - floor(yoe / 100) + doy
-  return era * 146097 + doe - 719468
-end
-
-local function civil_from_days(z)
-  z = z + 719468
-  local era = floor(z / 146097)
-  local doe = z - era * 146097
-  local yoe = floor((doe - floor(doe / 1460) + floor(doe / 36524) - floor(doe / 146096)) / 365)
-  local y = yoe + era * 400
-  local doy = doe - (365 * yoe + floor(yoe / 4) - floor(yoe / 100))
-  local mp = floor((5 * doy + 2) / 153)
-  local d = doy - floor((153 * mp + 2) / 5) + 1
-  local m = mp < 10 and mp + 3 or mp - 9
-  return m <= 2 and y + 1 or y, m, d
-end
-
--- RFC 3339 ("2026-12-07T10:00:00Z", "...+08:00", fractions) -> epoch s.
-function _M.parse_time(s)
-  if type(s) ~= "string" then return nil end
-  local y, mo, d, h, mi, sec, rest = s:match("^(%d%d%d%d)-(%d%d)-(%d%d)[Tt ](%d%d):(%d%d):(%d%d)(.*)$")
-  if not y then return nil end
-  local frac = rest:match("^%.(%d+)")
-  if frac then rest = rest:sub(#frac + 2) end
-  local off = 0
-  if rest ~= "Z" and rest ~= "z" then
-    local sign, oh, om = rest:match("^([+-])(%d%d):?(%d%d)$")
-    if not sign then return nil end
-    off = (tonumber(oh) * 3600 + tonumber(om) * 60) * (sign == "-" and -1 or 1)
-  end
-  local t = days_from_civil(tonumber(y), tonumber(mo), tonumber(d)) * 86400
-            + tonumber(h) * 3600 + tonumber(mi) * 60 + tonumber(sec) - off
-  return t
-end
-
-function _M.format_time(t)
-  t = floor(t)
-  local days = floor(t / 86400)
-  local s = t - days * 86400
-  local y, m, d = civil_from_days(days)
-  return format("%04d-%02d-%02dT%02d:%02d:%02dZ", y, m, d, floor(s / 3600), floor(s % 3600 / 60), s % 60)
-end
+-- RFC 3339 both ways lives in rt.cooldown (rate-limit resets use it too).
+_M.parse_time = cooldown.parse_rfc3339
+_M.format_time = cooldown.format_rfc3339
 
 function _M.expiry(doc)
   if type(doc) ~= "table" then return nil end

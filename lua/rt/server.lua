@@ -10,6 +10,7 @@ local count = require("rt.count")
 local mw = require("rt.middleware")
 local lane = require("rt.lane")
 local panel = require("rt.panel")
+local management = require("rt.management")
 
 local log = cpx.log
 local fetch = cpx.fetch
@@ -298,6 +299,11 @@ end
 local function dispatch(req, info)
   if info.method == "OPTIONS" then
     return req:respond(204, http.headers(nil), "")
+  end
+  local path = info.path
+  -- The management API has its own keys and errors (rt.management).
+  if path:sub(1, 14) == "/v0/management" and (#path == 14 or path:sub(15, 15) == "/") then
+    return management.handle(req, info)
   end
   local route = routes[info.method .. " " .. info.path]
   if not route and info.path:find("^/v1beta/models") then

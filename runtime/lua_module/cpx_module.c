@@ -3,9 +3,11 @@
 #include <lua.h>
 
 #include "cpx_lua_util.h"
+#include "cpx_mgmt.h"
 #include "cpx_pool.h"
 #include "cpx_tokens.h"
 #include "cpx_usage.h"
+#include "cpx_yaml.h"
 
 int luaopen_cpx(lua_State *L) {
   int n = cpx_lua_util_open(L);
@@ -13,5 +15,7 @@ int luaopen_cpx(lua_State *L) {
   cpx_tokens_lua_register(L);
   cpx_pool_lua_register(L);
   cpx_usage_lua_register(L);
+  cpx_yaml_lua_register(L);
+  cpx_mgmt_lua_register(L);
   return n;
 }

@@ -8,6 +8,7 @@
 //   });
 //   proxy.url, proxy.port, proxy.pid, proxy.rssKiB(), proxy.stdout(), proxy.stderr()
 //   const { code, signal } = await proxy.stop();
+//   startProxy({ configText }) writes configText as is, with ${PORT} and ${AUTH_DIR} filled in.
 //
 // The binary is $CPX_BIN, else ../../build/cliproxy relative to spec/e2e. It runs
 // as `cliproxy --config <file>` with the source tree as its working directory.
@@ -134,7 +135,9 @@ async function startOnce({ startTimeoutMs = 10000, env = {}, configText, ...cfg 
   fs.mkdirSync(authDir, { mode: 0o700 });
   const port = await freePort();
   const configPath = path.join(dir, 'config.yaml');
-  fs.writeFileSync(configPath, configText ? configText.replaceAll('${PORT}', port) : buildConfig({ ...cfg, port, authDir }));
+  fs.writeFileSync(configPath, configText
+    ? configText.replaceAll('${PORT}', port).replaceAll('${AUTH_DIR}', authDir)
+    : buildConfig({ ...cfg, port, authDir }));
 
   let out = '';
   let err = '';
