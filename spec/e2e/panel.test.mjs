@@ -385,8 +385,9 @@ test('config edit: an error is shown at its line, then a fix saves', { skip, ...
   assert.equal((await mgmt('/config.yaml')).text, before.text, 'nothing was written');
   await shot(page, 'config-error-light-desktop');
 
-  // the fix: a valid value on that line
-  await page.fill('#c-text', `${lines.join('\n')}\nrequest-retry: 2\n`);
+  // the fix: the broken line goes, and the existing key gets a new value
+  assert.ok(lines.some((l) => /^request-retry: /.test(l)), 'the config has request-retry');
+  await page.fill('#c-text', `${lines.map((l) => (/^request-retry: /.test(l) ? 'request-retry: 2' : l)).join('\n')}\n`);
   await page.click('#c-save');
   await page.waitForSelector('#c-result.ok');
   assert.ok(await page.isHidden('#c-problem'));
