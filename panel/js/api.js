@@ -48,8 +48,9 @@ export function errorText(status, body) {
   return `HTTP ${status}`;
 }
 
-function buildUrl(path, query) {
-  let url = path.startsWith('/') && !path.startsWith(BASE) && !path.startsWith('/healthz') ? BASE + path : path;
+// Paths are under /v0/management unless opts.root (/healthz, /metrics).
+function buildUrl(path, query, root) {
+  let url = root ? path : BASE + path;
   if (query) {
     const q = new URLSearchParams();
     for (const [k, v] of Object.entries(query)) if (v !== undefined && v !== null && v !== '') q.set(k, String(v));
@@ -75,7 +76,7 @@ export async function api(path, opts = {}) {
   }
   let res;
   try {
-    res = await fetch(buildUrl(path, opts.query), {
+    res = await fetch(buildUrl(path, opts.query, opts.root), {
       method: opts.method || 'GET', headers, body, cache: 'no-store', credentials: 'omit',
     });
   } catch (e) {
@@ -86,7 +87,8 @@ export async function api(path, opts = {}) {
   const text = await res.text();
   let data = text;
   const ct = res.headers.get('content-type') || '';
-  if (opts.as !== 'text' && (ct.includes('json') || /^\s*[[{]/.test(text))) {
+  // errors are parsed whatever was asked, so their message can be shown
+  if ((opts.as !== 'text' || !res.ok) && (ct.includes('json') || /^\s*[[{]/.test(text))) {
     try { data = JSON.parse(text); } catch { data = text; }
   }
   if (!res.ok) {

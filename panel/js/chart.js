@@ -55,8 +55,8 @@ function legend(series) {
 
 // bars({labels: [x...], series: [{name, values: [y...]}], label})
 // -> an element holding the SVG and its legend.
-export function bars({ labels, series, label, height = 200 }) {
-  const W = 640, H = height, L = 44, R = 8, T = 10, B = 34;
+export function bars({ labels, series, label, height = 190 }) {
+  const W = 480, H = height, L = 40, R = 6, T = 10, B = 30;
   const n = labels.length;
   const totals = labels.map((_, i) => series.reduce((a, sr) => a + (sr.values[i] || 0), 0));
   const { top, step } = scale(Math.max(0, ...totals));
@@ -71,7 +71,7 @@ export function bars({ labels, series, label, height = 200 }) {
     grid.append(text(L - 6, y(v) + 4, compact(v), { 'text-anchor': 'end' }));
   }
   svg.append(grid);
-  const every = Math.max(1, Math.ceil(n / 12));
+  const every = Math.max(1, Math.ceil(n / 8));
   labels.forEach((lab, i) => {
     let base = 0;
     series.forEach((sr, k) => {
@@ -97,14 +97,14 @@ export function bars({ labels, series, label, height = 200 }) {
 
 // ranking({items: [{name, value}], label, format}) -> horizontal bars.
 export function ranking({ items, label, format = (v) => v.toLocaleString() }) {
-  const rowH = 24, W = 640, L = 170, R = 70;
+  const rowH = 26, W = 420, L = 130, R = 56;
   const H = Math.max(rowH, items.length * rowH) + 4;
   const max = Math.max(1, ...items.map((it) => it.value));
   const svg = s('svg', { class: 'chart', viewBox: `0 0 ${W} ${H}`, role: 'img', 'aria-label': label });
   items.forEach((it, i) => {
     const yy = 2 + i * rowH;
     const w = ((W - L - R) * it.value) / max;
-    const name = it.name.length > 26 ? `${it.name.slice(0, 25)}…` : it.name;
+    const name = it.name.length > 19 ? `${it.name.slice(0, 18)}…` : it.name;
     svg.append(text(L - 8, yy + 16, name, { 'text-anchor': 'end' }));
     svg.append(s('rect', { class: `bar c${i % 6}`, x: L, y: yy + 3, width: Math.max(1, w), height: rowH - 8 },
       title(`${it.name}: ${format(it.value)}`)));

@@ -43,7 +43,7 @@ function pick(metrics, patterns) {
 
 async function loadHealth(root) {
   try {
-    const r = await api('/healthz', { key: '' });
+    const r = await api('/healthz', { key: '', root: true });
     set(root, 'd-health', r.data && r.data.status === 'ok' ? 'ok' : String(r.data), 'ok');
   } catch (e) {
     set(root, 'd-health', `${e.status || ''} ${e.message}`.trim(), 'bad');
@@ -52,7 +52,7 @@ async function loadHealth(root) {
 
 async function loadMetrics(root, ctx) {
   try {
-    const text = await get('/metrics', null, { as: 'text' });
+    const text = await get('/metrics', null, { as: 'text', root: true });
     const m = parseMetrics(text);
     const start = pick(m, [/^process_start_time_seconds$/, /start_time_seconds$/]);
     const up = pick(m, [/uptime_seconds$/]);
@@ -61,7 +61,7 @@ async function loadMetrics(root, ctx) {
     const streams = pick(m, [/in_?flight_streams/, /streams_in_?flight/, /active_streams/]);
     set(root, 'd-streams', streams !== undefined ? num(streams) : 'not reported');
   } catch (e) {
-    const msg = `unavailable (${e.status || ''} ${e.message})`.replace('( ', '(');
+    const msg = `not available: /metrics answered ${e.status || ''} ${e.message}`.replace('  ', ' ');
     set(root, 'd-uptime', msg, 'muted small');
     set(root, 'd-streams', msg, 'muted small');
   }

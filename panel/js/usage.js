@@ -44,7 +44,7 @@ function render(box, body) {
       h('div', { class: 'stat' }, h('div', { class: 'label' }, 'Succeeded'), h('div', { class: 'value ok' }, num(t.success))),
       h('div', { class: 'stat' }, h('div', { class: 'label' }, 'Failed'), h('div', { class: 'value bad' }, num(t.failure))),
       h('div', { class: 'stat' }, h('div', { class: 'label' }, 'Tokens'), h('div', { class: 'value' }, num(t.tokens)))),
-    h('div', { class: 'grid' },
+    h('div', { class: 'grid charts' },
       chartCard('Requests per hour (24 h)', bars({ labels: hours.labels, series: reqSeries(hours), label: 'requests per hour' }), 'u-req-hour'),
       chartCard('Tokens per hour (24 h)', bars({ labels: hours.labels, series: tokenSeries(hours), label: 'tokens per hour' }), 'u-tok-hour'),
       chartCard('Requests per day (14 days)', bars({ labels: days.labels, series: reqSeries(days), label: 'requests per day' }), 'u-req-day'),
