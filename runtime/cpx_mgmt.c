@@ -259,6 +259,7 @@ typedef struct {
   size_t blen;
   char expect[SHA256_DIGEST_LENGTH * 2 + 1]; /* write: "" = no check */
   int cost;
+  int mode; /* write: permission bits, or -1 to keep the file's */
   int rc;
   int ok;
   char out[MAX_HASH_LEN + 1];
@@ -337,7 +338,9 @@ static void do_write(mjob_t *j) {
   }
   snprintf(basebuf, sizeof(basebuf), "%s", j->a);
   uv_mutex_lock(&mu);
-  if (stat(j->a, &st) == 0)
+  if (j->mode >= 0)
+    mode = (unsigned)j->mode;
+  else if (stat(j->a, &st) == 0)
     mode = (unsigned)(st.st_mode & 0777);
   if (j->expect[0]) {
     char *cur;
@@ -514,16 +517,21 @@ static int l_read_file(lua_State *L) {
   return cpx_lua_await(L, &job_new(L, J_READ, 1, 0)->job);
 }
 
-/* cpx.mgmt.write_file(path, text[, expect_sha256_hex]) -> true, sha |
- * nil, err[, "conflict"]. Atomic (tmp + fsync + rename + dir fsync), keeps
- * the file's permission bits. With expect, writes only while the file
- * still has that SHA-256. Yields. */
+/* cpx.mgmt.write_file(path, text[, expect_sha256_hex[, mode]]) -> true,
+ * sha | nil, err[, "conflict"]. Atomic (tmp + fsync + rename + dir fsync);
+ * keeps the file's permission bits unless mode is given (a new file: 0600).
+ * With expect (false or "" for none), writes only while the file still has
+ * that SHA-256. Yields. */
 static int l_write_file(lua_State *L) {
-  const char *expect = luaL_optstring(L, 3, "");
+  const char *expect = lua_toboolean(L, 3) ? luaL_checkstring(L, 3) : "";
+  int mode = (int)luaL_optinteger(L, 4, -1);
   mjob_t *j;
   if (strlen(expect) != 0 && strlen(expect) != SHA256_DIGEST_LENGTH * 2)
     return luaL_argerror(L, 3, "expected a SHA-256 in hex");
+  if (mode < -1 || mode > 0777)
+    return luaL_argerror(L, 4, "mode must be 0..0777");
   j = job_new(L, J_WRITE, 1, 2);
+  j->mode = mode;
   snprintf(j->expect, sizeof(j->expect), "%s", expect);
   return cpx_lua_await(L, &j->job);
 }

@@ -848,6 +848,11 @@ int cpx_pool_get_state(cpx_pool_t *p, const char *account, const char *model,
 }
 
 int cpx_pool_clear(cpx_pool_t *p, const char *account) {
+  return cpx_pool_clear_model(p, account, NULL);
+}
+
+int cpx_pool_clear_model(cpx_pool_t *p, const char *account,
+                         const char *model) {
   uint32_t a = 0;
   int n = 0;
   pthread_mutex_lock(&p->mu);
@@ -858,6 +863,8 @@ int cpx_pool_clear(cpx_pool_t *p, const char *account) {
   for (uint32_t i = 0; i < p->nst; i++) {
     state_t *s = &p->st[i];
     if (account && s->account != a)
+      continue;
+    if (model && strcmp(s->model, model) != 0)
       continue;
     if (s->until_ms)
       n++;

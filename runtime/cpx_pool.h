@@ -159,6 +159,9 @@ int cpx_pool_get_state(cpx_pool_t *p, const char *account, const char *model,
 /* Opens every state of an account (or of every account when id is NULL):
  * the operator's "reset quota". Returns how many were open. */
 int cpx_pool_clear(cpx_pool_t *p, const char *account);
+/* The same for one upstream model (of one account, or of every account
+ * when account is NULL; model NULL: every model). */
+int cpx_pool_clear_model(cpx_pool_t *p, const char *account, const char *model);
 
 /* ---- keeping cooldowns across restarts (limits sheet 3.3) ----------------
  * A counter that moves whenever a cooldown opens or closes, so a saver

@@ -234,7 +234,10 @@ static int l_state(lua_State *L) {
 }
 
 static int l_clear(lua_State *L) {
-  lua_pushinteger(L, cpx_pool_clear(pool(L), luaL_optstring(L, 1, NULL)));
+  /* clear([account[, model]]): nil account with a model clears that model
+   * on every account */
+  lua_pushinteger(L, cpx_pool_clear_model(pool(L), luaL_optstring(L, 1, NULL),
+                                          luaL_optstring(L, 2, NULL)));
   return 1;
 }
 

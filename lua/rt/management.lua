@@ -36,7 +36,6 @@ local pairs = pairs
 local tostring = tostring
 local xpcall = xpcall
 local format = string.format
-local floor = math.floor
 local concat = table.concat
 
 local mgmt = cpx.mgmt
@@ -49,7 +48,7 @@ local _M = {}
 
 -- Route modules mounted under /v0/management, in this order; append a
 -- name to add lua/rt/mgmt/<name>.lua.
-local MODULES = { "config" }
+local MODULES = { "config", "keys", "auth_files", "api_call" }
 _M.MODULES = MODULES
 
 local state = {
@@ -101,15 +100,7 @@ local function err_body(msg, detail)
 end
 _M.err = err_body
 
--- Go's time.Duration.String() for whole seconds: "29m59s", "1h0m0s", "5s".
-local function go_duration(sec)
-  sec = floor(sec + 0.5)
-  local h, m, s = floor(sec / 3600), floor(sec % 3600 / 60), sec % 60
-  if h > 0 then return format("%dh%dm%ds", h, m, s) end
-  if m > 0 then return format("%dm%ds", m, s) end
-  return format("%ds", s)
-end
-_M.go_duration = go_duration
+local go_duration = require("rt.cooldown").go_duration
 
 -- ---- access ------------------------------------------------------------
 

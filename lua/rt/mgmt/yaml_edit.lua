@@ -46,6 +46,9 @@ local function is_array(v)
   return type(v) == "table" and (getmetatable(v) == array_mt or (getmetatable(v) == nil and v[1] ~= nil))
 end
 
+local FIRST = { name = 1, ["api-key"] = 2, alias = 3, priority = 4, prefix = 5, ["base-url"] = 6,
+                ["proxy-url"] = 7, headers = 8, ["api-key-entries"] = 9, models = 10, ["excluded-models"] = 11 }
+
 -- Keys of a decoded JSON object in their input order (cpx.json keeps it in
 -- the metatable's array part), then any others sorted.
 local function ordered_keys(t)
@@ -63,7 +66,12 @@ local function ordered_keys(t)
   for k in pairs(t) do
     if not seen[k] then rest[#rest + 1] = tostring(k) end
   end
-  sort(rest)
+  -- config.yaml's usual order first (name, api-key, ...), then by name
+  sort(rest, function(a, b)
+    local pa, pb = FIRST[a] or 100, FIRST[b] or 100
+    if pa ~= pb then return pa < pb end
+    return a < b
+  end)
   for _, k in ipairs(rest) do out[#out + 1] = k end
   return out
 end
@@ -261,6 +269,15 @@ function set(text, path, v)
       return text .. "\n" .. entry .. "\n"
     end
     return sub(text, 1, at) .. "\n" .. entry .. sub(text, at + 1)
+  end
+  if parent and parent.kind == "seq" and not parent.flow and path[n] == parent.n + 1 then
+    -- an item appended to a block sequence: one more "- " line
+    local lines = emit_item(v, parent.col)
+    local at = line_end(text, parent.e)
+    if at == #text and sub(text, -1) ~= "\n" then
+      return text .. "\n" .. concat(lines, "\n") .. "\n"
+    end
+    return sub(text, 1, at) .. "\n" .. concat(lines, "\n") .. sub(text, at + 1)
   end
   return set_via_parent(text, path, v)
 end

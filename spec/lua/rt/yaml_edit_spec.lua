@@ -103,6 +103,14 @@ describe("rt.mgmt.yaml_edit.set", function()
     keeps_lines(DOC, out, {})
   end)
 
+  it("appends to a block list with one more line", function()
+    local out = assert(ye.set(DOC, { "api-keys", 3 }, "c"))
+    assert.equal((DOC:gsub('  %- "b"\n', '  - "b"\n  - c\n')), out)
+    out = assert(ye.set(DOC, { "entries", 2 }, { name = "two" }))
+    assert.equal("two", decode(out).entries[2].name)
+    keeps_lines(DOC, out, {})
+  end)
+
   it("appends to a flow list through its parent", function()
     local out = assert(ye.set(DOC, { "list2", 3 }, 9))
     local l = decode(out).list2
