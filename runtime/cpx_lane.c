@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <lauxlib.h>
 
@@ -20,6 +21,10 @@
  * (handed to Lua), a small non-stream answer (sent in one write), a stream
  * until its first event. Past these the lane gives up holding. */
 #define HOLD_MAX (1024 * 1024)
+/* Bytes of each answer kept for its record, and records a worker holds
+ * until the loop iteration ends. */
+#define RECORD_TAIL 4096
+#define RECORDS_MAX 4096
 
 /* ---- the route table ---------------------------------------------------- */
 
@@ -149,6 +154,12 @@ typedef struct {
   char *ev_name, *ev_data;
   size_t ev_name_len, ev_data_len;
   int seen_event;
+  /* the request record (rt.record) */
+  int handed;     /* Lua took the request: it records it */
+  int key_index;  /* 1-based index of the client key in api-keys, 0: none */
+  double ttft_ms; /* the client's head went out (streams), or -1 */
+  char tail[RECORD_TAIL]; /* the last bytes relayed: the usage is there */
+  size_t tail_len;
 } lane_req_t;
 
 static const cpx_h1_cb_t lane_cb;
@@ -160,9 +171,14 @@ static void report(lane_req_t *lq, int result) {
   cpx_pool_report(cpx_pool_global(), lq->pick.state, lq->pick.probe, result, 0);
 }
 
-/* Drops everything the lane holds for the request. */
+static void record_push(lane_req_t *lq);
+
+/* Drops everything the lane holds for the request (and records it, when
+ * the lane answered it). */
 static void lane_free(lane_req_t *lq) {
   cpx_request_t *r = lq->r;
+  if (!lq->handed)
+    record_push(lq);
   if (r->handler_data == lq) {
     r->handler_data = NULL;
     r->on_abort = NULL;
@@ -261,6 +277,7 @@ static void handoff(lane_req_t *lq, int rc) {
   handoff_t h = {lq, rc};
   cpx_request_t *r = lq->r;
   lq->reported = 1; /* Lua reports the handle */
+  lq->handed = 1;   /* and records the request */
   r->handler_data = NULL;
   r->on_abort = NULL;
   r->on_drain = NULL;
@@ -280,9 +297,26 @@ static const char *fail_text(const cpx_h1_req_t *q, int rc) {
   return q->err ? q->err : cpx_strerror(rc);
 }
 
+/* Keeps the last RECORD_TAIL bytes sent to the client. */
+static void keep_tail(lane_req_t *lq, const char *p, size_t n) {
+  if (n >= RECORD_TAIL) {
+    memcpy(lq->tail, p + n - RECORD_TAIL, RECORD_TAIL);
+    lq->tail_len = RECORD_TAIL;
+    return;
+  }
+  if (lq->tail_len + n > RECORD_TAIL) {
+    size_t keep = RECORD_TAIL - n;
+    memmove(lq->tail, lq->tail + lq->tail_len - keep, keep);
+    lq->tail_len = keep;
+  }
+  memcpy(lq->tail + lq->tail_len, p, n);
+  lq->tail_len += n;
+}
+
 static int relay(lane_req_t *lq, const char *p, size_t n) {
   if (n == 0)
     return 0;
+  keep_tail(lq, p, n);
   if (cpx_request_write(lq->r, p, n) != 0)
     return -1;
   if (cpx_request_congested(lq->r))
@@ -340,6 +374,7 @@ static int start_relay(lane_req_t *lq) {
 
   report(lq, CPX_POOL_OK);
   lq->phase = P_RELAY;
+  lq->ttft_ms = (double)(uv_hrtime() - lq->r->start_ns) / 1e6;
   if (cpx_request_start(lq->r, 200, h, nh) != 0)
     return -1;
   if (lq->acc_len) {
@@ -441,6 +476,8 @@ static void on_done(cpx_h1_req_t *q, int rc) {
       cpx_header_t hs[CPX_JSON_HEADERS_N];
       size_t nh;
       const cpx_header_t *h = answer_headers(lq, hs, &nh);
+      if (lq->acc_len)
+        keep_tail(lq, lq->acc, lq->acc_len);
       cpx_request_respond(r, 200, h, nh, lq->acc ? lq->acc : "", lq->acc_len);
     }
     break;
@@ -496,11 +533,12 @@ static void on_req_shutdown(cpx_request_t *r) {
 
 /* The key the client presented, as rt.access reads it (headers only: a
  * request with a query string never comes here). */
-static int key_ok(const cpx_lane_t *l, const cpx_request_t *r) {
+static int key_ok(const cpx_lane_t *l, const cpx_request_t *r, int *which) {
   size_t n;
   const char *k = cpx_request_header(r, "authorization", &n);
   int ok = 0;
 
+  *which = 0;
   if (l->nkeys == 0)
     return 1;
   if (k && n > 6 && (k[0] == 'B' || k[0] == 'b') &&
@@ -523,8 +561,12 @@ static int key_ok(const cpx_lane_t *l, const cpx_request_t *r) {
   if (!k)
     return 0;
   /* Every key is compared, so the time does not say which one matched. */
-  for (size_t i = 0; i < l->nkeys; i++)
-    ok |= cpx_secure_equal(k, n, l->keys[i], l->key_lens[i]);
+  for (size_t i = 0; i < l->nkeys; i++) {
+    int eq = cpx_secure_equal(k, n, l->keys[i], l->key_lens[i]);
+    ok |= eq;
+    /* which key (for the record's label), without a branch on it */
+    *which += (int)(i + 1) * eq * (*which == 0);
+  }
   return ok;
 }
 
@@ -540,7 +582,7 @@ int cpx_lane_try(cpx_worker_t *w, cpx_request_t *r) {
   cpx_pool_choice_t choice;
   lane_req_t *lq;
   size_t pre, post;
-  int n;
+  int n, key_index = 0;
 
   if (!h->method || strcmp(h->method, "POST") != 0 ||
       h->url_len != l->path_len ||
@@ -552,7 +594,7 @@ int cpx_lane_try(cpx_worker_t *w, cpx_request_t *r) {
     if (s && cpx_store_version(s) != l->store_version)
       return 0; /* Lua refreshes its registry and this table */
   }
-  if (!key_ok(l, r))
+  if (!key_ok(l, r, &key_index))
     return 0;
   if (cpx_json_top_get(h->body, h->body_len, keys, vals, 2) != 0)
     return 0;
@@ -584,6 +626,8 @@ int cpx_lane_try(cpx_worker_t *w, cpx_request_t *r) {
   l->refs++;
   lq->m = m;
   lq->pick = choice;
+  lq->key_index = key_index;
+  lq->ttft_ms = -1;
   lq->stream = vals[1].p && vals[1].n == 4 && memcmp(vals[1].p, "true", 4) == 0;
   lq->phase = P_WAIT;
   cpx_vm_ref(vm);
@@ -616,10 +660,187 @@ int cpx_lane_try(cpx_worker_t *w, cpx_request_t *r) {
     /* Nothing went out: Lua sends it the usual way. */
     report(lq, CPX_POOL_NEUTRAL);
     r->tag = NULL;
+    lq->handed = 1; /* Lua serves it, and records it */
     lane_free(lq);
     return 0;
   }
   return 1;
+}
+
+/* ---- request records ---------------------------------------------------- */
+
+/* One finished request, as rt.record.lane reads it. Owned by the worker's
+ * list until delivered. */
+typedef struct lane_rec_s {
+  struct lane_rec_s *next;
+  char *model;
+  char rid[9];
+  int member, key_index, status, stream, aborted;
+  double time, latency_ms, ttft_ms;
+  size_t tail_len;
+  char tail[]; /* tail_len bytes */
+} lane_rec_t;
+
+static _Atomic uint64_t records_dropped;
+
+uint64_t cpx_lane_records_dropped(void) {
+  return records_dropped;
+}
+
+static void on_record_idle(uv_idle_t *h);
+
+static void record_push(lane_req_t *lq) {
+  cpx_worker_t *w = lq->w;
+  cpx_request_t *r = lq->r;
+  lane_rec_t *rec;
+  uint64_t now = uv_hrtime();
+  struct timespec ts;
+
+  if (!w || !lq->m)
+    return;
+  if (w->nrecords >= RECORDS_MAX) {
+    records_dropped++;
+    return;
+  }
+  rec = malloc(sizeof(*rec) + lq->tail_len);
+  if (!rec) {
+    records_dropped++;
+    return;
+  }
+  rec->model = malloc(lq->m->name_len + 1);
+  if (!rec->model) {
+    free(rec);
+    records_dropped++;
+    return;
+  }
+  memcpy(rec->model, lq->m->name, lq->m->name_len);
+  rec->model[lq->m->name_len] = '\0';
+  memcpy(rec->rid, r->rid, sizeof(rec->rid));
+  rec->member = (int)lq->pick.member + 1;
+  rec->key_index = lq->key_index;
+  rec->status = r->status;
+  rec->stream = lq->stream;
+  rec->aborted = r->aborted || !r->status;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  rec->latency_ms = (double)(now - r->start_ns) / 1e6;
+  rec->time = (double)ts.tv_sec + ts.tv_nsec / 1e9 - rec->latency_ms / 1e3;
+  rec->ttft_ms = lq->ttft_ms;
+  rec->tail_len = lq->tail_len;
+  memcpy(rec->tail, lq->tail, lq->tail_len);
+  rec->next = w->records;
+  w->records = rec;
+  if (w->nrecords++ == 0)
+    uv_idle_start(&w->record_idle, on_record_idle);
+}
+
+static void records_free(lane_rec_t *rec) {
+  while (rec) {
+    lane_rec_t *next = rec->next;
+    free(rec->model);
+    free(rec);
+    rec = next;
+  }
+}
+
+/* Pushes the list (oldest first) as rt.record.lane's input. */
+static void push_records(lua_State *L, lane_rec_t *list, size_t n) {
+  lane_rec_t *rev = NULL;
+  int i = 0;
+  while (list) { /* the list is newest first */
+    lane_rec_t *next = list->next;
+    list->next = rev;
+    rev = list;
+    list = next;
+  }
+  lua_createtable(L, (int)n, 0);
+  for (lane_rec_t *rec = rev; rec; rec = rec->next) {
+    lua_createtable(L, 0, 12);
+    lua_pushstring(L, rec->model);
+    lua_setfield(L, -2, "model");
+    lua_pushstring(L, rec->rid);
+    lua_setfield(L, -2, "request_id");
+    lua_pushinteger(L, rec->member);
+    lua_setfield(L, -2, "member");
+    lua_pushinteger(L, rec->key_index);
+    lua_setfield(L, -2, "key_index");
+    lua_pushinteger(L, rec->status);
+    lua_setfield(L, -2, "status");
+    lua_pushboolean(L, rec->stream);
+    lua_setfield(L, -2, "stream");
+    lua_pushboolean(L, rec->aborted);
+    lua_setfield(L, -2, "aborted");
+    lua_pushnumber(L, rec->time);
+    lua_setfield(L, -2, "time");
+    lua_pushnumber(L, rec->latency_ms);
+    lua_setfield(L, -2, "latency_ms");
+    if (rec->ttft_ms >= 0) {
+      lua_pushnumber(L, rec->ttft_ms);
+      lua_setfield(L, -2, "ttft_ms");
+    }
+    lua_pushlstring(L, rec->tail, rec->tail_len);
+    lua_setfield(L, -2, "tail");
+    lua_rawseti(L, -2, ++i);
+  }
+  records_free(rev);
+}
+
+static int traceback_fn(lua_State *L) {
+  luaL_traceback(L, L, lua_tostring(L, 1), 1);
+  return 1;
+}
+
+/* After the loop iteration: the whole list in one call to Lua. */
+static void on_record_idle(uv_idle_t *h) {
+  cpx_worker_t *w = h->data;
+  lane_rec_t *list = w->records;
+  size_t n = w->nrecords;
+  cpx_vm_t *vm = w->vm;
+  lua_State *L;
+  int top;
+
+  uv_idle_stop(h);
+  w->records = NULL;
+  w->nrecords = 0;
+  if (!vm) {
+    records_free(list);
+    return;
+  }
+  L = vm->L;
+  top = lua_gettop(L);
+  vm->host++;
+  lua_pushcfunction(L, traceback_fn);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, vm->app_ref);
+  lua_getfield(L, -1, "lane_records");
+  lua_remove(L, -2);
+  if (!lua_isfunction(L, -1)) {
+    vm->host--;
+    records_free(list);
+    lua_settop(L, top);
+    return;
+  }
+  push_records(L, list, n);
+  vm->host--;
+  if (lua_pcall(L, 1, 0, top + 1) != 0)
+    cpx_log_error(NULL, "lane records: %s", lua_tostring(L, -1));
+  lua_settop(L, top);
+}
+
+void cpx_lane_records_init(cpx_worker_t *w) {
+  uv_idle_init(w->loop, &w->record_idle);
+  w->record_idle.data = w;
+  w->records = NULL;
+  w->nrecords = 0;
+}
+
+static void record_idle_closed(uv_handle_t *h) {
+  CPX_UNUSED(h);
+}
+
+void cpx_lane_records_close(cpx_worker_t *w) {
+  /* What was not delivered yet goes to Lua now (the VM is still there). */
+  if (w->nrecords)
+    on_record_idle(&w->record_idle);
+  uv_close((uv_handle_t *)&w->record_idle, record_idle_closed);
 }
 
 /* ---- cpx.lane ----------------------------------------------------------- */

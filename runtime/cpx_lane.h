@@ -28,6 +28,8 @@
 #ifndef CPX_LANE_H
 #define CPX_LANE_H
 
+#include <stdint.h>
+
 #include <lua.h>
 
 #include "cpx_server.h"
@@ -39,6 +41,14 @@ struct cpx_worker_s;
 int cpx_lane_try(struct cpx_worker_s *w, cpx_request_t *r);
 /* Drops the generation's reference (requests in flight keep theirs). */
 void cpx_lane_free(cpx_lane_t *l);
+/* The lane's request records (rt.record): a worker's list is handed to
+ * its current generation's app.lane_records after the loop iteration that
+ * finished them. init/close: with the worker's Lua glue. */
+void cpx_lane_records_init(struct cpx_worker_s *w);
+void cpx_lane_records_close(struct cpx_worker_s *w);
+/* Records dropped because a worker's list was full (process-wide). */
+uint64_t cpx_lane_records_dropped(void);
+
 /* Adds cpx.lane (configure) to the table at the top of the stack. */
 void cpx_lane_lua_register(lua_State *L);
 

@@ -2,6 +2,7 @@
  * See cpx_lua.h. */
 #include "cpx_lane.h"
 #include "cpx_lua.h"
+#include "cpx_metrics.h"
 #include "cpx_usage.h"
 
 #include <fcntl.h>
@@ -511,6 +512,7 @@ int cpx_vm_new(cpx_worker_t *w, const char *config_path, cpx_vm_t **out,
   cpx_panel_lua_register(L);
   cpx_yaml_lua_register(L);
   cpx_mgmt_lua_register(L);
+  cpx_metrics_lua_register(L);
   lua_pushlightuserdata(L, w);
   lua_setfield(L, LUA_REGISTRYINDEX, "cpx.worker");
   lua_pushlightuserdata(L, vm);

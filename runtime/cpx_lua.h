@@ -68,6 +68,11 @@ struct cpx_worker_s {
   cpx_vm_t *vm;     /* current generation (one reference) */
   uv_idle_t resume_idle;
   void *resume_queue; /* requests whose coroutine must be resumed */
+  /* The fast lane's request records, delivered to Lua (rt.record) after
+   * the loop iteration that finished them (cpx_lane.c owns the list). */
+  uv_idle_t record_idle;
+  void *records;
+  size_t nrecords;
   char config_path[4096];
   char lua_dir[4096]; /* built-in lua/ directory */
   unsigned next_gen;

@@ -100,6 +100,10 @@ struct lreq_s {
   /* nonstream-keepalive-interval: the ka timer belongs to req:keepalive;
    * nka_started once it has started the response (200, JSON). */
   int nka, nka_started;
+  /* req:pipe opts.capture (rt.record reads usage out of relayed bytes):
+   * the first and the last cap_max bytes the upstream sent (owned). */
+  char *cap_head, *cap_tail;
+  size_t cap_head_len, cap_tail_len, cap_max;
   /* state */
   int pending_work; /* threadpool jobs that still point at this request */
   int aborted;
@@ -111,6 +115,7 @@ struct lreq_s {
 static void lreq_resume(lreq_t *lr, int nargs);
 static void lreq_maybe_release(lreq_t *lr);
 static void pipe_end(lreq_t *lr, const char *err);
+static void pipe_note_abort(lreq_t *lr, const char *why);
 static void ka_stop(lreq_t *lr);
 
 /* ---- helpers ------------------------------------------------------------ */
@@ -428,6 +433,10 @@ static void lreq_release(lreq_t *lr) {
   else if (lr->framing == FRAME_JSONARR)
     cpx_jsonarr_free(&lr->ja);
   lr->framing = FRAME_RAW;
+  free(lr->cap_head);
+  free(lr->cap_tail);
+  lr->cap_head = lr->cap_tail = NULL;
+  lr->cap_max = 0;
   if (lr->box)
     lr->box->lr = NULL;
   luaL_unref(L, LUA_REGISTRYINDEX, lr->handler_ref);
@@ -537,6 +546,7 @@ static void on_req_abort(cpx_request_t *r) {
   /* Cancel every upstream transfer at once: nobody will read it. */
   if (lr->piping && !lr->pipe_ended) {
     lr->pipe_ended = 1;
+    pipe_note_abort(lr, "client closed request");
   }
   while (lr->fetches)
     lfetch_release(lr->fetches);
@@ -779,6 +789,42 @@ static int on_json_elem(void *ud, const char *elem, size_t len) {
   return deliver_event(ud, NULL, 0, elem, len);
 }
 
+/* Keeps the first and the last cap_max bytes: at most two copies of
+ * cap_max bytes per write, whatever the stream's length. */
+static void capture(lreq_t *lr, const char *data, size_t len) {
+  size_t max = lr->cap_max;
+  if (!max)
+    return;
+  if (lr->cap_head_len < max) {
+    size_t n = max - lr->cap_head_len < len ? max - lr->cap_head_len : len;
+    memcpy(lr->cap_head + lr->cap_head_len, data, n);
+    lr->cap_head_len += n;
+    data += n;
+    len -= n;
+  }
+  if (len >= max) {
+    memcpy(lr->cap_tail, data + len - max, max);
+    lr->cap_tail_len = max;
+  } else if (len > 0) {
+    size_t keep = lr->cap_tail_len + len > max ? max - len : lr->cap_tail_len;
+    memmove(lr->cap_tail, lr->cap_tail + lr->cap_tail_len - keep, keep);
+    memcpy(lr->cap_tail + keep, data, len);
+    lr->cap_tail_len = keep + len;
+  }
+}
+
+/* Pushes the captured bytes: head, a blank line, tail. */
+static void push_capture(lreq_t *lr, lua_State *L) {
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  luaL_addlstring(&b, lr->cap_head, lr->cap_head_len);
+  if (lr->cap_tail_len) {
+    luaL_addlstring(&b, "\n\n", 2);
+    luaL_addlstring(&b, lr->cap_tail, lr->cap_tail_len);
+  }
+  luaL_pushresult(&b);
+}
+
 static int pipe_sink(cpx_fetch_t *f, const char *data, size_t len) {
   lfetch_t *lf = f->data;
   lreq_t *lr = lf->lr;
@@ -789,6 +835,7 @@ static int pipe_sink(cpx_fetch_t *f, const char *data, size_t len) {
     return CPX_ECLOSED;
   if (cpx_request_congested(r))
     return CPX_EAGAIN;
+  capture(lr, data, len);
   switch (lr->framing) {
   case FRAME_SSE:
     rc = cpx_sse_feed(&lr->sse, data, len, on_sse_event, lr);
@@ -804,6 +851,22 @@ static int pipe_sink(cpx_fetch_t *f, const char *data, size_t len) {
   if (rc != 0)
     return rc < 0 ? rc : CPX_ESCRIPT;
   return 0;
+}
+
+/* The client left mid-stream: the handler's on_abort(why, captured), if
+ * any, may note it (rt.record); it cannot write. */
+static void pipe_note_abort(lreq_t *lr, const char *why) {
+  lua_State *L = lr->vm->L;
+  int failed = 0;
+  if (lr->handler_ref == LUA_NOREF)
+    return;
+  lr->vm->host++;
+  lua_pushstring(L, why ? why : "client closed request");
+  if (lr->cap_max)
+    push_capture(lr, L);
+  lr->vm->host--;
+  if (call_handler(lr, "on_abort", lr->cap_max ? 2 : 1, &failed))
+    lua_pop(L, 1);
 }
 
 static void pipe_end(lreq_t *lr, const char *err) {
@@ -822,10 +885,14 @@ static void pipe_end(lreq_t *lr, const char *err) {
       lua_pushstring(L, err);
     else
       lua_pushnil(L);
+    if (lr->cap_max)
+      push_capture(lr, L);
     lr->vm->host--;
-    if (call_handler(lr, "on_end", 1, &failed))
+    if (call_handler(lr, "on_end", lr->cap_max ? 2 : 1, &failed))
       write_result(lr);
     cpx_request_finish(lr->r);
+  } else {
+    pipe_note_abort(lr, err);
   }
   if (lr->pipe)
     lfetch_release(lr->pipe);
@@ -1234,6 +1301,20 @@ static int l_req_pipe(lua_State *L) {
       }
     }
     lua_pop(L, 2);
+    lua_getfield(L, 5, "capture");
+    sec = lua_isnumber(L, -1) ? lua_tonumber(L, -1) : 0;
+    lua_pop(L, 1);
+    if (sec >= 1 && sec <= 65536) {
+      lr->cap_head = malloc((size_t)sec);
+      lr->cap_tail = malloc((size_t)sec);
+      if (lr->cap_head && lr->cap_tail) {
+        lr->cap_max = (size_t)sec;
+      } else {
+        free(lr->cap_head);
+        free(lr->cap_tail);
+        lr->cap_head = lr->cap_tail = NULL;
+      }
+    }
   }
   lr->piping = 1;
   lr->pipe = lf;
@@ -1706,6 +1787,7 @@ void cpx__lua_api_register(lua_State *L) {
 int cpx_worker_init_lua(cpx_worker_t *w) {
   uv_idle_init(w->loop, &w->resume_idle);
   w->resume_idle.data = w;
+  cpx_lane_records_init(w);
   return 0;
 }
 
@@ -1715,6 +1797,7 @@ static void noop_close(uv_handle_t *h) {
 
 void cpx_worker_close_lua(cpx_worker_t *w) {
   uv_close((uv_handle_t *)&w->resume_idle, noop_close);
+  cpx_lane_records_close(w);
   if (w->vm) {
     cpx_vm_unref(w->vm);
     w->vm = NULL;

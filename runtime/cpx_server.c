@@ -10,6 +10,7 @@
 
 #include "cpx_errbody.h"
 #include "cpx_log.h"
+#include "cpx_metrics.h"
 
 /* Bytes read while a request is in flight are kept (pipelining, or a
  * client that sends the next request early) up to this bound, then reading
@@ -443,6 +444,7 @@ int cpx_request_start(cpx_request_t *r, int status, const cpx_header_t *headers,
   r->status = status;
   r->headers_sent = 1;
   r->streaming = 1;
+  cpx_metrics_inflight(0, 1); /* [metrics] */
   if (!r->conn)
     return CPX_ECLOSED;
   r->chunked = r->http.http_major == 1 && r->http.http_minor >= 1;
@@ -504,6 +506,7 @@ static void request_done(cpx_request_t *r) {
   r->finished = 1;
   access_log(r);
   r->srv->active_requests--;
+  cpx_metrics_inflight(-1, r->streaming ? -1 : 0); /* [metrics] */
   if (!c) {
     if (r->srv->draining && r->srv->active_requests == 0 && r->srv->on_drained)
       r->srv->on_drained(r->srv);
@@ -614,6 +617,7 @@ static void dispatch(cpx_conn_t *c) {
   uv_timer_stop(&c->timer);
   c->timer_mode = -1;
   srv->active_requests++;
+  cpx_metrics_inflight(1, 0); /* [metrics] */
   srv->on_request(srv, r);
 }
 

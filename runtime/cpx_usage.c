@@ -17,20 +17,10 @@
 
 #include "cpx_log.h"
 
-const char *const cpx_usage_str_names[CPX_USAGE_NSTR] = {"id",
-                                                         "method",
-                                                         "endpoint",
-                                                         "client_format",
-                                                         "provider",
-                                                         "account",
-                                                         "credential",
-                                                         "model",
-                                                         "upstream_model",
-                                                         "alias",
-                                                         "client_key",
-                                                         "error",
-                                                         "tag",
-                                                         "path"};
+const char *const cpx_usage_str_names[CPX_USAGE_NSTR] = {
+    "id",         "method",     "endpoint", "client_format",  "provider",
+    "account",    "credential", "model",    "upstream_model", "alias",
+    "client_key", "error",      "tag",      "path",           "source"};
 
 const char *const cpx_usage_num_names[CPX_USAGE_NNUM] = {
     "time",   "latency_ms", "ttft_ms",    "stream",

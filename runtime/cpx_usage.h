@@ -41,6 +41,7 @@ enum {
   CPX_US_ERROR,
   CPX_US_TAG,
   CPX_US_PATH,
+  CPX_US_SOURCE, /* account email or entry name (CLIProxyAPI's source) */
   CPX_USAGE_NSTR
 };
 

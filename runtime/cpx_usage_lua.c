@@ -11,6 +11,7 @@
 #include <lua.h>
 
 #include "cpx_lua.h"
+#include "cpx_store.h"
 #include "cpx_usage.h"
 
 /* Longest text kept per field: ids, names and error messages. */
@@ -375,12 +376,26 @@ static int l_open(lua_State *L) {
   char err[512];
   double v;
   luaL_checktype(L, 1, LUA_TTABLE);
+  /* Only the server writes usage: `cliproxy check` and doctor build a
+   * generation without a worker and must not create the database. */
+  lua_getfield(L, LUA_REGISTRYINDEX, "cpx.worker");
+  lua_getfield(L, 1, "force");
+  if (lua_touserdata(L, -2) == NULL && !lua_toboolean(L, -1)) {
+    lua_pushnil(L);
+    lua_pushliteral(L, "not a server worker");
+    return 2;
+  }
+  lua_pop(L, 2);
   cpx_usage_config_defaults(&c);
   lua_getfield(L, 1, "path");
   path = lua_tostring(L, -1);
-  if (!path || !*path || strlen(path) >= sizeof(c.path))
+  if (!path || !*path)
     return luaL_error(L, "cpx.usage.open: path must be a non-empty string");
-  snprintf(c.path, sizeof(c.path), "%s", path);
+  if (cpx_store_expand_path(path, c.path, sizeof(c.path)) != 0) {
+    lua_pushnil(L);
+    lua_pushliteral(L, "usage path too long");
+    return 2;
+  }
   lua_pop(L, 1);
   if (field_num(L, 1, "retention_days", &v) && v >= 0)
     c.retention_days = v;

@@ -20,6 +20,7 @@
 #include "cpx_store.h"
 #include "cpx_tls.h"
 #include "cpx_tokens.h"
+#include "cpx_usage.h"
 
 #include <curl/curl.h>
 
@@ -664,6 +665,8 @@ static int run_server(const char *argv0, const char *path) {
   for (int i = 1; i < n; i++)
     if (app.workers[i].started)
       uv_thread_join(&app.workers[i].tid);
+  /* Every worker has handed its last records over: write them. */
+  cpx_usage_close();
   if (app.tls)
     cpx_tls_ctx_free(app.tls);
   cpx_log_flush();

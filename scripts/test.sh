@@ -14,10 +14,10 @@ echo "== ctest"
 echo "== C unit tests under ASan + UBSan"
 BUILD_DIR=build-asan BUILD_TYPE=Debug scripts/build.sh -DCPX_SANITIZE=ON -DCPX_E2E=OFF
 (cd build-asan && ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -j2 -R '^c_')
-echo "== the server under ASan + UBSan: fast path, pipeline hand-offs, reloads, start-up failure, lingering close, doctor"
+echo "== the server under ASan + UBSan: fast path, pipeline hand-offs, reloads, start-up failure, lingering close, doctor, usage"
 # Memory errors abort the proxy and fail the test; a leak at exit makes its
 # exit status non-zero, which these tests assert to be 0.
 (cd spec/e2e && ASAN_OPTIONS=detect_leaks=1 CPX_BIN="$PWD/../../build-asan/cliproxy" \
-  node --test fast_path.test.mjs fast_path_lifecycle.test.mjs lingering.test.mjs doctor.test.mjs)
+  node --test fast_path.test.mjs fast_path_lifecycle.test.mjs lingering.test.mjs doctor.test.mjs usage.test.mjs)
 echo "== fuzz smoke: every target for ${CPX_FUZZ_SECONDS:-30} s (scripts/fuzz.sh for long runs)"
 scripts/fuzz.sh --time "${CPX_FUZZ_SECONDS:-30}"

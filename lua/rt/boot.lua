@@ -86,9 +86,14 @@ function _M.start(doc, lines, path)
   local mok, mgerr = require("rt.management").init(app)
   if not mok then return nil, mgerr end
   require("rt.lane").sync(app)
+  -- The request record's subscribers (rt.record): usage store, metrics.
+  local record = require("rt.record")
+  require("rt.usage").configure(app)
+  require("rt.metrics").configure(app)
   local banner = require("rt.banner")
   local doctor = require("rt.doctor")
   return { config = cfg, handle = server.handle,
+           lane_records = function(list) record.lane(app, list) end,
            banner = function(base_url) return banner.lines(app, base_url) end,
            doctor = function() return doctor.report(app, cpx.store.list(), cpx.now()) end }
 end

@@ -158,6 +158,17 @@ local schema = map({
   }),
   -- cliproxy's own keys
   workers = int(1, 1, 64),
+  -- the usage store (rt.usage); enabled unset follows usage-statistics-enabled
+  usage = map({
+    enabled = bool(),
+    path = str(""),
+    ["retention-days"] = num(30, 0),
+    ["queue-size"] = int(16384, 16, 1048576),
+    ["batch-size"] = int(256, 1, 65536),
+    ["flush-interval-ms"] = int(1000, 10, 60000),
+  }),
+  -- GET /metrics (rt.metrics): off unless enabled; key: Bearer key to ask
+  metrics = map({ enabled = bool(false), key = str("") }),
   ["count-tokens"] = map({
     encoding = { type = "string", default = "auto", enum = { "auto", "o200k_base", "cl100k_base", "off" } },
     factor = num(1, 0.1, 10),

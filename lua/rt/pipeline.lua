@@ -12,6 +12,7 @@ local payload = require("rt.payload")
 local mw = require("rt.middleware")
 local translators = require("translators")
 local count = require("rt.count")
+local record = require("rt.record")
 
 local fetch = cpx.fetch
 local log = cpx.log
@@ -25,6 +26,9 @@ local _M = {}
 
 -- Upstream streams are SSE for every format (Gemini is asked for alt=sse).
 local FRAMING = "sse"
+-- [record] bytes kept from each end of a stream relayed untouched: the
+-- usage is in its first events (Claude's message_start) and its last.
+local RECORD_CAPTURE = 8192
 
 local function stream_headers()
   return http.headers("text/event-stream", { ["Cache-Control"] = "no-cache", ["X-Accel-Buffering"] = "no" })
@@ -169,6 +173,10 @@ end
 --         body_filter = fn(tbl) -> tbl, frame_filter = fn(frame) -> frame }
 function _M.infer(app, req, info, fmt, body, opts)
   local model = opts.model
+  -- [record] what the request asked for; filled in as the pipeline learns
+  local rec = record.of(info) or record.begin(info, fmt)
+  rec.model = type(model) == "string" and model or nil
+  rec.stream = opts.stream and true or false
   if type(model) ~= "string" or model == "" then
     return http.error(req, fmt, 400, "model is required")
   end
@@ -286,6 +294,11 @@ function _M.infer(app, req, info, fmt, body, opts)
   end
 
   local res = pool.run(app, ctx, model, attempt)
+  -- [record] the account that answered last, the attempts, the alias
+  rec.attempts = ctx.attempts and #ctx.attempts or 0
+  if model ~= rec.model then rec.alias = model end
+  if res and res.ctx then record.note_target(rec, res.ctx.target) end
+  if res and not res.ok then rec.error = res.err or res.message end
   if req:closed() then return end
   if not res then
     return http.error(req, fmt, 502, "no upstream available for model " .. model)
@@ -312,16 +325,32 @@ function _M.infer(app, req, info, fmt, body, opts)
     -- Gemini without alt=sse streams a JSON array, not SSE.
     req:start(200, opts.gemini_array and http.headers("application/json") or stream_headers())
     mw.defer_log(actx)
+    -- [record] the client has its head at the first real event; the
+    -- record ends with the stream (on_end) or the client (on_abort)
+    rec.ttft_ms = record.elapsed_ms(rec)
+    rec.deferred = true
+    local function rec_abort(why, captured)
+      if captured then rec.usage = record.usage_from_stream(upfmt, captured) end
+      rec.error = why
+      record.finish(rec, 499)
+    end
     if res.passthrough then
       local codec = translators.codecs[fmt]
-      return req:pipe(up, {
-        on_end = function(e)
+      local po = keepalive_opts(app, fmt, opts) or {}
+      po.capture = RECORD_CAPTURE
+      req:pipe(up, {
+        on_end = function(e, captured)
           local r = { status = 200, error = e }
           mw.run(chain, "after", actx, r)
           mw.run(chain, "log", actx, r)
+          rec.usage = record.usage_from_stream(upfmt, captured)
+          record.finish(rec, 200, e)
           if e then return codec.stream_error({ status = 502, type = "server_error", message = e }, {}, actx) end
         end,
-      }, "raw", keepalive_opts(app, fmt, opts))
+        on_abort = rec_abort,
+      }, "raw", po)
+      if req:closed() then rec_abort("client closed request") end
+      return
     end
     if wants_chunks then
       actx.ir_filter = function(ev) return mw.run(chain, "on_chunk", actx, ev) end
@@ -337,7 +366,7 @@ function _M.infer(app, req, info, fmt, body, opts)
       end
       return o
     end
-    return req:pipe(up, {
+    req:pipe(up, {
       on_event = function(ev) return out_frames(s:feed(ev)) end,
       on_end = function(e)
         local frames
@@ -349,9 +378,17 @@ function _M.infer(app, req, info, fmt, body, opts)
         local r = { status = 200, usage = s.usage, stop = s.stop, error = e }
         mw.run(chain, "after", actx, r)
         mw.run(chain, "log", actx, r)
+        rec.usage = s.usage -- [record]
+        record.finish(rec, 200, e)
         return out_frames(frames)
       end,
+      on_abort = function(why)
+        rec.usage = s.usage
+        rec_abort(why)
+      end,
     }, FRAMING, keepalive_opts(app, fmt, opts))
+    if req:closed() then rec_abort("client closed request") end -- [record]
+    return
   end
 
   local rb, berr = up:body()
@@ -364,6 +401,10 @@ function _M.infer(app, req, info, fmt, body, opts)
     decoded = collect_responses(rb)
   elseif not (res.passthrough and not opts.body_filter) then
     decoded = json.decode(rb)
+  end
+  -- [record] usage of a non-stream answer
+  if res.passthrough and not opts.body_filter then
+    rec.usage = decoded and record.usage_of(upfmt, decoded) or record.usage_from_body(upfmt, rb)
   end
   if res.passthrough and not opts.body_filter then
     if decoded then
@@ -385,6 +426,7 @@ function _M.infer(app, req, info, fmt, body, opts)
     return http.error(req, fmt, 502, terr or "cannot translate response", "server_error", "upstream_error")
   end
   if opts.body_filter then cb = opts.body_filter(cb) end
+  rec.usage = actx.usage or (res.passthrough and record.usage_of(upfmt, decoded)) or nil -- [record]
   mw.run(chain, "after", actx, { status = 200, body = cb, usage = actx.usage })
   return http.json(req, 200, cb)
 end

@@ -11,6 +11,8 @@ local mw = require("rt.middleware")
 local lane = require("rt.lane")
 local panel = require("rt.panel")
 local management = require("rt.management")
+local record = require("rt.record")
+local metrics = require("rt.metrics")
 
 local log = cpx.log
 local fetch = cpx.fetch
@@ -26,6 +28,10 @@ local app -- set by init
 
 function _M.init(a)
   app = a
+end
+
+local function metrics_route(req, info)
+  return metrics.handle(app, req, info)
 end
 
 local function health(req)
@@ -207,6 +213,8 @@ end
 local function count_tokens_claude(req, info)
   local body = decode_body(req, info, "claude")
   if not body then return end
+  local rec = record.of(info) -- [record]
+  if rec then rec.model = type(body.model) == "string" and body.model or nil end
   local status, text, uh = upstream_count("claude", body, body.model, info)
   if status then
     return req:respond(status, http.headers(uh["content-type"] or "application/json"), text or "")
@@ -222,6 +230,8 @@ local function gemini_action(req, info, model, action)
   if action == "countTokens" then
     local body = decode_body(req, info, "gemini")
     if not body then return end
+    local rec = record.of(info) -- [record]
+    if rec then rec.model = model end
     local status, text, uh = upstream_count("gemini", body, model, info)
     if status then
       return req:respond(status, http.headers(uh["content-type"] or "application/json"), text or "")
@@ -272,6 +282,7 @@ local panel_route = { panel_file, public = true }
 local routes = {
   ["GET /healthz"] = { health, public = true },
   ["HEAD /healthz"] = { health, public = true },
+  ["GET /metrics"] = { metrics_route, public = true }, -- key checked by rt.metrics
   ["GET /"] = { root, public = true },
   ["HEAD /"] = { root, public = true },
   ["GET /v1/models"] = { models, fmt = "openai_chat" },
@@ -312,12 +323,23 @@ local function dispatch(req, info)
     route = panel_route
   end
   local fmt = route and route.fmt or format_for_path(info.path)
+  -- [record] what kind of request this is; the usage store keeps
+  -- inference and counting, metrics count everything.
+  local rec = record.of(info)
+  if rec then
+    rec.client_format = fmt
+    if route and not route.public then
+      rec.kind = (info.path:find("count_tokens", 1, true) or info.path:find(":countTokens", 1, true))
+        and "count" or "inference"
+    end
+  end
   if not route then
     return http.error(req, fmt, 404, "not found: " .. info.method .. " " .. info.path, nil, "not_found")
   end
   if not route.public then
     local ok, why = access.check(app.config["api-keys"], info)
     if not ok then return http.error(req, fmt, 401, why) end
+    if rec and why then rec.client_key = record.key_label(why) end -- [record] label, never the key
     local allowed, status, msg = mw.run(app.middleware, "access", { info = info, client_format = fmt })
     if allowed == false then return http.error(req, fmt, status or 403, msg or "forbidden") end
   end
@@ -331,8 +353,11 @@ end
 -- Entry from C. Any script error becomes a clean 500 in the client's
 -- format naming the script and line; the traceback goes to the log.
 function _M.handle(req, info)
+  local rec = record.begin(info, format_for_path(info.path), nil) -- [record]
   local ok, err = xpcall(dispatch, on_error, req, info)
   lane.refresh(app)
+  -- [record] a stream finishes its record when it ends (rt.pipeline)
+  if not rec.deferred then record.finish(rec, req:status(), not ok and "script error" or nil) end
   if ok then return mw.done(app.middleware, info, nil, req:status()) end
   log("error", "script error:", err)
   if not req:sent() and not req:closed() then

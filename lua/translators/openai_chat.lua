@@ -557,4 +557,8 @@ function _M.stream_error(err, st, ctx)
   return { "data: " .. encode(_M.encode_error(err, ctx)) .. "\n\n" }
 end
 
+-- The usage object of this format -> IR usage (rt.record reads answers
+-- that pass through untranslated with it).
+_M.usage_in = usage_in
+
 return _M

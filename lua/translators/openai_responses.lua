@@ -796,4 +796,8 @@ function _M.stream_error(err, st, ctx)
   return out
 end
 
+-- The usage object of this format -> IR usage (rt.record reads answers
+-- that pass through untranslated with it).
+_M.usage_in = usage_in
+
 return _M

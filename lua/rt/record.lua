@@ -1,0 +1,253 @@
+-- rt.record: one record per finished client request, on every path (the
+-- Lua pipeline and the C fast lane), delivered to subscribers. Usage,
+-- metrics and anything else that counts requests read it, so no path can
+-- go uncounted.
+--
+-- Contract (docs/architecture.md, "The request record"):
+--   record.subscribe(name, fn)   fn(rec) runs under pcall, must not yield;
+--                                subscribing a name again replaces it
+--   record.unsubscribe(name)
+--   record.emit(rec)
+--   rec = { id, time (epoch s, start), latency_ms, ttft_ms, method,
+--           endpoint (path), client_format, stream, provider, account,
+--           credential, model (as asked), upstream_model, alias,
+--           client_key (a label, never the key), status, failed, error,
+--           attempts, usage = {input, output, reasoning, cache_read,
+--           cache_write}, tag, path ("lane" | "lua"), request_id, source
+--           (account email or entry name, CLIProxyAPI's "source") }
+--
+-- Used by rt.server and rt.pipeline (the Lua path):
+--   record.begin(info, client_format) -> rec   at the start of the handler
+--   record.of(info) -> rec | nil
+--   record.finish(rec, status, err)            once; later calls do nothing
+-- and by the C lane (through rt.boot's app.lane_records): record.lane(app, list).
+local cpx = require("cpx")
+local json = require("rt.json")
+local ir = require("rt.ir")
+
+local type = type
+local ipairs = ipairs
+local pcall = pcall
+local tostring = tostring
+local error = error
+local setmetatable = setmetatable
+local floor = math.floor
+local log = cpx.log or function() end
+local now = cpx.now
+local monotonic = cpx.monotonic
+
+local _M = {}
+
+-- ---- subscribers ------------------------------------------------------------
+
+local subs = {} -- ordered list of { name, fn }
+
+function _M.subscribe(name, fn)
+  if type(name) ~= "string" or name == "" then error("record.subscribe: name must be a string", 2) end
+  if type(fn) ~= "function" then error("record.subscribe: fn must be a function", 2) end
+  for _, s in ipairs(subs) do
+    if s[1] == name then
+      s[2] = fn
+      return
+    end
+  end
+  subs[#subs + 1] = { name, fn }
+end
+
+function _M.unsubscribe(name)
+  for i, s in ipairs(subs) do
+    if s[1] == name then
+      table.remove(subs, i)
+      return
+    end
+  end
+end
+
+function _M.emit(rec)
+  for _, s in ipairs(subs) do
+    local ok, err = pcall(s[2], rec)
+    if not ok then log("error", "record subscriber " .. s[1] .. " failed: " .. tostring(err)) end
+  end
+end
+
+-- ---- client key labels -----------------------------------------------------
+
+-- A client key is never stored or logged: it is named by a digest prefix,
+-- the same for the same key on every path and across restarts.
+local label_cache = setmetatable({}, { __mode = "k" })
+local function key_label(key)
+  if type(key) ~= "string" or key == "" then return nil end
+  local l = label_cache[key]
+  if not l then
+    l = "key-" .. cpx.sha256_hex(key):sub(1, 8)
+    label_cache[key] = l
+  end
+  return l
+end
+_M.key_label = key_label
+
+-- ---- usage out of upstream answers -------------------------------------------
+
+local codecs -- translators.codecs, loaded on first use (the hub needs rt.ir)
+
+local function raw_usage(fmt, d)
+  if fmt == "gemini" then
+    return d.usageMetadata or (type(d.response) == "table" and d.response.usageMetadata) or nil
+  elseif fmt == "claude" then
+    return d.usage or (type(d.message) == "table" and d.message.usage) or nil
+  elseif fmt == "openai_responses" then
+    return (type(d.response) == "table" and d.response.usage) or d.usage
+  end
+  return d.usage
+end
+
+-- The usage of one decoded answer or stream event of format fmt, merged
+-- into `into` (later values win). Returns into (or a new table, or nil).
+local function usage_of(fmt, d, into)
+  if type(d) ~= "table" then return into end
+  local u = raw_usage(fmt, d)
+  if type(u) ~= "table" then return into end
+  codecs = codecs or require("translators").codecs
+  local c = codecs[fmt]
+  if not c or not c.usage_in then return into end
+  local ok, x = pcall(c.usage_in, u)
+  if not ok or type(x) ~= "table" then return into end
+  return ir.merge_usage(into, x)
+end
+_M.usage_of = usage_of
+
+-- The usage in some bytes of a stream (its first and last few KiB, for
+-- answers relayed without Lua): the events that are whole are read.
+function _M.usage_from_stream(fmt, text)
+  if type(text) ~= "string" or text == "" then return nil end
+  local frames = cpx.sse.new(#text + 16):feed(text .. "\n\n")
+  local into
+  for _, ev in ipairs(frames or {}) do
+    if ev.data and ev.data:byte(1) == 123 then -- '{'
+      into = usage_of(fmt, json.decode(ev.data), into)
+    end
+  end
+  return into
+end
+
+-- A JSON body (non-stream answer) -> usage.
+function _M.usage_from_body(fmt, text)
+  if type(text) ~= "string" or text:byte(1) ~= 123 then return nil end
+  return usage_of(fmt, json.decode(text), nil)
+end
+
+local KINDS = { "input", "output", "reasoning", "cache_read", "cache_write" }
+local function norm_usage(u)
+  local o = {}
+  for _, k in ipairs(KINDS) do
+    local v = type(u) == "table" and u[k] or nil
+    o[k] = type(v) == "number" and v or 0
+  end
+  return o
+end
+
+-- ---- the Lua path ------------------------------------------------------------
+
+local open = setmetatable({}, { __mode = "k" }) -- info -> rec
+
+function _M.begin(info, client_format, key)
+  local rec = {
+    id = cpx.uuid(), request_id = info.id, time = now(), method = info.method, endpoint = info.path,
+    client_format = client_format, stream = false, client_key = key_label(key), path = "lua",
+    attempts = 0, _t0 = monotonic(),
+  }
+  open[info] = rec
+  return rec
+end
+
+function _M.of(info)
+  return info and open[info]
+end
+
+-- Milliseconds since the record began (for ttft_ms).
+function _M.elapsed_ms(rec)
+  return floor((monotonic() - rec._t0) * 1e6 + 0.5) / 1e3
+end
+
+function _M.finish(rec, status, err)
+  if not rec or rec._done then return end
+  rec._done = true
+  rec.latency_ms = _M.elapsed_ms(rec)
+  rec._t0 = nil
+  status = type(status) == "number" and status or (err and 500 or 499)
+  rec.status = status
+  if err ~= nil and rec.error == nil then rec.error = tostring(err) end
+  rec.failed = status >= 400 or rec.error ~= nil
+  rec.usage = norm_usage(rec.usage)
+  _M.emit(rec)
+end
+
+-- Copies what rt.pool and the pipeline learnt about the attempts.
+function _M.note_target(rec, target, alias)
+  if not rec or type(target) ~= "table" then return end
+  rec.provider = target.provider
+  rec.account = target.account
+  local e = type(target.entry) == "table" and target.entry or {}
+  -- the credential file of an OAuth account, else the config entry's name
+  rec.credential = e.file or target.owner
+  rec.source = e.email or target.owner
+  rec.upstream_model = target.upstream_model
+  if alias ~= nil then rec.alias = alias end
+end
+
+-- A JSON body, or only its end when it was long: the usage object is
+-- there in OpenAI's answers.
+local function tail_usage(fmt, tail)
+  local u = _M.usage_from_body(fmt, tail)
+  if u or type(tail) ~= "string" then return u end
+  local obj = tail:match('"usage"%s*:%s*(%b{})')
+  if obj then return usage_of(fmt, json.decode('{"usage":' .. obj .. '}'), nil) end
+  return nil
+end
+
+-- ---- the C lane ---------------------------------------------------------------
+
+-- list: what cpx_lane.c collected for each request it served to the end:
+-- { model, member, key_index, status, time, latency_ms, ttft_ms, stream,
+--   aborted, error, tail }. Called after the loop iteration, never from
+-- inside a response.
+function _M.lane(app, list)
+  local keys = app and app.config and app.config["api-keys"] or {}
+  for _, l in ipairs(list) do
+    local targets, alias = nil, nil
+    if app and app.registry then targets, alias = app.registry:lookup(l.model) end
+    local t = targets and targets[l.member] or nil
+    local status = l.aborted and 499 or l.status
+    local rec = {
+      id = cpx.uuid(), request_id = l.request_id, time = l.time, latency_ms = l.latency_ms,
+      ttft_ms = l.ttft_ms, method = "POST", endpoint = l.endpoint or "/v1/chat/completions",
+      client_format = "openai_chat", stream = l.stream == true, model = l.model,
+      client_key = key_label(keys[l.key_index or 0]), status = status, attempts = 1, tag = "fast", kind = "inference",
+      path = "lane",
+    }
+    _M.note_target(rec, t, alias ~= l.model and alias or nil)
+    if l.aborted then
+      rec.error = "client closed request"
+    elseif l.error then
+      rec.error = l.error
+    end
+    rec.failed = status >= 400 or rec.error ~= nil
+    local u
+    if l.stream then
+      u = _M.usage_from_stream("openai_chat", l.tail)
+    else
+      u = tail_usage("openai_chat", l.tail)
+    end
+    rec.usage = norm_usage(u)
+    _M.emit(rec)
+  end
+end
+
+-- For tests: the subscriber names, in order.
+function _M.subscribers()
+  local o = {}
+  for i, s in ipairs(subs) do o[i] = s[1] end
+  return o
+end
+
+return _M
