@@ -95,7 +95,7 @@ before(async () => {
   proxy = await startProxy({
     apiKeys: [CLIENT_KEY],
     openaiCompat: [{ name: 'mock', baseUrl: `${mock.url}/v1`, keys: ['up-key-a'], models: [{ name: 'up-model', alias: 'panel-model' }] }],
-    extra: { 'remote-management': { 'secret-key': SECRET }, 'usage-statistics-enabled': true },
+    extra: { 'remote-management': { 'secret-key': SECRET }, 'usage-statistics-enabled': true, metrics: { enabled: true } },
   });
   browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox', '--disable-gpu'] });
 });
@@ -236,9 +236,43 @@ test('every page renders the API data (or the API error), light and dark, deskto
 });
 
 test('page data matches the API', { skip, ...T(120000) }, async () => {
+  for (let i = 0; i < 6; i++) assert.equal(await chat('panel-model', `data ${i}`), 200);
   const page = await newPage();
   await signIn(page);
   await page.waitForSelector('#d-health.ok');
+
+  // dashboard: the last hour's requests from /usage, streams from /metrics
+  const usage = await mgmt('/usage');
+  if (usage.status === 200) {
+    await page.waitForFunction(() => /^[\d,]+$/.test(document.querySelector('#d-requests').textContent));
+    const shown = Number((await page.textContent('#d-requests')).replace(/,/g, ''));
+    assert.ok(shown >= 6 && shown <= usage.json.usage.total_requests, `${shown} requests in the last hour`);
+  } else {
+    await page.waitForSelector('#d-requests.bad');
+    assert.match(await page.textContent('#d-requests'), new RegExp(String(usage.status)));
+  }
+  const m = await fetch(`${proxy.url}/metrics`, { headers: { Authorization: `Bearer ${SECRET}` } });
+  const mtext = await m.text();
+  await page.waitForFunction(() => document.querySelector('#d-streams').textContent !== '…');
+  const streams = await page.textContent('#d-streams');
+  if (m.status === 200 && /cliproxy_streams_in_flight (\d+)/.test(mtext)) {
+    assert.equal(streams, mtext.match(/cliproxy_streams_in_flight (\d+)/)[1]);
+  } else if (m.status !== 200) {
+    assert.match(streams, new RegExp(`/metrics answered ${m.status}`));
+  }
+
+  // accounts: an OAuth login shows the URL to open, or the API's error
+  await page.goto(`${proxy.url}/management.html#/accounts`);
+  await page.selectOption('#a-login-provider', 'anthropic');
+  await page.click('#a-login-start');
+  await page.waitForSelector('#a-login-url, #a-login-out .error');
+  if (await page.$('#a-login-url')) {
+    assert.match(await page.getAttribute('#a-login-url', 'href'), /^https:\/\/.*state=/);
+  } else {
+    const direct = await mgmt('/anthropic-auth-url?is_webui=true');
+    assert.ok(direct.status >= 400);
+    assert.match(await page.textContent('#a-login-out .error'), new RegExp(`login: ${direct.status}`));
+  }
 
   // providers: the client keys, masked
   await page.goto(`${proxy.url}/management.html#/providers`);
