@@ -1,7 +1,7 @@
 // Providers and keys: the client api-keys list and the provider key lists
 // (gemini, claude, codex, vertex, openai-compatibility) of config.yaml,
-// through CLIProxyAPI's list routes: GET, PUT (the whole list, used to
-// add), PATCH {index, value} (edit one entry), DELETE ?index=.
+// through CLIProxyAPI's list routes: GET, PUT (the whole list, re-read
+// just before, to add an entry) and DELETE ?index=.
 import { api, get } from './api.js';
 import { h, clear, act, errorBox, table, mask, confirmDialog } from './ui.js';
 
@@ -109,6 +109,7 @@ function entryCard(spec) {
         if (!more || typeof more !== 'object' || Array.isArray(more)) throw new Error('More fields must be a JSON object');
         Object.assign(entry, more);
       }
+      if (!entry['api-key'] && !entry.name) throw new Error(`${spec.json ? 'name' : 'api-key'} is required`);
       const cur = listOf(await get(`/${spec.key}`), spec.key);
       await api(`/${spec.key}`, { method: 'PUT', body: [...cur, entry] });
       return `${spec.title}: entry added`;
@@ -122,5 +123,5 @@ function entryCard(spec) {
 export function mount(root) {
   root.append(h('h1', null, 'Providers & keys'),
     h('p', { class: 'muted' }, 'Keys are shown masked. Every change is written to config.yaml and applied live.'),
-    apiKeysCard(), LISTS.map(entryCard));
+    apiKeysCard(), ...LISTS.map(entryCard));
 }

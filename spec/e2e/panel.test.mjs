@@ -287,6 +287,30 @@ test('page data matches the API', { skip, ...T(120000) }, async () => {
     assert.match(await page.textContent('#p-api-keys .error'), new RegExp(String(keys.status)));
   }
 
+  // providers: every list has its card; an entry added and deleted through the page
+  for (const k of ['gemini-api-key', 'claude-api-key', 'codex-api-key', 'vertex-api-key', 'openai-compatibility']) {
+    await page.waitForSelector(`#p-${k} table, #p-${k} .empty, #p-${k} .error`);
+  }
+  const claude = await mgmt('/claude-api-key');
+  if (claude.status === 200) {
+    const card = page.locator('#p-claude-api-key');
+    await page.fill('#p-claude-api-key-api-key', 'sk-ant-panel-test-key-9');
+    await page.fill('#p-claude-api-key-base-url', `${mock.url}`);
+    await card.locator('button[type=submit]').click();
+    await card.locator('.result.ok').waitFor();
+    const added = (await mgmt('/claude-api-key')).json['claude-api-key'];
+    assert.deepEqual(added.map((e) => [e['api-key'], e['base-url']]), [['sk-ant-panel-test-key-9', mock.url]]);
+    await card.locator('td', { hasText: 'sk-a…ey-9' }).waitFor();
+    assert.doesNotMatch(await card.textContent(), /sk-ant-panel-test-key-9/, 'the new key is masked too');
+    await card.locator('button.danger').click();
+    await page.click('#confirm-ok');
+    await card.locator('.empty').waitFor();
+    const left = (await mgmt('/claude-api-key')).json['claude-api-key'];
+    assert.equal((left || []).length, 0);
+  } else {
+    assert.match(await page.textContent('#p-claude-api-key .error'), new RegExp(String(claude.status)));
+  }
+
   // config: the YAML the server has
   await page.goto(`${proxy.url}/management.html#/config`);
   const yaml = await mgmt('/config.yaml');
