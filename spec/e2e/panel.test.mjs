@@ -209,6 +209,40 @@ test('a wrong key shows the API error and keeps the sign-in form; the right key 
   await page.context().close();
 });
 
+test('keyboard only: sign in, reach every page from the navigation, dismiss a dialog with Escape', { skip, ...T() }, async () => {
+  const page = await newPage();
+  await page.goto(`${proxy.url}/management.html`);
+  await page.waitForFunction(() => document.activeElement && document.activeElement.id === 'login-key');
+  await page.keyboard.type(SECRET);
+  await page.keyboard.press('Enter');
+  await page.waitForSelector('#d-health.ok');
+  const want = ['dashboard', 'usage', 'accounts', 'providers', 'config', 'logs'];
+  for (const name of want) {
+    // from the top of the document, Tab until the page's link has focus, then Enter
+    await page.evaluate(() => { document.activeElement && document.activeElement.blur(); window.scrollTo(0, 0); });
+    let found = false;
+    for (let i = 0; i < 20 && !found; i++) {
+      await page.keyboard.press('Tab');
+      found = await page.evaluate((n) => document.activeElement && document.activeElement.dataset.page === n, name);
+    }
+    assert.ok(found, `the ${name} link is reachable with Tab`);
+    await page.keyboard.press('Enter');
+    await page.waitForFunction((n) => document.querySelector('#page').dataset.page === n
+      && document.querySelector(`#nav a[data-page=${n}]`).getAttribute('aria-current') === 'page', name);
+  }
+  // a confirmation dialog takes focus and Escape cancels it
+  await page.goto(`${proxy.url}/management.html#/logs`);
+  await page.waitForSelector('#l-status');
+  await page.focus('button.danger');
+  await page.keyboard.press('Enter');
+  await page.waitForSelector('#confirm[open]');
+  assert.equal(await page.evaluate(() => document.activeElement.id), 'confirm-cancel');
+  await page.keyboard.press('Escape');
+  await page.waitForFunction(() => !document.querySelector('#confirm').open);
+  assert.deepEqual(page.problems, []);
+  await page.context().close();
+});
+
 test('every page renders the API data (or the API error), light and dark, desktop and phone', { skip, ...T(180000) }, async () => {
   for (let i = 0; i < 6; i++) assert.equal(await chat('panel-model', `hello ${i}`), 200);
   const pages = ['dashboard', 'usage', 'accounts', 'providers', 'config', 'logs'];
