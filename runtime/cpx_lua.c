@@ -470,6 +470,15 @@ static void set_paths(lua_State *L, int doc_idx, const char *config_path,
   lua_setfield(L, LUA_REGISTRYINDEX, REG_PATHS);
 }
 
+/* Closes the state with LuaJIT's own allocator back in place: lua_close
+ * destroys its allocator arena (every segment of the VM) only when the
+ * state's allocf is still lj_alloc_f. With vm_alloc in place the arena
+ * stayed mapped, about 1 MiB per reload generation (found by bench/soak). */
+static void vm_close(cpx_vm_t *vm, lua_State *L) {
+  lua_setallocf(L, vm->base_alloc, vm->base_ud);
+  lua_close(L);
+}
+
 int cpx_vm_new(cpx_worker_t *w, const char *config_path, cpx_vm_t **out,
                char *err, size_t errlen) {
   cpx_vm_t *vm = calloc(1, sizeof(*vm));
@@ -577,7 +586,7 @@ int cpx_vm_new(cpx_worker_t *w, const char *config_path, cpx_vm_t **out,
   return 0;
 
 fail:
-  lua_close(L);
+  vm_close(vm, L);
   cpx_lane_free(vm->lane);
   free(vm);
   return rc;
@@ -700,7 +709,7 @@ void cpx_vm_unref(cpx_vm_t *vm) {
   if (--vm->refs > 0)
     return;
   cpx_log_debug(NULL, "closing Lua generation %u", vm->gen);
-  lua_close(vm->L);
+  vm_close(vm, vm->L);
   cpx_lane_free(vm->lane);
   free(vm);
 }

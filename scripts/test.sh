@@ -19,5 +19,9 @@ echo "== the server under ASan + UBSan: fast path, pipeline hand-offs, reloads, 
 # exit status non-zero, which these tests assert to be 0.
 (cd spec/e2e && ASAN_OPTIONS=detect_leaks=1 CPX_BIN="$PWD/../../build-asan/cliproxy" \
   node --test fast_path.test.mjs fast_path_lifecycle.test.mjs lingering.test.mjs doctor.test.mjs usage.test.mjs)
+echo "== soak: 2 minutes of mixed load, reloads and faults against the ASan + UBSan server"
+# A small quarantine keeps ASan's own retention out of the growth bound.
+ASAN_OPTIONS=detect_leaks=1:quarantine_size_mb=8 bench/soak.sh --minutes "${CPX_SOAK_MINUTES:-2}" \
+  --bin "$PWD/build-asan/cliproxy" --conc 8 --rss-bound-mib 24
 echo "== fuzz smoke: every target for ${CPX_FUZZ_SECONDS:-30} s (scripts/fuzz.sh for long runs)"
 scripts/fuzz.sh --time "${CPX_FUZZ_SECONDS:-30}"

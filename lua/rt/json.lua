@@ -13,6 +13,7 @@ local setmetatable = setmetatable
 local getmetatable = getmetatable
 local type = type
 local rawget = rawget
+local ipairs = ipairs
 
 local _M = {
   decode = cjson.decode,
@@ -56,6 +57,20 @@ function _M.keep_order(dst, src)
     setmetatable(dst, mt)
   end
   return dst
+end
+
+-- An object whose keys encode in the given order:
+-- object({ {"type", "error"}, {"error", e} }). For documents whose order
+-- is a fact (error envelopes, token requests); nil values are left out.
+function _M.object(list)
+  local t, keys = {}, {}
+  for _, kv in ipairs(list) do
+    if kv[2] ~= nil then
+      keys[#keys + 1] = kv[1]
+      t[kv[1]] = kv[2]
+    end
+  end
+  return setmetatable(t, keys)
 end
 
 function _M.is_array(t)

@@ -76,16 +76,7 @@ function _M.parse_query(q)
   return t
 end
 
--- An object whose keys are written in the given order (cpx.json keeps the
--- order a table's metatable lists), for bodies whose order is a fact.
-local function ordered(list)
-  local t, keys = {}, {}
-  for i, kv in ipairs(list) do
-    keys[i] = kv[1]
-    t[kv[1]] = kv[2]
-  end
-  return setmetatable(t, keys)
-end
+local ordered = json.object
 _M.ordered = ordered
 
 local function nonempty(s)

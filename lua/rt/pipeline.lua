@@ -304,8 +304,8 @@ function _M.infer(app, req, info, fmt, body, opts)
     return http.error(req, fmt, 502, "no upstream available for model " .. model)
   end
   if not res.ok then
-    -- every account cooling: the fact sheet's model_cooldown body as is
-    if res.raw_body then return http.json(req, res.status, res.raw_body, res.extra) end
+    -- every account cooling: the fact sheet's model_cooldown answer
+    if res.raw_body then return http.json(req, res.status, pool.cooldown_body(fmt, res), res.extra) end
     if res.own then
       return own_error(req, fmt, http.error_info(res.status, res.message, res.type, res.code), res.extra)
     end

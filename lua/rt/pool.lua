@@ -139,7 +139,27 @@ function _M.cooldown_outcome(model, targets, wait)
   local body = { error = { code = "model_cooldown", message = msg, model = model, provider = provider,
                            reset_time = cooldown.go_duration(secs), reset_seconds = secs } }
   return { status = 429, own = true, type = "rate_limit_error", code = "model_cooldown", message = msg,
-           raw_body = json.encode(body), extra = { ["Retry-After"] = tostring(secs) } }
+           raw_body = json.encode(body), extra = { ["Retry-After"] = tostring(secs) },
+           cooldown = { model = model, provider = provider, seconds = secs } }
+end
+
+-- The cooldown answer in the client's envelope. OpenAI clients get the
+-- fact sheet's body unchanged (CLIProxyAPI's tools read its code); an
+-- Anthropic client gets Anthropic's error with the same fields inside, and
+-- a Gemini client Google's, with a RetryInfo that Gemini CLI waits for.
+function _M.cooldown_body(fmt, res)
+  local c = res.cooldown
+  if not c or (fmt ~= "claude" and fmt ~= "gemini") then return res.raw_body end
+  if fmt == "claude" then
+    return json.encode(json.object({ { "type", "error" }, { "error", json.object({
+      { "type", "rate_limit_error" }, { "message", res.message }, { "code", "model_cooldown" },
+      { "model", c.model }, { "provider", c.provider }, { "reset_time", cooldown.go_duration(c.seconds) },
+      { "reset_seconds", c.seconds } }) } }))
+  end
+  return json.encode({ error = json.object({
+    { "code", 429 }, { "message", res.message }, { "status", "RESOURCE_EXHAUSTED" },
+    { "details", { json.object({ { "@type", "type.googleapis.com/google.rpc.RetryInfo" },
+                                 { "retryDelay", c.seconds .. "s" } }) } } }) })
 end
 
 -- ---- run ------------------------------------------------------------------

@@ -636,7 +636,9 @@ function _M.decode_error(status, body, ctx)
 end
 
 function _M.encode_error(err, ctx)
-  return { type = "error", error = { type = claude_type(err), message = err.message or "" } }
+  -- Anthropic's order (and cpx_errbody.c's): type first.
+  return json.object({ { "type", "error" },
+                       { "error", json.object({ { "type", claude_type(err) }, { "message", err.message or "" } }) } })
 end
 
 function _M.stream_error(err, st, ctx)

@@ -590,7 +590,7 @@ end
 function _M.encode_error(err, ctx)
   local st = tonumber(err.status) or 500
   local status = STATUS[st] or (st >= 500 and "INTERNAL" or "INVALID_ARGUMENT")
-  return { error = { code = st, message = err.message or "", status = status } }
+  return { error = json.object({ { "code", st }, { "message", err.message or "" }, { "status", status } }) }
 end
 
 function _M.stream_error(err, st, ctx)

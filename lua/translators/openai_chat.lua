@@ -548,8 +548,8 @@ local OPENAI_TYPES = {
 function _M.encode_error(err, ctx)
   local ty, code = ir.error_type(err.status)
   if OPENAI_TYPES[err.type] then ty = err.type end
-  return { error = { message = err.message or "", type = ty, param = null,
-                     code = (type(err.code) == "string" and err.code) or code or null } }
+  return { error = json.object({ { "message", err.message or "" }, { "type", ty }, { "param", null },
+                                 { "code", (type(err.code) == "string" and err.code) or code or null } }) }
 end
 
 function _M.stream_error(err, st, ctx)
