@@ -29,12 +29,33 @@ export function accountState(f) {
   return { text: s, kind };
 }
 
+// The refresh state: the entry's own fields, and `refresh` ({last_refresh,
+// expires, next_due, last_error, needs_login, failures, retry_at}) when the
+// server runs background refreshes.
 function refreshInfo(f) {
+  const r = (f.refresh && typeof f.refresh === 'object') ? f.refresh : {};
   const parts = [];
-  if (f.last_refresh) parts.push(`last ${when(f.last_refresh)}`);
-  if (f.next_refresh || f.next_refresh_after) parts.push(`next ${when(f.next_refresh || f.next_refresh_after)}`);
-  if (f.refresh_error || f.last_error) parts.push(h('span', { class: 'bad' }, String(f.refresh_error || f.last_error)));
+  const last = r.last_refresh || f.last_refresh;
+  if (last) parts.push(`last ${when(last)}`);
+  if (r.expires) parts.push(`expires ${when(r.expires)}`);
+  const next = r.next_due || f.next_refresh;
+  if (next) parts.push(['next in ', countdown(epoch(next))]);
+  if (r.needs_login) parts.push(h('span', { class: 'bad' }, 'log in again'));
+  const err = r.last_error || f.refresh_error;
+  if (err) parts.push(h('span', { class: 'bad' }, `${r.failures ? `${r.failures}× ` : ''}${err}`));
+  if (r.retry_at) parts.push(['retry in ', countdown(epoch(r.retry_at))]);
   return parts.length ? parts.flatMap((p, i) => (i ? [h('br'), p] : [p])) : '–';
+}
+
+// The soonest reopening, and each cooling model with its reason.
+function cooldownInfo(f) {
+  const nowS = Date.now() / 1000;
+  const at = epoch(f.next_retry_after);
+  const models = Array.isArray(f.cooldowns) ? f.cooldowns : [];
+  if (!(at && at > nowS) && !models.length) return '–';
+  return [at && at > nowS ? countdown(at) : null,
+    models.map((c) => h('div', { class: 'muted' }, `${c.model}${c.reason ? ` (${c.reason})` : ''}: `,
+      countdown(epoch(c.next_retry_after) || nowS + (c.remaining_seconds || 0))))];
 }
 
 function uploadForm(reload) {
@@ -142,7 +163,7 @@ export function mount(root, ctx) {
       { label: 'Provider', value: (f) => f.provider || f.type || '–' },
       { label: 'Account', value: (f) => f.email || f.account || f.label || '–' },
       { label: 'Status', value: (f) => { const s = accountState(f); return [badge(s.text, s.kind), f.status_message ? h('div', { class: 'muted' }, f.status_message) : null]; } },
-      { label: 'Cooldown', value: (f) => { const at = epoch(f.next_retry_after); return at && at > Date.now() / 1000 ? countdown(at) : '–'; } },
+      { label: 'Cooldown', value: cooldownInfo },
       { label: 'Refresh', value: refreshInfo },
       { label: 'Size', value: (f) => bytes(f.size), num: true },
       { label: 'Actions', cls: 'actions', value: (f) => [

@@ -18,6 +18,7 @@ import { startProxy, BIN, freePort, healthz } from './lib/proxy.mjs';
 const CHROMIUM = process.env.CPX_CHROMIUM || '/usr/bin/chromium';
 const SECRET = 'panel-e2e-secret-Hq72';
 const CLIENT_KEY = 'sk-panel-client-0001';
+const CRED_MODEL = 'claude-sonnet-4-5-20250929'; // served by the uploaded Claude credential
 const SHOTS = process.env.CPX_PANEL_SHOTS || path.join(path.dirname(BIN), 'artifacts', 'panel');
 const T = (ms = 60000) => ({ timeout: ms });
 
@@ -404,7 +405,8 @@ test('accounts: upload, disable, reset cooldown, delete', { skip, ...T(60000) },
   await page.goto(`${proxy.url}/management.html#/accounts`);
   const name = 'claude-panel@example.com.json';
   const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'cpx-panel-')), name);
-  fs.writeFileSync(file, JSON.stringify({ type: 'claude', email: 'panel@example.com', access_token: 'sk-ant-oat-panel', refresh_token: 'rt-panel', expired: '2099-01-01T00:00:00Z' }));
+  fs.writeFileSync(file, JSON.stringify({ type: 'claude', email: 'panel@example.com', access_token: 'sk-ant-oat-panel',
+    refresh_token: 'rt-panel', expired: '2099-01-01T00:00:00Z', base_url: mock.url }));
   if (!(await has('/auth-files'))) {
     await page.waitForSelector('#a-list .error');
     assert.match(await page.textContent('#a-list .error'), /404/);
@@ -424,6 +426,37 @@ test('accounts: upload, disable, reset cooldown, delete', { skip, ...T(60000) },
   assert.ok(listed, 'the API lists the uploaded file');
   assert.ok(fs.existsSync(path.join(proxy.dir, 'auths', name)), 'the file is in auth-dir');
 
+  // the account answers 429 with a retry-after: it cools, and the page counts down
+  mock.reply((req) => (JSON.stringify(req.headers).includes('sk-ant-oat-panel')
+    ? { error: { status: 429, message: 'rate limited', headers: { 'retry-after': '600' } } }
+    : { text: 'hello from the mock', usage: { input: 11, output: 7 } }));
+  try {
+    const r = await fetch(`${proxy.url}/v1/messages`, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json', 'x-api-key': CLIENT_KEY, 'anthropic-version': '2023-06-01' },
+      body: JSON.stringify({ model: CRED_MODEL, max_tokens: 5, messages: [{ role: 'user', content: 'hi' }] }),
+    });
+    await r.text();
+    assert.equal(r.status, 429);
+  } finally {
+    mock.reply({ text: 'hello from the mock', usage: { input: 11, output: 7 } });
+  }
+  const cooling = (await mgmt('/auth-files')).json.files.find((f) => f.name === name);
+  assert.ok(cooling.next_retry_after, 'the API reports the cooldown');
+  await page.click('text=Refresh');
+  const cd = page.locator('#a-list tr', { hasText: name }).locator('.countdown').first();
+  await cd.waitFor();
+  const first = await cd.textContent();
+  assert.match(first, /^(\d+m )?\d+s$/);
+  // live: the text changes as the seconds pass (the page's 1 s ticker)
+  await page.waitForFunction((n) => {
+    const row = [...document.querySelectorAll('#a-list tr')].find((tr) => tr.textContent.includes(n));
+    const el = row && row.querySelector('.countdown');
+    if (!el) return false;
+    if (!el.dataset.seen) { el.dataset.seen = el.textContent; return false; }
+    return el.textContent !== el.dataset.seen;
+  }, name, { polling: 200 });
+
   await row.locator('button[data-action=toggle]').click();
   await page.waitForSelector('#a-result.ok');
   await page.locator('#a-list tr', { hasText: name }).locator('.badge', { hasText: 'disabled' }).waitFor();
@@ -432,10 +465,13 @@ test('accounts: upload, disable, reset cooldown, delete', { skip, ...T(60000) },
   await page.locator('#a-list tr', { hasText: name }).locator('button[data-action=reset]').click();
   await page.waitForFunction(() => /Reset cooldown/.test(document.querySelector('#a-result').textContent)
     || /Cooldown reset/.test(document.querySelector('#a-result').textContent));
-  const reset = await mgmt('/reset-cooldown', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ account: name }) });
-  const shown = await page.textContent('#a-result');
-  if (reset.status === 200) assert.match(shown, /Cooldown reset/);
-  else assert.match(shown, new RegExp(`Reset cooldown failed: ${reset.status}`));
+  assert.match(await page.textContent('#a-result'), /Cooldown reset/);
+  assert.equal((await mgmt('/auth-files')).json.files.find((f) => f.name === name).next_retry_after, null,
+    'the API has no cooldown left');
+  await page.waitForFunction((n) => {
+    const row = [...document.querySelectorAll('#a-list tr')].find((tr) => tr.textContent.includes(n));
+    return row && !row.querySelector('.countdown');
+  }, name);
   await shot(page, 'accounts-cycle-light-desktop');
 
   await page.locator('#a-list tr', { hasText: name }).locator('button[data-action=delete]').click();
