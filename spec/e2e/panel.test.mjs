@@ -559,3 +559,13 @@ test('the installed binary serves the panel from <prefix>/share/cliproxy/panel',
     fs.rmSync(prefix, { recursive: true, force: true });
   }
 });
+
+// Last: a clean stop (under ASan a leak or a memory error makes this fail).
+test('the server stops cleanly after all of it', { skip, ...T() }, async () => {
+  const p = proxy;
+  proxy = null;
+  const { code, signal } = await p.stop();
+  assert.doesNotMatch(p.stderr(), /AddressSanitizer|LeakSanitizer|runtime error:/);
+  assert.equal(signal, null);
+  assert.equal(code, 0);
+});
