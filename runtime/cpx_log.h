@@ -22,6 +22,20 @@ const char *cpx_log_level_name(int level);
 void cpx_log_buffered(void);
 void cpx_log_flush(void);
 
+/* logging-to-file: sends the log to dir/main.log (created 0700/0600,
+ * appended) instead of the original stderr; dir NULL goes back. When
+ * main.log grows past CPX_LOG_ROTATE_BYTES, cpx_log_rotate_check renames it
+ * to main-<unix time>.log and starts a new one, then deletes the oldest
+ * *.log files of dir while they total more than max_total bytes (0: no
+ * cap). Call both from one thread (the server's worker 0). */
+#define CPX_LOG_ROTATE_BYTES (10 * 1024 * 1024)
+int cpx_log_to_file(const char *dir, size_t max_total);
+void cpx_log_rotate_check(void);
+/* DELETE /v0/management/logs: empties main.log in place (the log keeps
+ * writing to it) and deletes the rotated main-*.log files of dir. Returns
+ * how many files were removed, or a negative code. Thread-safe. */
+int cpx_log_clear_dir(const char *dir);
+
 /* rid may be NULL (no request). */
 void cpx_log(int level, const char *rid, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

@@ -407,6 +407,8 @@ static void read_settings(lua_State *L, int idx, cpx_settings_t *s) {
   str_at(L, idx, "tls.cert", s->tls_cert, sizeof(s->tls_cert), "");
   str_at(L, idx, "tls.key", s->tls_key, sizeof(s->tls_key), "");
   s->debug = bool_at(L, idx, "debug");
+  s->logging_to_file = bool_at(L, idx, "logging-to-file");
+  s->logs_max_total_mb = (size_t)num_at(L, idx, "logs-max-total-size-mb", 0.0);
   str_at(L, idx, "proxy-url", s->proxy_url, sizeof(s->proxy_url), "");
   s->workers = (int)num_at(L, idx, "workers", 1);
   s->lua_memory_limit =

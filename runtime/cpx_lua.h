@@ -30,6 +30,8 @@ typedef struct {
   char tls_cert[1024];
   char tls_key[1024];
   int debug;
+  int logging_to_file;      /* logs/main.log beside config.yaml */
+  size_t logs_max_total_mb; /* 0: unlimited */
   char proxy_url[1024];
   int workers;
   size_t lua_memory_limit;

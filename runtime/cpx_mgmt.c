@@ -21,6 +21,7 @@
 #include <uv.h>
 
 #include "cpx.h"
+#include "cpx_log.h"
 #include "cpx_lua.h"
 #include "cpx_store.h"
 
@@ -269,7 +270,7 @@ typedef struct {
   int conflict;
 } mjob_t;
 
-enum { J_HASH, J_VERIFY, J_READ, J_WRITE };
+enum { J_HASH, J_VERIFY, J_READ, J_WRITE, J_CLEAR_LOGS };
 
 static void hex(const unsigned char *d, size_t n, char *out) {
   static const char digits[] = "0123456789abcdef";
@@ -386,6 +387,9 @@ static void job_work(cpx_lua_job_t *job) {
   case J_WRITE:
     do_write(j);
     break;
+  case J_CLEAR_LOGS:
+    j->rc = cpx_log_clear_dir(j->a);
+    break;
   }
 }
 
@@ -412,6 +416,11 @@ static int job_push(lua_State *L, cpx_lua_job_t *job) {
     lua_pushlstring(L, j->text, j->textlen);
     lua_pushstring(L, j->sha);
     return 2;
+  case J_CLEAR_LOGS:
+    if (j->rc < 0)
+      return push_err(L, j->rc);
+    lua_pushinteger(L, j->rc);
+    return 1;
   default:
     if (j->conflict) {
       lua_pushnil(L);
@@ -536,6 +545,12 @@ static int l_write_file(lua_State *L) {
   return cpx_lua_await(L, &j->job);
 }
 
+/* cpx.mgmt.clear_logs(dir) -> files removed | nil, err: empties
+ * dir/main.log in place and deletes main-*.log (threadpool; yields). */
+static int l_clear_logs(lua_State *L) {
+  return cpx_lua_await(L, &job_new(L, J_CLEAR_LOGS, 1, 0)->job);
+}
+
 /* cpx.mgmt.banned(addr) -> seconds left | nil */
 static int l_banned(lua_State *L) {
   double left = cpx_mgmt_banned(luaL_checkstring(L, 1), mono_now());
@@ -596,6 +611,7 @@ void cpx_mgmt_lua_register(lua_State *L) {
                                  {"reset", l_reset},
                                  {"primary", l_primary},
                                  {"env_secret", l_env_secret},
+                                 {"clear_logs", l_clear_logs},
                                  {NULL, NULL}};
   uv_once(&once, init_once);
   lua_newtable(L);

@@ -222,6 +222,22 @@ static int cmd_doctor(int argc, char **argv, const char *argv0) {
 
 /* ---- reload and drain --------------------------------------------------- */
 
+/* logging-to-file: logs/ beside config.yaml (CLIProxyAPI's main.log). */
+static void apply_log_file(const cpx_settings_t *s, const char *config_path) {
+  char dir[PATH_MAX], tmp[PATH_MAX];
+  int rc;
+  if (!s->logging_to_file) {
+    cpx_log_to_file(NULL, 0);
+    return;
+  }
+  snprintf(tmp, sizeof(tmp), "%s", config_path);
+  snprintf(dir, sizeof(dir), "%s/logs", dirname(tmp));
+  rc = cpx_log_to_file(dir, s->logs_max_total_mb * 1024 * 1024);
+  if (rc != 0)
+    cpx_log_warn(NULL, "logging-to-file: cannot write %s/main.log: %s", dir,
+                 cpx_strerror(rc));
+}
+
 static void apply_log_level(const cpx_settings_t *s) {
   cpx_log_set_level(s->debug ? CPX_LOG_DEBUG : CPX_LOG_INFO);
 }
@@ -258,6 +274,7 @@ static int reload_worker(worker_t *wk, const char *why) {
     if (vm->settings.workers != old->settings.workers)
       cpx_log_warn(NULL, "workers changed: restart cliproxy to apply");
     apply_log_level(&vm->settings);
+    apply_log_file(&vm->settings, w->config_path);
   }
   w->vm = vm;
   cpx_server_update_config(&w->server, &vm->settings.server);
@@ -345,6 +362,7 @@ static void on_pool_save(uv_timer_t *t) {
 static void on_log_flush(uv_timer_t *t) {
   CPX_UNUSED(t);
   cpx_log_flush();
+  cpx_log_rotate_check();
 }
 
 static void on_close_free(uv_handle_t *h) {
@@ -586,6 +604,7 @@ static int run_server(const char *argv0, const char *path) {
   if (worker_init(&app, 0, config_path, lua_dir) != 0)
     return 1;
   apply_log_level(&w0->w.vm->settings);
+  apply_log_file(&w0->w.vm->settings, w0->w.config_path);
   n = w0->w.vm->settings.workers;
   if (n > MAX_WORKERS)
     n = MAX_WORKERS;

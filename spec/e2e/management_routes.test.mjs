@@ -76,7 +76,8 @@ before(async () => {
 });
 
 after(async () => {
-  if (proxy) await proxy.stop();
+  // exit 0: a clean drain (and, under ASan, no leak at exit)
+  if (proxy) assert.equal((await proxy.stop()).code, 0, proxy.stderr().slice(-2000));
   if (mock) await mock.close();
 });
 
@@ -218,6 +219,13 @@ test('auth-files: upload (raw JSON) -> a request served by it -> list, download,
   assert.equal(e.disabled, false);
   assert.equal(e.next_retry_after, null);
   assert.equal(typeof e.auth_index, 'number');
+
+  r = await call('/auth-files/models', { query: '?name=claude-mgmt@example.com.json' });
+  assert.equal(r.status, 200, r.text);
+  assert.ok(r.json.models.some((m) => m.id === CRED_MODEL), r.text);
+  const defs = await call('/model-definitions/claude');
+  assert.ok(defs.json.models.some((m) => m.id === CRED_MODEL), defs.text);
+  assert.deepEqual((await call('/model-definitions/no-such')).json.models, []);
 
   r = await call('/auth-files/download', { query: '?name=claude-mgmt@example.com.json' });
   assert.equal(r.status, 200);

@@ -6,6 +6,8 @@
 --   DELETE /auth-files?name= | ?all=true
 --   PATCH  /auth-files/status           {name, disabled}
 --   PATCH  /auth-files/fields           {name, prefix, proxy_url, headers, priority, note}
+--   GET    /auth-files/models?name=     the models a credential serves
+--   GET    /model-definitions/:channel  a channel's static catalog
 --   POST   /reset-cooldown              {account?, model?} (cliproxy's own)
 -- Files are written atomically with mode 0600 in the threadpool, then the
 -- store rescans, so the next request already routes with them.
@@ -13,6 +15,7 @@ local cpx = require("cpx")
 local json = require("rt.json")
 local access = require("rt.access")
 local cooldown = require("rt.cooldown")
+local catalog = require("rt.catalog")
 
 local type = type
 local ipairs = ipairs
@@ -345,7 +348,45 @@ local function reset_cooldown(req, ctx)
   return 200, { status = "ok", account = b.account or null, model = model or null, cleared = n }
 end
 
+-- GET /auth-files/models?name=: the model names a credential serves now
+-- (client-visible ids, aliases and prefixes included).
+local function file_models(req, ctx)
+  local name = query_param(req.query, "name")
+  if not valid_name(name) then return err(400, "invalid name") end
+  if not by_name(name) then return err(404, "file not found") end
+  local account = "auth:" .. name
+  local ids = {}
+  local reg = ctx.app.registry
+  for id, targets in pairs(reg and reg.models or {}) do
+    for _, t in ipairs(targets) do
+      if t.account == account then
+        ids[#ids + 1] = { id = id, upstream = t.upstream_model, owned_by = t.owner }
+        break
+      end
+    end
+  end
+  table.sort(ids, function(a, b) return a.id < b.id end)
+  local out = json.array()
+  for i, m in ipairs(ids) do
+    out[i] = { id = m.id, display_name = m.id, name = m.upstream, owned_by = m.owned_by, type = "model" }
+  end
+  return 200, { models = out }
+end
+
+-- GET /model-definitions/:channel: the static catalog of a channel.
+local function definitions(req, ctx)
+  local ch = req.params.channel
+  local out = json.array()
+  for i, m in ipairs(catalog.for_provider(ch) or {}) do
+    out[i] = { id = m.id, display_name = m.id, owned_by = m.owned_by, context_length = m.context,
+               max_completion_tokens = m.output }
+  end
+  return 200, { channel = ch, models = out }
+end
+
 _M.routes = {
+  { method = "GET", path = "/auth-files/models", handler = file_models },
+  { method = "GET", path = "/model-definitions/:channel", handler = definitions },
   { method = "GET", path = "/auth-files", handler = list },
   { method = "GET", path = "/auth-files/download", handler = download },
   { method = "POST", path = "/auth-files", handler = upload },
