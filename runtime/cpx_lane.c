@@ -696,7 +696,8 @@ static void record_push(lane_req_t *lq) {
   uint64_t now = uv_hrtime();
   struct timespec ts;
 
-  if (!w || !lq->m)
+  /* After cpx_lane_records_close (shutdown) nobody delivers records. */
+  if (!w || !lq->m || !w->record_idle.data)
     return;
   if (w->nrecords >= RECORDS_MAX) {
     records_dropped++;
@@ -840,6 +841,7 @@ void cpx_lane_records_close(cpx_worker_t *w) {
   /* What was not delivered yet goes to Lua now (the VM is still there). */
   if (w->nrecords)
     on_record_idle(&w->record_idle);
+  w->record_idle.data = NULL; /* closed: record_push drops from now on */
   uv_close((uv_handle_t *)&w->record_idle, record_idle_closed);
 }
 

@@ -3,6 +3,7 @@
 #include "cpx_lane.h"
 #include "cpx_lua.h"
 #include "cpx_metrics.h"
+#include "cpx_otlp.h"
 #include "cpx_usage.h"
 
 #include <fcntl.h>
@@ -524,6 +525,7 @@ int cpx_vm_new(cpx_worker_t *w, const char *config_path, cpx_vm_t **out,
   cpx_yaml_lua_register(L);
   cpx_mgmt_lua_register(L);
   cpx_metrics_lua_register(L);
+  cpx_otlp_lua_register(L);
   lua_pushlightuserdata(L, w);
   lua_setfield(L, LUA_REGISTRYINDEX, "cpx.worker");
   lua_pushlightuserdata(L, vm);

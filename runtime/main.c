@@ -20,6 +20,7 @@
 #include "cpx_store.h"
 #include "cpx_tls.h"
 #include "cpx_tokens.h"
+#include "cpx_otlp.h"
 #include "cpx_usage.h"
 
 #include <curl/curl.h>
@@ -686,6 +687,7 @@ static int run_server(const char *argv0, const char *path) {
       uv_thread_join(&app.workers[i].tid);
   /* Every worker has handed its last records over: write them. */
   cpx_usage_close();
+  cpx_otlp_close();
   if (app.tls)
     cpx_tls_ctx_free(app.tls);
   cpx_log_flush();

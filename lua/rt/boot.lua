@@ -90,6 +90,7 @@ function _M.start(doc, lines, path)
   local record = require("rt.record")
   require("rt.usage").configure(app)
   require("rt.metrics").configure(app)
+  require("rt.otel").configure(app)
   local banner = require("rt.banner")
   local doctor = require("rt.doctor")
   return { config = cfg, handle = server.handle,

@@ -169,6 +169,8 @@ local schema = map({
   }),
   -- GET /metrics (rt.metrics): off unless enabled; key: Bearer key to ask
   metrics = map({ enabled = bool(false), key = str("") }),
+  -- OpenTelemetry traces over OTLP/HTTP JSON (rt.otel); endpoint "" = off
+  otel = map({ endpoint = url, ["service-name"] = str("cliproxy") }),
   ["count-tokens"] = map({
     encoding = { type = "string", default = "auto", enum = { "auto", "o200k_base", "cl100k_base", "off" } },
     factor = num(1, 0.1, 10),

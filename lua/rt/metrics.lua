@@ -78,8 +78,16 @@ local function account_lines(app)
   return concat(out, "\n") .. "\n"
 end
 
+local function otel_lines()
+  local st = cpx.otlp and cpx.otlp.stats() or {}
+  return format("# HELP cliproxy_otel_spans_total Spans by what the OTLP sender did with them.\n"
+    .. "# TYPE cliproxy_otel_spans_total counter\n"
+    .. 'cliproxy_otel_spans_total{result="sent"} %d\ncliproxy_otel_spans_total{result="dropped"} %d\n'
+    .. 'cliproxy_otel_spans_total{result="failed"} %d\n', st.sent or 0, st.dropped or 0, st.failed or 0)
+end
+
 function _M.render(app)
-  return metrics_c.render() .. account_lines(app)
+  return metrics_c.render() .. account_lines(app) .. otel_lines()
 end
 
 -- The route: 404 when off (as if absent), 401 without the configured key.

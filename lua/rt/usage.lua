@@ -15,6 +15,7 @@
 local cpx = require("cpx")
 local json = require("rt.json")
 local record = require("rt.record")
+local cooldown = require("rt.cooldown")
 
 local type = type
 local pairs = pairs
@@ -81,36 +82,12 @@ end
 
 -- ---- times ---------------------------------------------------------------------
 
-local function days_from_civil(y, m, d)
-  y = m <= 2 and y - 1 or y
-  local era = floor(y / 400)
-  local yoe = y - era * 400
-  local mp = (m + 9) % 12
-  local doy = floor((153 * mp + 2) / 5) + d - 1
-  return era * 146097 + yoe * 365 + floor(yoe / 4) - floor(yoe / 100) + doy - 719468
-end
-
-local function civil_from_days(z)
-  z = z + 719468
-  local era = floor(z / 146097)
-  local doe = z - era * 146097
-  local yoe = floor((doe - floor(doe / 1460) + floor(doe / 36524) - floor(doe / 146096)) / 365)
-  local doy = doe - (365 * yoe + floor(yoe / 4) - floor(yoe / 100))
-  local mp = floor((5 * doy + 2) / 153)
-  local d = doy - floor((153 * mp + 2) / 5) + 1
-  local m = mp < 10 and mp + 3 or mp - 9
-  return (m <= 2 and 1 or 0) + yoe + era * 400, m, d
-end
-
--- epoch seconds -> "2026-12-07T07:05:01.123Z" (milliseconds, UTC)
+-- epoch seconds -> "2026-12-07T07:05:01.123Z" (milliseconds, UTC): rt.cooldown's
+-- formatter with the fraction added.
 local function rfc3339(t)
   local ms = floor(t * 1000 + 0.5)
-  local s = floor(ms / 1000)
-  local days = floor(s / 86400)
-  local rem = s - days * 86400
-  local y, m, d = civil_from_days(days)
-  return format("%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", y, m, d, floor(rem / 3600), floor(rem % 3600 / 60),
-    rem % 60, ms % 1000)
+  local whole = cooldown.format_rfc3339(floor(ms / 1000))
+  return whole:sub(1, -2) .. format(".%03dZ", ms % 1000)
 end
 _M.rfc3339 = rfc3339
 
@@ -119,15 +96,7 @@ local function parse_time(v)
   if type(v) == "number" then return v end
   if type(v) ~= "string" then return nil end
   if v:match("^%d+%.?%d*$") then return tonumber(v) end
-  local y, mo, d, h, mi, sec, rest = v:match("^(%d%d%d%d)-(%d%d)-(%d%d)[Tt ](%d%d):(%d%d):(%d%d%.?%d*)(.*)$")
-  if not y then return nil end
-  local t = days_from_civil(tonumber(y), tonumber(mo), tonumber(d)) * 86400
-    + tonumber(h) * 3600 + tonumber(mi) * 60 + tonumber(sec)
-  if rest == "" or rest == "Z" or rest == "z" then return t end
-  local sign, oh, om = rest:match("^([+-])(%d%d):?(%d%d)$")
-  if not sign then return nil end
-  local off = tonumber(oh) * 3600 + tonumber(om) * 60
-  return sign == "+" and t - off or t + off
+  return cooldown.parse_rfc3339(v)
 end
 _M.parse_time = parse_time
 

@@ -7,6 +7,7 @@
 #include "cpx_pool.h"
 #include "cpx_tokens.h"
 #include "cpx_metrics.h"
+#include "cpx_otlp.h"
 #include "cpx_usage.h"
 #include "cpx_yaml.h"
 
@@ -19,5 +20,6 @@ int luaopen_cpx(lua_State *L) {
   cpx_yaml_lua_register(L);
   cpx_mgmt_lua_register(L);
   cpx_metrics_lua_register(L);
+  cpx_otlp_lua_register(L);
   return n;
 }

@@ -6,6 +6,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
+import http from 'node:http';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -234,4 +235,53 @@ test('a kill -9 keeps every record the writer had written', T(30000), async () =
   await new Promise((r) => p.child.once('exit', r));
   assert.equal(sql(db, 'select count(*) from requests'), String(N));
   fs.rmSync(p.dir, { recursive: true, force: true });
+});
+
+test('OTLP/HTTP: one span per request reaches a mock collector', T(30000), async () => {
+  const bodies = [];
+  const collector = http.createServer((req, res) => {
+    let b = '';
+    req.on('data', (d) => { b += d; });
+    req.on('end', () => {
+      bodies.push({ path: req.url, type: req.headers['content-type'], json: JSON.parse(b) });
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end('{}');
+    });
+  });
+  await new Promise((r) => collector.listen(0, '127.0.0.1', r));
+  const endpoint = `http://127.0.0.1:${collector.address().port}/v1/traces`;
+  const p = await startProxy(proxyOpts(path.join(tmp, 'otel.db'), { otel: { endpoint, 'service-name': 'cpx-e2e' } }));
+  try {
+    assert.equal((await post(p, '/v1/chat/completions', chat(false))).status, 200);
+    assert.equal((await post(p, '/v1/messages', claude(true))).status, 200);
+    const spans = () => bodies.flatMap((b) => b.json.resourceSpans.flatMap((r) => r.scopeSpans.flatMap((s) => s.spans)));
+    const route = (s) => s.attributes.find((a) => a.key === 'http.route')?.value.stringValue;
+    const end = Date.now() + 10000;
+    while (spans().filter((s) => route(s) !== '/healthz').length < 2 && Date.now() < end) await sleep(50);
+    const got = spans().filter((s) => route(s) !== '/healthz');
+    assert.equal(got.length, 2, JSON.stringify(bodies));
+    assert.equal(bodies[0].path, '/v1/traces');
+    assert.equal(bodies[0].type, 'application/json');
+    assert.equal(bodies[0].json.resourceSpans[0].resource.attributes[0].value.stringValue, 'cpx-e2e');
+    const attr = (s, k) => s.attributes.find((a) => a.key === k)?.value;
+    const lane = got.find((s) => route(s) === '/v1/chat/completions');
+    assert.equal(attr(lane, 'cliproxy.path').stringValue, 'lane');
+    assert.equal(attr(lane, 'gen_ai.usage.input_tokens').intValue, '11');
+    assert.equal(attr(lane, 'http.response.status_code').intValue, '200');
+    const lua = got.find((s) => route(s) === '/v1/messages');
+    assert.equal(attr(lua, 'cliproxy.path').stringValue, 'lua');
+    assert.equal(attr(lua, 'gen_ai.usage.output_tokens').intValue, '7');
+    const sent = family(parsePrometheus((await scrape(p)).text), 'cliproxy_otel_spans_total').metrics;
+    assert.ok(sum(sent, (l) => l.result === 'sent') >= 2, JSON.stringify(sent));
+    for (const s of got) {
+      assert.match(s.traceId, /^[0-9a-f]{32}$/);
+      assert.match(s.spanId, /^[0-9a-f]{16}$/);
+      assert.equal(s.kind, 2);
+      assert.ok(BigInt(s.endTimeUnixNano) >= BigInt(s.startTimeUnixNano));
+      assert.equal(s.status.code, 1);
+    }
+  } finally {
+    await p.stop();
+    collector.close();
+  }
 });

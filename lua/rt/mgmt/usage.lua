@@ -9,7 +9,8 @@
 --   GET  /usage/export   every record in the range, CLIProxyAPI's export shape
 --   POST /usage/import   an export (CLIProxyAPI's or ours), merged by id:
 --                        {added, skipped, total_requests, failed_requests}
---   GET  /usage-statistics-enabled   {"usage-statistics-enabled": bool}
+-- (usage-statistics-enabled GET/PUT/PATCH is one of rt.mgmt.config's
+-- scalar settings.)
 local json = require("rt.json")
 local usage = require("rt.usage")
 local access = require("rt.access")
@@ -80,17 +81,11 @@ local function import(req)
   return 200, res
 end
 
-local function enabled(_, ctx)
-  local cfg = ctx and ctx.app and ctx.app.config or ctx and ctx.config or {}
-  return 200, { ["usage-statistics-enabled"] = usage.enabled(cfg) }
-end
-
 return {
   name = "usage",
   routes = {
     { method = "GET", path = "/usage", handler = get_usage },
     { method = "GET", path = "/usage/export", handler = export },
     { method = "POST", path = "/usage/import", handler = import },
-    { method = "GET", path = "/usage-statistics-enabled", handler = enabled },
   },
 }

@@ -271,10 +271,6 @@ describe("rt.mgmt.usage", function()
     assert.equal(4, body.added)
     st = handler("POST", "/usage/import")({ method = "POST", body = "{not json" }, {})
     assert.equal(400, st)
-    st, body = handler("GET", "/usage-statistics-enabled")({ method = "GET" },
-      { app = { config = { ["usage-statistics-enabled"] = true } } })
-    assert.equal(200, st)
-    assert.is_true(body["usage-statistics-enabled"])
   end)
 
   it("answers the same shape with zeros when usage is off", function()
