@@ -16,6 +16,22 @@ export function parseLine(line) {
   return { time: m[1], rid: m[2] === '--------' ? '' : m[2], level: m[3].toLowerCase(), text: m[4] };
 }
 
+// The trailing lines that share the newest time stamp (a line without one
+// belongs to the line before).
+export function newestSecond(lines) {
+  let stamp = null;
+  let i = lines.length;
+  while (i > 0) {
+    const t = lines[i - 1].time;
+    if (t) {
+      if (stamp === null) stamp = t;
+      else if (t !== stamp) break;
+    }
+    i--;
+  }
+  return lines.slice(i).map((l) => l.raw);
+}
+
 export function mount(root, ctx) {
   const level = h('select', { id: 'l-level' }, ['all', 'debug', 'info', 'warn', 'error'].map((v) => h('option', { value: v }, v)));
   const rid = h('input', { id: 'l-rid', type: 'text', placeholder: 'request id', spellcheck: 'false', size: 12 });
@@ -26,7 +42,8 @@ export function mount(root, ctx) {
   const reqBox = h('section', { class: 'card', id: 'l-request', hidden: true });
   const errBox = h('div', { id: 'l-errors' });
   let lines = [];
-  let latest = 0;
+  let latest = 0; // the newest second the server reported
+  let edge = [];  // the lines we hold from that second, in order
 
   const openRequest = async (id, path) => {
     reqBox.hidden = false;
@@ -60,14 +77,25 @@ export function mount(root, ctx) {
     if (follow.checked) out.scrollTop = out.scrollHeight;
   };
 
+  // `after` is in whole seconds, so lines written later in the newest
+  // second would be missed: ask from the second before and drop what we
+  // already hold (the file only grows, so those come first, in order).
   const tail = async (reset) => {
     try {
-      const data = await get('/logs', reset || !latest ? { limit: 1000 } : { after: latest });
-      const got = (data && data.lines) || [];
-      if (reset) lines = [];
+      const incremental = !reset && latest > 0;
+      const data = await get('/logs', incremental ? { after: latest - 1 } : { limit: 1000 });
+      let got = (data && data.lines) || [];
+      if (incremental) {
+        let i = 0;
+        while (i < got.length && i < edge.length && got[i] === edge[i]) i++;
+        got = got.slice(i);
+      } else {
+        lines = [];
+      }
       for (const raw of got) lines.push({ ...parseLine(raw), raw });
       if (lines.length > MAX_LINES) lines = lines.slice(-MAX_LINES);
       if (data && data['latest-timestamp']) latest = data['latest-timestamp'];
+      edge = newestSecond(lines);
       draw();
     } catch (e) {
       status.className = 'result error';

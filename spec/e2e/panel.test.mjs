@@ -96,7 +96,8 @@ before(async () => {
   proxy = await startProxy({
     apiKeys: [CLIENT_KEY],
     openaiCompat: [{ name: 'mock', baseUrl: `${mock.url}/v1`, keys: ['up-key-a'], models: [{ name: 'up-model', alias: 'panel-model' }] }],
-    extra: { 'remote-management': { 'secret-key': SECRET }, 'usage-statistics-enabled': true, metrics: { enabled: true } },
+    extra: { 'remote-management': { 'secret-key': SECRET }, 'usage-statistics-enabled': true, metrics: { enabled: true },
+      'logging-to-file': true },
   });
   browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox', '--disable-gpu'] });
 });
@@ -363,6 +364,40 @@ test('page data matches the API', { skip, ...T(120000) }, async () => {
     await page.waitForFunction(() => /of \d+ lines/.test(document.querySelector('#l-status').textContent));
     const n = Number((await page.textContent('#l-status')).match(/of (\d+) lines/)[1]);
     assert.ok(n >= (logs.json.lines || []).length, `${n} lines shown`);
+    // filter by one request's id: exactly that request's lines
+    const withRid = logs.json.lines.map((l) => l.match(/^\[[^\]]+\] \[([0-9a-f]{8})\]/)).filter(Boolean);
+    assert.ok(withRid.length > 0, 'the log has request lines');
+    const rid = withRid[withRid.length - 1][1];
+    await page.fill('#l-rid', rid);
+    await page.waitForFunction((r) => new RegExp(`^\\d+ of`).test(document.querySelector('#l-status').textContent)
+      && [...document.querySelectorAll('#l-out .logline')].every((l) => l.textContent.includes(r)), rid);
+    const shownN = Number((await page.textContent('#l-status')).match(/^(\d+) of/)[1]);
+    const apiN = logs.json.lines.filter((l) => l.includes(`] [${rid}] [`)).length;
+    assert.ok(shownN >= apiN && shownN > 0, `${shownN} lines of request ${rid} (the API had ${apiN})`);
+    // a level filter drops the other levels
+    await page.fill('#l-rid', '');
+    await page.selectOption('#l-level', 'warn');
+    await page.waitForFunction(() => [...document.querySelectorAll('#l-out .logline')].every((l) => l.classList.contains('lv-warn')));
+    await page.selectOption('#l-level', 'all');
+    // following: new lines arrive without a reload, none twice
+    const before = Number((await page.textContent('#l-status')).match(/of (\d+) lines/)[1]);
+    assert.equal(await chat('panel-model', 'follow me'), 200);
+    await page.waitForFunction((b) => Number(document.querySelector('#l-status').textContent.match(/of (\d+) lines/)[1]) > b + 1,
+      before, { timeout: 20000 });
+    const held = await page.$$eval('#l-out .logline', (ls) => ls.map((l) => l.textContent.replace(/\n$/, '')));
+    const now = (await mgmt('/logs?limit=10000')).json.lines;
+    const count = (arr) => arr.reduce((m, l) => m.set(l, (m.get(l) || 0) + 1), new Map());
+    const inApi = count(now);
+    for (const [line, k] of count(held)) {
+      assert.ok((inApi.get(line) || 0) >= k, `held ${k}× but the log has it ${inApi.get(line) || 0}×: ${line}`);
+    }
+    // open that request's log: its text, or the API's error
+    await page.fill('#l-open-id', rid);
+    await page.press('#l-open-id', 'Enter');
+    await page.waitForSelector('#l-request-text, #l-request .error');
+    const one = await mgmt(`/request-log-by-id/${rid}`);
+    if (one.status === 200) assert.equal(await page.textContent('#l-request-text'), one.text);
+    else assert.match(await page.textContent('#l-request .error'), new RegExp(String(one.status)));
   } else {
     await page.waitForSelector('#l-status.error');
     assert.match(await page.textContent('#l-status'), new RegExp(String(logs.status)));
