@@ -1182,13 +1182,14 @@ static void push_hex(lua_State *L, const unsigned char *d, size_t n) {
   lua_pushlstring(L, out, 2 * n);
 }
 
-static int do_sha256(lua_State *L, int hex) {
+static int do_digest(lua_State *L, const EVP_MD *alg, const char *name,
+                     int hex) {
   size_t n;
   const char *s = luaL_checklstring(L, 1, &n);
   unsigned char md[EVP_MAX_MD_SIZE];
   unsigned int mdlen = 0;
-  if (!EVP_Digest(s, n, md, &mdlen, EVP_sha256(), NULL))
-    return luaL_error(L, "sha256: OpenSSL failure");
+  if (!EVP_Digest(s, n, md, &mdlen, alg, NULL))
+    return luaL_error(L, "%s: OpenSSL failure", name);
   if (hex)
     push_hex(L, md, mdlen);
   else
@@ -1197,11 +1198,17 @@ static int do_sha256(lua_State *L, int hex) {
 }
 
 static int l_sha256(lua_State *L) {
-  return do_sha256(L, 0);
+  return do_digest(L, EVP_sha256(), "sha256", 0);
 }
 
 static int l_sha256_hex(lua_State *L) {
-  return do_sha256(L, 1);
+  return do_digest(L, EVP_sha256(), "sha256", 1);
+}
+
+/* SHA-1 only for name-based UUIDs (RFC 9562 version 5), which are defined
+ * over it; never for anything that needs collision resistance. */
+static int l_sha1(lua_State *L) {
+  return do_digest(L, EVP_sha1(), "sha1", 0);
 }
 
 static int do_hmac(lua_State *L, int hex) {
@@ -1479,6 +1486,8 @@ int cpx_lua_util_open(lua_State *L) {
   lua_setfield(L, -2, "sha256");
   lua_pushcfunction(L, l_sha256_hex);
   lua_setfield(L, -2, "sha256_hex");
+  lua_pushcfunction(L, l_sha1);
+  lua_setfield(L, -2, "sha1");
   lua_pushcfunction(L, l_hmac_sha256);
   lua_setfield(L, -2, "hmac_sha256");
   lua_pushcfunction(L, l_hmac_sha256_hex);

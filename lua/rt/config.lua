@@ -18,7 +18,8 @@ local array_mt = cpx.json.array_mt
 local _M = {}
 
 -- field kinds: string, integer, number, boolean, list, map (fields = {...}),
--- dict (string keys, values = spec), any (accepted, not checked)
+-- dict (string keys, values = spec), any (accepted, not checked); a map
+-- with optional = true stays nil when absent instead of becoming {}
 local function str(d) return { type = "string", default = d } end
 local function int(d, min, max) return { type = "integer", default = d, min = min, max = max } end
 local function num(d, min, max) return { type = "number", default = d, min = min, max = max } end
@@ -52,6 +53,14 @@ local models = list(map({
 
 local excluded = list(str())
 
+-- cloak on a claude-api-key entry (providers/claude_cloak.lua).
+local cloak = map({
+  mode = { type = "string", enum = { "auto", "always", "never" } },
+  ["strict-mode"] = bool(false),
+  ["sensitive-words"] = list(str()),
+  ["cache-user-id"] = bool(),
+})
+
 local key_entry = map({
   ["api-key"] = { type = "string", required = true },
   priority = int(0),
@@ -65,7 +74,7 @@ local key_entry = map({
   ["disable-cooling"] = bool(),
   ["request-retry"] = int(nil, 0, 100),
   websockets = bool(),
-  cloak = ANY,
+  cloak = { type = "map", fields = cloak.fields, optional = true },
   ["experimental-cch-signing"] = bool(),
 })
 
@@ -121,8 +130,13 @@ local schema = map({
   streaming = map({ ["keepalive-seconds"] = int(0, 0), ["bootstrap-retries"] = int(0, 0) }),
   ["antigravity-signature-cache-enabled"] = bool(true),
   ["antigravity-signature-bypass-strict"] = bool(false),
-  ["claude-header-defaults"] = dict(ANY),
-  ["codex-header-defaults"] = dict(ANY),
+  ["claude-header-defaults"] = map({
+    ["user-agent"] = str(), ["package-version"] = str(), ["runtime-version"] = str(),
+    os = str(), arch = str(), timeout = str(), timezone = str(),
+    ["stabilize-device-profile"] = bool(false),
+  }),
+  ["codex-header-defaults"] = map({ ["user-agent"] = str(), ["beta-features"] = str() }),
+  ["disable-claude-cloak-mode"] = bool(false),
   ["gemini-api-key"] = list(key_entry),
   ["generative-language-api-key"] = list(str()),
   ["vertex-api-key"] = list(key_entry),
@@ -223,7 +237,9 @@ local function check(spec, v, path, st)
   if v == nil or v == null then
     if spec.required then return fail("is required") end
     if spec.type == "list" then return setmetatable({}, array_mt) end
-    if spec.type == "map" then v = {} else return spec.default end
+    -- An optional map stays absent (its presence means something: a
+    -- claude-api-key entry with a cloak block is cloaked).
+    if spec.type == "map" and not spec.optional then v = {} else return spec.default end
   end
   local t = spec.type
   if t == "any" then return v end

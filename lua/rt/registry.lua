@@ -207,6 +207,19 @@ local function oauth_base(cfg, ctype)
   return type(e) == "table" and nonempty(e["api-base-url"]) or nil
 end
 
+-- A Claude file's cloak options (cloak_mode, cloak_strict_mode,
+-- cloak_sensitive_words, cloak_cache_user_id) in the shape of a
+-- claude-api-key entry's `cloak` block; nil when the file sets none.
+local function cloak_of(doc)
+  if doc.cloak_mode == nil and doc.cloak_strict_mode == nil and doc.cloak_sensitive_words == nil
+      and doc.cloak_cache_user_id == nil then
+    return nil
+  end
+  return { mode = nonempty(doc.cloak_mode), ["strict-mode"] = doc.cloak_strict_mode == true,
+           ["sensitive-words"] = type(doc.cloak_sensitive_words) == "table" and doc.cloak_sensitive_words or nil,
+           ["cache-user-id"] = doc.cloak_cache_user_id }
+end
+
 local function from_credentials(reg, cfg, creds)
   for _, c in ipairs(creds or {}) do
     local kind = CRED_TYPES[c.type]
@@ -238,6 +251,8 @@ local function from_credentials(reg, cfg, creds)
           email = nonempty(doc.email),
           note = doc.note,
           file = c.name,
+          account_uuid = nonempty(doc.account_uuid),
+          cloak = cloak_of(doc),
         }
         local key = { ["api-key"] = token, ["proxy-url"] = entry["proxy-url"] }
         local priority = tonumber(doc.priority) or 0

@@ -16,6 +16,10 @@ describe("rt.boot.check_provider", function()
     { prov({ fixup = true }), "field 'fixup' must be a function, not a boolean" },
     { prov({ force_stream = "true" }), "field 'force_stream' must be a boolean, not a string" },
     { prov({ fast_path = 1 }), "field 'fast_path' must be a boolean, not a number" },
+    { prov({ raw_ok = true }), "field 'raw_ok' must be a function, not a boolean" },
+    { prov({ response_fixup = "x" }), "field 'response_fixup' must be a function, not a string" },
+    { prov({ stream_fixup = {} }), "field 'stream_fixup' must be a function, not a table" },
+    { prov({ error_status = 429 }), "field 'error_status' must be a function, not a number" },
     { "not a table", "module must return a table" },
   }
   for i, c in ipairs(bad) do

@@ -29,7 +29,30 @@ local cases = {
   { name = "limits water marks", doc = { limits = { ["write-buffer-low-bytes"] = 300000 } },
     err = "write%-buffer%-low%-bytes: must be below" },
   { name = "workers zero", doc = { workers = 0 }, err = "workers: must be at least 1" },
+  { name = "a cloak mode out of the list",
+    doc = { ["claude-api-key"] = A({ { ["api-key"] = "k", cloak = { mode = "sometimes" } } }) },
+    lines = { ["claude-api-key.1.cloak.mode"] = 12 },
+    err = "^cfg%.yaml:12: claude%-api%-key%.1%.cloak%.mode: expected one of auto, always, never, got \"sometimes\"$" },
+  { name = "cloak sensitive-words not a list",
+    doc = { ["claude-api-key"] = A({ { ["api-key"] = "k", cloak = { ["sensitive-words"] = "x" } } }) },
+    err = "claude%-api%-key%.1%.cloak%.sensitive%-words: expected a list" },
+  { name = "claude-header-defaults with a list", doc = { ["claude-header-defaults"] = { os = A({ "a" }) } },
+    err = "claude%-header%-defaults%.os: expected a string, got a list" },
+  { name = "stabilize-device-profile not boolean",
+    doc = { ["claude-header-defaults"] = { ["stabilize-device-profile"] = "yes" } },
+    err = "claude%-header%-defaults%.stabilize%-device%-profile: expected true or false" },
 }
+
+describe("rt.config cloak", function()
+  it("leaves an absent cloak block absent and keeps a present one", function()
+    local cfg = assert(config.validate({ ["claude-api-key"] = A({ { ["api-key"] = "a" },
+      { ["api-key"] = "b", cloak = { mode = "always", ["sensitive-words"] = A({ "w" }) } } }) }, {}, "c.yaml"))
+    assert.is_nil(cfg["claude-api-key"][1].cloak)
+    assert.are.equal("always", cfg["claude-api-key"][2].cloak.mode)
+    assert.are.same({ "w" }, cfg["claude-api-key"][2].cloak["sensitive-words"])
+    assert.is_false(cfg["claude-api-key"][2].cloak["strict-mode"])
+  end)
+end)
 
 describe("rt.config.validate", function()
   for _, c in ipairs(cases) do

@@ -1,0 +1,123 @@
+-- providers.codex: body fix-ups, cache key / Session_id, headers, errors.
+local codex = require("providers.codex")
+local util = require("rt.provider_util")
+local fixture = require("fixture")
+local json = require("rt.json")
+
+describe("codex.fixup", function()
+  for _, c in ipairs(fixture.json("providers/codex_fixup.json")) do
+    it(c.name, function()
+      local text = json.encode(c["in"])
+      local before = json.encode(c["in"])
+      local body = json.shallow_copy(json.decode(text))
+      local out = codex.fixup(body, { client_format = "openai_responses", info = { headers = {} } })
+      assert.are.same(c.out, json.decode(json.encode(out)))
+      if c.text then assert.are.equal(c.text, json.encode(out)) end
+      assert.are.equal(before, json.encode(c["in"]))
+    end)
+  end
+end)
+
+describe("codex.cache_key", function()
+  local info = { headers = { authorization = "Bearer sk-client-1" } }
+  it("takes the Responses body's prompt_cache_key", function()
+    local ctx = { client_format = "openai_responses", info = info }
+    assert.are.equal("pck", codex.cache_key({ prompt_cache_key = "pck" }, ctx))
+  end)
+  it("derives one from a Claude client's metadata.user_id", function()
+    local ctx = { client_format = "claude", info = info, body = { metadata = { user_id = "user_abc" } } }
+    local k = codex.cache_key({}, ctx)
+    assert.are.equal(util.uuid5(util.NS_OID, "cli-proxy-api:codex:prompt-cache:claude:user_abc"), k)
+    assert.are.equal(k, codex.cache_key({}, ctx))
+    -- the translated body's `user` carries it when the decoded client body is not at hand
+    assert.are.equal(k, codex.cache_key({}, { client_format = "claude", info = info }, "user_abc"))
+    local b = codex.fixup({ user = "user_abc" }, { client_format = "claude", info = info })
+    assert.are.equal(k, b.prompt_cache_key)
+    assert.is_nil(b.user)
+  end)
+  it("is a UUIDv5 of the client key for chat and Gemini clients", function()
+    local want = util.uuid5(util.NS_OID, "cli-proxy-api:codex:prompt-cache:sk-client-1")
+    assert.are.equal(want, codex.cache_key({}, { client_format = "openai_chat", info = info }))
+    assert.are.equal(want, codex.cache_key({}, { client_format = "gemini",
+                                               info = { headers = { ["x-goog-api-key"] = "sk-client-1" } } }))
+    assert.matches("^%x+%-%x+%-5%x+%-[89ab]%x+%-%x+$", want)
+  end)
+  it("is absent without a key", function()
+    assert.is_nil(codex.cache_key({}, { client_format = "openai_chat", info = { headers = {} } }))
+  end)
+end)
+
+describe("codex.prepare", function()
+  local function run(entry, headers, body, cfg)
+    local ctx = { info = { headers = headers }, client_format = "openai_chat", config = cfg or {} }
+    local target = { entry = entry, key = { ["api-key"] = "tok" } }
+    codex.fixup(body or {}, ctx)
+    return codex.prepare(ctx, target, "{}", true).headers
+  end
+
+  it("a login: Originator, Chatgpt-Account-Id, Session_id = prompt_cache_key, pass-through headers", function()
+    local h = run({ oauth = true, account_id = "acc-1" },
+                  { authorization = "Bearer ck", version = "0.171.0", ["x-codex-turn-metadata"] = "{}",
+                    ["x-client-request-id"] = "rid", ["user-agent"] = "codex_exec/0.171.0" })
+    assert.are.equal("codex-tui", h.Originator)
+    assert.are.equal("acc-1", h["Chatgpt-Account-Id"])
+    assert.are.equal(util.uuid5(util.NS_OID, "cli-proxy-api:codex:prompt-cache:ck"), h.Session_id)
+    assert.are.equal("0.171.0", h.Version)
+    assert.are.equal("{}", h["X-Codex-Turn-Metadata"])
+    assert.are.equal("rid", h["X-Client-Request-Id"])
+    assert.are.equal("codex_exec/0.171.0", h["User-Agent"])
+    assert.are.equal("Bearer tok", h.Authorization)
+  end)
+
+  it("the client's Originator wins; the user-agent falls back to codex-header-defaults", function()
+    local h = run({ oauth = true }, { originator = "codex_exec" }, {},
+                  { ["codex-header-defaults"] = { ["user-agent"] = "my-ua/1" } })
+    assert.are.equal("codex_exec", h.Originator)
+    assert.are.equal("my-ua/1", h["User-Agent"])
+    assert.is_nil(h.Session_id)
+  end)
+
+  it("an API key gets no Originator nor account header", function()
+    local h = run({ ["api-key"] = "k", account_id = nil }, {})
+    assert.is_nil(h.Originator)
+    assert.is_nil(h["Chatgpt-Account-Id"])
+    assert.matches("^codex%-tui/", h["User-Agent"])
+    assert.is_string(h.Session_id) -- the default user-agent says Mac OS
+  end)
+end)
+
+describe("codex errors", function()
+  it("a model-capacity answer is a 429", function()
+    local body = '{"error":{"message":"Selected model is at capacity. Please try a different model."}}'
+    assert.are.equal(429, codex.error_status(500, {}, body))
+    assert.are.equal(400, codex.error_status(400, {}, '{"error":{"message":"bad"}}'))
+    local action, kind = codex.classify(500, {}, body)
+    assert.are.equal("retry", action)
+    assert.are.equal("quota", kind)
+  end)
+  it("resets_in_seconds is the cooldown hint", function()
+    local body = '{"error":{"type":"usage_limit_reached","resets_in_seconds":1234}}'
+    local action, kind, hint = codex.classify(429, {}, body)
+    assert.are.equal("retry", action)
+    assert.are.equal("quota", kind)
+    assert.are.equal(1234, hint)
+  end)
+end)
+
+describe("rt.provider_util ids", function()
+  it("uuid5 matches RFC 9562's name-based UUIDs (Python's uuid5 of python.org in the DNS space)", function()
+    assert.are.equal("886313e1-3b8a-5372-9b90-0c9aee199e5d", util.uuid5(util.NS_DNS, "python.org"))
+  end)
+  it("stable_uuid is stable, version 4 shaped, and hides its seed", function()
+    local a = util.stable_uuid("secret-seed")
+    assert.are.equal(a, util.stable_uuid("secret-seed"))
+    assert.are_not.equal(a, util.stable_uuid("secret-seed2"))
+    assert.matches("^%x+%-%x+%-4%x+%-[89ab]%x+%-%x+$", a)
+  end)
+  it("client_key reads the client's key from any of its places", function()
+    assert.are.equal("k1", util.client_key({ headers = { authorization = "Bearer k1" } }))
+    assert.are.equal("k2", util.client_key({ headers = { ["x-api-key"] = "k2" } }))
+    assert.are.equal("k3", util.client_key({ headers = {}, query = "alt=sse&key=k3" }))
+    assert.is_nil(util.client_key({ headers = {} }))
+  end)
+end)
