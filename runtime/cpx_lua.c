@@ -526,6 +526,7 @@ int cpx_vm_new(cpx_worker_t *w, const char *config_path, cpx_vm_t **out,
   cpx_yaml_lua_register(L);
   cpx_mgmt_lua_register(L);
   cpx_usage_lua_register(L);
+  cpx_panel_lua_register(L);
   cpx_metrics_lua_register(L);
   cpx_otlp_lua_register(L);
   lua_pushlightuserdata(L, w);

@@ -149,6 +149,11 @@ void cpx__lua_start(cpx_worker_t *w, cpx_vm_t *vm, cpx_request_t *r,
 /* Constant-time equality of two secrets (HMAC, then CRYPTO_memcmp). */
 int cpx_secure_equal(const char *a, size_t na, const char *b, size_t nb);
 
+/* Registers `cpx.panel` (the control panel's static files; cpx_panel.c)
+ * into the table at the top of the stack. cpx_panel_name_ok(name) is 1 for
+ * a name it would read: [A-Za-z0-9_.-] components, none starting with '.'. */
+void cpx_panel_lua_register(lua_State *L);
+int cpx_panel_name_ok(const char *name);
 /* A blocking job for libuv's threadpool that the calling request coroutine
  * waits for (bcrypt, file writes: anything that must not run on the loop).
  * work() runs on a pool thread and must not touch Lua; push() then runs on

@@ -13,8 +13,9 @@ pkgs=(build-essential cmake pkg-config libluajit-5.1-dev luajit libuv1-dev
       libcurl4-openssl-dev libyaml-dev libssl-dev libyajl-dev node-llhttp
       libcrypt-dev libsqlite3-dev)
 if [ "$want_test" = 1 ]; then
+  # chromium: the control panel's browser tests (playwright-core)
   pkgs+=(lua-busted lua-check clang-format nginx-light wrk nodejs npm openssl
-        clang libclang-rt-14-dev sqlite3)
+        clang libclang-rt-14-dev sqlite3 chromium)
 fi
 
 missing=()

@@ -9,6 +9,7 @@ local pipeline = require("rt.pipeline")
 local count = require("rt.count")
 local mw = require("rt.middleware")
 local lane = require("rt.lane")
+local panel = require("rt.panel")
 local management = require("rt.management")
 local record = require("rt.record")
 local metrics = require("rt.metrics")
@@ -269,6 +270,12 @@ local function gemini_route(req, info)
   return http.error(req, "gemini", 404, "not found: " .. info.method .. " " .. path)
 end
 
+-- The web control panel's static files (rt.panel).
+local function panel_file(req, info)
+  return panel.serve(app.config, req, info)
+end
+local panel_route = { panel_file, public = true }
+
 -- ---- routing --------------------------------------------------------------
 
 -- "METHOD path" -> { handler, fmt = client format, public = no key needed }
@@ -286,6 +293,8 @@ local routes = {
   ["POST /v1/responses"] = { responses, fmt = "openai_responses" },
   ["GET /v1/responses"] = { responses_get, fmt = "openai_responses" },
   ["POST /v1/responses/compact"] = { responses_compact, fmt = "openai_responses" },
+  ["GET /management.html"] = { panel_file, public = true },
+  ["HEAD /management.html"] = { panel_file, public = true },
 }
 _M.routes = routes
 
@@ -310,6 +319,8 @@ local function dispatch(req, info)
   local route = routes[info.method .. " " .. info.path]
   if not route and info.path:find("^/v1beta/models") then
     route = { gemini_route, fmt = "gemini" }
+  elseif not route and info.path:find("^/panel/") then
+    route = panel_route
   end
   local fmt = route and route.fmt or format_for_path(info.path)
   -- [record] what kind of request this is; the usage store keeps
