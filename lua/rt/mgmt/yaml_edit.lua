@@ -310,9 +310,48 @@ local function same(a, b)
   return true
 end
 
--- Every edit is checked by loading the result: the value must read back
--- and the document must still load; anything else is refused rather than
--- written (a document whose root is not a mapping, say).
+-- The document text should read as after the edit: the old one with path
+-- set to v (nil: removed). Only string keys of mappings are walked; a path
+-- through a sequence is checked by the value read-back alone.
+local function expected(text, path, v)
+  local t = decode_yaml(text)
+  if type(t) ~= "table" then return nil end
+  t = copy(t)
+  local cur = t
+  for i = 1, #path - 1 do
+    local k = path[i]
+    if type(k) ~= "string" then return nil end
+    if type(cur[k]) ~= "table" then cur[k] = {} end
+    cur = cur[k]
+  end
+  if type(path[#path]) ~= "string" then return nil end
+  cur[path[#path]] = v
+  return t
+end
+
+-- same(), except that an empty mapping, null and a missing key are alike
+-- (removing a mapping's last key leaves "key:" behind, which reads as null).
+local function blank(x)
+  return x == nil or x == null or (type(x) == "table" and next(x) == nil)
+end
+
+local function alike(a, b)
+  if blank(a) and blank(b) then return true end
+  if type(a) ~= "table" or type(b) ~= "table" then return same(a, b) end
+  for k, x in pairs(a) do
+    if not alike(x, b[k]) then return false end
+  end
+  for k, y in pairs(b) do
+    if a[k] == nil and not blank(y) then return false end
+  end
+  return true
+end
+
+-- Every edit is checked by loading the result: the value must read back,
+-- every other value must be unchanged, and the document must still load;
+-- anything else is refused rather than written (a document whose root is
+-- not a mapping; a file ending inside a block scalar with no final newline,
+-- where appending a key would add one to that scalar's value).
 function _M.set(text, path, v)
   local out, err = set(text, path, v)
   if not out then return nil, err end
@@ -320,6 +359,10 @@ function _M.set(text, path, v)
   if not doc then return nil, "the edit would not load: " .. tostring(derr) end
   if not same(v, value_at(doc, path, #path)) then
     return nil, "cannot set this key in this document (its root is not a mapping?)"
+  end
+  local want = expected(text, path, v)
+  if want and not alike(want, doc) then
+    return nil, "cannot set this key here without changing another value; edit config.yaml as text"
   end
   return out
 end
@@ -366,6 +409,10 @@ function _M.delete(text, path)
   if not doc then return nil, "the edit would not load: " .. tostring(derr) end
   if type(path[#path]) == "string" and value_at(doc, path, #path) ~= nil then
     return nil, "cannot delete this key in this document"
+  end
+  local want = expected(text, path, nil)
+  if want and not alike(want, doc) then
+    return nil, "cannot delete this key without changing another value; edit config.yaml as text"
   end
   return out
 end
