@@ -432,8 +432,9 @@ function _M.stream_decode(ev, st, ctx)
   if data == nil or data == "" or data == "[DONE]" then return out end
   local d = decode(data)
   if type(d) ~= "table" then return out end
-  if json.is_array(d) then d = d[1] or {} end
-  if st.finished then return out end
+  if json.is_array(d) then d = d[1] end
+  -- an array's first element must be an object too (found by fuzz_codec)
+  if type(d) ~= "table" or st.finished then return out end
   if type(d.error) == "table" then
     st.finished = true
     out[1] = { t = "error", status = num(d.error.code) or 500, type = s(d.error.status),
