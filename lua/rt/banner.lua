@@ -7,6 +7,7 @@ local format = string.format
 local ipairs = ipairs
 local sort = table.sort
 local type = type
+local getenv = os.getenv
 
 local _M = {}
 
@@ -62,6 +63,13 @@ function _M.lines(app, base_url)
   out[#out + 1] = format("Gemini CLI: GOOGLE_GEMINI_BASE_URL=%s GEMINI_API_KEY=%s gemini -m %s",
                          base_url, key, pick(list, { gemini = true, vertex = true }))
   out[#out + 1] = format("OpenAI SDKs: OPENAI_BASE_URL=%s/v1 OPENAI_API_KEY=%s", base_url, key)
+  local rm = type(cfg["remote-management"]) == "table" and cfg["remote-management"] or {}
+  if rm["disable-control-panel"] ~= true then
+    local secret = (type(rm["secret-key"]) == "string" and rm["secret-key"] ~= "") or
+                   ((getenv("MANAGEMENT_PASSWORD") or "") ~= "")
+    out[#out + 1] = format("control panel: %s/management.html%s", base_url,
+                           secret and "" or " (set remote-management.secret-key or MANAGEMENT_PASSWORD to enable it)")
+  end
   return out
 end
 

@@ -37,6 +37,17 @@ describe("rt.banner.lines", function()
     assert.matches("every client is accepted", text, 1, true)
   end)
 
+  it("names the control panel, and how to turn it on", function()
+    local off = table.concat(banner.lines(app({}, { ["api-keys"] = {} }), "http://h:1"), "\n")
+    assert.matches("control panel: http://h:1/management.html (set remote-management.secret-key", off, 1, true)
+    local on = table.concat(banner.lines(app({}, { ["remote-management"] = { ["secret-key"] = "$2b$x" } }),
+                                         "http://h:1"), "\n")
+    assert.matches("control panel: http://h:1/management.html\n", on .. "\n", 1, true)
+    assert.is_nil(on:find("$2b$x", 1, true))
+    local none = banner.lines(app({}, { ["remote-management"] = { ["disable-control-panel"] = true } }), "http://h:1")
+    assert.is_nil(table.concat(none, "\n"):find("control panel", 1, true))
+  end)
+
   it("refuses misuse", function()
     assert.has_error(function() banner.lines(nil, "x") end)
   end)
