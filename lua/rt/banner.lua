@@ -7,7 +7,7 @@ local format = string.format
 local ipairs = ipairs
 local sort = table.sort
 local type = type
-local getenv = os.getenv
+local cpx = require("cpx")
 
 local _M = {}
 
@@ -66,7 +66,7 @@ function _M.lines(app, base_url)
   local rm = type(cfg["remote-management"]) == "table" and cfg["remote-management"] or {}
   if rm["disable-control-panel"] ~= true then
     local secret = (type(rm["secret-key"]) == "string" and rm["secret-key"] ~= "") or
-                   ((getenv("MANAGEMENT_PASSWORD") or "") ~= "")
+                   (cpx.mgmt ~= nil and cpx.mgmt.env_secret() ~= nil)
     out[#out + 1] = format("control panel: %s/management.html%s", base_url,
                            secret and "" or " (set remote-management.secret-key or MANAGEMENT_PASSWORD to enable it)")
   end

@@ -432,6 +432,7 @@ test('start-up banner: the models served and how to point each CLI at them, neve
     assert.match(log, new RegExp(`base_url = "http://127\\.0\\.0\\.1:${proxy.port}/v1"`));
     assert.doesNotMatch(log, /sk-banner-secret-1|up-key/);
     assert.doesNotMatch(log, /every client is accepted/);
+    assert.match(log, new RegExp(`control panel: http://127\\.0\\.0\\.1:${proxy.port}/management\\.html \\(set remote-management\\.secret-key`));
   } finally { await proxy.stop(); }
   const open = await startProxy({ openaiCompat: [] });
   try {
