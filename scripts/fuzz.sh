@@ -3,9 +3,11 @@
 # build-fuzz/ and runs each for a while, starting from the checked-in corpus
 # spec/fuzz/corpus/<target>/ (new inputs go to build-fuzz/corpus/<target>/).
 #
-#   scripts/fuzz.sh [--time SECONDS] [--jobs N] [--merge] [target...]
+#   scripts/fuzz.sh [--time SECONDS] [--seed N] [--jobs N] [--merge] [target...]
 #
-# --time: seconds per target (default 30: the CI smoke); --jobs: targets run
+# --time: seconds per target (default 30: the CI smoke); --seed: libFuzzer's
+# seed (0, the default, picks one per run; CI passes 1 so a run explores the
+# same way each time); --jobs: targets run
 # at once (default: the number of cores); --merge: minimise the new inputs
 # into spec/fuzz/corpus (to commit). Prints the executions reached per
 # target; exits non-zero on a finding, whose input is saved as
@@ -17,12 +19,14 @@ cd "$(dirname "$0")/.."
 time_s=30
 jobs=$(nproc 2>/dev/null || echo 2)
 merge=0
+seed=0
 targets=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --time) time_s=$2; shift 2 ;;
     --jobs) jobs=$2; shift 2 ;;
     --merge) merge=1; shift ;;
+    --seed) seed=$2; shift 2 ;;
     -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) targets+=("$1"); shift ;;
   esac
@@ -50,7 +54,7 @@ export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 run_one() {
   local t=$1 work="$B/corpus/$1" out="$B/findings/$1"
   mkdir -p "$work" "$out"
-  "$B/fuzz_$t" -max_total_time="$time_s" -print_final_stats=1 -timeout=10 -rss_limit_mb=2048 \
+  "$B/fuzz_$t" -max_total_time="$time_s" -seed="$seed" -print_final_stats=1 -timeout=10 -rss_limit_mb=2048 \
     -max_len=65536 -artifact_prefix="$out/" "$work" "spec/fuzz/corpus/$t" >"$B/fuzz_$t.log" 2>&1
 }
 

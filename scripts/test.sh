@@ -26,4 +26,4 @@ echo "== soak: 2 minutes of mixed load, reloads and faults against the ASan + UB
 ASAN_OPTIONS=detect_leaks=1:quarantine_size_mb=8 bench/soak.sh --minutes "${CPX_SOAK_MINUTES:-2}" \
   --bin "$PWD/build-asan/cliproxy" --conc 8 --rss-bound-mib 24
 echo "== fuzz smoke: every target for ${CPX_FUZZ_SECONDS:-30} s (scripts/fuzz.sh for long runs)"
-scripts/fuzz.sh --time "${CPX_FUZZ_SECONDS:-30}"
+scripts/fuzz.sh --time "${CPX_FUZZ_SECONDS:-30}" --seed 1
