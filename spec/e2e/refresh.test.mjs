@@ -202,7 +202,8 @@ describe('OAuth refresh', () => {
     const a = await startProxy({ configText: text });
     const b = await startProxy({ configText: text });
     try {
-      assert.ok(await waitFor(() => JSON.parse(fs.readFileSync(path.join(auth, FILE), 'utf8')).refresh_token === 'rt-1', 5000));
+      assert.ok(await waitFor(() => JSON.parse(fs.readFileSync(path.join(auth, FILE), 'utf8')).refresh_token === 'rt-1', 10000),
+        `token calls ${tok.calls.length}\n--- a\n${a.stderr()}\n--- b\n${b.stderr()}`);
       // Both schedulers looked many times meanwhile; give them more turns.
       await sleep(500);
       assert.equal(tok.calls.length, 1, a.stderr() + b.stderr());
