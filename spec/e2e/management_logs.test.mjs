@@ -8,6 +8,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { startMock } from './lib/mock_upstream.mjs';
 import { startProxy } from './lib/proxy.mjs';
+import { until } from './lib/wait.mjs';
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const SECRET = 'logs-e2e-secret-0193';
@@ -23,16 +24,6 @@ async function call(p, { method = 'GET', body, query = '' } = {}) {
   let json = null;
   try { json = JSON.parse(text); } catch {}
   return { status: r.status, json, text };
-}
-
-async function until(fn, what, ms = 10000) {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await sleep(50);
-  }
 }
 
 const mainLog = () => (fs.existsSync(path.join(logDir, 'main.log')) ? fs.readFileSync(path.join(logDir, 'main.log'), 'utf8') : '');

@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import { startMock } from './lib/mock_upstream.mjs';
 import { startProxy } from './lib/proxy.mjs';
+import { until } from './lib/wait.mjs';
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const SECRET = 'routes-e2e-secret-4471';
@@ -47,16 +48,6 @@ async function call(path, { method = 'GET', body, query = '' } = {}) {
   let json = null;
   try { json = JSON.parse(text); } catch {}
   return { status: r.status, json, text };
-}
-
-async function until(fn, what, ms = 10000) {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await sleep(50);
-  }
 }
 
 const chat = (key) => fetch(`${proxy.url}/v1/chat/completions`, {

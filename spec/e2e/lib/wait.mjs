@@ -11,3 +11,11 @@ export async function waitFor(fn, ms, step = 25) {
     await sleep(step);
   }
 }
+
+// As waitFor, but throws "timed out waiting for <what>" instead of
+// answering the last falsy value.
+export async function until(fn, what, ms = 10000) {
+  const v = await waitFor(fn, ms, 50);
+  if (!v) throw new Error(`timed out waiting for ${what}`);
+  return v;
+}
