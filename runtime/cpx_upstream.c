@@ -17,6 +17,8 @@
 typedef struct {
   uv_poll_t poll;
   curl_socket_t fd;
+  int events; /* what curl last asked for, to re-arm after an error */
+  int errors; /* poll errors in a row */
   cpx_upstream_t *up;
 } sock_ctx_t;
 
@@ -33,8 +35,25 @@ static void on_poll(uv_poll_t *p, int status, int events) {
   sock_ctx_t *ctx = p->data;
   int flags = 0, running;
 
-  if (status < 0)
-    flags = CURL_CSELECT_ERR;
+  if (status < 0) {
+    /* libuv turns EPOLLERR (a reset, a refused connect) into UV_EBADF and
+     * stops the watcher. Handing curl CURL_CSELECT_ERR alone makes it fail
+     * the transfer with "select/poll returned error" and a send error,
+     * which it never retries; letting it do the read or write it wanted
+     * shows it the real errno, so a keep-alive connection the server
+     * closed just as it was reused is retried on a fresh one, as curl does
+     * on its own poll loop. The watcher is re-armed for curl's next call;
+     * if the error comes straight back and curl has not dropped the socket,
+     * it gets CURL_CSELECT_ERR after all, so this can never spin. */
+    if (ctx->errors++ == 0) {
+      events = ctx->events;
+      uv_poll_start(&ctx->poll, ctx->events, on_poll);
+    } else {
+      flags = CURL_CSELECT_ERR;
+    }
+  } else {
+    ctx->errors = 0;
+  }
   if (events & UV_READABLE)
     flags |= CURL_CSELECT_IN;
   if (events & UV_WRITABLE)
@@ -75,6 +94,7 @@ static int sock_cb(CURL *e, curl_socket_t s, int what, void *userp,
     events |= UV_READABLE;
   if (what & CURL_POLL_OUT)
     events |= UV_WRITABLE;
+  ctx->events = events;
   uv_poll_start(&ctx->poll, events, on_poll);
   return 0;
 }
