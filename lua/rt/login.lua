@@ -43,6 +43,7 @@ local CODE_TIMEOUT = 300     -- s to wait for the browser or a paste
 local DEVICE_TIMEOUT = 900   -- s when the server names no expiry
 local DEVICE_INTERVAL = 5    -- s between polls when the server names none
 local SLOW_DOWN = 5          -- s added on each slow_down (RFC 8628 §3.5)
+local POLL_RETRIES = 3       -- network errors in a row a device poll survives
 local MAX_INTERVAL = 60
 
 _M.CODE_TIMEOUT = CODE_TIMEOUT
@@ -279,6 +280,7 @@ local function device_flow(f, args, io)
                 duration(min(timeout, life))))
   local deadline = io.now() + min(timeout, life)
   local grant
+  local failures = 0 -- network errors in a row
   while true do
     if io.now() + interval > deadline then
       if timeout < life then
@@ -291,7 +293,17 @@ local function device_flow(f, args, io)
     io.sleep(interval)
     local st, perr, b = io.request(post_json(f, f.device_token_url, { { "device_auth_id", device_id },
                                                                        { "user_code", user_code } }))
-    if not st then return nil, format("network error: %s: %s", f.device_token_url, tostring(perr)) end
+    if not st then
+      -- The user may take minutes to approve on another device; one dropped
+      -- connection in that time is not worth starting over for.
+      failures = failures + 1
+      if failures > POLL_RETRIES then
+        return nil, format("network error: %s: %s", f.device_token_url, tostring(perr))
+      end
+      io.say(format("Polling failed (network error: %s); trying again in %d s", tostring(perr), interval))
+      goto continue
+    end
+    failures = 0
     local a = decode(b)
     local code = a and type(a.error) == "string" and a.error or
                  a and type(a.error) == "table" and (a.error.code or a.error.type) or nil
@@ -310,6 +322,7 @@ local function device_flow(f, args, io)
     else
       return nil, format("device login failed: %s answered %s", f.device_token_url, error_text(st, a, b))
     end
+    ::continue::
   end
   if not nonempty(grant.code_verifier) then
     return nil, format("%s approved without a code_verifier", f.device_token_url)

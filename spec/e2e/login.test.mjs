@@ -114,6 +114,7 @@ function onDevice(kind, raw, res) {
   if (step === 'pending403') return send(res, 403, { error: { message: 'pending' } });
   if (step === 'pending404') return send(res, 404, { error: { message: 'not yet' } });
   if (step === 'slow_down') return send(res, 400, { error: 'slow_down' });
+  if (step === 'reset') return res.socket.resetAndDestroy();
   const verifier = b64url(crypto.randomBytes(32));
   const challenge = b64url(crypto.createHash('sha256').update(verifier).digest());
   const code = mock.issue(challenge, DEVICE_REDIRECT, null);
@@ -562,6 +563,27 @@ test('codex device flow: pending, slow_down, then approved', T(90000), async () 
     assert.equal(doc.type, 'codex');
     assert.equal(doc.codex_login_mode, 'device');
     assert.equal(mock.exchanges.at(-1).body.redirect_uri, DEVICE_REDIRECT);
+    noSecrets(r);
+  } finally {
+    mock.device = null;
+    s.cleanup();
+  }
+});
+
+test('codex device flow: a dropped connection while polling is retried, four in a row end the login', T(60000), async () => {
+  const s = setup();
+  mock.device = { interval: 1, steps: ['pending403', 'reset', 'reset', 'ok'], polls: [] };
+  try {
+    let r = await run(['login', 'codex', '--device', '--no-browser', '-config', s.configPath], { stdin: 'ignore' }).done;
+    assert.equal(r.code, 0, `${r.out}\n${r.err}\nmock: ${mock.failures.join('; ')}`);
+    assert.match(r.out, /Polling failed \(network error: .+\); trying again in 1 s/);
+    assert.equal(readCred(s.authDir, 'codex-dev@example.com-plus.json').mode, 0o600);
+
+    mock.device = { interval: 1, steps: ['reset'], polls: [] };
+    r = await run(['login', 'codex', '--device', '--no-browser', '-config', s.configPath], { stdin: 'ignore' }).done;
+    assert.equal(r.code, 1);
+    assert.equal(r.out.match(/Polling failed/g).length, 3);
+    assert.match(r.err, /^cliproxy login: network error: http:\/\/127\.0\.0\.1:\d+\/codex\/deviceauth\/token: .+$/m);
     noSecrets(r);
   } finally {
     mock.device = null;
