@@ -804,14 +804,23 @@ static int push_run(cpx_vm_t *vm) {
   return 0;
 }
 
+const char *const cpx_login_providers[] = {
+    "claude", "codex", "gemini", "antigravity", "qwen", "iflow", NULL};
+
 static void push_args(lua_State *L, cpx_vm_t *vm, const cpx_login_opts_t *o) {
-  lua_createtable(L, 0, 6);
+  lua_createtable(L, 0, 8);
   lua_pushstring(L, o->provider);
   lua_setfield(L, -2, "provider");
   lua_pushboolean(L, o->device);
   lua_setfield(L, -2, "device");
   lua_pushboolean(L, !o->no_browser);
   lua_setfield(L, -2, "browser");
+  lua_pushboolean(L, o->cookie);
+  lua_setfield(L, -2, "cookie");
+  if (o->project_id) {
+    lua_pushstring(L, o->project_id);
+    lua_setfield(L, -2, "project_id");
+  }
   if (o->port > 0) {
     lua_pushinteger(L, o->port);
     lua_setfield(L, -2, "port");

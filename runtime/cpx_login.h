@@ -7,12 +7,19 @@
 #define CPX_LOGIN_H
 
 typedef struct {
-  const char *provider; /* "claude" or "codex" */
-  int device;           /* Codex device code instead of the browser */
-  int no_browser;       /* print the URL only */
-  int port;             /* callback port; 0: the provider's */
-  double timeout;       /* seconds; 0: the flow's default */
+  const char *provider;   /* a name of cpx_login_providers */
+  int device;             /* a device code instead of the browser */
+  int cookie;             /* iFlow: log in with a pasted browser cookie */
+  const char *project_id; /* Gemini: a Code Assist project id, or "all" */
+  int no_browser;         /* print the URL only */
+  int port;               /* callback port; 0: the provider's */
+  double timeout;         /* seconds; 0: the flow's default */
 } cpx_login_opts_t;
+
+/* The accounts `cliproxy login` knows, NULL-terminated. Which of them has
+ * a flow is rt.login's business; this list only lets the command line name
+ * them and is the order the help shows. */
+extern const char *const cpx_login_providers[];
 
 /* Loads config_path and lua_dir as the server would, runs the flow and
  * returns the process exit code (0 when a credential was saved). */

@@ -89,17 +89,22 @@ static void usage(FILE *out) {
           "each credential and\n"
           "                                     each upstream; say what to "
           "fix (exit 1 on a problem)\n"
-          "  cliproxy login claude|codex [--device] [--no-browser] "
-          "[--callback-port N]\n"
-          "                [--timeout SECONDS] [-config FILE]\n"
-          "                                     log in to a Claude or "
-          "ChatGPT (Codex) subscription\n"
-          "                                     and save the credential in "
-          "auth-dir (also as\n"
-          "                                     -claude-login, -codex-login, "
-          "-codex-device-login,\n"
-          "                                     -no-browser, "
-          "-oauth-callback-port N)\n"
+          "  cliproxy login claude|codex|gemini|antigravity|qwen|iflow\n"
+          "                [--device] [--cookie] [--project-id ID|all] "
+          "[--no-browser]\n"
+          "                [--callback-port N] [--timeout SECONDS] "
+          "[-config FILE]\n"
+          "                                     log in to a subscription "
+          "account and save the\n"
+          "                                     credential in auth-dir "
+          "(also as CLIProxyAPI's\n"
+          "                                     -claude-login, "
+          "-codex-login, -codex-device-login,\n"
+          "                                     -login, -antigravity-login, "
+          "-qwen-login, -iflow-login,\n"
+          "                                     -iflow-cookie, -project_id, "
+          "-no-browser,\n"
+          "                                     -oauth-callback-port N)\n"
           "  cliproxy tokens --encoding ENC [FILE]\n"
           "                                     count tokens (o200k_base, "
           "cl100k_base) of FILE\n"
@@ -266,9 +271,37 @@ static const char *flag_value(int argc, char **argv, int *i, const char *name,
   return argv[++*i];
 }
 
+/* CLIProxyAPI's top-level login flags -> provider (and mode). */
+static const struct {
+  const char *flag, *provider;
+  int device, cookie;
+} login_aliases[] = {
+    {"claude-login", "claude", 0, 0},
+    {"codex-login", "codex", 0, 0},
+    {"codex-device-login", "codex", 1, 0},
+    {"login", "gemini", 0, 0},
+    {"antigravity-login", "antigravity", 0, 0},
+    {"qwen-login", "qwen", 0, 0},
+    {"iflow-login", "iflow", 0, 0},
+    {"iflow-cookie", "iflow", 0, 1},
+};
+
+static int login_alias(const char *a) {
+  for (size_t i = 0; i < sizeof(login_aliases) / sizeof(login_aliases[0]); i++)
+    if (is_flag(a, login_aliases[i].flag))
+      return (int)i;
+  return -1;
+}
+
 static int is_login_alias(const char *a) {
-  return is_flag(a, "claude-login") || is_flag(a, "codex-login") ||
-         is_flag(a, "codex-device-login");
+  return login_alias(a) >= 0;
+}
+
+static const char *login_provider(const char *a) {
+  for (int i = 0; cpx_login_providers[i]; i++)
+    if (strcmp(a, cpx_login_providers[i]) == 0)
+      return cpx_login_providers[i];
+  return NULL;
 }
 
 static int cmd_login(int argc, char **argv, int start, const char *argv0) {
@@ -281,15 +314,18 @@ static int cmd_login(int argc, char **argv, int start, const char *argv0) {
   for (int i = start; i < argc && !bad; i++) {
     const char *a = argv[i];
     char *end;
-    if (is_flag(a, "claude-login")) {
-      o.provider = "claude";
-    } else if (is_flag(a, "codex-login")) {
-      o.provider = "codex";
-    } else if (is_flag(a, "codex-device-login")) {
-      o.provider = "codex";
-      o.device = 1;
+    int k;
+    if ((k = login_alias(a)) >= 0) {
+      o.provider = login_aliases[k].provider;
+      o.device |= login_aliases[k].device;
+      o.cookie |= login_aliases[k].cookie;
     } else if (is_flag(a, "device")) {
       o.device = 1;
+    } else if (is_flag(a, "cookie")) {
+      o.cookie = 1;
+    } else if ((v = flag_value(argc, argv, &i, "project-id", &bad)) ||
+               (!bad && (v = flag_value(argc, argv, &i, "project_id", &bad)))) {
+      o.project_id = v;
     } else if (is_flag(a, "no-browser")) {
       o.no_browser = 1;
     } else if ((v = flag_value(argc, argv, &i, "callback-port", &bad)) ||
@@ -310,9 +346,8 @@ static int cmd_login(int argc, char **argv, int start, const char *argv0) {
       o.timeout = t;
     } else if (!bad && (v = flag_value(argc, argv, &i, "config", &bad))) {
       config = v;
-    } else if (!bad && (strcmp(a, "claude") == 0 || strcmp(a, "codex") == 0) &&
-               !o.provider) {
-      o.provider = a;
+    } else if (!bad && !o.provider && login_provider(a)) {
+      o.provider = login_provider(a);
     } else if (!bad && (is_flag(a, "h") || is_flag(a, "help"))) {
       usage(stdout);
       return 0;
@@ -325,12 +360,22 @@ static int cmd_login(int argc, char **argv, int start, const char *argv0) {
   if (bad)
     return 2;
   if (!o.provider) {
-    fprintf(stderr, "cliproxy login: which account? cliproxy login claude | "
-                    "cliproxy login codex [--device]\n");
+    fprintf(stderr, "cliproxy login: which account? cliproxy login "
+                    "claude|codex|gemini|antigravity|qwen|iflow\n");
     return 2;
   }
+  /* Which provider has which mode is rt.login's to say; these two are
+   * plain command-line mistakes. */
   if (o.device && strcmp(o.provider, "codex") != 0) {
     fprintf(stderr, "cliproxy login: --device is for codex only\n");
+    return 2;
+  }
+  if (o.cookie && strcmp(o.provider, "iflow") != 0) {
+    fprintf(stderr, "cliproxy login: --cookie is for iflow only\n");
+    return 2;
+  }
+  if (o.project_id && strcmp(o.provider, "gemini") != 0) {
+    fprintf(stderr, "cliproxy login: --project-id is for gemini only\n");
     return 2;
   }
   /* -config, the file and lua/ as for check and doctor. */

@@ -49,6 +49,19 @@ local MAX_INTERVAL = 60
 _M.CODE_TIMEOUT = CODE_TIMEOUT
 _M.DEVICE_TIMEOUT = DEVICE_TIMEOUT
 
+local TITLES = { claude = "Claude", codex = "ChatGPT (Codex)" }
+
+-- Providers whose login is more than the code flow above (or Codex's device
+-- code) bring their own module: run(facts, args, io, lib) -> info | nil, msg,
+-- with lib = the pieces below. A missing module means no login yet.
+local FLOWS = {
+  gemini = "rt.login_gemini",
+  antigravity = "rt.login_antigravity",
+  qwen = "rt.login_qwen",
+  iflow = "rt.login_iflow",
+}
+_M.FLOWS = FLOWS
+
 local function duration(s)
   s = floor(s + 0.5)
   if s < 120 then return format("%d s", s) end
@@ -148,7 +161,11 @@ end
 
 -- ---- authorization code with PKCE -----------------------------------------
 
-local function code_flow(f, args, io)
+-- finish(tokens) -> info | nil, err turns the exchanged tokens into saved
+-- files (default: one file by oauth.credential); a provider whose login has
+-- more steps (an account lookup, a project to choose) passes its own, and the
+-- waiting browser is told the outcome of all of them.
+local function code_flow(f, args, io, finish)
   local port = tonumber(args.port) or f.redirect_port
   local timeout = tonumber(args.timeout) or CODE_TIMEOUT
   local verifier, challenge = oauth.pkce()
@@ -165,7 +182,7 @@ local function code_flow(f, args, io)
     return nil, format("cannot listen on 127.0.0.1:%d: %s", port, tostring(err))
   end
   io.watch_stdin()
-  io.say(format("Log in to %s with this URL:", f.provider == "claude" and "Claude" or "ChatGPT (Codex)"))
+  io.say(format("Log in to %s with this URL:", f.title or TITLES[f.provider] or f.provider))
   io.say("  " .. url)
   if args.browser ~= false then
     local opened, why = io.open_browser(url)
@@ -212,7 +229,7 @@ local function code_flow(f, args, io)
   local tokens, terr = exchange(f, io, { code = got, verifier = verifier, state = state,
                                          redirect_uri = redirect_uri })
   local info
-  if tokens then info, terr = save(f, io, tokens) end
+  if tokens then info, terr = (finish or function(t) return save(f, io, t) end)(tokens) end
   if browser_waits then
     io.answer(info and 200 or 502, _M.page(info ~= nil, info and format("Saved %s%s.", info.name,
               info.email and (" (" .. info.email .. ")") or "") or terr))
@@ -334,7 +351,23 @@ local function device_flow(f, args, io)
   return save(f, io, tokens, { codex_login_mode = "device" })
 end
 
--- args = {provider, device, browser, port, timeout, config}
+-- What a provider's login module builds on (see FLOWS).
+_M.lib = {
+  code_flow = code_flow,       -- (f, args, io, finish) -> info | nil, msg
+  device_flow = device_flow,   -- Codex's device code (f, args, io)
+  exchange = exchange,         -- (f, io, {code, verifier, state, redirect_uri}) -> tokens | nil, msg
+  save = save,                 -- (f, io, tokens, extra_fields) -> info | nil, msg
+  post_json = post_json,       -- (f, url, {{k, v}, ...}) -> req
+  decode = decode,             -- body -> table | nil
+  error_text = error_text,     -- (status, decoded, body) -> "400: code (message)"
+  interval_of = interval_of,   -- "5" | 5 | nil -> seconds
+  duration = duration,         -- seconds -> "90 s" | "15 min"
+  nonempty = nonempty,
+  SLOW_DOWN = SLOW_DOWN,
+  POLL_RETRIES = POLL_RETRIES,
+}
+
+-- args = {provider, device, browser, port, timeout, config, cookie, project_id}
 function _M.run(args, io)
   if type(args) ~= "table" or type(io) ~= "table" then
     error("rt.login.run(args, io): bad arguments", 2)
@@ -348,7 +381,15 @@ function _M.run(args, io)
                        nonempty(dir) or "(not set)")
   end
   local info, msg
-  if args.device then
+  local flow = FLOWS[args.provider]
+  if flow then
+    local ok, m = pcall(require, flow)
+    if not ok or type(m) ~= "table" or type(m.run) ~= "function" then
+      return nil, format("no login for %s in this build (%s)", tostring(args.provider),
+                         ok and (flow .. ": no run function") or tostring(m))
+    end
+    info, msg = m.run(f, args, io, _M.lib)
+  elseif args.device then
     if args.provider ~= "codex" then return nil, "--device is for codex only" end
     info, msg = device_flow(f, args, io)
   else

@@ -612,6 +612,12 @@ test('bad command lines: exit 2 with a hint', T(), async () => {
   r = await run(['login', 'claude', '--device'], { stdin: 'ignore' }).done;
   assert.equal(r.code, 2);
   assert.match(r.err, /--device is for codex only/);
+  r = await run(['login', 'claude', '--cookie'], { stdin: 'ignore' }).done;
+  assert.equal(r.code, 2);
+  assert.match(r.err, /--cookie is for iflow only/);
+  r = await run(['login', 'codex', '--project-id', 'p1'], { stdin: 'ignore' }).done;
+  assert.equal(r.code, 2);
+  assert.match(r.err, /--project-id is for gemini only/);
   r = await run(['login', 'claude', '--callback-port', '99999'], { stdin: 'ignore' }).done;
   assert.equal(r.code, 2);
   assert.match(r.err, /bad port/);
@@ -624,9 +630,9 @@ test('bad command lines: exit 2 with a hint', T(), async () => {
   r = await run(['login', 'codex', '--timeout'], { stdin: 'ignore' }).done;
   assert.equal(r.code, 2);
   assert.match(r.err, /--timeout needs a value/);
-  r = await run(['login', 'gemini'], { stdin: 'ignore' }).done;
+  r = await run(['login', 'nosuch'], { stdin: 'ignore' }).done;
   assert.equal(r.code, 2);
-  assert.match(r.err, /unknown argument 'gemini'/);
+  assert.match(r.err, /unknown argument 'nosuch'/);
   r = await run(['login', 'claude', '-config', '/nonexistent/config.yaml'], { stdin: 'ignore' }).done;
   assert.equal(r.code, 1);
   assert.match(r.err, /config file '\/nonexistent\/config\.yaml' not found/);
