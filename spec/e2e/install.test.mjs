@@ -159,6 +159,33 @@ test('the Dockerfile\'s build stage, replayed without an engine, installs everyt
     for (const f of ['lua/rt/boot.lua', 'data/o200k_base.tiktoken', 'panel/management.html']) {
       assert.ok(fs.existsSync(path.join(share, f)), `installed ${f}`);
     }
+    // Every library the binary links directly comes from a package the
+    // runtime stage installs, or from one every Debian system has.
+    const bin = path.join(out, 'usr/bin/cliproxy');
+    const needed = [...spawnSync('objdump', ['-p', bin], { encoding: 'utf8' }).stdout
+      .matchAll(/NEEDED\s+(\S+)/g)].map((m) => m[1]);
+    assert.ok(needed.length > 3, 'objdump lists the libraries');
+    const where = new Map([...spawnSync('ldd', [bin], { encoding: 'utf8' }).stdout
+      .matchAll(/^\s*(\S+) => (\S+)/gm)].map((m) => [m[1], m[2]]));
+    const apt = final.runs.join(' ').match(/apt-get install ([^&]*)/)[1].split(/\s+/).filter((w) => w && !w.startsWith('-'));
+    // a base system: Essential packages, priority required, and what they depend on
+    const base = new Set();
+    for (const line of spawnSync('dpkg-query', ['-W', '-f=${Package}\t${Essential}\t${Priority}\t${Pre-Depends}, ${Depends}\n'],
+      { encoding: 'utf8', maxBuffer: 64 << 20 }).stdout.split('\n')) {
+      const [pkg, ess, prio, deps = ''] = line.split('\t');
+      if (ess !== 'yes' && prio !== 'required') continue;
+      base.add(pkg);
+      for (const d of deps.split(/[,|]/)) { const n = d.trim().split(/[\s:(]/)[0]; if (n) base.add(n); }
+    }
+    for (const lib of needed.filter((l) => !l.startsWith('ld-linux'))) { // the loader is libc6's
+      assert.ok(where.has(lib), `ldd does not resolve ${lib}`);
+      const real = fs.realpathSync(where.get(lib));
+      let owner = spawnSync('dpkg', ['-S', real], { encoding: 'utf8' });
+      if (owner.status !== 0) owner = spawnSync('dpkg', ['-S', real.replace(/^\/usr\/lib\//, '/lib/')], { encoding: 'utf8' });
+      assert.equal(owner.status, 0, `no package owns ${real}`);
+      const pkg = owner.stdout.split(':')[0];
+      assert.ok(apt.includes(pkg) || base.has(pkg), `${lib} is in ${pkg}, which the runtime stage does not install`);
+    }
     // the image's default config passes the image's own binary's check
     const env = { ...process.env };
     delete env.CPX_LUA_DIR;
