@@ -354,6 +354,7 @@ end
 -- format naming the script and line; the traceback goes to the log.
 function _M.handle(req, info)
   local rec = record.begin(info, format_for_path(info.path), nil) -- [record]
+  record.bind(req, rec)
   local ok, err = xpcall(dispatch, on_error, req, info)
   lane.refresh(app)
   -- [record] a stream finishes its record when it ends (rt.pipeline)
