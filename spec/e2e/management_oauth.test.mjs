@@ -55,7 +55,7 @@ function onToken(provider, raw, res) {
     id_token: jwt({ email: 'webdev@example.com', 'https://api.openai.com/auth': { chatgpt_account_id: 'acct-7', chatgpt_plan_type: 'plus' } }) });
 }
 
-let server, mockUrl, proxy, authDir, tmp;
+let server, mockUrl, proxy, authDir, tmp, startedAt;
 
 before(async () => {
   server = http.createServer((req, res) => {
@@ -79,11 +79,13 @@ before(async () => {
   tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'cpx-mgmt-oauth-'));
   authDir = path.join(tmp, 'auths');
   fs.mkdirSync(authDir, { mode: 0o700 });
+  startedAt = Date.now() / 1000;
   proxy = await startProxy({
     apiKeys: [CLIENT],
     extra: {
       'auth-dir': authDir,
       'remote-management': { 'secret-key': SECRET },
+      metrics: { enabled: true },
       'oauth-endpoints': {
         claude: { 'auth-url': 'https://claude.example/oauth/authorize', 'token-url': `${mockUrl}/claude/token`, 'api-base-url': mockUrl },
         codex: { 'auth-url': 'https://auth.example/oauth/authorize', 'token-url': `${mockUrl}/codex/token`, 'api-base-url': mockUrl },
@@ -200,4 +202,22 @@ test('errors: declined in the browser, a bad code, an unknown state', async () =
   assert.equal(cb.status, 400);
   await cb.text();
   assert.ok(!proxy.stderr().includes('MGMT-ACCESS') && !proxy.stderr().includes('MGMT-REFRESH'), 'no token in the log');
+});
+
+test('GET /latest-version answers cliproxy\'s own version without asking the network', async () => {
+  const r = await fetch(`${proxy.url}/v0/management/latest-version`, { headers: { 'X-Management-Key': SECRET } });
+  const j = await r.json();
+  assert.equal(r.status, 200);
+  assert.equal(j['latest-version'], r.headers.get('x-cpa-version'));
+  assert.equal(j['current-version'], j['latest-version']);
+  assert.equal(j['update-available'], false);
+  assert.match(j.message, /no update information/);
+});
+
+test('/metrics: process_start_time_seconds and the refresh-failing gauge of the new accounts', async () => {
+  const text = await (await fetch(`${proxy.url}/metrics`)).text();
+  const start = Number(text.match(/^process_start_time_seconds (\S+)$/m)?.[1]);
+  assert.ok(start >= Math.floor(startedAt) - 1 && start <= Date.now() / 1000, `${start} vs ${startedAt}`);
+  assert.match(text, /^# TYPE cliproxy_account_refresh_failing gauge$/m);
+  assert.match(text, /^cliproxy_account_refresh_failing\{account="claude-web@example.com.json",provider="claude"\} 0$/m);
 });
