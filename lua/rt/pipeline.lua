@@ -291,6 +291,20 @@ function _M.infer(app, req, info, fmt, body, opts)
                                   out, upstream_stream)
     mw.run(chain, "before_upstream", actx, ureq)
     local up, err = fetch(ureq)
+    -- A provider with several hosts (Antigravity) names the others in
+    -- ureq.fallback_urls: the next is tried on a connection error, a 5xx
+    -- or a 429, before the pool sees the attempt.
+    local alt = ureq.fallback_urls
+    if alt then
+      for _, u in ipairs(alt) do
+        local st = up and up:status()
+        if up and st < 500 and st ~= 429 then break end
+        log("warn", "upstream", target.owner, ureq.url, "failed:", up and st or err, "; trying", u)
+        if up then up:close() end
+        ureq.url = u
+        up, err = fetch(ureq)
+      end
+    end
     if not up then
       log("warn", "upstream", target.owner, "failed:", err)
       return { err = tostring(err), upfmt = upfmt, ctx = actx }

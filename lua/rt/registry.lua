@@ -22,6 +22,7 @@ local ir = require("rt.ir")
 local catalog = require("rt.catalog")
 local cooldown = require("rt.cooldown")
 local oauth_refresh = require("rt.refresh")
+local oauth_flat = require("rt.oauth").flat
 
 local type = type
 local tonumber = tonumber
@@ -54,6 +55,9 @@ _M.KEY_KINDS = KEY_KINDS
 local CRED_TYPES = {
   codex = { provider = "codex", owner = "openai" },
   claude = { provider = "claude", owner = "anthropic" },
+  gemini = { provider = "gemini_cli", owner = "google" },
+  ["gemini-cli"] = { provider = "gemini_cli", owner = "google" }, -- the plugin's files
+  antigravity = { provider = "antigravity", owner = "google" },
 }
 _M.CRED_TYPES = CRED_TYPES
 
@@ -224,7 +228,8 @@ end
 local function from_credentials(reg, cfg, creds)
   for _, c in ipairs(creds or {}) do
     local kind = CRED_TYPES[c.type]
-    local doc = json_decode(c.text)
+    -- Gemini keeps its tokens in a nested `token` (rt.oauth.flat)
+    local doc = oauth_flat(json_decode(c.text))
     if not kind then
       if not warned[c.name] then
         warned[c.name] = true
@@ -253,6 +258,7 @@ local function from_credentials(reg, cfg, creds)
           note = doc.note,
           file = c.name,
           account_uuid = nonempty(doc.account_uuid),
+          project_id = nonempty(doc.project_id),
           cloak = cloak_of(doc),
         }
         local key = { ["api-key"] = token, ["proxy-url"] = entry["proxy-url"] }
