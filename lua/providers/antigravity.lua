@@ -10,7 +10,6 @@
 -- Function-call parts of model turns without a thoughtSignature get the
 -- skip-validation one (history from another upstream has none).
 local cpx = require("cpx")
-local json = require("rt.json")
 local oauth = require("rt.oauth")
 local util = require("rt.provider_util")
 local cli = require("providers.gemini_cli")

@@ -15,7 +15,7 @@ local count = require("rt.count")
 local record = require("rt.record")
 local refresh = require("rt.refresh")
 
-local fetch = cpx.fetch
+local provider_util = require("rt.provider_util")
 local log = cpx.log
 local type = type
 local ipairs = ipairs
@@ -290,21 +290,8 @@ function _M.infer(app, req, info, fmt, body, opts)
                                           upstream_model = actx.upstream_model or target.upstream_model },
                                   out, upstream_stream)
     mw.run(chain, "before_upstream", actx, ureq)
-    local up, err = fetch(ureq)
-    -- A provider with several hosts (Antigravity) names the others in
-    -- ureq.fallback_urls: the next is tried on a connection error, a 5xx
-    -- or a 429, before the pool sees the attempt.
-    local alt = ureq.fallback_urls
-    if alt then
-      for _, u in ipairs(alt) do
-        local st = up and up:status()
-        if up and st < 500 and st ~= 429 then break end
-        log("warn", "upstream", target.owner, ureq.url, "failed:", up and st or err, "; trying", u)
-        if up then up:close() end
-        ureq.url = u
-        up, err = fetch(ureq)
-      end
-    end
+    -- (a provider with several hosts, Antigravity, has the others tried)
+    local up, err = provider_util.fetch(ureq, target.owner)
     if not up then
       log("warn", "upstream", target.owner, "failed:", err)
       return { err = tostring(err), upfmt = upfmt, ctx = actx }

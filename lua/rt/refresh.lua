@@ -229,7 +229,7 @@ local function locked(cfg, file, seen, opts)
     cache.docs[file] = { doc = new, text = text, type = e.type }
   end
   put_state(file, { last_refresh = now, failures = 0, fp = fingerprint(text) })
-  log("info", format("refresh %s: new access token (expires %s)", file, tostring(new.expired or "?")))
+  log("info", format("refresh %s: new access token (expires %s)", file, tostring(new.expired or new.expiry or "?")))
   return new
 end
 

@@ -15,7 +15,7 @@ local record = require("rt.record")
 local metrics = require("rt.metrics")
 
 local log = cpx.log
-local fetch = cpx.fetch
+local provider_util = require("rt.provider_util")
 local xpcall = xpcall
 local type = type
 local tostring = tostring
@@ -201,7 +201,7 @@ local function upstream_count(fmt, body, model, info)
   local ctx = { endpoint = "count_tokens", client_format = fmt, info = info, model = model, config = app.config }
   local ureq = p.prepare(ctx, { entry = t.entry, key = t.key, upstream_model = t.upstream_model },
                          json.encode(b), false)
-  local up, err = fetch(ureq)
+  local up, err = provider_util.fetch(ureq, t.owner)
   if not up then
     log("warn", "count upstream failed:", err)
     return nil
