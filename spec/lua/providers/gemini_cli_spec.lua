@@ -282,3 +282,54 @@ describe("Google credential files", function()
     assert.equal("http://127.0.0.1:1/t", f.token_url)
   end)
 end)
+
+describe("rt.registry and Google files", function()
+  local registry = require("rt.registry")
+  local cfg = { ["oauth-endpoints"] = { gemini = { ["api-base-url"] = "http://127.0.0.1:9/ca" } } }
+
+  local function targets(creds, model)
+    local reg = registry.build(cfg, creds)
+    return reg.models[model] or {}
+  end
+
+  it("a v6 Gemini file serves with its nested token and its project at oauth-endpoints' host", function()
+    local t = targets({ { name = "gemini-u-p.json", type = "gemini", text =
+      '{"token":{"access_token":"ya29.n","refresh_token":"1//r","expiry":"2099-01-01T00:00:00Z"},'
+      .. '"project_id":"p1","email":"u@example.com","type":"gemini"}' } }, "gemini-2.5-pro")
+    assert.equal(1, #t)
+    assert.equal("gemini_cli", t[1].provider)
+    assert.equal("ya29.n", t[1].key["api-key"])
+    assert.equal("p1", t[1].entry.project_id)
+    assert.equal("http://127.0.0.1:9/ca", t[1].entry["base-url"])
+    assert.equal("gemini-u-p.json", t[1].credential)
+  end)
+
+  it("a file naming several projects is one account per project on the same token", function()
+    local t = targets({ { name = "gemini-u-all.json", type = "gemini", text =
+      '{"access_token":"ya29.m","project_id":"a, b,c","type":"gemini"}' } }, "gemini-2.5-flash")
+    assert.equal(3, #t)
+    local seen = {}
+    for i, x in ipairs(t) do
+      seen[i] = x.entry.project_id
+      assert.equal("ya29.m", x.key["api-key"])
+      assert.equal("gemini-u-all.json", x.credential)
+    end
+    assert.are.same({ "a", "b", "c" }, seen)
+    assert.equal("auth:gemini-u-all.json#b", t[2].account)
+    -- the plugin's project_ids list, bad members ignored
+    local t2 = targets({ { name = "u-gemini-cli.json", type = "gemini-cli", text =
+      '{"access_token":"ya29.k","project_ids":["x",7,"y"],"type":"gemini-cli"}' } }, "gemini-2.5-pro")
+    assert.equal(2, #t2)
+    assert.equal("y", t2[2].entry.project_id)
+  end)
+
+  it("an antigravity file serves through the antigravity provider", function()
+    local t = targets({ { name = "antigravity-u.json", type = "antigravity", text =
+      '{"type":"antigravity","access_token":"ya29.ag","project_id":"ag-1","email":"u@example.com"}' } },
+      "gemini-2.5-pro")
+    assert.equal(1, #t)
+    assert.equal("antigravity", t[1].provider)
+    assert.equal("ag-1", t[1].entry.project_id)
+    assert.is_nil(t[1].entry["base-url"])
+  end)
+end)
