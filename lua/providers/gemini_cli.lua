@@ -81,6 +81,9 @@ local _M = {
     token_url = "https://oauth2.googleapis.com/token",
     userinfo_url = "https://www.googleapis.com/oauth2/v1/userinfo?alt=json",
     projects_url = "https://cloudresourcemanager.googleapis.com/v1/projects",
+    -- a project chosen by the user must have this API on (checked, else enabled)
+    service_usage_url = "https://serviceusage.googleapis.com",
+    service = "cloudaicompanion.googleapis.com",
     api_base_url = "https://cloudcode-pa.googleapis.com",
     redirect_port = 8085,
     redirect_path = "/oauth2callback",

@@ -166,7 +166,7 @@ local schema = map({
     ["device-verify-url"] = url, ["api-base-url"] = url,
     -- Google logins: the account lookup and the project list; Antigravity's
     -- inference hosts in the order they are tried
-    ["userinfo-url"] = url, ["projects-url"] = url, ["api-base-urls"] = list(url),
+    ["userinfo-url"] = url, ["projects-url"] = url, ["service-usage-url"] = url, ["api-base-urls"] = list(url),
   })),
   -- cliproxy: the refresh engine of OAuth accounts (rt.refresh)
   ["oauth-refresh"] = map({

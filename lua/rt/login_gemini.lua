@@ -6,10 +6,13 @@
 --      asked again every onboard_interval s until its operation is done,
 --   3. the project: the one given, else the account's (loadCodeAssist's
 --      or the onboarding's), else the first of the account's projects;
---      with `all` every project gets its own file.
+--      with `all` every project gets its own file,
+--   4. for a project the user named: its Code Assist API on (serviceusage;
+--      turned on when off), `checked` in the file.
 -- Each step is printed; a failure names the step, the URL and the answer.
 -- The Code Assist steps are shared with rt.login_antigravity.
 local json = require("rt.json")
+local oauth = require("rt.oauth")
 
 local type = type
 local ipairs = ipairs
@@ -128,9 +131,24 @@ function _M.onboard(f, io, lib, token, project)
   return nil, format("onboardUser did not finish after %d tries (%d s): run the login again", tries, tries * every)
 end
 
+-- Whether the project has the Code Assist API (serviceusage) on; when it
+-- is off it is turned on. -> true | nil, message
+function _M.check_api(f, io, lib, token, project)
+  local url = format("%s/v1/projects/%s/services/%s", (f.service_usage_url:gsub("/$", "")),
+                     oauth.pct(project), f.service)
+  io.say(format("Checking that %s is enabled on %s ...", f.service, project))
+  local d, err = call(io, lib, "the API check", { method = "GET", url = url, headers = bearer(token) })
+  if not d then return nil, err end
+  if d.state == "ENABLED" then return true end
+  io.say(format("%s is %s on %s: enabling it ...", f.service, tostring(d.state or "not enabled"), project))
+  local e, eerr = call(io, lib, "enabling the API", post(token, url .. ":enable", json.object({})))
+  if not e then return nil, eerr end
+  return true
+end
+
 -- The file's fields besides the tokens (CLIProxyAPI's GeminiTokenStorage).
-local function extra(email, project, auto)
-  return { email = email, project_id = project, auto = auto, checked = false }
+local function extra(email, project, auto, checked)
+  return { email = email, project_id = project, auto = auto, checked = checked == true }
 end
 
 function _M.run(f, args, io, lib)
@@ -166,7 +184,16 @@ function _M.run(f, args, io, lib)
         if not id then return nil, oerr end
       end
       io.say(format("Using project %s", id))
-      local info, serr = lib.save(f, io, tokens, extra(email, id, p.auto))
+      -- A project the user named is checked; a managed or automatic one
+      -- is Google's to set up (checked stays false, as in CLIProxyAPI's
+      -- files for those).
+      local checked = false
+      if not p.auto then
+        local ok, cerr = _M.check_api(f, io, lib, token, id)
+        if not ok then return nil, cerr end
+        checked = true
+      end
+      local info, serr = lib.save(f, io, tokens, extra(email, id, p.auto, checked))
       if not info then return nil, serr end
       saved[#saved + 1] = info
     end

@@ -39,6 +39,7 @@ local OVERRIDES = {
   ["api-base-url"] = "api_base_url",
   ["userinfo-url"] = "userinfo_url",
   ["projects-url"] = "projects_url",
+  ["service-usage-url"] = "service_usage_url",
 }
 _M.OVERRIDES = OVERRIDES
 

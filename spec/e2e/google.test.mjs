@@ -48,6 +48,8 @@ const mock = {
   pendingOnboard: 0,     // how many onboardUser calls answer done:false first
   inference: [],         // { base, method, auth, body, ua }
   bad: [],               // hits on the failing base
+  enabled: [],           // projects whose API the login turned on
+  apiState: { 'proj-one': 'ENABLED' }, // serviceusage states (else DISABLED)
   projects: ['proj-one', 'proj-two'],
   seq: 0,
 };
@@ -188,6 +190,16 @@ before(async () => {
           ...mock.projects.map((id) => ({ projectId: id, lifecycleState: 'ACTIVE' })),
           { projectId: 'proj-gone', lifecycleState: 'DELETE_REQUESTED' }] });
       }
+      const su = /^\/su\/v1\/projects\/([^/]+)\/services\/cloudaicompanion\.googleapis\.com(:enable)?$/.exec(p);
+      if (su) {
+        if (!who(req)) return refuse(res, 'serviceusage: unknown token', 401);
+        if (req.method === 'POST' && su[2]) {
+          mock.enabled.push(su[1]);
+          mock.apiState[su[1]] = 'ENABLED';
+          return send(res, 200, { name: 'operations/enable-1', done: true });
+        }
+        if (req.method === 'GET' && !su[2]) return send(res, 200, { state: mock.apiState[su[1]] || 'DISABLED' });
+      }
       let m = /^\/(ca|ag|bad)\/v1internal:(\w+)$/.exec(p);
       if (req.method === 'POST' && m) {
         if (m[1] === 'bad') {
@@ -217,6 +229,7 @@ after(async () => {
 const endpoints = (extra = {}) => ({
   gemini: { 'auth-url': 'https://accounts.example/o/oauth2/v2/auth', 'token-url': `${mock.url}/token`,
     'userinfo-url': `${mock.url}/userinfo`, 'projects-url': `${mock.url}/projects`, 'api-base-url': `${mock.url}/ca`,
+    'service-usage-url': `${mock.url}/su`,
     ...(extra.gemini || {}) },
   antigravity: { 'auth-url': 'https://accounts.example/o/oauth2/v2/auth', 'token-url': `${mock.url}/token`,
     'userinfo-url': `${mock.url}/userinfo`, 'api-base-url': `${mock.url}/ag`, ...(extra.antigravity || {}) },
@@ -358,7 +371,11 @@ test('gemini login --project-id all: one file per active project, each loaded fo
       assert.equal(mode, 0o600);
       assert.equal(doc.project_id, p);
       assert.equal(doc.auto, false);
+      assert.equal(doc.checked, true);
     }
+    // proj-one had the API on; proj-two was turned on
+    assert.match(r.out, /cloudaicompanion\.googleapis\.com is DISABLED on proj-two: enabling it/);
+    assert.deepEqual(mock.enabled, ['proj-two']);
     assert.deepEqual(fs.readdirSync(r.s.authDir).filter((f) => f.endsWith('.json')).sort(),
       ['gemini-g@example.com-proj-one.json', 'gemini-g@example.com-proj-two.json']);
     noSecrets(r);
