@@ -456,6 +456,11 @@ async function startServing() {
     expired: new Date(Date.now() - 60e3).toISOString(), email: 'old@example.com', project_id: 'ag-proj-old',
     prefix: 'old',
   });
+  // a token Google no longer takes (not expired by its file): 401, refresh, retry
+  writeCred('gemini-rev@example.com-rev.json', {
+    token: { access_token: 'ya29.revoked', refresh_token: '1//gemini-REFRESH-rev', expiry: far },
+    project_id: 'proj-rev', email: 'rev@example.com', type: 'gemini', prefix: 'rev',
+  });
   writeCred('gemini-old2@example.com-x.json', {
     token: { access_token: 'ya29.stale-gemini2', refresh_token: '1//gemini-REFRESH-old2',
       expiry: new Date(Date.now() - 60e3).toISOString() },
@@ -642,4 +647,16 @@ test('refresh: expired Gemini CLI and Antigravity tokens are refreshed at the Go
   assert.ok(Date.parse(g.token.expiry) > Date.now(), g.token.expiry);
   assert.equal(g.project_id, 'proj-old2');
   assert.equal(g.type, 'gemini');
+});
+
+test('refresh: a Gemini CLI token the upstream refuses (401) is refreshed once and the request retried', T(), async () => {
+  const r = await gg.models.generateContent({ model: `rev/${MODEL_CLI}`, contents: 'hi' }).catch((e) => e);
+  assert.equal(r.text, 'hello from gemini proj-rev', String(r?.message || ''));
+  const hits = mock.inference.filter((h) => h.body.project === 'proj-rev');
+  assert.equal(hits.length, 2);
+  assert.equal(hits[0].auth, 'Bearer ya29.revoked');
+  assert.match(hits[1].auth, /^Bearer ya29\.gemini-ACCESS-/);
+  assert.ok(mock.refreshes.some((x) => x.refresh_token === '1//gemini-REFRESH-rev'));
+  const g = JSON.parse(fs.readFileSync(path.join(dir, 'gemini-rev@example.com-rev.json'), 'utf8'));
+  assert.equal(`Bearer ${g.token.access_token}`, hits[1].auth);
 });
