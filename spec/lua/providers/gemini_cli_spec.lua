@@ -333,3 +333,17 @@ describe("rt.registry and Google files", function()
     assert.is_nil(t[1].entry["base-url"])
   end)
 end)
+
+describe("rt.doctor and Google files", function()
+  it("reads a v6 Gemini file's nested token and expiry", function()
+    local doctor = require("rt.doctor")
+    local app = { config = { ["api-keys"] = { "k" } }, providers = {}, registry = { order = {}, models = {} } }
+    local checks = doctor.report(app, {
+      { name = "g.json", type = "gemini", text = '{"token":{"access_token":"t","expiry":"2026-12-09T10:00:00Z"},'
+        .. '"email":"u@x","type":"gemini"}' },
+      { name = "h.json", type = "gemini", text = '{"token":{"access_token":"t","expiry":"soon"},"type":"gemini"}' },
+    }, 1796637600).checks
+    assert.same({ "ok", "g.json (u@x): gemini, valid for 2 days" }, { checks[2][1], checks[2][2] })
+    assert.same({ "warn", "h.json: 'expiry' is not an RFC 3339 time: soon" }, { checks[3][1], checks[3][2] })
+  end)
+end)
