@@ -153,11 +153,18 @@ function inference(base, method, req, raw, res) {
   const parts = tools && !answeredTool
     ? [{ functionCall: { name: 'get_weather', args: { city: 'Paris' } } }]
     : [{ text: `hello from ${name} ${body.project || 'no-project'}` }];
+  if (body.request.generationConfig?.thinkingConfig?.includeThoughts) {
+    parts.unshift({ text: 'pondering', thought: true, thoughtSignature: 'sig-think-1' });
+  }
   const usage = { promptTokenCount: 11, candidatesTokenCount: 5, totalTokenCount: 16 };
   const full = { candidates: [{ content: { role: 'model', parts }, finishReason: 'STOP', index: 0 }],
     usageMetadata: usage, modelVersion: body.model, responseId: `r-${mock.inference.length}` };
   if (method === 'generateContent') return send(res, 200, { response: full, traceId: 'tr-1' });
   res.writeHead(200, { 'Content-Type': 'text/event-stream' });
+  if (parts[0].thought) {
+    res.write(`data: ${JSON.stringify({ response: { candidates: [{ content: { role: 'model', parts: [parts.shift()] }, index: 0 }],
+      modelVersion: body.model, responseId: 'rs' }, traceId: 'tr-4' })}\r\n\r\n`);
+  }
   if (parts[0].text) {
     const t = parts[0].text;
     const half = Math.floor(t.length / 2);
@@ -577,6 +584,21 @@ for (const [kind, model, base, proj] of [['cli', MODEL_CLI, 'ca', 'proj-serve'],
     checkEnvelope(lastCall(base), kind, true);
     const s2 = an.messages.stream({ model, max_tokens: 64, messages: [{ role: 'user', content: 'hi' }] });
     assert.equal((await s2.finalMessage()).content[0].text, `hello from ${who} ${proj}`);
+  });
+
+  test(`${kind}: Anthropic SDK with thinking: thinkingConfig upstream, the thought back as a thinking block`, T(), async () => {
+    const m = await an.messages.create({ model, max_tokens: 2048, thinking: { type: 'enabled', budget_tokens: 1024 },
+      messages: [{ role: 'user', content: 'think' }] });
+    const hit = lastCall(base);
+    assert.ok(hit.body.request.generationConfig.thinkingConfig, JSON.stringify(hit.body.request.generationConfig));
+    const th = m.content.find((b) => b.type === 'thinking');
+    assert.ok(th, JSON.stringify(m.content));
+    assert.equal(th.thinking, 'pondering');
+    assert.equal(m.content.find((b) => b.type === 'text').text, `hello from ${who} ${proj}`);
+    const s = an.messages.stream({ model, max_tokens: 2048, thinking: { type: 'enabled', budget_tokens: 1024 },
+      messages: [{ role: 'user', content: 'think' }] });
+    const fin = await s.finalMessage();
+    assert.equal(fin.content.find((b) => b.type === 'thinking')?.thinking, 'pondering', JSON.stringify(fin.content));
   });
 
   test(`${kind}: OpenAI chat, non-stream and stream`, T(), async () => {
