@@ -49,6 +49,7 @@ const mock = {
   inference: [],         // { base, method, auth, body, ua }
   bad: [],               // hits on the failing base
   enabled: [],           // projects whose API the login turned on
+  limited: [],           // requests answered 429 (project proj-q1)
   apiState: { 'proj-one': 'ENABLED' }, // serviceusage states (else DISABLED)
   projects: ['proj-one', 'proj-two'],
   seq: 0,
@@ -140,6 +141,11 @@ function inference(base, method, req, raw, res) {
   mock.inference.push({ base, method, name, auth: req.headers.authorization, body, ua: req.headers['user-agent'],
     apiClient: req.headers['x-goog-api-client'] });
   if (!name) return send(res, 401, { error: { code: 401, message: 'bad token', status: 'UNAUTHENTICATED' } });
+  if (body.project === 'proj-q1') {
+    mock.limited.push(method);
+    return send(res, 429, { error: { code: 429, message: 'Resource has been exhausted', status: 'RESOURCE_EXHAUSTED',
+      details: [{ '@type': 'type.googleapis.com/google.rpc.RetryInfo', retryDelay: '3600s' }] } });
+  }
   if (method === 'countTokens') {
     if (body.project !== undefined || !body.request?.contents) return refuse(res, 'countTokens body');
     return send(res, 200, { totalTokens: 42 });
@@ -463,6 +469,13 @@ async function startServing() {
     expired: new Date(Date.now() - 60e3).toISOString(), email: 'old@example.com', project_id: 'ag-proj-old',
     prefix: 'old',
   });
+  // two accounts of one model (prefix q/): the first is out of quota
+  for (const q of ['q1', 'q2']) {
+    writeCred(`gemini-${q}@example.com-proj-${q}.json`, {
+      token: { access_token: token('gemini'), refresh_token: `1//gemini-REFRESH-${q}`, expiry: far },
+      project_id: `proj-${q}`, email: `${q}@example.com`, type: 'gemini', prefix: 'q',
+    });
+  }
   // a token Google no longer takes (not expired by its file): 401, refresh, retry
   writeCred('gemini-rev@example.com-rev.json', {
     token: { access_token: 'ya29.revoked', refresh_token: '1//gemini-REFRESH-rev', expiry: far },
@@ -681,4 +694,16 @@ test('refresh: a Gemini CLI token the upstream refuses (401) is refreshed once a
   assert.ok(mock.refreshes.some((x) => x.refresh_token === '1//gemini-REFRESH-rev'));
   const g = JSON.parse(fs.readFileSync(path.join(dir, 'gemini-rev@example.com-rev.json'), 'utf8'));
   assert.equal(`Bearer ${g.token.access_token}`, hits[1].auth);
+});
+
+test('cooldown: a 429 with RetryInfo cools that Gemini CLI account; its requests go to the other one', T(), async () => {
+  const seen = [];
+  for (let i = 0; i < 4; i++) {
+    const r = await gg.models.generateContent({ model: `q/${MODEL_CLI}`, contents: 'hi' });
+    seen.push(r.text);
+  }
+  assert.deepEqual(seen, Array(4).fill('hello from gemini proj-q2'));
+  // round robin reaches q1 in four requests; asked once, then it cools
+  // for the hour Google named
+  assert.equal(mock.limited.length, 1, `429 answers: ${mock.limited.length}`);
 });
