@@ -8,8 +8,11 @@
 -- base-url the hosts below are tried in order: the next one on a
 -- connection error, a 5xx or a 429 (rt.pipeline, ureq.fallback_urls).
 -- Function-call parts of model turns without a thoughtSignature get the
--- skip-validation one (history from another upstream has none).
+-- skip-validation one (history from another upstream has none); tool
+-- schemas are cleaned as for Gemini.
 local cpx = require("cpx")
+local json = require("rt.json")
+local schema = require("rt.schema")
 local oauth = require("rt.oauth")
 local util = require("rt.provider_util")
 local cli = require("providers.gemini_cli")
@@ -97,8 +100,39 @@ function _M.session_id(contents)
   return format("-%.0f", n)
 end
 
+-- Antigravity validates tool schemas strictly (CLIProxyAPI cleans them,
+-- util.CleanJSONSchemaForAntigravity): a Gemini client's declarations get
+-- rt.schema's Gemini cleaning, which the hub already applies to translated
+-- requests. Copies what it changes.
+function _M.clean_tools(tools)
+  if type(tools) ~= "table" then return tools end
+  local out = json.array({})
+  for i, t in ipairs(tools) do
+    out[i] = t
+    if type(t) == "table" and type(t.functionDeclarations) == "table" then
+      local decls = json.array({})
+      for j, d in ipairs(t.functionDeclarations) do
+        decls[j] = d
+        if type(d) == "table" and (type(d.parameters) == "table" or type(d.parametersJsonSchema) == "table") then
+          local nd = json.shallow_copy(d)
+          if type(d.parameters) == "table" then nd.parameters = schema.clean_for_gemini(d.parameters) end
+          if type(d.parametersJsonSchema) == "table" then
+            nd.parametersJsonSchema = schema.clean_for_gemini(d.parametersJsonSchema)
+          end
+          decls[j] = nd
+        end
+      end
+      local nt = json.shallow_copy(t)
+      nt.functionDeclarations = decls
+      out[i] = nt
+    end
+  end
+  return out
+end
+
 function _M.fixup(body)
   body.safetySettings = nil
+  body.tools = _M.clean_tools(body.tools)
   body.contents = cli.sign_function_calls(body.contents, cli.SKIP_SIGNATURE, false)
   body.sessionId = _M.session_id(body.contents)
   return body

@@ -347,3 +347,22 @@ describe("rt.doctor and Google files", function()
     assert.same({ "warn", "h.json: 'expiry' is not an RFC 3339 time: soon" }, { checks[3][1], checks[3][2] })
   end)
 end)
+
+describe("antigravity tool schemas", function()
+  it("cleans a Gemini client's declarations like the hub does, leaving the client's tables alone", function()
+    local text = '{"tools":[{"functionDeclarations":[{"name":"f","parameters":{"$schema":"x","type":"object",'
+      .. '"additionalProperties":false,"properties":{"q":{"type":"string","minLength":2}},"required":["q"]}},'
+      .. '{"name":"g"}]},{"googleSearch":{}}],"contents":[]}'
+    local orig = json.decode(text)
+    local b = ag.fixup(json.shallow_copy(orig))
+    local p = b.tools[1].functionDeclarations[1].parameters
+    assert.is_nil(p["$schema"])
+    assert.is_nil(p.additionalProperties)
+    assert.is_nil(p.properties.q.minLength)
+    assert.matches("minLength: 2", p.properties.q.description)
+    assert.are.same(require("rt.schema").clean_for_gemini(orig.tools[1].functionDeclarations[1].parameters), p)
+    assert.equal(orig.tools[1].functionDeclarations[2], b.tools[1].functionDeclarations[2])
+    assert.equal(orig.tools[2], b.tools[2])
+    assert.are.same(json.decode(text), orig)
+  end)
+end)
