@@ -633,6 +633,18 @@ for (const [kind, model, base, proj] of [['cli', MODEL_CLI, 'ca', 'proj-serve'],
     checkEnvelope(lastCall(base), kind, true);
   });
 
+  test(`${kind}: a Gemini stream without alt=sse is a JSON array of unwrapped chunks`, T(), async () => {
+    const res = await fetch(`${proxy.url}/v1beta/models/${model}:streamGenerateContent`, {
+      method: 'POST', headers: { 'x-goog-api-key': CLIENT_KEY, 'content-type': 'application/json' },
+      body: JSON.stringify({ contents: [{ role: 'user', parts: [{ text: 'hi' }] }] }) });
+    assert.equal(res.status, 200);
+    const arr = JSON.parse(await res.text());
+    assert.ok(Array.isArray(arr) && arr.length >= 1);
+    assert.ok(arr.every((c) => c.response === undefined && Array.isArray(c.candidates)), JSON.stringify(arr));
+    assert.equal(arr.map((c) => c.candidates[0].content?.parts?.map((p) => p.text).join('') || '').join(''),
+      `hello from ${who} ${proj}`);
+  });
+
   test(`${kind}: countTokens through Code Assist, unwrapped`, T(), async () => {
     const r = await gg.models.countTokens({ model, contents: 'count me' });
     assert.equal(r.totalTokens, 42);
