@@ -407,8 +407,9 @@ _M.safe_name = safe
 -- claude-<email>.json; codex-<email>-<plan>.json, and for team plans
 -- codex-<sha256(account_id)[:8]>-<email>-team.json (CLIProxyAPI v6).
 function _M.file_name(f, doc, tokens)
-  local email = nonempty(doc.email) or "account"
+  -- a provider with its own names (Gemini's project, Antigravity's) says so
   if f.file_name then return f.file_name(f, doc, tokens) end
+  local email = nonempty(doc.email) or "account"
   if f.type == "codex" then
     local plan = (tokens and tokens.plan) or nonempty(doc.plan_type)
     if not plan then
