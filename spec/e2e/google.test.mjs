@@ -288,10 +288,12 @@ function run(args) {
 
 // Reads the printed authorize URL, plays the user approving and the
 // browser coming back; returns the command's result.
-async function login(provider, args = []) {
+async function login(provider, args = [], legacy = null) {
   const s = setup();
   const port = await freePort();
-  const p = run(['login', provider, '--no-browser', '--callback-port', String(port), '-config', s.configPath, ...args]);
+  const p = run(legacy
+    ? [...legacy, '-no-browser', '-oauth-callback-port', String(port), '-config', s.configPath, ...args]
+    : ['login', provider, '--no-browser', '--callback-port', String(port), '-config', s.configPath, ...args]);
   const m = await p.waitFor(/^ {2}(https:\/\/\S+)$/m);
   const q = new URL(m[1]).searchParams;
   const client = CLIENTS[q.get('client_id')];
@@ -392,6 +394,22 @@ test('gemini login --project-id all: one file per active project, each loaded fo
     assert.deepEqual(fs.readdirSync(r.s.authDir).filter((f) => f.endsWith('.json')).sort(),
       ['gemini-g@example.com-proj-one.json', 'gemini-g@example.com-proj-two.json']);
     noSecrets(r);
+  } finally {
+    r.s.cleanup();
+  }
+});
+
+test('gemini login with CLIProxyAPI\'s spelling: -login -project_id ID (an enabled project, no onboarding)', T(), async () => {
+  const before = mock.onboard.length;
+  const r = await login('gemini', ['-project_id', 'proj-one'], ['-login']);
+  try {
+    assert.equal(r.code, 0, `${r.out}\n${r.err}\nmock: ${mock.failures.join('; ')}`);
+    assert.match(r.out, /Code Assist is set up \(standard-tier\)/);
+    assert.equal(mock.onboard.length, before, 'no onboarding for a set-up project');
+    const { doc } = readCred(r.s.authDir, 'gemini-g@example.com-proj-one.json');
+    assert.equal(doc.project_id, 'proj-one');
+    assert.equal(doc.auto, false);
+    assert.equal(doc.checked, true);
   } finally {
     r.s.cleanup();
   }
