@@ -16,7 +16,7 @@ local record = require("rt.record")
 local reqlog = require("rt.reqlog")
 local refresh = require("rt.refresh")
 
-local fetch = cpx.fetch
+local provider_util = require("rt.provider_util")
 local log = cpx.log
 local type = type
 local ipairs = ipairs
@@ -303,7 +303,8 @@ function _M.infer(app, req, info, fmt, body, opts)
                                           upstream_model = actx.upstream_model or target.upstream_model },
                                   out, upstream_stream)
     mw.run(chain, "before_upstream", actx, ureq)
-    local up, err = fetch(ureq)
+    -- (a provider with several hosts, Antigravity, has the others tried)
+    local up, err = provider_util.fetch(ureq, target.owner)
     if not up then
       log("warn", "upstream", target.owner, "failed:", err)
       reqlog.attempt(rec, ureq, nil, nil, nil, tostring(err)) -- [record]
