@@ -270,7 +270,15 @@ local function subscriber(rec)
   local name = _M.file_name(rec, error_log)
   local ok, err = cpx.reqlog.write(state.dir, name, _M.format(rec), error_log and "error-" or "",
                                    error_log and state.keep or 0)
-  if not ok then log("warn", "request log " .. name .. " not written: " .. tostring(err)) end
+  if not ok then
+    -- a flood of failing requests must not become a flood of warnings
+    state.dropped = (state.dropped or 0) + 1
+    local now = cpx.now()
+    if not state.warned or now - state.warned >= 10 then
+      log("warn", "request logs not written: " .. tostring(err) .. " (" .. state.dropped .. " since the last warning)")
+      state.warned, state.dropped = now, 0
+    end
+  end
 end
 _M.subscriber = subscriber
 
