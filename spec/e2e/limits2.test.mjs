@@ -15,7 +15,7 @@ import path from 'node:path';
 import tls from 'node:tls';
 
 import { startProxy, buildConfig, freePort, BIN, ROOT } from './lib/proxy.mjs';
-import { parseResponse } from './lib/raw_http.mjs';
+import { assertAnswer, eager, parseResponse } from './lib/raw_http.mjs';
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const PER_IP = 3;
@@ -49,38 +49,6 @@ function keepAlive(port, localAddress) {
       },
     }));
   });
-}
-
-// Sends bytes at once on a new connection (from localAddress), collects the
-// answer until the close. Resolves { data, error }.
-function eager(port, bytes, { localAddress, ms = 20000, secure = false } = {}) {
-  return new Promise((resolve) => {
-    const opts = { port, host: '127.0.0.1', localAddress };
-    const s = secure ? tls.connect({ ...opts, rejectUnauthorized: false, servername: 'localhost' }) : net.connect(opts);
-    const chunks = [];
-    let error = null;
-    let settled = false;
-    const done = () => {
-      if (settled) return;
-      settled = true;
-      s.destroy();
-      resolve({ data: Buffer.concat(chunks), error });
-    };
-    s.on('data', (d) => chunks.push(d));
-    s.on('error', (e) => { error = e.code || String(e); done(); });
-    s.on('close', done);
-    s.setTimeout(ms, () => { error = 'timeout'; done(); });
-    s.once(secure ? 'secureConnect' : 'connect', () => s.write(bytes, () => s.end()));
-  });
-}
-
-function assertAnswer({ data, error }, status, what) {
-  assert.equal(error, null, `${what}: no reset (${error}) after ${data.length} bytes`);
-  const r = parseResponse(data, { eof: true });
-  assert.ok(r, `${what}: a complete answer, got ${JSON.stringify(data.toString('latin1').slice(0, 200))}`);
-  assert.equal(r.status, status, what);
-  assert.equal(r.headers.connection, 'close', what);
-  return JSON.parse(r.body.toString());
 }
 
 const HEALTHZ = Buffer.from('GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n');
