@@ -30,9 +30,13 @@ local shared = cpx.shared
 local _M = { name = "oauth" }
 
 -- route name (CLIProxyAPI's) -> the rt.oauth provider it logs in to
+-- A login with steps after the exchange names the module whose
+-- finish(facts, args, io, lib, tokens) `cliproxy login` runs too.
 local STARTERS = {
   { route = "anthropic", provider = "claude" },
   { route = "codex", provider = "codex" },
+  { route = "gemini-cli", provider = "gemini", finish = "rt.login_gemini" },
+  { route = "antigravity", provider = "antigravity", finish = "rt.login_antigravity" },
 }
 _M.STARTERS = STARTERS
 
@@ -77,10 +81,39 @@ local function start(provider)
     local url = oauth.authorize_url(f, { state = state, challenge = challenge, redirect_uri = redirect_uri })
     local ok, err = put(state, { provider = provider, verifier = verifier, redirect_uri = redirect_uri,
                                  status = "wait", started = now,
+                                 project_id = query_param(req.query, "project_id"),
                                  webui = query_param(req.query, "is_webui") == "true" or nil })
     if not ok then return 500, { status = "error", error = tostring(err) } end
     return 200, json.object({ { "status", "ok" }, { "url", url }, { "state", state } })
   end
+end
+
+local function starter_of(provider)
+  for _, st in ipairs(STARTERS) do
+    if st.provider == provider then return st end
+  end
+end
+
+-- The steps `cliproxy login` runs after the exchange, here with a
+-- server-side io: its lines go to the log, its requests and writes are the
+-- server's own (rt.login documents the io table).
+local function finish(cfg, st, f, s, tokens)
+  local okm, mod = pcall(require, st.finish)
+  if not okm or type(mod) ~= "table" or type(mod.finish) ~= "function" then
+    return nil, "no login steps for " .. s.provider .. ": " .. tostring(mod)
+  end
+  local proxy = cfg["proxy-url"] ~= "" and cfg["proxy-url"] or nil
+  local io = {
+    say = function(line) cpx.log("info", "oauth login (" .. s.provider .. "): " .. tostring(line)) end,
+    now = cpx.now,
+    sleep = cpx.sleep,
+    request = function(req) return oauth.request(req, { proxy = proxy }) end,
+    write = function(name, text) return cpx.store.write_async(name, text) end,
+    dir = function() return cfg["auth-dir"] end,
+  }
+  local okc, info, err = pcall(mod.finish, f, { project_id = s.project_id }, io, require("rt.login").lib, tokens)
+  if not okc then return nil, tostring(info) end
+  return info, err
 end
 
 -- Exchanges the code of a waiting login and saves its credential.
@@ -115,6 +148,15 @@ local function complete(cfg, state, code, oerr, oerr_desc)
   if not status then return fail("network error: " .. f.token_url .. ": " .. tostring(headers)) end
   local tokens, terr = oauth.parse_token_response(f, status, headers, body)
   if not tokens then return fail("the token exchange failed: " .. tostring(terr and terr.message)) end
+  local st = starter_of(s.provider)
+  if st and st.finish then
+    local info, xerr = finish(cfg, st, f, s, tokens)
+    if not info then return fail(xerr) end
+    s.status, s.file, s.verifier, s.email = "ok", info.name, nil, info.email
+    put(state, s)
+    cpx.log("info", "oauth login (" .. s.provider .. ") saved " .. info.name)
+    return true, info.name
+  end
   local doc = oauth.credential(f, tokens, nil, cpx.now())
   local name = oauth.file_name(f, doc, tokens)
   local wok, werr = cpx.store.write_async(name, oauth.encode(doc))
