@@ -112,8 +112,14 @@ function _M.facts(name, cfg)
     end
     -- A mirror of the device endpoints usually moves both: derive the poll
     -- URL from the user-code URL unless it is given too.
-    if nonempty(over["device-url"]) and not nonempty(over["device-token-url"]) then
+    if nonempty(over["device-url"]) and not nonempty(over["device-token-url"])
+        and over["device-url"]:find("/usercode$") then
       f.device_token_url = (over["device-url"]:gsub("/usercode$", "/token"))
+    end
+    -- A provider that polls its token endpoint (Qwen) follows token-url.
+    if base.device_token_url and base.device_token_url == base.token_url
+        and not nonempty(over["device-token-url"]) then
+      f.device_token_url = f.token_url
     end
   end
   return f

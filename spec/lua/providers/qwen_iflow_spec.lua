@@ -112,6 +112,11 @@ describe("providers.qwen", function()
       ["device-token-url"] = "http://m/token" } } }))
     assert.equal(20 * 60, f.lead)
     assert.equal("http://m/token", f.device_token_url)
+    -- Qwen polls its token endpoint: a moved token-url moves the poll too
+    local g = assert(oauth.facts("qwen", { ["oauth-endpoints"] = { qwen = { ["device-url"] = "http://m/device/code",
+      ["token-url"] = "http://m/tok2" } } }))
+    assert.equal("http://m/tok2", g.device_token_url)
+    assert.equal("http://m/device/code", g.device_url)
     local doc = oauth.credential(f, { access_token = "a", refresh_token = "r", resource_url = "portal.qwen.ai",
                                       email = "me", expires_in = 10 }, nil, 0)
     assert.equal('{"access_token":"a","refresh_token":"r","last_refresh":"1970-01-01T00:00:00Z",'
