@@ -47,7 +47,7 @@ local function key_call(f, io, lib, req)
 end
 
 local function cookie_login(f, args, io, lib)
-  io.watch_stdin()
+  io.watch_stdin({ secret = true }) -- a terminal does not echo it
   io.say("Paste the Cookie header of a browser logged in to platform.iflow.cn (it needs BXAuth=...);")
   io.say("it is not shown or logged:")
   local deadline = io.now() + (tonumber(args.timeout) or COOKIE_TIMEOUT)

@@ -277,6 +277,30 @@ describe('cliproxy login iflow', () => {
   });
 });
 
+// On a terminal the pasted cookie is not echoed (script(1) gives the command
+// a pty; the same pty echoes another login's paste).
+const hasScript = fs.existsSync('/usr/bin/script');
+test('--cookie on a terminal: what is typed is not echoed', { ...T, skip: !hasScript && 'no script(1)' }, async () => {
+  const s = loginSetup();
+  const viaPty = (cmd, line) => new Promise((resolve) => {
+    const child = spawn('script', ['-qfec', cmd, '/dev/null'], { cwd: ROOT, stdio: ['pipe', 'pipe', 'pipe'] });
+    let out = '';
+    let sent = false;
+    child.stdout.on('data', (d) => {
+      out += d;
+      if (!sent && /not shown or logged:|paste the URL/.test(out)) { sent = true; child.stdin.write(line); }
+    });
+    const killer = setTimeout(() => child.kill('SIGKILL'), 30000);
+    child.on('close', () => { clearTimeout(killer); resolve(out); });
+  });
+  const out = await viaPty(`${BIN} -iflow-cookie -config ${s.configPath}`, `${COOKIE}\n`);
+  assert.match(out, /Fetching the API key/, out);
+  assert.doesNotMatch(out, /SECRET/, out);
+  assert.ok(fs.existsSync(path.join(s.authDir, 'iflow-my-key.json')), out);
+  const echoed = await viaPty(`${BIN} login claude --no-browser --timeout 2 -config ${s.configPath}`, 'VISIBLE-PASTE\n');
+  assert.match(echoed, /VISIBLE-PASTE/, 'the pty echoes a paste that is not secret');
+});
+
 // ---- serving ------------------------------------------------------------------
 
 describe('serving qwen and iflow accounts', () => {
