@@ -10,6 +10,9 @@ local oauth = require("rt.oauth")
 local cooldown = require("rt.cooldown")
 
 local format = string.format
+
+-- credential type -> the `cliproxy login` name that writes it
+local LOGIN_NAMES = { ["gemini-cli"] = "gemini" }
 local ipairs = ipairs
 local pcall = pcall
 local sort = table.sort
@@ -60,9 +63,16 @@ local function check_credential(c, now)
                           tostring(doc[exp_field])), nil
   end
   if exp and exp <= now then
-    return "error", format("%s%s: access token expired %s ago (at %s%s)", name, who, duration(now - exp),
-                           doc[exp_field], last),
-           "this build does not refresh tokens yet: log in again and copy the new file into auth-dir"
+    local what = format("%s%s: access token expired %s ago (at %s%s)", name, who, duration(now - exp),
+                        doc[exp_field], last)
+    -- The proxy refreshes an OAuth account on start and before each use; only
+    -- a file without a refresh token needs a new login.
+    if type(doc.refresh_token) == "string" and doc.refresh_token ~= "" then
+      return "warn", what, "the proxy refreshes it with its refresh token when it runs; "
+             .. "if that fails, GET /v0/management/oauth-refresh says why"
+    end
+    return "error", what, format("no refresh token: log in again with `cliproxy login %s`",
+                                 LOGIN_NAMES[c.type] or c.type)
   end
   if exp and exp - now < LEAD then
     return "warn", format("%s%s: access token expires in %s%s", name, who, duration(exp - now), last), nil
