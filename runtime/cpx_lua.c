@@ -25,6 +25,7 @@
 #include "cpx_task.h"
 #include "cpx_tokens.h"
 #include "cpx_mgmt.h"
+#include "cpx_reqlog.h"
 #include "cpx_yaml.h"
 
 #define REG_PATHS "cpx.paths"
@@ -527,6 +528,7 @@ int cpx_vm_new(cpx_worker_t *w, const char *config_path, cpx_vm_t **out,
   cpx_mgmt_lua_register(L);
   cpx_usage_lua_register(L);
   cpx_panel_lua_register(L);
+  cpx_reqlog_lua_register(L);
   cpx_metrics_lua_register(L);
   cpx_otlp_lua_register(L);
   lua_pushlightuserdata(L, w);
