@@ -18,7 +18,9 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
+#include <termios.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <curl/curl.h>
 #include <lauxlib.h>
@@ -369,7 +371,44 @@ static void on_in_closed(uv_handle_t *h) {
   CPX_UNUSED(h);
 }
 
+/* A secret typed on the terminal (io.watch_stdin{secret = true}: iFlow's
+ * cookie) is not echoed: ECHO is off until the first line or the end of
+ * the command, and a SIGINT/SIGTERM meanwhile restores it before the
+ * default action (tcsetattr is async-signal-safe). One terminal per
+ * process, so the saved state is static. */
+static struct termios saved_tio;
+static volatile sig_atomic_t tio_saved;
+
+static void echo_restore(void) {
+  if (tio_saved) {
+    tcsetattr(0, TCSANOW, &saved_tio);
+    tio_saved = 0;
+  }
+}
+
+static void on_fatal_signal(int sig) {
+  echo_restore();
+  signal(sig, SIG_DFL);
+  raise(sig);
+}
+
+static void echo_off(void) {
+  struct termios t;
+
+  if (tio_saved || tcgetattr(0, &saved_tio) != 0)
+    return;
+  t = saved_tio;
+  t.c_lflag &= ~(tcflag_t)ECHO;
+  t.c_lflag |= ECHONL; /* the Enter still moves to a new line */
+  tio_saved = 1;
+  signal(SIGINT, on_fatal_signal);
+  signal(SIGTERM, on_fatal_signal);
+  if (tcsetattr(0, TCSANOW, &t) != 0)
+    tio_saved = 0;
+}
+
 static void in_close(login_t *lg) {
+  echo_restore();
   if (lg->in_open == 1) {
     lg->in_open = 2;
     uv_close((uv_handle_t *)&lg->in, on_in_closed);
@@ -409,12 +448,20 @@ static void on_in_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   }
 }
 
-/* io.watch_stdin() -> true | nil, why. A terminal or a pipe is read as a
- * stream; anything else (/dev/null, a file) is left alone. */
+/* io.watch_stdin([{secret = true}]) -> true | nil, why. A terminal or a
+ * pipe is read as a stream; anything else (/dev/null, a file) is left
+ * alone. secret: a terminal does not echo what is typed (echo_off). */
 static int l_watch_stdin(lua_State *L) {
   login_t *lg = in_flow(L, "watch_stdin");
   uv_handle_type t = uv_guess_handle(0);
   int rc;
+
+  if (lua_istable(L, 1)) {
+    lua_getfield(L, 1, "secret");
+    if (lua_toboolean(L, -1) && t == UV_TTY)
+      echo_off();
+    lua_pop(L, 1);
+  }
 
   if (lg->in_open) {
     lua_pushboolean(L, 1);
@@ -895,6 +942,7 @@ int cpx_login_run(const cpx_login_opts_t *opts, const char *config_path,
   lua_setfield(L, LUA_REGISTRYINDEX, REG_LOGIN);
 
 out:
+  echo_restore();
   if (lg->srv_init)
     cpx_server_close(&lg->srv);
   if (lg->srv6_init)

@@ -12,7 +12,8 @@ local format = string.format
 
 local _M = {}
 
-local PROVIDERS = { "openai_compat", "claude", "gemini", "codex", "vertex", "gemini_cli", "antigravity" }
+local PROVIDERS = { "openai_compat", "claude", "gemini", "codex", "vertex", "gemini_cli", "antigravity", "qwen",
+                    "iflow" }
 local FORMATS = { openai_chat = true, openai_responses = true, claude = true, gemini = true }
 
 -- A provider declares its contract as data; errors name file and field.
@@ -28,6 +29,7 @@ local PROVIDER_FIELDS = {
   { "response_fixup", "function" },
   { "stream_fixup", "function" },
   { "error_status", "function" },
+  { "admit", "function" },
   { "force_stream", "boolean" },
   { "fast_path", "boolean" },
   { "oauth", "table" },

@@ -45,16 +45,32 @@ _M.gemini = {
   m("gemini-3-pro-preview", "google", 1048576, 65536, { levels = { "low", "high" } }),
 }
 
+_M.qwen = {
+  m("qwen3-coder-plus", "qwen", 1000000, 65536),
+  m("qwen3-coder-flash", "qwen", 1000000, 65536),
+  m("coder-model", "qwen", 1000000, 65536),
+  m("vision-model", "qwen", 256000, 32768),
+}
+
+_M.iflow = {
+  m("qwen3-coder-plus", "iflow", 256000, 65536),
+  m("qwen3-max", "iflow", 256000, 32768),
+  m("kimi-k2", "iflow", 128000, 32768),
+  m("deepseek-v3.2", "iflow", 128000, 32768),
+  m("deepseek-r1", "iflow", 128000, 32768, { levels = { "low", "medium", "high" } }),
+  m("glm-4.6", "iflow", 200000, 131072, { levels = { "none", "low", "medium", "high" } }),
+}
+
 -- provider module -> catalog key
 _M.by_provider = { claude = "claude", codex = "codex", gemini = "gemini", vertex = "gemini",
-                   gemini_cli = "gemini", antigravity = "gemini" }
+                   gemini_cli = "gemini", antigravity = "gemini", qwen = "qwen", iflow = "iflow" }
 
 local index
 -- The catalog entry of a model id, or nil.
 function _M.find(id)
   if not index then
     index = {}
-    for _, key in pairs({ "claude", "codex", "gemini" }) do
+    for _, key in pairs({ "claude", "codex", "gemini", "qwen", "iflow" }) do
       for _, entry in ipairs(_M[key]) do index[entry.id] = entry end
     end
   end

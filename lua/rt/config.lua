@@ -167,6 +167,8 @@ local schema = map({
     -- Google logins: the account lookup and the project list; Antigravity's
     -- inference hosts in the order they are tried
     ["userinfo-url"] = url, ["projects-url"] = url, ["service-usage-url"] = url, ["api-base-urls"] = list(url),
+    -- iFlow: userinfo-url is its API-key lookup; the cookie login's key endpoint
+    ["api-key-url"] = url,
   })),
   -- cliproxy: the refresh engine of OAuth accounts (rt.refresh)
   ["oauth-refresh"] = map({

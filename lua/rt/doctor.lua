@@ -40,7 +40,7 @@ local function check_credential(c, now)
   local kind = registry.CRED_TYPES[c.type]
   if not kind then
     return "warn", format("%s: type '%s' is not served yet; it is skipped", name, tostring(c.type)),
-           "claude, codex, gemini and antigravity credential files are served today"
+           "claude, codex, gemini, antigravity, qwen and iflow credential files are served today"
   end
   local ok, doc = pcall(json.decode, c.text)
   if not ok or type(doc) ~= "table" then

@@ -10,7 +10,8 @@
 --   io.say(line)                      a line on stdout
 --   io.now() -> epoch seconds
 --   io.listen(port, path) -> true | nil, err, code   the callback server
---   io.watch_stdin()                  pasted lines become "line" events
+--   io.watch_stdin([{secret = true}]) pasted lines become "line" events (secret:
+--                                     a terminal does not echo them)
 --   io.open_browser(url) -> true | nil, err
 --   io.wait(seconds) -> ev            yields: {kind = "callback", query} |
 --                                     {kind = "line", text} | {kind = "eof"} |

@@ -26,7 +26,8 @@ local _M = {}
 
 local PROVIDERS = { claude = "providers.claude", codex = "providers.codex",
                     gemini = "providers.gemini_cli", ["gemini-cli"] = "providers.gemini_cli",
-                    antigravity = "providers.antigravity" }
+                    antigravity = "providers.antigravity", qwen = "providers.qwen",
+                    iflow = "providers.iflow" }
 _M.PROVIDERS = PROVIDERS
 
 -- oauth-endpoints.<name> keys -> facts fields
@@ -40,6 +41,7 @@ local OVERRIDES = {
   ["userinfo-url"] = "userinfo_url",
   ["projects-url"] = "projects_url",
   ["service-usage-url"] = "service_usage_url",
+  ["api-key-url"] = "api_key_url",
 }
 _M.OVERRIDES = OVERRIDES
 
@@ -110,8 +112,14 @@ function _M.facts(name, cfg)
     end
     -- A mirror of the device endpoints usually moves both: derive the poll
     -- URL from the user-code URL unless it is given too.
-    if nonempty(over["device-url"]) and not nonempty(over["device-token-url"]) then
+    if nonempty(over["device-url"]) and not nonempty(over["device-token-url"])
+        and over["device-url"]:find("/usercode$") then
       f.device_token_url = (over["device-url"]:gsub("/usercode$", "/token"))
+    end
+    -- A provider that polls its token endpoint (Qwen) follows token-url.
+    if base.device_token_url and base.device_token_url == base.token_url
+        and not nonempty(over["device-token-url"]) then
+      f.device_token_url = f.token_url
     end
   end
   return f
@@ -138,6 +146,8 @@ function _M.authorize_url(f, o)
   if type(o) ~= "table" or not o.state or not o.challenge or not o.redirect_uri then
     error("oauth.authorize_url: state, challenge and redirect_uri are required", 2)
   end
+  -- a provider whose authorize page takes its own parameters (iFlow)
+  if f.build_authorize then return f.build_authorize(f, o) end
   local q = {}
   for _, kv in ipairs(f.authorize_params or {}) do q[#q + 1] = kv end
   q[#q + 1] = { "client_id", f.client_id }
@@ -282,6 +292,9 @@ function _M.parse_token_response(f, status, headers, body)
     id_token = nonempty(doc.id_token),
     expires_in = tonumber(doc.expires_in),
     token_type = doc.token_type,
+    -- Qwen's API host for this account; iFlow's granted scope
+    resource_url = nonempty(doc.resource_url),
+    scope = nonempty(doc.scope),
   }
   if type(doc.account) == "table" then
     t.email = nonempty(doc.account.email_address) or nonempty(doc.account.email)
@@ -342,6 +355,9 @@ local ORDER = {
              "token_type", "expiry", "last_refresh" },
   antigravity = { "type", "access_token", "refresh_token", "expires_in", "timestamp", "expired", "email",
                   "project_id", "last_refresh" },
+  qwen = { "access_token", "refresh_token", "last_refresh", "resource_url", "email", "type", "expired" },
+  iflow = { "access_token", "refresh_token", "last_refresh", "expired", "api_key", "email", "token_type", "scope",
+            "cookie", "type" },
 }
 
 -- tokens + the file's previous content -> the new document. The old
@@ -453,7 +469,18 @@ function _M.refresh(f, doc, opts)
   end
   local tokens, err = _M.parse_token_response(f, status, headers, body)
   if not tokens then return nil, err end
-  return _M.credential(f, tokens, doc, cpx.now()), nil, tokens
+  local new = _M.credential(f, tokens, doc, cpx.now())
+  -- A provider with more to fetch on the new token (iFlow's API key). Its
+  -- failure keeps the new tokens (the old refresh token may be spent).
+  if f.after_refresh then
+    local d, aerr = f.after_refresh(f, new, opts)
+    if d then
+      new = d
+    elseif cpx.log then
+      cpx.log("warn", "refresh: " .. tostring(type(aerr) == "table" and aerr.message or aerr))
+    end
+  end
+  return new, nil, tokens
 end
 
 return _M

@@ -299,6 +299,15 @@ function _M.infer(app, req, info, fmt, body, opts)
       out = json.encode(tb)
     end
     if not out then return { status = 500, own = true, message = "cannot encode upstream request" } end
+    -- A provider's own limit (Qwen's requests per minute) may refuse this
+    -- account before anything is sent: an answer the pool classifies.
+    if provider.admit then
+      local deny = provider.admit(actx, target)
+      if deny then
+        deny.upfmt, deny.ctx = upfmt, actx
+        return deny
+      end
+    end
     local ureq = provider.prepare(actx, { entry = target.entry, key = key,
                                           upstream_model = actx.upstream_model or target.upstream_model },
                                   out, upstream_stream)

@@ -58,7 +58,8 @@ local shared = cpx.shared -- absent in the busted module: a local table stands i
 
 local _M = {}
 
-local TYPES = { claude = true, codex = true, gemini = true, ["gemini-cli"] = true, antigravity = true }
+local TYPES = { claude = true, codex = true, gemini = true, ["gemini-cli"] = true, antigravity = true,
+                qwen = true, iflow = true }
 local KEY = "refresh:"
 local EPOCH_KEY = "refresh:#epoch"
 -- A token that expires this soon is refreshed before it is sent.
@@ -291,6 +292,13 @@ local function with_token(key, token)
   return k
 end
 
+-- The document field whose value goes upstream: the access token, or
+-- what the provider's oauth.upstream_token names (iFlow's api_key).
+local function upstream_field(cfg, kind)
+  local f = facts_for(cfg, kind)
+  return f and f.upstream_token or "access_token"
+end
+
 -- The key to send for an OAuth target: the file's current token, after
 -- waiting for a refresh when it is expired or about to be.
 function _M.fresh_key(app, target, key)
@@ -307,7 +315,7 @@ function _M.fresh_key(app, target, key)
       log("warn", "refresh " .. file .. " before sending: " .. tostring(err))
     end
   end
-  return with_token(key, nonempty(doc.access_token))
+  return with_token(key, nonempty(doc[upstream_field(app.config, e.type)]))
 end
 
 -- After the upstream said 401 to `key`: one refresh (or the token another
@@ -317,14 +325,15 @@ function _M.after_401(app, target, key)
   local e = file and docs()[file]
   if not e or not nonempty(e.doc.refresh_token) then return nil end
   local seen = snapshot(e.doc)
-  seen.access_token = key["api-key"]
+  if upstream_field(app.config, e.type) == "access_token" then seen.access_token = key["api-key"] end
   local nd, err = refresh_in_task(app.config, file, seen)
   if not nd then
     log("warn", "refresh " .. file .. " after a 401: " .. tostring(err))
     return nil
   end
-  if not nonempty(nd.access_token) or nd.access_token == key["api-key"] then return nil end
-  return with_token(key, nd.access_token)
+  local tok = nonempty(nd[upstream_field(app.config, e.type)])
+  if not tok or tok == key["api-key"] then return nil end
+  return with_token(key, tok)
 end
 
 -- ---- the scheduler ----------------------------------------------------------

@@ -58,6 +58,9 @@ local CRED_TYPES = {
   gemini = { provider = "gemini_cli", owner = "google", projects = true },
   ["gemini-cli"] = { provider = "gemini_cli", owner = "google", projects = true }, -- the plugin's files
   antigravity = { provider = "antigravity", owner = "google" },
+  qwen = { provider = "qwen", owner = "qwen" },
+  -- iFlow sends the looked-up API key, not the OAuth token
+  iflow = { provider = "iflow", owner = "iflow", token = "api_key" },
 }
 _M.CRED_TYPES = CRED_TYPES
 
@@ -258,7 +261,8 @@ local function from_credentials(reg, cfg, creds)
     elseif doc.disabled == true then
       reg.disabled[#reg.disabled + 1] = c.name
     else
-      local token = nonempty(doc.access_token) or nonempty(doc.api_key)
+      local token = kind and kind.token and nonempty(doc[kind.token])
+        or nonempty(doc.access_token) or nonempty(doc.api_key)
       if not token then
         if not warned[c.name] then
           warned[c.name] = true
@@ -280,6 +284,7 @@ local function from_credentials(reg, cfg, creds)
           project_id = nonempty(doc.project_id)
             or join_strings(doc.project_ids),
           cloak = cloak_of(doc),
+          resource_url = nonempty(doc.resource_url), -- Qwen's API host
         }
         local key = { ["api-key"] = token, ["proxy-url"] = entry["proxy-url"] }
         local priority = tonumber(doc.priority) or 0

@@ -87,7 +87,7 @@ test('problems: expired, disabled, unreadable and unsupported files, a closed up
           expired: iso(-7200), last_refresh: '2026-01-01T00:00:00Z', base_url: `${mock.url}/backend-api/codex` },
         'claude-off.json': { type: 'claude', access_token: 'x', disabled: true },
         'claude-broken.json': '{"type":"claude", "access_token": ',
-        'qwen-c.json': { type: 'qwen', access_token: 'q' },
+        'kimi-c.json': { type: 'kimi', access_token: 'q' },
       },
     });
     const r = await doctor(p);
@@ -97,7 +97,7 @@ test('problems: expired, disabled, unreadable and unsupported files, a closed up
     assert.match(r.out, /warn +claude-off\.json: disabled/);
     // the credential store skips an unreadable file itself, with the reason
     assert.match(r.err, /claude-broken\.json skipped/);
-    assert.match(r.out, /warn +qwen-c\.json: type 'qwen' is not served yet/);
+    assert.match(r.out, /warn +kimi-c\.json: type 'kimi' is not served yet/);
     assert.match(r.out, new RegExp(`error +upstream http://127\\.0\\.0\\.1:${closed} \\(openai_compat\\): .*\\n +-> check base-url`));
     assert.match(r.out, /warn +api-keys is empty/);
     assert.match(r.out, /\d problem\(s\), \d warning\(s\)/);

@@ -33,7 +33,7 @@ describe("rt.doctor.report", function()
       { name = "a.json", type = "codex", text = '{"access_token":"t","expired":"2026-12-07T10:30:00Z","email":"e@x"}' },
       { name = "m.json", type = "claude", text = '{"access_token":"t","expired":"2026-12-09T10:00:00Z"}' },
       { name = "n.json", type = "claude", text = '{"refresh_token":"r"}' },
-      { name = "q.json", type = "qwen", text = "{}" },
+      { name = "q.json", type = "kimi", text = "{}" },
       { name = "r.json", type = "codex",
         text = '{"access_token":"t","refresh_token":"r","expired":"2026-12-07T09:00:00Z"}' },
     })
@@ -41,7 +41,7 @@ describe("rt.doctor.report", function()
     assert.same({ "warn", "a.json (e@x): access token expires in 30 min" }, { checks[2][1], checks[2][2] })
     assert.same({ "ok", "m.json: claude, valid for 2 days" }, { checks[3][1], checks[3][2] })
     assert.same({ "error", "n.json: no access_token" }, { checks[4][1], checks[4][2] })
-    assert.same({ "warn", "q.json: type 'qwen' is not served yet; it is skipped" }, { checks[5][1], checks[5][2] })
+    assert.same({ "warn", "q.json: type 'kimi' is not served yet; it is skipped" }, { checks[5][1], checks[5][2] })
     -- a refresh token means the proxy renews it; without one only a new login helps
     assert.same({ "warn", "r.json: access token expired 60 min ago (at 2026-12-07T09:00:00Z)" },
                 { checks[6][1], checks[6][2] })
