@@ -12,7 +12,7 @@ local format = string.format
 
 local _M = {}
 
-local PROVIDERS = { "openai_compat", "claude", "gemini", "codex", "vertex" }
+local PROVIDERS = { "openai_compat", "claude", "gemini", "codex", "vertex", "gemini_cli", "antigravity" }
 local FORMATS = { openai_chat = true, openai_responses = true, claude = true, gemini = true }
 
 -- A provider declares its contract as data; errors name file and field.
@@ -81,7 +81,7 @@ function _M.start(doc, lines, path)
     local ok, perr = check_provider(name, p)
     if not ok then return nil, perr end
     if p.oauth then
-      local facts, ferr = require("rt.oauth").facts(name, cfg)
+      local facts, ferr = require("rt.oauth").facts(p.oauth.type or name, cfg)
       if not facts then return nil, ferr end
     end
     providers[name] = p

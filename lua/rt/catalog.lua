@@ -46,7 +46,8 @@ _M.gemini = {
 }
 
 -- provider module -> catalog key
-_M.by_provider = { claude = "claude", codex = "codex", gemini = "gemini", vertex = "gemini" }
+_M.by_provider = { claude = "claude", codex = "codex", gemini = "gemini", vertex = "gemini",
+                   gemini_cli = "gemini", antigravity = "gemini" }
 
 local index
 -- The catalog entry of a model id, or nil.

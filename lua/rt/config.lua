@@ -164,6 +164,9 @@ local schema = map({
   ["oauth-endpoints"] = dict(map({
     ["auth-url"] = url, ["token-url"] = url, ["device-url"] = url, ["device-token-url"] = url,
     ["device-verify-url"] = url, ["api-base-url"] = url,
+    -- Google logins: the account lookup and the project list; Antigravity's
+    -- inference hosts in the order they are tried
+    ["userinfo-url"] = url, ["projects-url"] = url, ["service-usage-url"] = url, ["api-base-urls"] = list(url),
   })),
   -- cliproxy: the refresh engine of OAuth accounts (rt.refresh)
   ["oauth-refresh"] = map({

@@ -6,9 +6,13 @@
 -- report(app, creds, now) -> { checks = {{level, text, hint}}, upstreams = {{name, url}} }
 local json = require("rt.json")
 local registry = require("rt.registry")
+local oauth = require("rt.oauth")
 local cooldown = require("rt.cooldown")
 
 local format = string.format
+
+-- credential type -> the `cliproxy login` name that writes it
+local LOGIN_NAMES = { ["gemini-cli"] = "gemini" }
 local ipairs = ipairs
 local pcall = pcall
 local sort = table.sort
@@ -36,12 +40,14 @@ local function check_credential(c, now)
   local kind = registry.CRED_TYPES[c.type]
   if not kind then
     return "warn", format("%s: type '%s' is not served yet; it is skipped", name, tostring(c.type)),
-           "claude and codex credential files are served today"
+           "claude, codex, gemini and antigravity credential files are served today"
   end
   local ok, doc = pcall(json.decode, c.text)
   if not ok or type(doc) ~= "table" then
     return "error", format("%s: not readable JSON", name), "fix or remove the file"
   end
+  doc = oauth.flat(doc) -- Gemini's tokens live in a nested `token`
+  local exp_field = doc.expired ~= nil and "expired" or "expiry"
   local who = type(doc.email) == "string" and doc.email ~= "" and " (" .. doc.email .. ")" or ""
   if doc.disabled == true or c.disabled then
     return "warn", format("%s%s: disabled", name, who), "set \"disabled\": false to use it"
@@ -50,15 +56,23 @@ local function check_credential(c, now)
   if type(token) ~= "string" or token == "" then
     return "error", format("%s%s: no access_token", name, who), "log in again to write a new file"
   end
-  local exp = parse_time(doc.expired)
+  local exp = parse_time(doc[exp_field])
   local last = type(doc.last_refresh) == "string" and (", last refresh " .. doc.last_refresh) or ""
-  if doc.expired ~= nil and not exp then
-    return "warn", format("%s%s: 'expired' is not an RFC 3339 time: %s", name, who, tostring(doc.expired)), nil
+  if doc[exp_field] ~= nil and not exp then
+    return "warn", format("%s%s: '%s' is not an RFC 3339 time: %s", name, who, exp_field,
+                          tostring(doc[exp_field])), nil
   end
   if exp and exp <= now then
-    return "error", format("%s%s: access token expired %s ago (at %s%s)", name, who, duration(now - exp),
-                           doc.expired, last),
-           "this build does not refresh tokens yet: log in again and copy the new file into auth-dir"
+    local what = format("%s%s: access token expired %s ago (at %s%s)", name, who, duration(now - exp),
+                        doc[exp_field], last)
+    -- The proxy refreshes an OAuth account on start and before each use; only
+    -- a file without a refresh token needs a new login.
+    if type(doc.refresh_token) == "string" and doc.refresh_token ~= "" then
+      return "warn", what, "the proxy refreshes it with its refresh token when it runs; "
+             .. "if that fails, GET /v0/management/oauth-refresh says why"
+    end
+    return "error", what, format("no refresh token: log in again with `cliproxy login %s`",
+                                 LOGIN_NAMES[c.type] or c.type)
   end
   if exp and exp - now < LEAD then
     return "warn", format("%s%s: access token expires in %s%s", name, who, duration(exp - now), last), nil

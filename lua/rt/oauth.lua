@@ -24,7 +24,9 @@ local setmetatable = setmetatable
 
 local _M = {}
 
-local PROVIDERS = { claude = "providers.claude", codex = "providers.codex" }
+local PROVIDERS = { claude = "providers.claude", codex = "providers.codex",
+                    gemini = "providers.gemini_cli", ["gemini-cli"] = "providers.gemini_cli",
+                    antigravity = "providers.antigravity" }
 _M.PROVIDERS = PROVIDERS
 
 -- oauth-endpoints.<name> keys -> facts fields
@@ -35,6 +37,9 @@ local OVERRIDES = {
   ["device-token-url"] = "device_token_url",
   ["device-verify-url"] = "device_verify_url",
   ["api-base-url"] = "api_base_url",
+  ["userinfo-url"] = "userinfo_url",
+  ["projects-url"] = "projects_url",
+  ["service-usage-url"] = "service_usage_url",
 }
 _M.OVERRIDES = OVERRIDES
 
@@ -139,8 +144,11 @@ function _M.authorize_url(f, o)
   q[#q + 1] = { "response_type", "code" }
   q[#q + 1] = { "redirect_uri", o.redirect_uri }
   q[#q + 1] = { "scope", f.scopes }
-  q[#q + 1] = { "code_challenge", o.challenge }
-  q[#q + 1] = { "code_challenge_method", "S256" }
+  -- pkce = false: a plain code exchange with the client secret (Antigravity)
+  if f.pkce ~= false then
+    q[#q + 1] = { "code_challenge", o.challenge }
+    q[#q + 1] = { "code_challenge_method", "S256" }
+  end
   for _, kv in ipairs(f.authorize_extra or {}) do q[#q + 1] = kv end
   q[#q + 1] = { "state", o.state }
   return f.auth_url .. (f.auth_url:find("?", 1, true) and "&" or "?") .. form(q)
@@ -181,6 +189,7 @@ function _M.exchange_request(f, o)
     elseif k == "code" then v = o.code
     elseif k == "redirect_uri" then v = o.redirect_uri
     elseif k == "client_id" then v = f.client_id
+    elseif k == "client_secret" then v = f.client_secret
     elseif k == "code_verifier" then v = o.verifier
     elseif k == "state" then v = o.state
     end
@@ -196,6 +205,7 @@ function _M.refresh_request(f, refresh_token)
     local v
     if k == "grant_type" then v = "refresh_token"
     elseif k == "client_id" then v = f.client_id
+    elseif k == "client_secret" then v = f.client_secret
     elseif k == "refresh_token" then v = refresh_token
     elseif k == "scope" then v = f.refresh_scope or f.scopes
     end
@@ -327,6 +337,11 @@ local ORDER = {
              "account_uuid", "organization_uuid", "organization_name" },
   codex = { "id_token", "access_token", "refresh_token", "account_id", "last_refresh", "email", "type",
             "expired" },
+  -- v6's nested oauth2 token first; the plugin's top-level copy after it
+  gemini = { "token", "project_id", "email", "auto", "checked", "type", "access_token", "refresh_token",
+             "token_type", "expiry", "last_refresh" },
+  antigravity = { "type", "access_token", "refresh_token", "expires_in", "timestamp", "expired", "email",
+                  "project_id", "last_refresh" },
 }
 
 -- tokens + the file's previous content -> the new document. The old
@@ -358,7 +373,25 @@ function _M.credential(f, tokens, old, now)
     end
   end
   if doc.email == nil then doc.email = "" end
+  -- A provider whose file has more (Gemini's nested token, Antigravity's
+  -- timestamp) fills it in: f.credential_fields(f, doc, tokens, old, now).
+  if f.credential_fields then f.credential_fields(f, doc, tokens, old, now) end
   return doc
+end
+
+-- The document as the refresh engine and the registry read it: a file
+-- that keeps its tokens in a nested object (Gemini CLI's `token`, as Go's
+-- oauth2 writes it) gets them at the top level too, where the rest of
+-- the fields of every other type live. Other documents come back as-is.
+function _M.flat(doc)
+  if type(doc) ~= "table" or nonempty(doc.access_token) or type(doc.token) ~= "table" then return doc end
+  local t = doc.token
+  local d = json.shallow_copy(doc)
+  d.access_token = nonempty(t.access_token)
+  if d.refresh_token == nil then d.refresh_token = nonempty(t.refresh_token) end
+  if d.expiry == nil and d.expired == nil then d.expiry = nonempty(t.expiry) end
+  if d.token_type == nil then d.token_type = nonempty(t.token_type) end
+  return d
 end
 
 function _M.encode(doc)
@@ -369,10 +402,13 @@ end
 local function safe(s)
   return (gsub(tostring(s or ""), "[^%w%.%-_@+]", "_"))
 end
+_M.safe_name = safe
 
 -- claude-<email>.json; codex-<email>-<plan>.json, and for team plans
 -- codex-<sha256(account_id)[:8]>-<email>-team.json (CLIProxyAPI v6).
 function _M.file_name(f, doc, tokens)
+  -- a provider with its own names (Gemini's project, Antigravity's) says so
+  if f.file_name then return f.file_name(f, doc, tokens) end
   local email = nonempty(doc.email) or "account"
   if f.type == "codex" then
     local plan = (tokens and tokens.plan) or nonempty(doc.plan_type)

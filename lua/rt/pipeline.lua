@@ -15,7 +15,7 @@ local count = require("rt.count")
 local record = require("rt.record")
 local refresh = require("rt.refresh")
 
-local fetch = cpx.fetch
+local provider_util = require("rt.provider_util")
 local log = cpx.log
 local type = type
 local ipairs = ipairs
@@ -290,7 +290,8 @@ function _M.infer(app, req, info, fmt, body, opts)
                                           upstream_model = actx.upstream_model or target.upstream_model },
                                   out, upstream_stream)
     mw.run(chain, "before_upstream", actx, ureq)
-    local up, err = fetch(ureq)
+    -- (a provider with several hosts, Antigravity, has the others tried)
+    local up, err = provider_util.fetch(ureq, target.owner)
     if not up then
       log("warn", "upstream", target.owner, "failed:", err)
       return { err = tostring(err), upfmt = upfmt, ctx = actx }

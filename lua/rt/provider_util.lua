@@ -2,6 +2,8 @@
 local cpx = require("cpx")
 
 local pairs = pairs
+local ipairs = ipairs
+local tostring = tostring
 local type = type
 local unpack = unpack
 local tonumber = tonumber
@@ -32,6 +34,27 @@ function _M.proxy(entry, key)
   local ep = entry["proxy-url"]
   if ep and ep ~= "" then return ep end
   return nil
+end
+
+-- cpx.fetch(ureq), and when the provider listed other hosts in
+-- ureq.fallback_urls (Antigravity), the next one after a connection
+-- error, a 5xx or a 429; the last answer or error is the attempt's.
+function _M.fetch(ureq, who)
+  local up, err = cpx.fetch(ureq)
+  local alt = ureq.fallback_urls
+  if not alt then return up, err end
+  for _, u in ipairs(alt) do
+    local st = up and up:status()
+    if up and st < 500 and st ~= 429 then break end
+    if cpx.log then
+      cpx.log("warn", format("upstream %s: %s failed (%s); trying %s", tostring(who or "?"), ureq.url,
+                             tostring(up and st or err), u))
+    end
+    if up then up:close() end
+    ureq.url = u
+    up, err = cpx.fetch(ureq)
+  end
+  return up, err
 end
 
 -- Gemini-style method suffix for the request.

@@ -58,7 +58,7 @@ local shared = cpx.shared -- absent in the busted module: a local table stands i
 
 local _M = {}
 
-local TYPES = { claude = true, codex = true }
+local TYPES = { claude = true, codex = true, gemini = true, ["gemini-cli"] = true, antigravity = true }
 local KEY = "refresh:"
 local EPOCH_KEY = "refresh:#epoch"
 -- A token that expires this soon is refreshed before it is sent.
@@ -128,6 +128,7 @@ local function docs()
   for _, c in ipairs(store.list()) do
     if TYPES[c.type] and not c.disabled then
       local ok, d = pcall(json.decode, c.text)
+      if ok then d = oauth.flat(d) end -- Gemini's nested token
       if ok and type(d) == "table" and d.disabled ~= true then
         out[c.name] = { doc = d, text = c.text, type = c.type }
       end
@@ -156,12 +157,12 @@ end
 -- What a caller saw of a document: a refresh is needed only while the
 -- file still says this.
 local function snapshot(doc)
-  return { access_token = doc.access_token, refresh_token = doc.refresh_token, expired = doc.expired }
+  return { access_token = doc.access_token, refresh_token = doc.refresh_token, expired = doc.expired or doc.expiry }
 end
 
 local function changed(doc, seen)
   return doc.access_token ~= seen.access_token or doc.refresh_token ~= seen.refresh_token
-    or doc.expired ~= seen.expired
+    or (doc.expired or doc.expiry) ~= seen.expired
 end
 
 -- ---- one refresh ----------------------------------------------------------
@@ -228,7 +229,7 @@ local function locked(cfg, file, seen, opts)
     cache.docs[file] = { doc = new, text = text, type = e.type }
   end
   put_state(file, { last_refresh = now, failures = 0, fp = fingerprint(text) })
-  log("info", format("refresh %s: new access token (expires %s)", file, tostring(new.expired or "?")))
+  log("info", format("refresh %s: new access token (expires %s)", file, tostring(new.expired or new.expiry or "?")))
   return new
 end
 

@@ -22,6 +22,7 @@ local ir = require("rt.ir")
 local catalog = require("rt.catalog")
 local cooldown = require("rt.cooldown")
 local oauth_refresh = require("rt.refresh")
+local oauth_flat = require("rt.oauth").flat
 
 local type = type
 local tonumber = tonumber
@@ -54,6 +55,9 @@ _M.KEY_KINDS = KEY_KINDS
 local CRED_TYPES = {
   codex = { provider = "codex", owner = "openai" },
   claude = { provider = "claude", owner = "anthropic" },
+  gemini = { provider = "gemini_cli", owner = "google", projects = true },
+  ["gemini-cli"] = { provider = "gemini_cli", owner = "google", projects = true }, -- the plugin's files
+  antigravity = { provider = "antigravity", owner = "google" },
 }
 _M.CRED_TYPES = CRED_TYPES
 
@@ -201,6 +205,24 @@ end
 
 local warned = {}
 
+-- { "a", "b" } -> "a,b" (other members ignored), nil when none
+local function join_strings(t)
+  if type(t) ~= "table" then return nil end
+  local out = {}
+  for _, v in ipairs(t) do
+    if nonempty(v) then out[#out + 1] = v end
+  end
+  return out[1] and concat(out, ",") or nil
+end
+
+-- "a, b,c" -> { "a", "b", "c" }
+local function project_list(s)
+  if not nonempty(s) then return nil end
+  local out = {}
+  for p in s:gmatch("[^,%s]+") do out[#out + 1] = p end
+  return out
+end
+
 -- oauth-endpoints.<type>.api-base-url: where that provider's OAuth
 -- accounts send inference (a mirror, a test upstream).
 local function oauth_base(cfg, ctype)
@@ -224,7 +246,8 @@ end
 local function from_credentials(reg, cfg, creds)
   for _, c in ipairs(creds or {}) do
     local kind = CRED_TYPES[c.type]
-    local doc = json_decode(c.text)
+    -- Gemini keeps its tokens in a nested `token` (rt.oauth.flat)
+    local doc = oauth_flat(json_decode(c.text))
     if not kind then
       if not warned[c.name] then
         warned[c.name] = true
@@ -253,26 +276,45 @@ local function from_credentials(reg, cfg, creds)
           note = doc.note,
           file = c.name,
           account_uuid = nonempty(doc.account_uuid),
+          -- Google accounts: v6's project_id (maybe a list), the plugin's project_ids
+          project_id = nonempty(doc.project_id)
+            or join_strings(doc.project_ids),
           cloak = cloak_of(doc),
         }
         local key = { ["api-key"] = token, ["proxy-url"] = entry["proxy-url"] }
         local priority = tonumber(doc.priority) or 0
-        local id = account(reg, {
-          id = "auth:" .. c.name, provider = kind.provider, priority = priority,
-          weight = tonumber(doc.weight) or 1, disable_cooling = doc.disable_cooling == true,
-          request_retry = tonumber(doc.request_retry),
-          -- invalid_grant at the last refresh: out of the pool until the
-          -- file changes (rt.refresh)
-          disabled = oauth_refresh.blocked(c.name, c.text) or nil,
-        })
         local excl = type(doc.excluded_models) == "table" and doc.excluded_models or nil
         local cexcl = cfg["oauth-excluded-models"] and cfg["oauth-excluded-models"][c.type]
-        for _, m in ipairs(catalog.for_provider(kind.provider)) do
-          if not excluded(excl, m.id) and not excluded(cexcl, m.id) then
-            for _, alias in ipairs(oauth_aliases(cfg, c.type, m.id)) do
-              register(reg, alias, { provider = kind.provider, entry = entry, key = key,
-                                     upstream_model = m.id, owner = kind.owner, account = id,
-                                     priority = priority, credential = c.name }, entry.prefix)
+        -- A Gemini CLI file naming several projects ("a,b,c", CLIProxyAPI's
+        -- multi-project login) is one account per project (its virtual
+        -- children), all on the file's token.
+        local variants = { { suffix = "", entry = entry } }
+        local plist = kind.projects and project_list(entry.project_id)
+        if plist and #plist > 1 then
+          variants = {}
+          for i, p in ipairs(plist) do
+            local e = {}
+            for k, v in pairs(entry) do e[k] = v end
+            e.project_id = p
+            variants[i] = { suffix = "#" .. p, entry = e }
+          end
+        end
+        for _, var in ipairs(variants) do
+          local id = account(reg, {
+            id = "auth:" .. c.name .. var.suffix, provider = kind.provider, priority = priority,
+            weight = tonumber(doc.weight) or 1, disable_cooling = doc.disable_cooling == true,
+            request_retry = tonumber(doc.request_retry),
+            -- invalid_grant at the last refresh: out of the pool until the
+            -- file changes (rt.refresh)
+            disabled = oauth_refresh.blocked(c.name, c.text) or nil,
+          })
+          for _, m in ipairs(catalog.for_provider(kind.provider)) do
+            if not excluded(excl, m.id) and not excluded(cexcl, m.id) then
+              for _, alias in ipairs(oauth_aliases(cfg, c.type, m.id)) do
+                register(reg, alias, { provider = kind.provider, entry = var.entry, key = key,
+                                       upstream_model = m.id, owner = kind.owner, account = id,
+                                       priority = priority, credential = c.name }, entry.prefix)
+              end
             end
           end
         end

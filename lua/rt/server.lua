@@ -15,7 +15,7 @@ local record = require("rt.record")
 local metrics = require("rt.metrics")
 
 local log = cpx.log
-local fetch = cpx.fetch
+local provider_util = require("rt.provider_util")
 local xpcall = xpcall
 local type = type
 local tostring = tostring
@@ -198,15 +198,21 @@ local function upstream_count(fmt, body, model, info)
     b.model = t.upstream_model
     b.stream = nil
   end
-  local ctx = { endpoint = "count_tokens", client_format = fmt, info = info, model = model }
+  local ctx = { endpoint = "count_tokens", client_format = fmt, info = info, model = model, config = app.config }
   local ureq = p.prepare(ctx, { entry = t.entry, key = t.key, upstream_model = t.upstream_model },
                          json.encode(b), false)
-  local up, err = fetch(ureq)
+  local up, err = provider_util.fetch(ureq, t.owner)
   if not up then
     log("warn", "count upstream failed:", err)
     return nil
   end
   local text = up:body()
+  -- A wrapped answer (Gemini CLI's {"response": ...}) is unwrapped as
+  -- the pipeline does.
+  if ctx.fixup_response and p.response_fixup and text and up:status() == 200 then
+    local d = json.decode(text)
+    if type(d) == "table" then text = json.encode(p.response_fixup(d, ctx) or d) end
+  end
   return up:status(), text, up:headers()
 end
 

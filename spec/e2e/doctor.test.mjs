@@ -93,7 +93,7 @@ test('problems: expired, disabled, unreadable and unsupported files, a closed up
     const r = await doctor(p);
     assert.equal(r.code, 1, r.out + r.err);
     assert.match(r.out, new RegExp(`error +port 127\\.0\\.0\\.1:${port} cannot be bound: Address already in use\\n +-> another process listens there`));
-    assert.match(r.out, /error +codex-b@example\.com-plus\.json \(b@example\.com\): access token expired 2 h ago .*last refresh 2026-01-01T00:00:00Z\)\n +-> /);
+    assert.match(r.out, /error +codex-b@example\.com-plus\.json \(b@example\.com\): access token expired 2 h ago .*last refresh 2026-01-01T00:00:00Z\)\n +-> no refresh token: log in again with `cliproxy login codex`/);
     assert.match(r.out, /warn +claude-off\.json: disabled/);
     // the credential store skips an unreadable file itself, with the reason
     assert.match(r.err, /claude-broken\.json skipped/);

@@ -1,6 +1,9 @@
 // Packaging: `cmake --install` gives a binary that finds its Lua modules and
 // rank files with no flags, from any directory; the systemd unit verifies;
-// the container builds where a container engine runs (skipped elsewhere).
+// the container builds where a container engine runs (skipped elsewhere), and
+// everywhere the Dockerfile's build stage is replayed without an engine: only
+// the files it COPYs, its own cmake commands, and the final stage's COPYs
+// checked against what that build installed.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
@@ -98,5 +101,98 @@ test('the container image builds and becomes healthy', T(900000), async (t) => {
   } finally {
     spawnSync('docker', ['rm', '-f', id]);
     spawnSync('docker', ['rmi', tag]);
+  }
+});
+
+// The Dockerfile as data: stages with their WORKDIR, COPY and RUN lines.
+function dockerStages(text) {
+  const lines = text.replace(/\\\n/g, ' ').split('\n').map((l) => l.trim()).filter((l) => l && !l.startsWith('#'));
+  const stages = [];
+  for (const l of lines) {
+    const m = l.match(/^(\w+)\s+(.*)$/);
+    if (!m) continue;
+    const [, op, arg] = [m[0], m[1].toUpperCase(), m[2]];
+    if (op === 'FROM') { stages.push({ from: arg, workdir: '/', copies: [], runs: [] }); continue; }
+    const st = stages.at(-1);
+    if (op === 'WORKDIR') st.workdir = arg;
+    if (op === 'RUN') st.runs.push(arg);
+    if (op === 'COPY') {
+      const parts = arg.split(/\s+/);
+      const from = parts[0].startsWith('--from=') ? parts.shift().slice(7) : null;
+      st.copies.push({ from, src: parts.slice(0, -1), dest: parts.at(-1) });
+    }
+  }
+  return stages;
+}
+
+test('the Dockerfile\'s build stage, replayed without an engine, installs everything the final stage copies', T(600000), () => {
+  const stages = dockerStages(fs.readFileSync(path.join(ROOT, 'Dockerfile'), 'utf8'));
+  assert.equal(stages.length, 2, 'a build stage and a runtime stage');
+  const [build, final] = stages;
+  const ctx = fs.mkdtempSync(path.join(os.tmpdir(), 'cpx-docker-'));
+  try {
+    const src = path.join(ctx, 'src');
+    fs.mkdirSync(src);
+    for (const c of build.copies) {
+      assert.equal(c.from, null);
+      for (const s of c.src) {
+        const to = c.dest.endsWith('/') ? path.join(src, c.dest, path.basename(s)) : path.join(src, c.dest);
+        fs.cpSync(path.join(ROOT, s), to, { recursive: true });
+      }
+    }
+    // The build stage's cmake commands as written, with the context in /src
+    // and the install tree in /out moved under the temporary directory.
+    const cmake = build.runs.find((r) => /^cmake\s/.test(r));
+    assert.ok(cmake, 'the build stage runs cmake');
+    const out = path.join(ctx, 'out');
+    const cmd = cmake.replaceAll('$(nproc)', '2').replace(/DESTDIR=\/out/g, `DESTDIR=${out}`);
+    const r = spawnSync('sh', ['-c', cmd], { cwd: src, encoding: 'utf8', maxBuffer: 64 << 20 });
+    assert.equal(r.status, 0, `${cmd}\n${(r.stdout + r.stderr).slice(-4000)}`);
+    // what the runtime stage takes from the build and from the context
+    for (const c of final.copies) {
+      for (const s of c.src) {
+        const p = c.from === 'build' ? path.join(ctx, s) : path.join(ROOT, s);
+        assert.ok(fs.existsSync(p), `COPY ${c.from ? '--from=' + c.from + ' ' : ''}${s}: missing`);
+      }
+    }
+    const share = path.join(out, 'usr/share/cliproxy');
+    for (const f of ['lua/rt/boot.lua', 'data/o200k_base.tiktoken', 'panel/management.html']) {
+      assert.ok(fs.existsSync(path.join(share, f)), `installed ${f}`);
+    }
+    // Every library the binary links directly comes from a package the
+    // runtime stage installs, or from one every Debian system has.
+    const bin = path.join(out, 'usr/bin/cliproxy');
+    const needed = [...spawnSync('objdump', ['-p', bin], { encoding: 'utf8' }).stdout
+      .matchAll(/NEEDED\s+(\S+)/g)].map((m) => m[1]);
+    assert.ok(needed.length > 3, 'objdump lists the libraries');
+    const where = new Map([...spawnSync('ldd', [bin], { encoding: 'utf8' }).stdout
+      .matchAll(/^\s*(\S+) => (\S+)/gm)].map((m) => [m[1], m[2]]));
+    const apt = final.runs.join(' ').match(/apt-get install ([^&]*)/)[1].split(/\s+/).filter((w) => w && !w.startsWith('-'));
+    // a base system: Essential packages, priority required, and what they depend on
+    const base = new Set();
+    for (const line of spawnSync('dpkg-query', ['-W', '-f=${Package}\t${Essential}\t${Priority}\t${Pre-Depends}, ${Depends}\n'],
+      { encoding: 'utf8', maxBuffer: 64 << 20 }).stdout.split('\n')) {
+      const [pkg, ess, prio, deps = ''] = line.split('\t');
+      if (ess !== 'yes' && prio !== 'required') continue;
+      base.add(pkg);
+      for (const d of deps.split(/[,|]/)) { const n = d.trim().split(/[\s:(]/)[0]; if (n) base.add(n); }
+    }
+    for (const lib of needed.filter((l) => !l.startsWith('ld-linux'))) { // the loader is libc6's
+      assert.ok(where.has(lib), `ldd does not resolve ${lib}`);
+      const real = fs.realpathSync(where.get(lib));
+      let owner = spawnSync('dpkg', ['-S', real], { encoding: 'utf8' });
+      if (owner.status !== 0) owner = spawnSync('dpkg', ['-S', real.replace(/^\/usr\/lib\//, '/lib/')], { encoding: 'utf8' });
+      assert.equal(owner.status, 0, `no package owns ${real}`);
+      const pkg = owner.stdout.split(':')[0];
+      assert.ok(apt.includes(pkg) || base.has(pkg), `${lib} is in ${pkg}, which the runtime stage does not install`);
+    }
+    // the image's default config passes the image's own binary's check
+    const env = { ...process.env };
+    delete env.CPX_LUA_DIR;
+    const check = spawnSync(path.join(out, 'usr/bin/cliproxy'),
+      ['check', '-config', path.join(ROOT, 'examples/deploy/config.container.yaml')], { env, encoding: 'utf8' });
+    assert.equal(check.status, 0, check.stdout + check.stderr);
+  } finally {
+    fs.rmSync(ctx, { recursive: true, force: true });
   }
 });

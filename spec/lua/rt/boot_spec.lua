@@ -39,7 +39,7 @@ describe("rt.boot.check_provider", function()
   end)
 
   it("accepts every built-in provider", function()
-    for _, name in ipairs({ "openai_compat", "claude", "gemini", "codex", "vertex" }) do
+    for _, name in ipairs({ "openai_compat", "claude", "gemini", "codex", "vertex", "gemini_cli", "antigravity" }) do
       assert.is_true(boot.check_provider(name, require("providers." .. name)))
     end
   end)

@@ -34,13 +34,20 @@ describe("rt.doctor.report", function()
       { name = "m.json", type = "claude", text = '{"access_token":"t","expired":"2026-12-09T10:00:00Z"}' },
       { name = "n.json", type = "claude", text = '{"refresh_token":"r"}' },
       { name = "q.json", type = "qwen", text = "{}" },
+      { name = "r.json", type = "codex",
+        text = '{"access_token":"t","refresh_token":"r","expired":"2026-12-07T09:00:00Z"}' },
     })
     assert.same({ "error", "no models are served" }, { checks[1][1], checks[1][2] })
     assert.same({ "warn", "a.json (e@x): access token expires in 30 min" }, { checks[2][1], checks[2][2] })
     assert.same({ "ok", "m.json: claude, valid for 2 days" }, { checks[3][1], checks[3][2] })
     assert.same({ "error", "n.json: no access_token" }, { checks[4][1], checks[4][2] })
     assert.same({ "warn", "q.json: type 'qwen' is not served yet; it is skipped" }, { checks[5][1], checks[5][2] })
-    assert.same({ "error", "z.json: access token expired 60 min ago (at 2026-12-07T09:00:00Z)" },
+    -- a refresh token means the proxy renews it; without one only a new login helps
+    assert.same({ "warn", "r.json: access token expired 60 min ago (at 2026-12-07T09:00:00Z)" },
                 { checks[6][1], checks[6][2] })
+    assert.matches("refreshes it with its refresh token", checks[6][3], 1, true)
+    assert.same({ "error", "z.json: access token expired 60 min ago (at 2026-12-07T09:00:00Z)" },
+                { checks[7][1], checks[7][2] })
+    assert.equal("no refresh token: log in again with `cliproxy login claude`", checks[7][3])
   end)
 end)

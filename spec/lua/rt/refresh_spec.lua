@@ -43,7 +43,7 @@ describe("rt.refresh.state", function()
       expired = oauth.format_time(exp), last_refresh = oauth.format_time(exp - 90000) })))
     assert(cpx.store.write("codex-b@example.com.json", cpx.json.encode({
       type = "codex", access_token = "at", email = "b@example.com" })))
-    assert(cpx.store.write("gemini-c.json", cpx.json.encode({ type = "gemini", access_token = "x" })))
+    assert(cpx.store.write("kimi-c.json", cpx.json.encode({ type = "kimi", access_token = "x" })))
     local st = refresh.state({})
     local a = st["claude-a@example.com.json"]
     assert.equal("claude", a.type)
@@ -56,7 +56,7 @@ describe("rt.refresh.state", function()
     -- no refresh token: nothing to schedule
     assert.is_nil(st["codex-b@example.com.json"].next_due)
     -- not an OAuth type refresh handles
-    assert.is_nil(st["gemini-c.json"])
+    assert.is_nil(st["kimi-c.json"])
   end)
 
   it("a file is not blocked without an invalid_grant on record", function()
