@@ -25,6 +25,7 @@
 #include "cpx_task.h"
 #include "cpx_tokens.h"
 #include "cpx_mgmt.h"
+#include "cpx_reqlog.h"
 #include "cpx_yaml.h"
 
 #define REG_PATHS "cpx.paths"
@@ -405,6 +406,8 @@ static void read_settings(lua_State *L, int idx, cpx_settings_t *s) {
   sc->lingering_max_bytes =
       (size_t)num_at(L, idx, "limits.lingering-max-bytes", 64.0 * 1024 * 1024);
   sc->max_connections = (size_t)num_at(L, idx, "limits.max-connections", 10000);
+  sc->max_connections_per_ip =
+      (size_t)num_at(L, idx, "limits.max-connections-per-ip", 0);
   s->tls_enable = bool_at(L, idx, "tls.enable");
   str_at(L, idx, "tls.cert", s->tls_cert, sizeof(s->tls_cert), "");
   str_at(L, idx, "tls.key", s->tls_key, sizeof(s->tls_key), "");
@@ -527,6 +530,7 @@ int cpx_vm_new(cpx_worker_t *w, const char *config_path, cpx_vm_t **out,
   cpx_mgmt_lua_register(L);
   cpx_usage_lua_register(L);
   cpx_panel_lua_register(L);
+  cpx_reqlog_lua_register(L);
   cpx_metrics_lua_register(L);
   cpx_otlp_lua_register(L);
   lua_pushlightuserdata(L, w);

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/time.h>
 
 #include <lauxlib.h>
 #include <lua.h>
@@ -245,6 +246,17 @@ static void render_family(char **b, size_t *n, size_t *cap, family_t *f) {
   }
 }
 
+/* When the process started (wall clock, seconds): set once by the first
+ * registration, which happens while the server starts, before it serves.
+ * Reloads register again and keep it. */
+static pthread_once_t start_once = PTHREAD_ONCE_INIT;
+static double process_start;
+static void set_start(void) {
+  struct timeval tv;
+  gettimeofday(&tv, NULL);
+  process_start = (double)tv.tv_sec + tv.tv_usec / 1e6;
+}
+
 /* cpx.metrics.render() -> text: every C-side family. */
 static int l_render(lua_State *L) {
   char *b = NULL;
@@ -255,6 +267,12 @@ static int l_render(lua_State *L) {
   for (int i = 0; i < NFAM; i++)
     render_family(&b, &n, &cap, &fams[i]);
   pthread_mutex_unlock(&mu);
+  put(&b, &n, &cap,
+      "# HELP process_start_time_seconds Start time of the process since "
+      "unix epoch in seconds.\n"
+      "# TYPE process_start_time_seconds gauge\n"
+      "process_start_time_seconds %.3f\n",
+      process_start);
   put(&b, &n, &cap,
       "# HELP cliproxy_requests_in_flight Client requests being answered.\n"
       "# TYPE cliproxy_requests_in_flight gauge\n"
@@ -306,6 +324,7 @@ static int l_reset(lua_State *L) {
 }
 
 void cpx_metrics_lua_register(lua_State *L) {
+  pthread_once(&start_once, set_start);
   static const luaL_Reg fns[] = {{"observe", l_observe},
                                  {"render", l_render},
                                  {"reset", l_reset},

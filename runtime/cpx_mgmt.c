@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <libgen.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -268,6 +269,7 @@ typedef struct {
   char *text; /* read: the file (malloc) */
   size_t textlen;
   int conflict;
+  int denied; /* the path is outside the allowed places */
 } mjob_t;
 
 enum { J_HASH, J_VERIFY, J_READ, J_WRITE, J_CLEAR_LOGS };
@@ -368,8 +370,67 @@ static void do_write(mjob_t *j) {
     file_sha(j->b, j->blen, j->sha);
 }
 
+/* ---- where read_file / write_file / clear_logs may go ------------------
+ * rt.management sets the places (auth-dir, the logs directory, config.yaml)
+ * at every load: a path is allowed when it is one of the files, or a plain
+ * name (not a symlink) directly inside one of the directories, both sides
+ * resolved with realpath in the threadpool. Until the first allow() call
+ * (busted, cliproxy check) every path is allowed. */
+#define MAX_ALLOWED 8
+static pthread_mutex_t allow_mu = PTHREAD_MUTEX_INITIALIZER;
+static char *allowed[MAX_ALLOWED];
+static int nallowed = -1; /* -1: never set */
+
+static int same_real(const char *a, const char *b) {
+  char ra[PATH_MAX], rb[PATH_MAX];
+  return realpath(a, ra) && realpath(b, rb) && strcmp(ra, rb) == 0;
+}
+
+static int path_allowed(const char *path, int is_dir) {
+  char dir[PATH_MAX];
+  const char *base;
+  int ok = 0;
+  struct stat st;
+  pthread_mutex_lock(&allow_mu);
+  if (nallowed < 0) {
+    pthread_mutex_unlock(&allow_mu);
+    return 1;
+  }
+  base = strrchr(path, '/');
+  if (base) {
+    size_t n = (size_t)(base - path);
+    if (n >= sizeof(dir))
+      n = sizeof(dir) - 1;
+    memcpy(dir, path, n);
+    dir[n ? n : 1] = '\0';
+    if (n == 0)
+      dir[0] = '/';
+    base++;
+  } else {
+    snprintf(dir, sizeof(dir), ".");
+    base = path;
+  }
+  for (int i = 0; i < nallowed && !ok; i++) {
+    if (same_real(path, allowed[i])) {
+      ok = 1; /* the file itself (config.yaml) or an allowed directory */
+    } else if (!is_dir && base[0] != '\0' && base[0] != '.' &&
+               same_real(dir, allowed[i])) {
+      /* a plain name inside an allowed directory, not a link out of it */
+      ok = lstat(path, &st) != 0 || !S_ISLNK(st.st_mode);
+    }
+  }
+  pthread_mutex_unlock(&allow_mu);
+  return ok;
+}
+
 static void job_work(cpx_lua_job_t *job) {
   mjob_t *j = cpx_container_of(job, mjob_t, job);
+  if ((j->kind == J_READ || j->kind == J_WRITE || j->kind == J_CLEAR_LOGS) &&
+      !path_allowed(j->a, j->kind == J_CLEAR_LOGS)) {
+    j->rc = CPX_EINVAL;
+    j->denied = 1;
+    return;
+  }
   switch (j->kind) {
   case J_HASH:
     j->rc = cpx_bcrypt_hash(j->a, j->alen, j->cost, j->out, sizeof(j->out));
@@ -393,6 +454,12 @@ static void job_work(cpx_lua_job_t *job) {
   }
 }
 
+static int push_denied(lua_State *L) {
+  lua_pushnil(L);
+  lua_pushliteral(L, "path not allowed");
+  return 2;
+}
+
 static int push_err(lua_State *L, int rc) {
   lua_pushnil(L);
   lua_pushstring(L, cpx_strerror(rc));
@@ -401,6 +468,8 @@ static int push_err(lua_State *L, int rc) {
 
 static int job_push(lua_State *L, cpx_lua_job_t *job) {
   mjob_t *j = cpx_container_of(job, mjob_t, job);
+  if (j->denied)
+    return push_denied(L);
   switch (j->kind) {
   case J_HASH:
     if (j->rc != 0)
@@ -551,6 +620,34 @@ static int l_clear_logs(lua_State *L) {
   return cpx_lua_await(L, &job_new(L, J_CLEAR_LOGS, 1, 0)->job);
 }
 
+/* cpx.mgmt.allow({path, ...}): the files and directories read_file,
+ * write_file and clear_logs may touch from now on, process-wide (every
+ * worker loads the same config; the latest load wins). At most 8. */
+static int l_allow(lua_State *L) {
+  char *v[MAX_ALLOWED];
+  int n = 0;
+  luaL_checktype(L, 1, LUA_TTABLE);
+  for (int i = 1; i <= MAX_ALLOWED; i++) {
+    size_t len;
+    const char *p;
+    lua_rawgeti(L, 1, i);
+    p = lua_tolstring(L, -1, &len);
+    if (p && len > 0)
+      v[n] = dup_bytes(p, len);
+    lua_pop(L, 1);
+    if (p && len > 0 && v[n])
+      n++;
+  }
+  pthread_mutex_lock(&allow_mu);
+  for (int i = 0; i < (nallowed > 0 ? nallowed : 0); i++)
+    free(allowed[i]);
+  for (int i = 0; i < n; i++)
+    allowed[i] = v[i];
+  nallowed = n;
+  pthread_mutex_unlock(&allow_mu);
+  return 0;
+}
+
 /* cpx.mgmt.banned(addr) -> seconds left | nil */
 static int l_banned(lua_State *L) {
   double left = cpx_mgmt_banned(luaL_checkstring(L, 1), mono_now());
@@ -612,6 +709,7 @@ void cpx_mgmt_lua_register(lua_State *L) {
                                  {"primary", l_primary},
                                  {"env_secret", l_env_secret},
                                  {"clear_logs", l_clear_logs},
+                                 {"allow", l_allow},
                                  {NULL, NULL}};
   uv_once(&once, init_once);
   lua_newtable(L);

@@ -45,8 +45,19 @@ struct cpx_conn_s {
   int close_when_flushed;
   int shutting_down;
   int timer_mode; /* what the running timer means: a CONN_* state or -1 */
+  struct cpx_ip_count_s *ip; /* its address's count (srv->ip_buckets) */
   char remote[64];
 };
+
+/* One client address's open connections (limits.max-connections-per-ip).
+ * Owned by the server's table; freed when the last one closes. */
+typedef struct cpx_ip_count_s {
+  struct cpx_ip_count_s *next;
+  uint8_t addr[16]; /* IPv4 in the first 4 bytes; IPv6 by its /64 */
+  size_t count;
+} cpx_ip_count_t;
+
+#define CPX_IP_BUCKETS 4096
 
 typedef struct {
   uv_write_t req;
@@ -62,6 +73,7 @@ static void conn_start_reading(cpx_conn_t *c);
 static void request_done(cpx_request_t *r);
 static void conn_timer_arm(cpx_conn_t *c, uint64_t ms, int mode);
 static void conn_linger_arm(cpx_conn_t *c);
+static void ip_release(cpx_server_t *srv, cpx_conn_t *c);
 
 const cpx_header_t cpx_json_headers[CPX_JSON_HEADERS_N] = {
     CPX_CORS_HEADERS, {CPX_STR("Content-Type"), CPX_STR("application/json")}};
@@ -836,6 +848,7 @@ static void conn_close(cpx_conn_t *c) {
   if (c->next)
     c->next->prev = c->prev;
   srv->nconns--;
+  ip_release(srv, c);
   if (r) {
     c->active = NULL;
     r->conn = NULL;
@@ -852,12 +865,88 @@ static void conn_close(cpx_conn_t *c) {
   uv_close((uv_handle_t *)&c->timer, on_conn_handle_closed);
 }
 
+/* The address a per-address count keys on: IPv4 as is (an IPv4-mapped
+ * IPv6 address too), IPv6 by its /64, since one host (or one customer of a
+ * provider) usually owns a whole /64 and could otherwise take a new
+ * address per connection. */
+static void ip_key(const struct sockaddr_storage *ss, uint8_t key[16]) {
+  memset(key, 0, 16);
+  if (ss->ss_family == AF_INET6) {
+    const uint8_t *a = ((const struct sockaddr_in6 *)ss)->sin6_addr.s6_addr;
+    static const uint8_t mapped[12] = {0, 0, 0, 0, 0,    0,
+                                       0, 0, 0, 0, 0xff, 0xff};
+    if (memcmp(a, mapped, 12) == 0) {
+      memcpy(key, a + 12, 4);
+    } else {
+      memcpy(key, a, 8);
+      key[15] = 6; /* never equal to an IPv4 key */
+    }
+  } else if (ss->ss_family == AF_INET) {
+    memcpy(key, &((const struct sockaddr_in *)ss)->sin_addr, 4);
+  }
+}
+
+static size_t ip_bucket(const uint8_t key[16]) {
+  uint64_t a, b;
+  memcpy(&a, key, 8);
+  memcpy(&b, key + 8, 8);
+  uint64_t h = (a ^ (b * 0x9E3779B97F4A7C15ull)) * 0xD6E8FEB86659FD93ull;
+  return (size_t)(h >> 40) & (CPX_IP_BUCKETS - 1);
+}
+
+/* Counts c against its address. Returns the address's count including c,
+ * or 0 when the table or an entry cannot be allocated (then c is not
+ * counted, and is not refused for it). */
+static size_t ip_acquire(cpx_server_t *srv, cpx_conn_t *c,
+                         const struct sockaddr_storage *ss) {
+  uint8_t key[16];
+  cpx_ip_count_t *e;
+  size_t b;
+
+  if (!srv->ip_buckets) {
+    srv->ip_buckets = calloc(CPX_IP_BUCKETS, sizeof(*srv->ip_buckets));
+    if (!srv->ip_buckets)
+      return 0;
+  }
+  ip_key(ss, key);
+  b = ip_bucket(key);
+  for (e = srv->ip_buckets[b]; e; e = e->next)
+    if (memcmp(e->addr, key, 16) == 0)
+      break;
+  if (!e) {
+    e = calloc(1, sizeof(*e));
+    if (!e)
+      return 0;
+    memcpy(e->addr, key, 16);
+    e->next = srv->ip_buckets[b];
+    srv->ip_buckets[b] = e;
+  }
+  e->count++;
+  c->ip = e;
+  return e->count;
+}
+
+static void ip_release(cpx_server_t *srv, cpx_conn_t *c) {
+  cpx_ip_count_t *e = c->ip, **pp;
+  if (!e)
+    return;
+  c->ip = NULL;
+  if (--e->count > 0)
+    return;
+  for (pp = &srv->ip_buckets[ip_bucket(e->addr)]; *pp; pp = &(*pp)->next)
+    if (*pp == e) {
+      *pp = e->next;
+      break;
+    }
+  free(e);
+}
+
 static void on_connection(uv_stream_t *server, int status) {
   cpx_server_t *srv = server->data;
   cpx_conn_t *c;
   struct sockaddr_storage ss;
   int namelen = sizeof(ss);
-  int over;
+  int over, over_ip = 0;
 
   if (status < 0) {
     cpx_log_warn(NULL, "accept failed: %s", uv_strerror(status));
@@ -880,6 +969,7 @@ static void on_connection(uv_stream_t *server, int status) {
     return;
   }
   uv_tcp_nodelay(&c->tcp, 1);
+  memset(&ss, 0, sizeof(ss));
   if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &namelen) == 0) {
     if (ss.ss_family == AF_INET6)
       uv_ip6_name((struct sockaddr_in6 *)&ss, c->remote, sizeof(c->remote));
@@ -899,8 +989,12 @@ static void on_connection(uv_stream_t *server, int status) {
     srv->conns->prev = c;
   srv->conns = c;
   srv->nconns++;
+  /* Counted (when the limit is on) before deciding, so that a refused
+   * connection, which lingers, still counts against its address. */
+  if (srv->cfg.max_connections_per_ip && ss.ss_family != 0)
+    over_ip = ip_acquire(srv, c, &ss) > srv->cfg.max_connections_per_ip;
   conn_start_reading(c);
-  if (over) {
+  if (over || over_ip) {
     /* Accepted only to say why: a 503 the client can read (lingering
      * close) beats a refused or reset connection it would retry at once.
      * Over TLS the answer would need a handshake first: just close. */
@@ -908,9 +1002,11 @@ static void on_connection(uv_stream_t *server, int status) {
     srv->over_unlogged++;
     if (now - srv->over_logged_ns >= 1000000000ull || !srv->over_logged_ns) {
       cpx_log_info(NULL,
-                   "503 | %s | rejected: too many connections (limit %zu; "
+                   "503 | %s | rejected: too many connections%s (limit %zu; "
                    "%lu refused since the last such line)",
-                   c->remote, (size_t)srv->cfg.max_connections,
+                   c->remote, over ? "" : " from this address",
+                   over ? (size_t)srv->cfg.max_connections
+                        : (size_t)srv->cfg.max_connections_per_ip,
                    srv->over_unlogged);
       srv->over_logged_ns = now;
       srv->over_unlogged = 0;
@@ -920,7 +1016,9 @@ static void on_connection(uv_stream_t *server, int status) {
     } else {
       uv_timer_stop(&c->timer);
       c->timer_mode = -1;
-      conn_error_write(c, 503, "too many connections");
+      conn_error_write(c, 503,
+                       over ? "too many connections"
+                            : "too many connections from this address");
     }
     return;
   }
@@ -1056,6 +1154,9 @@ void cpx_server_close(cpx_server_t *srv) {
   srv->closed = 1;
   while (srv->conns)
     conn_close(srv->conns);
+  /* Every connection released its address entry in conn_close. */
+  free(srv->ip_buckets);
+  srv->ip_buckets = NULL;
   if (srv->listener_open && !uv_is_closing((uv_handle_t *)&srv->listener))
     uv_close((uv_handle_t *)&srv->listener, noop_close);
   if (!uv_is_closing((uv_handle_t *)&srv->drain_timer))

@@ -46,6 +46,10 @@ typedef struct {
   /* Open connections per worker (per cpx_server_t) beyond which a new one
    * is answered 503 and closed; lingering ones count. 0 = no limit. */
   size_t max_connections; /* 10000 */
+  /* Open connections per worker from one client address (IPv4, or IPv6
+   * by its /64, which one host usually owns whole); one more is answered
+   * 503 and closed like max_connections. 0 = no limit (the default). */
+  size_t max_connections_per_ip; /* 0 */
   int reuse_port;
 } cpx_server_config_t;
 
@@ -103,6 +107,11 @@ struct cpx_server_s {
    * the count since the last line, so a flood cannot flood the log. */
   uint64_t over_logged_ns;
   unsigned long over_unlogged;
+  /* Open connections by client address, for max_connections_per_ip: a
+   * chained hash of entries owned here, one per address with a connection
+   * open (freed when its count drops to 0), so its size is bounded by
+   * nconns. Allocated on first use; freed by cpx_server_close. */
+  struct cpx_ip_count_s **ip_buckets;
   size_t active_requests;
   uint64_t next_rid;
   int listener_open; /* listener handle initialised (needs uv_close) */

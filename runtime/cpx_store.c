@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <uv.h>
@@ -343,13 +344,22 @@ static void stop_watch(cpx_store_t *s) {
 
 /* ---- open / close -------------------------------------------------------- */
 
+/* Temporaries left by a process killed mid-write. Only old ones: another
+ * process sharing the directory may be writing one right now, and deleting
+ * it would fail that write's rename (a lost token rotation). */
+#define STALE_TMP_SECONDS 60
+
 static void remove_stale_tmp(const char *dir) {
   DIR *d = opendir(dir);
   struct dirent *de;
+  struct stat st;
+  time_t now = time(NULL);
   if (!d)
     return;
   while ((de = readdir(d)))
-    if (is_our_tmp(de->d_name))
+    if (is_our_tmp(de->d_name) &&
+        fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+        now - st.st_mtime > STALE_TMP_SECONDS)
       unlinkat(dirfd(d), de->d_name, 0);
   closedir(d);
 }

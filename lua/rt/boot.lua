@@ -114,6 +114,7 @@ function _M.start(doc, lines, path)
   require("rt.usage").configure(app)
   require("rt.metrics").configure(app)
   require("rt.otel").configure(app)
+  require("rt.reqlog").configure(app)
   local banner = require("rt.banner")
   local doctor = require("rt.doctor")
   return { config = cfg, handle = server.handle,

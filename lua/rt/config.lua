@@ -219,6 +219,7 @@ local schema = map({
     ["lingering-timeout-seconds"] = num(5, 0.1),
     ["lingering-max-bytes"] = int(67108864, 0),
     ["max-connections"] = int(10000, 0),
+    ["max-connections-per-ip"] = int(0, 0),
     ["upstream-connect-timeout-seconds"] = num(10, 0.1),
     ["upstream-first-byte-timeout-seconds"] = num(300, 0.1),
     ["upstream-idle-timeout-seconds"] = num(300, 0.1),

@@ -2,6 +2,7 @@
 -- CLIProxyAPI sends them, JSON bodies, and errors in the client's format.
 local json = require("rt.json")
 local translators = require("translators")
+local record = require("rt.record")
 
 local type = type
 local pairs = pairs
@@ -40,6 +41,8 @@ end
 
 function _M.json(req, status, body, extra)
   local s = type(body) == "string" and body or json.encode(body)
+  local rec = record.of_req(req)
+  if rec then rec._response = s end -- [record] rt.reqlog's RESPONSE section
   return req:respond(status, _M.headers("application/json", extra), s)
 end
 

@@ -45,6 +45,7 @@ local OWN = { host = true, ["content-length"] = true, ["transfer-encoding"] = tr
 function _M.blocked(app)
   local cfg = app.config
   if cfg["fast-path"] == false then return "fast-path is off" end
+  if cfg["request-log"] == true then return "request-log is on" end
   local hooks = app.middleware and app.middleware.hooks
   if hooks and next(hooks) ~= nil then return "middleware hooks are configured" end
   if cfg.routing and cfg.routing["session-affinity"] == true then return "session affinity is on" end

@@ -10,22 +10,25 @@ local format = string.format
 
 local _M = {}
 
+-- After the exchange (also the management API's /antigravity-auth-url login).
+function _M.finish(f, args, io, lib, tokens)
+  local token = tokens.access_token
+  local email, err = gemini_login.email(f, io, lib, token)
+  if not email then return nil, err end
+  tokens.email = email
+  local project, perr = gemini_login.onboard(f, io, lib, token, lib.nonempty(args.project_id))
+  if project then
+    io.say(format("Using project %s", project))
+  else
+    -- CLIProxyAPI saves the login anyway; requests then go without a project
+    io.say(format("No Code Assist project (%s): the file is saved without project_id",
+                  tostring(perr or "none named")))
+  end
+  return lib.save(f, io, tokens, { email = email, project_id = project or "" })
+end
+
 function _M.run(f, args, io, lib)
-  return lib.code_flow(f, args, io, function(tokens)
-    local token = tokens.access_token
-    local email, err = gemini_login.email(f, io, lib, token)
-    if not email then return nil, err end
-    tokens.email = email
-    local project, perr = gemini_login.onboard(f, io, lib, token, lib.nonempty(args.project_id))
-    if project then
-      io.say(format("Using project %s", project))
-    else
-      -- CLIProxyAPI saves the login anyway; requests then go without a project
-      io.say(format("No Code Assist project (%s): the file is saved without project_id",
-                    tostring(perr or "none named")))
-    end
-    return lib.save(f, io, tokens, { email = email, project_id = project or "" })
-  end)
+  return lib.code_flow(f, args, io, function(tokens) return _M.finish(f, args, io, lib, tokens) end)
 end
 
 return _M

@@ -151,56 +151,61 @@ local function extra(email, project, auto, checked)
   return { email = email, project_id = project, auto = auto, checked = checked == true }
 end
 
-function _M.run(f, args, io, lib)
+-- After the exchange: the email, Code Assist and the project(s), the files.
+-- Also what the management API's /gemini-cli-auth-url login runs (with a
+-- server-side io: see rt.mgmt.oauth).
+function _M.finish(f, args, io, lib, tokens)
   local want = nonempty(args.project_id)
-  return lib.code_flow(f, args, io, function(tokens)
-    local token = tokens.access_token
-    local email, err = _M.email(f, io, lib, token)
-    if not email then return nil, err end
-    tokens.email = email
-    local list = {}
-    if want and want:lower() == "all" then
+  local token = tokens.access_token
+  local email, err = _M.email(f, io, lib, token)
+  if not email then return nil, err end
+  tokens.email = email
+  local list = {}
+  if want and want:lower() == "all" then
+    local all, perr = _M.projects(f, io, lib, token)
+    if not all then return nil, perr end
+    if #all == 0 then return nil, "the account has no active Google Cloud project to use with --project-id all" end
+    for i, p in ipairs(all) do list[i] = { id = p, auto = false } end
+  elseif want then
+    for p in want:gmatch("[^,%s]+") do list[#list + 1] = { id = p, auto = false } end
+  else
+    list[1] = { auto = true }
+  end
+  local saved = {}
+  for _, p in ipairs(list) do
+    local id, oerr = _M.onboard(f, io, lib, token, p.id)
+    if not id and oerr then return nil, oerr end
+    if not id then
+      -- no project from Code Assist: the account's first one
       local all, perr = _M.projects(f, io, lib, token)
       if not all then return nil, perr end
-      if #all == 0 then return nil, "the account has no active Google Cloud project to use with --project-id all" end
-      for i, p in ipairs(all) do list[i] = { id = p, auto = false } end
-    elseif want then
-      for p in want:gmatch("[^,%s]+") do list[#list + 1] = { id = p, auto = false } end
-    else
-      list[1] = { auto = true }
-    end
-    local saved = {}
-    for _, p in ipairs(list) do
-      local id, oerr = _M.onboard(f, io, lib, token, p.id)
-      if not id and oerr then return nil, oerr end
-      if not id then
-        -- no project from Code Assist: the account's first one
-        local all, perr = _M.projects(f, io, lib, token)
-        if not all then return nil, perr end
-        if #all == 0 then
-          return nil, "no project: Code Assist named none and the account has none (pass --project-id ID)"
-        end
-        id, oerr = _M.onboard(f, io, lib, token, all[1])
-        if not id then return nil, oerr end
+      if #all == 0 then
+        return nil, "no project: Code Assist named none and the account has none (pass --project-id ID)"
       end
-      io.say(format("Using project %s", id))
-      -- A project the user named is checked; a managed or automatic one
-      -- is Google's to set up (checked stays false, as in CLIProxyAPI's
-      -- files for those).
-      local checked = false
-      if not p.auto then
-        local ok, cerr = _M.check_api(f, io, lib, token, id)
-        if not ok then return nil, cerr end
-        checked = true
-      end
-      local info, serr = lib.save(f, io, tokens, extra(email, id, p.auto, checked))
-      if not info then return nil, serr end
-      saved[#saved + 1] = info
+      id, oerr = _M.onboard(f, io, lib, token, all[1])
+      if not id then return nil, oerr end
     end
-    local first = saved[1]
-    first.files = saved
-    return first
-  end)
+    io.say(format("Using project %s", id))
+    -- A project the user named is checked; a managed or automatic one
+    -- is Google's to set up (checked stays false, as in CLIProxyAPI's
+    -- files for those).
+    local checked = false
+    if not p.auto then
+      local ok, cerr = _M.check_api(f, io, lib, token, id)
+      if not ok then return nil, cerr end
+      checked = true
+    end
+    local info, serr = lib.save(f, io, tokens, extra(email, id, p.auto, checked))
+    if not info then return nil, serr end
+    saved[#saved + 1] = info
+  end
+  local first = saved[1]
+  first.files = saved
+  return first
+end
+
+function _M.run(f, args, io, lib)
+  return lib.code_flow(f, args, io, function(tokens) return _M.finish(f, args, io, lib, tokens) end)
 end
 
 return _M

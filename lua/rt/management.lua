@@ -48,7 +48,7 @@ local _M = {}
 
 -- Route modules mounted under /v0/management, in this order; append a
 -- name to add lua/rt/mgmt/<name>.lua.
-local MODULES = { "config", "keys", "auth_files", "api_call", "logs", "usage", "refresh" }
+local MODULES = { "config", "keys", "auth_files", "api_call", "logs", "reqlogs", "oauth", "system", "usage", "refresh" }
 _M.MODULES = MODULES
 
 local state = {
@@ -351,6 +351,14 @@ function _M.init(app)
   for _, name in ipairs(MODULES) do
     local ok, err = mount(name)
     if not ok then return nil, err end
+  end
+  -- The only places the management file calls may touch: config.yaml, the
+  -- credential directory and the logs directory (checked in C, resolved
+  -- with realpath, so ../ and symlinks out of them are refused).
+  if mgmt.allow then
+    local file = app.config._file or "config.yaml"
+    local auth = cpx.store and cpx.store.dir and cpx.store.dir() or app.config["auth-dir"]
+    mgmt.allow({ file, (file:match("^(.*)/[^/]*$") or ".") .. "/logs", auth })
   end
   return true
 end

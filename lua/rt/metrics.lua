@@ -10,6 +10,7 @@ local access = require("rt.access")
 local type = type
 local pairs = pairs
 local ipairs = ipairs
+local pcall = pcall
 local tostring = tostring
 local concat = table.concat
 local sort = table.sort
@@ -78,6 +79,27 @@ local function account_lines(app)
   return concat(out, "\n") .. "\n"
 end
 
+-- OAuth accounts whose refresh fails (rt.refresh.state): 1 for each
+-- credential file that needs a new login or has failed its last refresh.
+local function refresh_lines(app)
+  local ok, refresh = pcall(require, "rt.refresh")
+  local st = ok and type(refresh.state) == "function" and refresh.state(app.config) or {}
+  local files = {}
+  for f in pairs(st) do files[#files + 1] = f end
+  sort(files)
+  local out = {
+    "# HELP cliproxy_account_refresh_failing 1 when an OAuth account's last refresh failed or it needs a login.",
+    "# TYPE cliproxy_account_refresh_failing gauge",
+  }
+  for _, f in ipairs(files) do
+    local e = st[f]
+    local failing = e.needs_login or (e.failures or 0) > 0
+    out[#out + 1] = format('cliproxy_account_refresh_failing{account="%s",provider="%s"} %d', esc(f),
+      esc(e.type or ""), failing and 1 or 0)
+  end
+  return concat(out, "\n") .. "\n"
+end
+
 local function otel_lines()
   local st = cpx.otlp and cpx.otlp.stats() or {}
   return format("# HELP cliproxy_otel_spans_total Spans by what the OTLP sender did with them.\n"
@@ -87,7 +109,7 @@ local function otel_lines()
 end
 
 function _M.render(app)
-  return metrics_c.render() .. account_lines(app) .. otel_lines()
+  return metrics_c.render() .. account_lines(app) .. refresh_lines(app) .. otel_lines()
 end
 
 -- The route: 404 when off (as if absent), 401 without the configured key.

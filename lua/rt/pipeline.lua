@@ -13,6 +13,7 @@ local mw = require("rt.middleware")
 local translators = require("translators")
 local count = require("rt.count")
 local record = require("rt.record")
+local reqlog = require("rt.reqlog")
 local refresh = require("rt.refresh")
 
 local provider_util = require("rt.provider_util")
@@ -119,6 +120,17 @@ end
 -- The outcome of the attempt the C fast path made (rt.lane), as attempt()
 -- would have produced it.
 local function lane_outcome(app, ctx, lane, target, upfmt, actx)
+  -- [record] the C fast path made this attempt: the provider's prepare
+  -- gives its URL and headers (as rt.lane built them); its body was the
+  -- client's with the model set
+  local p = app.providers[target.provider]
+  local pok, u = pcall(p.prepare, actx, { entry = target.entry, key = target.key,
+                                          upstream_model = target.upstream_model }, "", ctx.stream)
+  u = pok and type(u) == "table" and u or {}
+  reqlog.attempt(record.of(ctx.info), {
+    method = "POST", url = u.url, headers = u.headers,
+    body = "(sent by the fast path: the client's body with model " .. tostring(target.upstream_model) .. ")",
+  }, lane.status, lane.headers, lane.body, lane.err or (lane.event and "stream could not be relayed") or nil)
   if lane.err then
     log("warn", "upstream", target.owner, "failed:", lane.err)
     return { err = lane.err, upfmt = upfmt, ctx = actx }
@@ -143,6 +155,7 @@ local function answer_error(req, fmt, out, ctx)
   local status, body, uh = out.status, out.body or "", out.headers or {}
   local extra = { ["Retry-After"] = uh["retry-after"] }
   if fmt == out.upfmt and json.decode(body) then
+    reqlog.response(record.of_req(req), body) -- [record]
     return req:respond(status, http.headers(uh["content-type"] or "application/json", extra), body)
   end
   local ok, cb, st = pcall(translators.error, fmt, out.upfmt, status, body, out.ctx or ctx)
@@ -294,6 +307,7 @@ function _M.infer(app, req, info, fmt, body, opts)
     local up, err = provider_util.fetch(ureq, target.owner)
     if not up then
       log("warn", "upstream", target.owner, "failed:", err)
+      reqlog.attempt(rec, ureq, nil, nil, nil, tostring(err)) -- [record]
       return { err = tostring(err), upfmt = upfmt, ctx = actx }
     end
     local status = up:status()
@@ -306,6 +320,7 @@ function _M.infer(app, req, info, fmt, body, opts)
     if status < 200 or status >= 300 then
       local eb = up:body()
       up:close()
+      reqlog.attempt(rec, ureq, status, headers, eb) -- [record]
       -- A provider may read an error answer as another status (Codex:
       -- "model at capacity" is a 429).
       if provider.error_status then status = provider.error_status(status, headers, eb) or status end
@@ -329,6 +344,7 @@ function _M.infer(app, req, info, fmt, body, opts)
         return { status = bad.status, headers = {}, body = bad.body, upfmt = upfmt, ctx = actx }
       end
     end
+    reqlog.attempt(rec, ureq, status, headers or (reqlog.all() and up:headers()) or nil) -- [record] body below
     return { ok = true, up = up, upfmt = upfmt, ctx = actx, passthrough = passthrough,
              provider = provider, upstream_stream = upstream_stream }
   end
@@ -406,6 +422,7 @@ function _M.infer(app, req, info, fmt, body, opts)
           mw.run(chain, "after", actx, r)
           mw.run(chain, "log", actx, r)
           rec.usage = record.usage_from_stream(upfmt, captured)
+          reqlog.upstream_body(rec, captured) -- [record] the stream's two ends
           record.finish(rec, 200, e)
           if e then return codec.stream_error({ status = 502, type = "server_error", message = e }, {}, actx) end
         end,
@@ -459,6 +476,7 @@ function _M.infer(app, req, info, fmt, body, opts)
   end
 
   local rb, berr = up:body()
+  reqlog.upstream_body(rec, rb) -- [record]
   if not rb then
     if req:closed() then return end
     return http.error(req, fmt, 502, "upstream body failed: " .. tostring(berr), "server_error", "upstream_error")
@@ -479,6 +497,7 @@ function _M.infer(app, req, info, fmt, body, opts)
       mw.run(chain, "after", actx, { status = 200, body = decoded })
       return http.json(req, 200, decoded)
     end
+    reqlog.response(rec, rb) -- [record]
     return req:respond(200, http.headers(up:headers()["content-type"] or "application/json"), rb)
   end
   if type(decoded) ~= "table" then

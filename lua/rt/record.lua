@@ -154,7 +154,7 @@ function _M.begin(info, client_format, key)
   local rec = {
     id = cpx.uuid(), request_id = info.id, time = now(), method = info.method, endpoint = info.path,
     client_format = client_format, stream = false, client_key = key_label(key), path = "lua",
-    attempts = 0, _t0 = monotonic(),
+    attempts = 0, _t0 = monotonic(), _info = info, -- _info: rt.reqlog's request section
   }
   open[info] = rec
   return rec
@@ -162,6 +162,15 @@ end
 
 function _M.of(info)
   return info and open[info]
+end
+
+-- The request object's record (rt.http notes the body a client got).
+local by_req = setmetatable({}, { __mode = "k" })
+function _M.bind(req, rec)
+  by_req[req] = rec
+end
+function _M.of_req(req)
+  return by_req[req]
 end
 
 -- Milliseconds since the record began (for ttft_ms).

@@ -305,6 +305,14 @@ local routes = {
   ["GET /management.html"] = { panel_file, public = true },
   ["HEAD /management.html"] = { panel_file, public = true },
 }
+-- The OAuth starters' callbacks on the main port (rt.mgmt.oauth): the
+-- browser's redirect comes without a key; only a state a starter handed out
+-- is acted on.
+do
+  local mgmt_oauth = require("rt.mgmt.oauth")
+  local function oauth_callback(req, info) return mgmt_oauth.callback(app, req, info) end
+  for _, p in ipairs(mgmt_oauth.callback_paths()) do routes["GET " .. p] = { oauth_callback, public = true } end
+end
 _M.routes = routes
 
 -- cpx_errbody_format (runtime/cpx_errbody.c) makes this decision for the
@@ -363,6 +371,7 @@ end
 -- format naming the script and line; the traceback goes to the log.
 function _M.handle(req, info)
   local rec = record.begin(info, format_for_path(info.path), nil) -- [record]
+  record.bind(req, rec)
   local ok, err = xpcall(dispatch, on_error, req, info)
   lane.refresh(app)
   -- [record] a stream finishes its record when it ends (rt.pipeline)

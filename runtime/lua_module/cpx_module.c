@@ -4,6 +4,7 @@
 
 #include "cpx_lua_util.h"
 #include "cpx_mgmt.h"
+#include "cpx_reqlog.h"
 #include "cpx_pool.h"
 #include "cpx_tokens.h"
 #include "cpx_yaml.h"
@@ -18,6 +19,7 @@ int luaopen_cpx(lua_State *L) {
   cpx_pool_lua_register(L);
   cpx_yaml_lua_register(L);
   cpx_mgmt_lua_register(L);
+  cpx_reqlog_lua_register(L);
   cpx_usage_lua_register(L);
   cpx_metrics_lua_register(L);
   cpx_otlp_lua_register(L);

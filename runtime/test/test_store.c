@@ -57,6 +57,14 @@ static void test_load(void) {
   put("notes.txt", "not a credential", 0600);
   put(".hidden.json", "{}", 0600);
   put(".x.json.tmp.abcdef", "stale", 0600);
+  put(".y.json.tmp.ghijkl", "another process is writing", 0600);
+  {
+    /* left by a process killed two minutes ago */
+    char p[512];
+    struct timespec old[2] = {{time(NULL) - 120, 0}, {time(NULL) - 120, 0}};
+    snprintf(p, sizeof(p), "%s/.x.json.tmp.abcdef", dir);
+    CPX_CHECK_INT(utimensat(AT_FDCWD, p, old, 0), 0);
+  }
   CPX_CHECK_INT(cpx_store_open(&s, dir, 0, on_report, NULL), 0);
   CPX_CHECK_INT(cpx_store_snapshot(s, &e, &n), 0);
   CPX_CHECK_INT(n, 2);
@@ -80,6 +88,9 @@ static void test_load(void) {
     char p[512];
     snprintf(p, sizeof(p), "%s/.x.json.tmp.abcdef", dir);
     CPX_CHECK(access(p, F_OK) != 0);
+    /* a fresh one may be another process's write in flight: kept */
+    snprintf(p, sizeof(p), "%s/.y.json.tmp.ghijkl", dir);
+    CPX_CHECK(access(p, F_OK) == 0);
   }
   /* A rescan with nothing changed reports nothing again. */
   reported[0] = '\0';

@@ -737,3 +737,40 @@ test('cooldown: a 429 with RetryInfo cools that Gemini CLI account; its requests
   // for the hour Google named
   assert.equal(mock.limited.length, 1, `429 answers: ${mock.limited.length}`);
 });
+
+test('management API: /gemini-cli-auth-url and /antigravity-auth-url logins run the same steps as cliproxy login, the redirect pasted to /oauth-callback', T(), async () => {
+  const d = fs.mkdtempSync(path.join(os.tmpdir(), 'cpx-google-mgmt-'));
+  const p = await startProxy({ extra: { 'auth-dir': d, 'oauth-endpoints': endpoints(),
+    'remote-management': { 'secret-key': 'mgmt-key-google' } } });
+  const api = (route, init = {}) => fetch(`${p.url}/v0/management${route}`,
+    { ...init, headers: { Authorization: 'Bearer mgmt-key-google', 'Content-Type': 'application/json' } });
+  try {
+    for (const [route, provider, email] of [['gemini-cli', 'gemini', 'g@example.com'], ['antigravity', 'antigravity', 'a@example.com']]) {
+      const start = await (await api(`/${route}-auth-url?is_webui=true`)).json();
+      assert.equal(start.status, 'ok', JSON.stringify(start));
+      const q = new URL(start.url).searchParams;
+      assert.equal(CLIENTS[q.get('client_id')].name, provider);
+      assert.equal(q.get('state'), start.state);
+      assert.equal((await (await api(`/get-auth-status?state=${start.state}`)).json()).status, 'wait');
+      const code = `code-${crypto.randomBytes(6).toString('hex')}`;
+      mock.grants.set(code, { challenge: q.get('code_challenge'), redirect_uri: q.get('redirect_uri'), client: provider });
+      const cb = await api('/oauth-callback', { method: 'POST', body: JSON.stringify({ provider: route,
+        redirect_url: `${q.get('redirect_uri')}?code=${code}&state=${start.state}` }) });
+      const cbBody = await cb.json();
+      assert.equal(cb.status, 200, `${JSON.stringify(cbBody)}\nmock: ${mock.failures.join('; ')}`);
+      const st = await (await api(`/get-auth-status?state=${start.state}`)).json();
+      assert.equal(st.status, 'ok');
+      assert.equal(st.file, cbBody.file);
+      assert.ok(st.file.startsWith(`${provider}-${email}`), st.file);
+      const { mode, doc } = readCred(d, st.file);
+      assert.equal(mode, 0o600);
+      assert.equal(doc.type, provider);
+      assert.equal(doc.email, email); // the userinfo step ran
+      assert.ok(doc.project_id, 'the Code Assist step gave a project');
+    }
+    assert.doesNotMatch(p.stdout() + p.stderr(), /ACCESS-|REFRESH-|code-[0-9a-f]{12}|GOCSPX/);
+  } finally {
+    await p.stop();
+    fs.rmSync(d, { recursive: true, force: true });
+  }
+});

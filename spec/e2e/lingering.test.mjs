@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import net from 'node:net';
 
 import { startProxy } from './lib/proxy.mjs';
-import { connect, parseResponse } from './lib/raw_http.mjs';
+import { assertAnswer, connect, eager, parseResponse } from './lib/raw_http.mjs';
 
 const LINGER_TIMEOUT_S = 0.5;
 const LINGER_TIME_S = 3;
@@ -30,39 +30,6 @@ after(async () => {
   assert.equal(a?.signal ?? null, null, 'the server was not killed by a signal');
   assert.equal(b?.signal ?? null, null, 'the server was not killed by a signal');
 });
-
-// Writes all of `bytes` in one go without waiting for an answer, collects
-// what comes back until the connection closes. Resolves { data, error }.
-function eager(port, bytes, ms = 20000) {
-  return new Promise((resolve) => {
-    const s = net.connect(port, '127.0.0.1');
-    const chunks = [];
-    let error = null;
-    let settled = false;
-    const done = () => {
-      if (settled) return;
-      settled = true;
-      s.destroy();
-      resolve({ data: Buffer.concat(chunks), error });
-    };
-    s.on('data', (d) => chunks.push(d));
-    s.on('error', (e) => { error = e.code || String(e); done(); });
-    s.on('close', done);
-    s.setTimeout(ms, () => { error = 'timeout'; done(); });
-    s.write(bytes, () => s.end());
-  });
-}
-
-function assertAnswer({ data, error }, status, what) {
-  assert.equal(error, null, `${what}: no reset (${error}) after ${data.length} bytes`);
-  const r = parseResponse(data, { eof: true });
-  assert.ok(r, `${what}: a complete answer, got ${JSON.stringify(data.toString('latin1').slice(0, 200))}`);
-  assert.equal(r.status, status, what);
-  assert.equal(r.headers.connection, 'close', what);
-  const body = JSON.parse(r.body.toString());
-  assert.equal(typeof body.error.message, 'string', what);
-  return body;
-}
 
 const MB = 1024 * 1024;
 const big = Buffer.alloc(42 * MB, 'x');
@@ -166,13 +133,13 @@ test('max-connections 4: the 5th connection gets 503 and a close; after one clos
     await healthzOn(c); // accepted and counted, now idle keep-alive
     open.push(c);
   }
-  const fifth = await eager(capped.port, Buffer.from('GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n'), 5000);
+  const fifth = await eager(capped.port, Buffer.from('GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n'), { ms: 5000 });
   const body = assertAnswer(fifth, 503, '5th connection');
   assert.match(body.error.message, /too many connections/);
   assert.equal(body.error.type, 'server_error');
   // A burst of refusals is logged at most once a second, with a count.
   const before = (capped.stderr().match(/too many connections/g) || []).length;
-  for (let i = 0; i < 20; i++) assertAnswer(await eager(capped.port, Buffer.from('GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n'), 5000), 503, `burst #${i}`);
+  for (let i = 0; i < 20; i++) assertAnswer(await eager(capped.port, Buffer.from('GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n'), { ms: 5000 }), 503, `burst #${i}`);
   await new Promise((res) => setTimeout(res, 300)); // the log is flushed every 100 ms
   const lines = (capped.stderr().match(/too many connections/g) || []).length - before;
   assert.ok(lines <= 2, `${lines} log lines for 20 refusals`);
@@ -184,7 +151,7 @@ test('max-connections 4: the 5th connection gets 503 and a close; after one clos
   let served = null;
   const deadline = performance.now() + 2000;
   while (!served && performance.now() < deadline) {
-    const r = await eager(capped.port, Buffer.from('GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n'), 3000);
+    const r = await eager(capped.port, Buffer.from('GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n'), { ms: 3000 });
     const p = parseResponse(r.data, { eof: true });
     if (p?.status === 200) served = p;
     else await new Promise((res) => setTimeout(res, 50));

@@ -11,6 +11,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { spawnSync } from 'node:child_process';
+import crypto from 'node:crypto';
+import http from 'node:http';
 
 import { startMock } from './lib/mock_upstream.mjs';
 import { startProxy, BIN, freePort, healthz } from './lib/proxy.mjs';
@@ -35,7 +37,41 @@ if (!fs.existsSync(CHROMIUM)) {
 }
 if (skip) console.log(`# panel tests skipped: ${skip}`);
 
-let mock, proxy, browser;
+let mock, proxy, browser, oauthMock;
+
+// A mock OAuth token endpoint for the login started from the accounts page:
+// it issues codes bound to the authorize URL's challenge and redirect URI
+// (approve) and exchanges them once, checking the PKCE verifier.
+const grants = new Map();
+function approve(authUrl) {
+  const q = new URL(authUrl).searchParams;
+  const code = `panel-code-${crypto.randomBytes(6).toString('hex')}`;
+  grants.set(code, { challenge: q.get('code_challenge'), redirect_uri: q.get('redirect_uri') });
+  return code;
+}
+async function startOAuthMock() {
+  const server = http.createServer((req, res) => {
+    let raw = '';
+    req.on('data', (c) => { raw += c; });
+    req.on('end', () => {
+      let body = {};
+      try { body = JSON.parse(raw); } catch { /* refused below */ }
+      const g = grants.get(body.code);
+      const ok = g && body.redirect_uri === g.redirect_uri
+        && crypto.createHash('sha256').update(body.code_verifier || '').digest('base64url') === g.challenge;
+      if (g) grants.delete(body.code);
+      const out = ok
+        ? { token_type: 'Bearer', access_token: 'sk-ant-oat01-PANEL-OAUTH', refresh_token: 'sk-ant-ort01-PANEL-OAUTH',
+          expires_in: 28800, account: { uuid: 'acc-p', email_address: 'oauth-panel@example.com' } }
+        : { error: 'invalid_grant' };
+      const text = JSON.stringify(out);
+      res.writeHead(ok ? 200 : 400, { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(text) });
+      res.end(text);
+    });
+  });
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  return { url: `http://127.0.0.1:${server.address().port}`, close: () => new Promise((r) => server.close(r)) };
+}
 
 // What the management API answers for a route, straight, without the panel.
 async function mgmt(route, opts = {}) {
@@ -93,11 +129,13 @@ before(async () => {
   if (skip) return;
   mock = await startMock({ models: ['up-model'] });
   mock.reply({ text: 'hello from the mock', usage: { input: 11, output: 7 } });
+  oauthMock = await startOAuthMock();
   proxy = await startProxy({
     apiKeys: [CLIENT_KEY],
     openaiCompat: [{ name: 'mock', baseUrl: `${mock.url}/v1`, keys: ['up-key-a'], models: [{ name: 'up-model', alias: 'panel-model' }] }],
     extra: { 'remote-management': { 'secret-key': SECRET }, 'usage-statistics-enabled': true, metrics: { enabled: true },
-      'logging-to-file': true },
+      'logging-to-file': true,
+      'oauth-endpoints': { claude: { 'auth-url': 'https://claude.example/oauth/authorize', 'token-url': `${oauthMock.url}/claude/token` } } },
   });
   browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox', '--disable-gpu'] });
 });
@@ -106,6 +144,7 @@ after(async () => {
   if (browser) await browser.close();
   if (proxy) await proxy.stop();
   if (mock) await mock.close();
+  if (oauthMock) await oauthMock.close();
 });
 
 test('static files: types, ETag revalidation, a strict CSP, nothing outside panel/', { skip, ...T() }, async () => {
@@ -593,6 +632,72 @@ test('the installed binary serves the panel from <prefix>/share/cliproxy/panel',
   } finally {
     fs.rmSync(prefix, { recursive: true, force: true });
   }
+});
+
+test('accounts: an OAuth login started on the page, followed to the saved file', { skip, ...T(60000) }, async () => {
+  const page = await newPage();
+  await signIn(page);
+  await page.waitForSelector('#d-health.ok');
+  await page.goto(`${proxy.url}/management.html#/accounts`);
+  await page.selectOption('#a-login-provider', 'anthropic');
+  await page.click('#a-login-start');
+  const link = await page.waitForSelector('#a-login-url');
+  const authUrl = await link.getAttribute('href');
+  assert.equal(new URL(authUrl).searchParams.get('redirect_uri'), 'http://localhost:54545/callback');
+  assert.match(await page.textContent('#a-login-status'), /Waiting/);
+  // the user approves at the provider; the browser follows the redirect to
+  // cliproxy's callback (where the fixed-port forwarder sends it)
+  const state = new URL(authUrl).searchParams.get('state');
+  const tab = await page.context().newPage();
+  await tab.goto(`${proxy.url}/anthropic/callback?code=${approve(authUrl)}&state=${encodeURIComponent(state)}`);
+  assert.match(await tab.textContent('h1'), /Login successful/);
+  await tab.close();
+  await page.waitForFunction(() => /Login complete: saved claude-oauth-panel@example.com.json/
+    .test(document.querySelector('#a-login-status').textContent), null, { timeout: 20000 });
+  await page.locator('#a-list tr', { hasText: 'claude-oauth-panel@example.com.json' }).waitFor();
+  const file = path.join(proxy.dir, 'auths', 'claude-oauth-panel@example.com.json');
+  assert.equal(fs.statSync(file).mode & 0o777, 0o600);
+  assert.equal(JSON.parse(fs.readFileSync(file, 'utf8')).access_token, 'sk-ant-oat01-PANEL-OAUTH');
+  await shot(page, 'accounts-oauth-login');
+  assert.deepEqual(page.problems, []);
+  await page.context().close();
+  assert.equal((await mgmt('/auth-files?name=claude-oauth-panel@example.com.json', { method: 'DELETE' })).status, 200);
+});
+
+test('logs: the failed-request logs are listed and one opens, by file and by request id', { skip, ...T(60000) }, async () => {
+  mock.once({ error: { status: 400, message: 'panel bad request' } });
+  assert.equal(await chat('panel-model', 'this request fails for the panel'), 400);
+  const listed = await (async () => {
+    for (;;) {
+      const l = (await mgmt('/request-error-logs')).json.files;
+      const f = l.find((x) => /^error-v1-chat-completions-/.test(x.name));
+      if (f) return f;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  })();
+  const id = listed.name.match(/-([0-9a-f]{8})\.log$/)[1];
+  const page = await newPage();
+  await signIn(page);
+  await page.waitForSelector('#d-health.ok');
+  // the dashboard's uptime comes from /metrics' process_start_time_seconds
+  await page.waitForFunction(() => document.querySelector('#d-uptime').textContent.trim() !== ''
+    && !/not reported/.test(document.querySelector('#d-uptime').textContent));
+  await page.goto(`${proxy.url}/management.html#/logs`);
+  const btn = page.locator('#l-errors button', { hasText: listed.name });
+  await btn.waitFor();
+  await btn.click();
+  await page.waitForFunction(() => /=== REQUEST INFO ===/.test(document.querySelector('#l-request-text')?.textContent || ''));
+  assert.match(await page.textContent('#l-request-text'), /this request fails for the panel/);
+  await page.fill('#l-open-id', id);
+  await page.press('#l-open-id', 'Enter');
+  await page.waitForFunction((rid) => new RegExp(`Request ID: ${rid}`).test(document.querySelector('#l-request-text')?.textContent || '')
+    && /Request [0-9a-f]{8}/.test(document.querySelector('#l-request h2').textContent), id);
+  const text = await page.textContent('#l-request-text');
+  assert.ok(!text.includes(CLIENT_KEY) && !text.includes('up-key-a'), 'keys redacted in the page');
+  await shot(page, 'logs-request-log');
+  assert.deepEqual(page.problems, []);
+  await page.context().close();
+  await mgmt('/reset-cooldown', { method: 'POST', body: '{}' });
 });
 
 // Last: a clean stop (under ASan a leak or a memory error makes this fail).

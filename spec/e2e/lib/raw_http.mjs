@@ -1,7 +1,9 @@
 // Raw HTTP/1.1 over a TCP socket, for the inputs the SDKs cannot produce
 // (oversized headers, clients that stop reading, pipelines on one connection).
 
+import assert from 'node:assert/strict';
 import net from 'node:net';
+import tls from 'node:tls';
 
 // Parses one response from the start of buf. Returns { status, reason, headers,
 // body, length } (length = bytes consumed) or null when it is incomplete.
@@ -100,4 +102,43 @@ export function chatRequest({ body, key, path = '/v1/chat/completions', extraHea
   return `POST ${path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n` +
     (key ? `Authorization: Bearer ${key}\r\n` : '') + extraHeaders +
     `Content-Length: ${b.length}\r\n\r\n${b.toString('utf8')}`;
+}
+
+// Writes all of `bytes` at once on a new connection without waiting for an
+// answer (as curl sends a body), then collects what comes back until the
+// connection closes. secure: over TLS (any certificate); localAddress: the
+// client's source address. Resolves { data, error } (error: a reset's code,
+// 'timeout' or null).
+export function eager(port, bytes, { ms = 20000, localAddress, secure = false } = {}) {
+  return new Promise((resolve) => {
+    const opts = { port, host: '127.0.0.1', localAddress };
+    const s = secure ? tls.connect({ ...opts, rejectUnauthorized: false, servername: 'localhost' }) : net.connect(opts);
+    const chunks = [];
+    let error = null;
+    let settled = false;
+    const done = () => {
+      if (settled) return;
+      settled = true;
+      s.destroy();
+      resolve({ data: Buffer.concat(chunks), error });
+    };
+    s.on('data', (d) => chunks.push(d));
+    s.on('error', (e) => { error = e.code || String(e); done(); });
+    s.on('close', done);
+    s.setTimeout(ms, () => { error = 'timeout'; done(); });
+    s.once(secure ? 'secureConnect' : 'connect', () => s.write(bytes, () => s.end()));
+  });
+}
+
+// Asserts that an eager() exchange read a complete error answer with this
+// status and Connection: close, no reset. Returns the parsed JSON body.
+export function assertAnswer({ data, error }, status, what) {
+  assert.equal(error, null, `${what}: no reset (${error}) after ${data.length} bytes`);
+  const r = parseResponse(data, { eof: true });
+  assert.ok(r, `${what}: a complete answer, got ${JSON.stringify(data.toString('latin1').slice(0, 200))}`);
+  assert.equal(r.status, status, what);
+  assert.equal(r.headers.connection, 'close', what);
+  const body = JSON.parse(r.body.toString());
+  assert.equal(typeof body.error.message, 'string', what);
+  return body;
 }

@@ -29,6 +29,8 @@ local cases = {
   { name = "limits water marks", doc = { limits = { ["write-buffer-low-bytes"] = 300000 } },
     err = "write%-buffer%-low%-bytes: must be below" },
   { name = "workers zero", doc = { workers = 0 }, err = "workers: must be at least 1" },
+  { name = "max-connections-per-ip negative", doc = { limits = { ["max-connections-per-ip"] = -1 } },
+    err = "limits%.max%-connections%-per%-ip: must be at least 0, got %-1" },
   { name = "a cloak mode out of the list",
     doc = { ["claude-api-key"] = A({ { ["api-key"] = "k", cloak = { mode = "sometimes" } } }) },
     lines = { ["claude-api-key.1.cloak.mode"] = 12 },
@@ -71,6 +73,7 @@ describe("rt.config.validate", function()
     assert.are.equal("round-robin", cfg.routing.strategy)
     assert.are.equal(65536, cfg.limits["max-header-bytes"])
     assert.are.equal(33554432, cfg.limits["max-body-bytes"])
+    assert.are.equal(0, cfg.limits["max-connections-per-ip"]) -- off
     assert.are.equal(1, cfg.workers)
     assert.is_true(json.is_array(cfg["api-keys"]))
     assert.are.equal("[]", json.encode(cfg["api-keys"]))

@@ -1,0 +1,151 @@
+// Issue 15: limits.max-connections-per-ip, and lingering close over TLS.
+// - Connections from one address beyond max-connections-per-ip get a 503
+//   and a close while another address is still served; a freed slot is
+//   reused. The clients bind 127.0.0.3 and 127.0.0.2 (loopback aliases on
+//   Linux), so the harness's own connections from 127.0.0.1 do not count.
+// - Over TLS, a 42 MB body sent eagerly gets a complete 413 (no reset) and
+//   a client that keeps sending is cut after the lingering limits.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import tls from 'node:tls';
+
+import { startProxy, buildConfig, freePort, BIN, ROOT } from './lib/proxy.mjs';
+import { assertAnswer, eager, parseResponse } from './lib/raw_http.mjs';
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const PER_IP = 3;
+
+let capped;
+before(async () => {
+  capped = await startProxy({ extra: { limits: { 'max-connections-per-ip': PER_IP } } });
+});
+after(async () => {
+  const r = await capped?.stop();
+  assert.equal(r?.signal ?? null, null, 'the server was not killed by a signal');
+});
+
+// A keep-alive connection from localAddress that answers one /healthz.
+function keepAlive(port, localAddress) {
+  return new Promise((resolve, reject) => {
+    const sock = net.connect({ port, host: '127.0.0.1', localAddress });
+    let buf = Buffer.alloc(0);
+    let waiter = null;
+    sock.on('data', (d) => {
+      buf = Buffer.concat([buf, d]);
+      const r = parseResponse(buf);
+      if (r && waiter) { buf = Buffer.alloc(0); const w = waiter; waiter = null; w(r); }
+    });
+    sock.on('close', () => { if (waiter) { const w = waiter; waiter = null; w(parseResponse(buf, { eof: true })); } });
+    sock.once('error', reject);
+    sock.once('connect', () => resolve({
+      sock,
+      healthz() {
+        return new Promise((res) => { waiter = res; sock.write('GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n'); });
+      },
+    }));
+  });
+}
+
+const HEALTHZ = Buffer.from('GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n');
+
+test(`max-connections-per-ip ${PER_IP}: the next connection from 127.0.0.3 gets 503, 127.0.0.2 is still served`, { timeout: 30000 }, async () => {
+  const open = [];
+  for (let i = 0; i < PER_IP; i++) {
+    const c = await keepAlive(capped.port, '127.0.0.3');
+    assert.equal((await c.healthz()).status, 200);
+    open.push(c);
+  }
+  for (let i = 0; i < 5; i++) {
+    const body = assertAnswer(await eager(capped.port, HEALTHZ, { localAddress: '127.0.0.3', ms: 5000 }), 503, `127.0.0.3 #${i}`);
+    assert.equal(body.error.message, 'too many connections from this address');
+    assert.equal(body.error.type, 'server_error');
+  }
+  // Another address is counted on its own: PER_IP at once are served.
+  const other = [];
+  for (let i = 0; i < PER_IP; i++) {
+    const c = await keepAlive(capped.port, '127.0.0.2');
+    assert.equal((await c.healthz()).status, 200, `127.0.0.2 #${i}`);
+    other.push(c);
+  }
+  assertAnswer(await eager(capped.port, HEALTHZ, { localAddress: '127.0.0.2', ms: 5000 }), 503, '127.0.0.2 over its limit');
+  for (const c of open) assert.equal((await c.healthz()).status, 200, 'the first ones are still served');
+  await sleep(300); // the log is flushed every 100 ms
+  assert.match(capped.stderr(), /rejected: too many connections from this address \(limit 3;/);
+
+  // A freed slot is reused once the server has seen the close (and the
+  // refused connections' lingering ended: they count while they linger).
+  open[0].sock.destroy();
+  let served = false;
+  const deadline = performance.now() + 5000;
+  while (!served && performance.now() < deadline) {
+    const r = parseResponse((await eager(capped.port, HEALTHZ, { localAddress: '127.0.0.3', ms: 3000 })).data, { eof: true });
+    if (r?.status === 200) served = true;
+    else await sleep(50);
+  }
+  assert.ok(served, 'a new connection from 127.0.0.3 is served after one of its 3 closed');
+  for (const c of [...open, ...other]) c.sock.destroy();
+});
+
+test('TLS: 42 MB sent eagerly gets a complete 413 every time; a client that keeps sending is cut by the lingering limits', { timeout: 120000 }, async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cpx-tls-linger-'));
+  const cert = path.join(dir, 'cert.pem');
+  const key = path.join(dir, 'key.pem');
+  execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1',
+    '-nodes', '-keyout', key, '-out', cert, '-days', '1', '-subj', '/CN=localhost'], { stdio: 'ignore' });
+  fs.chmodSync(key, 0o600);
+  const port = await freePort();
+  const cfgPath = path.join(dir, 'config.yaml');
+  fs.writeFileSync(cfgPath, buildConfig({ port, authDir: dir,
+    extra: { tls: { enable: true, cert, key }, limits: { 'lingering-time-seconds': 3, 'lingering-timeout-seconds': 0.5 } } }));
+  const child = spawn(BIN, ['--config', cfgPath], { cwd: ROOT, stdio: ['ignore', 'ignore', 'pipe'] });
+  let err = '';
+  child.stderr.on('data', (d) => { err += d; });
+  let exit = null;
+  child.on('exit', (code, signal) => { exit = { code, signal }; });
+  try {
+    let up = false;
+    for (let i = 0; i < 200 && !up; i++) {
+      const r = await eager(port, HEALTHZ, { secure: true, ms: 2000 });
+      up = parseResponse(r.data, { eof: true })?.status === 200;
+      if (!up) await sleep(50);
+    }
+    assert.ok(up, `the TLS server answers: ${err}`);
+    const big = Buffer.alloc(42 * 1024 * 1024, 'x');
+    const req = Buffer.concat([Buffer.from(`POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${big.length}\r\n\r\n`), big]);
+    for (let i = 0; i < 5; i++) {
+      const body = assertAnswer(await eager(port, req, { secure: true }), 413, `TLS 413 #${i}`);
+      assert.equal(typeof body.error.message, 'string');
+    }
+    // A client that never stops sending: the answer arrives, then the
+    // server closes (after lingering-max-bytes or lingering-time), not never.
+    const r = await new Promise((resolve) => {
+      const s = tls.connect({ port, host: '127.0.0.1', rejectUnauthorized: false, servername: 'localhost' });
+      const chunks = [];
+      let closed = false;
+      const chunk = Buffer.alloc(64 * 1024, 'y');
+      const pump = () => { while (!closed && s.write(chunk)); };
+      s.on('drain', pump);
+      s.on('data', (d) => chunks.push(d));
+      s.on('error', () => {});
+      s.on('close', () => { closed = true; resolve({ data: Buffer.concat(chunks), closed: true }); });
+      setTimeout(() => { if (!closed) { closed = true; s.destroy(); resolve({ data: Buffer.concat(chunks), closed: false }); } }, 20000);
+      s.once('secureConnect', () => {
+        s.write('POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999\r\n\r\n');
+        pump();
+      });
+    });
+    assert.ok(r.closed, 'the server closed the connection of a client that kept sending');
+    assert.equal(parseResponse(r.data, { eof: true })?.status, 413, 'and that client read its 413 first');
+    assert.equal(exit, null, `the server is still running: ${err}`);
+  } finally {
+    child.kill('SIGTERM');
+    if (!exit) await new Promise((res) => child.on('exit', res));
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+  assert.equal(exit.signal, null, 'not killed by a signal');
+});
