@@ -13,6 +13,7 @@
 local cpx = require("cpx")
 local cooldown = require("rt.cooldown")
 local util = require("rt.provider_util")
+local json = require("rt.json")
 local catalog = require("rt.catalog")
 local cloak = require("providers.claude_cloak")
 local profile = require("providers.claude_profile")
@@ -240,12 +241,16 @@ end
 function _M.raw_ok(ctx, target, raw)
   local st = state(ctx, target)
   if st.cloaked and ctx.endpoint ~= "count_tokens" then return false end
-  if raw:find('"betas"', 1, true) then return false end
-  if ctx.endpoint ~= "count_tokens" and not raw:find('"max_tokens"', 1, true) then return false end
-  if raw:find('"thinking"', 1, true) and (raw:find('"temperature"', 1, true) or raw:find('"tool_choice"', 1, true)) then
-    return false
-  end
-  return count(raw, '"cache_control"') <= _M.max_breakpoints
+  -- the top-level members fixup reads, in one pass (json.has)
+  local betas, max_tokens, thinking, temperature, tool_choice =
+    json.has(raw, "betas", "max_tokens", "thinking", "temperature", "tool_choice")
+  if betas == nil or betas then return false end -- malformed, or body betas
+  if ctx.endpoint ~= "count_tokens" and not max_tokens then return false end
+  if thinking and (temperature or tool_choice) then return false end
+  -- string.find stops at every occurrence of the first byte: '_' is rare
+  -- in JSON text, '"' is everywhere (4 us instead of 25 us on 78 KB). A
+  -- longer key ending the same way only ever costs a decode.
+  return count(raw, '_control"') <= _M.max_breakpoints
 end
 
 function _M.fixup(body, ctx)

@@ -23,6 +23,7 @@ local _M = {
   -- the passthrough fast path (runtime/cpx_json_scan.c)
   peek = cjson.peek,
   set_string = cjson.set_string,
+  has = cjson.has,
 }
 
 -- Marks t (or a new table) as a JSON array.

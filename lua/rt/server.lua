@@ -251,13 +251,16 @@ local function gemini_action(req, info, model, action)
   if action ~= "generateContent" and action ~= "streamGenerateContent" then
     return http.error(req, "gemini", 404, "unknown method " .. action)
   end
-  local body = decode_body(req, info, "gemini")
-  if not body then return end
+  -- The model is in the path: a same-format request is sent as the client
+  -- wrote it, so only its structure is checked here (as peek_body does);
+  -- the pipeline decodes it when something must look inside.
+  local _, perr = json.peek(info.body, "contents")
+  if perr ~= nil then return http.error(req, "gemini", 400, "invalid JSON body: " .. tostring(perr)) end
   local stream = action == "streamGenerateContent"
   local alt = query_param(info.query, "alt") or query_param(info.query, "$alt")
-  return pipeline.infer(app, req, info, "gemini", body, {
+  return pipeline.infer(app, req, info, "gemini", nil, {
     -- alt=sse streams SSE; without it Gemini streams a JSON array.
-    model = model, stream = stream, gemini_array = stream and alt ~= "sse" })
+    model = model, stream = stream, gemini_array = stream and alt ~= "sse", raw = info.body })
 end
 
 local function gemini_route(req, info)

@@ -80,3 +80,16 @@ describe("cpx.json.set_string", function()
     assert.matches("malformed", err)
   end)
 end)
+
+describe("cpx.json.has", function()
+  it("tells which keys are top-level members, null included", function()
+    local doc = '{"betas":null,"x":{"thinking":1},"max_tokens":9,"s":"\\"temperature\\""}'
+    assert.are.same({ true, true, false, false, true },
+      { json.has(doc, "betas", "max_tokens", "thinking", "temperature", "s") })
+  end)
+  it("refuses a broken document", function()
+    local v, err = json.has('{"a":1', "a")
+    assert.is_nil(v)
+    assert.matches("malformed", err)
+  end)
+end)
