@@ -16,6 +16,7 @@ local metrics = require("rt.metrics")
 
 local log = cpx.log
 local provider_util = require("rt.provider_util")
+local refresh = require("rt.refresh")
 local xpcall = xpcall
 local type = type
 local tostring = tostring
@@ -199,11 +200,30 @@ local function upstream_count(fmt, body, model, info)
     b.stream = nil
   end
   local ctx = { endpoint = "count_tokens", client_format = fmt, info = info, model = model, config = app.config }
-  local ureq = p.prepare(ctx, { entry = t.entry, key = t.key, upstream_model = t.upstream_model },
-                         json.encode(b), false)
-  local up, err = provider_util.fetch(ureq, t.owner)
+  local text_body = json.encode(b)
+  local function send(key)
+    local ureq = p.prepare(ctx, { entry = t.entry, key = key, upstream_model = t.upstream_model }, text_body, false)
+    return provider_util.fetch(ureq, t.owner)
+  end
+  -- An OAuth account's token is refreshed as for any request: before it
+  -- is sent when it has expired, and once after a 401.
+  local key = t.key
+  if t.credential then key = refresh.fresh_key(app, t, key) end
+  local up, err = send(key)
+  if up and up:status() == 401 and t.credential then
+    local nk = refresh.after_401(app, t, key)
+    if nk then up, err = send(nk) end
+  end
   if not up then
     log("warn", "count upstream failed:", err)
+    return nil
+  end
+  -- A count is advisory: an account that is refused, limited or down gives
+  -- the local estimate rather than its error (the client's request itself
+  -- will meet the pool's retries and cooldowns).
+  local st = up:status()
+  if st == 401 or st == 403 or st == 429 or st >= 500 then
+    log("warn", "count upstream answered " .. st .. "; using the local estimate")
     return nil
   end
   local text = up:body()

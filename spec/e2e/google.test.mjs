@@ -50,6 +50,8 @@ const mock = {
   bad: [],               // hits on the failing base
   enabled: [],           // projects whose API the login turned on
   limited: [],           // requests answered 429 (project proj-q1)
+  countLimited: new Set(), // access tokens whose countTokens calls get 429
+  countLimitedHits: 0,
   apiState: { 'proj-one': 'ENABLED' }, // serviceusage states (else DISABLED)
   projects: ['proj-one', 'proj-two'],
   seq: 0,
@@ -145,6 +147,10 @@ function inference(base, method, req, raw, res) {
     mock.limited.push(method);
     return send(res, 429, { error: { code: 429, message: 'Resource has been exhausted', status: 'RESOURCE_EXHAUSTED',
       details: [{ '@type': 'type.googleapis.com/google.rpc.RetryInfo', retryDelay: '3600s' }] } });
+  }
+  if (method === 'countTokens' && mock.countLimited.has(req.headers.authorization)) {
+    mock.countLimitedHits++;
+    return send(res, 429, { error: { code: 429, message: 'Resource has been exhausted', status: 'RESOURCE_EXHAUSTED' } });
   }
   if (method === 'countTokens') {
     if (body.project !== undefined || !body.request?.contents) return refuse(res, 'countTokens body');
@@ -724,6 +730,51 @@ test('refresh: a Gemini CLI token the upstream refuses (401) is refreshed once a
   assert.ok(mock.refreshes.some((x) => x.refresh_token === '1//gemini-REFRESH-rev'));
   const g = JSON.parse(fs.readFileSync(path.join(dir, 'gemini-rev@example.com-rev.json'), 'utf8'));
   assert.equal(`Bearer ${g.token.access_token}`, hits[1].auth);
+});
+
+test('countTokens on an account whose token the upstream refuses: refreshed once and retried, not a 401', T(), async () => {
+  writeCred('gemini-cnt@example.com-cnt.json', {
+    token: { access_token: 'ya29.revoked-count', refresh_token: '1//gemini-REFRESH-cnt',
+      expiry: new Date(Date.now() + 3600e3).toISOString() },
+    project_id: 'proj-cnt', email: 'cnt@example.com', type: 'gemini', prefix: 'cnt',
+  });
+  // the store picks the new file up
+  let listed = false;
+  for (let i = 0; i < 100 && !listed; i++) {
+    const m = await (await fetch(`${proxy.url}/v1/models`, { headers: { Authorization: `Bearer ${CLIENT_KEY}` } })).json();
+    listed = m.data.some((x) => x.id === `cnt/${MODEL_CLI}`);
+    if (!listed) await new Promise((r) => setTimeout(r, 100));
+  }
+  assert.ok(listed, 'the new account serves its model');
+  const before = mock.inference.length;
+  const r = await gg.models.countTokens({ model: `cnt/${MODEL_CLI}`, contents: 'count me' });
+  assert.equal(r.totalTokens, 42);
+  const hits = mock.inference.slice(before).filter((h) => h.method === 'countTokens');
+  assert.equal(hits.length, 2);
+  assert.equal(hits[0].auth, 'Bearer ya29.revoked-count');
+  assert.match(hits[1].auth, /^Bearer ya29\.gemini-ACCESS-/);
+  assert.ok(mock.refreshes.some((x) => x.refresh_token === '1//gemini-REFRESH-cnt'));
+});
+
+test('countTokens on an account out of quota: the local estimate, not the 429', T(), async () => {
+  // a one-account group whose count calls the mock answers with 429
+  const tok = token('gemini');
+  mock.countLimited.add(`Bearer ${tok}`);
+  writeCred('gemini-lim@example.com-lim.json', {
+    token: { access_token: tok, refresh_token: '1//gemini-REFRESH-lim',
+      expiry: new Date(Date.now() + 3600e3).toISOString() },
+    project_id: 'proj-lim', email: 'lim@example.com', type: 'gemini', prefix: 'lim',
+  });
+  let listed = false;
+  for (let i = 0; i < 100 && !listed; i++) {
+    const m = await (await fetch(`${proxy.url}/v1/models`, { headers: { Authorization: `Bearer ${CLIENT_KEY}` } })).json();
+    listed = m.data.some((x) => x.id === `lim/${MODEL_CLI}`);
+    if (!listed) await new Promise((r) => setTimeout(r, 100));
+  }
+  assert.ok(listed, 'the new account serves its model');
+  const r = await gg.models.countTokens({ model: `lim/${MODEL_CLI}`, contents: 'count me please' });
+  assert.equal(mock.countLimitedHits, 1, 'the upstream was asked and said 429');
+  assert.ok(Number.isInteger(r.totalTokens) && r.totalTokens > 0 && r.totalTokens !== 42, String(r.totalTokens));
 });
 
 test('cooldown: a 429 with RetryInfo cools that Gemini CLI account; its requests go to the other one', T(), async () => {
