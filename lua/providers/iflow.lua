@@ -7,7 +7,7 @@
 -- x-iflow-signature = hex(HMAC-SHA256(api_key, "iFlow-Cli:<session-id>:<ms>")).
 -- Thinking for GLM and MiniMax models is chat_template_kwargs.
 local cpx = require("cpx")
-local cooldown = require("rt.cooldown")
+local openai_compat = require("providers.openai_compat")
 local json = require("rt.json")
 local oauth = require("rt.oauth")
 local util = require("rt.provider_util")
@@ -144,10 +144,7 @@ function _M.prepare(ctx, target, body, stream)
            body = body, proxy = util.proxy(entry, key) }
 end
 
-function _M.classify(status, headers, body)
-  local hint
-  if status == 429 then hint = cooldown.retry_after(headers) or cooldown.openai_reset(headers) end
-  return cooldown.classify(status, headers, body, hint)
-end
+-- OpenAI-style limits (Retry-After, x-ratelimit-reset-*), as openai_compat reads them.
+_M.classify = openai_compat.classify
 
 return _M

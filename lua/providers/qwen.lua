@@ -7,7 +7,7 @@
 -- forced on streams; at most 60 requests a minute per account (rt.ratelimit
 -- below: the 61st is a 429 with Retry-After, so the pool tries another
 -- account, or answers model_cooldown when every one is spent).
-local cooldown = require("rt.cooldown")
+local openai_compat = require("providers.openai_compat")
 local json = require("rt.json")
 local ratelimit = require("rt.ratelimit")
 local util = require("rt.provider_util")
@@ -111,10 +111,7 @@ function _M.prepare(ctx, target, body, stream)
            proxy = util.proxy(entry, key) }
 end
 
-function _M.classify(status, headers, body)
-  local hint
-  if status == 429 then hint = cooldown.retry_after(headers) or cooldown.openai_reset(headers) end
-  return cooldown.classify(status, headers, body, hint)
-end
+-- OpenAI-style limits (Retry-After, x-ratelimit-reset-*), as openai_compat reads them.
+_M.classify = openai_compat.classify
 
 return _M
