@@ -209,25 +209,35 @@ static void push_value(lua_State *L, const top_entry_t *e) {
   }
 }
 
-static int l_peek(lua_State *L) {
+/* (doc, key...) on the Lua stack: scans doc's top-level members for the
+ * keys into *pk. Returns 0, or 2 with nil, err pushed for a malformed doc. */
+static int scan_keys(lua_State *L, const char *fn, peek_t *pk) {
   size_t n, at = 0;
   const char *s = luaL_checklstring(L, 1, &n);
   const char *close;
-  peek_t pk;
 
-  memset(&pk, 0, sizeof(pk));
-  pk.L = L;
-  pk.first_key = 2;
-  pk.nkeys = lua_gettop(L) - 1;
-  if (pk.nkeys > 16)
-    return luaL_error(L, "json.peek: at most 16 keys");
-  for (int i = 0; i < pk.nkeys; i++)
+  memset(pk, 0, sizeof(*pk));
+  pk->L = L;
+  pk->first_key = 2;
+  pk->nkeys = lua_gettop(L) - 1;
+  if (pk->nkeys > 16)
+    return luaL_error(L, "%s: at most 16 keys", fn);
+  for (int i = 0; i < pk->nkeys; i++)
     luaL_checkstring(L, 2 + i);
-  if (scan_top(s, n, peek_cb, &pk, &at, &close) != 0) {
+  if (scan_top(s, n, peek_cb, pk, &at, &close) != 0) {
     lua_pushnil(L);
     lua_pushfstring(L, "json: malformed document at byte %d", (int)at);
     return 2;
   }
+  return 0;
+}
+
+static int l_peek(lua_State *L) {
+  peek_t pk;
+  int rc = scan_keys(L, "json.peek", &pk);
+
+  if (rc)
+    return rc;
   for (int i = 0; i < pk.nkeys; i++) {
     if (pk.have[i])
       push_value(L, &pk.found[i]);
@@ -238,24 +248,11 @@ static int l_peek(lua_State *L) {
 }
 
 static int l_has(lua_State *L) {
-  size_t n, at = 0;
-  const char *s = luaL_checklstring(L, 1, &n);
-  const char *close;
   peek_t pk;
+  int rc = scan_keys(L, "json.has", &pk);
 
-  memset(&pk, 0, sizeof(pk));
-  pk.L = L;
-  pk.first_key = 2;
-  pk.nkeys = lua_gettop(L) - 1;
-  if (pk.nkeys > 16)
-    return luaL_error(L, "json.has: at most 16 keys");
-  for (int i = 0; i < pk.nkeys; i++)
-    luaL_checkstring(L, 2 + i);
-  if (scan_top(s, n, peek_cb, &pk, &at, &close) != 0) {
-    lua_pushnil(L);
-    lua_pushfstring(L, "json: malformed document at byte %d", (int)at);
-    return 2;
-  }
+  if (rc)
+    return rc;
   for (int i = 0; i < pk.nkeys; i++)
     lua_pushboolean(L, pk.have[i]);
   return pk.nkeys;
