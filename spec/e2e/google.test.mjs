@@ -10,6 +10,7 @@
 //
 //   node --test google.test.mjs
 
+import { runCli } from './lib/cli.mjs';
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -270,27 +271,8 @@ function setup() {
   return { dir, authDir, configPath, cleanup: () => fs.rmSync(dir, { recursive: true, force: true }) };
 }
 
-function run(args) {
-  const child = spawn(BIN, args, { cwd: ROOT, stdio: ['pipe', 'pipe', 'pipe'] });
-  let out = '';
-  let err = '';
-  const waiters = [];
-  const check = () => {
-    for (let i = waiters.length - 1; i >= 0; i--) {
-      const m = out.match(waiters[i].re);
-      if (m) { waiters[i].resolve(m); waiters.splice(i, 1); }
-    }
-  };
-  child.stdout.on('data', (d) => { out += d; check(); });
-  child.stderr.on('data', (d) => { err += d; });
-  const killer = setTimeout(() => child.kill('SIGKILL'), 50000);
-  const done = new Promise((resolve) => child.on('close', (code) => {
-    clearTimeout(killer);
-    for (const w of waiters) w.reject(new Error(`exited (${code}) before ${w.re}\n--- out\n${out}\n--- err\n${err}`));
-    resolve({ code, out, err });
-  }));
-  return { done, waitFor: (re) => new Promise((resolve, reject) => { waiters.push({ re, resolve, reject }); check(); }) };
-}
+
+const run = (args) => runCli(args);
 
 // Reads the printed authorize URL, plays the user approving and the
 // browser coming back; returns the command's result.

@@ -5,6 +5,7 @@
 // would: the PKCE verifier against the challenge, the exchange body's
 // fields and their order, the redirect URI. No browser is opened
 // (--no-browser in every run).
+import { runCli } from './lib/cli.mjs';
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -179,34 +180,8 @@ function setup() {
   return { dir, authDir, configPath, cleanup: () => fs.rmSync(dir, { recursive: true, force: true }) };
 }
 
-// Spawns `cliproxy <args>`; out()/err() so far, waitFor(re) resolves with the
-// match once stdout has it, done resolves {code, out, err}.
-function run(args, { stdin = 'pipe', env } = {}) {
-  const child = spawn(BIN, args, { cwd: ROOT, stdio: [stdin, 'pipe', 'pipe'], env: env || process.env });
-  let out = '';
-  let err = '';
-  const waiters = [];
-  const check = () => {
-    for (let i = waiters.length - 1; i >= 0; i--) {
-      const m = out.match(waiters[i].re);
-      if (m) { waiters[i].resolve(m); waiters.splice(i, 1); }
-    }
-  };
-  child.stdout.on('data', (d) => { out += d; check(); });
-  child.stderr.on('data', (d) => { err += d; });
-  const killer = setTimeout(() => child.kill('SIGKILL'), 45000);
-  const done = new Promise((resolve) => child.on('close', (code) => {
-    clearTimeout(killer);
-    for (const w of waiters) w.reject(new Error(`exited (${code}) before ${w.re}\n--- out\n${out}\n--- err\n${err}`));
-    resolve({ code, out, err });
-  }));
-  return {
-    child, done,
-    out: () => out,
-    write: (s) => child.stdin.write(s),
-    waitFor: (re) => new Promise((resolve, reject) => { waiters.push({ re, resolve, reject }); check(); }),
-  };
-}
+
+const run = (args, opts = {}) => runCli(args, { killMs: 45000, ...opts });
 
 // The authorize URL the command printed, its parameters checked.
 async function authorizeUrl(p, provider, port) {

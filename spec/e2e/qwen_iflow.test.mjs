@@ -7,6 +7,7 @@
 // crypto), refresh of both types (iFlow's looks the API key up again).
 //
 //   node --test qwen_iflow.test.mjs
+import { runCli } from './lib/cli.mjs';
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -155,27 +156,8 @@ function loginSetup() {
   return { authDir, configPath };
 }
 
-function run(args) {
-  const child = spawn(BIN, args, { cwd: ROOT, stdio: ['pipe', 'pipe', 'pipe'] });
-  let out = ''; let err = '';
-  const waiters = [];
-  const check = () => {
-    for (let i = waiters.length - 1; i >= 0; i--) {
-      const m = out.match(waiters[i].re);
-      if (m) { waiters[i].resolve(m); waiters.splice(i, 1); }
-    }
-  };
-  child.stdout.on('data', (d) => { out += d; check(); });
-  child.stderr.on('data', (d) => { err += d; });
-  const killer = setTimeout(() => child.kill('SIGKILL'), 50000);
-  const done = new Promise((resolve) => child.on('close', (code) => {
-    clearTimeout(killer);
-    for (const w of waiters) w.reject(new Error(`exited (${code}) before ${w.re}\n--- out\n${out}\n--- err\n${err}`));
-    resolve({ code, out, err });
-  }));
-  return { done, write: (s) => child.stdin.write(s), end: () => child.stdin.end(),
-    waitFor: (re) => new Promise((resolve, reject) => { waiters.push({ re, resolve, reject }); check(); }) };
-}
+
+const run = (args) => runCli(args);
 
 const readCred = (authDir, name) => {
   const file = path.join(authDir, name);
