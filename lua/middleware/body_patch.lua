@@ -13,7 +13,7 @@ local pairs = pairs
 local ipairs = ipairs
 local tonumber = tonumber
 local remove = table.remove
-local json = require("rt.json")
+local json = require("lib.json")
 
 local _M = {
   name = "body_patch",
@@ -74,7 +74,7 @@ _M.schema = {
   models = { type = "list", items = { type = "string" }, default = {} },
 }
 
--- rt.json's copy carries key order and number text, like any decoded value
+-- lib.json's copy carries key order and number text, like any decoded value
 local copy = json.deep_copy
 
 local function index(t, k)

@@ -4,7 +4,7 @@
 local type = type
 local ipairs = ipairs
 local insert = table.insert
-local json = require("rt.json")
+local json = require("lib.json")
 
 local _M = {
   name = "system_prompt",

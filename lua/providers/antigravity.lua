@@ -11,10 +11,10 @@
 -- skip-validation one (history from another upstream has none); tool
 -- schemas are cleaned as for Gemini.
 local cpx = require("cpx")
-local json = require("rt.json")
-local schema = require("rt.schema")
+local json = require("lib.json")
+local schema = require("lib.schema")
 local oauth = require("rt.oauth")
-local util = require("rt.provider_util")
+local util = require("lib.provider_util")
 local cli = require("providers.gemini_cli")
 local gemini = require("providers.gemini")
 
@@ -102,7 +102,7 @@ end
 
 -- Antigravity validates tool schemas strictly (CLIProxyAPI cleans them,
 -- util.CleanJSONSchemaForAntigravity): a Gemini client's declarations get
--- rt.schema's Gemini cleaning, which the hub already applies to translated
+-- lib.schema's Gemini cleaning, which the hub already applies to translated
 -- requests. Copies what it changes.
 function _M.clean_tools(tools)
   if type(tools) ~= "table" then return tools end

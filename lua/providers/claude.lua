@@ -11,9 +11,9 @@
 -- tool, temperature 1 with thinking, at most 4 cache_control breakpoints.
 -- The strings are data: providers/claude_profile.lua.
 local cpx = require("cpx")
-local cooldown = require("rt.cooldown")
-local util = require("rt.provider_util")
-local json = require("rt.json")
+local cooldown = require("lib.cooldown")
+local util = require("lib.provider_util")
+local json = require("lib.json")
 local catalog = require("rt.catalog")
 local cloak = require("providers.claude_cloak")
 local profile = require("providers.claude_profile")

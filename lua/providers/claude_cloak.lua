@@ -7,8 +7,8 @@
 -- client body to every attempt (another account may get it next), so a
 -- nested table is copied before it changes and the caller's tables stay as
 -- they were. Untouched parts keep their key order and number text.
-local json = require("rt.json")
-local util = require("rt.provider_util")
+local json = require("lib.json")
+local util = require("lib.provider_util")
 local cpx = require("cpx")
 
 local type = type

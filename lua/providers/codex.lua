@@ -10,9 +10,9 @@
 -- X-Codex-Turn-Metadata / X-Client-Request-Id passed on, and the plan
 -- limit (resets_in_seconds / resets_at) as the account's cooldown.
 local cpx = require("cpx")
-local cooldown = require("rt.cooldown")
-local json = require("rt.json")
-local util = require("rt.provider_util")
+local cooldown = require("lib.cooldown")
+local json = require("lib.json")
+local util = require("lib.provider_util")
 
 local type = type
 local ipairs = ipairs

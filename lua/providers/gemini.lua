@@ -1,7 +1,7 @@
 -- providers/gemini: the Gemini API with an AI Studio key (`gemini-api-key`).
-local cooldown = require("rt.cooldown")
+local cooldown = require("lib.cooldown")
 
-local util = require("rt.provider_util")
+local util = require("lib.provider_util")
 
 local _M = {
   name = "gemini-api-key",

@@ -11,9 +11,9 @@
 -- (the file's project_id, chosen at login).
 --
 -- The envelope helpers are shared with providers/antigravity.lua.
-local json = require("rt.json")
+local json = require("lib.json")
 local oauth = require("rt.oauth")
-local util = require("rt.provider_util")
+local util = require("lib.provider_util")
 local gemini = require("providers.gemini")
 
 local type = type

@@ -8,9 +8,9 @@
 -- Thinking for GLM and MiniMax models is chat_template_kwargs.
 local cpx = require("cpx")
 local openai_compat = require("providers.openai_compat")
-local json = require("rt.json")
+local json = require("lib.json")
 local oauth = require("rt.oauth")
-local util = require("rt.provider_util")
+local util = require("lib.provider_util")
 
 local type = type
 local ipairs = ipairs

@@ -1,8 +1,8 @@
 -- providers/openai_compat: any OpenAI-compatible Chat Completions service
 -- (OpenRouter and the like), configured by `openai-compatibility` entries.
-local cooldown = require("rt.cooldown")
+local cooldown = require("lib.cooldown")
 
-local util = require("rt.provider_util")
+local util = require("lib.provider_util")
 
 local _M = {
   name = "openai-compatibility",
@@ -42,7 +42,7 @@ function _M.prepare(ctx, target, body, stream)
 end
 
 -- What to do with an upstream answer before anything reached the client:
--- action, cooldown kind, reset hint (rt.cooldown). OpenAI-style services
+-- action, cooldown kind, reset hint (lib.cooldown). OpenAI-style services
 -- give Retry-After and x-ratelimit-reset-*.
 function _M.classify(status, headers, body)
   local hint

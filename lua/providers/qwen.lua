@@ -8,9 +8,9 @@
 -- below: the 61st is a 429 with Retry-After, so the pool tries another
 -- account, or answers model_cooldown when every one is spent).
 local openai_compat = require("providers.openai_compat")
-local json = require("rt.json")
+local json = require("lib.json")
 local ratelimit = require("rt.ratelimit")
-local util = require("rt.provider_util")
+local util = require("lib.provider_util")
 
 local type = type
 local pairs = pairs

@@ -4,7 +4,7 @@
 -- over the request as the upstream would see it: system, message text,
 -- tool calls and results, tool definitions.
 local cpx = require("cpx")
-local json = require("rt.json")
+local json = require("lib.json")
 local translators = require("translators")
 
 local type = type

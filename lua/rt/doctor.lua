@@ -4,10 +4,10 @@
 -- each upstream comes from its provider's own prepare(), so the doctor asks
 -- exactly where requests would go.
 -- report(app, creds, now) -> { checks = {{level, text, hint}}, upstreams = {{name, url}} }
-local json = require("rt.json")
+local json = require("lib.json")
 local registry = require("rt.registry")
 local oauth = require("rt.oauth")
-local cooldown = require("rt.cooldown")
+local cooldown = require("lib.cooldown")
 
 local format = string.format
 

@@ -1,6 +1,6 @@
 -- rt.http: response helpers shared by every route: CORS headers as
 -- CLIProxyAPI sends them, JSON bodies, and errors in the client's format.
-local json = require("rt.json")
+local json = require("lib.json")
 local translators = require("translators")
 local record = require("rt.record")
 

@@ -1,4 +1,4 @@
--- rt.lane: what the C fast path (runtime/cpx_lane.c) may serve without
+-- rt.lane: what the C fast path (runtime/net/cpx_lane.c) may serve without
 -- entering Lua, compiled once per generation into a route table.
 --
 -- The fast path takes POST /v1/chat/completions (no query string) for a
@@ -17,7 +17,7 @@
 -- headers it returns must not depend on the request. An overriding
 -- provider module without that field keeps its requests in Lua.
 local cpx = require("cpx")
-local json = require("rt.json")
+local json = require("lib.json")
 local payload = require("rt.payload")
 
 local type = type

@@ -5,7 +5,7 @@
 --
 -- The protocol pieces (PKCE, URLs, token requests and answers, file names
 -- and fields) are rt.oauth's; this module only sequences them and talks to
--- the user. What needs the OS comes in `io` (runtime/cpx_login.c gives the
+-- the user. What needs the OS comes in `io` (runtime/app/cpx_login.c gives the
 -- real one; specs give a scripted one):
 --   io.say(line)                      a line on stdout
 --   io.now() -> epoch seconds
@@ -25,7 +25,7 @@
 --   io.dir() -> auth-dir | nil
 -- run(args, io) -> info | nil, message (one line, never a token).
 local oauth = require("rt.oauth")
-local json = require("rt.json")
+local json = require("lib.json")
 
 local type = type
 local pairs = pairs

@@ -11,7 +11,7 @@
 --      turned on when off), `checked` in the file.
 -- Each step is printed; a failure names the step, the URL and the answer.
 -- The Code Assist steps are shared with rt.login_antigravity.
-local json = require("rt.json")
+local json = require("lib.json")
 local oauth = require("rt.oauth")
 
 local type = type

@@ -6,7 +6,7 @@
 -- (cliproxyapi.md §3.7). Files: iflow-<email>-<unix>.json (code flow),
 -- iflow-<name>.json (cookie).
 local oauth = require("rt.oauth")
-local json = require("rt.json")
+local json = require("lib.json")
 local iflow = require("providers.iflow")
 
 local type = type

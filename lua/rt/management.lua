@@ -25,7 +25,7 @@
 -- headers. req is the request info table {method, path, query, headers,
 -- body, remote, id} plus params; ctx is { app, config, mgmt = this module }.
 local cpx = require("cpx")
-local json = require("rt.json")
+local json = require("lib.json")
 local http = require("rt.http")
 local config = require("rt.config")
 local yaml_edit = require("rt.mgmt.yaml_edit")
@@ -100,7 +100,7 @@ local function err_body(msg, detail)
 end
 _M.err = err_body
 
-local go_duration = require("rt.cooldown").go_duration
+local go_duration = require("lib.cooldown").go_duration
 
 -- ---- access ------------------------------------------------------------
 

@@ -92,7 +92,7 @@ local function describe(v)
   return t .. " " .. tostring(v)
 end
 
-local deep_copy = require("rt.json").deep_copy
+local deep_copy = require("lib.json").deep_copy
 
 -- ---- schema of a module's settings ---------------------------------------
 

@@ -8,8 +8,8 @@
 -- config overrides the URLs (mirrors, tests). Everything here is pure
 -- except `request` and `refresh`, which yield on cpx.fetch.
 local cpx = require("cpx")
-local json = require("rt.json")
-local cooldown = require("rt.cooldown")
+local json = require("lib.json")
+local cooldown = require("lib.cooldown")
 
 local type = type
 local pairs = pairs
@@ -318,7 +318,7 @@ end
 
 -- ---- times ----------------------------------------------------------------
 
--- RFC 3339 both ways lives in rt.cooldown (rate-limit resets use it too).
+-- RFC 3339 both ways lives in lib.cooldown (rate-limit resets use it too).
 _M.parse_time = cooldown.parse_rfc3339
 _M.format_time = cooldown.format_rfc3339
 

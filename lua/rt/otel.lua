@@ -2,7 +2,7 @@
 -- (JSON encoding) to `otel.endpoint` by cpx.otlp's sender thread (batches,
 -- off the event loop; a full queue drops spans and counts them).
 local cpx = require("cpx")
-local json = require("rt.json")
+local json = require("lib.json")
 local record = require("rt.record")
 
 local type = type

@@ -17,7 +17,7 @@
 -- Paths are gjson/sjson-style: dot-separated keys, numeric parts index
 -- arrays (0-based), "\." is a literal dot; setting creates missing objects.
 local cpx = require("cpx")
-local ir = require("rt.ir")
+local ir = require("lib.ir")
 
 local type = type
 local ipairs = ipairs
@@ -148,7 +148,7 @@ local function raw_value(v)
   return d
 end
 
-local deep_copy = require("rt.json").deep_copy
+local deep_copy = require("lib.json").deep_copy
 
 -- True when the config has any payload rule.
 function _M.active(conf)

@@ -4,8 +4,8 @@
 -- when both sides speak the same format), sent, and classified. The first
 -- success is answered as JSON or streamed through the hub's stream encoder.
 local cpx = require("cpx")
-local json = require("rt.json")
-local ir = require("rt.ir")
+local json = require("lib.json")
+local ir = require("lib.ir")
 local http = require("rt.http")
 local pool = require("rt.pool")
 local payload = require("rt.payload")
@@ -16,7 +16,7 @@ local record = require("rt.record")
 local reqlog = require("rt.reqlog")
 local refresh = require("rt.refresh")
 
-local provider_util = require("rt.provider_util")
+local provider_util = require("lib.provider_util")
 local log = cpx.log
 local type = type
 local ipairs = ipairs

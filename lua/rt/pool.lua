@@ -28,8 +28,8 @@
 --     provider); with every account cooling { status = 429, own = true,
 --     raw_body = <model_cooldown JSON>, extra = { ["Retry-After"] } }.
 local cpx = require("cpx")
-local json = require("rt.json")
-local cooldown = require("rt.cooldown")
+local json = require("lib.json")
+local cooldown = require("lib.cooldown")
 
 local type = type
 local ipairs = ipairs

@@ -22,8 +22,8 @@
 --   record.finish(rec, status, err)            once; later calls do nothing
 -- and by the C lane (through rt.boot's app.lane_records): record.lane(app, list).
 local cpx = require("cpx")
-local json = require("rt.json")
-local ir = require("rt.ir")
+local json = require("lib.json")
+local ir = require("lib.ir")
 
 local type = type
 local ipairs = ipairs
@@ -88,7 +88,7 @@ _M.key_label = key_label
 
 -- ---- usage out of upstream answers -------------------------------------------
 
-local codecs -- translators.codecs, loaded on first use (the hub needs rt.ir)
+local codecs -- translators.codecs, loaded on first use (the hub needs lib.ir)
 
 local function raw_usage(fmt, d)
   if fmt == "gemini" then

@@ -37,7 +37,7 @@
 --       expires, next_due, last_error, error_kind, needs_login, failures,
 --       retry_at } }                       (epoch seconds)
 local cpx = require("cpx")
-local json = require("rt.json")
+local json = require("lib.json")
 local oauth = require("rt.oauth")
 
 local type = type

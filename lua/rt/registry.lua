@@ -18,9 +18,9 @@
 -- still finishing requests keeps its own groups, while identical groups
 -- (same members) are shared, cursors included, across generations.
 local cpx = require("cpx")
-local ir = require("rt.ir")
+local ir = require("lib.ir")
 local catalog = require("rt.catalog")
-local cooldown = require("rt.cooldown")
+local cooldown = require("lib.cooldown")
 local oauth_refresh = require("rt.refresh")
 local oauth_flat = require("rt.oauth").flat
 

@@ -2,7 +2,7 @@
 -- coroutine for every request; it routes, runs the access checks, decodes
 -- the body and hands inference requests to rt.pipeline.
 local cpx = require("cpx")
-local json = require("rt.json")
+local json = require("lib.json")
 local http = require("rt.http")
 local access = require("rt.access")
 local pipeline = require("rt.pipeline")
@@ -15,7 +15,7 @@ local record = require("rt.record")
 local metrics = require("rt.metrics")
 
 local log = cpx.log
-local provider_util = require("rt.provider_util")
+local provider_util = require("lib.provider_util")
 local refresh = require("rt.refresh")
 local xpcall = xpcall
 local type = type
@@ -335,7 +335,7 @@ do
 end
 _M.routes = routes
 
--- cpx_errbody_format (runtime/cpx_errbody.c) makes this decision for the
+-- cpx_errbody_format (runtime/core/cpx_errbody.c) makes this decision for the
 -- answers built in C; test_errbody pins its table, keep the two in step.
 local function format_for_path(path)
   if path:find("^/v1/messages") then return "claude" end

@@ -1,7 +1,7 @@
 -- rt.usage: request records kept across restarts, and the queries on them.
 --
 -- A subscriber of rt.record hands each inference or counting record to the
--- process-wide store (cpx.usage, runtime/cpx_usage.c): a bounded queue and
+-- process-wide store (cpx.usage, runtime/state/cpx_usage.c): a bounded queue and
 -- one writer thread that appends batches to SQLite. Queries run in the
 -- threadpool and yield the request (synchronously outside one).
 --
@@ -13,9 +13,9 @@
 --   usage.import(doc) -> { added, skipped, total_requests, failed_requests }
 --   usage.stats() -> the queue's counters (submitted, written, dropped, ...)
 local cpx = require("cpx")
-local json = require("rt.json")
+local json = require("lib.json")
 local record = require("rt.record")
-local cooldown = require("rt.cooldown")
+local cooldown = require("lib.cooldown")
 
 local type = type
 local pairs = pairs
@@ -82,7 +82,7 @@ end
 
 -- ---- times ---------------------------------------------------------------------
 
--- epoch seconds -> "2026-12-07T07:05:01.123Z" (milliseconds, UTC): rt.cooldown's
+-- epoch seconds -> "2026-12-07T07:05:01.123Z" (milliseconds, UTC): lib.cooldown's
 -- formatter with the fraction added.
 local function rfc3339(t)
   local ms = floor(t * 1000 + 0.5)

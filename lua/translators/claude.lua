@@ -1,6 +1,6 @@
 -- translators.claude: Anthropic Messages <-> IR (docs/ir.md).
-local json = require("rt.json")
-local ir = require("rt.ir")
+local json = require("lib.json")
+local ir = require("lib.ir")
 
 local type = type
 local ipairs = ipairs

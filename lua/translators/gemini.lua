@@ -1,7 +1,7 @@
 -- translators.gemini: Gemini generateContent <-> IR (docs/ir.md).
-local json = require("rt.json")
-local ir = require("rt.ir")
-local schema = require("rt.schema")
+local json = require("lib.json")
+local ir = require("lib.ir")
+local schema = require("lib.schema")
 
 local type = type
 local ipairs = ipairs

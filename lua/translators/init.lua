@@ -1,7 +1,7 @@
 -- translators: the hub. Any client format reaches any upstream format
 -- through the IR (docs/ir.md); lua/translators/pairs/<from>-to-<to>.lua,
 -- when present, overrides the hub for that pair.
-local ir = require("rt.ir")
+local ir = require("lib.ir")
 
 local type = type
 local ipairs = ipairs

@@ -6,7 +6,7 @@
  * hook sees every instruction.
  *
  * With FUZZ_YAML the input is first loaded by the YAML loader
- * (runtime/cpx_yaml.c) and the driver gets (doc, lines); a load error must
+ * (runtime/core/cpx_yaml.c) and the driver gets (doc, lines); a load error must
  * come with a message. */
 #include <string.h>
 

@@ -16,7 +16,7 @@ static const char *cpx_t_case;
 #define CPX_CHECK(cond)                                                        \
   do {                                                                         \
     if (!(cond)) {                                                             \
-      fprintf(stderr, "%s:%d: [%s] check failed: %s\n", __FILE__, __LINE__,   \
+      fprintf(stderr, "%s:%d: [%s] check failed: %s\n", __FILE__, __LINE__,    \
               cpx_t_case, #cond);                                              \
       cpx_t_case_failed = 1;                                                   \
     }                                                                          \
@@ -43,8 +43,7 @@ static const char *cpx_t_case;
     }                                                                          \
   } while (0)
 
-#define CPX_CHECK_STR(s1, s2)                                                  \
-  CPX_CHECK_MEM((s1), strlen(s1), (s2), strlen(s2))
+#define CPX_CHECK_STR(s1, s2) CPX_CHECK_MEM((s1), strlen(s1), (s2), strlen(s2))
 
 #define CPX_TEST_RUN(fn)                                                       \
   do {                                                                         \

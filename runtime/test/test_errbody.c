@@ -238,7 +238,7 @@ static const char agree_lua[] =
     "local mod, c_doc, st, msg, ty, code = ...\n"
     "local lua_doc = require('translators.' .. mod).encode_error(\n"
     "  { status = st, message = msg, type = ty, code = code })\n"
-    "return same(c_doc, lua_doc), require('rt.json').encode(lua_doc)\n";
+    "return same(c_doc, lua_doc), require('lib.json').encode(lua_doc)\n";
 
 static void test_codec_agreement(void) {
   static const struct {

@@ -1,4 +1,4 @@
-// The C fast path (runtime/cpx_lane.c, runtime/cpx_h1.c, lua/rt/lane.lua)
+// The C fast path (runtime/net/cpx_lane.c, runtime/net/cpx_h1.c, lua/rt/lane.lua)
 // end to end: POST /v1/chat/completions for models served only by plain-http
 // openai-compatibility entries is answered without entering Lua; requests it
 // serves end their access-log line with " | fast". Failures before the first

@@ -1,5 +1,5 @@
 // Issue 15: kill -9 in the middle of writes, against the real binary.
-// - Usage store (SQLite, runtime/cpx_usage.c): a kill -9 while requests
+// - Usage store (SQLite, runtime/state/cpx_usage.c): a kill -9 while requests
 //   stream records into small, frequent batches. After each kill the
 //   database passes PRAGMA integrity_check, holds at least every record the
 //   process had reported written before the kill (and no half record), and

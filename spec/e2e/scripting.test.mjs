@@ -289,6 +289,22 @@ describe('cliproxy check', () => {
     assert.match(r2.err, /providers\/openai_compat\.lua: field 'prepare' must be a function/);
   });
 
+  test('an override of an engine module (rt/) is said; one of a lib/ helper is not', () => {
+    // rt.payload is required at every start: a copy of it under the user's
+    // path is a fork of the engine, and check names the file.
+    const engine = fs.readFileSync(path.join(ROOT, 'lua/rt/payload.lua'), 'utf8');
+    const schema = fs.readFileSync(path.join(ROOT, 'lua/lib/schema.lua'), 'utf8');
+    writeTree(dir, { 'eng/rt/payload.lua': engine, 'eng/lib/schema.lua': schema });
+    const p = path.join(dir, 'eng.yaml');
+    fs.writeFileSync(p, cfg('lua:\n  paths: [eng]\n'));
+    const r = check(p);
+    assert.equal(r.code, 0, r.err);
+    const all = r.out + r.err;
+    assert.match(all, /eng\/rt\/payload\.lua replaces the engine module rt\.payload/);
+    assert.doesNotMatch(all, /replaces the engine module lib\./);
+    assert.doesNotMatch(all, /schema\.lua replaces/);
+  });
+
   test('config type errors: non-zero, config file:line and key', () => {
     const p = path.join(dir, 'types.yaml');
     fs.writeFileSync(p, cfg('lua:\n  middleware:\n    - name: route_by_header\n      header: 42\n      routes: {}\n'));

@@ -4,7 +4,7 @@
 -- events separated by blank lines, "event: x" and "data: y" lines). A
 -- translator answers a table or nil, err; it never raises, and what it
 -- answers encodes as JSON.
-local json = require("rt.json")
+local json = require("lib.json")
 local translators = require("translators")
 
 local F = translators.formats

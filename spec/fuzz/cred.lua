@@ -2,7 +2,7 @@
 -- what reads it: the registry (which models an auth-dir file serves) and
 -- the refresh arithmetic (expiry, due time, the rotated document). Any text
 -- is skipped with a message or used; nothing raises.
-local json = require("rt.json")
+local json = require("lib.json")
 local config = require("rt.config")
 local registry = require("rt.registry")
 local oauth = require("rt.oauth")

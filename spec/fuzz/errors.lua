@@ -3,7 +3,7 @@
 -- the body. Every provider's classify answers a verdict, and the OAuth token
 -- answer parser answers tokens or an error of a known kind; nothing raises.
 local oauth = require("rt.oauth")
-local cooldown = require("rt.cooldown")
+local cooldown = require("lib.cooldown")
 
 local PROVIDERS = { "openai_compat", "claude", "gemini", "codex", "vertex" }
 local STATUSES = { 200, 400, 401, 403, 404, 408, 429, 500, 502, 503, 504, 529 }

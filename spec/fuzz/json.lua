@@ -4,7 +4,7 @@
 -- point after one round), and the first encoding keeps what fidelity
 -- promises: a compact input the encoder would write the same way comes back
 -- byte for byte.
-local json = require("rt.json")
+local json = require("lib.json")
 
 return function(s)
   local v, err = json.decode(s)

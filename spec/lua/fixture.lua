@@ -1,5 +1,5 @@
 -- Spec helper: the files under spec/fixtures/, as bytes or decoded JSON.
-local json = require("rt.json")
+local json = require("lib.json")
 
 local root = (os.getenv("CPX_ROOT") or ".") .. "/spec/fixtures/"
 

@@ -10,7 +10,7 @@ end
 package.path = (os.getenv("CPX_ROOT") or ".") .. "/spec/fixtures/middleware/?.lua;" .. package.path
 
 local mw = require("rt.middleware")
-local json = require("rt.json")
+local json = require("lib.json")
 
 local arr = json.array
 

@@ -1,7 +1,7 @@
--- rt.pool / rt.cooldown / rt.payload / rt.registry against the real C pool
+-- rt.pool / lib.cooldown / rt.payload / rt.registry against the real C pool
 -- (cpx.pool from build/cpx.so) with an injected clock.
 local cpx = require("cpx")
-local cooldown = require("rt.cooldown")
+local cooldown = require("lib.cooldown")
 local payload = require("rt.payload")
 local registry = require("rt.registry")
 local pool = require("rt.pool")
@@ -35,7 +35,7 @@ local function app_for(c, creds)
   return { config = c, providers = providers, registry = registry.build(c, creds or {}) }
 end
 
-describe("rt.cooldown", function()
+describe("lib.cooldown", function()
   local real_now = cooldown.now
   before_each(function() cooldown.now = function() return 1767225600 end end) -- 2026-01-01T00:00:00Z
   after_each(function() cooldown.now = real_now end)

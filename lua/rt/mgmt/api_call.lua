@@ -7,7 +7,7 @@
 -- present. auth_index is the entry's auth_index in GET /auth-files, or the
 -- file name.
 local cpx = require("cpx")
-local json = require("rt.json")
+local json = require("lib.json")
 
 local type = type
 local pairs = pairs

@@ -12,9 +12,9 @@
 -- Files are written atomically with mode 0600 in the threadpool, then the
 -- store rescans, so the next request already routes with them.
 local cpx = require("cpx")
-local json = require("rt.json")
+local json = require("lib.json")
 local access = require("rt.access")
-local cooldown = require("rt.cooldown")
+local cooldown = require("lib.cooldown")
 local catalog = require("rt.catalog")
 
 local type = type

@@ -6,7 +6,7 @@
 --   GET/PUT/PATCH /<setting>         {"<name>": value} / {"value": X} -> {"status":"ok"}
 -- Writes go through rt.management.edit_config: atomic, the rest of the file
 -- byte-identical, then the file watcher's reload applies them.
-local json = require("rt.json")
+local json = require("lib.json")
 
 local cpx = require("cpx")
 

@@ -12,7 +12,7 @@
 --   oauth-model-alias       the same with {"provider" | "channel", "aliases": [{name, alias, fork}]}
 -- Indices are 0-based, as in CLIProxyAPI. Every change edits config.yaml at
 -- the touched nodes only (a PATCH rewrites the patched fields, not the list).
-local json = require("rt.json")
+local json = require("lib.json")
 local access = require("rt.access")
 local yaml_edit = require("rt.mgmt.yaml_edit")
 

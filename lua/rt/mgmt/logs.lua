@@ -1,10 +1,10 @@
 -- rt.mgmt.logs: the main log written with logging-to-file (logs/main.log
 -- beside config.yaml, rotated at 10 MiB into main-<unix>.log, capped by
--- logs-max-total-size-mb; runtime/cpx_log.c), in CLIProxyAPI v6's shapes:
+-- logs-max-total-size-mb; runtime/core/cpx_log.c), in CLIProxyAPI v6's shapes:
 --   GET    /logs?after=<unix>&limit=N  {"lines": [...], "line-count": N, "latest-timestamp": T}
 --   DELETE /logs                       {"success": true, "message": ..., "removed": N}
 local cpx = require("cpx")
-local json = require("rt.json")
+local json = require("lib.json")
 local access = require("rt.access")
 
 local tonumber = tonumber

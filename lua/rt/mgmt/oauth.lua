@@ -15,7 +15,7 @@
 -- once rt.oauth knows its facts. Sessions live in cpx.shared, so the start,
 -- the callback and the polls may land on different workers.
 local cpx = require("cpx")
-local json = require("rt.json")
+local json = require("lib.json")
 local oauth = require("rt.oauth")
 local access = require("rt.access")
 

@@ -6,7 +6,7 @@
 -- Names are plain *.log names checked in C (no path, no dot first, no
 -- symlink); the files are read in the threadpool.
 local cpx = require("cpx")
-local json = require("rt.json")
+local json = require("lib.json")
 local reqlog = require("rt.reqlog")
 
 local ipairs = ipairs

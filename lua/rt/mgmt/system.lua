@@ -5,7 +5,7 @@
 --   {"latest-version": "<own>", "current-version": "<own>",
 --    "update-available": false, "message": "..."}
 local cpx = require("cpx")
-local json = require("rt.json")
+local json = require("lib.json")
 
 local _M = { name = "system" }
 

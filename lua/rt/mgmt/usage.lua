@@ -11,7 +11,7 @@
 --                        {added, skipped, total_requests, failed_requests}
 -- (usage-statistics-enabled GET/PUT/PATCH is one of rt.mgmt.config's
 -- scalar settings.)
-local json = require("rt.json")
+local json = require("lib.json")
 local usage = require("rt.usage")
 local access = require("rt.access")
 

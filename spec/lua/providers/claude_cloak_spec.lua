@@ -2,7 +2,7 @@
 local cloak = require("providers.claude_cloak")
 local profile = require("providers.claude_profile")
 local fixture = require("fixture")
-local json = require("rt.json")
+local json = require("lib.json")
 local cpx = require("cpx")
 
 local function first_user(body)

@@ -2,7 +2,7 @@
 local claude = require("providers.claude")
 local profile = require("providers.claude_profile")
 local fixture = require("fixture")
-local json = require("rt.json")
+local json = require("lib.json")
 
 describe("claude.merge_betas", function()
   for _, c in ipairs(fixture.json("providers/betas.json")) do

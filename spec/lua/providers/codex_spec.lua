@@ -1,8 +1,8 @@
 -- providers.codex: body fix-ups, cache key / Session_id, headers, errors.
 local codex = require("providers.codex")
-local util = require("rt.provider_util")
+local util = require("lib.provider_util")
 local fixture = require("fixture")
-local json = require("rt.json")
+local json = require("lib.json")
 
 describe("codex.fixup", function()
   for _, c in ipairs(fixture.json("providers/codex_fixup.json")) do
@@ -104,7 +104,7 @@ describe("codex errors", function()
   end)
 end)
 
-describe("rt.provider_util ids", function()
+describe("lib.provider_util ids", function()
   it("uuid5 matches RFC 9562's name-based UUIDs (Python's uuid5 of python.org in the DNS space)", function()
     assert.are.equal("886313e1-3b8a-5372-9b90-0c9aee199e5d", util.uuid5(util.NS_DNS, "python.org"))
   end)

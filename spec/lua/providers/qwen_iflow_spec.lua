@@ -3,7 +3,7 @@
 -- createHmac("sha256", key).update("iFlow-Cli:<session>:<ms>")), the
 -- Qwen limiter and the OAuth facts both logins read.
 local cpx = require("cpx")
-local json = require("rt.json")
+local json = require("lib.json")
 local oauth = require("rt.oauth")
 local ratelimit = require("rt.ratelimit")
 local qwen = require("providers.qwen")

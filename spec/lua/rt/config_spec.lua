@@ -1,6 +1,6 @@
 -- rt.config: the schema validator. Errors name file, line and key; defaults
 -- are filled; CLIProxyAPI's legacy keys are migrated.
-local json = require("rt.json")
+local json = require("lib.json")
 local config = require("rt.config")
 
 local A = json.array

@@ -1,7 +1,7 @@
 -- rt.count: what the local estimate counts, with which encoding, and the
 -- bound on the text one request may make us tokenize.
 local cpx = require("cpx")
-local json = require("rt.json")
+local json = require("lib.json")
 local count = require("rt.count")
 
 local A = json.array

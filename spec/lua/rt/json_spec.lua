@@ -1,6 +1,6 @@
--- rt.json fidelity (issue 12): decode -> encode gives back the input bytes;
+-- lib.json fidelity (issue 12): decode -> encode gives back the input bytes;
 -- edits change only what they touch; copies carry order and number text.
-local json = require("rt.json")
+local json = require("lib.json")
 
 -- compact documents that must come back byte for byte
 local SAME = {
@@ -18,7 +18,7 @@ local SAME = {
   '"text"', 'true', '7',
 }
 
-describe("rt.json fidelity", function()
+describe("lib.json fidelity", function()
   for _, s in ipairs(SAME) do
     it("round trips " .. s, function()
       assert.equal(s, json.encode(json.decode(s)))

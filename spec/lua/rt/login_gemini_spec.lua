@@ -2,7 +2,7 @@
 -- onboarding poll (pending, done, an operation error, never done), project
 -- choice and the failure messages. The whole login with the real io is
 -- spec/e2e/google.test.mjs.
-local json = require("rt.json")
+local json = require("lib.json")
 local oauth = require("rt.oauth")
 local lg = require("rt.login_gemini")
 local lib = require("rt.login").lib

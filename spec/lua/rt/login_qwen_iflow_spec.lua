@@ -2,7 +2,7 @@
 -- answers (network errors retried, denied, a bad answer) and the cookie
 -- login's failures. The whole logins with the real io are
 -- spec/e2e/qwen_iflow.test.mjs.
-local json = require("rt.json")
+local json = require("lib.json")
 local oauth = require("rt.oauth")
 local lib = require("rt.login").lib
 local lq = require("rt.login_qwen")

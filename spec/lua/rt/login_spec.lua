@@ -1,7 +1,7 @@
 -- rt.login: the flows against a scripted io (a fake clock, scripted events
 -- and token answers), so every branch runs without sockets or timers. The
--- real io (runtime/cpx_login.c) is covered by spec/e2e/login.test.mjs.
-local json = require("rt.json")
+-- real io (runtime/app/cpx_login.c) is covered by spec/e2e/login.test.mjs.
+local json = require("lib.json")
 local oauth = require("rt.oauth")
 local login = require("rt.login")
 

@@ -2,7 +2,7 @@
 -- requests and answers, credential documents, times). The I/O parts
 -- (request, refresh) are covered end to end by the login and refresh tests.
 local cpx = require("cpx")
-local json = require("rt.json")
+local json = require("lib.json")
 local oauth = require("rt.oauth")
 
 local function b64url_json(t)

@@ -1,6 +1,6 @@
 -- rt.panel: which paths name which files, the headers of each answer,
 -- revalidation, HEAD, the off switch and the bounded cache. cpx.panel.read
--- (C, runtime/cpx_panel.c) is replaced by a table of files that counts its
+-- (C, runtime/lua/cpx_panel.c) is replaced by a table of files that counts its
 -- reads; the real reader has its own C test and the e2e panel test.
 local cpx = require("cpx")
 

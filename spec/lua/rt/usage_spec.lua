@@ -1,7 +1,7 @@
 -- rt.record, rt.usage and rt.mgmt.usage against the real store (build/cpx.so
--- with runtime/cpx_usage.c: SQLite in a temporary directory).
+-- with runtime/state/cpx_usage.c: SQLite in a temporary directory).
 local cpx = require("cpx")
-local json = require("rt.json")
+local json = require("lib.json")
 local record = require("rt.record")
 local usage = require("rt.usage")
 local routes = require("rt.mgmt.usage")

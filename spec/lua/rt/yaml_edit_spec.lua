@@ -1,7 +1,7 @@
 -- rt.mgmt.yaml_edit: one key changed in the text, every other byte kept;
 -- the result always decodes to the document with that one change.
 local cpx = require("cpx")
-local json = require("rt.json")
+local json = require("lib.json")
 local ye = require("rt.mgmt.yaml_edit")
 
 local DOC = table.concat({

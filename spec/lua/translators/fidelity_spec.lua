@@ -3,7 +3,7 @@
 -- whatever the hash seed (checked on the encoded upstream body).
 package.path = "./lua/?/init.lua;" .. package.path
 local tr = require("translators")
-local json = require("rt.json")
+local json = require("lib.json")
 
 local fixture = require("fixture")
 local function load(name) return fixture.json("translators/fidelity/" .. name) end

@@ -1,5 +1,5 @@
 -- The hub's rewrite hooks (what a rendering-only pair override uses).
-local json = require("rt.json")
+local json = require("lib.json")
 local tr = require("translators")
 
 local chat_body = {

@@ -1,9 +1,9 @@
--- rt.ir and rt.schema units.
-local ir = require("rt.ir")
-local schema = require("rt.schema")
-local json = require("rt.json")
+-- lib.ir and lib.schema units.
+local ir = require("lib.ir")
+local schema = require("lib.schema")
+local json = require("lib.json")
 
-describe("rt.ir", function()
+describe("lib.ir", function()
   it("converts levels and budgets by the table", function()
     local cases = {
       { "none", 0 }, { "auto", -1 }, { "minimal", 512 }, { "low", 1024 }, { "medium", 8192 },
@@ -70,7 +70,7 @@ describe("rt.ir", function()
   end)
 end)
 
-describe("rt.schema", function()
+describe("lib.schema", function()
   it("cleans schemas for Gemini", function()
     local src = json.decode([[{
       "$schema": "x", "type": "object", "title": "T", "additionalProperties": false,

@@ -3,8 +3,8 @@
 -- system prompt}), same-format round trips, and errors.
 package.path = "./lua/?/init.lua;" .. package.path
 local tr = require("translators")
-local json = require("rt.json")
-local ir = require("rt.ir")
+local json = require("lib.json")
+local ir = require("lib.ir")
 
 local fixture = require("fixture")
 local function load(name) return fixture.json("translators/" .. name) end

@@ -3,7 +3,7 @@
 -- sequence, and the same content (text, thinking, tool calls) coming out.
 package.path = "./lua/?/init.lua;" .. package.path
 local tr = require("translators")
-local json = require("rt.json")
+local json = require("lib.json")
 local cpx = require("cpx")
 
 local root = (os.getenv("CPX_ROOT") or ".") .. "/spec/fixtures/translators/streams/"

@@ -1,4 +1,4 @@
--- rt.cooldown: what an upstream answer means for the account that gave it.
+-- lib.cooldown: what an upstream answer means for the account that gave it.
 --
 -- classify(status, headers, body, hint) -> action, kind, hint_seconds
 --   action: "success" | "retry" (try another account) | "fatal" (answer now)
@@ -15,7 +15,7 @@
 -- RetryInfo.retryDelay ("57.2s", a PerDay quota waits for the daily reset),
 -- Codex resets_at / resets_in_seconds and x-codex-*-reset-* headers.
 local cpx = require("cpx")
-local json = require("rt.json")
+local json = require("lib.json")
 
 local type = type
 local ipairs = ipairs

@@ -1,4 +1,4 @@
--- rt.provider_util: the small pieces every provider's prepare() shares.
+-- lib.provider_util: the small pieces every provider's prepare() shares.
 local cpx = require("cpx")
 
 local pairs = pairs

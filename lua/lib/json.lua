@@ -1,4 +1,4 @@
--- rt.json: the JSON functions every Lua module uses.
+-- lib.json: the JSON functions every Lua module uses.
 -- They come from the runtime (`cpx.json`, C over yajl): arrays decode with
 -- `array_mt` so `[]` stays `[]` on re-encode, and JSON null is `json.null`.
 -- Decoded objects keep their key order in their own metatable and numbers
@@ -20,7 +20,7 @@ local _M = {
   encode = cjson.encode,
   null = cjson.null,
   array_mt = cjson.array_mt,
-  -- the passthrough fast path (runtime/cpx_json_scan.c)
+  -- the passthrough fast path (runtime/core/cpx_json_scan.c)
   peek = cjson.peek,
   set_string = cjson.set_string,
   has = cjson.has,

@@ -227,6 +227,14 @@ static int l_require(lua_State *L) {
         found = 1;
     }
     lua_pop(L, 1);
+    /* lib/, translators/, providers/ and middleware/ are meant to be
+     * replaced; the engine (rt/) is not an extension point, so replacing
+     * it is said once per generation, naming the file. */
+    if (found && i < npaths && strncmp(name, "rt.", 3) == 0)
+      cpx_log_warn(NULL,
+                   "%s replaces the engine module %s: rt/ is cliproxy's "
+                   "own code, not an extension point (docs/modules.md)",
+                   path, name);
   }
   lua_pop(L, 1);
   if (!found) {

@@ -125,7 +125,7 @@ int cpx_errbody_format(const char *path, size_t n) {
   return CPX_FMT_OPENAI_CHAT;
 }
 
-/* rt.ir error_type */
+/* lib.ir error_type */
 static const char *openai_type(int st, const char **code) {
   *code = NULL;
   if (st == 401)

@@ -1,4 +1,4 @@
--- rt.ir: helpers shared by the wire-format codecs (lua/translators/*).
+-- lib.ir: helpers shared by the wire-format codecs (lua/translators/*).
 -- The IR itself is documented in docs/ir.md. Everything here is pure.
 local type = type
 local tonumber = tonumber

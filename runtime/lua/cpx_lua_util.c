@@ -1070,7 +1070,7 @@ static void open_json(lua_State *L) {
   lua_pushlightuserdata(L, NULL);
   lua_setfield(L, -2, "null");
 
-  /* For rt.json's copies, which carry the number texts to the copy. */
+  /* For lib.json's copies, which carry the number texts to the copy. */
   json_raw_push(L);
   lua_setfield(L, -2, "raw_text");
 

@@ -1,6 +1,6 @@
--- rt.schema: JSON-schema cleaning for Gemini and tool-name sanitising.
+-- lib.schema: JSON-schema cleaning for Gemini and tool-name sanitising.
 -- clean_for_gemini never modifies its argument; it returns a new table.
-local json = require("rt.json")
+local json = require("lib.json")
 
 local type = type
 local pairs = pairs
