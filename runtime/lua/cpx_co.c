@@ -25,7 +25,7 @@
 
 /* ---- helpers ------------------------------------------------------------ */
 
-lreq_t *current_lreq(lua_State *L) {
+lreq_t *cpx__lreq_of(lua_State *L) {
   lreq_t *lr;
   lua_getfield(L, LUA_REGISTRYINDEX, REG_THREADS);
   lua_pushthread(L);
@@ -72,7 +72,7 @@ static void on_resume_idle(uv_idle_t *h) {
     lua_pushnil(lr->co);
     lua_pushstring(lr->co, lr->aborted ? "client closed request" : lr->refuse);
     lr->vm->host--;
-    lreq_resume(lr, 2);
+    cpx__lreq_resume(lr, 2);
   }
 }
 
@@ -99,12 +99,12 @@ static void lreq_release(lreq_t *lr) {
   cpx__co_release_locks(lr);
   lr->vm->host++;
   while (lr->fetches)
-    lfetch_release(lr->fetches);
+    cpx__lfetch_release(lr->fetches);
   if (lr->sleep) {
     uv_close((uv_handle_t *)lr->sleep, on_sleep_closed);
     lr->sleep = NULL;
   }
-  ka_stop(lr);
+  cpx__ka_stop(lr);
   if (lr->framing == FRAME_SSE)
     cpx_sse_free(&lr->sse);
   else if (lr->framing == FRAME_JSONARR)
@@ -169,7 +169,7 @@ static void respond_internal_error(lreq_t *lr, const char *msg) {
   cpx_errbody_respond(r, 500, "server_error", "internal_server_error", msg);
 }
 
-void lreq_maybe_release(lreq_t *lr) {
+void cpx__lreq_maybe_release(lreq_t *lr) {
   if (lr->released || lr->running || lr->pending_work > 0)
     return;
   if (!lr->co_done)
@@ -184,7 +184,7 @@ void lreq_maybe_release(lreq_t *lr) {
   lreq_release(lr);
 }
 
-void lreq_resume(lreq_t *lr, int nargs) {
+void cpx__lreq_resume(lreq_t *lr, int nargs) {
   lua_State *co = lr->co;
   int rc;
 
@@ -207,7 +207,7 @@ void lreq_resume(lreq_t *lr, int nargs) {
                     lr->w->id, vm->gen);
       lr->co_failed = 1;
       lr->co_done = 1;
-      lreq_maybe_release(lr);
+      cpx__lreq_maybe_release(lr);
     }
     return;
   }
@@ -231,7 +231,7 @@ void lreq_resume(lreq_t *lr, int nargs) {
   vm->host--;
   lr->co_done = 1;
   lr->wait = W_NONE;
-  lreq_maybe_release(lr);
+  cpx__lreq_maybe_release(lr);
 }
 
 static void on_req_abort(cpx_request_t *r) {
@@ -245,17 +245,17 @@ static void on_req_abort(cpx_request_t *r) {
   /* Cancel every upstream transfer at once: nobody will read it. */
   if (lr->piping && !lr->pipe_ended) {
     lr->pipe_ended = 1;
-    pipe_note_abort(lr, "client closed request");
+    cpx__pipe_note_abort(lr, "client closed request");
   }
   while (lr->fetches)
-    lfetch_release(lr->fetches);
+    cpx__lfetch_release(lr->fetches);
   if (lr->sleep) {
     uv_timer_stop(lr->sleep);
   }
   if (!lr->co_done && lr->wait != W_NONE && !lr->running)
     queue_abort_resume(lr);
   else
-    lreq_maybe_release(lr);
+    cpx__lreq_maybe_release(lr);
 }
 
 static void on_req_drain(cpx_request_t *r) {
@@ -270,18 +270,18 @@ static void on_req_shutdown(cpx_request_t *r) {
   if (!lr || lr->released)
     return;
   if (lr->piping && !lr->pipe_ended) {
-    pipe_end(lr, "server shutting down");
+    cpx__pipe_end(lr, "server shutting down");
     return;
   }
   if (!lr->co_done && lr->wait != W_NONE && !lr->running) {
     while (lr->fetches)
-      lfetch_release(lr->fetches);
+      cpx__lfetch_release(lr->fetches);
     end_wait(lr); /* a lock wait's state, the sleep timer */
     lr->vm->host++;
     lua_pushnil(lr->co);
     lua_pushliteral(lr->co, "server shutting down");
     lr->vm->host--;
-    lreq_resume(lr, 2);
+    cpx__lreq_resume(lr, 2);
   }
 }
 
@@ -404,7 +404,7 @@ void cpx__lua_start(cpx_worker_t *w, cpx_vm_t *vm, cpx_request_t *r,
   if (push_extra)
     push_extra(lr->co, ud);
   vm->host--;
-  lreq_resume(lr, 2);
+  cpx__lreq_resume(lr, 2);
 }
 
 /* ---- coroutines without a request (cpx_task.h) -------------------------- */
@@ -426,7 +426,7 @@ int cpx__co_spawn(cpx_worker_t *w, cpx_vm_t *vm, int nargs, cpx_task_t *t,
   vm->host--;
   if (t)
     cpx__task_co_started(t, lr);
-  lreq_resume(lr, nargs);
+  cpx__lreq_resume(lr, nargs);
   return 0;
 }
 
@@ -441,17 +441,17 @@ void cpx__co_cancel(lreq_t *lr, const char *reason) {
    * resume of this coroutine. Its transfers are cancelled (nobody will
    * read them). */
   while (lr->fetches)
-    lfetch_release(lr->fetches);
+    cpx__lfetch_release(lr->fetches);
   end_wait(lr);
   lr->vm->host++;
   lua_pushnil(lr->co);
   lua_pushstring(lr->co, lr->refuse);
   lr->vm->host--;
-  lreq_resume(lr, 2);
+  cpx__lreq_resume(lr, 2);
 }
 
 lreq_t *cpx__co_current(lua_State *L) {
-  lreq_t *lr = current_lreq(L);
+  lreq_t *lr = cpx__lreq_of(L);
   return lr && lr->co == L && !lr->released ? lr : NULL;
 }
 
@@ -467,7 +467,7 @@ const char *cpx__co_refusal(lua_State *L, lreq_t *lr) {
 }
 
 /* Pushes nil, why when co may not wait; returns 2 then, else 0. */
-int push_refusal(lua_State *L, lreq_t *lr) {
+int cpx__push_refusal(lua_State *L, lreq_t *lr) {
   const char *why = cpx__co_refusal(L, lr);
   if (!why)
     return 0;
@@ -522,7 +522,7 @@ static void on_sleep_done(uv_timer_t *t) {
       lr->poll = NULL;
       lr->poll_cleanup = NULL;
       lr->poll_ud = NULL;
-      lreq_resume(lr, n);
+      cpx__lreq_resume(lr, n);
     }
     return;
   }
@@ -530,16 +530,16 @@ static void on_sleep_done(uv_timer_t *t) {
     return;
   lr->wait = W_NONE;
   lua_pushboolean(lr->co, 1);
-  lreq_resume(lr, 1);
+  cpx__lreq_resume(lr, 1);
 }
 
 static int l_sleep(lua_State *L) {
-  lreq_t *lr = current_lreq(L);
+  lreq_t *lr = cpx__lreq_of(L);
   double sec = luaL_checknumber(L, 1);
   if (!lr || lr->co != L)
     return luaL_error(
         L, "cpx.sleep can only run in a request's handler or a task");
-  if (push_refusal(L, lr))
+  if (cpx__push_refusal(L, lr))
     return 2;
   if (!lr->sleep) {
     lr->sleep = malloc(sizeof(uv_timer_t));
@@ -565,7 +565,7 @@ static lreq_t *request_of(lua_State *L) {
     return NULL;
   }
   lua_pop(L, 1);
-  lr = current_lreq(L);
+  lr = cpx__lreq_of(L);
   return lr && lr->co == L && !lr->released ? lr : NULL;
 }
 
@@ -597,11 +597,11 @@ static void job_done(uv_work_t *req, int status) {
     }
     vm->host--;
     job->done(job);
-    lreq_resume(lr, nres);
+    cpx__lreq_resume(lr, nres);
     return;
   }
   job->done(job);
-  lreq_maybe_release(lr);
+  cpx__lreq_maybe_release(lr);
 }
 
 int cpx_lua_await(lua_State *L, cpx_lua_job_t *job) {

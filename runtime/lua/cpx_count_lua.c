@@ -53,17 +53,17 @@ static void count_done(uv_work_t *req, int status) {
     }
     vm->host--;
     free(w);
-    lreq_resume(lr, nres);
+    cpx__lreq_resume(lr, nres);
     return;
   }
   free(w);
-  lreq_maybe_release(lr);
+  cpx__lreq_maybe_release(lr);
 }
 
 /* cpx.tokens.count_async(text[, encoding]) -> n | nil, err. Yields in the
  * request phase (elsewhere it counts synchronously). */
 static int l_count_async(lua_State *L) {
-  lreq_t *lr = current_lreq(L);
+  lreq_t *lr = cpx__lreq_of(L);
   size_t len;
   const char *text = luaL_checklstring(L, 1, &len);
   const char *enc = luaL_optstring(L, 2, "o200k_base");

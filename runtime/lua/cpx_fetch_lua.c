@@ -13,7 +13,7 @@
 /* Reads a header table at idx: { name = value | {values...} } or an array
  * of {name, value}. The strings stay owned by Lua (the table must stay on
  * the stack while the result is used). Returns the count or -1. */
-int read_headers(lua_State *L, int idx, cpx_header_t *out, int max) {
+int cpx__read_headers(lua_State *L, int idx, cpx_header_t *out, int max) {
   int n = 0;
   if (lua_isnoneornil(L, idx))
     return 0;
@@ -96,7 +96,7 @@ static void push_header_table(lua_State *L, const char *buf, size_t len) {
 
 /* ---- fetch lifecycle ---------------------------------------------------- */
 
-void lfetch_release(lfetch_t *lf) {
+void cpx__lfetch_release(lfetch_t *lf) {
   lreq_t *lr = lf->lr;
   lfetch_t **pp = &lr->fetches;
   while (*pp && *pp != lf)
@@ -198,9 +198,9 @@ static void on_fetch_event_inner(cpx_fetch_t *f, int ev) {
 
   if (lr->piping && lr->pipe == lf) {
     if (ev == CPX_FETCH_DONE)
-      pipe_end(lr, f->result
-                       ? (f->errmsg[0] ? f->errmsg : cpx_strerror(f->result))
-                       : NULL);
+      cpx__pipe_end(
+          lr, f->result ? (f->errmsg[0] ? f->errmsg : cpx_strerror(f->result))
+                        : NULL);
     return;
   }
   if (lr->wait_fetch != lf || lr->running)
@@ -211,7 +211,7 @@ static void on_fetch_event_inner(cpx_fetch_t *f, int ev) {
       lr->wait = W_NONE;
       lr->wait_fetch = NULL;
       f->notify_data = 0;
-      lreq_resume(lr, 1);
+      cpx__lreq_resume(lr, 1);
     } else if (ev == CPX_FETCH_DONE || f->paused) {
       /* The stream ended, failed, or filled the hold buffer without a
        * complete event: nothing more to peek at. */
@@ -225,7 +225,7 @@ static void on_fetch_event_inner(cpx_fetch_t *f, int ev) {
       else
         lua_pushstring(lr->co,
                        f->done ? "end of stream" : "no complete event yet");
-      lreq_resume(lr, 2);
+      cpx__lreq_resume(lr, 2);
     }
     return;
   }
@@ -240,12 +240,12 @@ static void on_fetch_event_inner(cpx_fetch_t *f, int ev) {
       lua_pushlightuserdata(lr->co, lf);
       lua_pushnil(lr->co);
       lua_rawset(lr->co, LUA_REGISTRYINDEX);
-      lreq_resume(lr, 1);
+      cpx__lreq_resume(lr, 1);
     } else if (ev == CPX_FETCH_DONE) {
       lr->wait = W_NONE;
       lr->wait_fetch = NULL;
       push_fetch_error(lr->co, f);
-      lreq_resume(lr, 2);
+      cpx__lreq_resume(lr, 2);
     }
   } else if (lr->wait == W_BODY && ev == CPX_FETCH_DONE) {
     lr->wait = W_NONE;
@@ -254,7 +254,7 @@ static void on_fetch_event_inner(cpx_fetch_t *f, int ev) {
       lua_pushlstring(lr->co, f->body ? f->body : "", f->body_len);
     else
       push_fetch_error(lr->co, f);
-    lreq_resume(lr, f->result == 0 ? 1 : 2);
+    cpx__lreq_resume(lr, f->result == 0 ? 1 : 2);
   }
 }
 
@@ -268,7 +268,7 @@ static double opt_num(lua_State *L, int idx, const char *k, double dflt) {
   return v;
 }
 
-lfetch_t *check_fetch(lua_State *L, int idx) {
+lfetch_t *cpx__check_fetch(lua_State *L, int idx) {
   fetch_box_t *b = luaL_checkudata(L, idx, MT_FETCH);
   if (!b->lf)
     luaL_error(L, "fetch object is closed");
@@ -279,7 +279,7 @@ lfetch_t *check_fetch(lua_State *L, int idx) {
  * first_byte_timeout=, idle_timeout= (seconds), max_body=} -> fetch | nil,
  * err. Yields until the status and headers arrive. */
 static int l_fetch(lua_State *L) {
-  lreq_t *lr = current_lreq(L);
+  lreq_t *lr = cpx__lreq_of(L);
   cpx_header_t hdrs[MAX_HEADERS];
   cpx_fetch_opts_t o;
   cpx_settings_t *s;
@@ -290,7 +290,7 @@ static int l_fetch(lua_State *L) {
     return luaL_error(
         L, "cpx.fetch can only run in a request's handler or a task");
   luaL_checktype(L, 1, LUA_TTABLE);
-  if (push_refusal(L, lr))
+  if (cpx__push_refusal(L, lr))
     return 2;
   s = &lr->vm->settings;
   memset(&o, 0, sizeof(o));
@@ -306,7 +306,7 @@ static int l_fetch(lua_State *L) {
   lua_getfield(L, 1, "headers");
   if (!o.url)
     return luaL_error(L, "cpx.fetch: url is required");
-  nh = read_headers(L, lua_gettop(L), hdrs, MAX_HEADERS);
+  nh = cpx__read_headers(L, lua_gettop(L), hdrs, MAX_HEADERS);
   if (nh < 0)
     return luaL_error(L, "cpx.fetch: headers must be a table");
   o.headers = hdrs;
@@ -352,13 +352,13 @@ static int l_fetch(lua_State *L) {
 }
 
 static int l_fetch_status(lua_State *L) {
-  lfetch_t *lf = check_fetch(L, 1);
+  lfetch_t *lf = cpx__check_fetch(L, 1);
   lua_pushinteger(L, lf->f->status);
   return 1;
 }
 
 static int l_fetch_headers(lua_State *L) {
-  lfetch_t *lf = check_fetch(L, 1);
+  lfetch_t *lf = cpx__check_fetch(L, 1);
   push_header_table(L, lf->f->resp_headers ? lf->f->resp_headers : "",
                     lf->f->resp_headers_len);
   return 1;
@@ -366,11 +366,11 @@ static int l_fetch_headers(lua_State *L) {
 
 /* fetch:body() -> string | nil, err. Yields until the transfer ends. */
 static int l_fetch_body(lua_State *L) {
-  lfetch_t *lf = check_fetch(L, 1);
+  lfetch_t *lf = cpx__check_fetch(L, 1);
   lreq_t *lr = lf->lr;
   if (lr->co != L)
     return luaL_error(L, "fetch:body can only run in a request's handler");
-  if (!lf->f->done && push_refusal(L, lr))
+  if (!lf->f->done && cpx__push_refusal(L, lr))
     return 2;
   if (lf->f->done) {
     if (lf->f->result == 0) {
@@ -396,7 +396,7 @@ static int l_fetch_body(lua_State *L) {
  * client's headers until the first real upstream event (so an error in it
  * can still fail over to another account). Only before a mode is chosen. */
 static int l_fetch_peek(lua_State *L) {
-  lfetch_t *lf = check_fetch(L, 1);
+  lfetch_t *lf = cpx__check_fetch(L, 1);
   lreq_t *lr = lf->lr;
   cpx_fetch_t *f = lf->f;
 
@@ -404,7 +404,7 @@ static int l_fetch_peek(lua_State *L) {
     return luaL_error(L, "fetch:peek can only run in a request's handler");
   if (f->mode != 0)
     return luaL_error(L, "fetch:peek: the body is already being read");
-  if (!f->done && push_refusal(L, lr))
+  if (!f->done && cpx__push_refusal(L, lr))
     return 2;
   if (!lf->peeking) {
     cpx_sse_init(&lf->peek, 1024 * 1024);
@@ -435,7 +435,7 @@ static int l_fetch_peek(lua_State *L) {
 static int l_fetch_close(lua_State *L) {
   fetch_box_t *b = luaL_checkudata(L, 1, MT_FETCH);
   if (b->lf && !(b->lf->lr->piping && b->lf->lr->pipe == b->lf))
-    lfetch_release(b->lf);
+    cpx__lfetch_release(b->lf);
   return 0;
 }
 

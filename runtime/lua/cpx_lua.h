@@ -1,5 +1,5 @@
 /* cpx_lua.h: LuaJIT VM generations, the module loader and sandbox, and the
- * request coroutines.
+ * entry points of the request coroutines.
  *
  * A generation (cpx_vm_t) is one lua_State with the config loaded and every
  * module loaded and validated. A worker serves new requests on its current
@@ -8,7 +8,8 @@
  * in-flight requests finish on the old one, which is closed when its last
  * request ends.
  *
- * cpx_lua.c is the only place that calls lua_resume.
+ * The request coroutines themselves live in cpx_co.c (the only place that
+ * resumes them) and the binding files beside it (see cpx_lua_int.h).
  */
 #ifndef CPX_LUA_H
 #define CPX_LUA_H

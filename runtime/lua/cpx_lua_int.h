@@ -115,32 +115,31 @@ struct lreq_s {
 
 /* The runtime coroutine whose thread is L (any state, even released), or
  * NULL. */
-lreq_t *current_lreq(lua_State *L);
+lreq_t *cpx__lreq_of(lua_State *L);
 /* Resumes lr's coroutine with the nargs values at the top of its stack. */
-void lreq_resume(lreq_t *lr, int nargs);
+void cpx__lreq_resume(lreq_t *lr, int nargs);
 /* Frees lr once nothing refers to it any more (its coroutine ended, its
  * pipe ended, no threadpool job points at it); else does nothing. */
-void lreq_maybe_release(lreq_t *lr);
+void cpx__lreq_maybe_release(lreq_t *lr);
 /* Pushes nil, why when lr may not wait; returns 2 then, else 0. */
-int push_refusal(lua_State *L, lreq_t *lr);
+int cpx__push_refusal(lua_State *L, lreq_t *lr);
 void cpx__co_register(lua_State *L, int t);
 
 /* ---- cpx_fetch_lua.c ----------------------------------------------------- */
 
-int read_headers(lua_State *L, int idx, cpx_header_t *out, int max);
-void lfetch_release(lfetch_t *lf);
-lfetch_t *check_fetch(lua_State *L, int idx);
+int cpx__read_headers(lua_State *L, int idx, cpx_header_t *out, int max);
+void cpx__lfetch_release(lfetch_t *lf);
+lfetch_t *cpx__check_fetch(lua_State *L, int idx);
 void cpx__fetch_lua_register(lua_State *L, int t);
 
 /* ---- cpx_req_lua.c ------------------------------------------------------- */
 
-void pipe_end(lreq_t *lr, const char *err);
-void pipe_note_abort(lreq_t *lr, const char *why);
-void ka_stop(lreq_t *lr);
+void cpx__pipe_end(lreq_t *lr, const char *err);
+void cpx__pipe_note_abort(lreq_t *lr, const char *why);
+void cpx__ka_stop(lreq_t *lr);
 void cpx__req_lua_register(lua_State *L);
 
-/* ---- cpx_count_lua.c, cpx_misc_lua.c --------------------------------------
- */
+/* ---- cpx_count_lua.c, cpx_misc_lua.c ----------------------------------- */
 
 void cpx__count_lua_register(lua_State *L, int t);
 void cpx__misc_lua_register(lua_State *L, int t);

@@ -20,7 +20,7 @@ static int l_log(lua_State *L) {
     return luaL_argerror(L, 1, "level must be debug, info, warn or error");
   if (level < cpx_log_get_level())
     return 0;
-  lr = current_lreq(L);
+  lr = cpx__lreq_of(L);
   if (lr && !lr->released && lr->r)
     rid = lr->r->rid;
   for (int i = 2; i <= n; i++) {
@@ -39,12 +39,9 @@ static int l_log(lua_State *L) {
   return 0;
 }
 
-/* cpx.secure_compare(a, b): equal in time that depends on neither value:
- * both sides go through HMAC-SHA256 under a per-process random key first,
- * so even the lengths do not leak. */
-/* HMAC both sides with a per-process random key, then compare the digests
- * with CRYPTO_memcmp: neither the bytes nor the length of the secret leak
- * through timing. */
+/* cpx.secure_compare(a, b): HMAC-SHA256 both sides under a per-process
+ * random key, then compare the digests with CRYPTO_memcmp: neither the bytes
+ * nor the length of the secret leak through timing. */
 static unsigned char secure_key[32];
 static uv_once_t secure_once = UV_ONCE_INIT;
 static int secure_ready;

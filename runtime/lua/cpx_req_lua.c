@@ -171,7 +171,7 @@ static int pipe_sink(cpx_fetch_t *f, const char *data, size_t len) {
 
 /* The client left mid-stream: the handler's on_abort(why, captured), if
  * any, may note it (rt.record); it cannot write. */
-void pipe_note_abort(lreq_t *lr, const char *why) {
+void cpx__pipe_note_abort(lreq_t *lr, const char *why) {
   lua_State *L = lr->vm->L;
   int failed = 0;
   if (lr->handler_ref == LUA_NOREF)
@@ -185,14 +185,14 @@ void pipe_note_abort(lreq_t *lr, const char *why) {
     lua_pop(L, 1);
 }
 
-void pipe_end(lreq_t *lr, const char *err) {
+void cpx__pipe_end(lreq_t *lr, const char *err) {
   lua_State *L = lr->vm->L;
   int failed = 0;
 
   if (lr->pipe_ended)
     return;
   lr->pipe_ended = 1;
-  ka_stop(lr);
+  cpx__ka_stop(lr);
   if (lr->handler_failed && !err)
     err = "stream translation failed";
   if (!lr->aborted && lr->r->conn) {
@@ -208,11 +208,11 @@ void pipe_end(lreq_t *lr, const char *err) {
       write_result(lr);
     cpx_request_finish(lr->r);
   } else {
-    pipe_note_abort(lr, err);
+    cpx__pipe_note_abort(lr, err);
   }
   if (lr->pipe)
-    lfetch_release(lr->pipe);
-  lreq_maybe_release(lr);
+    cpx__lfetch_release(lr->pipe);
+  cpx__lreq_maybe_release(lr);
 }
 
 /* ---- Lua: the request object -------------------------------------------- */
@@ -239,7 +239,7 @@ static int push_write_rc(lua_State *L, int rc) {
 static int nka_finish(lua_State *L, lreq_t *lr, int status, const char *body,
                       size_t blen) {
   int rc;
-  ka_stop(lr);
+  cpx__ka_stop(lr);
   if (status != 200)
     cpx_log_info(lr->r->rid,
                  "status %d sent as 200 after keep-alive blank lines (body "
@@ -258,7 +258,7 @@ static int l_req_respond(lua_State *L) {
   cpx_header_t hdrs[MAX_HEADERS];
   size_t blen = 0;
   const char *body = luaL_optlstring(L, 4, "", &blen);
-  int nh = read_headers(L, 3, hdrs, MAX_HEADERS);
+  int nh = cpx__read_headers(L, 3, hdrs, MAX_HEADERS);
   if (nh < 0)
     return luaL_argerror(L, 3, "headers must be a table");
   if (status < 100 || status > 999)
@@ -266,7 +266,7 @@ static int l_req_respond(lua_State *L) {
   if (lr->nka_started)
     return nka_finish(L, lr, status, body, blen);
   if (lr->nka)
-    ka_stop(lr);
+    cpx__ka_stop(lr);
   if (lr->r->headers_sent)
     return push_write_rc(L, CPX_ESTATE);
   return push_write_rc(
@@ -278,7 +278,7 @@ static int l_req_start(lua_State *L) {
   lreq_t *lr = check_req(L, 1);
   int status = (int)luaL_checkinteger(L, 2);
   cpx_header_t hdrs[MAX_HEADERS];
-  int nh = read_headers(L, 3, hdrs, MAX_HEADERS);
+  int nh = cpx__read_headers(L, 3, hdrs, MAX_HEADERS);
   if (nh < 0)
     return luaL_argerror(L, 3, "headers must be a table");
   return push_write_rc(L, cpx_request_start(lr->r, status, hdrs, (size_t)nh));
@@ -304,7 +304,7 @@ static void on_ka_closed(uv_handle_t *h) {
   free(h);
 }
 
-void ka_stop(lreq_t *lr) {
+void cpx__ka_stop(lreq_t *lr) {
   if (lr->ka) {
     uv_close((uv_handle_t *)lr->ka, on_ka_closed);
     lr->ka = NULL;
@@ -373,7 +373,7 @@ static void on_ka(uv_timer_t *t) {
  * must have been started with req:start. */
 static int l_req_pipe(lua_State *L) {
   lreq_t *lr = check_req(L, 1);
-  lfetch_t *lf = check_fetch(L, 2);
+  lfetch_t *lf = cpx__check_fetch(L, 2);
   const char *framing = luaL_optstring(L, 4, "raw");
 
   if (lr->piping)
