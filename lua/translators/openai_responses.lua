@@ -549,32 +549,24 @@ ON["response.reasoning_summary_part.added"] = function(d, oi, st, ctx, out)
   end
 end
 
-local function thinking_delta(d, oi, st, ctx, out)
-  local item = st.items[oi]
-  if item then
-    item.any = true
-    out[#out + 1] = { t = "delta", i = bkey(oi), thinking = s(d.delta) or "" }
+-- A delta of an open item: the IR delta's field and its text.
+local function item_delta(field, text_of)
+  return function(d, oi, st, ctx, out)
+    local item = st.items[oi]
+    if item then
+      item.any = true
+      out[#out + 1] = { t = "delta", i = bkey(oi), [field] = text_of(d.delta) }
+    end
   end
 end
-ON["response.reasoning_summary_text.delta"] = thinking_delta
-ON["response.reasoning_text.delta"] = thinking_delta
+local function plain(v) return s(v) or "" end
+-- a custom tool's input streams as the inside of a JSON string
+local function json_inside(v) return encode(s(v) or ""):sub(2, -2) end
 
-ON["response.function_call_arguments.delta"] = function(d, oi, st, ctx, out)
-  local item = st.items[oi]
-  if item then
-    item.any = true
-    out[#out + 1] = { t = "delta", i = bkey(oi), args = s(d.delta) or "" }
-  end
-end
-
-ON["response.custom_tool_call_input.delta"] = function(d, oi, st, ctx, out)
-  local item = st.items[oi]
-  if item then
-    item.any = true
-    local e = encode(s(d.delta) or "")
-    out[#out + 1] = { t = "delta", i = bkey(oi), args = e:sub(2, -2) }
-  end
-end
+ON["response.reasoning_summary_text.delta"] = item_delta("thinking", plain)
+ON["response.reasoning_text.delta"] = item_delta("thinking", plain)
+ON["response.function_call_arguments.delta"] = item_delta("args", plain)
+ON["response.custom_tool_call_input.delta"] = item_delta("args", json_inside)
 
 -- response.output_item.done, by the kind of item it closes: what did not
 -- stream as deltas comes from the final item.
