@@ -32,10 +32,6 @@ local FRAMING = "sse"
 -- usage is in its first events (Claude's message_start) and its last.
 local RECORD_CAPTURE = 8192
 
-local function stream_headers()
-  return http.headers("text/event-stream", { ["Cache-Control"] = "no-cache", ["X-Accel-Buffering"] = "no" })
-end
-
 local function has_hook(chain, phase)
   return chain ~= nil and chain.hooks ~= nil and chain.hooks[phase] ~= nil
 end
@@ -520,7 +516,7 @@ local function answer_stream(job, res, sfix)
     actx.input_estimate = count.estimate("claude", job.body, job.model, app.config["count-tokens"])
   end
   -- Gemini without alt=sse streams a JSON array, not SSE.
-  req:start(200, job.opts.gemini_array and http.headers("application/json") or stream_headers())
+  req:start(200, job.opts.gemini_array and http.headers("application/json") or http.sse_headers())
   mw.defer_log(actx)
   -- [record] the client has its head at the first real event; the
   -- record ends with the stream (on_end) or the client (on_abort)

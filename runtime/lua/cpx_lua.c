@@ -530,6 +530,7 @@ int cpx_vm_new(cpx_worker_t *w, const char *config_path, cpx_vm_t **out,
   /* cpx = util part + server part; reachable as require("cpx"). */
   cpx_lua_util_open(L);
   cpx_json_scan_register(L);
+  cpx_http_lua_register(L);
   cpx_tokens_lua_register(L);
   cpx__lua_api_register(L);
   cpx_pool_lua_register(L);

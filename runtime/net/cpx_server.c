@@ -78,6 +78,13 @@ static void ip_release(cpx_server_t *srv, cpx_conn_t *c);
 const cpx_header_t cpx_json_headers[CPX_JSON_HEADERS_N] = {
     CPX_CORS_HEADERS, {CPX_STR("Content-Type"), CPX_STR("application/json")}};
 
+const cpx_header_t cpx_sse_headers[CPX_SSE_HEADERS_N] = {
+    CPX_CORS_HEADERS,
+    {CPX_STR("Content-Type"), CPX_STR("text/event-stream")},
+    {CPX_STR("Cache-Control"), CPX_STR("no-cache")},
+    {CPX_STR("X-Accel-Buffering"), CPX_STR("no")},
+};
+
 void cpx_server_config_defaults(cpx_server_config_t *cfg) {
   memset(cfg, 0, sizeof(*cfg));
   snprintf(cfg->host, sizeof(cfg->host), "127.0.0.1");

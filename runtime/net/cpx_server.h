@@ -136,8 +136,10 @@ void cpx_server_close(cpx_server_t *srv);
 void cpx_request_ref(cpx_request_t *r);
 void cpx_request_unref(cpx_request_t *r);
 
-/* CORS as CLIProxyAPI sends it (lua/rt/http.lua has the same for Lua), for
- * header arrays built in C. */
+/* CORS as CLIProxyAPI sends it, for header arrays built in C. These lists
+ * are the only ones: Lua reads them as cpx.http.cors_headers and
+ * cpx.http.sse_headers (cpx_http_lua.c; rt.http builds its tables on
+ * them). */
 #define CPX_CORS_HEADERS                                                       \
   {CPX_STR("Access-Control-Allow-Origin"), CPX_STR("*")},                      \
       {CPX_STR("Access-Control-Allow-Methods"),                                \
@@ -149,6 +151,10 @@ void cpx_request_unref(cpx_request_t *r);
  * may copy the array and replace the type). */
 #define CPX_JSON_HEADERS_N 4
 extern const cpx_header_t cpx_json_headers[CPX_JSON_HEADERS_N];
+/* The head of an SSE answer: CORS, Content-Type: text/event-stream,
+ * Cache-Control: no-cache and X-Accel-Buffering: no (no proxy buffering). */
+#define CPX_SSE_HEADERS_N 6
+extern const cpx_header_t cpx_sse_headers[CPX_SSE_HEADERS_N];
 
 /* Complete response with a body (Content-Length). headers may be NULL. */
 int cpx_request_respond(cpx_request_t *r, int status,

@@ -110,7 +110,7 @@ describe("rt.middleware load", function()
     assert.equal("config.yaml: lua.middleware.1.priority: expected a number, got string \"first\"", err)
     _, err = load({ { name = "system_prompt", text = "x", mode = "before" } })
     assert.equal("config.yaml: lua.middleware.1.mode: expected one of prepend, append, replace, "
-      .. "got string \"before\"", err)
+      .. "got \"before\"", err)
     _, err = load({ { name = "body_patch", set = { ["a..b"] = 1 } } })
     assert.equal("config.yaml: lua.middleware.1.set: malformed JSON path 'a..b'", err)
     _, err = load({ { name = "redact", patterns = arr({ "[a" }) } })

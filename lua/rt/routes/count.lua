@@ -7,28 +7,34 @@ local http = require("rt.http")
 local count = require("rt.count")
 local record = require("rt.record")
 local refresh = require("rt.refresh")
+local pool = require("rt.pool")
 local provider_util = require("lib.provider_util")
 
 local log = cpx.log
 local type = type
 local tostring = tostring
+local pcall = pcall
+local error = error
 
 local _M = {}
 
--- First-party upstream count (Claude count_tokens / Gemini countTokens),
--- passed through; nil when the upstream cannot be asked.
-local function upstream_count(app, fmt, body, model, info)
-  local targets = app.registry:lookup(model)
-  if not targets then return nil end
-  local t = targets[1]
+-- An account that can answer the client's count itself: one of the
+-- client's own format, and for Claude only the first-party API (a custom
+-- base-url keeps the local estimate, as CLIProxyAPI does).
+local function counts_upstream(app, fmt, t)
   local p = app.providers[t.provider]
-  if p.format ~= fmt then return nil end
-  -- Claude: only the first-party API counts; a custom base-url keeps the
-  -- local estimate (as CLIProxyAPI does).
+  if not p or p.format ~= fmt then return false end
   local base = t.entry and t.entry["base-url"]
   if fmt == "claude" and base and base ~= "" and not base:find("^https://api%.anthropic%.com") then
-    return nil
+    return false
   end
+  return true
+end
+
+-- Asks account t for the count. Returns status, body, headers, or nil
+-- when the local estimate must answer.
+local function ask(app, t, fmt, body, model, info)
+  local p = app.providers[t.provider]
   -- Only top-level fields change: a shallow copy, not a re-encode.
   local b = json.shallow_copy(body)
   if fmt == "claude" then
@@ -70,6 +76,19 @@ local function upstream_count(app, fmt, body, model, info)
     if type(d) == "table" then text = json.encode(p.response_fixup(d, ctx) or d) end
   end
   return up:status(), text, up:headers()
+end
+
+-- First-party upstream count (Claude count_tokens / Gemini countTokens),
+-- passed through; nil when no account can be asked. The account is the
+-- pool's choice as for inference (rt.pool.choose): round-robin over the
+-- accounts that count upstream, cooling ones skipped.
+local function upstream_count(app, fmt, body, model, info)
+  local t, release = pool.choose(app, model, function(x) return counts_upstream(app, fmt, x) end)
+  if not t then return nil end
+  local ok, status, text, uh = pcall(ask, app, t, fmt, body, model, info)
+  release()
+  if not ok then error(status, 0) end
+  return status, text, uh
 end
 
 local function count_tokens_claude(app, req, info)
