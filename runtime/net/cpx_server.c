@@ -8,6 +8,7 @@
 
 #include <openssl/rand.h>
 
+#include "cpx_buf.h"
 #include "cpx_errbody.h"
 #include "cpx_log.h"
 #include "cpx_metrics.h"
@@ -728,19 +729,7 @@ static void conn_process_direct(cpx_conn_t *c, const char *in, size_t n) {
 }
 
 static int pending_append(cpx_conn_t *c, const char *p, size_t n) {
-  if (c->pending_len + n > c->pending_cap) {
-    size_t nc = c->pending_cap ? c->pending_cap : 16384;
-    while (nc < c->pending_len + n)
-      nc *= 2;
-    char *nb = realloc(c->pending, nc);
-    if (!nb)
-      return CPX_ENOMEM;
-    c->pending = nb;
-    c->pending_cap = nc;
-  }
-  memcpy(c->pending + c->pending_len, p, n);
-  c->pending_len += n;
-  return 0;
+  return cpx_buf_append(&c->pending, &c->pending_len, &c->pending_cap, p, n);
 }
 
 static int tls_plain_in(void *ud, const char *buf, size_t len) {
