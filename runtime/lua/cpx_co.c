@@ -146,7 +146,7 @@ static void lreq_release(lreq_t *lr) {
   if (lr->task)
     cpx__task_co_done(lr->task, lr);
   if (lr->resume_queued) {
-    lreq_t **pp = (lreq_t **)&lr->w->resume_queue;
+    lreq_t **pp = &lr->w->resume_queue;
     while (*pp && *pp != lr)
       pp = &(*pp)->next_resume;
     if (*pp)

@@ -45,8 +45,6 @@ struct lfetch_s {
   lreq_t *lr;
   fetch_box_t *box; /* the userdata, or NULL after it was collected */
   lfetch_t *next;
-  int headers_seen;
-  int done_seen;
   /* fetch:peek(): a private SSE parser over the held bytes (which stay
    * held, so a later pipe replays them) and a queue of parsed events. */
   int peeking;
