@@ -48,7 +48,7 @@ static void count_free(cpx_lua_job_t *job) {
 /* cpx.tokens.count_async(text[, encoding]) -> n | nil, err. Yields in the
  * request phase (elsewhere it counts synchronously). */
 static int l_count_async(lua_State *L) {
-  lreq_t *lr = cpx__lreq_of(L);
+  lreq_t *lr = cpx__co_current(L);
   size_t len;
   const char *text = luaL_checklstring(L, 1, &len);
   const char *enc = luaL_optstring(L, 2, "o200k_base");
@@ -56,7 +56,7 @@ static int l_count_async(lua_State *L) {
 
   /* Outside a coroutine, or in one that may no longer wait (a premature
    * task): count here and now. */
-  if (!lr || lr->co != L || lr->released || lr->refuse || lr->aborted) {
+  if (!lr || lr->refuse || lr->aborted) {
     size_t n;
     int rc = cpx_tokens_count(enc, text, len, &n);
     if (rc != 0) {

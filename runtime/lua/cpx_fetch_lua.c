@@ -274,14 +274,14 @@ lfetch_t *cpx__check_fetch(lua_State *L, int idx) {
  * first_byte_timeout=, idle_timeout= (seconds), max_body=} -> fetch | nil,
  * err. Yields until the status and headers arrive. */
 static int l_fetch(lua_State *L) {
-  lreq_t *lr = cpx__lreq_of(L);
+  lreq_t *lr = cpx__co_current(L);
   cpx_header_t hdrs[MAX_HEADERS];
   cpx_fetch_opts_t o;
   cpx_settings_t *s;
   lfetch_t *lf;
   int nh, rc;
 
-  if (!lr || lr->co != L || lr->released)
+  if (!lr)
     return luaL_error(
         L, "cpx.fetch can only run in a request's handler or a task");
   luaL_checktype(L, 1, LUA_TTABLE);

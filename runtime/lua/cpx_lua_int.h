@@ -111,9 +111,6 @@ struct lreq_s {
 
 /* ---- cpx_co.c ------------------------------------------------------------ */
 
-/* The runtime coroutine whose thread is L (any state, even released), or
- * NULL. */
-lreq_t *cpx__lreq_of(lua_State *L);
 /* Resumes lr's coroutine with the nargs values at the top of its stack. */
 void cpx__lreq_resume(lreq_t *lr, int nargs);
 /* Frees lr once nothing refers to it any more (its coroutine ended, its

@@ -20,8 +20,8 @@ static int l_log(lua_State *L) {
     return luaL_argerror(L, 1, "level must be debug, info, warn or error");
   if (level < cpx_log_get_level())
     return 0;
-  lr = cpx__lreq_of(L);
-  if (lr && !lr->released && lr->r)
+  lr = cpx__co_current(L);
+  if (lr && lr->r)
     rid = lr->r->rid;
   for (int i = 2; i <= n; i++) {
     lua_getglobal(L, "tostring");
