@@ -1,13 +1,13 @@
-/* cpx_access.h: the access log, one line per client request.
+/* cpx_access.h: the access log, one line per client request, at info:
  *
- *   <rid> <status> | <ms>ms | <remote> | <METHOD> <target> | in=<n> out=<n>
- *       [ | <tag>][ | client closed]
+ *   [time] [rid] [info] <status> | <ms>ms | <remote> | <METHOD> <target>
+ *       | in=<body bytes> out=<bytes sent>[ | <tag>][ | client closed]
  *
- * (the query string redacted, see cpx_log_redact_query), and for an answer
- * sent before there was a request (400/408/413/431 from the parser, 503
- * over the connection limits):
+ * (the query string redacted, see cpx_log_redact_query; status 499 when
+ * none was sent), and for an answer sent before there was a request
+ * (400/408/413/431 from the parser, 503 over the connection limits):
  *
- *   <status> | <remote> | <note>
+ *   [time] [--------] [info] <status> | <remote> | <note>
  *
  * A request a handler serves is also a record (lua/rt/record.lua), and the
  * access log is one of the record's readers: the handler claims the line
