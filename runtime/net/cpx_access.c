@@ -55,7 +55,7 @@ static void access_fill(cpx_access_t *a, const cpx_request_t *r) {
                        a->target, sizeof(a->target));
 }
 
-/* Request ids are 8 random hex digits: any 8 bits of them spread well. */
+/* Request ids are random hex digits: a plain string hash spreads them. */
 static size_t bucket_of(const char *rid, size_t n) {
   size_t h = 0;
   for (size_t i = 0; i < n; i++)
