@@ -115,7 +115,6 @@ struct cpx_server_s {
   struct cpx_ip_count_s **ip_buckets;
   cpx_access_log_t access; /* lines waiting for their record */
   size_t active_requests;
-  uint64_t next_rid;
   int listener_open; /* listener handle initialised (needs uv_close) */
   int listening;
   int draining;
