@@ -4,7 +4,7 @@
 -- Lua path and on the C lane alike; this subscriber names the request to
 -- C (cpx.access_log), which writes its line from what the server knows:
 -- status sent, bytes in and out, client address, "| fast" for the lane,
--- "| client closed" when the client left (runtime/net/cpx_access.h).
+-- "| client closed" when the client left (runtime/net/cpx_access_log.h).
 -- Answers no handler saw (400/408/413/431/503 from the HTTP layer) are
 -- written by C alone.
 local cpx = require("cpx")

@@ -339,7 +339,7 @@ void cpx_lua_on_request(cpx_server_t *srv, cpx_request_t *r) {
   cpx_worker_t *w = srv->data;
   /* Both paths record the request (rt.record), and the record's access-log
    * subscriber (rt.access_log) writes its line. */
-  cpx_access_claim(r);
+  cpx_access_log_claim(r);
   if (w->vm->lane && cpx_lane_try(w, r))
     return;
   cpx__lua_start(w, w->vm, r, NULL, NULL);

@@ -95,7 +95,7 @@ static int l_generation(lua_State *L) {
 
 /* cpx.access_log(request_id) -> boolean: rt.access_log's record
  * subscriber names the request whose record was emitted; its access line
- * is written now, or when its response ends (cpx_access.h). false when the
+ * is written now, or when its response ends (cpx_access_log.h). false when the
  * id is not waiting for its record (already written, another worker's, or
  * outside a worker). */
 static int l_access_log(lua_State *L) {
@@ -105,7 +105,7 @@ static int l_access_log(lua_State *L) {
   lua_getfield(L, LUA_REGISTRYINDEX, "cpx.worker");
   w = lua_touserdata(L, -1);
   lua_pop(L, 1);
-  lua_pushboolean(L, w && w->loop && cpx_access_record(&w->server, rid, n));
+  lua_pushboolean(L, w && w->loop && cpx_access_log_record(&w->server, rid, n));
   return 1;
 }
 

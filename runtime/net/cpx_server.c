@@ -295,7 +295,7 @@ static void on_conn_timer(uv_timer_t *t) {
     break;
   case CONN_HEADERS:
   case CONN_BODY:
-    cpx_access_reject(408, c->remote, "request not received in time");
+    cpx_access_log_reject(408, c->remote, "request not received in time");
     conn_error_write(c, 408, "request timeout");
     break;
   case CONN_ACTIVE:
@@ -500,7 +500,7 @@ static void request_done(cpx_request_t *r) {
   if (r->finished)
     return;
   r->finished = 1;
-  cpx_access_done(r);
+  cpx_access_log_done(r);
   r->srv->active_requests--;
   cpx_metrics_inflight(-1, r->streaming ? -1 : 0); /* [metrics] */
   if (!c) {
@@ -574,7 +574,7 @@ static void conn_error_write(cpx_conn_t *c, int status, const char *msg) {
 static void error_response(cpx_conn_t *c, int status, const char *reason) {
   char note[256];
   snprintf(note, sizeof(note), "rejected: %s", reason ? reason : "");
-  cpx_access_reject(status, c->remote, note);
+  cpx_access_log_reject(status, c->remote, note);
   uv_timer_stop(&c->timer);
   c->timer_mode = -1;
   conn_error_write(c, status, reason ? reason : cpx_http_reason(status));
@@ -982,7 +982,7 @@ static void on_connection(uv_stream_t *server, int status) {
                over ? (size_t)srv->cfg.max_connections
                     : (size_t)srv->cfg.max_connections_per_ip,
                srv->over_unlogged);
-      cpx_access_reject(503, c->remote, note);
+      cpx_access_log_reject(503, c->remote, note);
       srv->over_logged_ns = now;
       srv->over_unlogged = 0;
     }
@@ -1012,7 +1012,7 @@ int cpx_server_init(cpx_server_t *srv, uv_loop_t *loop,
    * is known: SO_REUSEPORT must be set on the socket before bind. */
   uv_timer_init(loop, &srv->drain_timer);
   srv->drain_timer.data = srv;
-  cpx_access_init(&srv->access, loop);
+  cpx_access_log_init(&srv->access, loop);
   return 0;
 }
 
@@ -1129,7 +1129,7 @@ void cpx_server_close(cpx_server_t *srv) {
     return;
   srv->closed = 1;
   /* First, so the requests the closes end are written at once. */
-  cpx_access_close(&srv->access);
+  cpx_access_log_close(&srv->access);
   while (srv->conns)
     conn_close(srv->conns);
   /* Every connection released its address entry in conn_close. */

@@ -17,7 +17,7 @@
 #include <uv.h>
 
 #include "cpx.h"
-#include "cpx_access.h"
+#include "cpx_access_log.h"
 #include "cpx_http.h"
 #include "cpx_tls.h"
 
@@ -78,8 +78,9 @@ struct cpx_request_s {
   int aborted;     /* client gone before finish */
   int close_after; /* send Connection: close */
   uint64_t bytes_out;
-  const char *tag;      /* static string for the access log ("fast"), or NULL */
-  cpx_access_t *access; /* its claimed access line (cpx_access.c), or NULL */
+  const char *tag; /* static string for the access log ("fast"), or NULL */
+  cpx_access_line_t
+      *access; /* its claimed access line (cpx_access_log.c), or NULL */
   /* Set by the handler (the Lua layer); called from the loop. */
   void *handler_data;
   void (*on_abort)(cpx_request_t *r);    /* client disconnected */

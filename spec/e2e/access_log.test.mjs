@@ -1,4 +1,4 @@
-// The access log as a reader of the request record (runtime/net/cpx_access.c,
+// The access log as a reader of the request record (runtime/net/cpx_access_log.c,
 // lua/rt/access_log.lua): exactly one line per request, whichever path served
 // it — the C lane (" | fast"), the Lua pipeline, streams, clients that left
 // mid-stream — and answers the HTTP layer gave before any handler saw a

@@ -1,5 +1,5 @@
-/* cpx_access.c: the access log (see cpx_access.h). */
-#include "cpx_access.h"
+/* cpx_access_log.c: the access log (see cpx_access_log.h). */
+#include "cpx_access_log.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -9,12 +9,12 @@
 
 /* One request's line. Owned by its server's cpx_access_log_t from the
  * claim until the line is written. */
-struct cpx_access_s {
-  cpx_access_t *hnext;       /* bucket chain */
-  cpx_access_t *prev, *next; /* parked list */
-  struct cpx_request_s *r;   /* while the response runs, else NULL */
-  int recorded;              /* its record named it */
-  int passes;                /* fallback passes while parked */
+struct cpx_access_line_s {
+  cpx_access_line_t *hnext;       /* bucket chain */
+  cpx_access_line_t *prev, *next; /* parked list */
+  struct cpx_request_s *r;        /* while the response runs, else NULL */
+  int recorded;                   /* its record named it */
+  int passes;                     /* fallback passes while parked */
   char rid[sizeof(((cpx_request_t *)0)->rid)];
   /* the line, filled when the response ended */
   int status;
@@ -29,19 +29,19 @@ struct cpx_access_s {
 };
 
 /* The one writer of a request's line. */
-static void access_write(const cpx_access_t *a) {
+static void access_write(const cpx_access_line_t *a) {
   cpx_log_info(a->rid, "%d | %.3fms | %s | %s %s | in=%zu out=%llu%s%s%s",
                a->status, a->ms, a->remote, a->method, a->target, a->in, a->out,
                a->tag ? " | " : "", a->tag ? a->tag : "",
                a->aborted ? " | client closed" : "");
 }
 
-void cpx_access_reject(int status, const char *remote, const char *note) {
+void cpx_access_log_reject(int status, const char *remote, const char *note) {
   cpx_log_info(NULL, "%d | %s | %s", status, remote, note);
 }
 
 /* What the server knows of r once its response ended. */
-static void access_fill(cpx_access_t *a, const cpx_request_t *r) {
+static void access_fill(cpx_access_line_t *a, const cpx_request_t *r) {
   memcpy(a->rid, r->rid, sizeof(a->rid));
   a->status = r->status ? r->status : 499;
   a->aborted = r->aborted;
@@ -60,10 +60,10 @@ static size_t bucket_of(const char *rid, size_t n) {
   size_t h = 0;
   for (size_t i = 0; i < n; i++)
     h = h * 31 + (unsigned char)rid[i];
-  return h % CPX_ACCESS_BUCKETS;
+  return h % CPX_ACCESS_LOG_BUCKETS;
 }
 
-static void unpark(cpx_access_log_t *al, cpx_access_t *a) {
+static void unpark(cpx_access_log_t *al, cpx_access_line_t *a) {
   if (a->prev)
     a->prev->next = a->next;
   else
@@ -77,8 +77,8 @@ static void unpark(cpx_access_log_t *al, cpx_access_t *a) {
 }
 
 /* Writes a's line and frees it; a is in the table (and maybe parked). */
-static void finish(cpx_access_log_t *al, cpx_access_t *a, int parked) {
-  cpx_access_t **pp = &al->buckets[bucket_of(a->rid, strlen(a->rid))];
+static void finish(cpx_access_log_t *al, cpx_access_line_t *a, int parked) {
+  cpx_access_line_t **pp = &al->buckets[bucket_of(a->rid, strlen(a->rid))];
   /* Ids are random, not unique: unlink this entry, not a namesake. */
   while (*pp && *pp != a)
     pp = &(*pp)->hnext;
@@ -95,9 +95,9 @@ static void finish(cpx_access_log_t *al, cpx_access_t *a, int parked) {
  * response (the lane's record idle) runs first. */
 static void on_idle(uv_idle_t *h) {
   cpx_access_log_t *al = h->data;
-  cpx_access_t *a = al->head;
+  cpx_access_line_t *a = al->head;
   while (a) {
-    cpx_access_t *next = a->next;
+    cpx_access_line_t *next = a->next;
     if (++a->passes >= 2) {
       /* debug: a record that should have come and did not */
       cpx_log_debug(a->rid, "access line written without its record");
@@ -109,7 +109,7 @@ static void on_idle(uv_idle_t *h) {
     uv_idle_stop(h);
 }
 
-void cpx_access_init(cpx_access_log_t *al, uv_loop_t *loop) {
+void cpx_access_log_init(cpx_access_log_t *al, uv_loop_t *loop) {
   memset(al, 0, sizeof(*al));
   uv_idle_init(loop, &al->idle);
   al->idle.data = al;
@@ -120,17 +120,17 @@ static void noop_close(uv_handle_t *h) {
   (void)h;
 }
 
-void cpx_access_close(cpx_access_log_t *al) {
+void cpx_access_log_close(cpx_access_log_t *al) {
   if (al->closed)
     return;
   al->closed = 1;
   while (al->head)
     finish(al, al->head, 1);
   /* Claims of requests still running: their lines are written when they
-   * end (cpx_access_done finds no entry). */
-  for (size_t i = 0; i < CPX_ACCESS_BUCKETS; i++) {
+   * end (cpx_access_log_done finds no entry). */
+  for (size_t i = 0; i < CPX_ACCESS_LOG_BUCKETS; i++) {
     while (al->buckets[i]) {
-      cpx_access_t *a = al->buckets[i];
+      cpx_access_line_t *a = al->buckets[i];
       al->buckets[i] = a->hnext;
       if (a->r)
         a->r->access = NULL;
@@ -141,9 +141,9 @@ void cpx_access_close(cpx_access_log_t *al) {
     uv_close((uv_handle_t *)&al->idle, noop_close);
 }
 
-void cpx_access_claim(cpx_request_t *r) {
+void cpx_access_log_claim(cpx_request_t *r) {
   cpx_access_log_t *al = &r->srv->access;
-  cpx_access_t *a, **pp;
+  cpx_access_line_t *a, **pp;
   size_t n;
 
   if (r->access || r->finished || al->closed || !al->open)
@@ -160,12 +160,12 @@ void cpx_access_claim(cpx_request_t *r) {
   r->access = a;
 }
 
-void cpx_access_done(cpx_request_t *r) {
+void cpx_access_log_done(cpx_request_t *r) {
   cpx_access_log_t *al = &r->srv->access;
-  cpx_access_t *a = r->access;
+  cpx_access_line_t *a = r->access;
 
   if (!a) {
-    cpx_access_t line;
+    cpx_access_line_t line;
     access_fill(&line, r);
     access_write(&line);
     return;
@@ -173,7 +173,7 @@ void cpx_access_done(cpx_request_t *r) {
   r->access = NULL;
   a->r = NULL;
   access_fill(a, r);
-  if (a->recorded || al->closed || al->nparked >= CPX_ACCESS_PARKED_MAX) {
+  if (a->recorded || al->closed || al->nparked >= CPX_ACCESS_LOG_PARKED_MAX) {
     finish(al, a, 0);
     return;
   }
@@ -187,9 +187,9 @@ void cpx_access_done(cpx_request_t *r) {
     uv_idle_start(&al->idle, on_idle);
 }
 
-int cpx_access_record(cpx_server_t *srv, const char *rid, size_t n) {
+int cpx_access_log_record(cpx_server_t *srv, const char *rid, size_t n) {
   cpx_access_log_t *al = &srv->access;
-  cpx_access_t *a;
+  cpx_access_line_t *a;
 
   if (!al->open || n >= sizeof(a->rid))
     return 0;

@@ -1,5 +1,5 @@
-/* test_access.c: the access log's table (cpx_access.c) on a real loop and
- * server, with requests built by hand: a line is written once its record
+/* test_access_log.c: the access log's table (cpx_access_log.c) on a real loop
+ * and server, with requests built by hand: a line is written once its record
  * named it and its response ended, in either order; an unclaimed request
  * at its end; a claimed one whose record never comes after two idle
  * passes; namesake ids each once; the server's close writes what waits.
@@ -57,7 +57,7 @@ static cpx_request_t *req(const char *rid, const char *target, int status) {
 
 static void end(cpx_request_t *r) {
   r->finished = 1;
-  cpx_access_done(r);
+  cpx_access_log_done(r);
   free(r->http.buf);
   free(r); /* the line no longer points into the request */
 }
@@ -76,12 +76,12 @@ static void test_unclaimed(void) {
 
 static void test_record_after_end(void) {
   cpx_request_t *r = req("aaaa0002", "/after", 200);
-  cpx_access_claim(r);
+  cpx_access_log_claim(r);
   end(r);
   CPX_CHECK_INT(count("[aaaa0002]"), 0); /* parked */
-  CPX_CHECK_INT(cpx_access_record(&srv, "aaaa0002", 8), 1);
+  CPX_CHECK_INT(cpx_access_log_record(&srv, "aaaa0002", 8), 1);
   CPX_CHECK_INT(count("[aaaa0002] [info] 200 | "), 1);
-  CPX_CHECK_INT(cpx_access_record(&srv, "aaaa0002", 8), 0); /* written */
+  CPX_CHECK_INT(cpx_access_log_record(&srv, "aaaa0002", 8), 0); /* written */
   pass();
   pass();
   CPX_CHECK_INT(count("[aaaa0002]"), 1);
@@ -89,10 +89,10 @@ static void test_record_after_end(void) {
 
 static void test_record_before_end(void) {
   cpx_request_t *r = req("aaaa0003", "/before", 200);
-  cpx_access_claim(r);
+  cpx_access_log_claim(r);
   r->tag = "fast";
   r->aborted = 1;
-  CPX_CHECK_INT(cpx_access_record(&srv, "aaaa0003", 8), 1);
+  CPX_CHECK_INT(cpx_access_log_record(&srv, "aaaa0003", 8), 1);
   CPX_CHECK_INT(count("[aaaa0003]"), 0); /* the response still runs */
   end(r);
   CPX_CHECK_INT(count("[aaaa0003] [info] 200 | "), 1);
@@ -102,14 +102,14 @@ static void test_record_before_end(void) {
 
 static void test_no_record(void) {
   cpx_request_t *r = req("aaaa0004", "/never", 0);
-  cpx_access_claim(r);
+  cpx_access_log_claim(r);
   end(r);
   pass();
   CPX_CHECK_INT(count("[aaaa0004]"), 0); /* one pass: its record may come */
   pass();
   CPX_CHECK_INT(count("[aaaa0004] [info] 499 | "), 1); /* no status: 499 */
   CPX_CHECK_INT(count("[aaaa0004] [debug] access line written without"), 1);
-  CPX_CHECK_INT(cpx_access_record(&srv, "aaaa0004", 8), 0);
+  CPX_CHECK_INT(cpx_access_log_record(&srv, "aaaa0004", 8), 0);
   CPX_CHECK_INT(count("[aaaa0004] [info]"), 1);
   CPX_CHECK_INT(srv.access.nparked, 0);
 }
@@ -117,47 +117,47 @@ static void test_no_record(void) {
 static void test_namesakes(void) {
   cpx_request_t *a = req("aaaa0005", "/one", 200);
   cpx_request_t *b = req("aaaa0005", "/two", 201);
-  cpx_access_claim(a);
-  cpx_access_claim(b);
+  cpx_access_log_claim(a);
+  cpx_access_log_claim(b);
   end(a);
   end(b);
-  CPX_CHECK_INT(cpx_access_record(&srv, "aaaa0005", 8), 1);
-  CPX_CHECK_INT(cpx_access_record(&srv, "aaaa0005", 8), 1);
-  CPX_CHECK_INT(cpx_access_record(&srv, "aaaa0005", 8), 0);
+  CPX_CHECK_INT(cpx_access_log_record(&srv, "aaaa0005", 8), 1);
+  CPX_CHECK_INT(cpx_access_log_record(&srv, "aaaa0005", 8), 1);
+  CPX_CHECK_INT(cpx_access_log_record(&srv, "aaaa0005", 8), 0);
   CPX_CHECK_INT(count("| POST /one | "), 1);
   CPX_CHECK_INT(count("| POST /two | "), 1);
-  CPX_CHECK_INT(cpx_access_record(&srv, "aaaa000", 7), 0); /* a prefix */
+  CPX_CHECK_INT(cpx_access_log_record(&srv, "aaaa000", 7), 0); /* a prefix */
 }
 
 static void test_parked_bound(void) {
   char rid[16];
-  for (int i = 0; i < CPX_ACCESS_PARKED_MAX + 1; i++) {
+  for (int i = 0; i < CPX_ACCESS_LOG_PARKED_MAX + 1; i++) {
     cpx_request_t *r;
     snprintf(rid, sizeof(rid), "b%07x", i);
     r = req(rid, "/bound", 200);
-    cpx_access_claim(r);
+    cpx_access_log_claim(r);
     end(r);
   }
-  CPX_CHECK_INT(srv.access.nparked, CPX_ACCESS_PARKED_MAX);
+  CPX_CHECK_INT(srv.access.nparked, CPX_ACCESS_LOG_PARKED_MAX);
   CPX_CHECK_INT(count("| POST /bound | "), 1); /* the one over the bound */
   pass();
   pass();
-  CPX_CHECK_INT(count("| POST /bound | "), CPX_ACCESS_PARKED_MAX + 1);
+  CPX_CHECK_INT(count("| POST /bound | "), CPX_ACCESS_LOG_PARKED_MAX + 1);
   CPX_CHECK_INT(srv.access.nparked, 0);
 }
 
 static void test_close(void) {
   cpx_request_t *parked = req("aaaa0006", "/parked", 200);
   cpx_request_t *live = req("aaaa0007", "/live", 200);
-  cpx_access_claim(parked);
-  cpx_access_claim(live);
+  cpx_access_log_claim(parked);
+  cpx_access_log_claim(live);
   end(parked);
   cpx_server_close(&srv); /* writes what waits, forgets the claims */
   CPX_CHECK_INT(count("| POST /parked | "), 1);
   CPX_CHECK_INT(count("| POST /live | "), 0);
   end(live); /* ends after the close: written at once */
   CPX_CHECK_INT(count("| POST /live | "), 1);
-  CPX_CHECK_INT(cpx_access_record(&srv, "aaaa0007", 8), 0);
+  CPX_CHECK_INT(cpx_access_log_record(&srv, "aaaa0007", 8), 0);
 }
 
 int main(void) {
