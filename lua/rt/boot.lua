@@ -111,12 +111,14 @@ function _M.start(doc, lines, path)
   local mok, mgerr = require("rt.management").init(app)
   if not mok then return nil, mgerr end
   require("rt.lane").sync(app)
-  -- The request record's subscribers (rt.record): usage store, metrics.
+  -- The request record's subscribers (rt.record): usage store, metrics,
+  -- traces, request logs, the access log.
   local record = require("rt.record")
   require("rt.usage").configure(app)
   require("rt.metrics").configure(app)
   require("rt.otel").configure(app)
   require("rt.reqlog").configure(app)
+  require("rt.access_log").configure(app)
   local banner = require("rt.banner")
   local doctor = require("rt.doctor")
   return { config = cfg, handle = server.handle,

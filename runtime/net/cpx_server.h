@@ -17,6 +17,7 @@
 #include <uv.h>
 
 #include "cpx.h"
+#include "cpx_access_log.h"
 #include "cpx_http.h"
 #include "cpx_tls.h"
 
@@ -76,9 +77,10 @@ struct cpx_request_s {
   int finished;
   int aborted;     /* client gone before finish */
   int close_after; /* send Connection: close */
-  int logged;
   uint64_t bytes_out;
   const char *tag; /* static string for the access log ("fast"), or NULL */
+  cpx_access_line_t
+      *access; /* its claimed access line (cpx_access_log.c), or NULL */
   /* Set by the handler (the Lua layer); called from the loop. */
   void *handler_data;
   void (*on_abort)(cpx_request_t *r);    /* client disconnected */
@@ -112,8 +114,8 @@ struct cpx_server_s {
    * open (freed when its count drops to 0), so its size is bounded by
    * nconns. Allocated on first use; freed by cpx_server_close. */
   struct cpx_ip_count_s **ip_buckets;
+  cpx_access_log_t access; /* lines waiting for their record */
   size_t active_requests;
-  uint64_t next_rid;
   int listener_open; /* listener handle initialised (needs uv_close) */
   int listening;
   int draining;
