@@ -60,6 +60,12 @@ _M.check_provider = check_provider
 -- init_worker(conf) for its own. Errors are logged, never fatal.
 function _M.init_worker(app)
   require("rt.refresh").init_worker(app)
+  -- device logins (Qwen) started from the management API keep polling
+  local okm, moauth = pcall(require, "rt.mgmt.oauth")
+  if okm then
+    local ok, err = xpcall(moauth.init_worker, cpx.traceback, app)
+    if not ok then cpx.log("error", "rt.mgmt.oauth: init_worker: " .. tostring(err)) end
+  end
   for _, en in ipairs(app.middleware.list or {}) do
     local fn = en.module.init_worker
     if fn then

@@ -169,6 +169,9 @@ local schema = map({
     ["userinfo-url"] = url, ["projects-url"] = url, ["service-usage-url"] = url, ["api-base-urls"] = list(url),
     -- iFlow: userinfo-url is its API-key lookup; the cookie login's key endpoint
     ["api-key-url"] = url,
+    -- the fixed callback port of a code login (its redirect_uri, the
+    -- `cliproxy login` listener and the is_webui forwarder)
+    ["callback-port"] = int(nil, 1, 65535),
   })),
   -- cliproxy: the refresh engine of OAuth accounts (rt.refresh)
   ["oauth-refresh"] = map({

@@ -116,6 +116,9 @@ function _M.facts(name, cfg)
         and over["device-url"]:find("/usercode$") then
       f.device_token_url = (over["device-url"]:gsub("/usercode$", "/token"))
     end
+    -- The fixed callback port (the login's listener and the is_webui
+    -- forwarder), for a machine where it is taken, and for tests.
+    if type(over["callback-port"]) == "number" then f.redirect_port = over["callback-port"] end
     -- A provider that polls its token endpoint (Qwen) follows token-url.
     if base.device_token_url and base.device_token_url == base.token_url
         and not nonempty(over["device-token-url"]) then
