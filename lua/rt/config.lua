@@ -156,7 +156,24 @@ local schema = map({
     ["proxy-url"] = proxy_url,
     ["request-retry"] = int(nil, 0, 100),
   })),
-  ampcode = ANY,
+  -- Amp CLI's settings (CLIProxyAPI v6): kept, validated and edited over
+  -- the management API; cliproxy does not serve Amp's own routes
+  -- (docs/management.md says why).
+  ampcode = map({
+    ["upstream-url"] = url,
+    ["upstream-api-key"] = str(""),
+    ["upstream-api-keys"] = list(map({
+      ["upstream-api-key"] = { type = "string", required = true },
+      ["api-keys"] = list(str()),
+    })),
+    ["restrict-management-to-localhost"] = bool(false),
+    ["model-mappings"] = list(map({
+      from = { type = "string", required = true },
+      to = { type = "string", required = true },
+      regex = bool(false),
+    })),
+    ["force-model-mappings"] = bool(false),
+  }),
   ["oauth-model-alias"] = dict(list(map({ name = str(), alias = str(), fork = bool() }))),
   ["oauth-excluded-models"] = dict(excluded),
   -- cliproxy: where each OAuth provider's login, refresh and inference go
