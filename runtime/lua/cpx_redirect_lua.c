@@ -45,6 +45,7 @@
 #include "cpx_lua.h"
 #include "cpx_redirect.h"
 #include "cpx_server.h"
+#include "cpx_worker.h"
 
 #define CPX_REDIRECT_MAX 8
 #define CPX_REDIRECT_MAX_PATH 256
