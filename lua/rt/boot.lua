@@ -13,7 +13,7 @@ local format = string.format
 local _M = {}
 
 local PROVIDERS = { "openai_compat", "claude", "gemini", "codex", "vertex", "gemini_cli", "antigravity", "qwen",
-                    "iflow" }
+                    "iflow", "vertex_sa" }
 local FORMATS = { openai_chat = true, openai_responses = true, claude = true, gemini = true }
 
 -- A provider declares its contract as data; errors name file and field.

@@ -27,7 +27,7 @@ local _M = {}
 local PROVIDERS = { claude = "providers.claude", codex = "providers.codex",
                     gemini = "providers.gemini_cli", ["gemini-cli"] = "providers.gemini_cli",
                     antigravity = "providers.antigravity", qwen = "providers.qwen",
-                    iflow = "providers.iflow" }
+                    iflow = "providers.iflow", vertex = "providers.vertex_sa" }
 _M.PROVIDERS = PROVIDERS
 
 -- oauth-endpoints.<name> keys -> facts fields
@@ -463,6 +463,9 @@ end
 -- One refresh-token grant; returns the new document or nil, err (a table
 -- as parse_token_response gives). No lock, no write: the caller does both.
 function _M.refresh(f, doc, opts)
+  -- A provider whose new token comes another way (a service account's
+  -- signed assertion, Vertex) says so: f.refresh_grant(f, doc, opts).
+  if f.refresh_grant then return f.refresh_grant(f, doc, opts) end
   if type(doc) ~= "table" or not nonempty(doc.refresh_token) then
     return nil, { kind = "invalid_grant", message = "the credential has no refresh_token" }
   end
