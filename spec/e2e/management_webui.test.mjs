@@ -237,6 +237,20 @@ test('is_webui: a busy port is a JSON error; a second login takes the forwarder 
   await until(() => closed(ports.claude), 'one forwarder, closed after the callback');
 });
 
+test('is_webui: a login completed by a pasted URL closes its forwarder', async () => {
+  // (iflow: no other of its logins waits here; a waiting one would keep it)
+  const s = await call('/iflow-auth-url?is_webui=true');
+  assert.equal(s.status, 200, s.text);
+  assert.ok(!(await closed(ports.iflow)), 'the forwarder listens');
+  const redirectUri = new URL(s.json.url).searchParams.get('redirect');
+  const code = `icode-${crypto.randomBytes(4).toString('hex')}`;
+  mock.iflow.codes.set(code, redirectUri);
+  const r = await call('/oauth-callback', { method: 'POST',
+    body: { provider: 'iflow', redirect_url: `${redirectUri}?code=${code}&state=${encodeURIComponent(s.json.state)}` } });
+  assert.equal(r.status, 200, `${r.text}\nmock: ${mock.failures.join('; ')}`);
+  await until(() => closed(ports.iflow), 'the forwarder closes once its login is done');
+});
+
 test('qwen: the device flow polls in the background; get-auth-status wait -> ok; the account serves', async () => {
   mock.qwen.steps = ['pending', 'pending', 'ok'];
   const s = await call('/qwen-auth-url');
@@ -261,7 +275,7 @@ test('qwen: the device flow polls in the background; get-auth-status wait -> ok;
   const res = await until(async () => {
     const r = await fetch(`${proxy.url}/v1/chat/completions`, { method: 'POST',
       headers: { Authorization: `Bearer ${CLIENT}`, 'Content-Type': 'application/json' },
-      body: JSON.stringify({ model: 'qwen3-coder-plus', messages: [{ role: 'user', content: 'hi' }] }) });
+      body: JSON.stringify({ model: 'qwen3-coder-flash', messages: [{ role: 'user', content: 'hi' }] }) });
     return r.status === 200 && r;
   }, 'the new qwen account serves');
   assert.equal((await res.json()).choices[0].message.content, 'hi');

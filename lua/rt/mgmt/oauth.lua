@@ -31,6 +31,7 @@ local access = require("rt.access")
 local type = type
 local ipairs = ipairs
 local tostring = tostring
+local tonumber = tonumber
 local pcall = pcall
 
 local query_param = access.query_param
@@ -176,6 +177,20 @@ local function finish(cfg, st, f, s, tokens)
   return info, err
 end
 
+-- A login that opened a forwarder ended (either way): the forwarder
+-- closes unless another waiting login of the same provider still needs it.
+local function release_forwarder(cfg, state, s)
+  if not s.webui or not cpx.redirect then return end
+  for _, k in ipairs(shared.keys(PREFIX)) do
+    local o = json.decode(shared.get(k) or "")
+    if k ~= PREFIX .. state and type(o) == "table" and o.webui and o.provider == s.provider and o.status == "wait" then
+      return
+    end
+  end
+  local f = oauth.facts(s.provider, cfg)
+  if f and tonumber(f.redirect_port) and f.redirect_port > 0 then cpx.redirect.close(f.redirect_port) end
+end
+
 -- Exchanges the code of a waiting login and saves its credential.
 -- Returns true, file | nil, message (the session says the same).
 local function complete(cfg, state, code, oerr, oerr_desc)
@@ -188,6 +203,7 @@ local function complete(cfg, state, code, oerr, oerr_desc)
   local function fail(msg)
     s.status, s.error, s.verifier = "error", msg, nil
     put(state, s)
+    release_forwarder(cfg, state, s)
     return nil, msg
   end
   if oerr and oerr ~= "" then
@@ -214,6 +230,7 @@ local function complete(cfg, state, code, oerr, oerr_desc)
     if not info then return fail(xerr) end
     s.status, s.file, s.verifier, s.email = "ok", info.name, nil, info.email
     put(state, s)
+    release_forwarder(cfg, state, s)
     cpx.log("info", "oauth login (" .. s.provider .. ") saved " .. info.name)
     return true, info.name
   end
@@ -223,6 +240,7 @@ local function complete(cfg, state, code, oerr, oerr_desc)
   if not wok then return fail("cannot write " .. name .. ": " .. tostring(werr)) end
   s.status, s.file, s.verifier, s.email = "ok", name, nil, doc.email
   put(state, s)
+  release_forwarder(cfg, state, s)
   cpx.log("info", "oauth login (" .. s.provider .. ") saved " .. name)
   return true, name
 end
