@@ -159,6 +159,15 @@ local schema = map({
   -- Amp CLI's settings (CLIProxyAPI v6): kept, validated and edited over
   -- the management API; cliproxy does not serve Amp's own routes
   -- (docs/management.md says why).
+  -- the top-level spellings before v6 (migrated into ampcode below)
+  ["amp-upstream-url"] = url,
+  ["amp-upstream-api-key"] = str(),
+  ["amp-restrict-management-to-localhost"] = bool(),
+  ["amp-model-mappings"] = list(map({
+    from = { type = "string", required = true },
+    to = { type = "string", required = true },
+    regex = bool(false),
+  })),
   ampcode = map({
     ["upstream-url"] = url,
     ["upstream-api-key"] = str(""),
@@ -362,6 +371,15 @@ function _M.validate(doc, lines, file)
       end
     end
     e.index = i
+  end
+  -- amp-* (top level, before v6) -> ampcode.*, unless ampcode sets it
+  local amp = cfg.ampcode
+  for old, new in pairs({ ["amp-upstream-url"] = "upstream-url", ["amp-upstream-api-key"] = "upstream-api-key",
+                          ["amp-restrict-management-to-localhost"] = "restrict-management-to-localhost",
+                          ["amp-model-mappings"] = "model-mappings" }) do
+    local v = cfg[old]
+    local present = type(doc) == "table" and type(doc.ampcode) == "table" and doc.ampcode[new] ~= nil
+    if v ~= nil and not present and not (type(v) == "table" and #v == 0) then amp[new] = v end
   end
   for _, k in ipairs(cfg["generative-language-api-key"]) do
     local list_ = cfg["gemini-api-key"]
