@@ -183,6 +183,19 @@ test('is_webui: the forwarder on the callback port sends the browser to the main
   const redirect = new URL(new URL(s.json.url).searchParams.get('redirect_uri'));
   assert.equal(redirect.href, `http://localhost:${ports.claude}/callback`);
 
+  // bad input is the server's answer (400, 431), never a crash; the forwarder stays
+  for (const bytes of ['GARBAGE\r\n\r\n', `GET /callback?${'x'.repeat(20000)} HTTP/1.1\r\nHost: a\r\n\r\n`,
+    'GET /callback HTTP/1.1\r\nHost: a\r\nContent-Length: 99999\r\n\r\n']) {
+    const answer = await new Promise((resolve) => {
+      const c = net.connect(ports.claude, '127.0.0.1');
+      let got = '';
+      c.on('data', (d) => { got += d; });
+      c.on('close', () => resolve(got));
+      c.on('error', () => resolve(got));
+      c.end(bytes);
+    });
+    assert.match(answer, /^HTTP\/1\.1 (400|404|413|431) /, JSON.stringify(answer.slice(0, 80)));
+  }
   // anything but GET on the callback path is 404, and the forwarder stays
   assert.equal((await forward(ports.claude, '/callback', 'POST')).status, 404);
   assert.equal((await forward(ports.claude, '/other?code=x')).status, 404);
