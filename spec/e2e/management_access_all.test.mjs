@@ -19,7 +19,7 @@ let proxy, routes, lan;
 // "METHOD /path" of every mounted route, from the Lua modules themselves.
 function mountedRoutes() {
   const script = `package.path = "${ROOT}/lua/?.lua;${ROOT}/lua/?/init.lua;" .. package.path
-package.cpath = "${path.dirname(BIN)}/?.so;" .. package.cpath
+package.cpath = "${path.dirname(BIN)}/?.so;${ROOT}/build/?.so;" .. package.cpath
 local m = require("rt.management")
 assert(m.init({ config = { ["remote-management"] = { ["secret-key"] = "" } }, _file = "/nonexistent.yaml" }))
 io.write(m._routes())`;
