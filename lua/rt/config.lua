@@ -380,6 +380,7 @@ function _M.validate(doc, lines, file)
     local v = cfg[old]
     local present = type(doc) == "table" and type(doc.ampcode) == "table" and doc.ampcode[new] ~= nil
     if v ~= nil and not present and not (type(v) == "table" and #v == 0) then amp[new] = v end
+    cfg[old] = nil -- one place to read it (GET /config shows ampcode only)
   end
   for _, k in ipairs(cfg["generative-language-api-key"]) do
     local list_ = cfg["gemini-api-key"]
