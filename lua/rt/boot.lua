@@ -13,7 +13,7 @@ local format = string.format
 local _M = {}
 
 local PROVIDERS = { "openai_compat", "claude", "gemini", "codex", "vertex", "gemini_cli", "antigravity", "qwen",
-                    "iflow" }
+                    "iflow", "vertex_sa" }
 local FORMATS = { openai_chat = true, openai_responses = true, claude = true, gemini = true }
 
 -- A provider declares its contract as data; errors name file and field.
@@ -60,6 +60,12 @@ _M.check_provider = check_provider
 -- init_worker(conf) for its own. Errors are logged, never fatal.
 function _M.init_worker(app)
   require("rt.refresh").init_worker(app)
+  -- device logins (Qwen) started from the management API keep polling
+  local okm, moauth = pcall(require, "rt.mgmt.oauth")
+  if okm then
+    local ok, err = xpcall(moauth.init_worker, cpx.traceback, app)
+    if not ok then cpx.log("error", "rt.mgmt.oauth: init_worker: " .. tostring(err)) end
+  end
   for _, en in ipairs(app.middleware.list or {}) do
     local fn = en.module.init_worker
     if fn then

@@ -153,7 +153,33 @@ local schema = map({
     ["proxy-url"] = proxy_url,
     ["request-retry"] = int(nil, 0, 100),
   })),
-  ampcode = ANY,
+  -- Amp CLI's settings (CLIProxyAPI v6): kept, validated and edited over
+  -- the management API; cliproxy does not serve Amp's own routes
+  -- (docs/management.md says why).
+  -- the top-level spellings before v6 (migrated into ampcode below)
+  ["amp-upstream-url"] = url,
+  ["amp-upstream-api-key"] = str(),
+  ["amp-restrict-management-to-localhost"] = bool(),
+  ["amp-model-mappings"] = list(map({
+    from = { type = "string", required = true },
+    to = { type = "string", required = true },
+    regex = bool(false),
+  })),
+  ampcode = map({
+    ["upstream-url"] = url,
+    ["upstream-api-key"] = str(""),
+    ["upstream-api-keys"] = list(map({
+      ["upstream-api-key"] = { type = "string", required = true },
+      ["api-keys"] = list(str()),
+    })),
+    ["restrict-management-to-localhost"] = bool(false),
+    ["model-mappings"] = list(map({
+      from = { type = "string", required = true },
+      to = { type = "string", required = true },
+      regex = bool(false),
+    })),
+    ["force-model-mappings"] = bool(false),
+  }),
   ["oauth-model-alias"] = dict(list(map({ name = str(), alias = str(), fork = bool() }))),
   ["oauth-excluded-models"] = dict(excluded),
   -- cliproxy: where each OAuth provider's login, refresh and inference go
@@ -166,6 +192,9 @@ local schema = map({
     ["userinfo-url"] = url, ["projects-url"] = url, ["service-usage-url"] = url, ["api-base-urls"] = list(url),
     -- iFlow: userinfo-url is its API-key lookup; the cookie login's key endpoint
     ["api-key-url"] = url,
+    -- the fixed callback port of a code login (its redirect_uri, the
+    -- `cliproxy login` listener and the is_webui forwarder)
+    ["callback-port"] = int(nil, 1, 65535),
   })),
   -- cliproxy: the refresh engine of OAuth accounts (rt.refresh)
   ["oauth-refresh"] = map({
@@ -262,6 +291,16 @@ function _M.validate(doc, lines, file)
       end
     end
     e.index = i
+  end
+  -- amp-* (top level, before v6) -> ampcode.*, unless ampcode sets it
+  local amp = cfg.ampcode
+  for old, new in pairs({ ["amp-upstream-url"] = "upstream-url", ["amp-upstream-api-key"] = "upstream-api-key",
+                          ["amp-restrict-management-to-localhost"] = "restrict-management-to-localhost",
+                          ["amp-model-mappings"] = "model-mappings" }) do
+    local v = cfg[old]
+    local present = type(doc) == "table" and type(doc.ampcode) == "table" and doc.ampcode[new] ~= nil
+    if v ~= nil and not present and not (type(v) == "table" and #v == 0) then amp[new] = v end
+    cfg[old] = nil -- one place to read it (GET /config shows ampcode only)
   end
   for _, k in ipairs(cfg["generative-language-api-key"]) do
     local list_ = cfg["gemini-api-key"]

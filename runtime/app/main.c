@@ -19,6 +19,7 @@
 #include "cpx_lua.h"
 #include "cpx_worker.h"
 #include "cpx_pool.h"
+#include "cpx_redirect.h"
 #include "cpx_store.h"
 #include "cpx_tls.h"
 #include "cpx_tokens.h"
@@ -634,6 +635,7 @@ static void on_drained(cpx_server_t *srv) {
     return;
   wk->drained = 1;
   cpx_server_close(&wk->w.server);
+  cpx_redirect_close_loop(&wk->loop); /* OAuth forwarders (is_webui) */
   uv_close((uv_handle_t *)&wk->async, on_close_noop);
   if (wk->w.id == 0) {
     cpx_log_info(NULL, "drained: exiting");

@@ -23,6 +23,8 @@
 #include "cpx_log.h"
 #include "cpx_lua_util.h"
 #include "cpx_pool.h"
+#include "cpx_redirect.h"
+#include "cpx_sign.h"
 #include "cpx_task.h"
 #include "cpx_tokens.h"
 #include "cpx_mgmt.h"
@@ -543,6 +545,8 @@ int cpx_vm_new(cpx_worker_t *w, const char *config_path, cpx_vm_t **out,
   cpx_reqlog_lua_register(L);
   cpx_metrics_lua_register(L);
   cpx_otlp_lua_register(L);
+  cpx_redirect_lua_register(L);
+  cpx_sign_lua_register(L);
   lua_pushlightuserdata(L, w);
   lua_setfield(L, LUA_REGISTRYINDEX, "cpx.worker");
   lua_pushlightuserdata(L, vm);
