@@ -240,6 +240,22 @@ function _M.infer(app, req, info, fmt, body, opts)
     end
     return body
   end
+  -- For translation: the body with the subtrees the client's codec only
+  -- carries left as spans (translators.decode_request), unless the full
+  -- table exists already or payload rules may edit anywhere in it.
+  local sbody
+  local function span_body()
+    if body ~= nil or app.payload_active then return need_body() end
+    if sbody == nil then
+      local err
+      sbody, err = translators.decode_request(fmt, raw)
+      if type(sbody) ~= "table" or json.is_array(sbody) then
+        sbody = nil
+        return nil, "invalid JSON body: " .. (err or "expected an object")
+      end
+    end
+    return sbody
+  end
   local ctx = { model = model, stream = stream, request_id = info.id, info = info, body = body, config = app.config,
                 gemini_array = opts.gemini_array, client_format = fmt, endpoint = opts.endpoint,
                 client_gone = function() return req:closed() end }
@@ -283,11 +299,11 @@ function _M.infer(app, req, info, fmt, body, opts)
       tb = json.shallow_copy(b)
       if fmt ~= "gemini" then tb.model = target.upstream_model end
     else
-      local b, berr = need_body()
+      local b, berr = span_body()
       if not b then return { status = 400, own = true, message = berr } end
       actx.upstream_model = think and (target.upstream_model .. model:match("%b()$")) or target.upstream_model
       local err
-      tb, err = translators.request(fmt, upfmt, body, actx)
+      tb, err = translators.request(fmt, upfmt, b, actx)
       if not tb then
         return { status = 400, own = true, message = err or "cannot translate request" }
       end
