@@ -24,6 +24,9 @@ local _M = {
   peek = cjson.peek,
   set_string = cjson.set_string,
   has = cjson.has,
+  -- top-level reads and edits without a decode (codex's raw_fixup)
+  top = cjson.top,
+  edit = cjson.edit,
   -- spans (docs/lua-api.md): decode(s, spec) leaves the containers at the
   -- spec's paths as their bytes; raw(text) makes one from a JSON text
   spec = cjson.spec,

@@ -299,10 +299,18 @@ local function upstream_body(job, provider, target, actx, passthrough, upstream_
     -- The fast path: same format, only the model rewritten, no decode.
     out = fmt == "gemini" and job.raw or json.set_string(job.raw, "model", target.upstream_model)
   elseif passthrough then
-    local b, berr = need_body(job)
-    if not b then return nil, { status = 400, own = true, message = berr } end
-    tb = json.shallow_copy(b)
-    if fmt ~= "gemini" then tb.model = target.upstream_model end
+    -- A provider whose fix-up edits only top-level members does it on the
+    -- bytes (nil: an escaped key or a bad body, the table path decides).
+    if job.raw and not app.payload_active and provider.raw_fixup then
+      out = provider.raw_fixup(job.raw, actx, { model = fmt ~= "gemini" and target.upstream_model or nil,
+                                                stream = fmt ~= "gemini" and upstream_stream or nil })
+    end
+    if not out then
+      local b, berr = need_body(job)
+      if not b then return nil, { status = 400, own = true, message = berr } end
+      tb = json.shallow_copy(b)
+      if fmt ~= "gemini" then tb.model = target.upstream_model end
+    end
   else
     local b, berr = span_body(job)
     if not b then return nil, { status = 400, own = true, message = berr } end
