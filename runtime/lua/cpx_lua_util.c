@@ -28,6 +28,9 @@
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 #include <yajl/yajl_gen.h>
 #include <yajl/yajl_parse.h>
 
@@ -787,29 +790,62 @@ static inline uint64_t word_dirty(uint64_t x) {
 static int enc_string(json_enc_t *e, const char *s, size_t n) {
   static const char hex[] = "0123456789ABCDEF";
   jbuf_t *out = e->out;
-  size_t start = out->len, i = 0;
+  size_t start = out->len, i = 0, len;
+  char *p;
   yajl_gen_status st;
   /* ASCII strings (most of a prompt, most of code) are escaped here, byte
-   * for byte as yajl would, eight clean bytes at a time: going through
+   * for byte as yajl would, sixteen clean bytes at a time: going through
    * yajl_gen_string cost a quarter of a translated request. A string with
    * any byte >= 0x80 goes to yajl, which validates its UTF-8. Room for the
-   * rest of the string is kept reserved, so clean words copy unchecked. */
+   * rest of the string is kept reserved, so clean words copy unchecked;
+   * the output position lives in locals (p, len) because stores through
+   * out-> would have to be reloaded after every memcpy. */
   if (jbuf_reserve(out, n + 2))
     return 0; /* out->oom is reported by the caller */
-  out->p[out->len++] = '"';
+  p = out->p;
+  len = out->len;
+  p[len++] = '"';
   while (i < n) {
-    uint64_t x;
+    uint64_t x, y;
     unsigned char c;
     char t;
+#ifdef __SSE2__
+    /* One signed compare finds both the bytes below 0x20 and those from
+     * 0x80 on (negative as signed chars). */
+    while (i + 16 <= n) {
+      __m128i v = _mm_loadu_si128((const __m128i *)(const void *)(s + i));
+      __m128i bad =
+          _mm_or_si128(_mm_cmplt_epi8(v, _mm_set1_epi8(0x20)),
+                       _mm_or_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8('"')),
+                                    _mm_cmpeq_epi8(v, _mm_set1_epi8('\\'))));
+      if (_mm_movemask_epi8(bad))
+        break;
+      _mm_storeu_si128((__m128i *)(void *)(p + len), v);
+      len += 16;
+      i += 16;
+    }
+#endif
+    while (i + 16 <= n) {
+      memcpy(&x, s + i, 8);
+      memcpy(&y, s + i + 8, 8);
+      if (word_dirty(x) | word_dirty(y))
+        break;
+      memcpy(p + len, &x, 8);
+      memcpy(p + len + 8, &y, 8);
+      len += 16;
+      i += 16;
+    }
     if (i + 8 <= n) {
       memcpy(&x, s + i, 8);
       if (!word_dirty(x)) {
-        memcpy(out->p + out->len, &x, 8);
-        out->len += 8;
+        memcpy(p + len, &x, 8);
+        len += 8;
         i += 8;
         continue;
       }
     }
+    if (i >= n)
+      break;
     c = (unsigned char)s[i++];
     if (c >= 0x80) {
       out->len = start;
@@ -817,22 +853,25 @@ static int enc_string(json_enc_t *e, const char *s, size_t n) {
     }
     t = ascii_escape[c];
     if (!t) {
-      out->p[out->len++] = (char)c;
+      p[len++] = (char)c;
       continue;
     }
+    out->len = len;
     if (jbuf_reserve(out, 6 + (n - i) + 1))
       return 0;
-    out->p[out->len++] = '\\';
+    p = out->p;
+    p[len++] = '\\';
     if (t != 'u') {
-      out->p[out->len++] = t;
+      p[len++] = t;
     } else {
-      memcpy(out->p + out->len, "u00", 3);
-      out->p[out->len + 3] = hex[c >> 4];
-      out->p[out->len + 4] = hex[c & 15];
-      out->len += 5;
+      memcpy(p + len, "u00", 3);
+      p[len + 3] = hex[c >> 4];
+      p[len + 4] = hex[c & 15];
+      len += 5;
     }
   }
-  out->p[out->len++] = '"';
+  p[len++] = '"';
+  out->len = len;
   return 0;
 via_yajl:
   yajl_gen_reset(e->g, NULL);
