@@ -540,8 +540,9 @@ local function answer_stream(job, res, sfix)
   local actx = res.ctx
   -- Claude clients read input usage from message_start, which no other
   -- upstream reports up front: estimate it locally (in the threadpool).
-  if fmt == "claude" and res.upfmt ~= "claude" and not res.passthrough and job.body then
-    actx.input_estimate = count.estimate("claude", job.body, job.model, app.config["count-tokens"])
+  local cbody = job.body or job.sbody -- (the spans count as their bytes)
+  if fmt == "claude" and res.upfmt ~= "claude" and not res.passthrough and cbody then
+    actx.input_estimate = count.estimate("claude", cbody, job.model, app.config["count-tokens"])
   end
   -- Gemini without alt=sse streams a JSON array, not SSE.
   req:start(200, job.opts.gemini_array and http.headers("application/json") or stream_headers())

@@ -114,6 +114,7 @@ typedef struct {
   int depth;
   int in_array[JSON_MAX_DEPTH + 1]; /* 1 when that level is an array */
   int next_idx[JSON_MAX_DEPTH + 1]; /* next array index / key slot */
+  int kidx[JSON_MAX_DEPTH + 1];     /* stack index of the pending key, 0 */
   int raw;                          /* stack index of the RAW_KEY table */
   yajl_handle h;                    /* for the offset of the current token */
   const char *in;                   /* the input, to find raw string tokens */
@@ -127,10 +128,37 @@ typedef struct {
 static void dec_store(json_dec_t *d) {
   if (d->depth == 0)
     return;
-  if (d->in_array[d->depth])
+  if (d->in_array[d->depth]) {
     lua_rawseti(d->L, -2, d->next_idx[d->depth]++);
-  else
+  } else {
     lua_rawset(d->L, -4); /* [tbl, order, key, value] */
+    d->kidx[d->depth] = 0;
+  }
+}
+
+/* Appends the path of the value being decoded (".messages[2].content",
+ * the client's own field names) to buf, for error messages. Inside a span
+ * it names the span. Reads the pending keys off the Lua stack. */
+static void dec_path(json_dec_t *d, char *buf, size_t cap) {
+  size_t len = strlen(buf);
+  for (int lv = 1; lv <= d->depth && len + 1 < cap; lv++) {
+    int w;
+    if (d->in_array[lv]) {
+      w = snprintf(buf + len, cap - len, "[%d]", d->next_idx[lv] - 1);
+    } else if (d->kidx[lv]) {
+      size_t kn;
+      const char *k = lua_tolstring(d->L, d->kidx[lv], &kn);
+      w = snprintf(buf + len, cap - len, "%s%.*s%s", len ? "." : "",
+                   (int)(kn > 40 ? 40 : kn), k ? k : "", kn > 40 ? "..." : "");
+    } else {
+      break;
+    }
+    if (w < 0)
+      break;
+    len += (size_t)w;
+    if (len >= cap)
+      len = cap - 1;
+  }
 }
 
 /* Pushes the weak container -> raw-text table, creating it on first use. */
@@ -355,6 +383,7 @@ static int dec_open(json_dec_t *d, int is_array) {
   d->depth++;
   d->in_array[d->depth] = is_array;
   d->next_idx[d->depth] = 1;
+  d->kidx[d->depth] = 0;
   return 1;
 }
 
@@ -496,6 +525,7 @@ static int dec_key(void *ctx, const unsigned char *s, size_t n) {
     lua_rawseti(L, -4, d->next_idx[d->depth]++);
   }
   lua_pop(L, 1);
+  d->kidx[d->depth] = lua_gettop(L);
   return 1;
 }
 
@@ -654,7 +684,14 @@ static int json_decode_spec(lua_State *L, const char *s, size_t n,
       dec_yajl_reason(box->h, reason, sizeof(reason));
     if (at > n)
       at = n;
-    snprintf(err, errlen, "json: %s at byte %zu", reason, at);
+    {
+      char path[192] = "";
+      dec_path(&d, path, sizeof(path));
+      if (path[0])
+        snprintf(err, errlen, "json: %s in %s at byte %zu", reason, path, at);
+      else
+        snprintf(err, errlen, "json: %s at byte %zu", reason, at);
+    }
     yajl_free(box->h);
     box->h = NULL;
     free(box->scratch);
@@ -1417,9 +1454,9 @@ static int l_json_spec(lua_State *L) {
     size_t n;
     const char *p, *why;
     lua_rawgeti(L, 1, (int)i);
-    p = lua_tolstring(L, -1, &n);
     if (lua_type(L, -1) != LUA_TSTRING)
       return luaL_error(L, "json.spec: path %d is not a string", (int)i);
+    p = lua_tolstring(L, -1, &n);
     if ((why = spec_add(sp, p, n)) != NULL)
       return luaL_error(L, "json.spec: path '%s': %s", p, why);
     lua_pop(L, 1);
