@@ -164,14 +164,18 @@ end
 function _M.raw_fixup(raw, ctx, set)
   local view, err = json.top(raw, FIX_KEYS)
   if not view then return nil, err end
+  local orig = {}
+  for k, v in pairs(view) do orig[k] = v end
   for k, v in pairs(set or {}) do view[k] = v end
   view = _M.fixup(view, ctx) or view
+  -- only what changed is written (fixup replaces tables, never edits
+  -- them), so an unchanged member keeps its bytes, escapes included
   local put, drop = {}, {}
-  for _, k in ipairs(FIX_KEYS) do
-    if view[k] == nil then drop[#drop + 1] = k else put[k] = view[k] end
-  end
   for k, v in pairs(view) do
-    if put[k] == nil and v ~= nil then put[k] = v end
+    if v ~= orig[k] then put[k] = v end
+  end
+  for k in pairs(orig) do
+    if view[k] == nil then drop[#drop + 1] = k end
   end
   return json.edit(raw, put, drop)
 end

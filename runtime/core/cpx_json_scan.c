@@ -378,7 +378,8 @@ int cpx_json_top_get(const char *s, size_t n, const cpx_str_t *keys,
  *   cpx.json.top(s, {key, ...}) -> {key = value} | nil, err
  *       like peek, but objects and arrays are decoded too (with their key
  *       order and number texts), for the few members a fix-up reads; null
- *       and absent members are left out
+ *       is cpx.json.null, absent members are left out; a document whose
+ *       top-level keys use escapes answers nil, "json: escaped key"
  *   cpx.json.edit(s, set, drop) -> new string | nil, err
  *       the top-level members named in the list drop removed, those in the
  *       table set replaced in place by their encoded value (the first
@@ -467,6 +468,11 @@ static int l_top(lua_State *L) {
   nkeys = lua_objlen(L, 2);
   if ((rc = members_scan(L, s, n, &b)) != 0)
     return rc;
+  if (b->m.escaped) {
+    lua_pushnil(L);
+    lua_pushliteral(L, "json: escaped key");
+    return 2;
+  }
   lua_createtable(L, 0, (int)nkeys); /* 4: the result */
   for (size_t i = 1; i <= nkeys; i++) {
     size_t kn;
@@ -485,13 +491,10 @@ static int l_top(lua_State *L) {
     }
     if (cpx_json_decode_push(L, hit->vp, hit->vn, err, sizeof(err)) != 0) {
       lua_pushnil(L);
-      lua_pushfstring(L, "json: %s: %s", k, err);
+      lua_pushfstring(L, "%s (member %s)", err, k);
       return 2;
     }
-    if (lua_type(L, -1) == LUA_TLIGHTUSERDATA) /* null: absent */
-      lua_pop(L, 2);
-    else
-      lua_rawset(L, 4);
+    lua_rawset(L, 4);
   }
   lua_settop(L, 4);
   return 1;
