@@ -23,6 +23,7 @@ local ipairs = ipairs
 local tostring = tostring
 local tonumber = tonumber
 local pcall = pcall
+local concat = table.concat
 
 local _M = {}
 
@@ -498,14 +499,19 @@ local function stream_hub(job, res, sfix)
   end
   local s = translators.stream(fmt, upfmt, actx)
   local filter = job.opts.frame_filter
+  -- One string per upstream event: the runtime writes each list entry on
+  -- its own (a first Anthropic event is four frames, four writes).
   local function out_frames(frames)
-    if not filter then return frames end
-    local o = {}
-    for _, f in ipairs(frames) do
-      local x = filter(f)
-      if x then o[#o + 1] = x end
+    if filter then
+      local o = {}
+      for _, f in ipairs(frames) do
+        local x = filter(f)
+        if x then o[#o + 1] = x end
+      end
+      frames = o
     end
-    return o
+    if #frames > 1 then return { concat(frames) } end
+    return frames
   end
   req:pipe(res.up, {
     on_event = function(ev)
