@@ -26,6 +26,7 @@ local PROVIDER_FIELDS = {
   { "classify", "function" },
   { "fixup", "function" },
   { "raw_ok", "function" },
+  { "raw_fixup", "function" },
   { "response_fixup", "function" },
   { "stream_fixup", "function" },
   { "error_status", "function" },

@@ -15,6 +15,11 @@ local null = json.null
 local FMT = "openai_responses"
 local _M = { name = FMT }
 
+-- Subtrees this codec only carries (see translators/claude.lua).
+_M.carries = {
+  request = { "tools[].parameters", "text.format.schema" },
+}
+
 local s = ir.str
 local num = ir.num
 local tbl = ir.tbl

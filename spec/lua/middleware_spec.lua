@@ -347,6 +347,12 @@ describe("built-in middleware", function()
     mw.run(chain, "after", ctx, { status = 200, body = body })
     assert.equal("call [REDACTED] for the [REDACTED]", body.choices[1].message.content)
     assert.equal("secret-id", body.id)
+    -- inside a tool input carried as bytes (a span) too
+    local json = require("lib.json")
+    local tb = { content = arr({ { type = "tool_use", id = "t", name = "f",
+      input = json.raw('{"cmd":"echo secret","n":1.10}', "object") } }) }
+    mw.run(chain, "after", ctx, { status = 200, body = tb })
+    assert.equal('{"cmd":"echo [REDACTED]","n":1.10}', json.encode(tb.content[1].input))
     -- short deltas are held until the block stops (a match may continue)
     local out = mw.run(chain, "on_chunk", ctx, { t = "delta", i = 0, text = "my secret" })
     assert.same({}, out)
