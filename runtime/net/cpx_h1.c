@@ -643,6 +643,32 @@ static void on_write(uv_write_t *w, int status) {
   }
 }
 
+/* The request through TLS. The pieces are joined first: one SSL_write per
+ * piece would make a record each (five for the lane's head, length, body
+ * and model pieces), each with its own header, tag and cipher call on both
+ * sides; joined, a small request is one record. */
+static int conn_tls_send(cpx_h1_conn_t *c, cpx_h1_req_t *q) {
+  char *p = NULL;
+  size_t len = 0, cap = 0;
+  int rc = 0;
+  if (q->nbufs == 1) {
+    rc = cpx_tls_conn_write(c->tls, q->bufs[0].base, q->bufs[0].len,
+                            tls_on_cipher, c);
+  } else {
+    for (unsigned i = 0; i < q->nbufs && rc == 0; i++)
+      rc = cpx_buf_append(&p, &len, &cap, q->bufs[i].base, q->bufs[i].len);
+    if (rc != 0) {
+      free(p);
+      return CPX_ENOMEM;
+    }
+    rc = cpx_tls_conn_write(c->tls, p, len, tls_on_cipher, c);
+    free(p);
+  }
+  if (rc != 0)
+    return rc == CPX_ENOMEM ? rc : CPX_EIO;
+  return conn_flush(c);
+}
+
 /* Sends q's bytes on c (connected, handshake done) and waits for the
  * answer. Returns 0 or a negative code (then q is still attached; the
  * caller fails it). */
@@ -660,13 +686,7 @@ static int conn_start(cpx_h1_conn_t *c, cpx_h1_req_t *q) {
     c->reading = 1;
   }
   if (c->tls) {
-    for (unsigned i = 0; i < q->nbufs; i++) {
-      rc = cpx_tls_conn_write(c->tls, q->bufs[i].base, q->bufs[i].len,
-                              tls_on_cipher, c);
-      if (rc != 0)
-        return rc == CPX_ENOMEM ? rc : CPX_EIO;
-    }
-    rc = conn_flush(c);
+    rc = conn_tls_send(c, q);
     if (rc != 0)
       return rc;
   } else {
