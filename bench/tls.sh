@@ -7,6 +7,9 @@
 #             memory BIOs, pooled connections, sessions resumed)
 #   curl      wrk -> cliproxy with fast-path: false: the Lua pipeline and
 #             libcurl (its own connection cache and TLS session cache)
+#   nginx-h   nginx proxy_pass http:// to the same upstream's plain port
+#   lane-h    the lane to that plain port (another model of the same
+#             cliproxy): the two -h rows show what TLS itself costs each
 # The upstream is nginx terminating TLS (a certificate from a CA made at run
 # time with the openssl CLI; cliproxy trusts it through upstream-ca-file,
 # nginx through proxy_ssl_trusted_certificate) and answering the fixed
@@ -30,6 +33,7 @@ B=$TMP/body
 
 printf '%s' '{"model":"bench-chat","messages":[{"role":"user","content":"Reply with the word PONG, nothing else."}]}' >"$B/chat.small.json"
 luajit bench/lib/make_body.lua "$B/chat.large.json" 78000 bench-chat 2>/dev/null
+for s in small large; do sed 's/"model":"bench-chat"/"model":"bench-plain"/' "$B/chat.$s.json" >"$B/plain.$s.json"; done
 CHAT_ANS='{"id":"chatcmpl-bench0001","object":"chat.completion","created":1700000000,"model":"up-chat","choices":[{"index":0,"message":{"role":"assistant","content":"PONG"},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":19,"completion_tokens":2,"total_tokens":21},"system_fingerprint":"fp_bench"}'
 
 # ---------------------------------------------------------------- certificates
@@ -44,7 +48,8 @@ EC=(-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes)
 ) >/dev/null 2>&1 || { echo "bench: openssl could not make the certificates" >&2; exit 1; }
 
 # ---------------------------------------------------------------- servers
-UP_PORT=$(free_port); NGX_PORT=$(free_port); LANE_PORT=$(free_port); CURL_PORT=$(free_port)
+UP_PORT=$(free_port); UPH_PORT=$(free_port); NGX_PORT=$(free_port); NGXH_PORT=$(free_port)
+LANE_PORT=$(free_port); CURL_PORT=$(free_port)
 mkdir -p "$TMP/up/tmp" "$TMP/ngx/tmp"
 cat >"$TMP/up/nginx.conf" <<NGX
 worker_processes $WORKERS;
@@ -65,8 +70,10 @@ http {
     ssl_certificate $C/leaf.pem;
     ssl_certificate_key $C/leaf.key;
     ssl_session_cache shared:up:1m;
+    ssl_protocols TLSv1.2 TLSv1.3;  # 1.22's default stops at 1.2; real upstreams speak 1.3
     server {
         listen 127.0.0.1:$UP_PORT ssl reuseport;
+        listen 127.0.0.1:$UPH_PORT reuseport;
         location = /v1/chat/completions { return 200 '$CHAT_ANS'; }
         location / { return 404 '{"error":{"message":"no route"}}'; }
     }
@@ -88,6 +95,15 @@ http {
     client_body_temp_path $TMP/ngx/tmp; proxy_temp_path $TMP/ngx/tmp;
     fastcgi_temp_path $TMP/ngx/tmp; uwsgi_temp_path $TMP/ngx/tmp; scgi_temp_path $TMP/ngx/tmp;
     upstream origin_tls { server 127.0.0.1:$UP_PORT; keepalive 128; }
+    upstream origin_plain { server 127.0.0.1:$UPH_PORT; keepalive 128; }
+    server {
+        listen 127.0.0.1:$NGXH_PORT reuseport;
+        location / {
+            proxy_pass http://origin_plain;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
     server {
         listen 127.0.0.1:$NGX_PORT reuseport;
         location / {
@@ -127,6 +143,12 @@ openai-compatibility:
       - api-key: "bench-upstream-key"
     models:
       - { name: "up-chat", alias: "bench-chat" }
+  - name: "bench-plain"
+    base-url: "http://127.0.0.1:$UPH_PORT/v1"
+    api-key-entries:
+      - api-key: "bench-upstream-key"
+    models:
+      - { name: "up-chat", alias: "bench-plain" }
 YAML
   "${ON_CPU0[@]}" "$CPX_BIN" --config "$TMP/$1/config.yaml" >"$TMP/$1/stdout" 2>"$TMP/$1/stderr" &
   local pid=$!
@@ -140,28 +162,29 @@ YAML
 }
 cpx_start lane "$LANE_PORT" true
 cpx_start curl "$CURL_PORT" false
-grep -q 'fast path: 1 model' "$TMP/lane/stderr" || { echo "bench: the lane does not serve the https model: $(grep 'fast path' "$TMP/lane/stderr")" >&2; exit 2; }
+grep -q 'fast path: 2 model' "$TMP/lane/stderr" || { echo "bench: the lane does not serve the https model: $(grep 'fast path' "$TMP/lane/stderr")" >&2; exit 2; }
 
-declare -A PORT=([nginx]=$NGX_PORT [lane]=$LANE_PORT [curl]=$CURL_PORT)
+declare -A PORT=([nginx]=$NGX_PORT [lane]=$LANE_PORT [curl]=$CURL_PORT [nginx-h]=$NGXH_PORT [lane-h]=$LANE_PORT)
 url() { echo "http://127.0.0.1:${PORT[$1]}/v1/chat/completions"; }
-TARGETS="nginx lane curl"
+body() { case $1 in lane-h) echo "$B/plain.$2.json" ;; *) echo "$B/chat.$2.json" ;; esac; }
+TARGETS="nginx lane curl nginx-h lane-h"
 for s in small large; do for t in $TARGETS; do
   code=$(curl -s -o "$TMP/res/check" -w '%{http_code}' --max-time 5 -X POST -H 'Content-Type: application/json' \
-    --data-binary @"$B/chat.$s.json" "$(url $t)" || true)
+    --data-binary @"$(body $t $s)" "$(url $t)" || true)
   if [ "$code" != 200 ] || ! grep -q PONG "$TMP/res/check"; then
     echo "bench: $t $s check failed: HTTP $code $(head -c 400 "$TMP/res/check")" >&2; exit 2
   fi
 done; done
 
 run_wrk() { # target size duration
-  "${ON_CPU1[@]}" wrk -t"$THREADS" -c"$CONNS" -d"$3" --latency -s bench/lib/post.lua "$(url "$1")" -- "$B/chat.$2.json" 2>&1
+  "${ON_CPU1[@]}" wrk -t"$THREADS" -c"$CONNS" -d"$3" --latency -s bench/lib/post.lua "$(url "$1")" -- "$(body "$1" "$2")" 2>&1
 }
 echo "bench: wrk -t$THREADS -c$CONNS -d$DURATION, $RUNS run(s) per case, workers=$WORKERS, pin=$PIN" >&2
 for s in small large; do for t in $TARGETS; do run_wrk $t $s 1s >/dev/null; done; done
 for n in $(seq 1 "$RUNS"); do
   for s in small large; do for t in $TARGETS; do
     PERF_PID=""
-    if [ "${PERF:-0}" = 1 ] && [ "$t" != nginx ] && [ "$n" = 1 ]; then
+    if [ "${PERF:-0}" = 1 ] && { [ "$t" = lane ] || [ "$t" = curl ]; } && [ "$n" = 1 ]; then
       perf record -g -o "bench/out/perf-tls-$t-$s.data" -p "${CPX_PIDS[$([ $t = lane ] && echo 0 || echo 1)]}" >/dev/null 2>&1 & PERF_PID=$!
     fi
     run_wrk $t $s "$DURATION" >"$TMP/res/$t.$s.$n.log"
@@ -184,18 +207,19 @@ summary() {
   echo "cliproxy TLS upstream benchmark — $(date -u '+%Y-%m-%d %H:%M:%SZ'), $(nproc) CPUs, $(nginx -v 2>&1 | sed 's/.*\///'), $(openssl version | cut -d' ' -f1-2), $(git rev-parse --short HEAD 2>/dev/null)"
   echo "wrk -t$THREADS -c$CONNS -d$DURATION --latency, median of $RUNS run(s); workers: $WORKERS; pinned: $PIN; https upstream (nginx, TLS 1.3)"
   echo
-  printf '%-6s %-6s %10s %7s %10s %7s\n' body case 'r/s' ratio 'p99 ms' errors
+  printf '%-6s %-8s %10s %7s %10s %7s\n' body case 'r/s' ratio 'p99 ms' errors
   for s in small large; do
-    local nr
-    nr=$(med nginx $s rps)
+    local nr nh
+    nr=$(med nginx $s rps); nh=$(med nginx-h $s rps)
     for t in $TARGETS; do
       local r
       r=$(med $t $s rps)
-      printf '%-6s %-6s %10.0f %6.2fx %10.3f %7s\n' "$s" "$t" "$r" "$(awk -v a="$r" -v b="$nr" 'BEGIN{print a/b}')" \
+      case $t in *-h) nr_t=$nh ;; *) nr_t=$nr ;; esac
+      printf '%-6s %-8s %10.0f %6.2fx %10.3f %7s\n' "$s" "$t" "$r" "$(awk -v a="$r" -v b="$nr_t" 'BEGIN{print a/b}')" \
         "$(awk -v x="$(med $t $s p99_us)" 'BEGIN{print x/1000}')" "$(errs $t $s)"
     done
   done
-  echo "(target: lane >= 0.80x nginx; curl is the libcurl alternative the lane was measured against)"
+  echo "(ratios: https rows to nginx, -h rows to nginx-h; target: lane >= 0.80x nginx; curl is the libcurl alternative)"
 }
 mkdir -p bench/out
 OUT="bench/out/tls-$(date -u +%Y%m%d-%H%M%S).txt"
