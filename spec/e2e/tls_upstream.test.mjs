@@ -15,9 +15,9 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { startProxy } from './lib/proxy.mjs';
+import { startProxy, buildConfig } from './lib/proxy.mjs';
 import { makeCerts, startHttpsServer } from './lib/tls.mjs';
-import { sleep } from './lib/wait.mjs';
+import { sleep, until } from './lib/wait.mjs';
 
 const CLIENT_KEY = 'sk-client-tls-e2e';
 const T = (ms = 20000) => ({ timeout: ms });
@@ -208,4 +208,34 @@ test('an unreadable upstream-ca-file stops the start with the key named', T(), a
     startProxy({ apiKeys: [CLIENT_KEY], openaiCompat: [], extra: { 'upstream-ca-file': missing } }),
     (e) => /upstream-ca-file/.test(e.message) && e.message.includes(missing),
   );
+});
+
+test('reload: a bad upstream-ca-file is rejected and the old trust kept; a good one applies at once', T(30000), async () => {
+  const opts = { apiKeys: [CLIENT_KEY], openaiCompat: accounts() };
+  const p = await startProxy({ ...opts, extra: { workers: 1, 'request-retry': 0, 'disable-cooling': true } });
+  try {
+    const rewrite = (extra) => fs.writeFileSync(p.configPath, buildConfig({ ...opts, port: p.port,
+      authDir: path.join(p.dir, 'auths'), extra: { workers: 1, 'request-retry': 0, 'disable-cooling': true, ...extra } }));
+    const before = await post(p, 'tls-ok');
+    assertEnvelope(before, /certificate verify failed/, 'before the key');
+
+    const bad = path.join(certs.dir, 'not-a-ca.pem');
+    fs.writeFileSync(bad, 'no certificate here\n');
+    rewrite({ 'upstream-ca-file': bad });
+    p.child.kill('SIGHUP');
+    await until(() => /reload \(.*\) rejected.*upstream-ca-file/.test(p.stderr()), 'the reload to be rejected');
+    const still = await post(p, 'tls-ok');
+    assertEnvelope(still, /certificate verify failed/, 'after the rejected reload');
+
+    const n0 = (p.stderr().match(/reloaded \(/g) || []).length;
+    rewrite({ 'upstream-ca-file': certs.caFile });
+    p.child.kill('SIGHUP');
+    await until(() => (p.stderr().match(/reloaded \(/g) || []).length > n0, 'the reload');
+    const after = await post(p, 'tls-ok');
+    assert.equal(after.status, 200, after.text);
+    assert.equal(after.text, FIXED);
+    assert.ok(isFast(after.line), after.line);
+  } finally {
+    await p.stop();
+  }
 });
