@@ -152,13 +152,24 @@ openai-compatibility:
 YAML
   "${ON_CPU0[@]}" "$CPX_BIN" --config "$TMP/$1/config.yaml" >"$TMP/$1/stdout" 2>"$TMP/$1/stderr" &
   local pid=$!
-  PIDS+=("$pid"); CPX_PIDS+=("$pid")
+  PIDS+=("$pid"); CPX_PIDS+=("$pid"); PID_OF[$1]=$pid
   for i in $(seq 1 200); do
     [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "http://127.0.0.1:$2/healthz")" = 200 ] && return 0
     kill -0 "$pid" 2>/dev/null || break
     sleep 0.05
   done
   echo "bench: cliproxy ($1) did not answer /healthz: $(tail -c 600 "$TMP/$1/stderr")" >&2; exit 2
+}
+declare -A PID_OF CRASHES=([lane]=0 [curl]=0)
+# A cliproxy that died during a run is noted (and its last log lines kept in
+# the summary) and started again, so one crash does not end the benchmark.
+cpx_alive() { # name port fast-path
+  kill -0 "${PID_OF[$1]}" 2>/dev/null && return 0
+  CRASHES[$1]=$((CRASHES[$1] + 1))
+  wait "${PID_OF[$1]}" 2>/dev/null || true
+  grep -v '\[info\]' "$TMP/$1/stderr" | tail -n 3 >>"$TMP/crashes"
+  echo "bench: cliproxy ($1) died; started again" >&2
+  cpx_start "$@"
 }
 cpx_start lane "$LANE_PORT" true
 cpx_start curl "$CURL_PORT" false
@@ -183,9 +194,11 @@ echo "bench: wrk -t$THREADS -c$CONNS -d$DURATION, $RUNS run(s) per case, workers
 for s in small large; do for t in $TARGETS; do run_wrk $t $s 1s >/dev/null; done; done
 for n in $(seq 1 "$RUNS"); do
   for s in small large; do for t in $TARGETS; do
+    cpx_alive lane "$LANE_PORT" true
+    cpx_alive curl "$CURL_PORT" false
     PERF_PID=""
     if [ "${PERF:-0}" = 1 ] && { [ "$t" = lane ] || [ "$t" = curl ]; } && [ "$n" = 1 ]; then
-      perf record -g -o "bench/out/perf-tls-$t-$s.data" -p "${CPX_PIDS[$([ $t = lane ] && echo 0 || echo 1)]}" >/dev/null 2>&1 & PERF_PID=$!
+      perf record -g -o "bench/out/perf-tls-$t-$s.data" -p "${PID_OF[$t]}" >/dev/null 2>&1 & PERF_PID=$!
     fi
     run_wrk $t $s "$DURATION" >"$TMP/res/$t.$s.$n.log"
     [ -n "$PERF_PID" ] && { kill -INT "$PERF_PID"; wait "$PERF_PID" || true; }
@@ -220,6 +233,10 @@ summary() {
     done
   done
   echo "(ratios: https rows to nginx, -h rows to nginx-h; target: lane >= 0.80x nginx; curl is the libcurl alternative)"
+  if [ "${CRASHES[lane]}" -gt 0 ] || [ "${CRASHES[curl]}" -gt 0 ]; then
+    echo "cliproxy died and was restarted: lane ${CRASHES[lane]} time(s), curl ${CRASHES[curl]} time(s); last lines:"
+    sed 's/^/  /' "$TMP/crashes"
+  fi
 }
 mkdir -p bench/out
 OUT="bench/out/tls-$(date -u +%Y%m%d-%H%M%S).txt"

@@ -473,11 +473,8 @@ typedef struct {
   char *data; /* owned: the out buffer taken from the connection */
 } tls_write_t;
 
-static void on_tls_write(uv_write_t *w, int status) {
-  tls_write_t *tw = w->data;
-  cpx_h1_conn_t *c = tw->c;
-  free(tw->data);
-  free(tw);
+/* A write ended (plain or TLS). */
+static void conn_written(cpx_h1_conn_t *c, int status) {
   c->writing--;
   if (status == UV_ECANCELED || c->state == C_CLOSING)
     return;
@@ -485,8 +482,16 @@ static void on_tls_write(uv_write_t *w, int status) {
     if (c->req)
       conn_fail(c, status);
     else
-      conn_close(c);
+      conn_close(c); /* answered early, then failed: not reusable */
   }
+}
+
+static void on_tls_write(uv_write_t *w, int status) {
+  tls_write_t *tw = w->data;
+  cpx_h1_conn_t *c = tw->c;
+  free(tw->data);
+  free(tw);
+  conn_written(c, status);
 }
 
 /* OpenSSL's output, gathered until the step that made it is over. */
@@ -631,16 +636,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
 }
 
 static void on_write(uv_write_t *w, int status) {
-  cpx_h1_conn_t *c = w->data;
-  c->writing--;
-  if (status == UV_ECANCELED || c->state == C_CLOSING)
-    return;
-  if (status < 0) {
-    if (c->req)
-      conn_fail(c, status);
-    else
-      conn_close(c); /* answered early, then failed: not reusable */
-  }
+  conn_written(w->data, status);
 }
 
 /* The request through TLS. The pieces are joined first: one SSL_write per

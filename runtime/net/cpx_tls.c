@@ -132,9 +132,40 @@ static EVP_PKEY *read_key(const char *path) {
   return k;
 }
 
+/* A context with what both sides want: TLS 1.2 at least (1.0 and 1.1 are
+ * deprecated, RFC 8996), no compression (CRIME), no renegotiation (it buys
+ * nothing for HTTP/1.1 and costs CPU on the peer's demand), and whole writes
+ * only (a partial write would make cpx_tls_conn_write report progress it
+ * cannot return; memory BIOs never refuse bytes). */
+static SSL_CTX *ctx_base(const SSL_METHOD *m, char *err, size_t errlen) {
+  SSL_CTX *s;
+  ERR_clear_error();
+  s = SSL_CTX_new(m);
+  if (s == NULL) {
+    ssl_errmsg(err, errlen, "tls: SSL_CTX_new");
+    return NULL;
+  }
+  SSL_CTX_set_min_proto_version(s, TLS1_2_VERSION);
+  SSL_CTX_set_options(s, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
+  SSL_CTX_clear_mode(s, SSL_MODE_ENABLE_PARTIAL_WRITE);
+  return s;
+}
+
+/* Wraps s (its reference passes to the new context, or is dropped). */
+static int ctx_wrap(SSL_CTX *s, cpx_tls_ctx_t **out, char *err, size_t errlen) {
+  cpx_tls_ctx_t *ctx = malloc(sizeof(*ctx));
+  if (ctx == NULL) {
+    SSL_CTX_free(s);
+    snprintf(err, errlen, "tls: out of memory");
+    return CPX_ENOMEM;
+  }
+  ctx->ssl = s;
+  *out = ctx;
+  return 0;
+}
+
 int cpx_tls_ctx_new(cpx_tls_ctx_t **out, const char *cert_file,
                     const char *key_file, char *err, size_t errlen) {
-  cpx_tls_ctx_t *ctx = NULL;
   SSL_CTX *s = NULL;
   EVP_PKEY *key = NULL;
   X509 *cert;
@@ -153,23 +184,13 @@ int cpx_tls_ctx_new(cpx_tls_ctx_t **out, const char *cert_file,
       (rc = check_readable("key", key_file, err, errlen)) != 0)
     return rc;
 
-  ERR_clear_error();
-  s = SSL_CTX_new(TLS_server_method());
-  if (s == NULL) {
-    ssl_errmsg(err, errlen, "tls: SSL_CTX_new");
+  s = ctx_base(TLS_server_method(), err, errlen);
+  if (s == NULL)
     return CPX_ENOMEM;
-  }
-  /* TLS 1.0 and 1.1 are deprecated (RFC 8996). Compression enables CRIME;
-   * renegotiation buys nothing for HTTP/1.1 and costs CPU on demand of the
-   * client; the server's cipher order is the better one. */
-  SSL_CTX_set_min_proto_version(s, TLS1_2_VERSION);
-  SSL_CTX_set_options(s, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION |
-                             SSL_OP_CIPHER_SERVER_PREFERENCE);
+  /* The server's cipher order is the better one. */
+  SSL_CTX_set_options(s, SSL_OP_CIPHER_SERVER_PREFERENCE);
   SSL_CTX_set_alpn_select_cb(s, alpn_select_cb, NULL);
   SSL_CTX_set_default_passwd_cb(s, no_passphrase_cb);
-  /* A partial write would make cpx_tls_conn_write report progress it cannot
-   * return; memory BIOs never refuse bytes, so whole writes always finish. */
-  SSL_CTX_clear_mode(s, SSL_MODE_ENABLE_PARTIAL_WRITE);
 
   if (SSL_CTX_use_certificate_chain_file(s, cert_file) != 1) {
     snprintf(what, sizeof(what), "tls: cannot load certificate chain '%s'",
@@ -205,16 +226,7 @@ int cpx_tls_ctx_new(cpx_tls_ctx_t **out, const char *cert_file,
     goto fail;
   }
   EVP_PKEY_free(key);
-
-  ctx = malloc(sizeof(*ctx));
-  if (ctx == NULL) {
-    SSL_CTX_free(s);
-    snprintf(err, errlen, "tls: out of memory");
-    return CPX_ENOMEM;
-  }
-  ctx->ssl = s;
-  *out = ctx;
-  return 0;
+  return ctx_wrap(s, out, err, errlen);
 
 fail:
   EVP_PKEY_free(key);
@@ -450,7 +462,6 @@ static int load_system_roots(SSL_CTX *s) {
 
 int cpx_tls_client_ctx_new(cpx_tls_ctx_t **out, const char *ca_file, char *err,
                            size_t errlen) {
-  cpx_tls_ctx_t *ctx;
   SSL_CTX *s;
   char what[1200];
   int rc;
@@ -461,15 +472,9 @@ int cpx_tls_client_ctx_new(cpx_tls_ctx_t **out, const char *ca_file, char *err,
   if (ca_file != NULL && *ca_file != '\0' &&
       (rc = check_readable("CA", ca_file, err, errlen)) != 0)
     return rc;
-  ERR_clear_error();
-  s = SSL_CTX_new(TLS_client_method());
-  if (s == NULL) {
-    ssl_errmsg(err, errlen, "tls: SSL_CTX_new");
+  s = ctx_base(TLS_client_method(), err, errlen);
+  if (s == NULL)
     return CPX_ENOMEM;
-  }
-  SSL_CTX_set_min_proto_version(s, TLS1_2_VERSION);
-  SSL_CTX_set_options(s, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
-  SSL_CTX_clear_mode(s, SSL_MODE_ENABLE_PARTIAL_WRITE);
   SSL_CTX_set_verify(s, SSL_VERIFY_PEER, NULL);
   /* The owner keeps sessions per endpoint (host, port): OpenSSL's own
    * client cache would need a lookup key per connection anyway. */
@@ -493,15 +498,7 @@ int cpx_tls_client_ctx_new(cpx_tls_ctx_t **out, const char *ca_file, char *err,
     SSL_CTX_free(s);
     return CPX_EINVAL;
   }
-  ctx = malloc(sizeof(*ctx));
-  if (ctx == NULL) {
-    SSL_CTX_free(s);
-    snprintf(err, errlen, "tls: out of memory");
-    return CPX_ENOMEM;
-  }
-  ctx->ssl = s;
-  *out = ctx;
-  return 0;
+  return ctx_wrap(s, out, err, errlen);
 }
 
 int cpx_tls_client_conn_new(cpx_tls_ctx_t *ctx, const char *host,
