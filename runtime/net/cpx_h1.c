@@ -29,8 +29,13 @@ typedef struct endpoint_s {
   char *host;
   int port;
   int tls;
-  cpx_tls_session_t *session; /* the last one the server gave; owned */
-  cpx_h1_conn_t *idle;        /* LIFO through next_idle */
+  /* Sessions the server gave, newest last; owned. TLS 1.3 tickets are
+   * single use (RFC 8446 C.4; OpenSSL will not offer one twice) and servers
+   * hand out two per full handshake, often none after a resumption: one
+   * kept session would let only every other new connection resume. */
+  cpx_tls_session_t *sessions[CPX_H1_MAX_SESSIONS];
+  int nsessions;
+  cpx_h1_conn_t *idle; /* LIFO through next_idle */
   size_t nidle;
 } endpoint_t;
 
@@ -134,12 +139,16 @@ static endpoint_t *endpoint_get(cpx_h1_pool_t *p, const char *host, int port,
   return e;
 }
 
+static void sessions_clear(endpoint_t *e) {
+  while (e->nsessions > 0)
+    cpx_tls_session_free(e->sessions[--e->nsessions]);
+}
+
 static void endpoints_free(cpx_h1_pool_t *p) {
   endpoint_t *e = p->endpoints, *n;
   for (; e; e = n) {
     n = e->next;
-    if (e->session)
-      cpx_tls_session_free(e->session);
+    sessions_clear(e);
     free(e->host);
     free(e);
   }
@@ -552,12 +561,37 @@ static int tls_on_plain(void *ud, const char *p, size_t n) {
   return r == P_MORE ? 0 : r == P_MSG ? 2 : 3;
 }
 
-/* The server gave us a session: the next connection offers it. */
+/* The server gave us a session: a next connection offers it. The oldest
+ * goes when the list is full. */
 static void tls_on_session(void *ud, cpx_tls_session_t *sess) {
-  cpx_h1_conn_t *c = ud;
-  if (c->ep->session)
-    cpx_tls_session_free(c->ep->session);
-  c->ep->session = sess;
+  endpoint_t *e = ((cpx_h1_conn_t *)ud)->ep;
+  if (e->nsessions == CPX_H1_MAX_SESSIONS) {
+    cpx_tls_session_free(e->sessions[0]);
+    memmove(e->sessions, e->sessions + 1,
+            sizeof(e->sessions[0]) * (CPX_H1_MAX_SESSIONS - 1));
+    e->nsessions--;
+  }
+  e->sessions[e->nsessions++] = sess;
+}
+
+/* The session a new connection offers (a reference the caller drops), or
+ * NULL: the newest usable one. A single-use one leaves the list; a TLS 1.2
+ * session stays (it resumes any number of times). */
+static cpx_tls_session_t *session_take(endpoint_t *e) {
+  while (e->nsessions > 0) {
+    cpx_tls_session_t *s = e->sessions[e->nsessions - 1];
+    if (!cpx_tls_session_resumable(s)) {
+      cpx_tls_session_free(s);
+      e->nsessions--;
+      continue;
+    }
+    if (cpx_tls_session_single_use(s))
+      e->nsessions--;
+    else
+      cpx_tls_session_ref(s);
+    return s;
+  }
+  return NULL;
 }
 
 static int conn_start(cpx_h1_conn_t *c, cpx_h1_req_t *q);
@@ -712,8 +746,11 @@ static int conn_start(cpx_h1_conn_t *c, cpx_h1_req_t *q) {
 /* Connected to an https endpoint: the ClientHello goes out and the
  * handshake goes on in tls_read. */
 static int conn_handshake(cpx_h1_conn_t *c) {
-  int rc = cpx_tls_client_conn_new(c->pool->tls, c->ep->host, c->ep->session,
+  cpx_tls_session_t *sess = session_take(c->ep);
+  int rc = cpx_tls_client_conn_new(c->pool->tls, c->ep->host, sess,
                                    tls_on_session, c, &c->tls);
+  if (sess)
+    cpx_tls_session_free(sess); /* the connection holds its own reference */
   if (rc != 0)
     return rc;
   c->state = C_HANDSHAKE;
@@ -879,9 +916,7 @@ int cpx_h1_pool_set_ca(cpx_h1_pool_t *p, const char *ca_file, char *err,
       continue;
     while (e->idle)
       conn_close(e->idle);
-    if (e->session)
-      cpx_tls_session_free(e->session);
-    e->session = NULL;
+    sessions_clear(e);
   }
   return 0;
 }

@@ -11,9 +11,9 @@
  *
  * TLS (q->tls) is OpenSSL over memory BIOs (cpx_tls.c) on the loop: SNI,
  * the certificate checked against the pool's trust (cpx_h1_pool_set_ca)
- * and the host name, ALPN http/1.1, and the last session the server handed
- * out per endpoint offered again, so a new connection to a known server
- * resumes in one round trip without a certificate check.
+ * and the host name, ALPN http/1.1, and the sessions the server handed out
+ * kept per endpoint (TLS 1.3 tickets each used once), so a new connection
+ * to a known server resumes without a certificate check.
  *
  * Ownership:
  *   - cpx_h1_pool_t lives in the worker; cpx_h1_pool_close closes every
@@ -40,7 +40,8 @@ typedef struct cpx_h1_conn_s cpx_h1_conn_t;
 
 #define CPX_H1_MAX_HEAD (64 * 1024) /* response head bytes */
 #define CPX_H1_MAX_FIELDS 100
-#define CPX_H1_MAX_IDLE 64 /* idle connections kept per endpoint */
+#define CPX_H1_MAX_IDLE 64    /* idle connections kept per endpoint */
+#define CPX_H1_MAX_SESSIONS 8 /* TLS sessions kept per endpoint */
 
 typedef struct {
   uint64_t connect_ms;    /* TCP connect (and name lookup, TLS handshake) */

@@ -538,6 +538,18 @@ void cpx_tls_session_free(cpx_tls_session_t *s) {
   SSL_SESSION_free(s);
 }
 
+void cpx_tls_session_ref(cpx_tls_session_t *s) {
+  SSL_SESSION_up_ref(s);
+}
+
+int cpx_tls_session_resumable(const cpx_tls_session_t *s) {
+  return SSL_SESSION_is_resumable(s);
+}
+
+int cpx_tls_session_single_use(const cpx_tls_session_t *s) {
+  return SSL_SESSION_get_protocol_version(s) >= TLS1_3_VERSION;
+}
+
 int cpx_tls_conn_resumed(const cpx_tls_conn_t *c) {
   return SSL_session_reused(c->ssl);
 }

@@ -81,6 +81,11 @@ int cpx_tls_client_conn_new(cpx_tls_ctx_t *ctx, const char *host,
                             cpx_tls_session_cb on_session, void *ud,
                             cpx_tls_conn_t **out);
 void cpx_tls_session_free(cpx_tls_session_t *s);
+void cpx_tls_session_ref(cpx_tls_session_t *s);
+/* 1 while OpenSSL would still offer s. */
+int cpx_tls_session_resumable(const cpx_tls_session_t *s);
+/* 1 for a TLS 1.3 ticket: offered once, then spent. */
+int cpx_tls_session_single_use(const cpx_tls_session_t *s);
 /* 1 when the handshake resumed an offered session. */
 int cpx_tls_conn_resumed(const cpx_tls_conn_t *c);
 /* 1 when the peer sent bytes this layer holds undelivered. */

@@ -6,6 +6,7 @@
 //   good   https server with a certificate from the test CA
 //   ka     the same, only for the keep-alive count (its own connections)
 //   rogue  https server with a self-signed certificate (no CA vouches)
+//   brief  the good certificate, closing idle connections after 100 ms
 //
 // Proxies: lane (fast path, CA key, request-retry 1), laneNoCa (fast path,
 // no CA key), curl (fast-path false, CA key), curlNoCa (fast-path false, no
@@ -29,7 +30,7 @@ const sse = (content, finish = null) =>
   `data: ${JSON.stringify({ id: 's', object: 'chat.completion.chunk', choices: [{ index: 0, delta: content == null ? {} : { content }, finish_reason: finish }] })}\n\n`;
 const STREAM = [sse('Hel'), sse('lo'), sse(null, 'stop'), 'data: [DONE]\n\n'];
 
-let certs, good, ka, rogue, lane, laneNoCa, curl, curlNoCa;
+let certs, good, ka, rogue, brief, lane, laneNoCa, curl, curlNoCa;
 const state = {};
 
 async function handler(req, res, rec) {
@@ -66,6 +67,7 @@ function accounts() {
       models: [{ name: 'up-ok', alias: 'tls-ok' }] },
     { name: 'two', baseUrl: `https://127.0.0.1:${good.port}/v1`, keys: ['k-a', 'k-b'], models: [{ name: 'up-500', alias: 'tls-500' }] },
     { name: 'ka', baseUrl: `https://localhost:${ka.port}/v1`, keys: ['k-ka'], models: [{ name: 'up-ka', alias: 'tls-ka' }] },
+    { name: 'brief', baseUrl: `https://localhost:${brief.port}/v1`, keys: ['k-brief'], models: [{ name: 'up-brief', alias: 'tls-brief' }] },
     { name: 'rogue', baseUrl: `https://localhost:${rogue.port}/v1`, keys: ['k-rogue'], models: [{ name: 'up-rogue', alias: 'tls-bad' }] },
   ];
 }
@@ -105,6 +107,7 @@ before(async () => {
   good = await startHttpsServer(certs.leaf, handler);
   ka = await startHttpsServer(certs.leaf, handler);
   rogue = await startHttpsServer(certs.rogue, handler);
+  brief = await startHttpsServer(certs.leaf, handler, { keepAliveTimeout: 100 });
   const base = { apiKeys: [CLIENT_KEY], openaiCompat: accounts() };
   lane = await startProxy({ ...base, extra: { workers: 1, 'request-retry': 1, 'upstream-ca-file': certs.caFile } });
   laneNoCa = await startProxy({ ...base, extra: { workers: 1 } });
@@ -114,7 +117,7 @@ before(async () => {
 
 after(async () => {
   for (const p of [lane, laneNoCa, curl, curlNoCa]) await p?.stop();
-  for (const s of [good, ka, rogue]) await s?.close();
+  for (const s of [good, ka, rogue, brief]) await s?.close();
   certs?.remove();
 });
 
@@ -152,6 +155,19 @@ test('keep-alive: many requests, one TLS connection at the upstream', T(), async
   assert.equal(ka.requests.length, 12);
   assert.equal(ka.tlsConns, 1, `the upstream saw ${ka.tlsConns} TLS handshakes`);
   assert.deepEqual([...new Set(ka.requests.map((q) => q.conn))], [1]);
+});
+
+test('a new connection after the server closed the idle one resumes the TLS session', T(), async () => {
+  for (let i = 0; i < 3; i++) {
+    const r = await post(lane, 'tls-brief');
+    assert.equal(r.status, 200, `request ${i}: ${r.text}`);
+    assert.equal(r.text, FIXED);
+    assert.ok(isFast(r.line), r.line);
+    // the server drops the idle connection; the next request needs a new one
+    await until(() => brief.sockets.size === 0, 'the upstream to close the idle connection');
+  }
+  assert.equal(brief.tlsConns, 3);
+  assert.equal(brief.resumed, 2, 'the second and third handshakes resumed the session of the one before');
 });
 
 test('a 500 from the first account is handed to Lua and retried on the next one', T(), async () => {

@@ -40,8 +40,9 @@ export function makeCerts() {
 // An https upstream on a free loopback port. handler(req, res, rec) answers;
 // s.tlsConns counts completed handshakes (s.resumed those that resumed a
 // session), s.requests records { conn, key, model, body, raw }.
-export async function startHttpsServer({ key, cert }, handler) {
-  const srv = https.createServer({ key, cert, requestTimeout: 0, keepAliveTimeout: 65000 });
+// keepAliveTimeout: how long the server keeps an idle connection (ms).
+export async function startHttpsServer({ key, cert }, handler, { keepAliveTimeout = 65000 } = {}) {
+  const srv = https.createServer({ key, cert, requestTimeout: 0, keepAliveTimeout });
   const s = { tlsConns: 0, resumed: 0, requests: [], sockets: new Set(), handshakeErrors: 0 };
   srv.on('secureConnection', (sock) => {
     s.tlsConns++;
