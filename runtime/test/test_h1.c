@@ -797,6 +797,32 @@ static void test_tls_closed_mid_handshake(void) {
   tls_shut();
 }
 
+/* A server that accepts and never answers the ClientHello: the connect
+ * timeout covers the handshake. And the pool keeps http and https apart. */
+static void test_tls_handshake_timeout(void) {
+  cpx_h1_timeouts_t to = {100, 1000, 1000, 60000};
+  char err[512];
+  server_start(OK); /* plain: a ClientHello is never a complete request */
+  cpx_h1_pool_init(&pool, loop, &to);
+  CPX_CHECK_INT(cpx_h1_pool_set_ca(&pool, ca_pem, err, sizeof(err)), 0);
+  call_t *c = roundtrip(tls_call("localhost"));
+  CPX_CHECK_INT(c->rc, CPX_ETIMEOUT);
+  CPX_CHECK(c->q.err && strcmp(c->q.err, "upstream connect timeout") == 0);
+  CPX_CHECK_INT(S.requests, 0);
+  call_free(c);
+  /* The pool keys by (host, port, tls): a plain connection idle at the
+   * same address is not an https one. */
+  c = roundtrip(NULL);
+  CPX_CHECK_INT(c->rc, 0);
+  call_free(c);
+  c = roundtrip(tls_call("127.0.0.1"));
+  CPX_CHECK_INT(c->rc, CPX_ETIMEOUT);
+  call_free(c);
+  CPX_CHECK_INT(S.conns, 3);
+  CPX_CHECK_INT(S.requests, 1);
+  pool_shut();
+}
+
 /* A chunked body and a large one through TLS records. */
 static void test_tls_chunked_and_large(void) {
   size_t n = 1 << 20, h;
@@ -871,6 +897,7 @@ int main(void) {
   CPX_TEST_RUN(test_tls_untrusted_certificate);
   CPX_TEST_RUN(test_tls_wrong_host_name);
   CPX_TEST_RUN(test_tls_closed_mid_handshake);
+  CPX_TEST_RUN(test_tls_handshake_timeout);
   CPX_TEST_RUN(test_tls_chunked_and_large);
   CPX_TEST_RUN(test_tls_ca_file_errors);
   certs_remove();
