@@ -8,8 +8,8 @@ local _M = {
   name = "openai-compatibility",
   format = "openai_chat",
   user_agent = "cli-proxy-openai-compat",
-  -- prepare() depends only on the account: plain-http entries can be
-  -- served by the C fast path (rt.lane).
+  -- prepare() depends only on the account: http and https entries without
+  -- a proxy can be served by the C fast path (rt.lane).
   fast_path = true,
 }
 

@@ -102,6 +102,9 @@ local schema = map({
   ["request-log"] = bool(false),
   ["usage-statistics-enabled"] = bool(false),
   ["proxy-url"] = proxy_url,
+  -- PEM file of the CAs upstream servers are checked against instead of the
+  -- system store (a local or corporate CA); read at start (cpx_h1, libcurl)
+  ["upstream-ca-file"] = str(""),
   ["force-model-prefix"] = bool(false),
   ["passthrough-headers"] = bool(false),
   ["fast-path"] = bool(true),

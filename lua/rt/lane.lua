@@ -2,8 +2,9 @@
 -- entering Lua, compiled once per generation into a route table.
 --
 -- The fast path takes POST /v1/chat/completions (no query string) for a
--- model name whose every account is an OpenAI-compatible upstream on plain
--- http without a proxy, provided nothing would look at the request on its
+-- model name whose every account is an OpenAI-compatible upstream on http
+-- or https without a proxy (https through cpx_h1's TLS, checked against
+-- upstream-ca-file or the system store), provided nothing would look at the request on its
 -- way: no middleware hook, no payload rule for that model, no session
 -- affinity, no stream or non-stream keep-alives, and `fast-path` not turned
 -- off. It does what
@@ -57,19 +58,23 @@ function _M.blocked(app)
   return nil
 end
 
--- http://host[:port]/path -> host, port, path (no query, no userinfo).
+-- http(s)://host[:port]/path -> host, port, path, tls (no query, no
+-- userinfo).
 function _M.parse_url(u)
   if type(u) ~= "string" then return nil end
-  local host, port, path = u:match("^http://(%[[%x:%.]+%]):?(%d*)(/[^?#]*)$")
+  local scheme, rest = u:match("^(https?)://(.*)$")
+  if not scheme then return nil end
+  local host, port, path = rest:match("^(%[[%x:%.]+%]):?(%d*)(/[^?#]*)$")
   if host then
     host = host:sub(2, -2)
   else
-    host, port, path = u:match("^http://([%w%.%-_]+):?(%d*)(/[^?#]*)$")
+    host, port, path = rest:match("^([%w%.%-_]+):?(%d*)(/[^?#]*)$")
   end
   if not host then return nil end
-  port = port ~= "" and tonumber(port) or 80
+  local tls = scheme == "https"
+  port = port ~= "" and tonumber(port) or (tls and 443 or 80)
   if port < 1 or port > 65535 then return nil end
-  return host, port, path
+  return host, port, path, tls
 end
 
 local function header_ok(k, v)
@@ -78,12 +83,12 @@ local function header_ok(k, v)
 end
 
 -- The request line and headers, in a stable order, without Content-Length.
-local function head(host, port, path, headers)
+local function head(host, port, path, headers, tls)
   local names = {}
   for k in pairs(headers) do names[#names + 1] = k end
   sort(names)
   local hosthdr = host:find(":", 1, true) and ("[" .. host .. "]") or host
-  if port ~= 80 then hosthdr = hosthdr .. ":" .. port end
+  if port ~= (tls and 443 or 80) then hosthdr = hosthdr .. ":" .. port end
   local out = { "POST ", path, " HTTP/1.1\r\nHost: ", hosthdr, "\r\n" }
   for _, k in ipairs(names) do
     local v = headers[k]
@@ -95,7 +100,7 @@ local function head(host, port, path, headers)
   return concat(out)
 end
 
--- One account -> { host, port, head, head_stream, model } or nil, why.
+-- One account -> { host, port, tls, head, head_stream, model } or nil, why.
 local function target_spec(app, alias, t)
   if payload.touches(app.config.payload, alias, t.upstream_model, FORMAT) then
     return nil, "a payload rule applies"
@@ -111,12 +116,14 @@ local function target_spec(app, alias, t)
                         "", stream)
     if not ok or type(u) ~= "table" then return nil, "prepare failed" end
     if (u.method or "POST") ~= "POST" or u.proxy then return nil, "proxy or method" end
-    local host, port, path = _M.parse_url(u.url)
-    if not host then return nil, "not a plain http URL" end
-    local h = head(host, port, path, u.headers or {})
+    local host, port, path, tls = _M.parse_url(u.url)
+    if not host then return nil, "not an http(s) URL the lane can send" end
+    local h = head(host, port, path, u.headers or {}, tls)
     if not h then return nil, "a header the lane cannot send" end
-    if spec.host and (spec.host ~= host or spec.port ~= port) then return nil, "URL depends on stream" end
-    spec.host, spec.port = host, port
+    if spec.host and (spec.host ~= host or spec.port ~= port or spec.tls ~= tls) then
+      return nil, "URL depends on stream"
+    end
+    spec.host, spec.port, spec.tls = host, port, tls
     spec[stream and "head_stream" or "head"] = h
   end
   return spec
@@ -143,7 +150,7 @@ function _M.build(app)
       models[#models + 1] = { name = alias, group = group, targets = targets }
     end
   end
-  if #models == 0 then return nil, "no model is served by plain-http OpenAI-compatible upstreams only" end
+  if #models == 0 then return nil, "no model is served by OpenAI-compatible upstreams only" end
   local keys = {}
   for i, k in ipairs(app.config["api-keys"] or {}) do keys[i] = k end
   return { path = PATH, keys = keys, models = models,

@@ -426,6 +426,8 @@ static void read_settings(lua_State *L, int idx, cpx_settings_t *s) {
   s->logging_to_file = bool_at(L, idx, "logging-to-file");
   s->logs_max_total_mb = (size_t)num_at(L, idx, "logs-max-total-size-mb", 0.0);
   str_at(L, idx, "proxy-url", s->proxy_url, sizeof(s->proxy_url), "");
+  str_at(L, idx, "upstream-ca-file", s->upstream_ca_file,
+         sizeof(s->upstream_ca_file), "");
   s->workers = (int)num_at(L, idx, "workers", 1);
   s->lua_memory_limit =
       (size_t)(num_at(L, idx, "lua.memory-limit-mb", 256) * 1024 * 1024);

@@ -34,6 +34,7 @@
 typedef struct {
   char *host;
   int port;
+  int tls;    /* https: cpx_h1 speaks TLS to host (SNI, certificate check) */
   char *head; /* request line and headers, without Content-Length */
   size_t head_len;
   char *head_stream; /* the same for stream: true */
@@ -636,6 +637,7 @@ int cpx_lane_try(cpx_worker_t *w, cpx_request_t *r) {
   lq->q.data = lq;
   lq->q.host = t->host;
   lq->q.port = t->port;
+  lq->q.tls = t->tls;
   lq->q.bufs[0] =
       uv_buf_init(lq->stream ? t->head_stream : t->head,
                   (unsigned)(lq->stream ? t->head_stream_len : t->head_len));
@@ -947,6 +949,9 @@ static const char *build(lua_State *L, cpx_lane_t *l) {
       if (t->port <= 0 || t->port > 65535)
         bad = bad ? bad : "port";
       lua_pop(L, 1);
+      lua_getfield(L, ti, "tls");
+      t->tls = lua_toboolean(L, -1);
+      lua_pop(L, 1);
       t->head = field_str(L, ti, "head", &t->head_len, &bad);
       t->head_stream =
           field_str(L, ti, "head_stream", &t->head_stream_len, &bad);
@@ -963,7 +968,7 @@ static const char *build(lua_State *L, cpx_lane_t *l) {
 
 /* cpx.lane.configure(t | nil) -> true | false, why
  *   t = { path, keys = {..}, store_version = n|nil,
- *         models = { { name, group, targets = { { host, port, head,
+ *         models = { { name, group, targets = { { host, port, tls, head,
  *                      head_stream, model } } } } }
  * Replaces the generation's table; nil turns the fast path off. Outside a
  * server worker (cliproxy check, the busted module) it does nothing. */
