@@ -195,10 +195,6 @@ function _M.finish(rec, status, err)
   rec.failed = status >= 400 or rec.error ~= nil
   rec.usage = norm_usage(rec.usage)
   _M.emit(rec)
-  -- LuaJIT's weak keys are not ephemerons: rec._info refers to the key, so
-  -- the entry would keep both alive for good (every request leaked ~7 KB
-  -- until the Lua memory limit failed requests and then the worker).
-  if rec._info then open[rec._info] = nil end
 end
 
 -- Copies what rt.pool and the pipeline learnt about the attempts.
