@@ -348,7 +348,6 @@ describe("built-in middleware", function()
     assert.equal("call [REDACTED] for the [REDACTED]", body.choices[1].message.content)
     assert.equal("secret-id", body.id)
     -- inside a tool input carried as bytes (a span) too
-    local json = require("lib.json")
     local tb = { content = arr({ { type = "tool_use", id = "t", name = "f",
       input = json.raw('{"cmd":"echo secret","n":1.10}', "object") } }) }
     mw.run(chain, "after", ctx, { status = 200, body = tb })
