@@ -279,7 +279,9 @@ test('--cookie on a terminal: what is typed is not echoed', { ...T, skip: !hasSc
   assert.match(out, /Fetching the API key/, out);
   assert.doesNotMatch(out, /SECRET/, out);
   assert.ok(fs.existsSync(path.join(s.authDir, 'iflow-my-key.json')), out);
-  const echoed = await viaPty(`${BIN} login claude --no-browser --timeout 2 -config ${s.configPath}`, 'VISIBLE-PASTE\n');
+  // a free callback port: Claude's own (54545) may be taken by a test running beside this one
+  const cb = await freePort();
+  const echoed = await viaPty(`${BIN} login claude --no-browser --timeout 2 --callback-port ${cb} -config ${s.configPath}`, 'VISIBLE-PASTE\n');
   assert.match(echoed, /VISIBLE-PASTE/, 'the pty echoes a paste that is not secret');
 });
 
