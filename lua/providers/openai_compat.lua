@@ -8,9 +8,9 @@ local _M = {
   name = "openai-compatibility",
   format = "openai_chat",
   user_agent = "cli-proxy-openai-compat",
-  -- prepare() depends only on the account: plain-http entries can be
-  -- served by the C fast path (rt.lane).
-  fast_path = true,
+  -- prepare() depends only on the account and the body goes as written:
+  -- plain-http entries are served by the C relay (rt.lane).
+  relay = {},
 }
 
 

@@ -205,21 +205,23 @@ function _M.note_target(rec, target, alias)
 end
 
 -- A JSON body, or only its end when it was long: the usage object is
--- there in OpenAI's answers.
+-- there in OpenAI's, Claude's and Gemini's answers.
 local function tail_usage(fmt, tail)
   local u = _M.usage_from_body(fmt, tail)
   if u or type(tail) ~= "string" then return u end
-  local obj = tail:match('"usage"%s*:%s*(%b{})')
-  if obj then return usage_of(fmt, json.decode('{"usage":' .. obj .. '}'), nil) end
+  local name = fmt == "gemini" and "usageMetadata" or "usage"
+  local obj = tail:match('"' .. name .. '"%s*:%s*(%b{})')
+  if obj then return usage_of(fmt, json.decode('{"' .. name .. '":' .. obj .. '}'), nil) end
   return nil
 end
 
 -- ---- the C lane ---------------------------------------------------------------
 
 -- list: what cpx_lane.c collected for each request it served to the end:
--- { model, member, key_index, status, time, latency_ms, ttft_ms, stream,
---   aborted, error, tail }. Called after the loop iteration, never from
--- inside a response.
+-- { format, endpoint, model, member, key_index, status, time, latency_ms,
+--   ttft_ms, stream, aborted, error, head, tail, gap }: head and tail are
+-- the first and last bytes relayed (gap: some between them were not
+-- kept). Called after the loop iteration, never from inside a response.
 function _M.lane(app, list)
   local keys = app and app.config and app.config["api-keys"] or {}
   for _, l in ipairs(list) do
@@ -227,10 +229,11 @@ function _M.lane(app, list)
     if app and app.registry then targets, alias = app.registry:lookup(l.model) end
     local t = targets and targets[l.member] or nil
     local status = l.aborted and 499 or l.status
+    local fmt = l.format or "openai_chat"
     local rec = {
       id = cpx.uuid(), request_id = l.request_id, time = l.time, latency_ms = l.latency_ms,
       ttft_ms = l.ttft_ms, method = "POST", endpoint = l.endpoint or "/v1/chat/completions",
-      client_format = "openai_chat", stream = l.stream == true, model = l.model,
+      client_format = fmt, stream = l.stream == true, model = l.model,
       client_key = key_label(keys[l.key_index or 0]), status = status, attempts = 1, tag = "fast", kind = "inference",
       path = "lane",
     }
@@ -241,11 +244,16 @@ function _M.lane(app, list)
       rec.error = l.error
     end
     rec.failed = status >= 400 or rec.error ~= nil
+    local head, tail = l.head or "", l.tail or ""
     local u
     if l.stream then
-      u = _M.usage_from_stream("openai_chat", l.tail)
+      -- (a blank line between the two ends: an event cut at the seam is
+      -- not read as one)
+      u = _M.usage_from_stream(fmt, head .. (l.gap and "\n\n" or "") .. tail)
+    elseif not l.gap then
+      u = tail_usage(fmt, head .. tail)
     else
-      u = tail_usage("openai_chat", l.tail)
+      u = tail_usage(fmt, tail)
     end
     rec.usage = norm_usage(u)
     _M.emit(rec)

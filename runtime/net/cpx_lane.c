@@ -28,18 +28,40 @@
 
 /* ---- the route table ---------------------------------------------------- */
 
-/* Built by cpx.lane.configure from rt.lane's table; immutable afterwards. */
+/* Built by cpx.lane.configure from rt.lane's table; immutable afterwards.
+ * Every string is owned by the table and freed by lane_unref. */
+
+/* Members a route's rules can name (one bit each in a mask). */
+#define RULE_MEMBERS_MAX 24
+/* "model" and "stream", read on every body-model route */
+#define FIXED_KEYS 2
 
 typedef struct {
   char *host;
   int port;
-  char *head; /* request line and headers, without Content-Length */
+  char *head; /* request line and the fixed headers, without Content-Length */
   size_t head_len;
-  char *head_stream; /* the same for stream: true */
+  char *head_stream; /* the same for a stream */
   size_t head_stream_len;
-  char *model; /* the upstream model as a JSON string literal */
+  char *model; /* the upstream model as a JSON string literal (body routes) */
   size_t model_len;
+  cpx_str_t *slot_lines; /* per slot of the model: this account's own line
+                          * when the client sent no such header ("" none) */
 } lane_target_t;
+
+/* A client header the upstream head carries as the client sent it. */
+typedef struct {
+  char *client; /* lower case */
+  char *prefix; /* "Upstream-Name: " */
+  size_t prefix_len;
+} lane_slot_t;
+
+/* At most max occurrences of text in the body. */
+typedef struct {
+  char *text;
+  size_t len;
+  long max;
+} lane_count_t;
 
 typedef struct {
   char *name; /* client model name */
@@ -47,14 +69,33 @@ typedef struct {
   char *group;            /* pool group */
   lane_target_t *targets; /* in pool member order */
   size_t ntargets;
+  /* what every request is checked against before it is relayed */
+  uint32_t *unless; /* member masks: all present -> Lua */
+  size_t nunless;
+  uint32_t require; /* members that must all be present */
+  lane_count_t *at_most;
+  size_t nat_most;
+  char **lua_headers; /* a client header named here -> Lua */
+  size_t nlua_headers;
+  lane_slot_t *slots;
+  size_t nslots;
 } lane_model_t;
 
-struct cpx_lane_s {
-  int refs;   /* the generation's + one per request in flight */
-  char *path; /* "/v1/chat/completions" */
+typedef struct {
+  int fmt;           /* CPX_FMT_*: first-event errors, the record's usage */
+  int model_in_path; /* Gemini: path + model + ":action"; else path exact */
+  char *path;
   size_t path_len;
+  cpx_str_t *keys; /* "model", "stream" (body routes), then the members */
+  size_t nkeys, nfixed;
   lane_model_t *models; /* sorted by name */
   size_t nmodels;
+} lane_route_t;
+
+struct cpx_lane_s {
+  int refs; /* the generation's + one per request in flight */
+  lane_route_t *routes;
+  size_t nroutes;
   char **keys; /* client api-keys; none = open */
   size_t *key_lens;
   size_t nkeys;
@@ -62,11 +103,36 @@ struct cpx_lane_s {
   uint64_t store_version;
 };
 
-static void target_free(lane_target_t *t) {
+static void target_free(lane_target_t *t, size_t nslots) {
   free(t->host);
   free(t->head);
   free(t->head_stream);
   free(t->model);
+  if (t->slot_lines) {
+    for (size_t i = 0; i < nslots; i++)
+      free((char *)t->slot_lines[i].p);
+    free(t->slot_lines);
+  }
+}
+
+static void model_free(lane_model_t *m) {
+  for (size_t j = 0; j < m->ntargets; j++)
+    target_free(&m->targets[j], m->nslots);
+  free(m->targets);
+  free(m->name);
+  free(m->group);
+  free(m->unless);
+  for (size_t j = 0; j < m->nat_most; j++)
+    free(m->at_most[j].text);
+  free(m->at_most);
+  for (size_t j = 0; j < m->nlua_headers; j++)
+    free(m->lua_headers[j]);
+  free(m->lua_headers);
+  for (size_t j = 0; j < m->nslots; j++) {
+    free(m->slots[j].client);
+    free(m->slots[j].prefix);
+  }
+  free(m->slots);
 }
 
 /* A rebuilt table (credential files changed) replaces the generation's
@@ -75,20 +141,21 @@ static void target_free(lane_target_t *t) {
 static void lane_unref(cpx_lane_t *l) {
   if (!l || --l->refs > 0)
     return;
-  for (size_t i = 0; i < l->nmodels; i++) {
-    lane_model_t *m = &l->models[i];
-    for (size_t j = 0; j < m->ntargets; j++)
-      target_free(&m->targets[j]);
-    free(m->targets);
-    free(m->name);
-    free(m->group);
+  for (size_t i = 0; i < l->nroutes; i++) {
+    lane_route_t *rt = &l->routes[i];
+    for (size_t j = 0; j < rt->nmodels; j++)
+      model_free(&rt->models[j]);
+    free(rt->models);
+    for (size_t j = rt->nfixed; j < rt->nkeys; j++)
+      free((char *)rt->keys[j].p);
+    free(rt->keys);
+    free(rt->path);
   }
+  free(l->routes);
   for (size_t i = 0; i < l->nkeys; i++)
     free(l->keys[i]);
   free(l->keys);
   free(l->key_lens);
-  free(l->models);
-  free(l->path);
   free(l);
 }
 
@@ -105,17 +172,17 @@ static int model_cmp(const void *a, const void *b) {
   return x->name_len < y->name_len ? -1 : x->name_len > y->name_len;
 }
 
-static const lane_model_t *model_find(const cpx_lane_t *l, const char *name,
+static const lane_model_t *model_find(const lane_route_t *rt, const char *name,
                                       size_t n) {
-  size_t lo = 0, hi = l->nmodels;
+  size_t lo = 0, hi = rt->nmodels;
   lane_model_t key;
   key.name = (char *)name;
   key.name_len = n;
   while (lo < hi) {
     size_t mid = (lo + hi) / 2;
-    int c = model_cmp(&key, &l->models[mid]);
+    int c = model_cmp(&key, &rt->models[mid]);
     if (c == 0)
-      return &l->models[mid];
+      return &rt->models[mid];
     if (c < 0)
       hi = mid;
     else
@@ -139,27 +206,35 @@ typedef struct {
   cpx_request_t *r;
   cpx_worker_t *w;
   cpx_vm_t *vm;
-  cpx_lane_t *lane; /* one reference: m and t point into it */
+  cpx_lane_t *lane; /* one reference: rt, m and t point into it */
+  const lane_route_t *rt;
   const lane_model_t *m;
   cpx_pool_choice_t pick;
   int reported; /* the pool heard the outcome (or Lua will) */
   int stream;
   int phase;
-  char clen[48]; /* "Content-Length: N\r\n\r\n" */
-  char *acc;     /* held bytes (see HOLD_MAX) */
+  /* the head's variable part: the client's slot headers, Content-Length
+   * and the blank line (xbuf when it fits, else malloc'd) */
+  char *extra;
+  char xbuf[192];
+  char *acc; /* held bytes (see HOLD_MAX) */
   size_t acc_len, acc_cap;
   cpx_sse_t sse; /* P_BOOT only */
   int sse_on;
-  int first_error; /* P_BOOT: the first event carries "error" */
+  int nevents;     /* P_BOOT: handshake events seen */
+  int first_error; /* P_BOOT: the first real event is an error */
   char *ev_name, *ev_data;
   size_t ev_name_len, ev_data_len;
   int seen_event;
   /* the request record (rt.record) */
-  int handed;     /* Lua took the request: it records it */
-  int key_index;  /* 1-based index of the client key in api-keys, 0: none */
-  double ttft_ms; /* the client's head went out (streams), or -1 */
-  char tail[RECORD_TAIL]; /* the last bytes relayed: the usage is there */
-  size_t tail_len;
+  int handed;       /* Lua took the request: it records it */
+  int key_index;    /* 1-based index of the client key in api-keys, 0: none */
+  double ttft_ms;   /* the client's head went out (streams), or -1 */
+  uint64_t relayed; /* bytes sent to the client */
+  size_t head_len;  /* the first bytes relayed (Claude's usage */
+  char head[RECORD_TAIL]; /* starts in message_start) ... */
+  size_t tail_len;        /* ... and the last ones (the rest of it) */
+  char tail[RECORD_TAIL];
 } lane_req_t;
 
 static const cpx_h1_cb_t lane_cb;
@@ -188,6 +263,8 @@ static void lane_free(lane_req_t *lq) {
   if (lq->sse_on)
     cpx_sse_free(&lq->sse);
   cpx_h1_req_free(&lq->q);
+  if (lq->extra != lq->xbuf)
+    free(lq->extra);
   free(lq->acc);
   free(lq->ev_name);
   free(lq->ev_data);
@@ -297,8 +374,21 @@ static const char *fail_text(const cpx_h1_req_t *q, int rc) {
   return q->err ? q->err : cpx_strerror(rc);
 }
 
-/* Keeps the last RECORD_TAIL bytes sent to the client. */
+/* Keeps the first RECORD_TAIL bytes sent to the client and the last
+ * RECORD_TAIL after those. */
 static void keep_tail(lane_req_t *lq, const char *p, size_t n) {
+  lq->relayed += n;
+  if (lq->head_len < RECORD_TAIL) {
+    size_t k = RECORD_TAIL - lq->head_len;
+    if (k > n)
+      k = n;
+    memcpy(lq->head + lq->head_len, p, k);
+    lq->head_len += k;
+    p += k;
+    n -= k;
+  }
+  if (n == 0)
+    return;
   if (n >= RECORD_TAIL) {
     memcpy(lq->tail, p + n - RECORD_TAIL, RECORD_TAIL);
     lq->tail_len = RECORD_TAIL;
@@ -324,14 +414,17 @@ static int relay(lane_req_t *lq, const char *p, size_t n) {
   return 0;
 }
 
+/* Held stream events until the first real one (cpx_stream_event_kind
+ * decides, for rt.pipeline's bootstrap too). */
+#define BOOT_MAX_EVENTS 16
+
 static int on_first_event(void *ud, const cpx_sse_event_t *ev) {
   lane_req_t *lq = ud;
-  static const cpx_str_t key = CPX_STR("error");
-  cpx_str_t val;
-  /* As rt.pipeline's bootstrap for OpenAI streams: an event whose data is
-   * a JSON object with an "error" member is a failure. */
-  if (ev->data.n > 0 &&
-      cpx_json_top_get(ev->data.p, ev->data.n, &key, &val, 1) == 0 && val.p) {
+  int kind = cpx_stream_event_kind(lq->rt->fmt, ev->event.p, ev->event.n,
+                                   ev->data.p, ev->data.n);
+  if (kind == CPX_EV_HANDSHAKE && ++lq->nevents < BOOT_MAX_EVENTS)
+    return 0;
+  if (kind == CPX_EV_ERROR) {
     lq->first_error = 1;
     lq->ev_name = malloc(ev->event.n + 1);
     lq->ev_data = malloc(ev->data.n + 1);
@@ -570,24 +663,139 @@ static int key_ok(const cpx_lane_t *l, const cpx_request_t *r, int *which) {
   return ok;
 }
 
+/* The route r's target names, with the model of a model-in-path route
+ * (Gemini: /v1beta/models/M:generateContent, or
+ * :streamGenerateContent?alt=sse for SSE; any other query stays in Lua). */
+static const lane_route_t *route_find(const cpx_lane_t *l, const char *u,
+                                      size_t n, const char **model,
+                                      size_t *model_len, int *stream) {
+  static const char gen[] = ":generateContent";
+  static const char sse[] = ":streamGenerateContent?alt=sse";
+  for (size_t i = 0; i < l->nroutes; i++) {
+    const lane_route_t *rt = &l->routes[i];
+    const char *m, *colon;
+    size_t rest;
+    if (!rt->model_in_path) {
+      if (n == rt->path_len && memcmp(u, rt->path, n) == 0)
+        return rt;
+      continue;
+    }
+    if (n <= rt->path_len || memcmp(u, rt->path, rt->path_len) != 0)
+      continue;
+    m = u + rt->path_len;
+    colon = memchr(m, ':', n - rt->path_len);
+    if (!colon || colon == m)
+      return NULL;
+    rest = n - (size_t)(colon - u);
+    if (rest == sizeof(gen) - 1 && memcmp(colon, gen, rest) == 0)
+      *stream = 0;
+    else if (rest == sizeof(sse) - 1 && memcmp(colon, sse, rest) == 0)
+      *stream = 1;
+    else
+      return NULL;
+    /* a name Lua would read differently (escapes, a sub-path) is Lua's */
+    for (const char *c = m; c < colon; c++)
+      if (*c == '/' || *c == '%' || *c == '?')
+        return NULL;
+    *model = m;
+    *model_len = (size_t)(colon - m);
+    return rt;
+  }
+  return NULL;
+}
+
+static long count_text(const char *s, size_t n, const lane_count_t *c) {
+  long k = 0;
+  const char *end = s + n, *p = s;
+  while (p < end && (p = memmem(p, (size_t)(end - p), c->text, c->len))) {
+    if (++k > c->max)
+      break;
+    p += c->len;
+  }
+  return k;
+}
+
+/* The request's own checks, as the model's providers declared them
+ * (rt.lane): 1 when it may be relayed as written. */
+static int rules_pass(const lane_route_t *rt, const lane_model_t *m,
+                      const cpx_request_t *r, const cpx_str_t *vals) {
+  const cpx_http_request_t *h = &r->http;
+  uint32_t present = 0;
+  size_t n;
+
+  for (size_t i = rt->nfixed; i < rt->nkeys; i++)
+    if (vals[i].p)
+      present |= 1u << (i - rt->nfixed);
+  if ((present & m->require) != m->require)
+    return 0;
+  for (size_t i = 0; i < m->nunless; i++)
+    if ((present & m->unless[i]) == m->unless[i])
+      return 0;
+  for (size_t i = 0; i < m->nlua_headers; i++)
+    if (cpx_request_header(r, m->lua_headers[i], &n))
+      return 0;
+  for (size_t i = 0; i < m->nat_most; i++)
+    if (count_text(h->body, h->body_len, &m->at_most[i]) > m->at_most[i].max)
+      return 0;
+  return 1;
+}
+
+/* The head's variable part into lq->extra: each slot's header (the
+ * client's value, else the account's own line) and Content-Length. */
+static int build_extra(lane_req_t *lq, const lane_target_t *t, size_t clen) {
+  const lane_model_t *m = lq->m;
+  size_t need = 48, at = 0, vn;
+  const char *v;
+  char *o;
+
+  /* (an empty value counts as none, as prepare() reads it) */
+  for (size_t i = 0; i < m->nslots; i++) {
+    v = cpx_request_header(lq->r, m->slots[i].client, &vn);
+    need += v && vn ? m->slots[i].prefix_len + vn + 2 : t->slot_lines[i].n;
+  }
+  o = need <= sizeof(lq->xbuf) ? lq->xbuf : malloc(need);
+  if (!o)
+    return -1;
+  lq->extra = o;
+  for (size_t i = 0; i < m->nslots; i++) {
+    v = cpx_request_header(lq->r, m->slots[i].client, &vn);
+    if (v && vn) {
+      memcpy(o + at, m->slots[i].prefix, m->slots[i].prefix_len);
+      at += m->slots[i].prefix_len;
+      memcpy(o + at, v, vn);
+      at += vn;
+      o[at++] = '\r';
+      o[at++] = '\n';
+    } else {
+      memcpy(o + at, t->slot_lines[i].p, t->slot_lines[i].n);
+      at += t->slot_lines[i].n;
+    }
+  }
+  at +=
+      (size_t)snprintf(o + at, need - at, "Content-Length: %zu\r\n\r\n", clen);
+  return (int)at;
+}
+
 int cpx_lane_try(cpx_worker_t *w, cpx_request_t *r) {
   cpx_vm_t *vm = w->vm;
   cpx_lane_t *l = vm->lane;
   const cpx_http_request_t *h = &r->http;
-  static const cpx_str_t keys[2] = {CPX_STR("model"), CPX_STR("stream")};
-  cpx_str_t vals[2];
+  cpx_str_t vals[FIXED_KEYS + RULE_MEMBERS_MAX];
+  const lane_route_t *rt;
   const lane_model_t *m;
   const lane_target_t *t;
   cpx_pool_pick_t pk = {NULL, 0, NULL, 0, -1};
   cpx_pool_choice_t choice;
   lane_req_t *lq;
-  size_t pre, post;
-  int n, key_index = 0;
+  const char *name = NULL;
+  size_t name_len = 0, pre = 0, post = 0;
+  int n, key_index = 0, stream = 0;
 
-  if (!h->method || strcmp(h->method, "POST") != 0 ||
-      h->url_len != l->path_len ||
-      memcmp(h->buf + h->url_off, l->path, l->path_len) != 0 || h->upgrade ||
-      !h->body)
+  if (!h->method || strcmp(h->method, "POST") != 0 || h->upgrade || !h->body)
+    return 0;
+  rt =
+      route_find(l, h->buf + h->url_off, h->url_len, &name, &name_len, &stream);
+  if (!rt)
     return 0;
   if (l->check_store) {
     cpx_store_t *s = cpx_store_current();
@@ -596,14 +804,20 @@ int cpx_lane_try(cpx_worker_t *w, cpx_request_t *r) {
   }
   if (!key_ok(l, r, &key_index))
     return 0;
-  if (cpx_json_top_get(h->body, h->body_len, keys, vals, 2) != 0)
+  /* one pass: the structure, "model" and "stream", the rules' members */
+  if (cpx_json_top_get(h->body, h->body_len, rt->keys, vals, rt->nkeys) != 0)
     return 0;
-  /* model: a plain JSON string (no escapes) naming a lane model */
-  if (!vals[0].p || vals[0].n < 2 || vals[0].p[0] != '"' ||
-      memchr(vals[0].p, '\\', vals[0].n))
-    return 0;
-  m = model_find(l, vals[0].p + 1, vals[0].n - 2);
-  if (!m)
+  if (!rt->model_in_path) {
+    /* model: a plain JSON string (no escapes) naming a lane model */
+    if (!vals[0].p || vals[0].n < 2 || vals[0].p[0] != '"' ||
+        memchr(vals[0].p, '\\', vals[0].n))
+      return 0;
+    name = vals[0].p + 1;
+    name_len = vals[0].n - 2;
+    stream = vals[1].p && vals[1].n == 4 && memcmp(vals[1].p, "true", 4) == 0;
+  }
+  m = model_find(rt, name, name_len);
+  if (!m || !rules_pass(rt, m, r, vals))
     return 0;
   if (cpx_pool_pick(cpx_pool_global(), m->group, &pk, &choice, NULL) != 0)
     return 0; /* cooling or gone: Lua gives the proper answer */
@@ -624,32 +838,48 @@ int cpx_lane_try(cpx_worker_t *w, cpx_request_t *r) {
   lq->vm = vm;
   lq->lane = l;
   l->refs++;
+  lq->rt = rt;
   lq->m = m;
   lq->pick = choice;
   lq->key_index = key_index;
   lq->ttft_ms = -1;
-  lq->stream = vals[1].p && vals[1].n == 4 && memcmp(vals[1].p, "true", 4) == 0;
+  lq->stream = stream;
   lq->phase = P_WAIT;
   cpx_vm_ref(vm);
   cpx_request_ref(r);
 
-  /* head | Content-Length | body before "model"'s value | new value | rest */
-  pre = (size_t)(vals[0].p - h->body);
-  post = h->body_len - pre - vals[0].n;
-  n = snprintf(lq->clen, sizeof(lq->clen), "Content-Length: %zu\r\n\r\n",
-               pre + t->model_len + post);
+  /* head | slots, Content-Length | the body, its "model" value replaced
+   * on a body route (before it | new value | after it) */
+  if (!rt->model_in_path) {
+    pre = (size_t)(vals[0].p - h->body);
+    post = h->body_len - pre - vals[0].n;
+    n = build_extra(lq, t, pre + t->model_len + post);
+  } else {
+    n = build_extra(lq, t, h->body_len);
+  }
+  if (n < 0) {
+    report(lq, CPX_POOL_NEUTRAL);
+    lq->handed = 1;
+    lane_free(lq);
+    return 0;
+  }
   lq->q.cb = &lane_cb;
   lq->q.data = lq;
   lq->q.host = t->host;
   lq->q.port = t->port;
   lq->q.bufs[0] =
-      uv_buf_init(lq->stream ? t->head_stream : t->head,
-                  (unsigned)(lq->stream ? t->head_stream_len : t->head_len));
-  lq->q.bufs[1] = uv_buf_init(lq->clen, (unsigned)n);
-  lq->q.bufs[2] = uv_buf_init((char *)h->body, (unsigned)pre);
-  lq->q.bufs[3] = uv_buf_init(t->model, (unsigned)t->model_len);
-  lq->q.bufs[4] = uv_buf_init((char *)vals[0].p + vals[0].n, (unsigned)post);
-  lq->q.nbufs = 5;
+      uv_buf_init(stream ? t->head_stream : t->head,
+                  (unsigned)(stream ? t->head_stream_len : t->head_len));
+  lq->q.bufs[1] = uv_buf_init(lq->extra, (unsigned)n);
+  if (!rt->model_in_path) {
+    lq->q.bufs[2] = uv_buf_init((char *)h->body, (unsigned)pre);
+    lq->q.bufs[3] = uv_buf_init(t->model, (unsigned)t->model_len);
+    lq->q.bufs[4] = uv_buf_init((char *)vals[0].p + vals[0].n, (unsigned)post);
+    lq->q.nbufs = 5;
+  } else {
+    lq->q.bufs[2] = uv_buf_init((char *)h->body, (unsigned)h->body_len);
+    lq->q.nbufs = 3;
+  }
 
   r->handler_data = lq;
   r->on_abort = on_req_abort;
@@ -674,11 +904,13 @@ int cpx_lane_try(cpx_worker_t *w, cpx_request_t *r) {
 typedef struct lane_rec_s {
   struct lane_rec_s *next;
   char *model;
+  char *endpoint; /* the path, without the query */
   char rid[9];
-  int member, key_index, status, stream, aborted;
+  int fmt, member, key_index, status, stream, aborted;
+  int gap; /* bytes were relayed between head and tail */
   double time, latency_ms, ttft_ms;
-  size_t tail_len;
-  char tail[]; /* tail_len bytes */
+  size_t head_len, tail_len;
+  char bytes[]; /* head_len bytes of the head, then tail_len of the tail */
 } lane_rec_t;
 
 static _Atomic uint64_t records_dropped;
@@ -703,20 +935,31 @@ static void record_push(lane_req_t *lq) {
     records_dropped++;
     return;
   }
-  rec = malloc(sizeof(*rec) + lq->tail_len);
+  rec = malloc(sizeof(*rec) + lq->head_len + lq->tail_len);
   if (!rec) {
     records_dropped++;
     return;
   }
-  rec->model = malloc(lq->m->name_len + 1);
-  if (!rec->model) {
-    free(rec);
-    records_dropped++;
-    return;
+  {
+    const char *u = r->http.buf + r->http.url_off;
+    const char *q = memchr(u, '?', r->http.url_len);
+    size_t un = q ? (size_t)(q - u) : r->http.url_len;
+    rec->model = malloc(lq->m->name_len + 1);
+    rec->endpoint = malloc(un + 1);
+    if (!rec->model || !rec->endpoint) {
+      free(rec->model);
+      free(rec->endpoint);
+      free(rec);
+      records_dropped++;
+      return;
+    }
+    memcpy(rec->endpoint, u, un);
+    rec->endpoint[un] = '\0';
   }
   memcpy(rec->model, lq->m->name, lq->m->name_len);
   rec->model[lq->m->name_len] = '\0';
   memcpy(rec->rid, r->rid, sizeof(rec->rid));
+  rec->fmt = lq->rt->fmt;
   rec->member = (int)lq->pick.member + 1;
   rec->key_index = lq->key_index;
   rec->status = r->status;
@@ -726,8 +969,11 @@ static void record_push(lane_req_t *lq) {
   rec->latency_ms = (double)(now - r->start_ns) / 1e6;
   rec->time = (double)ts.tv_sec + ts.tv_nsec / 1e9 - rec->latency_ms / 1e3;
   rec->ttft_ms = lq->ttft_ms;
+  rec->head_len = lq->head_len;
   rec->tail_len = lq->tail_len;
-  memcpy(rec->tail, lq->tail, lq->tail_len);
+  rec->gap = lq->relayed > lq->head_len + lq->tail_len;
+  memcpy(rec->bytes, lq->head, lq->head_len);
+  memcpy(rec->bytes + lq->head_len, lq->tail, lq->tail_len);
   rec->next = w->records;
   w->records = rec;
   if (w->nrecords++ == 0)
@@ -738,6 +984,7 @@ static void records_free(lane_rec_t *rec) {
   while (rec) {
     lane_rec_t *next = rec->next;
     free(rec->model);
+    free(rec->endpoint);
     free(rec);
     rec = next;
   }
@@ -755,7 +1002,7 @@ static void push_records(lua_State *L, lane_rec_t *list, size_t n) {
   }
   lua_createtable(L, (int)n, 0);
   for (lane_rec_t *rec = rev; rec; rec = rec->next) {
-    lua_createtable(L, 0, 12);
+    lua_createtable(L, 0, 16);
     lua_pushstring(L, rec->model);
     lua_setfield(L, -2, "model");
     lua_pushstring(L, rec->rid);
@@ -778,8 +1025,16 @@ static void push_records(lua_State *L, lane_rec_t *list, size_t n) {
       lua_pushnumber(L, rec->ttft_ms);
       lua_setfield(L, -2, "ttft_ms");
     }
-    lua_pushlstring(L, rec->tail, rec->tail_len);
+    lua_pushstring(L, cpx_fmt_name(rec->fmt));
+    lua_setfield(L, -2, "format");
+    lua_pushstring(L, rec->endpoint);
+    lua_setfield(L, -2, "endpoint");
+    lua_pushlstring(L, rec->bytes, rec->head_len);
+    lua_setfield(L, -2, "head");
+    lua_pushlstring(L, rec->bytes + rec->head_len, rec->tail_len);
     lua_setfield(L, -2, "tail");
+    lua_pushboolean(L, rec->gap);
+    lua_setfield(L, -2, "gap");
     lua_rawseti(L, -2, ++i);
   }
   records_free(rev);
@@ -881,6 +1136,226 @@ static cpx_vm_t *current_vm(lua_State *L) {
   return vm;
 }
 
+/* The length of the list at idx (0 when absent or not a table). */
+static size_t list_len(lua_State *L, int idx) {
+  return lua_istable(L, idx) ? lua_objlen(L, idx) : 0;
+}
+
+/* A list of member indexes (1-based into the route's members) -> mask. */
+static uint32_t member_mask(lua_State *L, int idx, size_t nmembers,
+                            const char **bad, const char *what) {
+  uint32_t mask = 0;
+  size_t n = list_len(L, idx);
+  for (size_t i = 0; i < n; i++) {
+    lua_Integer k;
+    lua_rawgeti(L, idx, (int)i + 1);
+    k = lua_tointeger(L, -1);
+    lua_pop(L, 1);
+    if (k < 1 || (size_t)k > nmembers) {
+      if (!*bad)
+        *bad = what;
+      return 0;
+    }
+    mask |= 1u << (k - 1);
+  }
+  return mask;
+}
+
+static const char *build_target(lua_State *L, int ti, lane_route_t *rt,
+                                lane_model_t *m, lane_target_t *t) {
+  const char *bad = NULL;
+  t->host = field_str(L, ti, "host", NULL, &bad);
+  lua_getfield(L, ti, "port");
+  t->port = (int)lua_tointeger(L, -1);
+  if (t->port <= 0 || t->port > 65535)
+    bad = bad ? bad : "port";
+  lua_pop(L, 1);
+  t->head = field_str(L, ti, "head", &t->head_len, &bad);
+  t->head_stream = field_str(L, ti, "head_stream", &t->head_stream_len, &bad);
+  if (!rt->model_in_path)
+    t->model = field_str(L, ti, "model", &t->model_len, &bad);
+  t->slot_lines = calloc(m->nslots ? m->nslots : 1, sizeof(cpx_str_t));
+  if (!t->slot_lines)
+    return "slot_lines";
+  lua_getfield(L, ti, "slot_lines");
+  for (size_t k = 0; k < m->nslots && !bad; k++) {
+    size_t len = 0;
+    lua_rawgeti(L, -1, (int)k + 1);
+    t->slot_lines[k].p = pop_str(L, &len, &bad, "slot_lines");
+    t->slot_lines[k].n = len;
+  }
+  lua_pop(L, 1);
+  return bad;
+}
+
+static const char *build_model(lua_State *L, int mi, lane_route_t *rt,
+                               lane_model_t *m) {
+  const char *bad = NULL;
+  size_t n, nm = rt->nkeys - rt->nfixed;
+
+  m->name = field_str(L, mi, "name", &m->name_len, &bad);
+  m->group = field_str(L, mi, "group", NULL, &bad);
+  if (bad)
+    return bad;
+
+  lua_getfield(L, mi, "require");
+  m->require = member_mask(L, lua_gettop(L), nm, &bad, "require");
+  lua_pop(L, 1);
+
+  lua_getfield(L, mi, "unless");
+  n = list_len(L, -1);
+  m->unless = calloc(n ? n : 1, sizeof(uint32_t));
+  if (!m->unless)
+    bad = "unless";
+  for (size_t i = 0; i < n && !bad; i++) {
+    lua_rawgeti(L, -1, (int)i + 1);
+    m->unless[i] = member_mask(L, lua_gettop(L), nm, &bad, "unless");
+    lua_pop(L, 1);
+    m->nunless = i + 1;
+    if (!m->unless[i])
+      bad = "unless";
+  }
+  lua_pop(L, 1);
+
+  lua_getfield(L, mi, "at_most");
+  n = list_len(L, -1);
+  m->at_most = calloc(n ? n : 1, sizeof(lane_count_t));
+  if (!m->at_most)
+    bad = bad ? bad : "at_most";
+  for (size_t i = 0; i < n && !bad; i++) {
+    int ci;
+    lua_rawgeti(L, -1, (int)i + 1);
+    ci = lua_gettop(L);
+    m->nat_most = i + 1;
+    m->at_most[i].text = field_str(L, ci, "text", &m->at_most[i].len, &bad);
+    lua_getfield(L, ci, "max");
+    m->at_most[i].max = (long)lua_tointeger(L, -1);
+    lua_pop(L, 2);
+    if (!bad && m->at_most[i].len == 0)
+      bad = "at_most";
+  }
+  lua_pop(L, 1);
+
+  lua_getfield(L, mi, "lua_headers");
+  n = list_len(L, -1);
+  m->lua_headers = calloc(n ? n : 1, sizeof(char *));
+  if (!m->lua_headers)
+    bad = bad ? bad : "lua_headers";
+  for (size_t i = 0; i < n && !bad; i++) {
+    lua_rawgeti(L, -1, (int)i + 1);
+    m->lua_headers[i] = pop_str(L, NULL, &bad, "lua_headers");
+    m->nlua_headers = i + 1;
+  }
+  lua_pop(L, 1);
+
+  lua_getfield(L, mi, "slots");
+  n = list_len(L, -1);
+  m->slots = calloc(n ? n : 1, sizeof(lane_slot_t));
+  if (!m->slots)
+    bad = bad ? bad : "slots";
+  for (size_t i = 0; i < n && !bad; i++) {
+    int si;
+    lua_rawgeti(L, -1, (int)i + 1);
+    si = lua_gettop(L);
+    m->nslots = i + 1;
+    m->slots[i].client = field_str(L, si, "client", NULL, &bad);
+    m->slots[i].prefix =
+        field_str(L, si, "prefix", &m->slots[i].prefix_len, &bad);
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  if (bad)
+    return bad;
+
+  lua_getfield(L, mi, "targets");
+  n = list_len(L, -1);
+  m->targets = calloc(n ? n : 1, sizeof(lane_target_t));
+  if (!m->targets || !lua_istable(L, -1))
+    bad = "targets";
+  for (size_t j = 0; j < n && !bad; j++) {
+    int ti;
+    lua_rawgeti(L, -1, (int)j + 1);
+    ti = lua_gettop(L);
+    if (!lua_istable(L, ti)) {
+      bad = "targets[j]";
+      break;
+    }
+    m->ntargets = j + 1;
+    bad = build_target(L, ti, rt, m, &m->targets[j]);
+    lua_settop(L, ti - 1);
+  }
+  lua_pop(L, 1);
+  return bad;
+}
+
+static const char *build_route(lua_State *L, int ri, lane_route_t *rt) {
+  const char *bad = NULL, *fmt;
+  size_t n, fn;
+
+  rt->path = field_str(L, ri, "path", &rt->path_len, &bad);
+  lua_getfield(L, ri, "format");
+  fmt = lua_tolstring(L, -1, &fn);
+  rt->fmt = fmt ? cpx_fmt_parse(fmt, fn) : -1;
+  lua_pop(L, 1);
+  if (rt->fmt < 0)
+    return "format";
+  lua_getfield(L, ri, "model_in_path");
+  rt->model_in_path = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  if (bad)
+    return bad;
+
+  lua_getfield(L, ri, "members");
+  n = list_len(L, -1);
+  if (n > RULE_MEMBERS_MAX)
+    return "members";
+  rt->nfixed = rt->model_in_path ? 0 : FIXED_KEYS;
+  rt->keys = calloc(rt->nfixed + n + 1, sizeof(cpx_str_t));
+  if (!rt->keys)
+    return "members";
+  if (!rt->model_in_path) {
+    rt->keys[0].p = "model";
+    rt->keys[0].n = 5;
+    rt->keys[1].p = "stream";
+    rt->keys[1].n = 6;
+  }
+  rt->nkeys = rt->nfixed;
+  for (size_t i = 0; i < n && !bad; i++) {
+    size_t len = 0;
+    lua_rawgeti(L, -1, (int)i + 1);
+    rt->keys[rt->nfixed + i].p = pop_str(L, &len, &bad, "members");
+    rt->keys[rt->nfixed + i].n = len;
+    rt->nkeys++;
+  }
+  lua_pop(L, 1);
+  if (bad)
+    return bad;
+
+  lua_getfield(L, ri, "models");
+  n = list_len(L, -1);
+  if (!lua_istable(L, -1))
+    bad = "models";
+  rt->models = calloc(n ? n : 1, sizeof(lane_model_t));
+  if (!rt->models)
+    bad = "models";
+  for (size_t i = 0; i < n && !bad; i++) {
+    int mi;
+    lua_rawgeti(L, -1, (int)i + 1);
+    mi = lua_gettop(L);
+    if (!lua_istable(L, mi)) {
+      bad = "models[i]";
+      break;
+    }
+    rt->nmodels = i + 1;
+    bad = build_model(L, mi, rt, &rt->models[i]);
+    lua_settop(L, mi - 1);
+  }
+  lua_pop(L, 1);
+  if (!bad)
+    qsort(rt->models, rt->nmodels, sizeof(lane_model_t), model_cmp);
+  return bad;
+}
+
 /* Builds the table at index 1 into l (zeroed). Returns NULL or the name of
  * the first field that is missing or malformed (or out of memory). Never
  * raises: what was built stays in l for cpx_lane_free. */
@@ -889,7 +1364,6 @@ static const char *build(lua_State *L, cpx_lane_t *l) {
   size_t n;
   int top = lua_gettop(L);
 
-  l->path = field_str(L, 1, "path", &l->path_len, &bad);
   lua_getfield(L, 1, "store_version");
   if (lua_type(L, -1) == LUA_TNUMBER) {
     l->check_store = 1;
@@ -898,7 +1372,7 @@ static const char *build(lua_State *L, cpx_lane_t *l) {
   lua_pop(L, 1);
 
   lua_getfield(L, 1, "keys");
-  n = lua_istable(L, -1) ? lua_objlen(L, -1) : 0;
+  n = list_len(L, -1);
   if (n) {
     l->keys = calloc(n, sizeof(char *));
     l->key_lens = calloc(n, sizeof(size_t));
@@ -912,67 +1386,41 @@ static const char *build(lua_State *L, cpx_lane_t *l) {
   }
   lua_pop(L, 1);
 
-  lua_getfield(L, 1, "models");
-  n = lua_istable(L, -1) ? lua_objlen(L, -1) : 0;
+  lua_getfield(L, 1, "routes");
+  n = list_len(L, -1);
   if (!lua_istable(L, -1))
-    bad = bad ? bad : "models";
-  l->models = calloc(n ? n : 1, sizeof(lane_model_t));
-  if (!l->models)
-    bad = "models";
+    bad = bad ? bad : "routes";
+  l->routes = calloc(n ? n : 1, sizeof(lane_route_t));
+  if (!l->routes)
+    bad = "routes";
   for (size_t i = 0; i < n && !bad; i++) {
-    lane_model_t *m = &l->models[i];
-    int mi;
-    size_t nt;
+    int ri;
     lua_rawgeti(L, -1, (int)i + 1);
-    mi = lua_gettop(L);
-    if (!lua_istable(L, mi)) {
-      bad = "models[i]";
+    ri = lua_gettop(L);
+    if (!lua_istable(L, ri)) {
+      bad = "routes[i]";
       break;
     }
-    l->nmodels = i + 1;
-    m->name = field_str(L, mi, "name", &m->name_len, &bad);
-    m->group = field_str(L, mi, "group", NULL, &bad);
-    lua_getfield(L, mi, "targets");
-    nt = lua_istable(L, -1) ? lua_objlen(L, -1) : 0;
-    m->targets = calloc(nt ? nt : 1, sizeof(lane_target_t));
-    if (!m->targets || !lua_istable(L, -1))
-      bad = bad ? bad : "targets";
-    for (size_t j = 0; j < nt && !bad; j++) {
-      lane_target_t *t = &m->targets[j];
-      int ti;
-      lua_rawgeti(L, -1, (int)j + 1);
-      ti = lua_gettop(L);
-      if (!lua_istable(L, ti)) {
-        bad = "targets[j]";
-        break;
-      }
-      m->ntargets = j + 1;
-      t->host = field_str(L, ti, "host", NULL, &bad);
-      lua_getfield(L, ti, "port");
-      t->port = (int)lua_tointeger(L, -1);
-      if (t->port <= 0 || t->port > 65535)
-        bad = bad ? bad : "port";
-      lua_pop(L, 1);
-      t->head = field_str(L, ti, "head", &t->head_len, &bad);
-      t->head_stream =
-          field_str(L, ti, "head_stream", &t->head_stream_len, &bad);
-      t->model = field_str(L, ti, "model", &t->model_len, &bad);
-      lua_settop(L, ti - 1);
-    }
-    lua_settop(L, mi - 1);
+    l->nroutes = i + 1;
+    bad = build_route(L, ri, &l->routes[i]);
+    lua_settop(L, ri - 1);
   }
   lua_settop(L, top);
-  if (!bad)
-    qsort(l->models, l->nmodels, sizeof(lane_model_t), model_cmp);
   return bad;
 }
 
 /* cpx.lane.configure(t | nil) -> true | false, why
- *   t = { path, keys = {..}, store_version = n|nil,
- *         models = { { name, group, targets = { { host, port, head,
- *                      head_stream, model } } } } }
- * Replaces the generation's table; nil turns the fast path off. Outside a
- * server worker (cliproxy check, the busted module) it does nothing. */
+ *   t = { keys = {..}, store_version = n|nil,
+ *         routes = { { format, path, model_in_path, members = {..},
+ *                      models = { { name, group, require = {i..},
+ *                                   unless = { {i..}.. }, at_most = {
+ *                                   {text, max}.. }, lua_headers = {..},
+ *                                   slots = { {client, prefix}.. },
+ *                                   targets = { { host, port, head,
+ *                                   head_stream, model, slot_lines } } } } } }
+ * } (rt.lane documents each field.) Replaces the generation's table; nil turns
+ * the relay off. Outside a server worker (cliproxy check, the busted module) it
+ * does nothing. */
 static int l_configure(lua_State *L) {
   cpx_vm_t *vm = current_vm(L);
   cpx_lane_t *l;
