@@ -46,6 +46,17 @@ function _M.json(req, status, body, extra)
   return req:respond(status, _M.headers("application/json", extra), s)
 end
 
+-- Decodes a JSON object body or answers 400 in the client's format (then
+-- returns nil).
+function _M.decode_body(req, info, fmt)
+  local body, err = json.decode(info.body)
+  if type(body) ~= "table" or json.is_array(body) then
+    _M.error(req, fmt, 400, "invalid JSON body: " .. (err or "expected an object"))
+    return nil
+  end
+  return body
+end
+
 -- Default OpenAI-style type and code per status (the fact sheet's table).
 local TYPES = {
   [400] = { "invalid_request_error" },

@@ -204,286 +204,336 @@ local function sse_frame(ev)
   return table.concat(out)
 end
 
--- opts: { model = <client model>, stream = bool, gemini_array = bool,
---         endpoint = string, force_hub = bool,
---         body_filter = fn(tbl) -> tbl, frame_filter = fn(frame) -> frame }
-function _M.infer(app, req, info, fmt, body, opts)
-  local model = opts.model
-  -- [record] what the request asked for; filled in as the pipeline learns
-  local rec = record.of(info) or record.begin(info, fmt)
-  rec.model = type(model) == "string" and model or nil
-  rec.stream = opts.stream and true or false
-  if type(model) ~= "string" or model == "" then
-    return http.error(req, fmt, 400, "model is required")
+-- ---- one request, step by step ----------------------------------------------
+--
+-- infer() runs these steps in order; each reads and fills the request's
+-- `job` table (built by new_job):
+--   new_job         what the client asked for, its record, the context
+--   run_rewrite     the middleware "rewrite" phase (decodes the body)
+--   pool.run        with attempt_oauth -> attempt -> upstream_body, send
+--   note_outcome    the record's account, attempts, alias, error
+--   answer_failure  no success: cliproxy's own or the upstream's error
+--   answer_stream   a stream: raw bytes (stream_raw) or through the hub
+--                   (stream_hub)
+--   answer_body     a JSON answer, translated unless it passes through
+
+-- The decoded body, decoded now if the route passed only the raw bytes
+-- (job.raw) and something needs the table (translation, a rewrite hook,
+-- payload rules, a provider fix-up); a plain passthrough never does. A
+-- body the decoder refuses gives nil and the decoder's reason (byte
+-- offset, invalid UTF-8, depth, number out of range) instead of becoming
+-- {} and failing later as a missing field.
+local function need_body(job)
+  if job.body == nil then
+    local body, err = json.decode(job.raw)
+    if type(body) ~= "table" or json.is_array(body) then
+      return nil, "invalid JSON body: " .. (err or "expected an object")
+    end
+    job.body = body
   end
-  local chain = app.middleware
+  return job.body
+end
+
+-- job: { app, req, info, fmt = client format, opts, rec, chain, stream,
+--        body = decoded table or nil, raw = client bytes or nil,
+--        model = client model (after rewrite), think, wants_chunks,
+--        ctx = the request's middleware/translator context }
+local function new_job(app, req, info, fmt, body, opts, rec)
   local stream = opts.stream and true or false
-  -- nonstream-keepalive-interval: blank lines while the answer is awaited
-  -- (the first one commits to status 200; an error then goes in the body).
-  local nka = not stream and app.config["nonstream-keepalive-interval"] or 0
-  if nka > 0 then req:keepalive(nka) end
-  -- body may be nil: the route passed only the raw bytes (opts.raw) and the
-  -- table is decoded when something needs it (translation, a rewrite hook,
-  -- payload rules, a provider fix-up); a plain passthrough never does.
-  local raw = opts.raw
-  -- A body the decoder refuses answers 400 with the decoder's reason (byte
-  -- offset, invalid UTF-8, depth, number out of range) instead of becoming
-  -- {} and failing later as a missing field.
-  local function need_body()
-    if body == nil then
-      local err
-      body, err = json.decode(raw)
-      if type(body) ~= "table" or json.is_array(body) then
-        body = nil
-        return nil, "invalid JSON body: " .. (err or "expected an object")
-      end
-    end
-    return body
-  end
-  local ctx = { model = model, stream = stream, request_id = info.id, info = info, body = body, config = app.config,
-                gemini_array = opts.gemini_array, client_format = fmt, endpoint = opts.endpoint,
-                client_gone = function() return req:closed() end }
-  if has_hook(chain, "rewrite") then
+  local job = { app = app, req = req, info = info, fmt = fmt, opts = opts, rec = rec,
+                chain = app.middleware, stream = stream, body = body, raw = opts.raw, model = opts.model }
+  job.ctx = { model = opts.model, stream = stream, request_id = info.id, info = info, body = body,
+              config = app.config, gemini_array = opts.gemini_array, client_format = fmt,
+              endpoint = opts.endpoint, client_gone = function() return req:closed() end }
+  return job
+end
+
+-- The "rewrite" phase may change the body and the model. Returns false
+-- when it answered the client (a body that cannot be decoded).
+local function run_rewrite(job)
+  local ctx = job.ctx
+  if has_hook(job.chain, "rewrite") then
     local berr
-    ctx.body, berr = need_body()
-    if not ctx.body then return http.error(req, fmt, 400, berr) end
-    mw.run(chain, "rewrite", ctx, ctx.body)
-    body = ctx.body
-    raw = nil
+    ctx.body, berr = need_body(job)
+    if not ctx.body then
+      http.error(job.req, job.fmt, 400, berr)
+      return false
+    end
+    mw.run(job.chain, "rewrite", ctx, ctx.body)
+    job.body = ctx.body
+    job.raw = nil
   end
-  model = ctx.model
-  local _, think = ir.parse_model(model)
-  local wants_chunks = mw.wants_chunks(chain)
+  job.model = ctx.model
+  local _, think = ir.parse_model(job.model)
+  job.think = think
+  job.wants_chunks = mw.wants_chunks(job.chain)
+  return true
+end
 
-  local function attempt(target, key)
-    local provider = app.providers[target.provider]
-    local upfmt = provider.format
-    local actx = json.shallow_copy(ctx)
-    actx.upstream_format = upfmt
-    actx.target = target
-    local lane = ctx.lane_attempt
-    if lane then
-      ctx.lane_attempt = nil
-      return lane_outcome(app, ctx, lane, target, upfmt, actx)
+-- The bytes to send upstream for this attempt, or nil and an outcome
+-- (cliproxy's own error) for the pool.
+local function upstream_body(job, provider, target, actx, passthrough, upstream_stream)
+  local app, fmt, upfmt = job.app, job.fmt, actx.upstream_format
+  local tb, out
+  -- A provider with a fixup may still say this raw body needs none
+  -- (raw_ok), which keeps the no-decode path.
+  local raw_ok = passthrough and job.raw and not app.payload_active
+    and (not provider.fixup or (provider.raw_ok and provider.raw_ok(actx, target, job.raw)))
+  if raw_ok then
+    -- The fast path: same format, only the model rewritten, no decode.
+    out = fmt == "gemini" and job.raw or json.set_string(job.raw, "model", target.upstream_model)
+  elseif passthrough then
+    local b, berr = need_body(job)
+    if not b then return nil, { status = 400, own = true, message = berr } end
+    tb = json.shallow_copy(b)
+    if fmt ~= "gemini" then tb.model = target.upstream_model end
+  else
+    local b, berr = need_body(job)
+    if not b then return nil, { status = 400, own = true, message = berr } end
+    actx.upstream_model = job.think and (target.upstream_model .. job.model:match("%b()$"))
+      or target.upstream_model
+    local err
+    tb, err = translators.request(fmt, upfmt, b, actx)
+    if not tb then
+      return nil, { status = 400, own = true, message = err or "cannot translate request" }
     end
-    local passthrough = upfmt == fmt and not think and not wants_chunks and not opts.force_hub
-      and not (fmt == "gemini" and opts.gemini_array and stream)
-    local tb, out
-    local upstream_stream = stream or provider.force_stream or false
-    -- A provider with a fixup may still say this raw body needs none
-    -- (raw_ok), which keeps the no-decode path.
-    local raw_ok = passthrough and raw and not app.payload_active
-      and (not provider.fixup or (provider.raw_ok and provider.raw_ok(actx, target, raw)))
-    if raw_ok then
-      -- The fast path: same format, only the model rewritten, no decode.
-      out = fmt == "gemini" and raw or json.set_string(raw, "model", target.upstream_model)
-    elseif passthrough then
-      local b, berr = need_body()
-      if not b then return { status = 400, own = true, message = berr } end
-      tb = json.shallow_copy(b)
-      if fmt ~= "gemini" then tb.model = target.upstream_model end
-    else
-      local b, berr = need_body()
-      if not b then return { status = 400, own = true, message = berr } end
-      actx.upstream_model = think and (target.upstream_model .. model:match("%b()$")) or target.upstream_model
-      local err
-      tb, err = translators.request(fmt, upfmt, body, actx)
-      if not tb then
-        return { status = 400, own = true, message = err or "cannot translate request" }
-      end
+  end
+  if tb then
+    if upfmt ~= "gemini" then tb.stream = upstream_stream or nil end
+    if provider.fixup then tb = provider.fixup(tb, actx) or tb end
+    if app.payload_active then
+      tb = payload.apply(app.config.payload, tb, job.model, target.upstream_model, upfmt)
     end
-    if tb then
-      if upfmt ~= "gemini" then tb.stream = upstream_stream or nil end
-      if provider.fixup then tb = provider.fixup(tb, actx) or tb end
-      if app.payload_active then tb = payload.apply(app.config.payload, tb, model, target.upstream_model, upfmt) end
-      out = json.encode(tb)
-    end
-    if not out then return { status = 500, own = true, message = "cannot encode upstream request" } end
-    -- A provider's own limit (Qwen's requests per minute) may refuse this
-    -- account before anything is sent: an answer the pool classifies.
-    if provider.admit then
-      local deny = provider.admit(actx, target)
-      if deny then
-        deny.upfmt, deny.ctx = upfmt, actx
-        return deny
-      end
-    end
-    local ureq = provider.prepare(actx, { entry = target.entry, key = key,
-                                          upstream_model = actx.upstream_model or target.upstream_model },
-                                  out, upstream_stream)
-    mw.run(chain, "before_upstream", actx, ureq)
-    -- (a provider with several hosts, Antigravity, has the others tried)
-    local up, err = provider_util.fetch(ureq, target.owner)
-    if not up then
-      log("warn", "upstream", target.owner, "failed:", err)
-      reqlog.attempt(rec, ureq, nil, nil, nil, tostring(err)) -- [record]
-      return { err = tostring(err), upfmt = upfmt, ctx = actx }
-    end
-    local status = up:status()
-    -- Header tables cost a parse: build one only when someone looks.
-    local headers
-    if has_hook(chain, "on_headers") or status < 200 or status >= 300 then
-      headers = up:headers()
-      mw.run(chain, "on_headers", actx, status, headers)
-    end
-    if status < 200 or status >= 300 then
-      local eb = up:body()
+    out = json.encode(tb)
+  end
+  if not out then return nil, { status = 500, own = true, message = "cannot encode upstream request" } end
+  return out
+end
+
+-- Sends one attempt's request and classifies what came back: a transport
+-- error, an error status, a stream failing at its first event, or success
+-- (the upstream handle, not yet read).
+local function send(job, provider, target, key, actx, out, upstream_stream, passthrough)
+  local app, chain, rec, upfmt = job.app, job.chain, job.rec, actx.upstream_format
+  local ureq = provider.prepare(actx, { entry = target.entry, key = key,
+                                        upstream_model = actx.upstream_model or target.upstream_model },
+                                out, upstream_stream)
+  mw.run(chain, "before_upstream", actx, ureq)
+  -- (a provider with several hosts, Antigravity, has the others tried)
+  local up, err = provider_util.fetch(ureq, target.owner)
+  if not up then
+    log("warn", "upstream", target.owner, "failed:", err)
+    reqlog.attempt(rec, ureq, nil, nil, nil, tostring(err)) -- [record]
+    return { err = tostring(err), upfmt = upfmt, ctx = actx }
+  end
+  local status = up:status()
+  -- Header tables cost a parse: build one only when someone looks.
+  local headers
+  if has_hook(chain, "on_headers") or status < 200 or status >= 300 then
+    headers = up:headers()
+    mw.run(chain, "on_headers", actx, status, headers)
+  end
+  if status < 200 or status >= 300 then
+    local eb = up:body()
+    up:close()
+    reqlog.attempt(rec, ureq, status, headers, eb) -- [record]
+    -- A provider may read an error answer as another status (Codex:
+    -- "model at capacity" is a 429).
+    if provider.error_status then status = provider.error_status(status, headers, eb) or status end
+    return { status = status, headers = headers, body = eb, upfmt = upfmt, ctx = actx }
+  end
+  if job.stream then
+    -- Hold the client's headers until the first real upstream event: an
+    -- error there is still a clean HTTP error, or another account.
+    local bad = bootstrap(up, upfmt)
+    if bad then
       up:close()
-      reqlog.attempt(rec, ureq, status, headers, eb) -- [record]
-      -- A provider may read an error answer as another status (Codex:
-      -- "model at capacity" is a 429).
-      if provider.error_status then status = provider.error_status(status, headers, eb) or status end
-      return { status = status, headers = headers, body = eb, upfmt = upfmt, ctx = actx }
+      return bootstrap_failure(app, job.ctx, bad, target, upfmt, actx)
     end
-    if stream then
-      -- Hold the client's headers until the first real upstream event: an
-      -- error there is still a clean HTTP error, or another account.
-      local bad = bootstrap(up, upfmt)
-      if bad then
-        up:close()
-        return bootstrap_failure(app, ctx, bad, target, upfmt, actx)
-      end
-    elseif upstream_stream then
-      -- A non-stream client of a stream-only upstream (Codex): a stream
-      -- that fails at its first event is an upstream error answer like any
-      -- other (classified, cooled, retried elsewhere), not a 200.
-      local bad = bootstrap(up, upfmt)
-      if bad then
-        up:close()
-        return { status = bad.status, headers = {}, body = bad.body, upfmt = upfmt, ctx = actx }
-      end
+  elseif upstream_stream then
+    -- A non-stream client of a stream-only upstream (Codex): a stream
+    -- that fails at its first event is an upstream error answer like any
+    -- other (classified, cooled, retried elsewhere), not a 200.
+    local bad = bootstrap(up, upfmt)
+    if bad then
+      up:close()
+      return { status = bad.status, headers = {}, body = bad.body, upfmt = upfmt, ctx = actx }
     end
-    reqlog.attempt(rec, ureq, status, headers or (reqlog.all() and up:headers()) or nil) -- [record] body below
-    return { ok = true, up = up, upfmt = upfmt, ctx = actx, passthrough = passthrough,
-             provider = provider, upstream_stream = upstream_stream }
   end
+  reqlog.attempt(rec, ureq, status, headers or (reqlog.all() and up:headers()) or nil) -- [record] body below
+  return { ok = true, up = up, upfmt = upfmt, ctx = actx, passthrough = passthrough,
+           provider = provider, upstream_stream = upstream_stream }
+end
 
-  -- OAuth accounts (rt.refresh): an expired token is refreshed before it
-  -- is sent, and a 401 gets one refresh and one retry on the same account
-  -- before the pool sees it (and cools the account down as for any 401).
-  -- Kept outside attempt() so the pool's accounting sees one attempt.
-  local function attempt_oauth(target, key)
-    if not target.credential then return attempt(target, key) end
-    key = refresh.fresh_key(app, target, key)
-    local r = attempt(target, key)
-    if r.status == 401 and not req:closed() then
-      local nk = refresh.after_401(app, target, key)
-      if nk then r = attempt(target, nk) end
-    end
-    return r
+-- One attempt on one account: the outcome the pool classifies.
+local function attempt(job, target, key)
+  local app, ctx, fmt, opts = job.app, job.ctx, job.fmt, job.opts
+  local provider = app.providers[target.provider]
+  local upfmt = provider.format
+  local actx = json.shallow_copy(ctx)
+  actx.upstream_format = upfmt
+  actx.target = target
+  local lane = ctx.lane_attempt
+  if lane then
+    ctx.lane_attempt = nil
+    return lane_outcome(app, ctx, lane, target, upfmt, actx)
   end
+  local passthrough = upfmt == fmt and not job.think and not job.wants_chunks and not opts.force_hub
+    and not (fmt == "gemini" and opts.gemini_array and job.stream)
+  local upstream_stream = job.stream or provider.force_stream or false
+  local out, bad = upstream_body(job, provider, target, actx, passthrough, upstream_stream)
+  if not out then return bad end
+  -- A provider's own limit (Qwen's requests per minute) may refuse this
+  -- account before anything is sent: an answer the pool classifies.
+  if provider.admit then
+    local deny = provider.admit(actx, target)
+    if deny then
+      deny.upfmt, deny.ctx = upfmt, actx
+      return deny
+    end
+  end
+  return send(job, provider, target, key, actx, out, upstream_stream, passthrough)
+end
 
-  local res = pool.run(app, ctx, model, attempt_oauth)
-  -- [record] the account that answered last, the attempts, the alias
-  rec.attempts = ctx.attempts and #ctx.attempts or 0
-  if model ~= rec.model then rec.alias = model end
+-- OAuth accounts (rt.refresh): an expired token is refreshed before it
+-- is sent, and a 401 gets one refresh and one retry on the same account
+-- before the pool sees it (and cools the account down as for any 401).
+-- Kept outside attempt() so the pool's accounting sees one attempt.
+local function attempt_oauth(job, target, key)
+  if not target.credential then return attempt(job, target, key) end
+  key = refresh.fresh_key(job.app, target, key)
+  local r = attempt(job, target, key)
+  if r.status == 401 and not job.req:closed() then
+    local nk = refresh.after_401(job.app, target, key)
+    if nk then r = attempt(job, target, nk) end
+  end
+  return r
+end
+
+-- [record] the account that answered last, the attempts, the alias
+local function note_outcome(job, res)
+  local rec = job.rec
+  rec.attempts = job.ctx.attempts and #job.ctx.attempts or 0
+  if job.model ~= rec.model then rec.alias = job.model end
   if res and res.ctx then record.note_target(rec, res.ctx.target) end
   if res and not res.ok then rec.error = res.err or res.message end
-  if req:closed() then return end
-  if not res then
-    return http.error(req, fmt, 502, "no upstream available for model " .. model)
-  end
-  if not res.ok then
-    -- every account cooling: the fact sheet's model_cooldown answer
-    if res.raw_body then return http.json(req, res.status, pool.cooldown_body(fmt, res), res.extra) end
-    if res.own then
-      return own_error(req, fmt, http.error_info(res.status, res.message, res.type, res.code), res.extra)
-    end
-    if res.err then
-      return http.error(req, fmt, 502, "upstream request failed: " .. res.err, "server_error", "upstream_error")
-    end
-    return answer_error(req, fmt, res, ctx)
-  end
+end
 
-  local up, upfmt, actx = res.up, res.upfmt, res.ctx
-  -- A provider that changed this attempt's request in a way the answer
-  -- must undo (the Claude cloak's tool names) set actx.fixup_response; its
-  -- hooks then see the upstream's own answer, before any translation.
-  local rfix = actx.fixup_response and res.provider.response_fixup or nil
-  local sfix = actx.fixup_response and res.provider.stream_fixup or nil
-  if stream then
-    -- Claude clients read input usage from message_start, which no other
-    -- upstream reports up front: estimate it locally (in the threadpool).
-    if fmt == "claude" and upfmt ~= "claude" and not res.passthrough and body then
-      actx.input_estimate = count.estimate("claude", body, model, app.config["count-tokens"])
+-- No attempt succeeded: the answer in the client's format.
+local function answer_failure(job, res)
+  local req, fmt = job.req, job.fmt
+  -- every account cooling: the fact sheet's model_cooldown answer
+  if res.raw_body then return http.json(req, res.status, pool.cooldown_body(fmt, res), res.extra) end
+  if res.own then
+    return own_error(req, fmt, http.error_info(res.status, res.message, res.type, res.code), res.extra)
+  end
+  if res.err then
+    return http.error(req, fmt, 502, "upstream request failed: " .. res.err, "server_error", "upstream_error")
+  end
+  return answer_error(req, fmt, res, job.ctx)
+end
+
+-- [record] a stream the client left: what was seen of its usage
+local function stream_abort(rec, upfmt, why, captured)
+  if captured then rec.usage = record.usage_from_stream(upfmt, captured) end
+  rec.error = why
+  record.finish(rec, 499)
+end
+
+-- Same format: the upstream's bytes relayed, unless a provider's
+-- stream_fixup must see each event (then re-framed as SSE).
+local function stream_raw(job, res, sfix)
+  local app, req, fmt, chain, rec = job.app, job.req, job.fmt, job.chain, job.rec
+  local upfmt, actx = res.upfmt, res.ctx
+  local codec = translators.codecs[fmt]
+  local po = keepalive_opts(app, fmt, job.opts) or {}
+  po.capture = RECORD_CAPTURE -- [record]
+  local handler = {
+    on_end = function(e, captured)
+      local r = { status = 200, error = e }
+      mw.run(chain, "after", actx, r)
+      mw.run(chain, "log", actx, r)
+      rec.usage = record.usage_from_stream(upfmt, captured)
+      reqlog.upstream_body(rec, captured) -- [record] the stream's two ends
+      record.finish(rec, 200, e)
+      if e then return codec.stream_error({ status = 502, type = "server_error", message = e }, {}, actx) end
+    end,
+    on_abort = function(why, captured) return stream_abort(rec, upfmt, why, captured) end,
+  }
+  if sfix then handler.on_event = function(ev) return sse_frame(sfix(ev, actx) or ev) end end
+  req:pipe(res.up, handler, sfix and FRAMING or "raw", po)
+  if req:closed() then stream_abort(rec, upfmt, "client closed request") end -- [record]
+end
+
+-- Through the hub: each upstream event decoded and encoded for the client.
+local function stream_hub(job, res, sfix)
+  local app, req, fmt, chain, rec = job.app, job.req, job.fmt, job.chain, job.rec
+  local upfmt, actx = res.upfmt, res.ctx
+  if job.wants_chunks then
+    actx.ir_filter = function(ev) return mw.run(chain, "on_chunk", actx, ev) end
+  end
+  local s = translators.stream(fmt, upfmt, actx)
+  local filter = job.opts.frame_filter
+  local function out_frames(frames)
+    if not filter then return frames end
+    local o = {}
+    for _, f in ipairs(frames) do
+      local x = filter(f)
+      if x then o[#o + 1] = x end
     end
-    -- Gemini without alt=sse streams a JSON array, not SSE.
-    req:start(200, opts.gemini_array and http.headers("application/json") or stream_headers())
-    mw.defer_log(actx)
-    -- [record] the client has its head at the first real event; the
-    -- record ends with the stream (on_end) or the client (on_abort)
-    rec.ttft_ms = record.elapsed_ms(rec)
-    rec.deferred = true
-    local function rec_abort(why, captured)
-      if captured then rec.usage = record.usage_from_stream(upfmt, captured) end
-      rec.error = why
-      record.finish(rec, 499)
-    end
-    if res.passthrough then
-      local codec = translators.codecs[fmt]
-      -- Raw bytes, unless a provider's stream_fixup must see each event
-      -- (then re-framed as SSE).
-      local po = keepalive_opts(app, fmt, opts) or {}
-      po.capture = RECORD_CAPTURE -- [record]
-      local handler = {
-        on_end = function(e, captured)
-          local r = { status = 200, error = e }
-          mw.run(chain, "after", actx, r)
-          mw.run(chain, "log", actx, r)
-          rec.usage = record.usage_from_stream(upfmt, captured)
-          reqlog.upstream_body(rec, captured) -- [record] the stream's two ends
-          record.finish(rec, 200, e)
-          if e then return codec.stream_error({ status = 502, type = "server_error", message = e }, {}, actx) end
-        end,
-        on_abort = rec_abort,
-      }
-      if sfix then handler.on_event = function(ev) return sse_frame(sfix(ev, actx) or ev) end end
-      req:pipe(up, handler, sfix and FRAMING or "raw", po)
-      if req:closed() then rec_abort("client closed request") end -- [record]
-      return
-    end
-    if wants_chunks then
-      actx.ir_filter = function(ev) return mw.run(chain, "on_chunk", actx, ev) end
-    end
-    local s = translators.stream(fmt, upfmt, actx)
-    local filter = opts.frame_filter
-    local function out_frames(frames)
-      if not filter then return frames end
-      local o = {}
-      for _, f in ipairs(frames) do
-        local x = filter(f)
-        if x then o[#o + 1] = x end
+    return o
+  end
+  req:pipe(res.up, {
+    on_event = function(ev)
+      if sfix then ev = sfix(ev, actx) or ev end
+      return out_frames(s:feed(ev))
+    end,
+    on_end = function(e)
+      local frames
+      if e then
+        frames = s:fail({ status = 502, type = "server_error", message = e })
+      else
+        frames = s:finish()
       end
-      return o
-    end
-    req:pipe(up, {
-      on_event = function(ev)
-        if sfix then ev = sfix(ev, actx) or ev end
-        return out_frames(s:feed(ev))
-      end,
-      on_end = function(e)
-        local frames
-        if e then
-          frames = s:fail({ status = 502, type = "server_error", message = e })
-        else
-          frames = s:finish()
-        end
-        local r = { status = 200, usage = s.usage, stop = s.stop, error = e }
-        mw.run(chain, "after", actx, r)
-        mw.run(chain, "log", actx, r)
-        rec.usage = s.usage -- [record]
-        record.finish(rec, 200, e)
-        return out_frames(frames)
-      end,
-      on_abort = function(why)
-        rec.usage = s.usage
-        rec_abort(why)
-      end,
-    }, FRAMING, keepalive_opts(app, fmt, opts))
-    if req:closed() then rec_abort("client closed request") end -- [record]
-    return
-  end
+      local r = { status = 200, usage = s.usage, stop = s.stop, error = e }
+      mw.run(chain, "after", actx, r)
+      mw.run(chain, "log", actx, r)
+      rec.usage = s.usage -- [record]
+      record.finish(rec, 200, e)
+      return out_frames(frames)
+    end,
+    on_abort = function(why)
+      rec.usage = s.usage
+      stream_abort(rec, upfmt, why)
+    end,
+  }, FRAMING, keepalive_opts(app, fmt, job.opts))
+  if req:closed() then stream_abort(rec, upfmt, "client closed request") end -- [record]
+end
 
+-- A successful stream: the client's head now, then the events.
+local function answer_stream(job, res, sfix)
+  local app, req, fmt, rec = job.app, job.req, job.fmt, job.rec
+  local actx = res.ctx
+  -- Claude clients read input usage from message_start, which no other
+  -- upstream reports up front: estimate it locally (in the threadpool).
+  if fmt == "claude" and res.upfmt ~= "claude" and not res.passthrough and job.body then
+    actx.input_estimate = count.estimate("claude", job.body, job.model, app.config["count-tokens"])
+  end
+  -- Gemini without alt=sse streams a JSON array, not SSE.
+  req:start(200, job.opts.gemini_array and http.headers("application/json") or stream_headers())
+  mw.defer_log(actx)
+  -- [record] the client has its head at the first real event; the
+  -- record ends with the stream (on_end) or the client (on_abort)
+  rec.ttft_ms = record.elapsed_ms(rec)
+  rec.deferred = true
+  if res.passthrough then return stream_raw(job, res, sfix) end
+  return stream_hub(job, res, sfix)
+end
+
+-- A successful non-stream answer: read, fixed up, translated, answered.
+local function answer_body(job, res, rfix)
+  local req, fmt, chain, rec, opts = job.req, job.fmt, job.chain, job.rec, job.opts
+  local up, upfmt, actx = res.up, res.upfmt, res.ctx
   local rb, berr = up:body()
   reqlog.upstream_body(rec, rb) -- [record]
   if not rb then
@@ -525,6 +575,42 @@ function _M.infer(app, req, info, fmt, body, opts)
   rec.usage = actx.usage or (res.passthrough and record.usage_of(upfmt, decoded)) or nil -- [record]
   mw.run(chain, "after", actx, { status = 200, body = cb, usage = actx.usage })
   return http.json(req, 200, cb)
+end
+
+-- opts: { model = <client model>, stream = bool, gemini_array = bool,
+--         endpoint = string, force_hub = bool, raw = client bytes,
+--         body_filter = fn(tbl) -> tbl, frame_filter = fn(frame) -> frame }
+-- body may be nil: the route passed only the raw bytes (opts.raw).
+function _M.infer(app, req, info, fmt, body, opts)
+  local model = opts.model
+  -- [record] what the request asked for; filled in as the pipeline learns
+  local rec = record.of(info) or record.begin(info, fmt)
+  rec.model = type(model) == "string" and model or nil
+  rec.stream = opts.stream and true or false
+  if type(model) ~= "string" or model == "" then
+    return http.error(req, fmt, 400, "model is required")
+  end
+  local job = new_job(app, req, info, fmt, body, opts, rec)
+  -- nonstream-keepalive-interval: blank lines while the answer is awaited
+  -- (the first one commits to status 200; an error then goes in the body).
+  local nka = not job.stream and app.config["nonstream-keepalive-interval"] or 0
+  if nka > 0 then req:keepalive(nka) end
+  if not run_rewrite(job) then return end
+
+  local res = pool.run(app, job.ctx, job.model, function(target, key) return attempt_oauth(job, target, key) end)
+  note_outcome(job, res)
+  if req:closed() then return end
+  if not res then
+    return http.error(req, fmt, 502, "no upstream available for model " .. job.model)
+  end
+  if not res.ok then return answer_failure(job, res) end
+
+  -- A provider that changed this attempt's request in a way the answer
+  -- must undo (the Claude cloak's tool names) set actx.fixup_response; its
+  -- hooks then see the upstream's own answer, before any translation.
+  local fix = res.ctx.fixup_response
+  if job.stream then return answer_stream(job, res, fix and res.provider.stream_fixup or nil) end
+  return answer_body(job, res, fix and res.provider.response_fixup or nil)
 end
 
 return _M

@@ -29,6 +29,7 @@
 
 #include "cpx_log.h"
 #include "cpx_lua.h"
+#include "cpx_worker.h"
 #include "cpx_store.h"
 #include "cpx_upstream.h"
 

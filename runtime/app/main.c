@@ -17,6 +17,7 @@
 #include "cpx_log.h"
 #include "cpx_login.h"
 #include "cpx_lua.h"
+#include "cpx_worker.h"
 #include "cpx_pool.h"
 #include "cpx_store.h"
 #include "cpx_tls.h"

@@ -1,5 +1,5 @@
 /* cpx_lua.h: LuaJIT VM generations, the module loader and sandbox, and the
- * request coroutines.
+ * entry points of the request coroutines.
  *
  * A generation (cpx_vm_t) is one lua_State with the config loaded and every
  * module loaded and validated. A worker serves new requests on its current
@@ -8,7 +8,8 @@
  * in-flight requests finish on the old one, which is closed when its last
  * request ends.
  *
- * cpx_lua.c is the only place that calls lua_resume.
+ * The request coroutines themselves live in cpx_co.c (the only place that
+ * resumes them) and the binding files beside it (see cpx_lua_int.h).
  */
 #ifndef CPX_LUA_H
 #define CPX_LUA_H
@@ -17,8 +18,6 @@
 
 #include "cpx.h"
 #include "cpx_server.h"
-#include "cpx_h1.h"
-#include "cpx_upstream.h"
 
 typedef struct cpx_worker_s cpx_worker_t;
 typedef struct cpx_vm_s cpx_vm_t;
@@ -63,28 +62,6 @@ struct cpx_vm_s {
   struct cpx_task_s *tasks;
   int live;            /* serving on its worker: tasks may start */
   const char *retired; /* static reason once retired; no new task */
-};
-
-/* Everything one loop thread owns. */
-struct cpx_worker_s {
-  uv_loop_t *loop;
-  int id;
-  cpx_server_t server;
-  cpx_upstream_t upstream;
-  cpx_h1_pool_t h1; /* the fast path's upstream connections */
-  cpx_vm_t *vm;     /* current generation (one reference) */
-  uv_idle_t resume_idle;
-  void *resume_queue; /* requests whose coroutine must be resumed */
-  /* The fast lane's request records, delivered to Lua (rt.record) after
-   * the loop iteration that finished them (cpx_lane.c owns the list). */
-  uv_idle_t record_idle;
-  void *records;
-  size_t nrecords;
-  char config_path[4096];
-  char lua_dir[4096]; /* built-in lua/ directory */
-  unsigned next_gen;
-  int timers_pending; /* armed timers of every generation (lua.max-timers) */
-  int tasks_running;  /* task coroutines not finished yet */
 };
 
 /* Locates the built-in lua/ directory next to the executable, in the
@@ -134,10 +111,6 @@ void cpx_vm_init_worker(cpx_vm_t *vm);
  * ("server shutting down"). */
 void cpx_vm_retire(cpx_vm_t *vm, const char *reason);
 
-/* Worker glue: set the loop first, then init. */
-int cpx_worker_init_lua(cpx_worker_t *w);
-void cpx_worker_close_lua(cpx_worker_t *w);
-
 /* The server's request callback: the C fast path when it can take the
  * request (cpx_lane.c), else rt.server.handle in a coroutine. */
 void cpx_lua_on_request(cpx_server_t *srv, cpx_request_t *r);
@@ -175,7 +148,7 @@ int cpx_lua_await(lua_State *L, cpx_lua_job_t *job);
 int cpx_lua_in_request(lua_State *L);
 
 /* Registers the request/upstream/log part of the `cpx` API into the table
- * at the top of the stack (cpx_lua_api.c). */
+ * at the top of the stack (cpx_co.c and the binding files it calls). */
 void cpx__lua_api_register(lua_State *L);
 
 #endif /* CPX_LUA_H */

@@ -1,9 +1,10 @@
 /* cpx_lua_util.h: the non-yielding part of the `cpx` Lua API.
  *
  * cpx_lua_util_open pushes one table with json, base64, sha256/hmac, uuid,
- * clock and SSE-framer functions. The server (cpx_lua_api.c) adds the
- * yielding and request-bound functions to that same table; the busted test
- * module (lua_module/cpx_module.c) returns it as is.
+ * clock and SSE-framer functions. The server (cpx_co.c and the binding
+ * files it registers) adds the yielding and request-bound functions to
+ * that same table; the busted test module (lua_module/cpx_module.c)
+ * returns it as is.
  *
  *   cpx.json.decode(s)          -> value | nil, err  (arrays carry
  *                                  cpx.json.array_mt, JSON null is

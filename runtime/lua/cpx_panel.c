@@ -22,6 +22,7 @@
 #include <lua.h>
 
 #include "cpx_lua.h"
+#include "cpx_worker.h"
 
 /* No panel file comes near this; it bounds what one read holds. */
 #define PANEL_MAX_FILE (4u << 20)

@@ -21,6 +21,7 @@
 
 #include "cpx_log.h"
 #include "cpx_task.h"
+#include "cpx_worker.h"
 
 /* Owned by its generation's list from creation until task_free (no
  * further tick and no run going). */

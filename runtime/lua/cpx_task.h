@@ -2,7 +2,7 @@
  * coroutines they run in, and the locks coroutines hold (`cpx.lock`).
  *
  * A task's function runs in a coroutine of the same kind as a request's
- * (cpx_lua_api.c, an lreq_t without a request), so cpx.fetch, fetch:body,
+ * (cpx_co.c, an lreq_t without a request), so cpx.fetch, fetch:body,
  * cpx.sleep and cpx.lock work in it unchanged. Tasks belong to the VM
  * generation that created them: retiring a generation (a reload, or the
  * drain at SIGTERM) runs its pending timers at once with premature = true
@@ -20,7 +20,7 @@ typedef struct cpx_task_s cpx_task_t;
 /* A coroutine run by the runtime: a request's or a task's (lreq_t). */
 typedef struct lreq_s cpx_co_t;
 
-/* ---- cpx_lua_api.c: the coroutine side ---------------------------------- */
+/* ---- cpx_co.c: the coroutine side --------------------------------------- */
 
 /* Runs the function below `nargs` arguments at the top of vm->L in a new
  * coroutine with no request, on behalf of task t (may be NULL). refuse, a

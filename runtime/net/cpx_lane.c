@@ -13,6 +13,7 @@
 #include "cpx_json_scan.h"
 #include "cpx_log.h"
 #include "cpx_lua.h"
+#include "cpx_worker.h"
 #include "cpx_pool.h"
 #include "cpx_sse.h"
 #include "cpx_store.h"

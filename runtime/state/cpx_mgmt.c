@@ -24,6 +24,7 @@
 #include "cpx.h"
 #include "cpx_log.h"
 #include "cpx_lua.h"
+#include "cpx_worker.h"
 #include "cpx_store.h"
 
 /* Verified keys kept; a panel and a script or two need a handful. */

@@ -24,6 +24,7 @@
 
 #include "cpx.h"
 #include "cpx_lua.h"
+#include "cpx_worker.h"
 #include "cpx_store.h"
 
 #define REQLOG_MAX_JOBS 64                  /* writes waiting, process */
