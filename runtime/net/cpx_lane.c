@@ -8,6 +8,7 @@
 
 #include <lauxlib.h>
 
+#include "cpx_access.h"
 #include "cpx_buf.h"
 #include "cpx_errbody.h"
 #include "cpx_json_scan.h"
@@ -314,7 +315,7 @@ static void push_lane_info(lua_State *L, void *ud) {
   lua_createtable(L, 0, 8);
   lua_pushinteger(L, (lua_Integer)lq->pick.member + 1);
   lua_setfield(L, -2, "member");
-  lua_pushnumber(L, (double)lq->pick.state * 2 + (lq->pick.probe ? 1 : 0));
+  lua_pushnumber(L, cpx_pool_handle(&lq->pick));
   lua_setfield(L, -2, "handle");
   lua_pushstring(L, lq->m->group);
   lua_setfield(L, -2, "group");
@@ -625,34 +626,20 @@ static void on_req_shutdown(cpx_request_t *r) {
 
 /* ---- taking a request --------------------------------------------------- */
 
-/* The key the client presented, as rt.access reads it (headers only: a
- * request with a query string never comes here). */
+/* The key the client presented (cpx_client_key: rt.access reads it the
+ * same way; a request with a query string never comes here). */
 static int key_ok(const cpx_lane_t *l, const cpx_request_t *r, int *which) {
-  size_t n;
-  const char *k = cpx_request_header(r, "authorization", &n);
+  size_t an = 0, gn = 0, xn = 0, n;
+  const char *a = cpx_request_header(r, "authorization", &an);
+  const char *g = cpx_request_header(r, "x-goog-api-key", &gn);
+  const char *x = cpx_request_header(r, "x-api-key", &xn);
+  const char *k;
   int ok = 0;
 
   *which = 0;
   if (l->nkeys == 0)
     return 1;
-  if (k && n > 6 && (k[0] == 'B' || k[0] == 'b') &&
-      memcmp(k + 1, "earer", 5) == 0 && (k[6] == ' ' || k[6] == '\t')) {
-    k += 6;
-    n -= 6;
-    while (n && (*k == ' ' || *k == '\t')) {
-      k++;
-      n--;
-    }
-    if (n == 0)
-      k = NULL;
-  } else {
-    k = NULL;
-  }
-  if (!k)
-    k = cpx_request_header(r, "x-goog-api-key", &n);
-  if (!k)
-    k = cpx_request_header(r, "x-api-key", &n);
-  if (!k)
+  if (cpx_client_key(a, an, g, gn, x, xn, &k, &n) == CPX_KEY_NONE)
     return 0;
   /* Every key is compared, so the time does not say which one matched. */
   for (size_t i = 0; i < l->nkeys; i++) {
