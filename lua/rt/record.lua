@@ -32,6 +32,8 @@ local tostring = tostring
 local error = error
 local setmetatable = setmetatable
 local floor = math.floor
+local find = string.find
+local json_member = cpx.json.member
 local log = cpx.log or function() end
 local now = cpx.now
 local monotonic = cpx.monotonic
@@ -123,8 +125,11 @@ function _M.usage_from_stream(fmt, text)
   local frames = cpx.sse.new(#text + 16):feed(text .. "\n\n")
   local into
   for _, ev in ipairs(frames or {}) do
-    if ev.data and ev.data:byte(1) == 123 then -- '{'
-      into = usage_of(fmt, json.decode(ev.data), into)
+    -- only the events that name a usage ("usage", "usageMetadata") are
+    -- decoded: a chat stream's many chunks are not
+    local d = ev.data
+    if d and d:byte(1) == 123 and find(d, '"usage', 1, true) then -- '{'
+      into = usage_of(fmt, json.decode(d), into)
     end
   end
   return into
@@ -206,12 +211,20 @@ end
 
 -- A JSON body, or only its end when it was long: the usage object is
 -- there in OpenAI's, Claude's and Gemini's answers.
-local function tail_usage(fmt, tail)
-  local u = _M.usage_from_body(fmt, tail)
-  if u or type(tail) ~= "string" then return u end
+local function tail_usage(fmt, tail, whole)
+  if type(tail) ~= "string" then return nil end
   local name = fmt == "gemini" and "usageMetadata" or "usage"
-  local obj = tail:match('"' .. name .. '"%s*:%s*(%b{})')
-  if obj then return usage_of(fmt, json.decode('{"' .. name .. '":' .. obj .. '}'), nil) end
+  -- a whole body: its top-level usage member alone is decoded (the rest
+  -- of the answer is never looked at), else the whole body
+  local obj = whole and json_member(tail, name) or nil
+  if not obj then
+    local u = whole and _M.usage_from_body(fmt, tail)
+    if u then return u end
+    obj = tail:match('"' .. name .. '"%s*:%s*(%b{})')
+  end
+  if obj and obj:byte(1) == 123 then
+    return usage_of(fmt, { [name] = json.decode(obj) }, nil)
+  end
   return nil
 end
 
@@ -251,9 +264,9 @@ function _M.lane(app, list)
       -- not read as one)
       u = _M.usage_from_stream(fmt, head .. (l.gap and "\n\n" or "") .. tail)
     elseif not l.gap then
-      u = tail_usage(fmt, head .. tail)
+      u = tail_usage(fmt, head .. tail, true)
     else
-      u = tail_usage(fmt, tail)
+      u = tail_usage(fmt, tail, false)
     end
     rec.usage = norm_usage(u)
     _M.emit(rec)

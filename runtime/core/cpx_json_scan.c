@@ -17,6 +17,8 @@
  *       where a plain search per word would stop at every quote
  *   cpx.json.set_string(s, key, v) -> new string with the top-level key's
  *       value replaced by the JSON string v (the key is added when absent)
+ *   cpx.json.member(s, key)        -> the top-level member's value as
+ *       written (JSON text) | nil (absent) | nil, err (malformed)
  *   cpx.json.first_event(fmt, event, data) -> "error" | "handshake" | false
  *       what an upstream stream's first event says (cpx_stream_event_kind)
  */
@@ -376,6 +378,29 @@ int cpx_json_top_get(const char *s, size_t n, const cpx_str_t *keys,
   return scan_top(s, n, get_cb, &g, &at, &close);
 }
 
+/* The raw text of one member: a record's usage object is decoded alone,
+ * not the whole answer around it. */
+static int l_member(lua_State *L) {
+  size_t n, at = 0;
+  const char *s = luaL_checklstring(L, 1, &n);
+  const char *close;
+  find_t f;
+
+  memset(&f, 0, sizeof(f));
+  f.k = luaL_checklstring(L, 2, &f.kn);
+  if (scan_top(s, n, find_cb, &f, &at, &close) != 0) {
+    lua_pushnil(L);
+    lua_pushfstring(L, "json: malformed document at byte %d", (int)at);
+    return 2;
+  }
+  if (!f.have) {
+    lua_pushnil(L);
+    return 1;
+  }
+  lua_pushlstring(L, f.found.vp, f.found.vn);
+  return 1;
+}
+
 /* ---- stream first events ------------------------------------------------ */
 
 /* indexed by CPX_FMT_* */
@@ -465,6 +490,8 @@ void cpx_json_scan_register(lua_State *L) {
   lua_setfield(L, -2, "set_string");
   lua_pushcfunction(L, l_has);
   lua_setfield(L, -2, "has");
+  lua_pushcfunction(L, l_member);
+  lua_setfield(L, -2, "member");
   lua_pushcfunction(L, l_first_event);
   lua_setfield(L, -2, "first_event");
   lua_pop(L, 1);
