@@ -4,6 +4,35 @@
 #include <string.h>
 
 #include <lauxlib.h>
+#include <openssl/crypto.h>
+#include <openssl/hmac.h>
+#include <openssl/rand.h>
+#include <uv.h>
+
+static unsigned char secure_key[32];
+static uv_once_t secure_once = UV_ONCE_INIT;
+static int secure_ready;
+
+static void secure_init(void) {
+  secure_ready = RAND_bytes(secure_key, sizeof(secure_key)) == 1;
+}
+
+int cpx_secure_ready(void) {
+  uv_once(&secure_once, secure_init);
+  return secure_ready;
+}
+
+int cpx_secure_equal(const char *a, size_t na, const char *b, size_t nb) {
+  unsigned char ha[32], hb[32];
+  unsigned int la = 0, lb = 0;
+  if (!cpx_secure_ready())
+    return 0;
+  HMAC(EVP_sha256(), secure_key, sizeof(secure_key), (const unsigned char *)a,
+       na, ha, &la);
+  HMAC(EVP_sha256(), secure_key, sizeof(secure_key), (const unsigned char *)b,
+       nb, hb, &lb);
+  return la == 32 && lb == 32 && CRYPTO_memcmp(ha, hb, 32) == 0;
+}
 
 /* Lua's %s: what rt.access skipped after "Bearer" before this moved here */
 static int is_space(char c) {

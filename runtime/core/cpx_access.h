@@ -26,6 +26,13 @@ int cpx_client_key(const char *auth, size_t auth_n, const char *goog,
                    size_t goog_n, const char *xapi, size_t xapi_n,
                    const char **key, size_t *key_n);
 
+/* Constant-time equality of two secrets: HMAC-SHA256 of both sides under a
+ * per-process random key, then CRYPTO_memcmp of the digests, so neither
+ * the bytes nor the length of a key leak through timing. 0 when the
+ * process has no randomness (cpx_secure_ready). */
+int cpx_secure_equal(const char *a, size_t na, const char *b, size_t nb);
+int cpx_secure_ready(void);
+
 /* Adds cpx.client_key(authorization, x_goog_api_key, x_api_key) -> key,
  * where | nil to the cpx table at the top of the stack. */
 void cpx_access_lua_register(lua_State *L);

@@ -2,6 +2,7 @@
  * See cpx_lua.h. */
 #include "cpx_access.h"
 #include "cpx_lane.h"
+#include "cpx_lane_lua.h"
 #include "cpx_lua.h"
 #include "cpx_worker.h"
 #include "cpx_metrics.h"

@@ -6,15 +6,11 @@
 #include <string.h>
 #include <time.h>
 
-#include <lauxlib.h>
-
 #include "cpx_access.h"
 #include "cpx_buf.h"
 #include "cpx_errbody.h"
 #include "cpx_json_scan.h"
 #include "cpx_log.h"
-#include "cpx_lua.h"
-#include "cpx_worker.h"
 #include "cpx_pool.h"
 #include "cpx_sse.h"
 #include "cpx_store.h"
@@ -23,89 +19,15 @@
  * (handed to Lua), a small non-stream answer (sent in one write), a stream
  * until its first event. Past these the lane gives up holding. */
 #define HOLD_MAX (1024 * 1024)
-/* Bytes of each answer kept for its record, and records a worker holds
- * until the loop iteration ends. */
+/* Bytes kept of each end of an answer for its record. */
 #define RECORD_TAIL 4096
-#define RECORDS_MAX 4096
 
 /* ---- the route table ---------------------------------------------------- */
 
-/* Built by cpx.lane.configure from rt.lane's table; immutable afterwards.
- * Every string is owned by the table and freed by lane_unref. */
+/* Filled by cpx.lane.configure (runtime/lua/cpx_lane_lua.c) from rt.lane's
+ * table; immutable once sealed. */
 
-/* Members a route's rules can name (one bit each in a mask). */
-#define RULE_MEMBERS_MAX 24
-/* "model" and "stream", read on every body-model route */
-#define FIXED_KEYS 2
-
-typedef struct {
-  char *host;
-  int port;
-  char *head; /* request line and the fixed headers, without Content-Length */
-  size_t head_len;
-  char *head_stream; /* the same for a stream */
-  size_t head_stream_len;
-  char *model; /* the upstream model as a JSON string literal (body routes) */
-  size_t model_len;
-  cpx_str_t *slot_lines; /* per slot of the model: this account's own line
-                          * when the client sent no such header ("" none) */
-} lane_target_t;
-
-/* A client header the upstream head carries as the client sent it. */
-typedef struct {
-  char *client; /* lower case */
-  char *prefix; /* "Upstream-Name: " */
-  size_t prefix_len;
-} lane_slot_t;
-
-/* At most max occurrences of text in the body. */
-typedef struct {
-  char *text;
-  size_t len;
-  long max;
-} lane_count_t;
-
-typedef struct {
-  char *name; /* client model name */
-  size_t name_len;
-  char *group;            /* pool group */
-  lane_target_t *targets; /* in pool member order */
-  size_t ntargets;
-  /* what every request is checked against before it is relayed */
-  uint32_t *unless; /* member masks: all present -> Lua */
-  size_t nunless;
-  uint32_t require; /* members that must all be present */
-  lane_count_t *at_most;
-  size_t nat_most;
-  char **lua_headers; /* a client header named here -> Lua */
-  size_t nlua_headers;
-  lane_slot_t *slots;
-  size_t nslots;
-} lane_model_t;
-
-typedef struct {
-  int fmt;           /* CPX_FMT_*: first-event errors, the record's usage */
-  int model_in_path; /* Gemini: path + model + ":action"; else path exact */
-  char *path;
-  size_t path_len;
-  cpx_str_t *keys; /* "model", "stream" (body routes), then the members */
-  size_t nkeys, nfixed;
-  lane_model_t *models; /* sorted by name */
-  size_t nmodels;
-} lane_route_t;
-
-struct cpx_lane_s {
-  int refs; /* the generation's + one per request in flight */
-  lane_route_t *routes;
-  size_t nroutes;
-  char **keys; /* client api-keys; none = open */
-  size_t *key_lens;
-  size_t nkeys;
-  int check_store; /* credential files can add targets: watch the store */
-  uint64_t store_version;
-};
-
-static void target_free(lane_target_t *t, size_t nslots) {
+static void target_free(cpx_lane_target_t *t, size_t nslots) {
   free(t->host);
   free(t->head);
   free(t->head_stream);
@@ -117,7 +39,7 @@ static void target_free(lane_target_t *t, size_t nslots) {
   }
 }
 
-static void model_free(lane_model_t *m) {
+static void model_free(cpx_lane_model_t *m) {
   for (size_t j = 0; j < m->ntargets; j++)
     target_free(&m->targets[j], m->nslots);
   free(m->targets);
@@ -144,7 +66,7 @@ static void lane_unref(cpx_lane_t *l) {
   if (!l || --l->refs > 0)
     return;
   for (size_t i = 0; i < l->nroutes; i++) {
-    lane_route_t *rt = &l->routes[i];
+    cpx_lane_route_t *rt = &l->routes[i];
     for (size_t j = 0; j < rt->nmodels; j++)
       model_free(&rt->models[j]);
     free(rt->models);
@@ -165,8 +87,23 @@ void cpx_lane_free(cpx_lane_t *l) {
   lane_unref(l);
 }
 
+cpx_lane_t *cpx_lane_new(void) {
+  cpx_lane_t *l = calloc(1, sizeof(*l));
+  if (l)
+    l->refs = 1;
+  return l;
+}
+
+static int model_cmp(const void *a, const void *b);
+
+void cpx_lane_seal(cpx_lane_t *l) {
+  for (size_t i = 0; i < l->nroutes; i++)
+    qsort(l->routes[i].models, l->routes[i].nmodels, sizeof(cpx_lane_model_t),
+          model_cmp);
+}
+
 static int model_cmp(const void *a, const void *b) {
-  const lane_model_t *x = a, *y = b;
+  const cpx_lane_model_t *x = a, *y = b;
   size_t n = x->name_len < y->name_len ? x->name_len : y->name_len;
   int c = memcmp(x->name, y->name, n);
   if (c)
@@ -174,10 +111,10 @@ static int model_cmp(const void *a, const void *b) {
   return x->name_len < y->name_len ? -1 : x->name_len > y->name_len;
 }
 
-static const lane_model_t *model_find(const lane_route_t *rt, const char *name,
-                                      size_t n) {
+static const cpx_lane_model_t *model_find(const cpx_lane_route_t *rt,
+                                          const char *name, size_t n) {
   size_t lo = 0, hi = rt->nmodels;
-  lane_model_t key;
+  cpx_lane_model_t key;
   key.name = (char *)name;
   key.name_len = n;
   while (lo < hi) {
@@ -206,11 +143,11 @@ enum {
 typedef struct {
   cpx_h1_req_t q;
   cpx_request_t *r;
-  cpx_worker_t *w;
-  cpx_vm_t *vm;
+  const cpx_lane_host_t *host;
+  void *gen;        /* one host reference */
   cpx_lane_t *lane; /* one reference: rt, m and t point into it */
-  const lane_route_t *rt;
-  const lane_model_t *m;
+  const cpx_lane_route_t *rt;
+  const cpx_lane_model_t *m;
   cpx_pool_choice_t pick;
   int reported; /* the pool heard the outcome (or Lua will) */
   int stream;
@@ -272,7 +209,7 @@ static void lane_free(lane_req_t *lq) {
   free(lq->ev_data);
   cpx_request_unref(r);
   lane_unref(lq->lane);
-  cpx_vm_unref(lq->vm);
+  lq->host->unref(lq->gen);
   free(lq);
 }
 
@@ -300,62 +237,37 @@ static void stream_error_end(lane_req_t *lq, const char *msg) {
   cpx_request_finish(lq->r);
 }
 
-/* ---- hand-off to Lua ---------------------------------------------------- */
+/* ---- hand-off to the host ---------------------------------------------- */
 
-typedef struct {
-  lane_req_t *lq;
-  int rc; /* transport error, or 0 */
-} handoff_t;
-
-static void push_lane_info(lua_State *L, void *ud) {
-  handoff_t *h = ud;
-  lane_req_t *lq = h->lq;
-  const cpx_h1_req_t *q = &lq->q;
-
-  lua_createtable(L, 0, 8);
-  lua_pushinteger(L, (lua_Integer)lq->pick.member + 1);
-  lua_setfield(L, -2, "member");
-  lua_pushnumber(L, cpx_pool_handle(&lq->pick));
-  lua_setfield(L, -2, "handle");
-  lua_pushstring(L, lq->m->group);
-  lua_setfield(L, -2, "group");
-  if (h->rc != 0) {
-    lua_pushstring(L, q->err ? q->err : cpx_strerror(h->rc));
-    lua_setfield(L, -2, "err");
-  } else if (lq->phase == P_BOOT) {
-    /* 2xx, then an error as the first event: Lua judges it as its own
-     * bootstrap would have. */
-    lua_createtable(L, 0, 2);
-    lua_pushlstring(L, lq->ev_name ? lq->ev_name : "", lq->ev_name_len);
-    lua_setfield(L, -2, "event");
-    lua_pushlstring(L, lq->ev_data ? lq->ev_data : "", lq->ev_data_len);
-    lua_setfield(L, -2, "data");
-    lua_setfield(L, -2, "event");
-    lua_pushinteger(L, q->status);
-    lua_setfield(L, -2, "status");
-  } else {
-    lua_pushinteger(L, q->status);
-    lua_setfield(L, -2, "status");
-    lua_createtable(L, 0, (int)q->nfields);
-    for (size_t i = 0; i < q->nfields; i++) {
-      const cpx_h1_field_t *f = &q->fields[i];
-      lua_pushlstring(L, q->hbuf + f->name_off, f->name_len);
-      lua_pushlstring(L, q->hbuf + f->value_off, f->value_len);
-      lua_rawset(L, -3);
-    }
-    lua_setfield(L, -2, "headers");
-    lua_pushlstring(L, lq->acc ? lq->acc : "", lq->acc_len);
-    lua_setfield(L, -2, "body");
-  }
-  lua_setfield(L, -2, "lane");
-}
-
-/* The upstream failed before the client saw a byte: rt.server takes the
- * request over with this attempt attached; the pool pick goes with it. */
+/* The upstream failed before the client saw a byte: the host (rt.server)
+ * takes the request over with this attempt attached; the pool pick goes
+ * with it. */
 static void handoff(lane_req_t *lq, int rc) {
-  handoff_t h = {lq, rc};
   cpx_request_t *r = lq->r;
-  lq->reported = 1; /* Lua reports the handle */
+  const cpx_h1_req_t *q = &lq->q;
+  cpx_lane_attempt_t a;
+
+  memset(&a, 0, sizeof(a));
+  a.pick = &lq->pick;
+  a.group = lq->m->group;
+  a.rc = rc;
+  if (rc != 0) {
+    a.err = q->err ? q->err : cpx_strerror(rc);
+  } else {
+    a.status = q->status;
+    a.q = q;
+    if (lq->phase == P_BOOT) {
+      a.first_event = 1;
+      a.event.p = lq->ev_name ? lq->ev_name : "";
+      a.event.n = lq->ev_name_len;
+      a.data.p = lq->ev_data ? lq->ev_data : "";
+      a.data.n = lq->ev_data_len;
+    } else {
+      a.body.p = lq->acc ? lq->acc : "";
+      a.body.n = lq->acc_len;
+    }
+  }
+  lq->reported = 1; /* the host reports the pick */
   lq->handed = 1;   /* and records the request */
   r->handler_data = NULL;
   r->on_abort = NULL;
@@ -363,7 +275,7 @@ static void handoff(lane_req_t *lq, int rc) {
   r->on_shutdown = NULL;
   r->tag = NULL;
   if (r->conn && !r->finished)
-    cpx__lua_start(lq->w, lq->vm, r, push_lane_info, &h);
+    lq->host->handoff(lq->gen, r, &a);
   else
     cpx_pool_report(cpx_pool_global(), lq->pick.state, lq->pick.probe,
                     CPX_POOL_NEUTRAL, 0); /* nobody left to answer */
@@ -654,13 +566,13 @@ static int key_ok(const cpx_lane_t *l, const cpx_request_t *r, int *which) {
 /* The route r's target names, with the model of a model-in-path route
  * (Gemini: /v1beta/models/M:generateContent, or
  * :streamGenerateContent?alt=sse for SSE; any other query stays in Lua). */
-static const lane_route_t *route_find(const cpx_lane_t *l, const char *u,
-                                      size_t n, const char **model,
-                                      size_t *model_len, int *stream) {
+static const cpx_lane_route_t *route_find(const cpx_lane_t *l, const char *u,
+                                          size_t n, const char **model,
+                                          size_t *model_len, int *stream) {
   static const char gen[] = ":generateContent";
   static const char sse[] = ":streamGenerateContent?alt=sse";
   for (size_t i = 0; i < l->nroutes; i++) {
-    const lane_route_t *rt = &l->routes[i];
+    const cpx_lane_route_t *rt = &l->routes[i];
     const char *m, *colon;
     size_t rest;
     if (!rt->model_in_path) {
@@ -692,7 +604,7 @@ static const lane_route_t *route_find(const cpx_lane_t *l, const char *u,
   return NULL;
 }
 
-static long count_text(const char *s, size_t n, const lane_count_t *c) {
+static long count_text(const char *s, size_t n, const cpx_lane_count_t *c) {
   long k = 0;
   const char *end = s + n, *p = s;
   while (p < end && (p = memmem(p, (size_t)(end - p), c->text, c->len))) {
@@ -705,7 +617,7 @@ static long count_text(const char *s, size_t n, const lane_count_t *c) {
 
 /* The request's own checks, as the model's providers declared them
  * (rt.lane): 1 when it may be relayed as written. */
-static int rules_pass(const lane_route_t *rt, const lane_model_t *m,
+static int rules_pass(const cpx_lane_route_t *rt, const cpx_lane_model_t *m,
                       const cpx_request_t *r, const cpx_str_t *vals) {
   const cpx_http_request_t *h = &r->http;
   uint32_t present = 0;
@@ -730,8 +642,9 @@ static int rules_pass(const lane_route_t *rt, const lane_model_t *m,
 
 /* The head's variable part into lq->extra: each slot's header (the
  * client's value, else the account's own line) and Content-Length. */
-static int build_extra(lane_req_t *lq, const lane_target_t *t, size_t clen) {
-  const lane_model_t *m = lq->m;
+static int build_extra(lane_req_t *lq, const cpx_lane_target_t *t,
+                       size_t clen) {
+  const cpx_lane_model_t *m = lq->m;
   size_t need = 48, at = 0, vn;
   const char *v;
   char *o;
@@ -764,14 +677,13 @@ static int build_extra(lane_req_t *lq, const lane_target_t *t, size_t clen) {
   return (int)at;
 }
 
-int cpx_lane_try(cpx_worker_t *w, cpx_request_t *r) {
-  cpx_vm_t *vm = w->vm;
-  cpx_lane_t *l = vm->lane;
+int cpx_lane_serve(cpx_lane_t *l, cpx_h1_pool_t *h1,
+                   const cpx_lane_host_t *host, void *gen, cpx_request_t *r) {
   const cpx_http_request_t *h = &r->http;
-  cpx_str_t vals[FIXED_KEYS + RULE_MEMBERS_MAX];
-  const lane_route_t *rt;
-  const lane_model_t *m;
-  const lane_target_t *t;
+  cpx_str_t vals[CPX_LANE_FIXED_KEYS + CPX_LANE_MEMBERS_MAX];
+  const cpx_lane_route_t *rt;
+  const cpx_lane_model_t *m;
+  const cpx_lane_target_t *t;
   cpx_pool_pick_t pk = {NULL, 0, NULL, 0, -1};
   cpx_pool_choice_t choice;
   lane_req_t *lq;
@@ -779,7 +691,8 @@ int cpx_lane_try(cpx_worker_t *w, cpx_request_t *r) {
   size_t name_len = 0, pre = 0, post = 0;
   int n, key_index = 0, stream = 0;
 
-  if (!h->method || strcmp(h->method, "POST") != 0 || h->upgrade || !h->body)
+  if (!l || !h->method || strcmp(h->method, "POST") != 0 || h->upgrade ||
+      !h->body)
     return 0;
   rt =
       route_find(l, h->buf + h->url_off, h->url_len, &name, &name_len, &stream);
@@ -822,8 +735,8 @@ int cpx_lane_try(cpx_worker_t *w, cpx_request_t *r) {
     return 0;
   }
   lq->r = r;
-  lq->w = w;
-  lq->vm = vm;
+  lq->host = host;
+  lq->gen = gen;
   lq->lane = l;
   l->refs++;
   lq->rt = rt;
@@ -833,7 +746,7 @@ int cpx_lane_try(cpx_worker_t *w, cpx_request_t *r) {
   lq->ttft_ms = -1;
   lq->stream = stream;
   lq->phase = P_WAIT;
-  cpx_vm_ref(vm);
+  host->ref(gen);
   cpx_request_ref(r);
 
   /* head | slots, Content-Length | the body, its "model" value replaced
@@ -874,7 +787,7 @@ int cpx_lane_try(cpx_worker_t *w, cpx_request_t *r) {
   r->on_drain = on_req_drain;
   r->on_shutdown = on_req_shutdown;
   r->tag = "fast";
-  if (cpx_h1_send(&w->h1, &lq->q) != 0) {
+  if (cpx_h1_send(h1, &lq->q) != 0) {
     /* Nothing went out: Lua sends it the usual way. */
     report(lq, CPX_POOL_NEUTRAL);
     r->tag = NULL;
@@ -887,63 +800,44 @@ int cpx_lane_try(cpx_worker_t *w, cpx_request_t *r) {
 
 /* ---- request records ---------------------------------------------------- */
 
-/* One finished request, as rt.record.lane reads it. Owned by the worker's
- * list until delivered. */
-typedef struct lane_rec_s {
-  struct lane_rec_s *next;
-  char *model;
-  char *endpoint; /* the path, without the query */
-  char rid[9];
-  int fmt, member, key_index, status, stream, aborted;
-  int gap; /* bytes were relayed between head and tail */
-  double time, latency_ms, ttft_ms;
-  size_t head_len, tail_len;
-  char bytes[]; /* head_len bytes of the head, then tail_len of the tail */
-} lane_rec_t;
-
 static _Atomic uint64_t records_dropped;
 
 uint64_t cpx_lane_records_dropped(void) {
   return records_dropped;
 }
 
-static void on_record_idle(uv_idle_t *h);
+void cpx_lane_record_free(cpx_lane_record_t *rec) {
+  if (!rec)
+    return;
+  free(rec->model);
+  free(rec->endpoint);
+  free(rec);
+}
 
+/* The record of a request the relay answered, to the host. */
 static void record_push(lane_req_t *lq) {
-  cpx_worker_t *w = lq->w;
   cpx_request_t *r = lq->r;
-  lane_rec_t *rec;
+  cpx_lane_record_t *rec;
   uint64_t now = uv_hrtime();
   struct timespec ts;
+  const char *u = r->http.buf + r->http.url_off;
+  const char *q = memchr(u, '?', r->http.url_len);
+  size_t un = q ? (size_t)(q - u) : r->http.url_len;
 
-  /* After cpx_lane_records_close (shutdown) nobody delivers records. */
-  if (!w || !lq->m || !w->record_idle.data)
+  if (!lq->m)
     return;
-  if (w->nrecords >= RECORDS_MAX) {
-    records_dropped++;
-    return;
-  }
-  rec = malloc(sizeof(*rec) + lq->head_len + lq->tail_len);
-  if (!rec) {
-    records_dropped++;
-    return;
-  }
-  {
-    const char *u = r->http.buf + r->http.url_off;
-    const char *q = memchr(u, '?', r->http.url_len);
-    size_t un = q ? (size_t)(q - u) : r->http.url_len;
+  rec = calloc(1, sizeof(*rec) + lq->head_len + lq->tail_len);
+  if (rec) {
     rec->model = malloc(lq->m->name_len + 1);
     rec->endpoint = malloc(un + 1);
-    if (!rec->model || !rec->endpoint) {
-      free(rec->model);
-      free(rec->endpoint);
-      free(rec);
-      records_dropped++;
-      return;
-    }
-    memcpy(rec->endpoint, u, un);
-    rec->endpoint[un] = '\0';
   }
+  if (!rec || !rec->model || !rec->endpoint) {
+    cpx_lane_record_free(rec);
+    records_dropped++;
+    return;
+  }
+  memcpy(rec->endpoint, u, un);
+  rec->endpoint[un] = '\0';
   memcpy(rec->model, lq->m->name, lq->m->name_len);
   rec->model[lq->m->name_len] = '\0';
   memcpy(rec->rid, r->rid, sizeof(rec->rid));
@@ -962,491 +856,8 @@ static void record_push(lane_req_t *lq) {
   rec->gap = lq->relayed > lq->head_len + lq->tail_len;
   memcpy(rec->bytes, lq->head, lq->head_len);
   memcpy(rec->bytes + lq->head_len, lq->tail, lq->tail_len);
-  rec->next = w->records;
-  w->records = rec;
-  if (w->nrecords++ == 0)
-    uv_idle_start(&w->record_idle, on_record_idle);
-}
-
-static void records_free(lane_rec_t *rec) {
-  while (rec) {
-    lane_rec_t *next = rec->next;
-    free(rec->model);
-    free(rec->endpoint);
-    free(rec);
-    rec = next;
+  if (lq->host->record(lq->gen, rec) != 0) {
+    cpx_lane_record_free(rec);
+    records_dropped++;
   }
-}
-
-/* Pushes the list (oldest first) as rt.record.lane's input. */
-static void push_records(lua_State *L, lane_rec_t *list, size_t n) {
-  lane_rec_t *rev = NULL;
-  int i = 0;
-  while (list) { /* the list is newest first */
-    lane_rec_t *next = list->next;
-    list->next = rev;
-    rev = list;
-    list = next;
-  }
-  lua_createtable(L, (int)n, 0);
-  for (lane_rec_t *rec = rev; rec; rec = rec->next) {
-    lua_createtable(L, 0, 16);
-    lua_pushstring(L, rec->model);
-    lua_setfield(L, -2, "model");
-    lua_pushstring(L, rec->rid);
-    lua_setfield(L, -2, "request_id");
-    lua_pushinteger(L, rec->member);
-    lua_setfield(L, -2, "member");
-    lua_pushinteger(L, rec->key_index);
-    lua_setfield(L, -2, "key_index");
-    lua_pushinteger(L, rec->status);
-    lua_setfield(L, -2, "status");
-    lua_pushboolean(L, rec->stream);
-    lua_setfield(L, -2, "stream");
-    lua_pushboolean(L, rec->aborted);
-    lua_setfield(L, -2, "aborted");
-    lua_pushnumber(L, rec->time);
-    lua_setfield(L, -2, "time");
-    lua_pushnumber(L, rec->latency_ms);
-    lua_setfield(L, -2, "latency_ms");
-    if (rec->ttft_ms >= 0) {
-      lua_pushnumber(L, rec->ttft_ms);
-      lua_setfield(L, -2, "ttft_ms");
-    }
-    lua_pushstring(L, cpx_fmt_name(rec->fmt));
-    lua_setfield(L, -2, "format");
-    lua_pushstring(L, rec->endpoint);
-    lua_setfield(L, -2, "endpoint");
-    lua_pushlstring(L, rec->bytes, rec->head_len);
-    lua_setfield(L, -2, "head");
-    lua_pushlstring(L, rec->bytes + rec->head_len, rec->tail_len);
-    lua_setfield(L, -2, "tail");
-    lua_pushboolean(L, rec->gap);
-    lua_setfield(L, -2, "gap");
-    lua_rawseti(L, -2, ++i);
-  }
-  records_free(rev);
-}
-
-static int traceback_fn(lua_State *L) {
-  luaL_traceback(L, L, lua_tostring(L, 1), 1);
-  return 1;
-}
-
-/* After the loop iteration: the whole list in one call to Lua. */
-static void on_record_idle(uv_idle_t *h) {
-  cpx_worker_t *w = h->data;
-  lane_rec_t *list = w->records;
-  size_t n = w->nrecords;
-  cpx_vm_t *vm = w->vm;
-  lua_State *L;
-  int top;
-
-  uv_idle_stop(h);
-  w->records = NULL;
-  w->nrecords = 0;
-  if (!vm) {
-    records_free(list);
-    return;
-  }
-  L = vm->L;
-  top = lua_gettop(L);
-  vm->host++;
-  lua_pushcfunction(L, traceback_fn);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, vm->app_ref);
-  lua_getfield(L, -1, "lane_records");
-  lua_remove(L, -2);
-  if (!lua_isfunction(L, -1)) {
-    vm->host--;
-    records_free(list);
-    lua_settop(L, top);
-    return;
-  }
-  push_records(L, list, n);
-  vm->host--;
-  if (lua_pcall(L, 1, 0, top + 1) != 0)
-    cpx_log_error(NULL, "lane records: %s", lua_tostring(L, -1));
-  lua_settop(L, top);
-}
-
-void cpx_lane_records_init(cpx_worker_t *w) {
-  uv_idle_init(w->loop, &w->record_idle);
-  w->record_idle.data = w;
-  w->records = NULL;
-  w->nrecords = 0;
-}
-
-static void record_idle_closed(uv_handle_t *h) {
-  CPX_UNUSED(h);
-}
-
-void cpx_lane_records_close(cpx_worker_t *w) {
-  /* What was not delivered yet goes to Lua now (the VM is still there). */
-  if (w->nrecords)
-    on_record_idle(&w->record_idle);
-  w->record_idle.data = NULL; /* closed: record_push drops from now on */
-  uv_close((uv_handle_t *)&w->record_idle, record_idle_closed);
-}
-
-/* ---- cpx.lane ----------------------------------------------------------- */
-
-/* Copies the string at the top of the stack into a new C string (and pops
- * it); NULL when it is not a string, with *bad set to what. */
-static char *pop_str(lua_State *L, size_t *len, const char **bad,
-                     const char *what) {
-  size_t n;
-  const char *s =
-      lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &n) : NULL;
-  char *out = NULL;
-  if (s && (out = malloc(n + 1))) {
-    memcpy(out, s, n);
-    out[n] = 0;
-    if (len)
-      *len = n;
-  } else if (!*bad) {
-    *bad = what;
-  }
-  lua_pop(L, 1);
-  return out;
-}
-
-static char *field_str(lua_State *L, int idx, const char *k, size_t *len,
-                       const char **bad) {
-  lua_getfield(L, idx, k);
-  return pop_str(L, len, bad, k);
-}
-
-static cpx_vm_t *current_vm(lua_State *L) {
-  cpx_vm_t *vm;
-  lua_getfield(L, LUA_REGISTRYINDEX, "cpx.vm");
-  vm = lua_touserdata(L, -1);
-  lua_pop(L, 1);
-  return vm;
-}
-
-/* The length of the list at idx (0 when absent or not a table). */
-static size_t list_len(lua_State *L, int idx) {
-  return lua_istable(L, idx) ? lua_objlen(L, idx) : 0;
-}
-
-/* A list of member indexes (1-based into the route's members) -> mask. */
-static uint32_t member_mask(lua_State *L, int idx, size_t nmembers,
-                            const char **bad, const char *what) {
-  uint32_t mask = 0;
-  size_t n = list_len(L, idx);
-  for (size_t i = 0; i < n; i++) {
-    lua_Integer k;
-    lua_rawgeti(L, idx, (int)i + 1);
-    k = lua_tointeger(L, -1);
-    lua_pop(L, 1);
-    if (k < 1 || (size_t)k > nmembers) {
-      if (!*bad)
-        *bad = what;
-      return 0;
-    }
-    mask |= 1u << (k - 1);
-  }
-  return mask;
-}
-
-static const char *build_target(lua_State *L, int ti, lane_route_t *rt,
-                                lane_model_t *m, lane_target_t *t) {
-  const char *bad = NULL;
-  t->host = field_str(L, ti, "host", NULL, &bad);
-  lua_getfield(L, ti, "port");
-  t->port = (int)lua_tointeger(L, -1);
-  if (t->port <= 0 || t->port > 65535)
-    bad = bad ? bad : "port";
-  lua_pop(L, 1);
-  t->head = field_str(L, ti, "head", &t->head_len, &bad);
-  t->head_stream = field_str(L, ti, "head_stream", &t->head_stream_len, &bad);
-  if (!rt->model_in_path)
-    t->model = field_str(L, ti, "model", &t->model_len, &bad);
-  t->slot_lines = calloc(m->nslots ? m->nslots : 1, sizeof(cpx_str_t));
-  if (!t->slot_lines)
-    return "slot_lines";
-  lua_getfield(L, ti, "slot_lines");
-  for (size_t k = 0; k < m->nslots && !bad; k++) {
-    size_t len = 0;
-    lua_rawgeti(L, -1, (int)k + 1);
-    t->slot_lines[k].p = pop_str(L, &len, &bad, "slot_lines");
-    t->slot_lines[k].n = len;
-  }
-  lua_pop(L, 1);
-  return bad;
-}
-
-static const char *build_model(lua_State *L, int mi, lane_route_t *rt,
-                               lane_model_t *m) {
-  const char *bad = NULL;
-  size_t n, nm = rt->nkeys - rt->nfixed;
-
-  m->name = field_str(L, mi, "name", &m->name_len, &bad);
-  m->group = field_str(L, mi, "group", NULL, &bad);
-  if (bad)
-    return bad;
-
-  lua_getfield(L, mi, "require");
-  m->require = member_mask(L, lua_gettop(L), nm, &bad, "require");
-  lua_pop(L, 1);
-
-  lua_getfield(L, mi, "unless");
-  n = list_len(L, -1);
-  m->unless = calloc(n ? n : 1, sizeof(uint32_t));
-  if (!m->unless)
-    bad = "unless";
-  for (size_t i = 0; i < n && !bad; i++) {
-    lua_rawgeti(L, -1, (int)i + 1);
-    m->unless[i] = member_mask(L, lua_gettop(L), nm, &bad, "unless");
-    lua_pop(L, 1);
-    m->nunless = i + 1;
-    if (!m->unless[i])
-      bad = "unless";
-  }
-  lua_pop(L, 1);
-
-  lua_getfield(L, mi, "at_most");
-  n = list_len(L, -1);
-  m->at_most = calloc(n ? n : 1, sizeof(lane_count_t));
-  if (!m->at_most)
-    bad = bad ? bad : "at_most";
-  for (size_t i = 0; i < n && !bad; i++) {
-    int ci;
-    lua_rawgeti(L, -1, (int)i + 1);
-    ci = lua_gettop(L);
-    m->nat_most = i + 1;
-    m->at_most[i].text = field_str(L, ci, "text", &m->at_most[i].len, &bad);
-    lua_getfield(L, ci, "max");
-    m->at_most[i].max = (long)lua_tointeger(L, -1);
-    lua_pop(L, 2);
-    if (!bad && m->at_most[i].len == 0)
-      bad = "at_most";
-  }
-  lua_pop(L, 1);
-
-  lua_getfield(L, mi, "lua_headers");
-  n = list_len(L, -1);
-  m->lua_headers = calloc(n ? n : 1, sizeof(char *));
-  if (!m->lua_headers)
-    bad = bad ? bad : "lua_headers";
-  for (size_t i = 0; i < n && !bad; i++) {
-    lua_rawgeti(L, -1, (int)i + 1);
-    m->lua_headers[i] = pop_str(L, NULL, &bad, "lua_headers");
-    m->nlua_headers = i + 1;
-  }
-  lua_pop(L, 1);
-
-  lua_getfield(L, mi, "slots");
-  n = list_len(L, -1);
-  m->slots = calloc(n ? n : 1, sizeof(lane_slot_t));
-  if (!m->slots)
-    bad = bad ? bad : "slots";
-  for (size_t i = 0; i < n && !bad; i++) {
-    int si;
-    lua_rawgeti(L, -1, (int)i + 1);
-    si = lua_gettop(L);
-    m->nslots = i + 1;
-    m->slots[i].client = field_str(L, si, "client", NULL, &bad);
-    m->slots[i].prefix =
-        field_str(L, si, "prefix", &m->slots[i].prefix_len, &bad);
-    lua_pop(L, 1);
-  }
-  lua_pop(L, 1);
-  if (bad)
-    return bad;
-
-  lua_getfield(L, mi, "targets");
-  n = list_len(L, -1);
-  m->targets = calloc(n ? n : 1, sizeof(lane_target_t));
-  if (!m->targets || !lua_istable(L, -1))
-    bad = "targets";
-  for (size_t j = 0; j < n && !bad; j++) {
-    int ti;
-    lua_rawgeti(L, -1, (int)j + 1);
-    ti = lua_gettop(L);
-    if (!lua_istable(L, ti)) {
-      bad = "targets[j]";
-      break;
-    }
-    m->ntargets = j + 1;
-    bad = build_target(L, ti, rt, m, &m->targets[j]);
-    lua_settop(L, ti - 1);
-  }
-  lua_pop(L, 1);
-  return bad;
-}
-
-static const char *build_route(lua_State *L, int ri, lane_route_t *rt) {
-  const char *bad = NULL, *fmt;
-  size_t n, fn;
-
-  rt->path = field_str(L, ri, "path", &rt->path_len, &bad);
-  lua_getfield(L, ri, "format");
-  fmt = lua_tolstring(L, -1, &fn);
-  rt->fmt = fmt ? cpx_fmt_parse(fmt, fn) : -1;
-  lua_pop(L, 1);
-  if (rt->fmt < 0)
-    return "format";
-  lua_getfield(L, ri, "model_in_path");
-  rt->model_in_path = lua_toboolean(L, -1);
-  lua_pop(L, 1);
-  if (bad)
-    return bad;
-
-  lua_getfield(L, ri, "members");
-  n = list_len(L, -1);
-  if (n > RULE_MEMBERS_MAX)
-    return "members";
-  rt->nfixed = rt->model_in_path ? 0 : FIXED_KEYS;
-  rt->keys = calloc(rt->nfixed + n + 1, sizeof(cpx_str_t));
-  if (!rt->keys)
-    return "members";
-  if (!rt->model_in_path) {
-    rt->keys[0].p = "model";
-    rt->keys[0].n = 5;
-    rt->keys[1].p = "stream";
-    rt->keys[1].n = 6;
-  }
-  rt->nkeys = rt->nfixed;
-  for (size_t i = 0; i < n && !bad; i++) {
-    size_t len = 0;
-    lua_rawgeti(L, -1, (int)i + 1);
-    rt->keys[rt->nfixed + i].p = pop_str(L, &len, &bad, "members");
-    rt->keys[rt->nfixed + i].n = len;
-    rt->nkeys++;
-  }
-  lua_pop(L, 1);
-  if (bad)
-    return bad;
-
-  lua_getfield(L, ri, "models");
-  n = list_len(L, -1);
-  if (!lua_istable(L, -1))
-    bad = "models";
-  rt->models = calloc(n ? n : 1, sizeof(lane_model_t));
-  if (!rt->models)
-    bad = "models";
-  for (size_t i = 0; i < n && !bad; i++) {
-    int mi;
-    lua_rawgeti(L, -1, (int)i + 1);
-    mi = lua_gettop(L);
-    if (!lua_istable(L, mi)) {
-      bad = "models[i]";
-      break;
-    }
-    rt->nmodels = i + 1;
-    bad = build_model(L, mi, rt, &rt->models[i]);
-    lua_settop(L, mi - 1);
-  }
-  lua_pop(L, 1);
-  if (!bad)
-    qsort(rt->models, rt->nmodels, sizeof(lane_model_t), model_cmp);
-  return bad;
-}
-
-/* Builds the table at index 1 into l (zeroed). Returns NULL or the name of
- * the first field that is missing or malformed (or out of memory). Never
- * raises: what was built stays in l for cpx_lane_free. */
-static const char *build(lua_State *L, cpx_lane_t *l) {
-  const char *bad = NULL;
-  size_t n;
-  int top = lua_gettop(L);
-
-  lua_getfield(L, 1, "store_version");
-  if (lua_type(L, -1) == LUA_TNUMBER) {
-    l->check_store = 1;
-    l->store_version = (uint64_t)lua_tonumber(L, -1);
-  }
-  lua_pop(L, 1);
-
-  lua_getfield(L, 1, "keys");
-  n = list_len(L, -1);
-  if (n) {
-    l->keys = calloc(n, sizeof(char *));
-    l->key_lens = calloc(n, sizeof(size_t));
-    if (!l->keys || !l->key_lens)
-      bad = "keys";
-    for (size_t i = 0; i < n && !bad; i++) {
-      lua_rawgeti(L, -1, (int)i + 1);
-      l->keys[i] = pop_str(L, &l->key_lens[i], &bad, "keys");
-      l->nkeys = i + 1;
-    }
-  }
-  lua_pop(L, 1);
-
-  lua_getfield(L, 1, "routes");
-  n = list_len(L, -1);
-  if (!lua_istable(L, -1))
-    bad = bad ? bad : "routes";
-  l->routes = calloc(n ? n : 1, sizeof(lane_route_t));
-  if (!l->routes)
-    bad = "routes";
-  for (size_t i = 0; i < n && !bad; i++) {
-    int ri;
-    lua_rawgeti(L, -1, (int)i + 1);
-    ri = lua_gettop(L);
-    if (!lua_istable(L, ri)) {
-      bad = "routes[i]";
-      break;
-    }
-    l->nroutes = i + 1;
-    bad = build_route(L, ri, &l->routes[i]);
-    lua_settop(L, ri - 1);
-  }
-  lua_settop(L, top);
-  return bad;
-}
-
-/* cpx.lane.configure(t | nil) -> true | false, why
- *   t = { keys = {..}, store_version = n|nil,
- *         routes = { { format, path, model_in_path, members = {..},
- *                      models = { { name, group, require = {i..},
- *                                   unless = { {i..}.. }, at_most = {
- *                                   {text, max}.. }, lua_headers = {..},
- *                                   slots = { {client, prefix}.. },
- *                                   targets = { { host, port, head,
- *                                   head_stream, model, slot_lines } } } } } }
- * } (rt.lane documents each field.) Replaces the generation's table; nil turns
- * the relay off. Outside a server worker (cliproxy check, the busted module) it
- * does nothing. */
-static int l_configure(lua_State *L) {
-  cpx_vm_t *vm = current_vm(L);
-  cpx_lane_t *l;
-  const char *bad;
-
-  if (!vm || !vm->worker) {
-    lua_pushboolean(L, 0);
-    lua_pushliteral(L, "no worker");
-    return 2;
-  }
-  if (lua_isnoneornil(L, 1)) {
-    cpx_lane_free(vm->lane);
-    vm->lane = NULL;
-    lua_pushboolean(L, 1);
-    return 1;
-  }
-  luaL_checktype(L, 1, LUA_TTABLE);
-  l = calloc(1, sizeof(*l));
-  if (!l)
-    return luaL_error(L, "out of memory");
-  l->refs = 1;
-  bad = build(L, l);
-  if (bad) {
-    cpx_lane_free(l);
-    lua_pushboolean(L, 0);
-    lua_pushfstring(L, "cpx.lane.configure: field '%s' is missing or invalid",
-                    bad);
-    return 2;
-  }
-  cpx_lane_free(vm->lane);
-  vm->lane = l;
-  lua_pushboolean(L, 1);
-  return 1;
-}
-
-void cpx_lane_lua_register(lua_State *L) {
-  lua_createtable(L, 0, 1);
-  lua_pushcfunction(L, l_configure);
-  lua_setfield(L, -2, "configure");
-  lua_setfield(L, -2, "lane");
 }
