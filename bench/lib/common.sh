@@ -145,12 +145,13 @@ bench_options() {
 
 # bench_init NAME: a temporary directory ($TMP, removed on exit) and the
 # clean-up of every server the script starts: nginx pids in NGINX_PIDS (QUIT),
-# cliproxy in CPX_PID (TERM), all of them in PIDS (waited for, then KILL).
+# cliproxy in CPX_PID and CPX_PIDS (TERM), all of them in PIDS (waited for,
+# then KILL).
 # ON_CPU0/ON_CPU1 are command prefixes pinning to a CPU when PIN=1 (prefixes,
 # not functions, so that $! is the server's own pid).
 bench_init() {
   TMP=$(mktemp -d "${TMPDIR:-/tmp}/$1.XXXXXX")
-  PIDS=(); NGINX_PIDS=(); CPX_PID=""
+  PIDS=(); NGINX_PIDS=(); CPX_PID=""; CPX_PIDS=()
   trap bench_cleanup EXIT
   trap 'exit 130' INT TERM
   ON_CPU0=(); ON_CPU1=()
@@ -162,6 +163,7 @@ bench_cleanup() {
   local pid i
   for pid in "${NGINX_PIDS[@]}"; do kill -QUIT "$pid" 2>/dev/null || true; done
   [ -n "$CPX_PID" ] && kill -TERM "$CPX_PID" 2>/dev/null || true
+  for pid in "${CPX_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${PIDS[@]}"; do
     for i in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$pid" 2>/dev/null || true

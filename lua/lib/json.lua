@@ -24,7 +24,38 @@ local _M = {
   peek = cjson.peek,
   set_string = cjson.set_string,
   has = cjson.has,
+  -- top-level reads and edits without a decode (codex's raw_fixup)
+  top = cjson.top,
+  edit = cjson.edit,
+  -- spans (docs/lua-api.md): decode(s, spec) leaves the containers at the
+  -- spec's paths as their bytes; raw(text) makes one from a JSON text
+  spec = cjson.spec,
+  raw = cjson.raw,
+  span_mt = cjson.span_mt,
 }
+
+local decode = cjson.decode
+local span_mt = cjson.span_mt
+
+-- true when v is a span (a carried subtree kept as its bytes)
+function _M.is_span(v)
+  return type(v) == "table" and getmetatable(v) == span_mt
+end
+
+-- The bytes of span v (compact JSON), nil for anything else.
+function _M.span_text(v)
+  if type(v) == "table" and getmetatable(v) == span_mt then return raw_text[v] end
+  return nil
+end
+
+-- v itself, or for a span its decoded value: what a translator calls
+-- before it looks inside a subtree its codec declared carried.
+function _M.materialize(v)
+  if type(v) == "table" and getmetatable(v) == span_mt then
+    return decode(raw_text[v])
+  end
+  return v
+end
 
 -- Marks t (or a new table) as a JSON array.
 function _M.array(t)

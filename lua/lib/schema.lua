@@ -189,6 +189,8 @@ end
 
 -- Returns a Gemini-acceptable copy of a JSON schema.
 function _M.clean_for_gemini(schema)
+  -- a carried schema (a span) is looked inside here: decode it
+  schema = json.materialize(schema)
   if schema == nil or schema == null then
     return { type = "object", properties = {} }
   end

@@ -7,6 +7,8 @@
 -- reaches into them (it may still grow: "sk-ab" then "cdef"). What is held
 -- goes out, redacted, before the block's block_stop (or the stream's finish
 -- or error). A cut never splits a UTF-8 character.
+local json = require("lib.json")
+
 local type = type
 local pairs = pairs
 local ipairs = ipairs
@@ -57,7 +59,13 @@ local function walk(conf, t, depth)
       if type(v) == "string" then
         t[k] = redact(conf, v)
       elseif type(v) == "table" then
-        walk(conf, v, depth + 1)
+        -- a carried subtree (a span: tool input / args kept as bytes) is
+        -- looked inside here, so it is decoded first
+        if json.is_span(v) then
+          v = json.materialize(v)
+          t[k] = v
+        end
+        if type(v) == "table" then walk(conf, v, depth + 1) end
       end
     end
   end

@@ -16,6 +16,7 @@ local util = require("lib.provider_util")
 
 local type = type
 local ipairs = ipairs
+local pairs = pairs
 local concat = table.concat
 local lower = string.lower
 
@@ -143,6 +144,40 @@ function _M.fixup(body, ctx)
     end
   end
   return body
+end
+
+-- The top-level members fixup reads or writes: what raw_fixup hands it.
+local FIX_KEYS = { "model", "stream", "user", "service_tier", "store", "instructions", "include",
+                   "parallel_tool_calls", "reasoning", "prompt_cache_key" }
+for _, k in ipairs(DROP) do
+  local seen = false
+  for _, f in ipairs(FIX_KEYS) do if f == k then seen = true end end
+  if not seen then FIX_KEYS[#FIX_KEYS + 1] = k end
+end
+
+-- fixup on the client's own bytes (a Responses client): the members
+-- fixup looks at are decoded alone (json.top), fixup runs on them, and the
+-- result is written back with json.edit, so the rest of a 78 KB body
+-- (input, tools) is copied, never decoded. Returns the upstream bytes, or
+-- nil (and the reason) when the table path must do it (an escaped key).
+-- `set` are the members the pipeline sets on any body (model, stream).
+function _M.raw_fixup(raw, ctx, set)
+  local view, err = json.top(raw, FIX_KEYS)
+  if not view then return nil, err end
+  local orig = {}
+  for k, v in pairs(view) do orig[k] = v end
+  for k, v in pairs(set or {}) do view[k] = v end
+  view = _M.fixup(view, ctx) or view
+  -- only what changed is written (fixup replaces tables, never edits
+  -- them), so an unchanged member keeps its bytes, escapes included
+  local put, drop = {}, {}
+  for k, v in pairs(view) do
+    if v ~= orig[k] then put[k] = v end
+  end
+  for k in pairs(orig) do
+    if view[k] == nil then drop[#drop + 1] = k end
+  end
+  return json.edit(raw, put, drop)
 end
 
 local function header_default(ctx, name)

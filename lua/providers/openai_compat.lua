@@ -9,7 +9,8 @@ local _M = {
   format = "openai_chat",
   user_agent = "cli-proxy-openai-compat",
   -- prepare() depends only on the account and the body goes as written:
-  -- plain-http entries are served by the C relay (rt.lane).
+  -- http and https entries without a proxy are served by the C relay
+  -- (rt.lane).
   relay = {},
 }
 

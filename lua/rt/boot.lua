@@ -15,7 +15,7 @@ local format = string.format
 local _M = {}
 
 local PROVIDERS = { "openai_compat", "claude", "gemini", "codex", "vertex", "gemini_cli", "antigravity", "qwen",
-                    "iflow" }
+                    "iflow", "vertex_sa" }
 local FORMATS = { openai_chat = true, openai_responses = true, claude = true, gemini = true }
 
 -- A provider declares its contract as data; errors name file and field.
@@ -28,6 +28,7 @@ local PROVIDER_FIELDS = {
   { "classify", "function" },
   { "fixup", "function" },
   { "raw_ok", "function" },
+  { "raw_fixup", "function" },
   { "response_fixup", "function" },
   { "stream_fixup", "function" },
   { "error_status", "function" },
@@ -120,6 +121,12 @@ _M.check_provider = check_provider
 -- init_worker(conf) for its own. Errors are logged, never fatal.
 function _M.init_worker(app)
   require("rt.refresh").init_worker(app)
+  -- device logins (Qwen) started from the management API keep polling
+  local okm, moauth = pcall(require, "rt.mgmt.oauth")
+  if okm then
+    local ok, err = xpcall(moauth.init_worker, cpx.traceback, app)
+    if not ok then cpx.log("error", "rt.mgmt.oauth: init_worker: " .. tostring(err)) end
+  end
   for _, en in ipairs(app.middleware.list or {}) do
     local fn = en.module.init_worker
     if fn then
@@ -171,12 +178,14 @@ function _M.start(doc, lines, path)
   local mok, mgerr = require("rt.management").init(app)
   if not mok then return nil, mgerr end
   require("rt.lane").sync(app)
-  -- The request record's subscribers (rt.record): usage store, metrics.
+  -- The request record's subscribers (rt.record): usage store, metrics,
+  -- traces, request logs, the access log.
   local record = require("rt.record")
   require("rt.usage").configure(app)
   require("rt.metrics").configure(app)
   require("rt.otel").configure(app)
   require("rt.reqlog").configure(app)
+  require("rt.access_log").configure(app)
   local banner = require("rt.banner")
   local doctor = require("rt.doctor")
   return { config = cfg, handle = server.handle,

@@ -63,7 +63,8 @@ _M.iflow = {
 
 -- provider module -> catalog key
 _M.by_provider = { claude = "claude", codex = "codex", gemini = "gemini", vertex = "gemini",
-                   gemini_cli = "gemini", antigravity = "gemini", qwen = "qwen", iflow = "iflow" }
+                   gemini_cli = "gemini", antigravity = "gemini", qwen = "qwen", iflow = "iflow",
+                   vertex_sa = "gemini" }
 
 local index
 -- The catalog entry of a model id, or nil.

@@ -1,32 +1,29 @@
 -- rt.config: validates config.yaml (CLIProxyAPI's keys plus cliproxy's own)
--- against a schema written as data, fills defaults, and names file, line
--- and key in every error.
+-- against a schema written as data (checked by rt.validate, the validator
+-- middleware settings also use), fills defaults, and names file, line and
+-- key in every error.
 local cpx = require("cpx")
+local validate = require("rt.validate")
 
-local type = type
 local pairs = pairs
 local ipairs = ipairs
-local tostring = tostring
-local concat = table.concat
-local sort = table.sort
-local floor = math.floor
+local setmetatable = setmetatable
 local format = string.format
 
-local null = cpx.json.null
 local array_mt = cpx.json.array_mt
 
 local _M = {}
 
--- field kinds: string, integer, number, boolean, list, map (fields = {...}),
--- dict (string keys, values = spec), any (accepted, not checked); a map
--- with optional = true stays nil when absent instead of becoming {}
+-- The field specs are rt.validate's (record: fixed fields; map: string
+-- keys). Absent, a list is empty and a record has its fields' defaults
+-- (unless optional = true: a cloak block's presence means something).
 local function str(d) return { type = "string", default = d } end
 local function int(d, min, max) return { type = "integer", default = d, min = min, max = max } end
 local function num(d, min, max) return { type = "number", default = d, min = min, max = max } end
 local function bool(d) return { type = "boolean", default = d } end
-local function list(items) return { type = "list", items = items } end
-local function map(fields) return { type = "map", fields = fields } end
-local function dict(values) return { type = "dict", values = values } end
+local function list(items) return { type = "list", items = items, default = setmetatable({}, array_mt) } end
+local function map(fields) return { type = "record", fields = fields, default = {} } end
+local function dict(values) return { type = "map", values = values } end
 local ANY = { type = "any" }
 
 local url = { type = "string", check = function(v)
@@ -74,7 +71,7 @@ local key_entry = map({
   ["disable-cooling"] = bool(),
   ["request-retry"] = int(nil, 0, 100),
   websockets = bool(),
-  cloak = { type = "map", fields = cloak.fields, optional = true },
+  cloak = { type = "record", fields = cloak.fields, optional = true },
   ["experimental-cch-signing"] = bool(),
 })
 
@@ -105,6 +102,9 @@ local schema = map({
   ["request-log"] = bool(false),
   ["usage-statistics-enabled"] = bool(false),
   ["proxy-url"] = proxy_url,
+  -- PEM file of the CAs upstream servers are checked against instead of the
+  -- system store (a local or corporate CA); read at start (cpx_h1, libcurl)
+  ["upstream-ca-file"] = str(""),
   ["force-model-prefix"] = bool(false),
   ["passthrough-headers"] = bool(false),
   ["fast-path"] = bool(true),
@@ -156,7 +156,33 @@ local schema = map({
     ["proxy-url"] = proxy_url,
     ["request-retry"] = int(nil, 0, 100),
   })),
-  ampcode = ANY,
+  -- Amp CLI's settings (CLIProxyAPI v6): kept, validated and edited over
+  -- the management API; cliproxy does not serve Amp's own routes
+  -- (docs/management.md says why).
+  -- the top-level spellings before v6 (migrated into ampcode below)
+  ["amp-upstream-url"] = url,
+  ["amp-upstream-api-key"] = str(),
+  ["amp-restrict-management-to-localhost"] = bool(),
+  ["amp-model-mappings"] = list(map({
+    from = { type = "string", required = true },
+    to = { type = "string", required = true },
+    regex = bool(false),
+  })),
+  ampcode = map({
+    ["upstream-url"] = url,
+    ["upstream-api-key"] = str(""),
+    ["upstream-api-keys"] = list(map({
+      ["upstream-api-key"] = { type = "string", required = true },
+      ["api-keys"] = list(str()),
+    })),
+    ["restrict-management-to-localhost"] = bool(false),
+    ["model-mappings"] = list(map({
+      from = { type = "string", required = true },
+      to = { type = "string", required = true },
+      regex = bool(false),
+    })),
+    ["force-model-mappings"] = bool(false),
+  }),
   ["oauth-model-alias"] = dict(list(map({ name = str(), alias = str(), fork = bool() }))),
   ["oauth-excluded-models"] = dict(excluded),
   -- cliproxy: where each OAuth provider's login, refresh and inference go
@@ -169,6 +195,9 @@ local schema = map({
     ["userinfo-url"] = url, ["projects-url"] = url, ["service-usage-url"] = url, ["api-base-urls"] = list(url),
     -- iFlow: userinfo-url is its API-key lookup; the cookie login's key endpoint
     ["api-key-url"] = url,
+    -- the fixed callback port of a code login (its redirect_uri, the
+    -- `cliproxy login` listener and the is_webui forwarder)
+    ["callback-port"] = int(nil, 1, 65535),
   })),
   -- cliproxy: the refresh engine of OAuth accounts (rt.refresh)
   ["oauth-refresh"] = map({
@@ -229,103 +258,26 @@ local schema = map({
   }),
 })
 
+-- config.yaml's strings take a YAML number or boolean as its text
+-- (`api-key: 12345`), as CLIProxyAPI's YAML decoding does: the one place
+-- rt.validate is told to coerce.
+local function coerce_strings(spec, seen)
+  if seen[spec] then return end
+  seen[spec] = true
+  if spec.type == "string" then spec.coerce = true end
+  if spec.items then coerce_strings(spec.items, seen) end
+  if spec.values then coerce_strings(spec.values, seen) end
+  for _, f in pairs(spec.fields or {}) do coerce_strings(f, seen) end
+end
+coerce_strings(schema, {})
+
 _M.schema = schema
-
-local function describe(v)
-  if v == null then return "null" end
-  local t = type(v)
-  if t == "string" then return format("string %q", #v > 40 and v:sub(1, 40) .. "..." or v) end
-  if t == "table" then return getmetatable(v) == array_mt and "a list" or "a mapping" end
-  return t .. " " .. tostring(v)
-end
-
--- Validates v against spec at key path `path`; returns the normalized value
--- or nil, err. `lines` maps paths to line numbers.
-local function check(spec, v, path, st)
-  local function fail(msg)
-    local line = st.lines[path]
-    local where = st.file .. (line and (":" .. line) or "")
-    return nil, format("%s: %s: %s", where, path ~= "" and path or "(top)", msg)
-  end
-  if v == nil or v == null then
-    if spec.required then return fail("is required") end
-    if spec.type == "list" then return setmetatable({}, array_mt) end
-    -- An optional map stays absent (its presence means something: a
-    -- claude-api-key entry with a cloak block is cloaked).
-    if spec.type == "map" and not spec.optional then v = {} else return spec.default end
-  end
-  local t = spec.type
-  if t == "any" then return v end
-  if t == "string" then
-    if type(v) == "number" or type(v) == "boolean" then v = tostring(v) end
-    if type(v) ~= "string" then return fail("expected a string, got " .. describe(v)) end
-    if spec.enum then
-      local ok = false
-      for _, e in ipairs(spec.enum) do if e == v then ok = true end end
-      if not ok then return fail(format("expected one of %s, got %q", concat(spec.enum, ", "), v)) end
-    end
-  elseif t == "integer" or t == "number" then
-    if type(v) ~= "number" then
-      return fail("expected " .. (t == "integer" and "an integer" or "a number") .. ", got " .. describe(v))
-    end
-    if t == "integer" and v ~= floor(v) then return fail("expected an integer, got " .. tostring(v)) end
-    if spec.min and v < spec.min then return fail(format("must be at least %s, got %s", spec.min, v)) end
-    if spec.max and v > spec.max then return fail(format("must be at most %s, got %s", spec.max, v)) end
-  elseif t == "boolean" then
-    if type(v) ~= "boolean" then return fail("expected true or false, got " .. describe(v)) end
-  elseif t == "list" then
-    if type(v) ~= "table" or (next(v) ~= nil and getmetatable(v) ~= array_mt) then
-      return fail("expected a list, got " .. describe(v))
-    end
-    local out = setmetatable({}, array_mt)
-    for i = 1, #v do
-      local item, err = check(spec.items, v[i], path .. "." .. i, st)
-      if err then return nil, err end
-      out[i] = item
-    end
-    return out
-  elseif t == "map" or t == "dict" then
-    if type(v) ~= "table" or getmetatable(v) == array_mt then
-      return fail("expected a mapping, got " .. describe(v))
-    end
-    local out = {}
-    if t == "map" then
-      local keys = {}
-      for k in pairs(v) do keys[#keys + 1] = tostring(k) end
-      sort(keys)
-      for _, k in ipairs(keys) do
-        if not spec.fields[k] then
-          st.unknown[#st.unknown + 1] = (path ~= "" and path .. "." or "") .. k
-          out[k] = v[k]
-        end
-      end
-      for k, fs in pairs(spec.fields) do
-        local val, err = check(fs, v[k], path ~= "" and (path .. "." .. k) or k, st)
-        if err then return nil, err end
-        out[k] = val
-      end
-    else
-      for k, val in pairs(v) do
-        local p = (path ~= "" and path .. "." or "") .. tostring(k)
-        local nv, err = check(spec.values, val, p, st)
-        if err then return nil, err end
-        out[tostring(k)] = nv
-      end
-    end
-    return out
-  end
-  if spec.check then
-    local ok, err = spec.check(v)
-    if not ok then return fail(err) end
-  end
-  return v
-end
 
 -- Returns the normalized config table, or nil, "file:line: key: reason".
 function _M.validate(doc, lines, file)
   local st = { lines = lines or {}, file = file or "config.yaml", unknown = {} }
-  local cfg, err = check(schema, doc or {}, "", st)
-  if not cfg then return nil, err end
+  local cfg, path, msg = validate.value(schema, doc or {}, "", { unknown = st.unknown })
+  if path then return nil, validate.message(st.file, st.lines, path, msg) end
   -- cross-field rules
   if cfg.tls.enable and (cfg.tls.cert == "" or cfg.tls.key == "") then
     local line = st.lines["tls.enable"]
@@ -342,6 +294,16 @@ function _M.validate(doc, lines, file)
       end
     end
     e.index = i
+  end
+  -- amp-* (top level, before v6) -> ampcode.*, unless ampcode sets it
+  local amp = cfg.ampcode
+  for old, new in pairs({ ["amp-upstream-url"] = "upstream-url", ["amp-upstream-api-key"] = "upstream-api-key",
+                          ["amp-restrict-management-to-localhost"] = "restrict-management-to-localhost",
+                          ["amp-model-mappings"] = "model-mappings" }) do
+    local v = cfg[old]
+    local present = type(doc) == "table" and type(doc.ampcode) == "table" and doc.ampcode[new] ~= nil
+    if v ~= nil and not present and not (type(v) == "table" and #v == 0) then amp[new] = v end
+    cfg[old] = nil -- one place to read it (GET /config shows ampcode only)
   end
   for _, k in ipairs(cfg["generative-language-api-key"]) do
     local list_ = cfg["gemini-api-key"]

@@ -1,8 +1,8 @@
 -- rt.count: token counts for the count endpoints and for Claude clients'
 -- message_start. First-party Claude and Gemini accounts are asked upstream
--- (by rt.server); everything else is estimated here with the C tokenizer
--- over the request as the upstream would see it: system, message text,
--- tool calls and results, tool definitions.
+-- (by rt.routes.count, on the pool's pick); everything else is estimated
+-- here with the C tokenizer over the request as the upstream would see it:
+-- system, message text, tool calls and results, tool definitions.
 local cpx = require("cpx")
 local json = require("lib.json")
 local translators = require("translators")

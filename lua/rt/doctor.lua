@@ -40,7 +40,7 @@ local function check_credential(c, now)
   local kind = registry.CRED_TYPES[c.type]
   if not kind then
     return "warn", format("%s: type '%s' is not served yet; it is skipped", name, tostring(c.type)),
-           "claude, codex, gemini, antigravity, qwen and iflow credential files are served today"
+           "claude, codex, gemini, antigravity, qwen, iflow and vertex credential files are served today"
   end
   local ok, doc = pcall(json.decode, c.text)
   if not ok or type(doc) ~= "table" then
@@ -51,6 +51,11 @@ local function check_credential(c, now)
   local who = type(doc.email) == "string" and doc.email ~= "" and " (" .. doc.email .. ")" or ""
   if doc.disabled == true or c.disabled then
     return "warn", format("%s%s: disabled", name, who), "set \"disabled\": false to use it"
+  end
+  -- A service account (Vertex) signs for a new token whenever it needs one.
+  if type(doc.service_account) == "table" then
+    return "ok", format("%s%s: %s service account (project %s): tokens are minted when needed", name, who,
+                        c.type, tostring(doc.project_id or doc.service_account.project_id)), nil
   end
   local token = doc.access_token or doc.api_key
   if type(token) ~= "string" or token == "" then

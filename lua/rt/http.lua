@@ -1,5 +1,7 @@
 -- rt.http: response helpers shared by every route: CORS headers as
--- CLIProxyAPI sends them, JSON bodies, and errors in the client's format.
+-- CLIProxyAPI sends them (the list is C's, cpx.http), JSON bodies, SSE
+-- heads, and errors in the client's format.
+local cpx = require("cpx")
 local json = require("lib.json")
 local translators = require("translators")
 local record = require("rt.record")
@@ -9,12 +11,11 @@ local pairs = pairs
 
 local _M = {}
 
-local CORS = {
-  ["Access-Control-Allow-Origin"] = "*",
-  ["Access-Control-Allow-Methods"] = "GET, POST, PUT, PATCH, DELETE, OPTIONS",
-  ["Access-Control-Allow-Headers"] = "*",
-}
+-- The header sets are C's (runtime/net/cpx_server.h, the lists the C fast
+-- path and C's own answers use): one list each, read here.
+local CORS = cpx.http.cors_headers
 _M.CORS = CORS
+local SSE = cpx.http.sse_headers
 
 -- Returns a new header table: CORS + content type + extra.
 -- Header tables without extras never change: build each once. (The C side
@@ -37,6 +38,12 @@ function _M.headers(content_type, extra)
     nplain = nplain + 1
   end
   return h
+end
+
+-- The head of an SSE answer (CORS, text/event-stream, no-cache, no proxy
+-- buffering); never changed by its users.
+function _M.sse_headers()
+  return SSE
 end
 
 function _M.json(req, status, body, extra)

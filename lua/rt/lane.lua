@@ -5,7 +5,7 @@
 -- Messages, the Responses API and Gemini (generateContent, and
 -- streamGenerateContent?alt=sse). A model qualifies on a route when every
 -- account of it is of a provider of that route's format that declares
--- `relay` (docs/modules.md), on plain http without a proxy, with a static
+-- `relay` (docs/modules.md), on http or https without a proxy, with a static
 -- key (an OAuth account's token is refreshed in Lua), and provided nothing
 -- would look at the request on its way: no middleware hook, no payload
 -- rule for that model, no session affinity, no keep-alives, and
@@ -77,20 +77,28 @@ function _M.blocked(app)
   return nil
 end
 
--- http://host[:port]/path[?query] -> host, port, path (no userinfo, no
--- fragment).
+-- http(s)://host[:port]/path[?query] -> host, port, path, tls (no
+-- userinfo, no fragment); https goes through cpx_h1's TLS, checked against
+-- upstream-ca-file or the system store.
 function _M.parse_url(u)
   if type(u) ~= "string" then return nil end
-  local host, port, path = u:match("^http://(%[[%x:%.]+%]):?(%d*)(/[^#]*)$")
+  local scheme, rest = u:match("^(https?)://(.*)$")
+  if not scheme then return nil end
+  local host, port, path = rest:match("^(%[[%x:%.]+%]):?(%d*)(/[^#]*)$")
   if host then
     host = host:sub(2, -2)
   else
-    host, port, path = u:match("^http://([%w%.%-_]+):?(%d*)(/[^#]*)$")
+    host, port, path = rest:match("^([%w%.%-_]+):?(%d*)(/[^#]*)$")
   end
   if not host or path:find("[%s%c]") then return nil end
-  port = port ~= "" and tonumber(port) or 80
+  -- a query ends the URL (Gemini's ?alt=sse); a base-url with a query
+  -- that a path was appended to is not sent by the relay
+  local q = path:find("?", 1, true)
+  if q and path:find("/", q, true) then return nil end
+  local tls = scheme == "https"
+  port = port ~= "" and tonumber(port) or (tls and 443 or 80)
   if port < 1 or port > 65535 then return nil end
-  return host, port, path
+  return host, port, path, tls
 end
 
 local function header_ok(k, v)
@@ -100,12 +108,12 @@ end
 
 -- The request line and headers, in a stable order, without Content-Length
 -- and without the slot headers (skip: lower-case names).
-local function head(host, port, path, headers, skip)
+local function head(host, port, path, headers, skip, tls)
   local names = {}
   for k in pairs(headers) do names[#names + 1] = k end
   sort(names)
   local hosthdr = host:find(":", 1, true) and ("[" .. host .. "]") or host
-  if port ~= 80 then hosthdr = hosthdr .. ":" .. port end
+  if port ~= (tls and 443 or 80) then hosthdr = hosthdr .. ":" .. port end
   local out = { "POST ", path, " HTTP/1.1\r\nHost: ", hosthdr, "\r\n" }
   for _, k in ipairs(names) do
     local v = headers[k]
@@ -208,7 +216,7 @@ local function probe_slots(p, ctx, t, stream, decl, base)
   return true
 end
 
--- One account -> { host, port, head, head_stream, model, slot_lines } or
+-- One account -> { host, port, tls, head, head_stream, model, slot_lines } or
 -- nil, why.
 local function target_spec(app, route, alias, t)
   local fmt = route.format
@@ -236,15 +244,17 @@ local function target_spec(app, route, alias, t)
     if not u then return nil, "prepare failed" end
     if (u.method or "POST") ~= "POST" or u.proxy then return nil, "proxy or method" end
     if u.fallback_urls then return nil, "fallback URLs" end
-    local host, port, path = _M.parse_url(u.url)
-    if not host then return nil, "not a plain http URL" end
+    local host, port, path, tls = _M.parse_url(u.url)
+    if not host then return nil, "not an http(s) URL the relay can send" end
     if not probe_slots(p, ctx, t, stream, decl, u) then
       return nil, "prepare does not carry the declared headers as they are"
     end
-    local h = head(host, port, path, u.headers or {}, skip)
+    local h = head(host, port, path, u.headers or {}, skip, tls)
     if not h then return nil, "a header the lane cannot send" end
-    if spec.host and (spec.host ~= host or spec.port ~= port) then return nil, "URL depends on stream" end
-    spec.host, spec.port = host, port
+    if spec.host and (spec.host ~= host or spec.port ~= port or spec.tls ~= tls) then
+      return nil, "URL depends on stream"
+    end
+    spec.host, spec.port, spec.tls = host, port, tls
     spec[stream and "head_stream" or "head"] = h
     if not stream then
       for i, d in ipairs(decl.headers or {}) do

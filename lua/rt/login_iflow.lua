@@ -13,6 +13,7 @@ local type = type
 local tostring = tostring
 local tonumber = tonumber
 local format = string.format
+local floor = math.floor
 
 local _M = {}
 
@@ -22,15 +23,24 @@ local function nonempty(s)
   return type(s) == "string" and s ~= "" and s or nil
 end
 
+-- After the code exchange (the CLI's and the management starter's): the
+-- API key looked up on the new token, then the file. args.web names it as
+-- CLIProxyAPI's web login does (iflow-<email>.json, no timestamp).
+function _M.finish(f, args, io, lib, tokens)
+  io.say(format("Looking up the API key at %s ...", f.userinfo_url))
+  local info, err = iflow.user_info(f, io.request, tokens.access_token)
+  if not info then return nil, err end
+  tokens.api_key = info.api_key
+  tokens.email = info.email
+  if args.web then
+    tokens.file_name = info.email and format("iflow-%s.json", oauth.safe_name(info.email))
+                       or format("iflow-%d.json", floor(io.now() * 1000))
+  end
+  return lib.save(f, io, tokens, { api_key = info.api_key })
+end
+
 local function code_login(f, args, io, lib)
-  return lib.code_flow(f, args, io, function(tokens)
-    io.say(format("Looking up the API key at %s ...", f.userinfo_url))
-    local info, err = iflow.user_info(f, io.request, tokens.access_token)
-    if not info then return nil, err end
-    tokens.api_key = info.api_key
-    tokens.email = info.email
-    return lib.save(f, io, tokens, { api_key = info.api_key })
-  end)
+  return lib.code_flow(f, args, io, function(tokens) return _M.finish(f, args, io, lib, tokens) end)
 end
 
 -- {success, data} of the platform's apikey endpoint -> data | nil, err
@@ -68,7 +78,12 @@ local function cookie_login(f, args, io, lib)
       return nil, "timed out waiting for the pasted cookie (--timeout SECONDS waits longer)"
     end
   end
-  -- The key's name first, then a fresh key for that name.
+  return _M.save_cookie(f, cookie, io, lib)
+end
+
+-- The cookie login after the paste (and POST /iflow-auth-url): the key's
+-- name first, then a fresh key for that name, then the file.
+function _M.save_cookie(f, cookie, io, lib)
   io.say(format("Fetching the API key from %s ...", f.api_key_url))
   local headers = { Cookie = cookie, Accept = "application/json" }
   local info, err = key_call(f, io, lib, { method = "GET", url = f.api_key_url, headers = headers })

@@ -48,7 +48,11 @@ local function ask_name(args, io, lib)
   end
 end
 
-function _M.run(f, args, io, lib)
+-- The device code request (PKCE). -> dev | nil, err, where dev =
+-- {device_code, user_code, verify, interval, life, verifier}: what the
+-- poll needs, all strings and numbers (the management starter keeps it in
+-- cpx.shared while it polls in the background).
+function _M.device_start(f, io, lib)
   local verifier, challenge = oauth.pkce()
   io.say(format("Asking %s for a device code ...", f.device_url))
   local status, herr, body = io.request(form_req(f.device_url, {
@@ -65,12 +69,58 @@ function _M.run(f, args, io, lib)
   if not device_code or not user_code then
     return nil, format("%s answered without a device code", f.device_url)
   end
-  local interval = lib.interval_of(d.interval)
-  local life = tonumber(d.expires_in) or tonumber(f.device_timeout) or 900
+  return { device_code = device_code, user_code = user_code, verifier = verifier,
+           interval = lib.interval_of(d.interval),
+           life = tonumber(d.expires_in) or tonumber(f.device_timeout) or 900,
+           verify = lib.nonempty(d.verification_uri_complete) or lib.nonempty(d.verification_uri)
+                    or "https://chat.qwen.ai" }
+end
+
+-- One poll of the token endpoint. -> "ok", tokens | "wait", interval |
+-- "retry", why (a network error, to try again) | nil, err (the login is
+-- over).
+function _M.poll_once(f, dev, io, lib)
+  local st, h, b = io.request(form_req(f.device_token_url, {
+    { "grant_type", DEVICE_GRANT }, { "client_id", f.client_id },
+    { "device_code", dev.device_code }, { "code_verifier", dev.verifier } }))
+  if not st then return "retry", tostring(h) end
+  local a = lib.decode(b)
+  local code = code_of(a)
+  if st == 200 and a and lib.nonempty(a.access_token) then
+    local t, terr = oauth.parse_token_response(f, st, h, b)
+    if not t then return nil, "the token answer is unusable: " .. tostring(terr.message) end
+    return "ok", t
+  elseif code == "slow_down" then
+    return "wait", min(dev.interval + lib.SLOW_DOWN, MAX_INTERVAL)
+  elseif code == "authorization_pending" then
+    return "wait", dev.interval
+  elseif code == "expired_token" then
+    return nil, "the device code expired without an approval: run the login again"
+  elseif code == "access_denied" then
+    return nil, "access denied: the device login was declined"
+  end
+  return nil, format("device login failed: %s answered %s", f.device_token_url, lib.error_text(st, a, b))
+end
+
+-- Saves the approved account: qwen-<name>.json, or qwen-<unix>.json when
+-- nobody named it.
+function _M.save(f, io, lib, tokens, name)
+  if name then tokens.email = name end
+  local extra = { resource_url = tokens.resource_url or "" }
+  if not name then
+    f = setmetatable({ file_name = function() return format("qwen-%d.json", floor(io.now())) end },
+                     { __index = f })
+  end
+  return lib.save(f, io, tokens, extra)
+end
+
+function _M.run(f, args, io, lib)
+  local dev, err = _M.device_start(f, io, lib)
+  if not dev then return nil, err end
+  local interval, life = dev.interval, dev.life
   local timeout = tonumber(args.timeout) or life
-  local verify = lib.nonempty(d.verification_uri_complete) or lib.nonempty(d.verification_uri) or "https://chat.qwen.ai"
-  io.say(format("Open %s and enter the code %s", verify, user_code))
-  if args.browser ~= false and io.open_browser then io.open_browser(verify) end
+  io.say(format("Open %s and enter the code %s", dev.verify, dev.user_code))
+  if args.browser ~= false and io.open_browser then io.open_browser(dev.verify) end
   io.say(format("Waiting for the approval (polling every %d s, up to %s) ...", interval,
                 lib.duration(min(timeout, life))))
   local deadline = io.now() + min(timeout, life)
@@ -86,48 +136,29 @@ function _M.run(f, args, io, lib)
                          lib.duration(life))
     end
     io.sleep(interval)
-    local st, h, b = io.request(form_req(f.device_token_url, {
-      { "grant_type", DEVICE_GRANT }, { "client_id", f.client_id },
-      { "device_code", device_code }, { "code_verifier", verifier } }))
-    if not st then
+    local r, v = _M.poll_once(f, dev, io, lib)
+    if r == "retry" then
       failures = failures + 1
       if failures > lib.POLL_RETRIES then
-        return nil, format("network error: %s: %s", f.device_token_url, tostring(h))
+        return nil, format("network error: %s: %s", f.device_token_url, v)
       end
-      io.say(format("Polling failed (network error: %s); trying again in %d s", tostring(h), interval))
-    else
+      io.say(format("Polling failed (network error: %s); trying again in %d s", v, interval))
+    elseif r == "ok" then
+      tokens = v
+      break
+    elseif r == "wait" then
       failures = 0
-      local a = lib.decode(b)
-      local code = code_of(a)
-      if st == 200 and a and lib.nonempty(a.access_token) then
-        local t, terr = oauth.parse_token_response(f, st, h, b)
-        if not t then return nil, "the token answer is unusable: " .. tostring(terr.message) end
-        tokens = t
-        break
-      elseif code == "slow_down" then
-        interval = min(interval + lib.SLOW_DOWN, MAX_INTERVAL)
+      if v ~= interval then
+        interval = v
+        dev.interval = v
         io.say(format("The server asked to slow down: polling every %d s", interval))
-      elseif code == "authorization_pending" then -- luacheck: ignore 542
-        -- not approved yet
-      elseif code == "expired_token" then
-        return nil, "the device code expired without an approval: run the login again"
-      elseif code == "access_denied" then
-        return nil, "access denied: the device login was declined"
-      else
-        return nil, format("device login failed: %s answered %s", f.device_token_url, lib.error_text(st, a, b))
       end
+    else
+      return nil, v
     end
   end
   io.say("Approved.")
-  local name = ask_name(args, io, lib)
-  if name then tokens.email = name end
-  local extra = { resource_url = tokens.resource_url or "" }
-  if not name then
-    -- qwen-<unix>.json when nobody named the account
-    f = setmetatable({ file_name = function() return format("qwen-%d.json", floor(io.now())) end },
-                     { __index = f })
-  end
-  return lib.save(f, io, tokens, extra)
+  return _M.save(f, io, lib, tokens, ask_name(args, io, lib))
 end
 
 return _M

@@ -48,7 +48,8 @@ local _M = {}
 
 -- Route modules mounted under /v0/management, in this order; append a
 -- name to add lua/rt/mgmt/<name>.lua.
-local MODULES = { "config", "keys", "auth_files", "api_call", "logs", "reqlogs", "oauth", "system", "usage", "refresh" }
+local MODULES = { "config", "keys", "auth_files", "api_call", "logs", "reqlogs", "oauth", "system", "usage", "refresh",
+                  "ampcode", "vertex" }
 _M.MODULES = MODULES
 
 local state = {

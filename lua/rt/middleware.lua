@@ -39,19 +39,17 @@ local pcall = pcall
 local xpcall = xpcall
 local require = require
 local setmetatable = setmetatable
-local getmetatable = getmetatable
 local format = string.format
 local concat = table.concat
 local sort = table.sort
-local floor = math.floor
 local co_create = coroutine.create
 local co_resume = coroutine.resume
 local co_status = coroutine.status
 
+local validate = require("rt.validate")
+
 local log = cpx.log
 local traceback = cpx.traceback
-local null = cpx.json and cpx.json.null
-local array_mt = cpx.json and cpx.json.array_mt
 
 local _M = {}
 
@@ -64,168 +62,14 @@ for _, p in ipairs(PHASES) do IS_PHASE[p] = true end
 _M.PHASES = PHASES
 _M.YIELDABLE = YIELDABLE
 
-local TYPES = { string = true, number = true, integer = true, boolean = true,
-                list = true, map = true, record = true, any = true }
-local SPEC_KEYS = { type = true, required = true, default = true, enum = true, min = true, max = true,
-                    items = true, values = true, fields = true, check = true, description = true }
 -- Keys of a `lua.middleware` entry that belong to the loader, not the module.
 local RESERVED = { name = true, priority = true }
 
 local EMPTY = { hooks = {}, list = {} }
 
--- ---- values -------------------------------------------------------------
-
-local function is_null(v)
-  return v == nil or (null ~= nil and v == null)
-end
-
-local function is_list(v)
-  return type(v) == "table" and (getmetatable(v) == array_mt or next(v) == nil
-    or (array_mt == nil and v[1] ~= nil))
-end
-
-local function describe(v)
-  if is_null(v) then return "null" end
-  local t = type(v)
-  if t == "string" then return format("string %q", #v > 40 and v:sub(1, 40) .. "..." or v) end
-  if t == "table" then return is_list(v) and next(v) ~= nil and "a list" or "a mapping" end
-  return t .. " " .. tostring(v)
-end
-
-local deep_copy = require("lib.json").deep_copy
-
--- ---- schema of a module's settings ---------------------------------------
-
--- Checks a field spec of a module's schema; returns true or nil, err where
--- err names the field ("schema.header.type ...").
-local function check_spec(spec, where)
-  if type(spec) ~= "table" then
-    return nil, format("field '%s' must be a table (a field spec)", where)
-  end
-  for k in pairs(spec) do
-    if not SPEC_KEYS[k] then
-      return nil, format("field '%s.%s' is not a field-spec key (type, required, default, enum, min, max, "
-        .. "items, values, fields, check, description)", where, tostring(k))
-    end
-  end
-  if not TYPES[spec.type] then
-    return nil, format("field '%s.type' must be one of string, number, integer, boolean, list, map, record, any",
-      where)
-  end
-  if spec.required ~= nil and type(spec.required) ~= "boolean" then
-    return nil, format("field '%s.required' must be a boolean", where)
-  end
-  if spec.enum ~= nil and type(spec.enum) ~= "table" then
-    return nil, format("field '%s.enum' must be a list", where)
-  end
-  if spec.check ~= nil and type(spec.check) ~= "function" then
-    return nil, format("field '%s.check' must be a function", where)
-  end
-  for _, k in ipairs({ "min", "max" }) do
-    if spec[k] ~= nil and type(spec[k]) ~= "number" then
-      return nil, format("field '%s.%s' must be a number", where, k)
-    end
-  end
-  if spec.type == "list" then
-    if spec.items == nil then return nil, format("field '%s.items' is required for a list", where) end
-    return check_spec(spec.items, where .. ".items")
-  elseif spec.type == "map" then
-    if spec.values == nil then return nil, format("field '%s.values' is required for a map", where) end
-    return check_spec(spec.values, where .. ".values")
-  elseif spec.type == "record" then
-    if type(spec.fields) ~= "table" then
-      return nil, format("field '%s.fields' must be a table for a record", where)
-    end
-    for k, s in pairs(spec.fields) do
-      local ok, err = check_spec(s, where .. ".fields." .. tostring(k))
-      if not ok then return nil, err end
-    end
-  end
-  return true
-end
-
--- Validates value v against spec. Returns the normalised value (defaults
--- filled in) or nil, path, message.
-local validate_value
-
-local function validate_fields(fields, v, path)
-  local out = {}
-  for k, x in pairs(v) do
-    if not fields[k] then
-      return nil, path .. "." .. tostring(k), "unknown field"
-    end
-    out[k] = x
-  end
-  local names = {}
-  for k in pairs(fields) do names[#names + 1] = k end
-  sort(names)
-  for _, k in ipairs(names) do
-    local nv, p, msg = validate_value(fields[k], out[k], path .. "." .. k)
-    if p then return nil, p, msg end
-    out[k] = nv
-  end
-  return out
-end
-
-validate_value = function(spec, v, path)
-  if is_null(v) then
-    if spec.required then return nil, path, "is required" end
-    return deep_copy(spec.default)
-  end
-  local t = spec.type
-  if t == "string" then
-    if type(v) ~= "string" then return nil, path, "expected a string, got " .. describe(v) end
-  elseif t == "number" or t == "integer" then
-    if type(v) ~= "number" then
-      return nil, path, (t == "integer" and "expected an integer, got " or "expected a number, got ") .. describe(v)
-    end
-    if t == "integer" and v ~= floor(v) then return nil, path, "expected an integer, got " .. tostring(v) end
-    if spec.min and v < spec.min then return nil, path, format("must be at least %s, got %s", spec.min, v) end
-    if spec.max and v > spec.max then return nil, path, format("must be at most %s, got %s", spec.max, v) end
-  elseif t == "boolean" then
-    if type(v) ~= "boolean" then return nil, path, "expected true or false, got " .. describe(v) end
-  elseif t == "list" then
-    if not is_list(v) then return nil, path, "expected a list, got " .. describe(v) end
-    local out = setmetatable({}, array_mt)
-    for i = 1, #v do
-      local nv, p, msg = validate_value(spec.items, v[i], path .. "." .. i)
-      if p then return nil, p, msg end
-      out[i] = nv
-    end
-    v = out
-  elseif t == "map" or t == "record" then
-    if type(v) ~= "table" or (next(v) ~= nil and is_list(v)) then
-      return nil, path, "expected a mapping, got " .. describe(v)
-    end
-    if t == "record" then
-      local out, p, msg = validate_fields(spec.fields, v, path)
-      if not out then return nil, p, msg end
-      v = out
-    else
-      local out = {}
-      for k, x in pairs(v) do
-        local nv, p, msg = validate_value(spec.values, x, path .. "." .. tostring(k))
-        if p then return nil, p, msg end
-        out[tostring(k)] = nv
-      end
-      v = out
-    end
-  end
-  if spec.enum then
-    local ok = false
-    for _, e in ipairs(spec.enum) do if e == v then ok = true end end
-    if not ok then
-      local names = {}
-      for i, e in ipairs(spec.enum) do names[i] = tostring(e) end
-      return nil, path, format("expected one of %s, got %s", concat(names, ", "), describe(v))
-    end
-  end
-  if spec.check then
-    local ok, err = spec.check(v)
-    if not ok then return nil, path, err or "is invalid" end
-  end
-  return v
-end
+local is_list = validate.is_list
+local describe = validate.describe
+local check_spec = validate.check_spec
 
 -- ---- module shape -------------------------------------------------------
 
@@ -275,12 +119,7 @@ function _M.load(cfg, lines)
   lines = lines or {}
   local file = cfg._file or "config.yaml"
   local function fail(path, msg)
-    local p, line = path, nil
-    while p and not line do
-      line = lines[p]
-      p = p:match("^(.*)%.[^.]+$")
-    end
-    return nil, format("%s%s: %s: %s", file, line and (":" .. line) or "", path, msg)
+    return nil, validate.message(file, lines, path, msg)
   end
 
   local entries = {}
@@ -314,7 +153,7 @@ function _M.load(cfg, lines)
     for k, v in pairs(e) do
       if not RESERVED[k] then settings[k] = v end
     end
-    local conf, p, msg = validate_fields(m.schema, settings, path)
+    local conf, p, msg = validate.fields(m.schema, settings, path, { unknown = "error" })
     if not conf then
       if msg == "unknown field" and p:match("^lua%.middleware%.%d+%.[^.]+$") then
         local known = {}

@@ -27,7 +27,7 @@ local _M = {}
 local PROVIDERS = { claude = "providers.claude", codex = "providers.codex",
                     gemini = "providers.gemini_cli", ["gemini-cli"] = "providers.gemini_cli",
                     antigravity = "providers.antigravity", qwen = "providers.qwen",
-                    iflow = "providers.iflow" }
+                    iflow = "providers.iflow", vertex = "providers.vertex_sa" }
 _M.PROVIDERS = PROVIDERS
 
 -- oauth-endpoints.<name> keys -> facts fields
@@ -116,6 +116,9 @@ function _M.facts(name, cfg)
         and over["device-url"]:find("/usercode$") then
       f.device_token_url = (over["device-url"]:gsub("/usercode$", "/token"))
     end
+    -- The fixed callback port (the login's listener and the is_webui
+    -- forwarder), for a machine where it is taken, and for tests.
+    if type(over["callback-port"]) == "number" then f.redirect_port = over["callback-port"] end
     -- A provider that polls its token endpoint (Qwen) follows token-url.
     if base.device_token_url and base.device_token_url == base.token_url
         and not nonempty(over["device-token-url"]) then
@@ -460,6 +463,9 @@ end
 -- One refresh-token grant; returns the new document or nil, err (a table
 -- as parse_token_response gives). No lock, no write: the caller does both.
 function _M.refresh(f, doc, opts)
+  -- A provider whose new token comes another way (a service account's
+  -- signed assertion, Vertex) says so: f.refresh_grant(f, doc, opts).
+  if f.refresh_grant then return f.refresh_grant(f, doc, opts) end
   if type(doc) ~= "table" or not nonempty(doc.refresh_token) then
     return nil, { kind = "invalid_grant", message = "the credential has no refresh_token" }
   end

@@ -23,6 +23,7 @@ local ipairs = ipairs
 local tostring = tostring
 local tonumber = tonumber
 local pcall = pcall
+local concat = table.concat
 
 local _M = {}
 
@@ -31,10 +32,6 @@ local FRAMING = "sse"
 -- [record] bytes kept from each end of a stream relayed untouched: the
 -- usage is in its first events (Claude's message_start) and its last.
 local RECORD_CAPTURE = 8192
-
-local function stream_headers()
-  return http.headers("text/event-stream", { ["Cache-Control"] = "no-cache", ["X-Accel-Buffering"] = "no" })
-end
 
 local function has_hook(chain, phase)
   return chain ~= nil and chain.hooks ~= nil and chain.hooks[phase] ~= nil
@@ -234,8 +231,24 @@ local function need_body(job)
   return job.body
 end
 
+-- For translation: the body with the subtrees the client's codec only
+-- carries left as spans (translators.decode_request, kept in job.sbody),
+-- unless the full table exists already or payload rules may edit anywhere.
+local function span_body(job)
+  if job.body ~= nil or job.app.payload_active then return need_body(job) end
+  if job.sbody == nil then
+    local body, err = translators.decode_request(job.fmt, job.raw)
+    if type(body) ~= "table" or json.is_array(body) then
+      return nil, "invalid JSON body: " .. (err or "expected an object")
+    end
+    job.sbody = body
+  end
+  return job.sbody
+end
+
 -- job: { app, req, info, fmt = client format, opts, rec, chain, stream,
 --        body = decoded table or nil, raw = client bytes or nil,
+--        sbody = the body decoded with spans, for translation,
 --        model = client model (after rewrite), think, wants_chunks,
 --        ctx = the request's middleware/translator context }
 local function new_job(app, req, info, fmt, body, opts, rec)
@@ -283,12 +296,20 @@ local function upstream_body(job, provider, target, actx, passthrough, upstream_
     -- The fast path: same format, only the model rewritten, no decode.
     out = fmt == "gemini" and job.raw or json.set_string(job.raw, "model", target.upstream_model)
   elseif passthrough then
-    local b, berr = need_body(job)
-    if not b then return nil, { status = 400, own = true, message = berr } end
-    tb = json.shallow_copy(b)
-    if fmt ~= "gemini" then tb.model = target.upstream_model end
+    -- A provider whose fix-up edits only top-level members does it on the
+    -- bytes (nil: an escaped key or a bad body, the table path decides).
+    if job.raw and not app.payload_active and provider.raw_fixup then
+      out = provider.raw_fixup(job.raw, actx, { model = fmt ~= "gemini" and target.upstream_model or nil,
+                                                stream = fmt ~= "gemini" and upstream_stream or nil })
+    end
+    if not out then
+      local b, berr = need_body(job)
+      if not b then return nil, { status = 400, own = true, message = berr } end
+      tb = json.shallow_copy(b)
+      if fmt ~= "gemini" then tb.model = target.upstream_model end
+    end
   else
-    local b, berr = need_body(job)
+    local b, berr = span_body(job)
     if not b then return nil, { status = 400, own = true, message = berr } end
     actx.upstream_model = job.think and (target.upstream_model .. job.model:match("%b()$"))
       or target.upstream_model
@@ -474,14 +495,19 @@ local function stream_hub(job, res, sfix)
   end
   local s = translators.stream(fmt, upfmt, actx)
   local filter = job.opts.frame_filter
+  -- One string per upstream event: the runtime writes each list entry on
+  -- its own (a first Anthropic event is four frames, four writes).
   local function out_frames(frames)
-    if not filter then return frames end
-    local o = {}
-    for _, f in ipairs(frames) do
-      local x = filter(f)
-      if x then o[#o + 1] = x end
+    if filter then
+      local o = {}
+      for _, f in ipairs(frames) do
+        local x = filter(f)
+        if x then o[#o + 1] = x end
+      end
+      frames = o
     end
-    return o
+    if #frames > 1 then return { concat(frames) } end
+    return frames
   end
   req:pipe(res.up, {
     on_event = function(ev)
@@ -516,11 +542,12 @@ local function answer_stream(job, res, sfix)
   local actx = res.ctx
   -- Claude clients read input usage from message_start, which no other
   -- upstream reports up front: estimate it locally (in the threadpool).
-  if fmt == "claude" and res.upfmt ~= "claude" and not res.passthrough and job.body then
-    actx.input_estimate = count.estimate("claude", job.body, job.model, app.config["count-tokens"])
+  local cbody = job.body or job.sbody -- (the spans count as their bytes)
+  if fmt == "claude" and res.upfmt ~= "claude" and not res.passthrough and cbody then
+    actx.input_estimate = count.estimate("claude", cbody, job.model, app.config["count-tokens"])
   end
   -- Gemini without alt=sse streams a JSON array, not SSE.
-  req:start(200, job.opts.gemini_array and http.headers("application/json") or stream_headers())
+  req:start(200, job.opts.gemini_array and http.headers("application/json") or http.sse_headers())
   mw.defer_log(actx)
   -- [record] the client has its head at the first real event; the
   -- record ends with the stream (on_end) or the client (on_abort)

@@ -162,6 +162,33 @@ function _M.cooldown_body(fmt, res)
                                  { "retryDelay", c.seconds .. "s" } }) } } }) })
 end
 
+-- ---- one account for a side request ---------------------------------------
+
+-- pool.choose(app, model, eligible) -> target, release | nil
+-- One account for a request that is not inference (a token count): the
+-- pool's own pick (the group's strategy, round-robin by default, cooling
+-- accounts skipped) among the targets that eligible(target) accepts; nil
+-- when none is open. The caller calls release() once it is done: it
+-- reports "neutral", so a count neither cools an account nor reopens one
+-- (its limits are not inference's, and it is advisory).
+function _M.choose(app, model, eligible)
+  local targets, _, group = app.registry:lookup(model)
+  if not targets or not group then return nil end
+  local skip = {}
+  for member, t in pairs(targets) do
+    if not eligible(t) then skip[#skip + 1] = member end
+  end
+  local member, handle = pick(group, skip)
+  if not member then return nil end
+  local t = targets[member]
+  -- (past the C side's exclude bound a skipped member may still come back)
+  if not t or not eligible(t) then
+    report(handle, "neutral")
+    return nil
+  end
+  return t, function() report(handle, "neutral") end
+end
+
 -- ---- run ------------------------------------------------------------------
 
 function _M.run(app, ctx, model, attempt)

@@ -153,6 +153,9 @@ end
 
 -- ---- the Lua path ------------------------------------------------------------
 
+-- info -> rec and req -> rec while the request runs. Weak keys alone do not
+-- free these: LuaJIT has no ephemerons, and a rec holds its info (and req),
+-- so an entry would keep its own key alive. finish() removes both entries.
 local open = setmetatable({}, { __mode = "k" }) -- info -> rec
 
 function _M.begin(info, client_format, key)
@@ -173,6 +176,7 @@ end
 local by_req = setmetatable({}, { __mode = "k" })
 function _M.bind(req, rec)
   by_req[req] = rec
+  rec._req = req
 end
 function _M.of_req(req)
   return by_req[req]
@@ -186,6 +190,8 @@ end
 function _M.finish(rec, status, err)
   if not rec or rec._done then return end
   rec._done = true
+  if rec._info then open[rec._info] = nil end
+  if rec._req then by_req[rec._req] = nil end
   rec.latency_ms = _M.elapsed_ms(rec)
   rec._t0 = nil
   status = type(status) == "number" and status or (err and 500 or 499)

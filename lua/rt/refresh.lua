@@ -59,7 +59,7 @@ local shared = cpx.shared -- absent in the busted module: a local table stands i
 local _M = {}
 
 local TYPES = { claude = true, codex = true, gemini = true, ["gemini-cli"] = true, antigravity = true,
-                qwen = true, iflow = true }
+                qwen = true, iflow = true, vertex = true }
 local KEY = "refresh:"
 local EPOCH_KEY = "refresh:#epoch"
 -- A token that expires this soon is refreshed before it is sent.
@@ -116,6 +116,12 @@ end
 function _M.blocked(file, text)
   local st = get_state(file)
   return st.needs_login == true and st.fp == fingerprint(text)
+end
+
+-- A document a new token can be got for: a refresh token, or a service
+-- account that signs its own grant (Vertex).
+local function refreshable(doc)
+  return nonempty(doc.refresh_token) ~= nil or type(doc.service_account) == "table"
 end
 
 -- ---- credential documents (per worker, by store version) ------------------
@@ -307,7 +313,9 @@ function _M.fresh_key(app, target, key)
   if not e then return key end
   local doc = e.doc
   local exp = oauth.expiry(doc)
-  if exp and exp - cpx.now() <= MARGIN and nonempty(doc.refresh_token) then
+  local field = upstream_field(app.config, e.type)
+  -- expired or about to, or never minted yet (an imported service account)
+  if ((exp and exp - cpx.now() <= MARGIN) or not nonempty(doc[field])) and refreshable(doc) then
     local nd, err = refresh_in_task(app.config, file, snapshot(doc))
     if nd then
       doc = nd
@@ -315,7 +323,7 @@ function _M.fresh_key(app, target, key)
       log("warn", "refresh " .. file .. " before sending: " .. tostring(err))
     end
   end
-  return with_token(key, nonempty(doc[upstream_field(app.config, e.type)]))
+  return with_token(key, nonempty(doc[field]))
 end
 
 -- After the upstream said 401 to `key`: one refresh (or the token another
@@ -323,7 +331,7 @@ end
 function _M.after_401(app, target, key)
   local file = target.credential
   local e = file and docs()[file]
-  if not e or not nonempty(e.doc.refresh_token) then return nil end
+  if not e or not refreshable(e.doc) then return nil end
   local seen = snapshot(e.doc)
   if upstream_field(app.config, e.type) == "access_token" then seen.access_token = key["api-key"] end
   local nd, err = refresh_in_task(app.config, file, seen)
@@ -342,7 +350,7 @@ local function tick(premature, cfg)
   if premature then return end
   local now = cpx.now()
   for file, e in pairs(docs()) do
-    local facts = nonempty(e.doc.refresh_token) and facts_for(cfg, e.type)
+    local facts = refreshable(e.doc) and facts_for(cfg, e.type)
     if facts and not _M.blocked(file, e.text) then
       local st = get_state(file)
       local due = oauth.due(facts, e.doc, now)

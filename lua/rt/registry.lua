@@ -50,8 +50,7 @@ local KEY_KINDS = {
 _M.KEY_KINDS = KEY_KINDS
 
 -- credential file "type" -> provider module. Types without a provider yet
--- (gemini = Gemini CLI, antigravity, qwen, iflow, kimi, vertex, aistudio,
--- xai) are reported once and skipped.
+-- (kimi, aistudio, xai ...) are reported once and skipped.
 local CRED_TYPES = {
   codex = { provider = "codex", owner = "openai" },
   claude = { provider = "claude", owner = "anthropic" },
@@ -61,6 +60,9 @@ local CRED_TYPES = {
   qwen = { provider = "qwen", owner = "qwen" },
   -- iFlow sends the looked-up API key, not the OAuth token
   iflow = { provider = "iflow", owner = "iflow", token = "api_key" },
+  -- a Vertex service account (POST /v0/management/vertex/import): its
+  -- token is minted by rt.refresh before the first request (mint)
+  vertex = { provider = "vertex_sa", owner = "vertex", mint = true },
 }
 _M.CRED_TYPES = CRED_TYPES
 
@@ -263,6 +265,7 @@ local function from_credentials(reg, cfg, creds)
     else
       local token = kind and kind.token and nonempty(doc[kind.token])
         or nonempty(doc.access_token) or nonempty(doc.api_key)
+        or (kind.mint and type(doc.service_account) == "table" and "") or nil
       if not token then
         if not warned[c.name] then
           warned[c.name] = true
@@ -285,6 +288,7 @@ local function from_credentials(reg, cfg, creds)
             or join_strings(doc.project_ids),
           cloak = cloak_of(doc),
           resource_url = nonempty(doc.resource_url), -- Qwen's API host
+          location = nonempty(doc.location), -- Vertex's region
         }
         local key = { ["api-key"] = token, ["proxy-url"] = entry["proxy-url"] }
         local priority = tonumber(doc.priority) or 0

@@ -12,9 +12,18 @@ local encode = json.encode
 local decode = json.decode
 local arr = json.array
 local null = json.null
+local raw = json.raw
 
 local FMT = "claude"
 local _M = { name = FMT }
+
+-- Subtrees this codec only carries (translators.init compiles them with
+-- json.spec): decode_request leaves them as spans, copied as bytes by the
+-- encoder. A codec that looks inside one calls json.materialize.
+_M.carries = {
+  request = { "tools[].input_schema", "messages[].content[].input", "output_config.format.schema",
+              "output_format.schema", "context_management" },
+}
 
 local s = ir.str
 local num = ir.num
@@ -203,8 +212,8 @@ local function encode_parts(parts, out, ctx)
         end
       end
     elseif t == "tool_call" then
-      local input = p.args and p.args ~= "" and decode(p.args)
-      if type(input) ~= "table" or json.is_array(input) then input = {} end
+      -- the arguments text becomes `input` as it is (validated, not decoded)
+      local input = p.args and p.args ~= "" and raw(p.args, "object") or {}
       out[#out + 1] = { type = "tool_use", id = p.id, name = p.name, input = input }
     elseif t == "tool_result" then
       local content
@@ -400,8 +409,7 @@ function _M.encode_response(res, ctx)
         content[#content + 1] = { type = "thinking", thinking = p.text or "", signature = ir.sig_out(p.sig, FMT) or "" }
       end
     elseif p.type == "tool_call" then
-      local input = p.args and p.args ~= "" and decode(p.args)
-      if type(input) ~= "table" or json.is_array(input) then input = {} end
+      local input = p.args and p.args ~= "" and raw(p.args, "object") or {}
       content[#content + 1] = { type = "tool_use", id = tool_id(p.id, ctx), name = p.name, input = input }
     elseif p.type == "image" and p.data then
       content[#content + 1] = { type = "image", source = { type = "base64", media_type = p.mime, data = p.data } }

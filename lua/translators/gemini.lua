@@ -15,9 +15,20 @@ local concat = table.concat
 local encode = json.encode
 local decode = json.decode
 local arr = json.array
+local raw = json.raw
 
 local FMT = "gemini"
 local _M = { name = FMT }
+
+-- Subtrees this codec only carries (see translators/claude.lua).
+_M.carries = {
+  request = { "tools[].functionDeclarations[].parameters", "tools[].functionDeclarations[].parametersJsonSchema",
+              "tools[].function_declarations[].parameters",
+              "tools[].function_declarations[].parametersJsonSchema",
+              "contents[].parts[].functionCall.args", "contents[].parts[].function_call.args",
+              "generationConfig.responseJsonSchema", "generationConfig.response_json_schema",
+              "generationConfig.responseSchema" },
+}
 local SKIP_SIG = "skip_thought_signature_validator"
 
 local s = ir.str
@@ -227,8 +238,8 @@ local function encode_parts(parts, out, names, ctx)
       local e = encode_media(p)
       if e then out[#out + 1] = e end
     elseif t == "tool_call" then
-      local args = p.args and p.args ~= "" and decode(p.args)
-      if type(args) ~= "table" or json.is_array(args) then args = {} end
+      -- the arguments text becomes `args` as it is (validated, not decoded)
+      local args = p.args and p.args ~= "" and raw(p.args, "object") or {}
       out[#out + 1] = { functionCall = { name = names:name(p.name), args = args },
                         thoughtSignature = ir.sig_for(p.sig, FMT) or SKIP_SIG }
     elseif t == "tool_result" then
@@ -389,8 +400,7 @@ local function part_out(p, ctx)
     if p.redacted then return nil end
     return { text = p.text or "", thought = true, thoughtSignature = p.sig and ir.sig_out(p.sig, FMT) or nil }
   elseif p.type == "tool_call" then
-    local args = p.args and p.args ~= "" and decode(p.args)
-    if type(args) ~= "table" or json.is_array(args) then args = {} end
+    local args = p.args and p.args ~= "" and raw(p.args, "object") or {}
     return { functionCall = { id = p.id, name = p.name, args = args },
              thoughtSignature = p.sig and ir.sig_out(p.sig, FMT) or nil }
   elseif p.type == "image" and p.data then

@@ -2,6 +2,7 @@
 -- through the IR (docs/ir.md); lua/translators/pairs/<from>-to-<to>.lua,
 -- when present, overrides the hub for that pair.
 local ir = require("lib.ir")
+local json = require("lib.json")
 
 local type = type
 local ipairs = ipairs
@@ -16,8 +17,21 @@ local _M = {}
 _M.formats = { "openai_chat", "openai_responses", "claude", "gemini" }
 
 local codecs = {}
+-- format -> compiled carried paths of its requests (json.spec), checked
+-- here so a bad declaration fails the load naming the codec and field
+local request_specs = {}
 for _, f in ipairs(_M.formats) do
-  codecs[f] = require("translators." .. f)
+  local c = require("translators." .. f)
+  codecs[f] = c
+  local paths = type(c.carries) == "table" and c.carries.request
+  if paths ~= nil then
+    if type(paths) ~= "table" then
+      error("translators/" .. f .. ".lua: carries.request must be a list of paths", 0)
+    end
+    local ok, spec = pcall(json.spec, paths)
+    if not ok then error("translators/" .. f .. ".lua: carries.request: " .. tostring(spec), 0) end
+    request_specs[f] = spec
+  end
 end
 _M.codecs = codecs
 
@@ -74,6 +88,12 @@ end
 local function prepare(from, to, ctx)
   ctx.client_format, ctx.upstream_format = from, to
   ctx.tool_id_prefix = ctx.tool_id_prefix or TOOL_ID_PREFIX[from] or "call_"
+end
+
+-- The client's raw body (format `from`) decoded for translation: the
+-- subtrees the codec carries stay spans. -> body | nil, err (decoder's)
+function _M.decode_request(from, raw)
+  return json.decode(raw, request_specs[from])
 end
 
 -- client body (format `from`) -> upstream body (format `to`) | nil, err

@@ -13,6 +13,11 @@ local null = json.null
 local FMT = "openai_chat"
 local _M = { name = FMT }
 
+-- Subtrees this codec only carries (see translators/claude.lua).
+_M.carries = {
+  request = { "tools[].function.parameters", "response_format.json_schema.schema" },
+}
+
 local s = ir.str
 local num = ir.num
 

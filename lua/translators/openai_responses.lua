@@ -15,6 +15,11 @@ local null = json.null
 local FMT = "openai_responses"
 local _M = { name = FMT }
 
+-- Subtrees this codec only carries (see translators/claude.lua).
+_M.carries = {
+  request = { "tools[].parameters", "text.format.schema" },
+}
+
 local s = ir.str
 local num = ir.num
 local tbl = ir.tbl
@@ -451,153 +456,209 @@ end
 
 local function bkey(oi, ci) return (oi or 0) * 64 + (ci or 0) end
 
-function _M.stream_decode(ev, st, ctx)
-  local out = {}
+-- stream_decode, step by step: the event's JSON (event_body), the stream's
+-- opening (open_stream), then one handler per upstream event type,
+-- ON[type](d, oi, st, ctx, out, type), each appending IR events to out. st.items
+-- holds the output items still open, by output_index.
+
+local function event_body(ev)
   local data = ev.data
-  if data == nil or data == "" or data == "[DONE]" then return out end
+  if data == nil or data == "" or data == "[DONE]" then return nil end
   local d = decode(data)
-  if type(d) ~= "table" then return out end
-  local t = s(d.type) or ev.event
-  st.items = st.items or {}
+  if type(d) ~= "table" then return nil end
+  return d
+end
+
+-- The first event that is not an error starts the IR stream. True when the
+-- event says nothing more (response.created).
+local function open_stream(t, d, st, out)
   if t == "response.created" or (not st.started and t ~= "error" and t ~= "response.failed") then
     if not st.started then
       st.started = true
       local r = tbl(d.response) or {}
       out[#out + 1] = { t = "start", id = s(r.id), model = s(r.model) }
     end
-    if t == "response.created" then return out end
+    return t == "response.created"
   end
-  local oi = num(d.output_index) or 0
-  if t == "response.output_item.added" then
-    local it = tbl(d.item) or {}
-    local i = bkey(oi)
-    if it.type == "reasoning" then
-      st.items[oi] = { kind = "reasoning", open = { [i] = true }, any = false }
-      out[#out + 1] = { t = "block_start", i = i, kind = "thinking" }
-    elseif it.type == "function_call" or it.type == "custom_tool_call" then
-      local custom = it.type == "custom_tool_call"
-      st.items[oi] = { kind = "tool", custom = custom, open = { [i] = true }, any = false }
-      st.saw_tool = true
-      out[#out + 1] = { t = "block_start", i = i, kind = "tool_call", id = s(it.call_id),
-                        name = orig_name(ctx, s(it.name)) }
-      if custom then out[#out + 1] = { t = "delta", i = i, args = '{"input":"' } end
-    elseif it.type == "message" then
-      st.items[oi] = { kind = "message", open = {}, any = false }
-    end
-  elseif t == "response.content_part.added" then
-    local item = st.items[oi]
-    local i = bkey(oi, num(d.content_index))
-    if item and not item.open[i] then
-      item.open[i] = true
-      out[#out + 1] = { t = "block_start", i = i, kind = "text" }
-    end
-  elseif t == "response.output_text.delta" or t == "response.refusal.delta" then
-    local item = st.items[oi] or { kind = "message", open = {} }
-    st.items[oi] = item
-    local i = bkey(oi, num(d.content_index))
-    if not item.open[i] then
-      item.open[i] = true
-      out[#out + 1] = { t = "block_start", i = i, kind = "text" }
-    end
-    item.any = true
-    out[#out + 1] = { t = "delta", i = i, text = s(d.delta) or "" }
-  elseif t == "response.content_part.done" then
-    local item = st.items[oi]
-    local i = bkey(oi, num(d.content_index))
-    if item and item.open[i] then
-      local part = tbl(d.part) or {}
-      if not item.any and s(part.text) and part.text ~= "" then
-        out[#out + 1] = { t = "delta", i = i, text = part.text }
-      end
-      item.open[i] = nil
-      out[#out + 1] = { t = "block_stop", i = i }
-    end
-  elseif t == "response.reasoning_summary_part.added" then
-    local item = st.items[oi]
-    if item and (num(d.summary_index) or 0) > 0 and item.any then
-      out[#out + 1] = { t = "delta", i = bkey(oi), thinking = "\n\n" }
-    end
-  elseif t == "response.reasoning_summary_text.delta" or t == "response.reasoning_text.delta" then
-    local item = st.items[oi]
-    if item then
-      item.any = true
-      out[#out + 1] = { t = "delta", i = bkey(oi), thinking = s(d.delta) or "" }
-    end
-  elseif t == "response.function_call_arguments.delta" then
-    local item = st.items[oi]
-    if item then
-      item.any = true
-      out[#out + 1] = { t = "delta", i = bkey(oi), args = s(d.delta) or "" }
-    end
-  elseif t == "response.custom_tool_call_input.delta" then
-    local item = st.items[oi]
-    if item then
-      item.any = true
-      local e = encode(s(d.delta) or "")
-      out[#out + 1] = { t = "delta", i = bkey(oi), args = e:sub(2, -2) }
-    end
-  elseif t == "response.output_item.done" then
-    local item = st.items[oi]
-    local it = tbl(d.item) or {}
-    if item then
-      local i = bkey(oi)
-      if item.kind == "reasoning" then
-        if not item.any then
-          local texts = {}
-          for _, sp in ipairs(tbl(it.summary) or {}) do
-            if type(sp) == "table" and s(sp.text) then texts[#texts + 1] = sp.text end
-          end
-          if #texts > 0 then out[#out + 1] = { t = "delta", i = i, thinking = concat(texts, "\n\n") } end
-        end
-        local sig = ir.sig_in(s(it.encrypted_content), FMT)
-        if sig then out[#out + 1] = { t = "delta", i = i, sig = sig } end
-        out[#out + 1] = { t = "block_stop", i = i }
-      elseif item.kind == "tool" then
-        if item.custom then
-          if not item.any and s(it.input) then
-            out[#out + 1] = { t = "delta", i = i, args = encode(it.input):sub(2, -2) }
-          end
-          out[#out + 1] = { t = "delta", i = i, args = '"}' }
-        elseif not item.any and s(it.arguments) and it.arguments ~= "" then
-          out[#out + 1] = { t = "delta", i = i, args = it.arguments }
-        end
-        out[#out + 1] = { t = "block_stop", i = i }
-      elseif item.kind == "message" then
-        local ci = 0
-        for k in pairs(item.open) do
-          out[#out + 1] = { t = "block_stop", i = k }
-          ci = ci + 1
-        end
-        if ci == 0 and not item.any then
-          -- a message that came whole in .done
-          for _, p in ipairs(decode_content(it.content, "assistant")) do
-            if p.text and p.text ~= "" then
-              out[#out + 1] = { t = "block_start", i = i, kind = "text" }
-              out[#out + 1] = { t = "delta", i = i, text = p.text }
-              out[#out + 1] = { t = "block_stop", i = i }
-            end
-          end
-        end
-      end
-      st.items[oi] = nil
-    end
-  elseif t == "response.completed" or t == "response.incomplete" or t == "response.done" then
-    local r = tbl(d.response) or {}
-    for k, item in pairs(st.items) do
-      for i in pairs(item.open or {}) do out[#out + 1] = { t = "block_stop", i = i } end
-      st.items[k] = nil
-    end
-    st.finished = true
-    out[#out + 1] = { t = "finish", stop = stop_of(s(r.status) or (t == "response.incomplete" and "incomplete"),
-                                                   r.incomplete_details, st.saw_tool),
-                      usage = usage_in(r.usage) }
-  elseif t == "response.failed" or t == "error" then
-    local r = tbl(d.response) or {}
-    local e = tbl(r.error) or tbl(d.error) or d
-    st.finished = true
-    out[#out + 1] = { t = "error", status = 500, type = s(e.type) or "server_error",
-                      message = s(e.message) or "upstream error", code = s(e.code) }
+  return false
+end
+
+-- Closes every open block (the stream's end, or its cut).
+local function close_items(items, out)
+  for k, item in pairs(items) do
+    for i in pairs(item.open or {}) do out[#out + 1] = { t = "block_stop", i = i } end
+    items[k] = nil
   end
+end
+
+local function open_text(item, i, out)
+  if not item.open[i] then
+    item.open[i] = true
+    out[#out + 1] = { t = "block_start", i = i, kind = "text" }
+  end
+end
+
+local ON = {}
+
+ON["response.output_item.added"] = function(d, oi, st, ctx, out)
+  local it = tbl(d.item) or {}
+  local i = bkey(oi)
+  if it.type == "reasoning" then
+    st.items[oi] = { kind = "reasoning", open = { [i] = true }, any = false }
+    out[#out + 1] = { t = "block_start", i = i, kind = "thinking" }
+  elseif it.type == "function_call" or it.type == "custom_tool_call" then
+    local custom = it.type == "custom_tool_call"
+    st.items[oi] = { kind = "tool", custom = custom, open = { [i] = true }, any = false }
+    st.saw_tool = true
+    out[#out + 1] = { t = "block_start", i = i, kind = "tool_call", id = s(it.call_id),
+                      name = orig_name(ctx, s(it.name)) }
+    if custom then out[#out + 1] = { t = "delta", i = i, args = '{"input":"' } end
+  elseif it.type == "message" then
+    st.items[oi] = { kind = "message", open = {}, any = false }
+  end
+end
+
+ON["response.content_part.added"] = function(d, oi, st, ctx, out)
+  local item = st.items[oi]
+  if item then open_text(item, bkey(oi, num(d.content_index)), out) end
+end
+
+local function text_delta(d, oi, st, ctx, out)
+  local item = st.items[oi] or { kind = "message", open = {} }
+  st.items[oi] = item
+  local i = bkey(oi, num(d.content_index))
+  open_text(item, i, out)
+  item.any = true
+  out[#out + 1] = { t = "delta", i = i, text = s(d.delta) or "" }
+end
+ON["response.output_text.delta"] = text_delta
+ON["response.refusal.delta"] = text_delta
+
+ON["response.content_part.done"] = function(d, oi, st, ctx, out)
+  local item = st.items[oi]
+  local i = bkey(oi, num(d.content_index))
+  if item and item.open[i] then
+    local part = tbl(d.part) or {}
+    if not item.any and s(part.text) and part.text ~= "" then
+      out[#out + 1] = { t = "delta", i = i, text = part.text }
+    end
+    item.open[i] = nil
+    out[#out + 1] = { t = "block_stop", i = i }
+  end
+end
+
+ON["response.reasoning_summary_part.added"] = function(d, oi, st, ctx, out)
+  local item = st.items[oi]
+  if item and (num(d.summary_index) or 0) > 0 and item.any then
+    out[#out + 1] = { t = "delta", i = bkey(oi), thinking = "\n\n" }
+  end
+end
+
+-- A delta of an open item: the IR delta's field and its text.
+local function item_delta(field, text_of)
+  return function(d, oi, st, ctx, out)
+    local item = st.items[oi]
+    if item then
+      item.any = true
+      out[#out + 1] = { t = "delta", i = bkey(oi), [field] = text_of(d.delta) }
+    end
+  end
+end
+local function plain(v) return s(v) or "" end
+-- a custom tool's input streams as the inside of a JSON string
+local function json_inside(v) return encode(s(v) or ""):sub(2, -2) end
+
+ON["response.reasoning_summary_text.delta"] = item_delta("thinking", plain)
+ON["response.reasoning_text.delta"] = item_delta("thinking", plain)
+ON["response.function_call_arguments.delta"] = item_delta("args", plain)
+ON["response.custom_tool_call_input.delta"] = item_delta("args", json_inside)
+
+-- response.output_item.done, by the kind of item it closes: what did not
+-- stream as deltas comes from the final item.
+local ITEM_DONE = {}
+
+function ITEM_DONE.reasoning(item, it, i, out)
+  if not item.any then
+    local texts = {}
+    for _, sp in ipairs(tbl(it.summary) or {}) do
+      if type(sp) == "table" and s(sp.text) then texts[#texts + 1] = sp.text end
+    end
+    if #texts > 0 then out[#out + 1] = { t = "delta", i = i, thinking = concat(texts, "\n\n") } end
+  end
+  local sig = ir.sig_in(s(it.encrypted_content), FMT)
+  if sig then out[#out + 1] = { t = "delta", i = i, sig = sig } end
+  out[#out + 1] = { t = "block_stop", i = i }
+end
+
+function ITEM_DONE.tool(item, it, i, out)
+  if item.custom then
+    if not item.any and s(it.input) then
+      out[#out + 1] = { t = "delta", i = i, args = encode(it.input):sub(2, -2) }
+    end
+    out[#out + 1] = { t = "delta", i = i, args = '"}' }
+  elseif not item.any and s(it.arguments) and it.arguments ~= "" then
+    out[#out + 1] = { t = "delta", i = i, args = it.arguments }
+  end
+  out[#out + 1] = { t = "block_stop", i = i }
+end
+
+function ITEM_DONE.message(item, it, i, out)
+  local ci = 0
+  for k in pairs(item.open) do
+    out[#out + 1] = { t = "block_stop", i = k }
+    ci = ci + 1
+  end
+  if ci == 0 and not item.any then
+    -- a message that came whole in .done
+    for _, p in ipairs(decode_content(it.content, "assistant")) do
+      if p.text and p.text ~= "" then
+        out[#out + 1] = { t = "block_start", i = i, kind = "text" }
+        out[#out + 1] = { t = "delta", i = i, text = p.text }
+        out[#out + 1] = { t = "block_stop", i = i }
+      end
+    end
+  end
+end
+
+ON["response.output_item.done"] = function(d, oi, st, ctx, out)
+  local item = st.items[oi]
+  if not item then return end
+  local done = ITEM_DONE[item.kind]
+  if done then done(item, tbl(d.item) or {}, bkey(oi), out) end
+  st.items[oi] = nil
+end
+
+local function finish(d, oi, st, ctx, out, t)
+  local r = tbl(d.response) or {}
+  close_items(st.items, out)
+  st.finished = true
+  out[#out + 1] = { t = "finish", stop = stop_of(s(r.status) or (t == "response.incomplete" and "incomplete"),
+                                                 r.incomplete_details, st.saw_tool),
+                    usage = usage_in(r.usage) }
+end
+ON["response.completed"] = finish
+ON["response.incomplete"] = finish
+ON["response.done"] = finish
+
+local function fail(d, oi, st, ctx, out)
+  local r = tbl(d.response) or {}
+  local e = tbl(r.error) or tbl(d.error) or d
+  st.finished = true
+  out[#out + 1] = { t = "error", status = 500, type = s(e.type) or "server_error",
+                    message = s(e.message) or "upstream error", code = s(e.code) }
+end
+ON["response.failed"] = fail
+ON["error"] = fail
+
+function _M.stream_decode(ev, st, ctx)
+  local out = {}
+  local d = event_body(ev)
+  if not d then return out end
+  local t = s(d.type) or ev.event
+  st.items = st.items or {}
+  if open_stream(t, d, st, out) then return out end
+  local on = ON[t]
+  if on then on(d, num(d.output_index) or 0, st, ctx, out, t) end
   return out
 end
 
@@ -605,10 +666,7 @@ function _M.stream_flush(st, ctx)
   if st.finished then return {} end
   st.finished = true
   local out = {}
-  for k, item in pairs(st.items or {}) do
-    for i in pairs(item.open or {}) do out[#out + 1] = { t = "block_stop", i = i } end
-    st.items[k] = nil
-  end
+  close_items(st.items or {}, out)
   out[#out + 1] = { t = "finish", stop = st.saw_tool and "tool_use" or "end_turn" }
   return out
 end

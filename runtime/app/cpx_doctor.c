@@ -15,6 +15,7 @@
 #include <curl/curl.h>
 
 #include "cpx_tls.h"
+#include "cpx_upstream.h"
 
 typedef struct {
   int errors, warnings;
@@ -83,7 +84,8 @@ static size_t discard(char *p, size_t size, size_t n, void *ud) {
 }
 
 static void probe(tally_t *t, const cpx_doctor_upstream_t *u,
-                  const char *global_proxy, long timeout_ms) {
+                  const char *global_proxy, long timeout_ms,
+                  const char *ca_file) {
   char errbuf[CURL_ERROR_SIZE] = "", msg[1024];
   const char *proxy = u->proxy[0] ? u->proxy : global_proxy;
   long status = 0;
@@ -102,6 +104,7 @@ static void probe(tally_t *t, const cpx_doctor_upstream_t *u,
   curl_easy_setopt(e, CURLOPT_ERRORBUFFER, errbuf);
   curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, discard);
   curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+  cpx_upstream_apply_ca(e, ca_file);
   /* The same proxy rule as the upstream client: "" / direct / none mean no
    * proxy at all, not even the *_proxy environment. */
   if (proxy && (!*proxy || strcasecmp(proxy, "direct") == 0 ||
@@ -166,7 +169,8 @@ int cpx_doctor_run(cpx_vm_t *vm, const char *config_path,
       line(&t, "ok", msg, NULL);
     } else {
       for (int i = 0; i < d.nupstreams; i++)
-        probe(&t, &d.upstreams[i], vm->settings.proxy_url, timeout_ms);
+        probe(&t, &d.upstreams[i], vm->settings.proxy_url, timeout_ms,
+              vm->settings.upstream_ca_file);
     }
     cpx_doctor_free(&d);
   }

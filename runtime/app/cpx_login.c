@@ -917,6 +917,7 @@ int cpx_login_run(const cpx_login_opts_t *opts, const char *config_path,
     fprintf(stderr, "cliproxy login: cannot initialise libcurl\n");
     goto out;
   }
+  cpx_upstream_set_ca(&w->upstream, vm->settings.upstream_ca_file);
   uv_timer_init(&lg->loop, &lg->timer);
   lg->timer.data = lg;
   L = vm->L;

@@ -19,6 +19,7 @@
 #include "cpx_lua.h"
 #include "cpx_worker.h"
 #include "cpx_pool.h"
+#include "cpx_redirect.h"
 #include "cpx_store.h"
 #include "cpx_tls.h"
 #include "cpx_tokens.h"
@@ -200,6 +201,16 @@ static int cmd_check(int argc, char **argv, const char *argv0) {
     if (cpx_tls_ctx_new(&tls, vm->settings.tls_cert, vm->settings.tls_key, err,
                         sizeof(err)) != 0) {
       fprintf(stderr, "%s: %s\n", w.config_path, err);
+      cpx_vm_unref(vm);
+      return 1;
+    }
+    cpx_tls_ctx_free(tls);
+  }
+  if (vm->settings.upstream_ca_file[0]) {
+    cpx_tls_ctx_t *tls;
+    if (cpx_tls_client_ctx_new(&tls, vm->settings.upstream_ca_file, err,
+                               sizeof(err)) != 0) {
+      fprintf(stderr, "%s: upstream-ca-file: %s\n", w.config_path, err);
       cpx_vm_unref(vm);
       return 1;
     }
@@ -445,9 +456,21 @@ static int reload_worker(worker_t *wk, const char *why) {
     apply_log_level(&vm->settings);
     apply_log_file(&vm->settings, w->config_path);
   }
+  if (strcmp(vm->settings.upstream_ca_file, old->settings.upstream_ca_file) !=
+          0 &&
+      cpx_h1_pool_set_ca(&w->h1, vm->settings.upstream_ca_file, err,
+                         sizeof(err)) != 0) {
+    cpx_log_error(NULL,
+                  "reload (%s) rejected, keeping generation %u: "
+                  "upstream-ca-file: %s",
+                  why, old->gen, err);
+    cpx_vm_unref(vm);
+    return -1;
+  }
   w->vm = vm;
   cpx_server_update_config(&w->server, &vm->settings.server);
   cpx_upstream_set_proxy(&w->upstream, vm->settings.proxy_url);
+  cpx_upstream_set_ca(&w->upstream, vm->settings.upstream_ca_file);
   {
     cpx_h1_timeouts_t to;
     h1_timeouts(&vm->settings, &to);
@@ -634,6 +657,7 @@ static void on_drained(cpx_server_t *srv) {
     return;
   wk->drained = 1;
   cpx_server_close(&wk->w.server);
+  cpx_redirect_close_loop(&wk->loop); /* OAuth forwarders (is_webui) */
   uv_close((uv_handle_t *)&wk->async, on_close_noop);
   if (wk->w.id == 0) {
     cpx_log_info(NULL, "drained: exiting");
@@ -711,6 +735,14 @@ static int worker_init(app_t *app, int id, const char *config_path,
     cpx_h1_timeouts_t to;
     h1_timeouts(&w->vm->settings, &to);
     cpx_h1_pool_init(&w->h1, w->loop, &to);
+  }
+  cpx_upstream_set_ca(&w->upstream, w->vm->settings.upstream_ca_file);
+  /* Read now, not at the first https request: the file (or the system
+   * bundle) is parsed once, off any request's path. */
+  if (cpx_h1_pool_set_ca(&w->h1, w->vm->settings.upstream_ca_file, err,
+                         sizeof(err)) != 0) {
+    fprintf(stderr, "%s: upstream-ca-file: %s\n", w->config_path, err);
+    return -1;
   }
   uv_async_init(w->loop, &wk->async, on_async);
   wk->async.data = wk;

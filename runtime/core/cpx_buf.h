@@ -1,5 +1,6 @@
-/* cpx_buf.h: the one growable byte buffer append, shared by the request
- * parser and the upstream client. The caller owns *buf (free it). */
+/* cpx_buf.h: the one growable byte buffer append (the request parser, the
+ * server's pending input, the SSE framers, both upstream clients, the lane,
+ * metrics and OTLP bodies). The caller owns *buf (free it). */
 #ifndef CPX_BUF_H
 #define CPX_BUF_H
 

@@ -378,6 +378,283 @@ int cpx_json_top_get(const char *s, size_t n, const cpx_str_t *keys,
   return scan_top(s, n, get_cb, &g, &at, &close);
 }
 
+/* ---- top-level reads and edits without a decode ---------------------------
+ *
+ *   cpx.json.top(s, {key, ...}) -> {key = value} | nil, err
+ *       like peek, but objects and arrays are decoded too (with their key
+ *       order and number texts), for the few members a fix-up reads; null
+ *       is cpx.json.null, absent members are left out; a document whose
+ *       top-level keys use escapes answers nil, "json: escaped key"
+ *   cpx.json.edit(s, set, drop) -> new string | nil, err
+ *       the top-level members named in the list drop removed, those in the
+ *       table set replaced in place by their encoded value (the first
+ *       occurrence; later duplicates dropped) or, when absent, appended in
+ *       byte order of their keys -- where the encoder puts keys a decoded
+ *       object did not have, so the result equals decode, edit, encode for
+ *       compact input. Every other member is copied as it was written. A
+ *       document whose top-level keys use escapes answers nil, "escaped
+ *       key" (the caller decodes instead). */
+
+typedef struct {
+  top_entry_t *v;
+  size_t n, cap;
+  int escaped; /* a top-level key has a backslash */
+  int oom;
+} members_t;
+
+static int members_cb(void *ud, const top_entry_t *e) {
+  members_t *m = ud;
+  if (m->n == m->cap) {
+    size_t cap = m->cap ? m->cap * 2 : 32;
+    top_entry_t *nv = realloc(m->v, cap * sizeof(*nv));
+    if (!nv) {
+      m->oom = 1;
+      return 1; /* stops the scan */
+    }
+    m->v = nv;
+    m->cap = cap;
+  }
+  if (memchr(e->kp, '\\', e->kn))
+    m->escaped = 1;
+  m->v[m->n++] = *e;
+  return 0;
+}
+
+/* Owns the members array of one top/edit call, so a Lua error (out of
+ * memory while pushing) still frees it through __gc. */
+typedef struct {
+  members_t m;
+  char *out;
+} edit_box_t;
+
+static int edit_box_gc(lua_State *L) {
+  edit_box_t *b = lua_touserdata(L, 1);
+  free(b->m.v);
+  free(b->out);
+  b->m.v = NULL;
+  b->out = NULL;
+  return 0;
+}
+
+/* Scans s (argument 1) into a new box pushed on the stack. Returns 0, or
+ * 2 with nil, err pushed. */
+static int members_scan(lua_State *L, const char *s, size_t n,
+                        edit_box_t **out) {
+  edit_box_t *b = lua_newuserdata(L, sizeof(*b));
+  size_t at = 0;
+  const char *close;
+  int rc;
+  memset(b, 0, sizeof(*b));
+  if (luaL_newmetatable(L, "cpx.json.edit_box")) {
+    lua_pushcfunction(L, edit_box_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_setmetatable(L, -2);
+  *out = b;
+  rc = scan_top(s, n, members_cb, &b->m, &at, &close);
+  if (b->m.oom)
+    return luaL_error(L, "json: out of memory");
+  if (rc != 0) {
+    lua_pushnil(L);
+    lua_pushfstring(L, "json: malformed document at byte %d", (int)at);
+    return 2;
+  }
+  return 0;
+}
+
+static int l_top(lua_State *L) {
+  size_t n, nkeys;
+  const char *s = luaL_checklstring(L, 1, &n);
+  int rc;
+  edit_box_t *b;
+  char err[128];
+  luaL_checktype(L, 2, LUA_TTABLE);
+  lua_settop(L, 2);
+  nkeys = lua_objlen(L, 2);
+  if ((rc = members_scan(L, s, n, &b)) != 0)
+    return rc;
+  if (b->m.escaped) {
+    lua_pushnil(L);
+    lua_pushliteral(L, "json: escaped key");
+    return 2;
+  }
+  lua_createtable(L, 0, (int)nkeys); /* 4: the result */
+  for (size_t i = 1; i <= nkeys; i++) {
+    size_t kn;
+    const char *k;
+    const top_entry_t *hit = NULL;
+    lua_rawgeti(L, 2, (int)i);
+    if (lua_type(L, -1) != LUA_TSTRING)
+      return luaL_error(L, "json.top: keys must be strings");
+    k = lua_tolstring(L, -1, &kn);
+    for (size_t j = 0; j < b->m.n; j++) /* the last duplicate wins */
+      if (b->m.v[j].kn == kn && memcmp(b->m.v[j].kp, k, kn) == 0)
+        hit = &b->m.v[j];
+    if (!hit) {
+      lua_pop(L, 1);
+      continue;
+    }
+    if (cpx_json_decode_push(L, hit->vp, hit->vn, err, sizeof(err)) != 0) {
+      lua_pushnil(L);
+      lua_pushfstring(L, "%s (member %s)", err, k);
+      return 2;
+    }
+    lua_rawset(L, 4);
+  }
+  lua_settop(L, 4);
+  return 1;
+}
+
+typedef struct {
+  const char *k;
+  size_t kn;
+  char *enc; /* encoded value, malloc'd; NULL for a dropped key */
+  size_t encn;
+  int done;
+} edit_key_t;
+
+static int edit_key_cmp(const void *pa, const void *pb) {
+  const edit_key_t *a = pa, *b = pb;
+  size_t n = a->kn < b->kn ? a->kn : b->kn;
+  int c = memcmp(a->k, b->k, n);
+  if (c)
+    return c;
+  return a->kn < b->kn ? -1 : a->kn > b->kn;
+}
+
+static int l_edit(lua_State *L) {
+  size_t n, nk = 0, total, o = 0;
+  const char *s = luaL_checklstring(L, 1, &n);
+  edit_box_t *b;
+  edit_key_t *keys;
+  int rc, written = 0;
+  luaL_checktype(L, 2, LUA_TTABLE);
+  if (!lua_isnoneornil(L, 3))
+    luaL_checktype(L, 3, LUA_TTABLE);
+  lua_settop(L, 3);
+  if ((rc = members_scan(L, s, n, &b)) != 0)
+    return rc;
+  if (b->m.escaped) {
+    lua_pushnil(L);
+    lua_pushliteral(L, "json: escaped key");
+    return 2;
+  }
+  /* count the edits: set's keys, then drop's */
+  lua_pushnil(L);
+  while (lua_next(L, 2)) {
+    size_t kn;
+    const char *k;
+    lua_pop(L, 1);
+    if (lua_type(L, -1) != LUA_TSTRING)
+      return luaL_error(L, "json.edit: set's keys must be strings");
+    /* written without escaping: plain member names only */
+    k = lua_tolstring(L, -1, &kn);
+    for (size_t i = 0; i < kn; i++)
+      if (k[i] == '"' || k[i] == '\\' || (unsigned char)k[i] < 0x20)
+        return luaL_error(L, "json.edit: key '%s' needs escaping", k);
+    nk++;
+  }
+  if (!lua_isnil(L, 3))
+    nk += lua_objlen(L, 3);
+  keys = lua_newuserdata(L, (nk ? nk : 1) * sizeof(*keys)); /* GC frees */
+  memset(keys, 0, (nk ? nk : 1) * sizeof(*keys));
+  nk = 0;
+  total = n + 2;
+  lua_pushnil(L);
+  while (lua_next(L, 2)) {
+    edit_key_t *k = &keys[nk++];
+    k->k = lua_tolstring(L, -2, &k->kn);
+    if (cpx_json_encode_value(L, -1, &k->enc, &k->encn) != 0) {
+      for (size_t i = 0; i < nk - 1; i++)
+        free(keys[i].enc);
+      lua_pushnil(L);
+      lua_pushfstring(L, "json.edit: cannot encode the value of '%s'", k->k);
+      return 2;
+    }
+    total += k->kn + k->encn + 4;
+    lua_pop(L, 1);
+  }
+  if (!lua_isnil(L, 3)) {
+    size_t nd = lua_objlen(L, 3);
+    for (size_t i = 1; i <= nd; i++) {
+      edit_key_t *k = &keys[nk];
+      lua_rawgeti(L, 3, (int)i);
+      if (lua_type(L, -1) != LUA_TSTRING) {
+        for (size_t j = 0; j < nk; j++)
+          free(keys[j].enc);
+        return luaL_error(L, "json.edit: drop must list strings");
+      }
+      k->k = lua_tostring(L, -1); /* anchored by the drop table */
+      k->kn = lua_objlen(L, -1);
+      lua_pop(L, 1);
+      nk++;
+    }
+  }
+  qsort(keys, nk, sizeof(*keys), edit_key_cmp);
+  b->out = malloc(total);
+  if (!b->out) {
+    for (size_t j = 0; j < nk; j++)
+      free(keys[j].enc);
+    return luaL_error(L, "json.edit: out of memory");
+  }
+  b->out[o++] = '{';
+  for (size_t j = 0; j < b->m.n; j++) {
+    const top_entry_t *e = &b->m.v[j];
+    edit_key_t probe = {e->kp, e->kn, NULL, 0, 0}, *k;
+    k = nk ? bsearch(&probe, keys, nk, sizeof(*keys), edit_key_cmp) : NULL;
+    if (k) {
+      /* a key both set and dropped is set: take the entry with a value */
+      while (k > keys && edit_key_cmp(k - 1, &probe) == 0)
+        k--;
+      for (edit_key_t *q = k; q < keys + nk && edit_key_cmp(q, &probe) == 0;
+           q++)
+        if (q->enc)
+          k = q;
+      if (!k->enc || k->done) {
+        k->done = 1;
+        continue;
+      }
+      k->done = 1;
+      if (written++)
+        b->out[o++] = ',';
+      memcpy(b->out + o, e->kp - 1, e->kn + 2);
+      o += e->kn + 2;
+      b->out[o++] = ':';
+      memcpy(b->out + o, k->enc, k->encn);
+      o += k->encn;
+      continue;
+    }
+    if (written++)
+      b->out[o++] = ',';
+    memcpy(b->out + o, e->kp - 1, e->kn + 2);
+    o += e->kn + 2;
+    b->out[o++] = ':';
+    memcpy(b->out + o, e->vp, e->vn);
+    o += e->vn;
+  }
+  for (size_t j = 0; j < nk; j++) {
+    edit_key_t *k = &keys[j];
+    if (k->enc && !k->done) {
+      if (written++)
+        b->out[o++] = ',';
+      b->out[o++] = '"';
+      memcpy(b->out + o, k->k, k->kn); /* set's keys are plain (no escapes) */
+      o += k->kn;
+      b->out[o++] = '"';
+      b->out[o++] = ':';
+      memcpy(b->out + o, k->enc, k->encn);
+      o += k->encn;
+    }
+  }
+  b->out[o++] = '}';
+  for (size_t j = 0; j < nk; j++)
+    free(keys[j].enc);
+  lua_pushlstring(L, b->out, o);
+  free(b->out);
+  b->out = NULL;
+  return 1;
+}
+
 /* The raw text of one member: a record's usage object is decoded alone,
  * not the whole answer around it. */
 static int l_member(lua_State *L) {
@@ -480,8 +757,8 @@ static int l_first_event(lua_State *L) {
   return 1;
 }
 
-/* Adds peek, has, set_string and first_event to the cpx.json table of the cpx
- * table at the top of the stack. */
+/* Adds peek, has and set_string to the cpx.json table of the cpx table at the
+ * top of the stack. */
 void cpx_json_scan_register(lua_State *L) {
   lua_getfield(L, -1, "json");
   lua_pushcfunction(L, l_peek);
@@ -490,6 +767,10 @@ void cpx_json_scan_register(lua_State *L) {
   lua_setfield(L, -2, "set_string");
   lua_pushcfunction(L, l_has);
   lua_setfield(L, -2, "has");
+  lua_pushcfunction(L, l_top);
+  lua_setfield(L, -2, "top");
+  lua_pushcfunction(L, l_edit);
+  lua_setfield(L, -2, "edit");
   lua_pushcfunction(L, l_member);
   lua_setfield(L, -2, "member");
   lua_pushcfunction(L, l_first_event);

@@ -97,11 +97,13 @@ void cpx_log_flush(void) {
 }
 
 /* "api-key" and "value": the management API deletes keys by value
- * (DELETE /v0/management/gemini-api-key?api-key=..., /api-keys?value=...). */
+ * (DELETE /v0/management/gemini-api-key?api-key=..., /api-keys?value=...).
+ * "code": an OAuth redirect's authorization code (the callbacks and the
+ * is_webui forwarders log their URL). */
 static int is_secret_param(const char *p, size_t n) {
-  static const char *names[] = {"key",     "auth_token", "access_token",
-                                "api_key", "token",      "api-key",
-                                "value",   "password",   "secret"};
+  static const char *names[] = {
+      "key",     "auth_token", "access_token", "api_key", "token",
+      "api-key", "value",      "password",     "secret",  "code"};
   for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
     if (strlen(names[i]) == n && strncasecmp(p, names[i], n) == 0)
       return 1;

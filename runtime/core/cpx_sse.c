@@ -12,34 +12,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cpx_buf.h"
+
 #define DEFAULT_MAX (8u << 20)
-
-/* Grows *buf so that it holds need bytes. */
-static int grow(char **buf, size_t *cap, size_t need) {
-  size_t ncap;
-  char *nb;
-  if (need <= *cap)
-    return 0;
-  ncap = *cap ? *cap : 128;
-  while (ncap < need)
-    ncap *= 2;
-  nb = realloc(*buf, ncap);
-  if (!nb)
-    return CPX_ENOMEM;
-  *buf = nb;
-  *cap = ncap;
-  return 0;
-}
-
-static int append(char **buf, size_t *len, size_t *cap, const char *s,
-                  size_t n) {
-  if (grow(buf, cap, *len + n))
-    return CPX_ENOMEM;
-  if (n)
-    memcpy(*buf + *len, s, n);
-  *len += n;
-  return 0;
-}
 
 /* ---- SSE ---------------------------------------------------------------- */
 
@@ -120,17 +95,17 @@ static int sse_line(cpx_sse_t *p, const char *line, size_t n, cpx_sse_cb cb,
   if (field_is(line, nl, "data")) {
     if (p->data_len + vl + 1 > p->max_event)
       return sse_fail(p, CPX_ELIMIT);
-    if (append(&p->data, &p->data_len, &p->data_cap, val, vl) ||
-        append(&p->data, &p->data_len, &p->data_cap, "\n", 1))
+    if (cpx_buf_append(&p->data, &p->data_len, &p->data_cap, val, vl) ||
+        cpx_buf_append(&p->data, &p->data_len, &p->data_cap, "\n", 1))
       return sse_fail(p, CPX_ENOMEM);
   } else if (field_is(line, nl, "event")) {
     p->event_len = 0;
-    if (append(&p->event, &p->event_len, &p->event_cap, val, vl))
+    if (cpx_buf_append(&p->event, &p->event_len, &p->event_cap, val, vl))
       return sse_fail(p, CPX_ENOMEM);
   } else if (field_is(line, nl, "id")) {
     if (!memchr(val, '\0', vl)) {
       p->id_len = 0;
-      if (append(&p->id, &p->id_len, &p->id_cap, val, vl))
+      if (cpx_buf_append(&p->id, &p->id_len, &p->id_cap, val, vl))
         return sse_fail(p, CPX_ENOMEM);
     }
   } else if (field_is(line, nl, "retry")) {
@@ -171,8 +146,8 @@ int cpx_sse_feed(cpx_sse_t *p, const char *buf, size_t len, cpx_sse_cb cb,
       i++;
     } else {
       /* Not a BOM: the bytes matched so far are ordinary line bytes. */
-      if (append(&p->buf, &p->len, &p->cap, (const char *)bom,
-                 (size_t)p->bom_state))
+      if (cpx_buf_append(&p->buf, &p->len, &p->cap, (const char *)bom,
+                         (size_t)p->bom_state))
         return sse_fail(p, CPX_ENOMEM);
       p->bom_state = BOM_DONE;
     }
@@ -204,14 +179,14 @@ int cpx_sse_feed(cpx_sse_t *p, const char *buf, size_t len, cpx_sse_cb cb,
       /* No terminator in the rest of the chunk: keep it pending. */
       if (p->len + (len - i) + p->data_len > p->max_event)
         return sse_fail(p, CPX_ELIMIT);
-      if (append(&p->buf, &p->len, &p->cap, buf + i, len - i))
+      if (cpx_buf_append(&p->buf, &p->len, &p->cap, buf + i, len - i))
         return sse_fail(p, CPX_ENOMEM);
       break;
     }
     if (p->len + (end - i) + p->data_len > p->max_event)
       return sse_fail(p, CPX_ELIMIT);
     if (p->len) {
-      if (append(&p->buf, &p->len, &p->cap, buf + i, end - i))
+      if (cpx_buf_append(&p->buf, &p->len, &p->cap, buf + i, end - i))
         return sse_fail(p, CPX_ENOMEM);
       line = p->buf;
       n = p->len;
@@ -274,7 +249,7 @@ static int ja_emit(cpx_jsonarr_t *p, const char *buf, size_t start, size_t end,
   if (p->len == 0) {
     rc = cb(ud, buf + start, end - start);
   } else {
-    if (append(&p->buf, &p->len, &p->cap, buf + start, end - start))
+    if (cpx_buf_append(&p->buf, &p->len, &p->cap, buf + start, end - start))
       return ja_fail(p, CPX_ENOMEM);
     rc = cb(ud, p->buf, p->len);
   }
@@ -381,7 +356,7 @@ int cpx_jsonarr_feed(cpx_jsonarr_t *p, const char *buf, size_t len,
     /* The element continues in the next chunk: keep its bytes. */
     if (p->len + (len - start) > p->max_elem)
       return ja_fail(p, CPX_ELIMIT);
-    if (append(&p->buf, &p->len, &p->cap, buf + start, len - start))
+    if (cpx_buf_append(&p->buf, &p->len, &p->cap, buf + start, len - start))
       return ja_fail(p, CPX_ENOMEM);
   }
   return 0;

@@ -26,9 +26,14 @@
 
 /* ---- helpers ------------------------------------------------------------ */
 
-lreq_t *cpx__lreq_of(lua_State *L) {
+/* The lreq_t registered for the thread L (released ones too), or NULL. */
+static lreq_t *lreq_of(lua_State *L) {
   lreq_t *lr;
   lua_getfield(L, LUA_REGISTRYINDEX, REG_THREADS);
+  if (!lua_istable(L, -1)) { /* the plain-LuaJIT module (busted) */
+    lua_pop(L, 1);
+    return NULL;
+  }
   lua_pushthread(L);
   lua_rawget(L, -2);
   lr = lua_touserdata(L, -1);
@@ -147,7 +152,7 @@ static void lreq_release(lreq_t *lr) {
   if (lr->task)
     cpx__task_co_done(lr->task, lr);
   if (lr->resume_queued) {
-    lreq_t **pp = (lreq_t **)&lr->w->resume_queue;
+    lreq_t **pp = &lr->w->resume_queue;
     while (*pp && *pp != lr)
       pp = &(*pp)->next_resume;
     if (*pp)
@@ -333,6 +338,9 @@ static void push_request_info(lua_State *L, cpx_request_t *r) {
 
 void cpx_lua_on_request(cpx_server_t *srv, cpx_request_t *r) {
   cpx_worker_t *w = srv->data;
+  /* Both paths record the request (rt.record), and the record's access-log
+   * subscriber (rt.access_log) writes its line. */
+  cpx_access_log_claim(r);
   if (w->vm->lane && cpx_lane_try(w, r))
     return;
   cpx__lua_start(w, w->vm, r, NULL, NULL);
@@ -452,7 +460,7 @@ void cpx__co_cancel(lreq_t *lr, const char *reason) {
 }
 
 lreq_t *cpx__co_current(lua_State *L) {
-  lreq_t *lr = cpx__lreq_of(L);
+  lreq_t *lr = lreq_of(L);
   return lr && lr->co == L && !lr->released ? lr : NULL;
 }
 
@@ -535,9 +543,9 @@ static void on_sleep_done(uv_timer_t *t) {
 }
 
 static int l_sleep(lua_State *L) {
-  lreq_t *lr = cpx__lreq_of(L);
+  lreq_t *lr = cpx__co_current(L);
   double sec = luaL_checknumber(L, 1);
-  if (!lr || lr->co != L)
+  if (!lr)
     return luaL_error(
         L, "cpx.sleep can only run in a request's handler or a task");
   if (cpx__push_refusal(L, lr))
@@ -557,21 +565,8 @@ static int l_sleep(lua_State *L) {
 
 /* ---- generic threadpool jobs (cpx_lua_await) ---------------------------- */
 
-static lreq_t *request_of(lua_State *L) {
-  lreq_t *lr;
-  /* The plain-LuaJIT module (busted) has no request table. */
-  lua_getfield(L, LUA_REGISTRYINDEX, REG_THREADS);
-  if (!lua_istable(L, -1)) {
-    lua_pop(L, 1);
-    return NULL;
-  }
-  lua_pop(L, 1);
-  lr = cpx__lreq_of(L);
-  return lr && lr->co == L && !lr->released ? lr : NULL;
-}
-
 int cpx_lua_in_request(lua_State *L) {
-  return request_of(L) != NULL;
+  return cpx__co_current(L) != NULL;
 }
 
 static void job_work(uv_work_t *req) {
@@ -606,7 +601,7 @@ static void job_done(uv_work_t *req, int status) {
 }
 
 int cpx_lua_await(lua_State *L, cpx_lua_job_t *job) {
-  lreq_t *lr = request_of(L);
+  lreq_t *lr = cpx__co_current(L);
   int n;
 
   if (!lr) {

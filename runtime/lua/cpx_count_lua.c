@@ -3,6 +3,7 @@
  */
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include <lauxlib.h>
 #include <lua.h>
@@ -12,66 +13,50 @@
 
 /* Counting a large body takes milliseconds; on the loop it would stall
  * every other request of the worker, so the request phase counts in libuv's
- * threadpool. The text stays anchored in the registry while a thread reads
- * it (Lua strings never move). */
+ * threadpool (cpx_lua_await). The job counts its own copy of the text: a
+ * copy costs microseconds where the count costs milliseconds, and the job
+ * then holds nothing of the VM. Owned by cpx_lua_await until done(). */
 typedef struct {
-  uv_work_t req;
-  lreq_t *lr;
-  const char *text;
-  size_t len;
-  int ref;
+  cpx_lua_job_t job;
   char enc[32];
+  size_t len;
   size_t count;
   int rc;
-} count_work_t;
+  char text[]; /* len bytes */
+} count_job_t;
 
-static void count_work(uv_work_t *req) {
-  count_work_t *w = cpx_container_of(req, count_work_t, req);
-  w->rc = cpx_tokens_count(w->enc, w->text, w->len, &w->count);
+static void count_work(cpx_lua_job_t *job) {
+  count_job_t *j = cpx_container_of(job, count_job_t, job);
+  j->rc = cpx_tokens_count(j->enc, j->text, j->len, &j->count);
 }
 
-static void count_done(uv_work_t *req, int status) {
-  count_work_t *w = cpx_container_of(req, count_work_t, req);
-  lreq_t *lr = w->lr;
-  cpx_vm_t *vm = lr->vm;
-
-  vm->host++;
-  luaL_unref(vm->L, LUA_REGISTRYINDEX, w->ref);
-  vm->host--;
-  lr->pending_work--;
-  if (!lr->released && lr->wait == W_WORK && !lr->running) {
-    int nres = 1;
-    lr->wait = W_NONE;
-    vm->host++;
-    if (status == 0 && w->rc == 0) {
-      lua_pushnumber(lr->co, (lua_Number)w->count);
-    } else {
-      lua_pushnil(lr->co);
-      lua_pushstring(lr->co,
-                     status ? uv_strerror(status) : cpx_strerror(w->rc));
-      nres = 2;
-    }
-    vm->host--;
-    free(w);
-    cpx__lreq_resume(lr, nres);
-    return;
+static int count_push(lua_State *L, cpx_lua_job_t *job) {
+  count_job_t *j = cpx_container_of(job, count_job_t, job);
+  if (j->rc != 0) {
+    lua_pushnil(L);
+    lua_pushstring(L, cpx_strerror(j->rc));
+    return 2;
   }
-  free(w);
-  cpx__lreq_maybe_release(lr);
+  lua_pushnumber(L, (lua_Number)j->count);
+  return 1;
+}
+
+static void count_free(cpx_lua_job_t *job) {
+  free(cpx_container_of(job, count_job_t, job));
 }
 
 /* cpx.tokens.count_async(text[, encoding]) -> n | nil, err. Yields in the
  * request phase (elsewhere it counts synchronously). */
 static int l_count_async(lua_State *L) {
-  lreq_t *lr = cpx__lreq_of(L);
+  lreq_t *lr = cpx__co_current(L);
   size_t len;
   const char *text = luaL_checklstring(L, 1, &len);
   const char *enc = luaL_optstring(L, 2, "o200k_base");
-  count_work_t *w;
+  count_job_t *j;
 
   /* Outside a coroutine, or in one that may no longer wait (a premature
    * task): count here and now. */
-  if (!lr || lr->co != L || lr->released || lr->refuse || lr->aborted) {
+  if (!lr || lr->refuse || lr->aborted) {
     size_t n;
     int rc = cpx_tokens_count(enc, text, len, &n);
     if (rc != 0) {
@@ -82,25 +67,20 @@ static int l_count_async(lua_State *L) {
     lua_pushnumber(L, (lua_Number)n);
     return 1;
   }
-  w = calloc(1, sizeof(*w));
-  if (!w)
+  j = malloc(sizeof(*j) + len + 1);
+  if (!j)
     return luaL_error(L, "out of memory");
-  w->lr = lr;
-  w->text = text;
-  w->len = len;
-  snprintf(w->enc, sizeof(w->enc), "%s", enc);
-  lua_pushvalue(L, 1);
-  w->ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  if (uv_queue_work(lr->w->loop, &w->req, count_work, count_done) != 0) {
-    luaL_unref(L, LUA_REGISTRYINDEX, w->ref);
-    free(w);
-    lua_pushnil(L);
-    lua_pushliteral(L, "cannot queue the count");
-    return 2;
-  }
-  lr->pending_work++;
-  lr->wait = W_WORK;
-  return lua_yield(L, 0);
+  memset(&j->job, 0, sizeof(j->job));
+  j->job.work = count_work;
+  j->job.push = count_push;
+  j->job.done = count_free;
+  snprintf(j->enc, sizeof(j->enc), "%s", enc);
+  memcpy(j->text, text, len);
+  j->text[len] = '\0';
+  j->len = len;
+  j->count = 0;
+  j->rc = 0;
+  return cpx_lua_await(L, &j->job);
 }
 
 void cpx__count_lua_register(lua_State *L, int t) {

@@ -191,11 +191,6 @@ static void on_fetch_event_inner(cpx_fetch_t *f, int ev) {
   lfetch_t *lf = f->data;
   lreq_t *lr = lf->lr;
 
-  if (ev == CPX_FETCH_HEADERS)
-    lf->headers_seen = 1;
-  if (ev == CPX_FETCH_DONE)
-    lf->done_seen = 1;
-
   if (lr->piping && lr->pipe == lf) {
     if (ev == CPX_FETCH_DONE)
       cpx__pipe_end(
@@ -279,14 +274,14 @@ lfetch_t *cpx__check_fetch(lua_State *L, int idx) {
  * first_byte_timeout=, idle_timeout= (seconds), max_body=} -> fetch | nil,
  * err. Yields until the status and headers arrive. */
 static int l_fetch(lua_State *L) {
-  lreq_t *lr = cpx__lreq_of(L);
+  lreq_t *lr = cpx__co_current(L);
   cpx_header_t hdrs[MAX_HEADERS];
   cpx_fetch_opts_t o;
   cpx_settings_t *s;
   lfetch_t *lf;
   int nh, rc;
 
-  if (!lr || lr->co != L || lr->released)
+  if (!lr)
     return luaL_error(
         L, "cpx.fetch can only run in a request's handler or a task");
   luaL_checktype(L, 1, LUA_TTABLE);
@@ -369,7 +364,8 @@ static int l_fetch_body(lua_State *L) {
   lfetch_t *lf = cpx__check_fetch(L, 1);
   lreq_t *lr = lf->lr;
   if (lr->co != L)
-    return luaL_error(L, "fetch:body can only run in a request's handler");
+    return luaL_error(L,
+                      "fetch:body can only run in the coroutine that fetched");
   if (!lf->f->done && cpx__push_refusal(L, lr))
     return 2;
   if (lf->f->done) {
@@ -401,7 +397,8 @@ static int l_fetch_peek(lua_State *L) {
   cpx_fetch_t *f = lf->f;
 
   if (lr->co != L)
-    return luaL_error(L, "fetch:peek can only run in a request's handler");
+    return luaL_error(L,
+                      "fetch:peek can only run in the coroutine that fetched");
   if (f->mode != 0)
     return luaL_error(L, "fetch:peek: the body is already being read");
   if (!f->done && cpx__push_refusal(L, lr))

@@ -295,6 +295,9 @@ static const char *build_target(lua_State *L, int ti, cpx_lane_route_t *rt,
   if (t->port <= 0 || t->port > 65535)
     bad = bad ? bad : "port";
   lua_pop(L, 1);
+  lua_getfield(L, ti, "tls");
+  t->tls = lua_toboolean(L, -1);
+  lua_pop(L, 1);
   t->head = field_str(L, ti, "head", &t->head_len, &bad);
   t->head_stream = field_str(L, ti, "head_stream", &t->head_stream_len, &bad);
   if (!rt->model_in_path)
@@ -539,7 +542,7 @@ static const char *build(lua_State *L, cpx_lane_t *l) {
  *                                   unless = { {i..}.. }, at_most = {
  *                                   {text, max}.. }, lua_headers = {..},
  *                                   slots = { {client, prefix}.. },
- *                                   targets = { { host, port, head,
+ *                                   targets = { { host, port, tls, head,
  *                                   head_stream, model, slot_lines } } } } } }
  * } (rt.lane documents each field.) Replaces the generation's table; nil turns
  * the relay off. Outside a server worker (cliproxy check, the busted module) it

@@ -25,6 +25,8 @@
 #include "cpx_log.h"
 #include "cpx_lua_util.h"
 #include "cpx_pool.h"
+#include "cpx_redirect.h"
+#include "cpx_sign.h"
 #include "cpx_task.h"
 #include "cpx_tokens.h"
 #include "cpx_mgmt.h"
@@ -426,6 +428,8 @@ static void read_settings(lua_State *L, int idx, cpx_settings_t *s) {
   s->logging_to_file = bool_at(L, idx, "logging-to-file");
   s->logs_max_total_mb = (size_t)num_at(L, idx, "logs-max-total-size-mb", 0.0);
   str_at(L, idx, "proxy-url", s->proxy_url, sizeof(s->proxy_url), "");
+  str_at(L, idx, "upstream-ca-file", s->upstream_ca_file,
+         sizeof(s->upstream_ca_file), "");
   s->workers = (int)num_at(L, idx, "workers", 1);
   s->lua_memory_limit =
       (size_t)(num_at(L, idx, "lua.memory-limit-mb", 256) * 1024 * 1024);
@@ -533,6 +537,7 @@ int cpx_vm_new(cpx_worker_t *w, const char *config_path, cpx_vm_t **out,
   cpx_lua_util_open(L);
   cpx_json_scan_register(L);
   cpx_access_lua_register(L);
+  cpx_http_lua_register(L);
   cpx_tokens_lua_register(L);
   cpx__lua_api_register(L);
   cpx_pool_lua_register(L);
@@ -545,6 +550,8 @@ int cpx_vm_new(cpx_worker_t *w, const char *config_path, cpx_vm_t **out,
   cpx_reqlog_lua_register(L);
   cpx_metrics_lua_register(L);
   cpx_otlp_lua_register(L);
+  cpx_redirect_lua_register(L);
+  cpx_sign_lua_register(L);
   lua_pushlightuserdata(L, w);
   lua_setfield(L, LUA_REGISTRYINDEX, "cpx.worker");
   lua_pushlightuserdata(L, vm);

@@ -32,6 +32,7 @@ typedef struct {
   int logging_to_file;      /* logs/main.log beside config.yaml */
   size_t logs_max_total_mb; /* 0: unlimited */
   char proxy_url[1024];
+  char upstream_ca_file[1024]; /* "" : the system trust store */
   int workers;
   size_t lua_memory_limit;
   uint64_t upstream_connect_ms;

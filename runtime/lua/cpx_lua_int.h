@@ -45,8 +45,6 @@ struct lfetch_s {
   lreq_t *lr;
   fetch_box_t *box; /* the userdata, or NULL after it was collected */
   lfetch_t *next;
-  int headers_seen;
-  int done_seen;
   /* fetch:peek(): a private SSE parser over the held bytes (which stay
    * held, so a later pipe replays them) and a queue of parsed events. */
   int peeking;
@@ -113,9 +111,6 @@ struct lreq_s {
 
 /* ---- cpx_co.c ------------------------------------------------------------ */
 
-/* The runtime coroutine whose thread is L (any state, even released), or
- * NULL. */
-lreq_t *cpx__lreq_of(lua_State *L);
 /* Resumes lr's coroutine with the nargs values at the top of its stack. */
 void cpx__lreq_resume(lreq_t *lr, int nargs);
 /* Frees lr once nothing refers to it any more (its coroutine ended, its

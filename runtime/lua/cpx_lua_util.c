@@ -28,6 +28,9 @@
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 #include <yajl/yajl_gen.h>
 #include <yajl/yajl_parse.h>
 
@@ -58,14 +61,60 @@ static const char ascii_escape[128] = {
     [28] = 'u',   [29] = 'u',    [30] = 'u',   [31] = 'u',
 };
 
+/* ---- carried paths (cpx.json.spec) ---------------------------------------
+ * A codec declares the subtrees it only carries ("tools[].input_schema").
+ * decode(s, spec) leaves a container found at such a path as a span: an
+ * empty table with SPAN_MT_KEY's metatable whose RAW_KEY entry is the
+ * container's bytes (whitespace outside strings dropped), so no Lua table
+ * is built for it and the encoder copies the bytes back. yajl still parses
+ * the span, so it is valid JSON with valid UTF-8 like any decoded value. */
+#define SPAN_MT_KEY "cpx.json.span_mt"
+#define SPEC_MT "cpx.json.spec"
+#define SPEC_MAX_NODES 32
+#define SPEC_MAX_KEYS 64
+#define SPEC_POOL 1024
+#define SPEC_NONE (-1)
+#define SPEC_CARRIED (-2)
+
+/* A compiled path set: a trie whose node 0 is the document. A node's keys
+ * (a list from first through next, -1 ends it) name members of an object
+ * at that point, elem is what an array's elements are; a child is
+ * SPEC_NONE, SPEC_CARRIED or a node index. Plain data inside one userdata
+ * (indexes and offsets, no pointers). */
+typedef struct {
+  int elem;
+  int first;
+} spec_node_t;
+
+typedef struct {
+  unsigned off, len; /* in pool */
+  int child;
+  int next;
+} spec_key_t;
+
+typedef struct {
+  int nnodes, nkeys;
+  size_t used;
+  spec_node_t nodes[SPEC_MAX_NODES];
+  spec_key_t keys[SPEC_MAX_KEYS];
+  char pool[SPEC_POOL];
+} json_spec_t;
+
 /* Decoder state shared by the yajl callbacks. Lives on the C stack of the
  * decode call; owns nothing. The Lua stack holds, per open container, the
  * table and (for objects, between key and value) the pending key. */
 typedef struct {
+  const json_spec_t *spec;      /* NULL: decode everything */
+  int node[JSON_MAX_DEPTH + 1]; /* spec node of each open container */
+  int vspec;                    /* spec of the member after a key */
+  int skip;                     /* > 0: nesting inside a span */
+  size_t span_start;            /* offset of the span's [ or { */
+  struct json_hbox *box;        /* owns the scratch buffer */
   lua_State *L;
   int depth;
   int in_array[JSON_MAX_DEPTH + 1]; /* 1 when that level is an array */
   int next_idx[JSON_MAX_DEPTH + 1]; /* next array index / key slot */
+  int kidx[JSON_MAX_DEPTH + 1];     /* stack index of the pending key, 0 */
   int raw;                          /* stack index of the RAW_KEY table */
   yajl_handle h;                    /* for the offset of the current token */
   const char *in;                   /* the input, to find raw string tokens */
@@ -79,10 +128,37 @@ typedef struct {
 static void dec_store(json_dec_t *d) {
   if (d->depth == 0)
     return;
-  if (d->in_array[d->depth])
+  if (d->in_array[d->depth]) {
     lua_rawseti(d->L, -2, d->next_idx[d->depth]++);
-  else
+  } else {
     lua_rawset(d->L, -4); /* [tbl, order, key, value] */
+    d->kidx[d->depth] = 0;
+  }
+}
+
+/* Appends the path of the value being decoded (".messages[2].content",
+ * the client's own field names) to buf, for error messages. Inside a span
+ * it names the span. Reads the pending keys off the Lua stack. */
+static void dec_path(json_dec_t *d, char *buf, size_t cap) {
+  size_t len = strlen(buf);
+  for (int lv = 1; lv <= d->depth && len + 1 < cap; lv++) {
+    int w;
+    if (d->in_array[lv]) {
+      w = snprintf(buf + len, cap - len, "[%d]", d->next_idx[lv] - 1);
+    } else if (d->kidx[lv]) {
+      size_t kn;
+      const char *k = lua_tolstring(d->L, d->kidx[lv], &kn);
+      w = snprintf(buf + len, cap - len, "%s%.*s%s", len ? "." : "",
+                   (int)(kn > 40 ? 40 : kn), k ? k : "", kn > 40 ? "..." : "");
+    } else {
+      break;
+    }
+    if (w < 0)
+      break;
+    len += (size_t)w;
+    if (len >= cap)
+      len = cap - 1;
+  }
 }
 
 /* Pushes the weak container -> raw-text table, creating it on first use. */
@@ -202,6 +278,8 @@ static void dec_note_raw_string(json_dec_t *d, const unsigned char *s, size_t n,
 
 static int dec_null(void *ctx) {
   json_dec_t *d = ctx;
+  if (d->skip)
+    return 1;
   lua_pushlightuserdata(d->L, NULL);
   dec_store(d);
   return 1;
@@ -209,6 +287,8 @@ static int dec_null(void *ctx) {
 
 static int dec_bool(void *ctx, int b) {
   json_dec_t *d = ctx;
+  if (d->skip)
+    return 1;
   lua_pushboolean(d->L, b);
   dec_store(d);
   return 1;
@@ -223,6 +303,8 @@ static int dec_number(void *ctx, const char *s, size_t n) {
   int neg = 0, simple = 1;
   double v;
   int canonical;
+  if (d->skip)
+    return 1;
   if (n > 0 && s[0] == '-') {
     neg = 1;
     i = 1;
@@ -267,7 +349,10 @@ static int dec_number(void *ctx, const char *s, size_t n) {
 
 static int dec_string(void *ctx, const unsigned char *s, size_t n) {
   json_dec_t *d = ctx;
-  size_t end = yajl_get_bytes_consumed(d->h);
+  size_t end;
+  if (d->skip)
+    return 1;
+  end = yajl_get_bytes_consumed(d->h);
   /* yajl hands out a pointer into the input unless it had to unescape */
   if (d->depth > 0 &&
       ((const char *)s < d->in || (const char *)s > d->in + d->inlen))
@@ -298,6 +383,7 @@ static int dec_open(json_dec_t *d, int is_array) {
   d->depth++;
   d->in_array[d->depth] = is_array;
   d->next_idx[d->depth] = 1;
+  d->kidx[d->depth] = 0;
   return 1;
 }
 
@@ -315,25 +401,120 @@ static int dec_close(json_dec_t *d) {
   return 1;
 }
 
+/* What the spec says of the value that starts now: SPEC_NONE, SPEC_CARRIED
+ * or the node its members are looked up in. */
+static int dec_value_spec(json_dec_t *d) {
+  int n;
+  if (!d->spec)
+    return SPEC_NONE;
+  if (d->depth == 0)
+    return 0;
+  if (!d->in_array[d->depth])
+    return d->vspec;
+  n = d->node[d->depth];
+  return n >= 0 ? d->spec->nodes[n].elem : SPEC_NONE;
+}
+
+static int span_compact(const char *s, size_t n, char *out);
+static char *json_scratch(struct json_hbox *b, size_t n);
+
+/* The span [span_start, end) closed: pushes it as a span value. */
+static int dec_push_span(json_dec_t *d, size_t end) {
+  lua_State *L = d->L;
+  const char *s = d->in + d->span_start;
+  size_t n = end - d->span_start, m;
+  if (end > d->inlen || end <= d->span_start ||
+      (s[n - 1] != '}' && s[n - 1] != ']')) {
+    d->err = "span bounds lost";
+    return 0;
+  }
+  lua_createtable(L, 0, 0);
+  lua_getfield(L, LUA_REGISTRYINDEX, SPAN_MT_KEY);
+  lua_setmetatable(L, -2);
+  lua_pushvalue(L, -1);
+  m = (size_t)span_compact(s, n, NULL);
+  if (m == n) {
+    lua_pushlstring(L, s, n);
+  } else {
+    char *buf = json_scratch(d->box, n);
+    if (!buf) {
+      lua_pop(L, 2);
+      d->err = "out of memory";
+      return 0;
+    }
+    lua_pushlstring(L, buf, (size_t)span_compact(s, n, buf));
+  }
+  lua_rawset(L, d->raw);
+  d->last_end = end;
+  dec_store(d);
+  return 1;
+}
+
+static int dec_start(json_dec_t *d, int is_array) {
+  int vs;
+  if (d->skip) {
+    if (d->depth + ++d->skip > JSON_MAX_DEPTH) {
+      d->err = "nesting too deep";
+      return 0;
+    }
+    return 1;
+  }
+  vs = dec_value_spec(d);
+  if (vs == SPEC_CARRIED) {
+    size_t at = yajl_get_bytes_consumed(d->h);
+    if (at == 0 || at > d->inlen || d->in[at - 1] != (is_array ? '[' : '{')) {
+      d->err = "span bounds lost";
+      return 0;
+    }
+    d->span_start = at - 1;
+    d->skip = 1;
+    return 1;
+  }
+  if (!dec_open(d, is_array))
+    return 0;
+  d->node[d->depth] = vs;
+  return 1;
+}
+
+static int dec_end(json_dec_t *d) {
+  if (d->skip)
+    return --d->skip ? 1 : dec_push_span(d, yajl_get_bytes_consumed(d->h));
+  return dec_close(d);
+}
+
 static int dec_start_map(void *ctx) {
-  return dec_open(ctx, 0);
+  return dec_start(ctx, 0);
 }
 
 static int dec_end_map(void *ctx) {
-  return dec_close(ctx);
+  return dec_end(ctx);
 }
 
 static int dec_start_array(void *ctx) {
-  return dec_open(ctx, 1);
+  return dec_start(ctx, 1);
 }
 
 static int dec_end_array(void *ctx) {
-  return dec_close(ctx);
+  return dec_end(ctx);
 }
 
 static int dec_key(void *ctx, const unsigned char *s, size_t n) {
   json_dec_t *d = ctx;
   lua_State *L = d->L;
+  int nd;
+  if (d->skip)
+    return 1;
+  nd = d->spec ? d->node[d->depth] : SPEC_NONE;
+  d->vspec = SPEC_NONE;
+  if (nd >= 0) {
+    for (int i = d->spec->nodes[nd].first; i >= 0; i = d->spec->keys[i].next) {
+      const spec_key_t *k = &d->spec->keys[i];
+      if (k->len == n && memcmp(d->spec->pool + k->off, s, n) == 0) {
+        d->vspec = k->child;
+        break;
+      }
+    }
+  }
   d->last_end = yajl_get_bytes_consumed(d->h);
   lua_pushlstring(L, (const char *)s, n);
   /* A repeated key keeps its first place (its last value wins). */
@@ -344,6 +525,7 @@ static int dec_key(void *ctx, const unsigned char *s, size_t n) {
     lua_rawseti(L, -4, d->next_idx[d->depth]++);
   }
   lua_pop(L, 1);
+  d->kidx[d->depth] = lua_gettop(L);
   return 1;
 }
 
@@ -353,10 +535,12 @@ static const yajl_callbacks dec_callbacks = {
     dec_end_map, dec_start_array, dec_end_array,
 };
 
-/* Owns a yajl handle so a Lua error raised mid-parse (out of memory) still
- * frees it through __gc. */
-typedef struct {
+/* Owns a yajl handle and the span scratch buffer so a Lua error raised
+ * mid-parse (out of memory) still frees them through __gc. */
+typedef struct json_hbox {
   yajl_handle h;
+  char *scratch;
+  size_t cap;
 } json_hbox_t;
 
 static int hbox_gc(lua_State *L) {
@@ -365,7 +549,61 @@ static int hbox_gc(lua_State *L) {
     yajl_free(b->h);
     b->h = NULL;
   }
+  free(b->scratch);
+  b->scratch = NULL;
   return 0;
+}
+
+/* A buffer of at least n bytes owned by b, or NULL. */
+static char *json_scratch(struct json_hbox *b, size_t n) {
+  if (b->cap < n) {
+    char *p = realloc(b->scratch, n);
+    if (!p)
+      return NULL;
+    b->scratch = p;
+    b->cap = n;
+  }
+  return b->scratch;
+}
+
+/* Drops the whitespace outside strings of the valid JSON text s[0..n),
+ * writing the result to out when out is not NULL; returns its length
+ * (n when there is nothing to drop). Strings are skipped with memchr, so
+ * the cost is in the structure, not the text. */
+static int span_compact(const char *s, size_t n, char *out) {
+  size_t i = 0, o = 0;
+  while (i < n) {
+    char c = s[i];
+    if (c == '"') {
+      const char *q = s + i + 1, *e;
+      for (;;) {
+        const char *b;
+        e = memchr(q, '"', (size_t)(s + n - q));
+        if (!e)
+          e = s + n - 1; /* cannot happen in valid JSON */
+        for (b = e; b > s + i + 1 && b[-1] == '\\'; b--)
+          ;
+        if (((e - b) & 1) == 0 || e == s + n - 1)
+          break;
+        q = e + 1;
+      }
+      if (out)
+        memcpy(out + o, s + i, (size_t)(e - s) + 1 - i);
+      o += (size_t)(e - s) + 1 - i;
+      i = (size_t)(e - s) + 1;
+      continue;
+    }
+    i++;
+    if (c == ' ' || c == '\t' || c == '\n' || c == '\r') {
+      if (!out)
+        return (int)o; /* something to drop: the caller compacts */
+      continue;
+    }
+    if (out)
+      out[o] = c;
+    o++;
+  }
+  return (int)o;
 }
 
 /* Copies yajl's terse error ("parse error: invalid object key ...\n") into
@@ -387,8 +625,8 @@ static void dec_yajl_reason(yajl_handle h, char *out, size_t outlen) {
     yajl_free_error(h, e);
 }
 
-int cpx_json_decode_push(lua_State *L, const char *s, size_t n, char *err,
-                         size_t errlen) {
+static int json_decode_spec(lua_State *L, const char *s, size_t n,
+                            const json_spec_t *spec, char *err, size_t errlen) {
   json_dec_t d;
   json_hbox_t *box;
   yajl_status st;
@@ -399,12 +637,19 @@ int cpx_json_decode_push(lua_State *L, const char *s, size_t n, char *err,
   d.L = L;
   d.depth = 0;
   d.err = NULL;
+  d.spec = spec;
+  d.vspec = SPEC_NONE;
+  d.skip = 0;
+  d.span_start = 0;
   if (!lua_checkstack(L, 8)) {
     snprintf(err, errlen, "json: Lua stack exhausted at byte 0");
     return CPX_EPARSE;
   }
   box = lua_newuserdata(L, sizeof(*box));
   box->h = NULL;
+  box->scratch = NULL;
+  box->cap = 0;
+  d.box = box;
   if (luaL_newmetatable(L, "cpx.json.hbox")) {
     lua_pushcfunction(L, hbox_gc);
     lua_setfield(L, -2, "__gc");
@@ -439,18 +684,34 @@ int cpx_json_decode_push(lua_State *L, const char *s, size_t n, char *err,
       dec_yajl_reason(box->h, reason, sizeof(reason));
     if (at > n)
       at = n;
-    snprintf(err, errlen, "json: %s at byte %zu", reason, at);
+    {
+      char path[192] = "";
+      dec_path(&d, path, sizeof(path));
+      if (path[0])
+        snprintf(err, errlen, "json: %s in %s at byte %zu", reason, path, at);
+      else
+        snprintf(err, errlen, "json: %s at byte %zu", reason, at);
+    }
     yajl_free(box->h);
     box->h = NULL;
+    free(box->scratch);
+    box->scratch = NULL;
     lua_settop(L, base);
     return CPX_EPARSE;
   }
   yajl_free(box->h);
   box->h = NULL;
+  free(box->scratch);
+  box->scratch = NULL;
   /* stack: base, box, raw, value */
   lua_replace(L, base + 1);
   lua_settop(L, base + 1);
   return 0;
+}
+
+int cpx_json_decode_push(lua_State *L, const char *s, size_t n, char *err,
+                         size_t errlen) {
+  return json_decode_spec(L, s, n, NULL, err, errlen);
 }
 
 static int l_json_decode(lua_State *L) {
@@ -463,7 +724,10 @@ static int l_json_decode(lua_State *L) {
     return 2;
   }
   s = lua_tolstring(L, 1, &n);
-  if (cpx_json_decode_push(L, s, n, err, sizeof(err)) != 0) {
+  if (json_decode_spec(L, s, n,
+                       lua_isnoneornil(L, 2) ? NULL
+                                             : luaL_checkudata(L, 2, SPEC_MT),
+                       err, sizeof(err)) != 0) {
     lua_pushnil(L);
     lua_pushstring(L, err);
     return 2;
@@ -563,29 +827,62 @@ static inline uint64_t word_dirty(uint64_t x) {
 static int enc_string(json_enc_t *e, const char *s, size_t n) {
   static const char hex[] = "0123456789ABCDEF";
   jbuf_t *out = e->out;
-  size_t start = out->len, i = 0;
+  size_t start = out->len, i = 0, len;
+  char *p;
   yajl_gen_status st;
   /* ASCII strings (most of a prompt, most of code) are escaped here, byte
-   * for byte as yajl would, eight clean bytes at a time: going through
+   * for byte as yajl would, sixteen clean bytes at a time: going through
    * yajl_gen_string cost a quarter of a translated request. A string with
    * any byte >= 0x80 goes to yajl, which validates its UTF-8. Room for the
-   * rest of the string is kept reserved, so clean words copy unchecked. */
+   * rest of the string is kept reserved, so clean words copy unchecked;
+   * the output position lives in locals (p, len) because stores through
+   * out-> would have to be reloaded after every memcpy. */
   if (jbuf_reserve(out, n + 2))
     return 0; /* out->oom is reported by the caller */
-  out->p[out->len++] = '"';
+  p = out->p;
+  len = out->len;
+  p[len++] = '"';
   while (i < n) {
-    uint64_t x;
+    uint64_t x, y;
     unsigned char c;
     char t;
+#ifdef __SSE2__
+    /* One signed compare finds both the bytes below 0x20 and those from
+     * 0x80 on (negative as signed chars). */
+    while (i + 16 <= n) {
+      __m128i v = _mm_loadu_si128((const __m128i *)(const void *)(s + i));
+      __m128i bad =
+          _mm_or_si128(_mm_cmplt_epi8(v, _mm_set1_epi8(0x20)),
+                       _mm_or_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8('"')),
+                                    _mm_cmpeq_epi8(v, _mm_set1_epi8('\\'))));
+      if (_mm_movemask_epi8(bad))
+        break;
+      _mm_storeu_si128((__m128i *)(void *)(p + len), v);
+      len += 16;
+      i += 16;
+    }
+#endif
+    while (i + 16 <= n) {
+      memcpy(&x, s + i, 8);
+      memcpy(&y, s + i + 8, 8);
+      if (word_dirty(x) | word_dirty(y))
+        break;
+      memcpy(p + len, &x, 8);
+      memcpy(p + len + 8, &y, 8);
+      len += 16;
+      i += 16;
+    }
     if (i + 8 <= n) {
       memcpy(&x, s + i, 8);
       if (!word_dirty(x)) {
-        memcpy(out->p + out->len, &x, 8);
-        out->len += 8;
+        memcpy(p + len, &x, 8);
+        len += 8;
         i += 8;
         continue;
       }
     }
+    if (i >= n)
+      break;
     c = (unsigned char)s[i++];
     if (c >= 0x80) {
       out->len = start;
@@ -593,22 +890,25 @@ static int enc_string(json_enc_t *e, const char *s, size_t n) {
     }
     t = ascii_escape[c];
     if (!t) {
-      out->p[out->len++] = (char)c;
+      p[len++] = (char)c;
       continue;
     }
+    out->len = len;
     if (jbuf_reserve(out, 6 + (n - i) + 1))
       return 0;
-    out->p[out->len++] = '\\';
+    p = out->p;
+    p[len++] = '\\';
     if (t != 'u') {
-      out->p[out->len++] = t;
+      p[len++] = t;
     } else {
-      memcpy(out->p + out->len, "u00", 3);
-      out->p[out->len + 3] = hex[c >> 4];
-      out->p[out->len + 4] = hex[c & 15];
-      out->len += 5;
+      memcpy(p + len, "u00", 3);
+      p[len + 3] = hex[c >> 4];
+      p[len + 4] = hex[c & 15];
+      len += 5;
     }
   }
-  out->p[out->len++] = '"';
+  p[len++] = '"';
+  out->len = len;
   return 0;
 via_yajl:
   yajl_gen_reset(e->g, NULL);
@@ -858,13 +1158,21 @@ static int enc_table(json_enc_t *e, int idx, int depth) {
     return enc_fail(e, "nesting too deep");
   if (!lua_checkstack(L, 12))
     return enc_fail(e, "nesting too deep for the Lua stack");
-  n = enc_table_kind(L, idx);
   lua_pushvalue(L, idx);
   lua_rawget(L, e->raw);
+  if (lua_type(L, -1) == LUA_TSTRING) {
+    /* a span: its bytes as they came (compacted) */
+    size_t len;
+    const char *t = lua_tolstring(L, -1, &len);
+    jbuf_add(e->out, t, len);
+    lua_settop(L, top);
+    return 0;
+  }
   if (lua_isnil(L, -1))
     lua_pop(L, 1);
   else
     sub = lua_gettop(L);
+  n = enc_table_kind(L, idx);
   if (n >= 0) {
     jbuf_addc(e->out, '[');
     for (long i = 1; i <= n; i++) {
@@ -1050,6 +1358,172 @@ static int l_json_array(lua_State *L) {
   return 1;
 }
 
+/* ---- spans: cpx.json.spec / cpx.json.raw ----------------------------------
+ */
+
+/* The child of node nd for key k[0..kn) (kn == (size_t)-1: array
+ * elements), created as SPEC_NONE when absent; NULL when a limit is hit. */
+static int *spec_child(json_spec_t *sp, int nd, const char *k, size_t kn) {
+  spec_node_t *n = &sp->nodes[nd];
+  spec_key_t *key;
+  if (kn == (size_t)-1)
+    return &n->elem;
+  for (int i = n->first; i >= 0; i = sp->keys[i].next)
+    if (sp->keys[i].len == kn && memcmp(sp->pool + sp->keys[i].off, k, kn) == 0)
+      return &sp->keys[i].child;
+  if (sp->nkeys == SPEC_MAX_KEYS || sp->used + kn > SPEC_POOL)
+    return NULL;
+  key = &sp->keys[sp->nkeys];
+  key->next = n->first;
+  n->first = sp->nkeys++;
+  memcpy(sp->pool + sp->used, k, kn);
+  key->off = (unsigned)sp->used;
+  key->len = (unsigned)kn;
+  key->child = SPEC_NONE;
+  sp->used += kn;
+  return &key->child;
+}
+
+/* Makes *slot a node (allocating one) and returns its index, -1 when full
+ * or when the path already carries this point. */
+static int spec_node_at(json_spec_t *sp, int *slot) {
+  if (*slot >= 0)
+    return *slot;
+  if (*slot == SPEC_CARRIED || sp->nnodes == SPEC_MAX_NODES)
+    return -1;
+  sp->nodes[sp->nnodes].elem = SPEC_NONE;
+  sp->nodes[sp->nnodes].first = -1;
+  *slot = sp->nnodes;
+  return sp->nnodes++;
+}
+
+/* Adds one path: members joined by '.', each followed by any number of
+ * "[]" (the elements of an array), e.g. "messages[].content[].input". */
+static const char *spec_add(json_spec_t *sp, const char *p, size_t n) {
+  const char *end = p + n;
+  int nd = 0, *slot = NULL;
+  if (n == 0)
+    return "empty path";
+  while (p < end) {
+    const char *q = p;
+    while (q < end && *q != '.' && *q != '[')
+      q++;
+    if (q > p) {
+      if (!(slot = spec_child(sp, nd, p, (size_t)(q - p))))
+        return "too many keys";
+    } else if (q == end || *q != '[') {
+      return "empty member name";
+    }
+    while (q < end && *q == '[') {
+      if (q + 1 >= end || q[1] != ']')
+        return "'[' must be followed by ']'";
+      if (slot && (nd = spec_node_at(sp, slot)) < 0)
+        return "path below a carried path, or too many nodes";
+      if (!(slot = spec_child(sp, nd, NULL, (size_t)-1)))
+        return "too many keys";
+      q += 2;
+    }
+    if (q < end) {
+      if (*q != '.' || q + 1 == end)
+        return "expected '.' and a member name";
+      if ((nd = spec_node_at(sp, slot)) < 0)
+        return "path below a carried path, or too many nodes";
+      q++;
+    }
+    p = q;
+  }
+  if (*slot >= 0)
+    return "path above another carried path";
+  *slot = SPEC_CARRIED;
+  return NULL;
+}
+
+/* cpx.json.spec({path, ...}) -> spec, for decode(s, spec). Misuse (not a
+ * list of strings, a malformed path, limits) raises with the path. */
+static int l_json_spec(lua_State *L) {
+  json_spec_t *sp;
+  size_t np;
+  luaL_checktype(L, 1, LUA_TTABLE);
+  np = lua_objlen(L, 1);
+  sp = lua_newuserdata(L, sizeof(*sp));
+  memset(sp, 0, sizeof(*sp));
+  sp->nnodes = 1;
+  sp->nodes[0].elem = SPEC_NONE;
+  sp->nodes[0].first = -1;
+  for (size_t i = 1; i <= np; i++) {
+    size_t n;
+    const char *p, *why;
+    lua_rawgeti(L, 1, (int)i);
+    if (lua_type(L, -1) != LUA_TSTRING)
+      return luaL_error(L, "json.spec: path %d is not a string", (int)i);
+    p = lua_tolstring(L, -1, &n);
+    if ((why = spec_add(sp, p, n)) != NULL)
+      return luaL_error(L, "json.spec: path '%s': %s", p, why);
+    lua_pop(L, 1);
+  }
+  luaL_getmetatable(L, SPEC_MT);
+  lua_setmetatable(L, -2);
+  return 1;
+}
+
+/* cpx.json.raw(text[, "object"]) -> span | nil, err: text (one JSON array
+ * or object; only an object with "object") as a span, validated by yajl
+ * and compacted, without building its Lua value: an OpenAI `arguments`
+ * string becomes an Anthropic `input` or a Gemini `args` this way. */
+static int l_json_raw(lua_State *L) {
+  size_t n, i = 0, m;
+  const char *s = luaL_checklstring(L, 1, &n);
+  const char *want = luaL_optstring(L, 2, NULL);
+  json_hbox_t *box;
+  yajl_status st;
+  if (want && strcmp(want, "object") != 0)
+    return luaL_argerror(L, 2, "expected \"object\" or nothing");
+  while (i < n && (s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r'))
+    i++;
+  if (i == n || (s[i] != '{' && (want || s[i] != '['))) {
+    lua_pushnil(L);
+    lua_pushstring(L, want ? "json: not an object"
+                           : "json: not an object or array");
+    return 2;
+  }
+  box = lua_newuserdata(L, sizeof(*box));
+  memset(box, 0, sizeof(*box));
+  luaL_getmetatable(L, "cpx.json.hbox");
+  lua_setmetatable(L, -2);
+  box->h = yajl_alloc(NULL, NULL, NULL); /* no callbacks: validate only */
+  if (!box->h)
+    return luaL_error(L, "json: out of memory");
+  st = yajl_parse(box->h, (const unsigned char *)s, n);
+  if (st == yajl_status_ok)
+    st = yajl_complete_parse(box->h);
+  if (st != yajl_status_ok) {
+    char reason[160];
+    dec_yajl_reason(box->h, reason, sizeof(reason));
+    lua_pushnil(L);
+    lua_pushfstring(L, "json: %s", reason);
+    return 2;
+  }
+  yajl_free(box->h);
+  box->h = NULL;
+  lua_createtable(L, 0, 0);
+  lua_getfield(L, LUA_REGISTRYINDEX, SPAN_MT_KEY);
+  lua_setmetatable(L, -2);
+  json_raw_push(L);
+  lua_pushvalue(L, -2);
+  m = (size_t)span_compact(s + i, n - i, NULL);
+  if (m == n - i) {
+    lua_pushlstring(L, s + i, n - i);
+  } else {
+    char *buf = json_scratch(box, n - i);
+    if (!buf)
+      return luaL_error(L, "json: out of memory");
+    lua_pushlstring(L, buf, (size_t)span_compact(s + i, n - i, buf));
+  }
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
+  return 1;
+}
+
 /* Pushes the json table. The array metatable is shared through the
  * registry so every module instance (and the YAML loader) agrees on it. */
 static void open_json(lua_State *L) {
@@ -1074,8 +1548,30 @@ static void open_json(lua_State *L) {
   json_raw_push(L);
   lua_setfield(L, -2, "raw_text");
 
+  lua_getfield(L, LUA_REGISTRYINDEX, SPAN_MT_KEY);
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    lua_createtable(L, 0, 1);
+    lua_pushliteral(L, "span");
+    lua_setfield(L, -2, "__jsontype");
+    lua_pushvalue(L, -1);
+    lua_setfield(L, LUA_REGISTRYINDEX, SPAN_MT_KEY);
+  }
+  lua_setfield(L, -2, "span_mt");
+  luaL_newmetatable(L, SPEC_MT);
+  lua_pop(L, 1);
+  if (luaL_newmetatable(L, "cpx.json.hbox")) {
+    lua_pushcfunction(L, hbox_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_pop(L, 1);
+
   lua_pushcfunction(L, l_json_decode);
   lua_setfield(L, -2, "decode");
+  lua_pushcfunction(L, l_json_spec);
+  lua_setfield(L, -2, "spec");
+  lua_pushcfunction(L, l_json_raw);
+  lua_setfield(L, -2, "raw");
 
   b = lua_newuserdata(L, sizeof(*b));
   memset(b, 0, sizeof(*b));

@@ -1,5 +1,5 @@
 /* cpx_misc_lua.c: cpx.log, cpx.log_level, cpx.secure_compare,
- * cpx.generation, cpx.worker_id and cpx.traceback.
+ * cpx.generation, cpx.worker_id, cpx.access_log and cpx.traceback.
  */
 #include <lauxlib.h>
 #include <lua.h>
@@ -21,8 +21,8 @@ static int l_log(lua_State *L) {
     return luaL_argerror(L, 1, "level must be debug, info, warn or error");
   if (level < cpx_log_get_level())
     return 0;
-  lr = cpx__lreq_of(L);
-  if (lr && !lr->released && lr->r)
+  lr = cpx__co_current(L);
+  if (lr && lr->r)
     rid = lr->r->rid;
   for (int i = 2; i <= n; i++) {
     lua_getglobal(L, "tostring");
@@ -71,6 +71,22 @@ static int l_generation(lua_State *L) {
   return 1;
 }
 
+/* cpx.access_log(request_id) -> boolean: rt.access_log's record
+ * subscriber names the request whose record was emitted; its access line
+ * is written now, or when its response ends (cpx_access_log.h). false when the
+ * id is not waiting for its record (already written, another worker's, or
+ * outside a worker). */
+static int l_access_log(lua_State *L) {
+  size_t n;
+  const char *rid = luaL_checklstring(L, 1, &n);
+  cpx_worker_t *w;
+  lua_getfield(L, LUA_REGISTRYINDEX, "cpx.worker");
+  w = lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  lua_pushboolean(L, w && w->loop && cpx_access_log_record(&w->server, rid, n));
+  return 1;
+}
+
 static int l_worker_id(lua_State *L) {
   cpx_worker_t *w;
   lua_getfield(L, LUA_REGISTRYINDEX, "cpx.worker");
@@ -90,6 +106,8 @@ void cpx__misc_lua_register(lua_State *L, int t) {
   lua_setfield(L, t, "generation");
   lua_pushcfunction(L, l_worker_id);
   lua_setfield(L, t, "worker_id");
+  lua_pushcfunction(L, l_access_log);
+  lua_setfield(L, t, "access_log");
   /* debug itself stays out of the sandbox; its traceback is harmless. */
   lua_getglobal(L, "debug");
   lua_getfield(L, -1, "traceback");

@@ -24,7 +24,9 @@ struct cpx_worker_s {
   cpx_h1_pool_t h1; /* the fast path's upstream connections */
   cpx_vm_t *vm;     /* current generation (one reference) */
   uv_idle_t resume_idle;
-  void *resume_queue; /* requests whose coroutine must be resumed */
+  /* coroutines to resume with an error after an abort or a drain
+   * (cpx_co.c; linked through lreq_t.next_resume) */
+  struct lreq_s *resume_queue;
   /* The fast lane's request records, delivered to Lua (rt.record) after
    * the loop iteration that finished them (cpx_lane.c owns the list). */
   uv_idle_t record_idle;

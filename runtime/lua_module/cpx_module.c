@@ -17,6 +17,7 @@ int luaopen_cpx(lua_State *L) {
   int n = cpx_lua_util_open(L);
   cpx_json_scan_register(L);
   cpx_access_lua_register(L);
+  cpx_http_lua_register(L);
   cpx_tokens_lua_register(L);
   cpx_pool_lua_register(L);
   cpx_yaml_lua_register(L);

@@ -10,6 +10,12 @@
  * arrived is sent once more on a fresh connection: the server most likely
  * closed the idle connection while the request was on its way (curl and
  * browsers do the same).
+ *
+ * An https connection reads ciphertext into cpx_tls_conn_feed, which hands
+ * the plaintext to the same parser; what OpenSSL writes is gathered in the
+ * connection's out buffer and flushed to the socket after each step (one
+ * write per flight, never a blocking call). The connect timer runs until
+ * the handshake is done, as curl's CURLOPT_CONNECTTIMEOUT does.
  */
 #include "cpx_h1.h"
 
@@ -22,11 +28,18 @@ typedef struct endpoint_s {
   struct endpoint_s *next;
   char *host;
   int port;
+  int tls;
+  /* Sessions the server gave, newest last; owned. TLS 1.3 tickets are
+   * single use (RFC 8446 C.4; OpenSSL will not offer one twice) and servers
+   * hand out two per full handshake, often none after a resumption: one
+   * kept session would let only every other new connection resume. */
+  cpx_tls_session_t *sessions[CPX_H1_MAX_SESSIONS];
+  int nsessions;
   cpx_h1_conn_t *idle; /* LIFO through next_idle */
   size_t nidle;
 } endpoint_t;
 
-enum { C_RESOLVING, C_CONNECTING, C_BUSY, C_IDLE, C_CLOSING };
+enum { C_RESOLVING, C_CONNECTING, C_HANDSHAKE, C_BUSY, C_IDLE, C_CLOSING };
 enum { T_NONE, T_CONNECT, T_FIRST_BYTE, T_IDLE, T_KEEPALIVE };
 
 #define RBUF_SIZE (64 * 1024)
@@ -46,12 +59,18 @@ struct cpx_h1_conn_s {
   int timer_mode;
   int pending;   /* close callbacks and a name lookup still to come */
   int reused;    /* has served a request before this one */
-  int writing;   /* the request's write is in flight */
+  int writing;   /* writes in flight */
   int reading;   /* uv_read_start is on */
   int msg_done;  /* on_message_complete seen */
   int cancelled; /* cpx_h1_cancel ran inside llhttp_execute */
   int stopped;   /* a callback returned non-zero inside llhttp_execute */
+  int extra;     /* bytes followed the response in the same read */
   char *rbuf;    /* RBUF_SIZE; owned */
+  /* https: the TLS state (owned) and the ciphertext not yet handed to a
+   * write (owned; a write takes the buffer with it). */
+  cpx_tls_conn_t *tls;
+  char *obuf;
+  size_t olen, ocap;
   /* The name's addresses (owned, freed with the connection) and the one
    * being tried: a refused connect moves on to the next, as curl does
    * ("localhost" is often ::1 first, and servers often listen on
@@ -98,10 +117,12 @@ static void timer_arm(cpx_h1_conn_t *c, int mode, uint64_t ms) {
   uv_timer_start(&c->timer, on_timer, ms, 0);
 }
 
-static endpoint_t *endpoint_get(cpx_h1_pool_t *p, const char *host, int port) {
+static endpoint_t *endpoint_get(cpx_h1_pool_t *p, const char *host, int port,
+                                int tls) {
   endpoint_t *e;
+  tls = tls != 0;
   for (e = p->endpoints; e; e = e->next)
-    if (e->port == port && strcmp(e->host, host) == 0)
+    if (e->port == port && e->tls == tls && strcmp(e->host, host) == 0)
       return e;
   e = calloc(1, sizeof(*e));
   if (!e)
@@ -112,15 +133,22 @@ static endpoint_t *endpoint_get(cpx_h1_pool_t *p, const char *host, int port) {
     return NULL;
   }
   e->port = port;
+  e->tls = tls;
   e->next = p->endpoints;
   p->endpoints = e;
   return e;
+}
+
+static void sessions_clear(endpoint_t *e) {
+  while (e->nsessions > 0)
+    cpx_tls_session_free(e->sessions[--e->nsessions]);
 }
 
 static void endpoints_free(cpx_h1_pool_t *p) {
   endpoint_t *e = p->endpoints, *n;
   for (; e; e = n) {
     n = e->next;
+    sessions_clear(e);
     free(e->host);
     free(e);
   }
@@ -146,6 +174,8 @@ static void conn_unref(cpx_h1_conn_t *c) {
     return;
   if (c->ai_head)
     uv_freeaddrinfo(c->ai_head);
+  cpx_tls_conn_free(c->tls);
+  free(c->obuf);
   free(c->rbuf);
   free(c);
   p->nconns--;
@@ -395,55 +425,66 @@ static int after_callbacks(cpx_h1_conn_t *c, cpx_h1_req_t *q) {
   return 0;
 }
 
-static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
-  cpx_h1_conn_t *c = s->data;
-  cpx_h1_req_t *q = c->req;
-  llhttp_errno_t err;
+enum { P_MORE, P_MSG, P_GONE };
 
-  if (nread == 0)
-    return;
-  if (!q) {
-    /* Idle: the server closed it, or sent bytes nobody asked for. */
-    conn_close(c);
-    return;
-  }
-  if (nread < 0) {
-    if (nread == UV_EOF && q->got_bytes) {
-      /* A body delimited by the close. */
-      err = llhttp_finish(&c->parser);
-      if (after_callbacks(c, q))
-        return;
-      if (err == HPE_OK && c->msg_done) {
-        conn_done(c, 0);
-        return;
-      }
-      if (err == HPE_PAUSED && c->msg_done) {
-        conn_done(c, 0);
-        return;
-      }
-    }
-    conn_fail(c, (int)nread);
-    return;
-  }
+/* Runs the parser over response bytes. Returns P_MORE (keep reading),
+ * P_MSG (the response is complete; c->extra says whether bytes followed
+ * it) or P_GONE (the connection is finished with and q has been told or
+ * was cancelled). */
+static int conn_parse(cpx_h1_conn_t *c, cpx_h1_req_t *q, const char *p,
+                      size_t n) {
+  llhttp_errno_t err;
   q->got_bytes = 1;
   if (!q->paused)
     timer_arm(c, T_IDLE, c->pool->to.idle_ms);
-  err = llhttp_execute(&c->parser, buf->base, (size_t)nread);
+  err = llhttp_execute(&c->parser, p, n);
   if (after_callbacks(c, q))
-    return;
+    return P_GONE;
   if (err == HPE_PAUSED && c->msg_done) {
     const char *pos = llhttp_get_error_pos(&c->parser);
-    int extra = pos && pos < buf->base + nread;
-    conn_done(c, !extra && !c->writing && llhttp_should_keep_alive(&c->parser));
-    return;
+    c->extra = pos && pos < p + n;
+    return P_MSG;
   }
-  if (err != HPE_OK)
+  if (err != HPE_OK) {
     conn_fail(c, CPX_EPARSE);
+    return P_GONE;
+  }
+  return P_MORE;
 }
 
-static void on_write(uv_write_t *w, int status) {
-  cpx_h1_conn_t *c = w->data;
-  c->writing = 0;
+/* The server closed (rc UV_EOF) or the read failed: a body delimited by
+ * the close is complete, anything else is a failure. */
+static void conn_eof(cpx_h1_conn_t *c, cpx_h1_req_t *q, int rc) {
+  if (rc == UV_EOF && q->got_bytes) {
+    llhttp_errno_t err = llhttp_finish(&c->parser);
+    if (after_callbacks(c, q))
+      return;
+    if ((err == HPE_OK || err == HPE_PAUSED) && c->msg_done) {
+      conn_done(c, 0);
+      return;
+    }
+  }
+  if (c->state == C_HANDSHAKE && !q->err)
+    q->err = "upstream closed the connection during the TLS handshake";
+  conn_fail(c, rc);
+}
+
+static int conn_reusable(cpx_h1_conn_t *c) {
+  return !c->extra && !c->writing && llhttp_should_keep_alive(&c->parser) &&
+         !(c->tls && cpx_tls_conn_pending(c->tls));
+}
+
+/* ---- TLS ----------------------------------------------------------------- */
+
+typedef struct {
+  uv_write_t req;
+  cpx_h1_conn_t *c;
+  char *data; /* owned: the out buffer taken from the connection */
+} tls_write_t;
+
+/* A write ended (plain or TLS). */
+static void conn_written(cpx_h1_conn_t *c, int status) {
+  c->writing--;
   if (status == UV_ECANCELED || c->state == C_CLOSING)
     return;
   if (status < 0) {
@@ -454,22 +495,231 @@ static void on_write(uv_write_t *w, int status) {
   }
 }
 
-/* Sends q's bytes on c (connected) and waits for the answer. Returns 0 or
- * a negative code (then q is still attached; the caller fails it). */
+static void on_tls_write(uv_write_t *w, int status) {
+  tls_write_t *tw = w->data;
+  cpx_h1_conn_t *c = tw->c;
+  free(tw->data);
+  free(tw);
+  conn_written(c, status);
+}
+
+/* OpenSSL's output, gathered until the step that made it is over. */
+static int tls_on_cipher(void *ud, const char *p, size_t n) {
+  cpx_h1_conn_t *c = ud;
+  return cpx_buf_append(&c->obuf, &c->olen, &c->ocap, p, n) == 0 ? 0
+                                                                 : CPX_ENOMEM;
+}
+
+/* Writes the gathered ciphertext: what the socket takes now, the rest in
+ * one queued write that takes the buffer along. */
+static int conn_flush(cpx_h1_conn_t *c) {
+  uv_buf_t b;
+  tls_write_t *tw;
+  int done, rc;
+  if (c->olen == 0)
+    return 0;
+  b = uv_buf_init(c->obuf, (unsigned)c->olen);
+  done = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+  if (done == UV_EAGAIN)
+    done = 0;
+  if (done < 0) {
+    c->olen = 0;
+    return done;
+  }
+  if ((size_t)done == c->olen) {
+    c->olen = 0;
+    return 0;
+  }
+  tw = malloc(sizeof(*tw));
+  if (!tw)
+    return CPX_ENOMEM;
+  tw->c = c;
+  tw->data = c->obuf;
+  tw->req.data = tw;
+  b = uv_buf_init(c->obuf + done, (unsigned)(c->olen - (size_t)done));
+  c->obuf = NULL;
+  c->olen = c->ocap = 0;
+  rc = uv_write(&tw->req, (uv_stream_t *)&c->tcp, &b, 1, on_tls_write);
+  if (rc != 0) {
+    free(tw->data);
+    free(tw);
+    return rc;
+  }
+  c->writing++;
+  return 0;
+}
+
+/* Plaintext out of cpx_tls_conn_feed. A non-zero return stops the feed
+ * (the rest stays in OpenSSL's buffers: cpx_tls_conn_pending). */
+static int tls_on_plain(void *ud, const char *p, size_t n) {
+  cpx_h1_conn_t *c = ud;
+  cpx_h1_req_t *q = c->req;
+  int r;
+  if (!q || c->state != C_BUSY)
+    return 1; /* bytes before the request was sent: nothing we asked for */
+  r = conn_parse(c, q, p, n);
+  return r == P_MORE ? 0 : r == P_MSG ? 2 : 3;
+}
+
+/* The server gave us a session: a next connection offers it. The oldest
+ * goes when the list is full. */
+static void tls_on_session(void *ud, cpx_tls_session_t *sess) {
+  endpoint_t *e = ((cpx_h1_conn_t *)ud)->ep;
+  if (e->nsessions == CPX_H1_MAX_SESSIONS) {
+    cpx_tls_session_free(e->sessions[0]);
+    memmove(e->sessions, e->sessions + 1,
+            sizeof(e->sessions[0]) * (CPX_H1_MAX_SESSIONS - 1));
+    e->nsessions--;
+  }
+  e->sessions[e->nsessions++] = sess;
+}
+
+/* The session a new connection offers (a reference the caller drops), or
+ * NULL: the newest usable one. A single-use one leaves the list; a TLS 1.2
+ * session stays (it resumes any number of times). */
+static cpx_tls_session_t *session_take(endpoint_t *e) {
+  while (e->nsessions > 0) {
+    cpx_tls_session_t *s = e->sessions[e->nsessions - 1];
+    if (!cpx_tls_session_resumable(s)) {
+      cpx_tls_session_free(s);
+      e->nsessions--;
+      continue;
+    }
+    if (cpx_tls_session_single_use(s))
+      e->nsessions--;
+    else
+      cpx_tls_session_ref(s);
+    return s;
+  }
+  return NULL;
+}
+
+static int conn_start(cpx_h1_conn_t *c, cpx_h1_req_t *q);
+
+static void tls_fail(cpx_h1_conn_t *c, cpx_h1_req_t *q) {
+  char why[160];
+  cpx_tls_conn_error(c->tls, why, sizeof(why));
+  snprintf(q->errbuf, sizeof(q->errbuf), "upstream TLS %s: %s",
+           c->state == C_HANDSHAKE ? "handshake failed" : "error", why);
+  q->err = q->errbuf;
+  conn_fail(c, CPX_EIO);
+}
+
+static void tls_read(cpx_h1_conn_t *c, cpx_h1_req_t *q, const char *p,
+                     ssize_t nread) {
+  int rc, frc;
+  if (nread < 0) {
+    conn_eof(c, q, (int)nread);
+    return;
+  }
+  rc = cpx_tls_conn_feed(c->tls, p, (size_t)nread, tls_on_plain, tls_on_cipher,
+                         c);
+  if (rc == 3)
+    return; /* the parser finished with the connection */
+  frc = c->state == C_CLOSING ? 0 : conn_flush(c);
+  if (rc == 2) {
+    conn_done(c, frc == 0 && conn_reusable(c));
+    return;
+  }
+  if (rc == 1) {
+    conn_fail(c, CPX_EPARSE);
+    return;
+  }
+  if (rc == CPX_ECLOSED) { /* close_notify: the TLS way to say EOF */
+    conn_eof(c, q, UV_EOF);
+    return;
+  }
+  if (rc == CPX_EIO) {
+    tls_fail(c, q);
+    return;
+  }
+  if (rc == 0)
+    rc = frc;
+  if (rc != 0) {
+    conn_fail(c, rc);
+    return;
+  }
+  if (c->state == C_HANDSHAKE && cpx_tls_conn_handshake_done(c->tls)) {
+    rc = conn_start(c, q);
+    if (rc != 0)
+      conn_fail(c, rc);
+  }
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
+  cpx_h1_conn_t *c = s->data;
+  cpx_h1_req_t *q = c->req;
+
+  if (nread == 0)
+    return;
+  if (!q) {
+    /* Idle: the server closed it, or sent bytes nobody asked for. */
+    conn_close(c);
+    return;
+  }
+  if (c->tls) {
+    tls_read(c, q, buf->base, nread);
+    return;
+  }
+  if (nread < 0) {
+    conn_eof(c, q, (int)nread);
+    return;
+  }
+  if (conn_parse(c, q, buf->base, (size_t)nread) == P_MSG)
+    conn_done(c, conn_reusable(c));
+}
+
+static void on_write(uv_write_t *w, int status) {
+  conn_written(w->data, status);
+}
+
+/* The request through TLS. The pieces are joined first: one SSL_write per
+ * piece would make a record each (five for the lane's head, length, body
+ * and model pieces), each with its own header, tag and cipher call on both
+ * sides; joined, a small request is one record. */
+static int conn_tls_send(cpx_h1_conn_t *c, cpx_h1_req_t *q) {
+  char *p = NULL;
+  size_t len = 0, cap = 0;
+  int rc = 0;
+  if (q->nbufs == 1) {
+    rc = cpx_tls_conn_write(c->tls, q->bufs[0].base, q->bufs[0].len,
+                            tls_on_cipher, c);
+  } else {
+    for (unsigned i = 0; i < q->nbufs && rc == 0; i++)
+      rc = cpx_buf_append(&p, &len, &cap, q->bufs[i].base, q->bufs[i].len);
+    if (rc != 0) {
+      free(p);
+      return CPX_ENOMEM;
+    }
+    rc = cpx_tls_conn_write(c->tls, p, len, tls_on_cipher, c);
+    free(p);
+  }
+  if (rc != 0)
+    return rc == CPX_ENOMEM ? rc : CPX_EIO;
+  return conn_flush(c);
+}
+
+/* Sends q's bytes on c (connected, handshake done) and waits for the
+ * answer. Returns 0 or a negative code (then q is still attached; the
+ * caller fails it). */
 static int conn_start(cpx_h1_conn_t *c, cpx_h1_req_t *q) {
   int rc;
   c->state = C_BUSY;
   c->req = q;
   q->conn = c;
   c->cancelled = c->stopped = 0;
-  c->msg_done = 0;
+  c->msg_done = c->extra = 0;
   if (!c->reading) {
     rc = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
     if (rc != 0)
       return rc;
     c->reading = 1;
   }
-  {
+  if (c->tls) {
+    rc = conn_tls_send(c, q);
+    if (rc != 0)
+      return rc;
+  } else {
     /* Write now what the socket takes (a completed uv_write costs an
      * epoll_ctl through libuv's drain); queue the rest. */
     uv_buf_t rest[sizeof(q->bufs) / sizeof(q->bufs[0])];
@@ -486,11 +736,32 @@ static int conn_start(cpx_h1_conn_t *c, cpx_h1_req_t *q) {
       rc = uv_write(&c->write, (uv_stream_t *)&c->tcp, rest, n, on_write);
       if (rc != 0)
         return rc;
-      c->writing = 1;
+      c->writing++;
     }
   }
   timer_arm(c, T_FIRST_BYTE, c->pool->to.first_byte_ms);
   return 0;
+}
+
+/* Connected to an https endpoint: the ClientHello goes out and the
+ * handshake goes on in tls_read. */
+static int conn_handshake(cpx_h1_conn_t *c) {
+  cpx_tls_session_t *sess = session_take(c->ep);
+  int rc = cpx_tls_client_conn_new(c->pool->tls, c->ep->host, sess,
+                                   tls_on_session, c, &c->tls);
+  if (sess)
+    cpx_tls_session_free(sess); /* the connection holds its own reference */
+  if (rc != 0)
+    return rc;
+  c->state = C_HANDSHAKE;
+  rc = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+  if (rc != 0)
+    return rc;
+  c->reading = 1;
+  rc = cpx_tls_conn_feed(c->tls, NULL, 0, NULL, tls_on_cipher, c);
+  if (rc != 0)
+    return rc == CPX_ENOMEM ? rc : CPX_EIO;
+  return conn_flush(c);
 }
 
 static void on_connect(uv_connect_t *cr, int status) {
@@ -521,7 +792,7 @@ static void on_connect(uv_connect_t *cr, int status) {
     conn_close(c);
     return;
   }
-  status = conn_start(c, c->req);
+  status = c->ep->tls ? conn_handshake(c) : conn_start(c, c->req);
   if (status != 0)
     conn_fail(c, status);
 }
@@ -629,6 +900,27 @@ void cpx_h1_pool_set_timeouts(cpx_h1_pool_t *p, const cpx_h1_timeouts_t *to) {
   p->to = *to;
 }
 
+int cpx_h1_pool_set_ca(cpx_h1_pool_t *p, const char *ca_file, char *err,
+                       size_t errlen) {
+  cpx_tls_ctx_t *ctx;
+  endpoint_t *e;
+  int rc = cpx_tls_client_ctx_new(&ctx, ca_file, err, errlen);
+  if (rc != 0)
+    return rc;
+  /* Connections made under the old trust hold their own reference to it
+   * (OpenSSL counts them); the idle ones and the sessions go. */
+  cpx_tls_ctx_free(p->tls);
+  p->tls = ctx;
+  for (e = p->endpoints; e; e = e->next) {
+    if (!e->tls)
+      continue;
+    while (e->idle)
+      conn_close(e->idle);
+    sessions_clear(e);
+  }
+  return 0;
+}
+
 void cpx_h1_pool_close(cpx_h1_pool_t *p) {
   endpoint_t *e;
   if (p->closed)
@@ -637,6 +929,8 @@ void cpx_h1_pool_close(cpx_h1_pool_t *p) {
   for (e = p->endpoints; e; e = e->next)
     while (e->idle)
       conn_close(e->idle);
+  cpx_tls_ctx_free(p->tls); /* busy connections keep their own reference */
+  p->tls = NULL;
   if (p->nconns == 0)
     endpoints_free(p);
 }
@@ -647,8 +941,10 @@ int cpx_h1_send(cpx_h1_pool_t *p, cpx_h1_req_t *q) {
 
   if (p->closed)
     return CPX_ECLOSED;
+  if (q->tls && !p->tls)
+    return CPX_EINVAL; /* no trust configured: cpx_h1_pool_set_ca */
   req_start(p, q);
-  ep = endpoint_get(p, q->host, q->port);
+  ep = endpoint_get(p, q->host, q->port, q->tls);
   if (!ep)
     return CPX_ENOMEM;
   c = ep->idle;
@@ -674,8 +970,12 @@ int cpx__h1_send_addrs(cpx_h1_pool_t *p, cpx_h1_req_t *q,
     uv_freeaddrinfo(list);
     return CPX_ECLOSED;
   }
+  if (q->tls && !p->tls) {
+    uv_freeaddrinfo(list);
+    return CPX_EINVAL;
+  }
   req_start(p, q);
-  ep = endpoint_get(p, q->host, q->port);
+  ep = endpoint_get(p, q->host, q->port, q->tls);
   if (!ep) {
     uv_freeaddrinfo(list);
     return CPX_ENOMEM;
@@ -720,6 +1020,10 @@ void cpx_h1_resume(cpx_h1_req_t *q) {
     c->reading = 1;
   }
   timer_arm(c, T_IDLE, c->pool->to.idle_ms);
+}
+
+int cpx__h1_resumed(const cpx_h1_req_t *q) {
+  return q->conn && q->conn->tls ? cpx_tls_conn_resumed(q->conn->tls) : 0;
 }
 
 const char *cpx_h1_header(const cpx_h1_req_t *q, const char *name, size_t *n) {

@@ -1,4 +1,4 @@
-/* cpx_h1.h: a small HTTP/1.1 client for plain-http upstreams, with a
+/* cpx_h1.h: a small HTTP/1.1 client for http and https upstreams, with a
  * keep-alive connection pool per worker. The C fast path (cpx_lane.c) sends
  * its requests through it.
  *
@@ -6,8 +6,14 @@
  * build, connection-cache lookup, socket callbacks re-arming epoll) costs
  * more instructions than nginx spends on the whole proxy hop. A request
  * whose head is prebuilt, sent on a pooled connection and parsed with
- * llhttp needs none of it. Everything else (TLS upstreams, proxies, HTTP/2,
- * the Lua pipeline's fetches) stays on libcurl (cpx_upstream.c).
+ * llhttp needs none of it. Everything else (proxies, HTTP/2, the Lua
+ * pipeline's fetches) stays on libcurl (cpx_upstream.c).
+ *
+ * TLS (q->tls) is OpenSSL over memory BIOs (cpx_tls.c) on the loop: SNI,
+ * the certificate checked against the pool's trust (cpx_h1_pool_set_ca)
+ * and the host name, ALPN http/1.1, and the sessions the server handed out
+ * kept per endpoint (TLS 1.3 tickets each used once), so a new connection
+ * to a known server resumes without a certificate check.
  *
  * Ownership:
  *   - cpx_h1_pool_t lives in the worker; cpx_h1_pool_close closes every
@@ -26,6 +32,7 @@
 #include <uv.h>
 
 #include "cpx.h"
+#include "cpx_tls.h"
 
 typedef struct cpx_h1_pool_s cpx_h1_pool_t;
 typedef struct cpx_h1_req_s cpx_h1_req_t;
@@ -33,10 +40,11 @@ typedef struct cpx_h1_conn_s cpx_h1_conn_t;
 
 #define CPX_H1_MAX_HEAD (64 * 1024) /* response head bytes */
 #define CPX_H1_MAX_FIELDS 100
-#define CPX_H1_MAX_IDLE 64 /* idle connections kept per endpoint */
+#define CPX_H1_MAX_IDLE 64    /* idle connections kept per endpoint */
+#define CPX_H1_MAX_SESSIONS 8 /* TLS sessions kept per endpoint */
 
 typedef struct {
-  uint64_t connect_ms;    /* TCP connect (and name lookup) */
+  uint64_t connect_ms;    /* TCP connect (and name lookup, TLS handshake) */
   uint64_t first_byte_ms; /* request sent -> first response byte */
   uint64_t idle_ms;       /* between response reads (paused time excluded) */
   uint64_t keepalive_ms;  /* an idle pooled connection is closed after */
@@ -67,6 +75,7 @@ struct cpx_h1_req_s {
   void *data;
   const char *host; /* name or address literal; borrowed */
   int port;
+  int tls;          /* https: the pool keys connections by (host, port, tls) */
   uv_buf_t bufs[6]; /* the request bytes, head first */
   unsigned nbufs;
   /* response head, valid from on_head until on_done / cancel */
@@ -84,13 +93,15 @@ struct cpx_h1_req_s {
   int paused;   /* reading stopped by the caller (backpressure) */
   int in_field; /* header parsing: 1 in a name, 2 in a value */
   int head_done;
+  char errbuf[192]; /* err's text when it is not static (TLS failures) */
 };
 
 struct cpx_h1_pool_s {
   uv_loop_t *loop;
   cpx_h1_timeouts_t to;
-  void *endpoints; /* idle lists per host:port (internal) */
-  size_t nconns;   /* open connections, busy or idle */
+  void *endpoints;    /* idle lists per host:port (internal) */
+  size_t nconns;      /* open connections, busy or idle */
+  cpx_tls_ctx_t *tls; /* client trust and settings (owned); NULL: no https */
   int closed;
 };
 
@@ -98,6 +109,13 @@ void cpx_h1_pool_init(cpx_h1_pool_t *p, uv_loop_t *loop,
                       const cpx_h1_timeouts_t *to);
 /* New timeouts apply to requests sent from now on (reload). */
 void cpx_h1_pool_set_timeouts(cpx_h1_pool_t *p, const cpx_h1_timeouts_t *to);
+/* Sets the trust for https requests: the CA certificates in ca_file (PEM),
+ * or the system store when ca_file is NULL or "". Reads the file now (call
+ * it at start and reload, not per request). On success the idle https
+ * connections and remembered sessions are dropped (they were checked
+ * against the old trust); on failure nothing changes and err says why. */
+int cpx_h1_pool_set_ca(cpx_h1_pool_t *p, const char *ca_file, char *err,
+                       size_t errlen);
 /* Closes every idle connection; busy ones close when their request ends. */
 void cpx_h1_pool_close(cpx_h1_pool_t *p);
 
@@ -117,6 +135,8 @@ void cpx_h1_pause(cpx_h1_req_t *q);
 void cpx_h1_resume(cpx_h1_req_t *q);
 /* Frees what the client allocated for q (the head buffer). */
 void cpx_h1_req_free(cpx_h1_req_t *q);
+/* Tests: 1 when q's connection resumed a TLS session (valid in on_head). */
+int cpx__h1_resumed(const cpx_h1_req_t *q);
 /* Header lookup in the response (name lower case); NULL when absent. */
 const char *cpx_h1_header(const cpx_h1_req_t *q, const char *name, size_t *n);
 

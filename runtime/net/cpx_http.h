@@ -4,7 +4,7 @@
  * what llhttp 8 leaves to the application: RFC 9110 tchar field names, no
  * obs-fold, a bound on header bytes and field count (431), a body bound
  * (413), and it keeps one parsed request at a time (pipelined bytes wait
- * until cpx_http_parser_next).
+ * until the request is taken with cpx_http_take_request).
  *
  * Ownership: the parser owns its buffers. A finished request can be taken
  * over with cpx_http_take_request (the caller then frees it with
@@ -78,7 +78,8 @@ void cpx_http_parser_free(cpx_http_parser_t *hp);
 /* Feeds bytes. Sets *consumed to the bytes used. Returns one of the
  * CPX_HTTP_* states. After CPX_HTTP_HEADERS_DONE call again with the rest;
  * after CPX_HTTP_DONE the unconsumed bytes belong to the next request: take
- * the request, then call cpx_http_parser_next before feeding them. */
+ * the request (cpx_http_take_request, which resets the parser) before
+ * feeding them. */
 int cpx_http_feed(cpx_http_parser_t *hp, const char *data, size_t len,
                   size_t *consumed);
 

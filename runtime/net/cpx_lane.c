@@ -219,13 +219,6 @@ static int hold(lane_req_t *lq, const char *p, size_t n) {
   return cpx_buf_append(&lq->acc, &lq->acc_len, &lq->acc_cap, p, n);
 }
 
-static const cpx_header_t sse_headers[] = {
-    CPX_CORS_HEADERS,
-    {CPX_STR("Content-Type"), CPX_STR("text/event-stream")},
-    {CPX_STR("Cache-Control"), CPX_STR("no-cache")},
-    {CPX_STR("X-Accel-Buffering"), CPX_STR("no")},
-};
-
 /* cliproxy's own error, in the client's envelope. */
 static void respond_error(lane_req_t *lq, int status, const char *msg) {
   cpx_errbody_respond(lq->r, status, "server_error", "upstream_error", msg);
@@ -360,8 +353,8 @@ answer_headers(lane_req_t *lq, cpx_header_t hs[CPX_JSON_HEADERS_N], size_t *n) {
   size_t ctn;
   const char *ct;
   if (lq->stream) {
-    *n = sizeof(sse_headers) / sizeof(sse_headers[0]);
-    return sse_headers;
+    *n = CPX_SSE_HEADERS_N;
+    return cpx_sse_headers;
   }
   *n = CPX_JSON_HEADERS_N;
   ct = cpx_h1_header(&lq->q, "content-type", &ctn);
@@ -768,6 +761,7 @@ int cpx_lane_serve(cpx_lane_t *l, cpx_h1_pool_t *h1,
   lq->q.data = lq;
   lq->q.host = t->host;
   lq->q.port = t->port;
+  lq->q.tls = t->tls;
   lq->q.bufs[0] =
       uv_buf_init(stream ? t->head_stream : t->head,
                   (unsigned)(stream ? t->head_stream_len : t->head_len));

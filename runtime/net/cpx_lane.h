@@ -50,6 +50,7 @@ typedef struct cpx_lane_s cpx_lane_t;
 typedef struct {
   char *host;
   int port;
+  int tls;    /* https: cpx_h1 speaks TLS to host (SNI, certificate check) */
   char *head; /* request line and the fixed headers, without Content-Length */
   size_t head_len;
   char *head_stream; /* the same for a stream */

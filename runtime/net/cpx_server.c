@@ -8,6 +8,7 @@
 
 #include <openssl/rand.h>
 
+#include "cpx_buf.h"
 #include "cpx_errbody.h"
 #include "cpx_log.h"
 #include "cpx_metrics.h"
@@ -77,6 +78,13 @@ static void ip_release(cpx_server_t *srv, cpx_conn_t *c);
 
 const cpx_header_t cpx_json_headers[CPX_JSON_HEADERS_N] = {
     CPX_CORS_HEADERS, {CPX_STR("Content-Type"), CPX_STR("application/json")}};
+
+const cpx_header_t cpx_sse_headers[CPX_SSE_HEADERS_N] = {
+    CPX_CORS_HEADERS,
+    {CPX_STR("Content-Type"), CPX_STR("text/event-stream")},
+    {CPX_STR("Cache-Control"), CPX_STR("no-cache")},
+    {CPX_STR("X-Accel-Buffering"), CPX_STR("no")},
+};
 
 void cpx_server_config_defaults(cpx_server_config_t *cfg) {
   memset(cfg, 0, sizeof(*cfg));
@@ -294,7 +302,7 @@ static void on_conn_timer(uv_timer_t *t) {
     break;
   case CONN_HEADERS:
   case CONN_BODY:
-    cpx_log_info(NULL, "408 | %s | request not received in time", c->remote);
+    cpx_access_log_reject(408, c->remote, "request not received in time");
     conn_error_write(c, 408, "request timeout");
     break;
   case CONN_ACTIVE:
@@ -329,23 +337,6 @@ void cpx_request_unref(cpx_request_t *r) {
     r->on_free(r);
   cpx_http_request_free(&r->http);
   free(r);
-}
-
-static void access_log(cpx_request_t *r) {
-  char target[512];
-  double ms;
-
-  if (r->logged)
-    return;
-  r->logged = 1;
-  ms = (double)(uv_hrtime() - r->start_ns) / 1e6;
-  cpx_log_redact_query(r->http.buf + r->http.url_off, r->http.url_len, target,
-                       sizeof(target));
-  cpx_log_info(r->rid, "%d | %.3fms | %s | %s %s | in=%zu out=%llu%s%s%s",
-               r->status ? r->status : 499, ms, r->remote,
-               r->http.method ? r->http.method : "-", target, r->http.body_len,
-               (unsigned long long)r->bytes_out, r->tag ? " | " : "",
-               r->tag ? r->tag : "", r->aborted ? " | client closed" : "");
 }
 
 const char *cpx_request_header(const cpx_request_t *r, const char *name,
@@ -516,7 +507,7 @@ static void request_done(cpx_request_t *r) {
   if (r->finished)
     return;
   r->finished = 1;
-  access_log(r);
+  cpx_access_log_done(r);
   r->srv->active_requests--;
   cpx_metrics_inflight(-1, r->streaming ? -1 : 0); /* [metrics] */
   if (!c) {
@@ -588,8 +579,9 @@ static void conn_error_write(cpx_conn_t *c, int status, const char *msg) {
 }
 
 static void error_response(cpx_conn_t *c, int status, const char *reason) {
-  cpx_log_info(NULL, "%d | %s | rejected: %s", status, c->remote,
-               reason ? reason : "");
+  char note[256];
+  snprintf(note, sizeof(note), "rejected: %s", reason ? reason : "");
+  cpx_access_log_reject(status, c->remote, note);
   uv_timer_stop(&c->timer);
   c->timer_mode = -1;
   conn_error_write(c, status, reason ? reason : cpx_http_reason(status));
@@ -728,19 +720,7 @@ static void conn_process_direct(cpx_conn_t *c, const char *in, size_t n) {
 }
 
 static int pending_append(cpx_conn_t *c, const char *p, size_t n) {
-  if (c->pending_len + n > c->pending_cap) {
-    size_t nc = c->pending_cap ? c->pending_cap : 16384;
-    while (nc < c->pending_len + n)
-      nc *= 2;
-    char *nb = realloc(c->pending, nc);
-    if (!nb)
-      return CPX_ENOMEM;
-    c->pending = nb;
-    c->pending_cap = nc;
-  }
-  memcpy(c->pending + c->pending_len, p, n);
-  c->pending_len += n;
-  return 0;
+  return cpx_buf_append(&c->pending, &c->pending_len, &c->pending_cap, p, n);
 }
 
 static int tls_plain_in(void *ud, const char *buf, size_t len) {
@@ -1001,13 +981,15 @@ static void on_connection(uv_stream_t *server, int status) {
     uint64_t now = uv_hrtime();
     srv->over_unlogged++;
     if (now - srv->over_logged_ns >= 1000000000ull || !srv->over_logged_ns) {
-      cpx_log_info(NULL,
-                   "503 | %s | rejected: too many connections%s (limit %zu; "
-                   "%lu refused since the last such line)",
-                   c->remote, over ? "" : " from this address",
-                   over ? (size_t)srv->cfg.max_connections
-                        : (size_t)srv->cfg.max_connections_per_ip,
-                   srv->over_unlogged);
+      char note[256];
+      snprintf(note, sizeof(note),
+               "rejected: too many connections%s (limit %zu; "
+               "%lu refused since the last such line)",
+               over ? "" : " from this address",
+               over ? (size_t)srv->cfg.max_connections
+                    : (size_t)srv->cfg.max_connections_per_ip,
+               srv->over_unlogged);
+      cpx_access_log_reject(503, c->remote, note);
       srv->over_logged_ns = now;
       srv->over_unlogged = 0;
     }
@@ -1037,6 +1019,7 @@ int cpx_server_init(cpx_server_t *srv, uv_loop_t *loop,
    * is known: SO_REUSEPORT must be set on the socket before bind. */
   uv_timer_init(loop, &srv->drain_timer);
   srv->drain_timer.data = srv;
+  cpx_access_log_init(&srv->access, loop);
   return 0;
 }
 
@@ -1152,6 +1135,8 @@ void cpx_server_close(cpx_server_t *srv) {
   if (srv->closed)
     return;
   srv->closed = 1;
+  /* First, so the requests the closes end are written at once. */
+  cpx_access_log_close(&srv->access);
   while (srv->conns)
     conn_close(srv->conns);
   /* Every connection released its address entry in conn_close. */

@@ -17,6 +17,7 @@
 #include <uv.h>
 
 #include "cpx.h"
+#include "cpx_access_log.h"
 #include "cpx_http.h"
 #include "cpx_tls.h"
 
@@ -76,9 +77,10 @@ struct cpx_request_s {
   int finished;
   int aborted;     /* client gone before finish */
   int close_after; /* send Connection: close */
-  int logged;
   uint64_t bytes_out;
   const char *tag; /* static string for the access log ("fast"), or NULL */
+  cpx_access_line_t
+      *access; /* its claimed access line (cpx_access_log.c), or NULL */
   /* Set by the handler (the Lua layer); called from the loop. */
   void *handler_data;
   void (*on_abort)(cpx_request_t *r);    /* client disconnected */
@@ -112,8 +114,8 @@ struct cpx_server_s {
    * open (freed when its count drops to 0), so its size is bounded by
    * nconns. Allocated on first use; freed by cpx_server_close. */
   struct cpx_ip_count_s **ip_buckets;
+  cpx_access_log_t access; /* lines waiting for their record */
   size_t active_requests;
-  uint64_t next_rid;
   int listener_open; /* listener handle initialised (needs uv_close) */
   int listening;
   int draining;
@@ -136,8 +138,10 @@ void cpx_server_close(cpx_server_t *srv);
 void cpx_request_ref(cpx_request_t *r);
 void cpx_request_unref(cpx_request_t *r);
 
-/* CORS as CLIProxyAPI sends it (lua/rt/http.lua has the same for Lua), for
- * header arrays built in C. */
+/* CORS as CLIProxyAPI sends it, for header arrays built in C. These lists
+ * are the only ones: Lua reads them as cpx.http.cors_headers and
+ * cpx.http.sse_headers (cpx_http_lua.c; rt.http builds its tables on
+ * them). */
 #define CPX_CORS_HEADERS                                                       \
   {CPX_STR("Access-Control-Allow-Origin"), CPX_STR("*")},                      \
       {CPX_STR("Access-Control-Allow-Methods"),                                \
@@ -149,6 +153,10 @@ void cpx_request_unref(cpx_request_t *r);
  * may copy the array and replace the type). */
 #define CPX_JSON_HEADERS_N 4
 extern const cpx_header_t cpx_json_headers[CPX_JSON_HEADERS_N];
+/* The head of an SSE answer: CORS, Content-Type: text/event-stream,
+ * Cache-Control: no-cache and X-Accel-Buffering: no (no proxy buffering). */
+#define CPX_SSE_HEADERS_N 6
+extern const cpx_header_t cpx_sse_headers[CPX_SSE_HEADERS_N];
 
 /* Complete response with a body (Content-Length). headers may be NULL. */
 int cpx_request_respond(cpx_request_t *r, int status,

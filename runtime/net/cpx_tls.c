@@ -1,4 +1,4 @@
-/* cpx_tls.c: server-side TLS over memory BIOs (see cpx_tls.h).
+/* cpx_tls.c: TLS over memory BIOs, server and client side (see cpx_tls.h).
  *
  * OpenSSL never touches the socket: the server writes what it reads from the
  * socket into the read BIO, and whatever OpenSSL puts into the write BIO is
@@ -8,6 +8,7 @@
  */
 #include "cpx_tls.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,6 +19,8 @@
 #include <openssl/pem.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
+#include <openssl/x509_vfy.h>
+#include <openssl/x509v3.h>
 
 /* Plaintext is handed on and ciphertext drained in chunks of this size, so
  * neither a big feed nor a big write makes this layer allocate. 16 KiB is
@@ -39,6 +42,9 @@ struct cpx_tls_conn_s {
   unsigned failed : 1;      /* a fatal TLS error; only CPX_EIO from now on */
   unsigned peer_closed : 1; /* the peer sent close_notify */
   unsigned shut_sent : 1;   /* we sent close_notify */
+  unsigned long err_code;   /* the first OpenSSL error of the failure */
+  cpx_tls_session_cb on_session; /* client: a session to keep */
+  void *ud;
 };
 
 /* "http/1.1" in ALPN wire format: a length byte, then the name. */
@@ -126,9 +132,40 @@ static EVP_PKEY *read_key(const char *path) {
   return k;
 }
 
+/* A context with what both sides want: TLS 1.2 at least (1.0 and 1.1 are
+ * deprecated, RFC 8996), no compression (CRIME), no renegotiation (it buys
+ * nothing for HTTP/1.1 and costs CPU on the peer's demand), and whole writes
+ * only (a partial write would make cpx_tls_conn_write report progress it
+ * cannot return; memory BIOs never refuse bytes). */
+static SSL_CTX *ctx_base(const SSL_METHOD *m, char *err, size_t errlen) {
+  SSL_CTX *s;
+  ERR_clear_error();
+  s = SSL_CTX_new(m);
+  if (s == NULL) {
+    ssl_errmsg(err, errlen, "tls: SSL_CTX_new");
+    return NULL;
+  }
+  SSL_CTX_set_min_proto_version(s, TLS1_2_VERSION);
+  SSL_CTX_set_options(s, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
+  SSL_CTX_clear_mode(s, SSL_MODE_ENABLE_PARTIAL_WRITE);
+  return s;
+}
+
+/* Wraps s (its reference passes to the new context, or is dropped). */
+static int ctx_wrap(SSL_CTX *s, cpx_tls_ctx_t **out, char *err, size_t errlen) {
+  cpx_tls_ctx_t *ctx = malloc(sizeof(*ctx));
+  if (ctx == NULL) {
+    SSL_CTX_free(s);
+    snprintf(err, errlen, "tls: out of memory");
+    return CPX_ENOMEM;
+  }
+  ctx->ssl = s;
+  *out = ctx;
+  return 0;
+}
+
 int cpx_tls_ctx_new(cpx_tls_ctx_t **out, const char *cert_file,
                     const char *key_file, char *err, size_t errlen) {
-  cpx_tls_ctx_t *ctx = NULL;
   SSL_CTX *s = NULL;
   EVP_PKEY *key = NULL;
   X509 *cert;
@@ -147,23 +184,13 @@ int cpx_tls_ctx_new(cpx_tls_ctx_t **out, const char *cert_file,
       (rc = check_readable("key", key_file, err, errlen)) != 0)
     return rc;
 
-  ERR_clear_error();
-  s = SSL_CTX_new(TLS_server_method());
-  if (s == NULL) {
-    ssl_errmsg(err, errlen, "tls: SSL_CTX_new");
+  s = ctx_base(TLS_server_method(), err, errlen);
+  if (s == NULL)
     return CPX_ENOMEM;
-  }
-  /* TLS 1.0 and 1.1 are deprecated (RFC 8996). Compression enables CRIME;
-   * renegotiation buys nothing for HTTP/1.1 and costs CPU on demand of the
-   * client; the server's cipher order is the better one. */
-  SSL_CTX_set_min_proto_version(s, TLS1_2_VERSION);
-  SSL_CTX_set_options(s, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION |
-                             SSL_OP_CIPHER_SERVER_PREFERENCE);
+  /* The server's cipher order is the better one. */
+  SSL_CTX_set_options(s, SSL_OP_CIPHER_SERVER_PREFERENCE);
   SSL_CTX_set_alpn_select_cb(s, alpn_select_cb, NULL);
   SSL_CTX_set_default_passwd_cb(s, no_passphrase_cb);
-  /* A partial write would make cpx_tls_conn_write report progress it cannot
-   * return; memory BIOs never refuse bytes, so whole writes always finish. */
-  SSL_CTX_clear_mode(s, SSL_MODE_ENABLE_PARTIAL_WRITE);
 
   if (SSL_CTX_use_certificate_chain_file(s, cert_file) != 1) {
     snprintf(what, sizeof(what), "tls: cannot load certificate chain '%s'",
@@ -199,16 +226,7 @@ int cpx_tls_ctx_new(cpx_tls_ctx_t **out, const char *cert_file,
     goto fail;
   }
   EVP_PKEY_free(key);
-
-  ctx = malloc(sizeof(*ctx));
-  if (ctx == NULL) {
-    SSL_CTX_free(s);
-    snprintf(err, errlen, "tls: out of memory");
-    return CPX_ENOMEM;
-  }
-  ctx->ssl = s;
-  *out = ctx;
-  return 0;
+  return ctx_wrap(s, out, err, errlen);
 
 fail:
   EVP_PKEY_free(key);
@@ -223,14 +241,15 @@ void cpx_tls_ctx_free(cpx_tls_ctx_t *ctx) {
   free(ctx);
 }
 
-int cpx_tls_conn_new(cpx_tls_ctx_t *ctx, cpx_tls_conn_t **out) {
+/* A connection over two fresh memory BIOs; accept or connect state is the
+ * caller's to set. */
+static cpx_tls_conn_t *conn_alloc(cpx_tls_ctx_t *ctx) {
   cpx_tls_conn_t *c;
   BIO *rbio, *wbio;
 
-  *out = NULL;
   c = calloc(1, sizeof(*c));
   if (c == NULL)
-    return CPX_ENOMEM;
+    return NULL;
   c->ssl = SSL_new(ctx->ssl);
   rbio = BIO_new(BIO_s_mem());
   wbio = BIO_new(BIO_s_mem());
@@ -240,15 +259,24 @@ int cpx_tls_conn_new(cpx_tls_ctx_t *ctx, cpx_tls_conn_t **out) {
     SSL_free(c->ssl);
     free(c);
     ERR_clear_error();
-    return CPX_ENOMEM;
+    return NULL;
   }
   /* An empty memory BIO must say "retry", not EOF: more bytes will come. */
   BIO_set_mem_eof_return(rbio, -1);
   BIO_set_mem_eof_return(wbio, -1);
   SSL_set_bio(c->ssl, rbio, wbio); /* c->ssl owns both from here */
-  SSL_set_accept_state(c->ssl);
+  SSL_set_app_data(c->ssl, c);
   c->rbio = rbio;
   c->wbio = wbio;
+  return c;
+}
+
+int cpx_tls_conn_new(cpx_tls_ctx_t *ctx, cpx_tls_conn_t **out) {
+  cpx_tls_conn_t *c = conn_alloc(ctx);
+  *out = NULL;
+  if (c == NULL)
+    return CPX_ENOMEM;
+  SSL_set_accept_state(c->ssl);
   *out = c;
   return 0;
 }
@@ -256,6 +284,12 @@ int cpx_tls_conn_new(cpx_tls_ctx_t *ctx, cpx_tls_conn_t **out) {
 void cpx_tls_conn_free(cpx_tls_conn_t *c) {
   if (c == NULL)
     return;
+  /* A client connection that ends without close_notify (the server closed
+   * a keep-alive connection, or we did) would have OpenSSL mark its session
+   * not resumable; the session is sound unless TLS itself failed. nginx
+   * ends its connections the same way (SSL_set_shutdown). */
+  if (c->on_session != NULL && c->handshake_done && !c->failed)
+    SSL_set_shutdown(c->ssl, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
   SSL_free(c->ssl);
   free(c);
 }
@@ -279,6 +313,8 @@ static int drain(cpx_tls_conn_t *c, cpx_tls_out_cb on_cipher, void *ud) {
  * sending; the connection is dead either way. */
 static int fail(cpx_tls_conn_t *c, cpx_tls_out_cb on_cipher, void *ud) {
   c->failed = 1;
+  if (c->err_code == 0)
+    c->err_code = ERR_peek_error(); /* for cpx_tls_conn_error */
   ERR_clear_error();
   drain(c, on_cipher, ud);
   return CPX_EIO;
@@ -390,4 +426,150 @@ int cpx_tls_conn_shutdown(cpx_tls_conn_t *c, cpx_tls_out_cb on_cipher,
 
 int cpx_tls_conn_handshake_done(const cpx_tls_conn_t *c) {
   return c->handshake_done;
+}
+
+/* ---- client side --------------------------------------------------------- */
+
+/* OpenSSL hands every new session here (SSL_SESS_CACHE_CLIENT with no
+ * internal store): the connection's owner keeps it per endpoint. Returning 1
+ * passes our reference on to the owner. */
+static int new_session_cb(SSL *ssl, SSL_SESSION *sess) {
+  cpx_tls_conn_t *c = SSL_get_app_data(ssl);
+  if (c == NULL || c->on_session == NULL)
+    return 0;
+  c->on_session(c->ud, sess);
+  return 1;
+}
+
+/* The system trust store as one file read now: OpenSSL's hashed-directory
+ * lookup would open files during a handshake, which is blocking I/O on the
+ * loop. SSL_CERT_FILE overrides the compiled-in default, as everywhere in
+ * OpenSSL. Falls back to the default paths when no bundle file exists. */
+static int load_system_roots(SSL_CTX *s) {
+  const char *f = getenv(X509_get_default_cert_file_env());
+  FILE *fp;
+  if (f == NULL || *f == '\0')
+    f = X509_get_default_cert_file();
+  fp = fopen(f, "rb");
+  if (fp != NULL) {
+    fclose(fp);
+    if (SSL_CTX_load_verify_locations(s, f, NULL) == 1)
+      return 0;
+    ERR_clear_error();
+  }
+  return SSL_CTX_set_default_verify_paths(s) == 1 ? 0 : -1;
+}
+
+int cpx_tls_client_ctx_new(cpx_tls_ctx_t **out, const char *ca_file, char *err,
+                           size_t errlen) {
+  SSL_CTX *s;
+  char what[1200];
+  int rc;
+
+  *out = NULL;
+  if (err != NULL && errlen > 0)
+    err[0] = '\0';
+  if (ca_file != NULL && *ca_file != '\0' &&
+      (rc = check_readable("CA", ca_file, err, errlen)) != 0)
+    return rc;
+  s = ctx_base(TLS_client_method(), err, errlen);
+  if (s == NULL)
+    return CPX_ENOMEM;
+  SSL_CTX_set_verify(s, SSL_VERIFY_PEER, NULL);
+  /* The owner keeps sessions per endpoint (host, port): OpenSSL's own
+   * client cache would need a lookup key per connection anyway. */
+  SSL_CTX_set_session_cache_mode(s, SSL_SESS_CACHE_CLIENT |
+                                        SSL_SESS_CACHE_NO_INTERNAL_STORE);
+  SSL_CTX_sess_set_new_cb(s, new_session_cb);
+  if (SSL_CTX_set_alpn_protos(s, alpn_http11, sizeof(alpn_http11)) != 0) {
+    ssl_errmsg(err, errlen, "tls: ALPN");
+    SSL_CTX_free(s);
+    return CPX_ENOMEM;
+  }
+  if (ca_file != NULL && *ca_file != '\0') {
+    if (SSL_CTX_load_verify_locations(s, ca_file, NULL) != 1) {
+      snprintf(what, sizeof(what), "tls: cannot load CA file '%s'", ca_file);
+      ssl_errmsg(err, errlen, what);
+      SSL_CTX_free(s);
+      return CPX_EINVAL;
+    }
+  } else if (load_system_roots(s) != 0) {
+    ssl_errmsg(err, errlen, "tls: cannot load the system trust store");
+    SSL_CTX_free(s);
+    return CPX_EINVAL;
+  }
+  return ctx_wrap(s, out, err, errlen);
+}
+
+int cpx_tls_client_conn_new(cpx_tls_ctx_t *ctx, const char *host,
+                            cpx_tls_session_t *session,
+                            cpx_tls_session_cb on_session, void *ud,
+                            cpx_tls_conn_t **out) {
+  cpx_tls_conn_t *c;
+  unsigned char addr[16];
+  int ok;
+
+  *out = NULL;
+  c = conn_alloc(ctx);
+  if (c == NULL)
+    return CPX_ENOMEM;
+  SSL_set_connect_state(c->ssl);
+  if (inet_pton(AF_INET, host, addr) == 1 ||
+      inet_pton(AF_INET6, host, addr) == 1) {
+    /* No SNI for an address (RFC 6066); its IP SAN entry is checked. */
+    ok = X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(c->ssl), host);
+  } else {
+    SSL_set_hostflags(c->ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+    ok = SSL_set_tlsext_host_name(c->ssl, host) == 1 &&
+         SSL_set1_host(c->ssl, host) == 1;
+  }
+  if (!ok || (session != NULL && SSL_set_session(c->ssl, session) != 1)) {
+    ERR_clear_error();
+    cpx_tls_conn_free(c);
+    return CPX_EINVAL;
+  }
+  c->on_session = on_session;
+  c->ud = ud;
+  *out = c;
+  return 0;
+}
+
+void cpx_tls_session_free(cpx_tls_session_t *s) {
+  SSL_SESSION_free(s);
+}
+
+void cpx_tls_session_ref(cpx_tls_session_t *s) {
+  SSL_SESSION_up_ref(s);
+}
+
+int cpx_tls_session_resumable(const cpx_tls_session_t *s) {
+  return SSL_SESSION_is_resumable(s);
+}
+
+int cpx_tls_session_single_use(const cpx_tls_session_t *s) {
+  return SSL_SESSION_get_protocol_version(s) >= TLS1_3_VERSION;
+}
+
+int cpx_tls_conn_resumed(const cpx_tls_conn_t *c) {
+  return SSL_session_reused(c->ssl);
+}
+
+int cpx_tls_conn_pending(const cpx_tls_conn_t *c) {
+  return SSL_pending(c->ssl) > 0 || BIO_ctrl_pending(c->rbio) > 0;
+}
+
+void cpx_tls_conn_error(const cpx_tls_conn_t *c, char *buf, size_t len) {
+  long v = SSL_get_verify_result(c->ssl);
+  if (v != X509_V_OK) {
+    snprintf(buf, len, "certificate verify failed: %s",
+             X509_verify_cert_error_string(v));
+  } else if (c->err_code != 0) {
+    const char *r = ERR_reason_error_string(c->err_code);
+    if (r != NULL)
+      snprintf(buf, len, "%s", r);
+    else
+      ERR_error_string_n(c->err_code, buf, len);
+  } else {
+    snprintf(buf, len, "TLS error");
+  }
 }

@@ -365,6 +365,20 @@ void cpx_upstream_set_proxy(cpx_upstream_t *up, const char *proxy) {
   up->proxy = proxy && *proxy ? strdup(proxy) : NULL;
 }
 
+void cpx_upstream_set_ca(cpx_upstream_t *up, const char *ca_file) {
+  free(up->ca_file);
+  up->ca_file = ca_file && *ca_file ? strdup(ca_file) : NULL;
+}
+
+void cpx_upstream_apply_ca(CURL *e, const char *ca_file) {
+  if (!ca_file || !*ca_file)
+    return;
+  /* Exactly the file's certificates, as curl --cacert with no CA path and
+   * the h1 client do: a test CA does not add to the system store. */
+  curl_easy_setopt(e, CURLOPT_CAINFO, ca_file);
+  curl_easy_setopt(e, CURLOPT_CAPATH, NULL);
+}
+
 static void noop_close(uv_handle_t *h) {
   CPX_UNUSED(h);
 }
@@ -381,6 +395,8 @@ void cpx_upstream_close(cpx_upstream_t *up) {
     curl_easy_cleanup(up->spare[--up->nspare]);
   free(up->proxy);
   up->proxy = NULL;
+  free(up->ca_file);
+  up->ca_file = NULL;
 }
 
 static void apply_proxy(CURL *e, const char *proxy) {
@@ -440,6 +456,7 @@ int cpx_fetch_start(cpx_upstream_t *up, const cpx_fetch_opts_t *o,
    * per transfer and buys nothing for event streams. */
   curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
   apply_proxy(e, o->proxy ? o->proxy : up->proxy);
+  cpx_upstream_apply_ca(e, up->ca_file);
 
   /* Never let curl add "Expect: 100-continue" (a round trip for big
    * bodies) nor a default Accept the provider did not ask for. */

@@ -60,6 +60,7 @@ struct cpx_upstream_s {
   uv_idle_t idle;       /* delivers deferred events */
   cpx_fetch_t *pending; /* fetches with undelivered events */
   char *proxy;          /* owned: global proxy-url or NULL */
+  char *ca_file;        /* owned: upstream-ca-file or NULL (system store) */
   /* Reset easy handles kept for reuse: curl_easy_init allocates its
    * buffers anew each time, which showed up as a fifth of a small
    * request's CPU. Owned; cleaned up in cpx_upstream_close. */
@@ -102,6 +103,11 @@ struct cpx_fetch_s {
 
 int cpx_upstream_init(cpx_upstream_t *up, uv_loop_t *loop, const char *proxy);
 void cpx_upstream_set_proxy(cpx_upstream_t *up, const char *proxy);
+/* The CA certificates (PEM file) that upstream servers are checked against
+ * instead of the system store; NULL or "" for the system store. */
+void cpx_upstream_set_ca(cpx_upstream_t *up, const char *ca_file);
+/* The same rule on any easy handle (the doctor's probes). */
+void cpx_upstream_apply_ca(CURL *e, const char *ca_file);
 void cpx_upstream_close(cpx_upstream_t *up);
 
 int cpx_fetch_start(cpx_upstream_t *up, const cpx_fetch_opts_t *opts,

@@ -1,23 +1,37 @@
 /* test_h1.c: the fast path's HTTP/1.1 client (cpx_h1) against a scripted
  * TCP server on the same loop: keep-alive reuse, the one retry after a
  * stale pooled connection, chunked and close-delimited bodies, 1xx heads,
- * timeouts, truncation, backpressure, cancel and stop. */
+ * timeouts, truncation, backpressure, cancel and stop; and the same server
+ * behind TLS (cpx_tls.c's server side, with a CA and certificates made at
+ * run time): trust, host names, a handshake cut short, session resumption
+ * and reuse. */
 #include "cpx_h1.h"
 #include "cpx_test.h"
+#include "cpx_tls.h"
 
 #include <netdb.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
 
 /* ---- the scripted server ----------------------------------------------------
  */
 
 typedef struct {
   uv_tcp_t tcp;
-  char buf[1 << 16];
+  char rbuf[1 << 16]; /* what the socket gave */
+  char buf[1 << 16];  /* request bytes (plaintext) */
   size_t len;
   int nreq; /* requests answered on this connection */
   int dead;
+  cpx_tls_conn_t *tls; /* when the server speaks TLS */
+  char *out;           /* ciphertext gathered for one write */
+  size_t olen, ocap;
 } sconn_t;
 
 static struct {
@@ -31,7 +45,9 @@ static struct {
   int conns, requests;
   char last_req[1 << 16];
   size_t last_req_len;
-  int eof_seen; /* a connection was closed by the client */
+  int eof_seen;           /* a connection was closed by the client */
+  cpx_tls_ctx_t *tls;     /* serve TLS with this context */
+  int close_in_handshake; /* TLS: close after the ClientHello */
 } S;
 
 static uv_loop_t *loop;
@@ -39,12 +55,15 @@ static uv_loop_t *loop;
 static void s_alloc(uv_handle_t *h, size_t sz, uv_buf_t *b) {
   sconn_t *c = h->data;
   (void)sz;
-  b->base = c->buf + c->len;
-  b->len = sizeof(c->buf) - c->len;
+  b->base = c->rbuf;
+  b->len = sizeof(c->rbuf);
 }
 
 static void s_closed(uv_handle_t *h) {
-  free(h->data);
+  sconn_t *c = h->data;
+  cpx_tls_conn_free(c->tls);
+  free(c->out);
+  free(c);
 }
 
 static void s_close(sconn_t *c) {
@@ -54,12 +73,54 @@ static void s_close(sconn_t *c) {
   uv_close((uv_handle_t *)&c->tcp, s_closed);
 }
 
+typedef struct {
+  uv_write_t w;
+  sconn_t *c;
+  char *data; /* owned, or NULL for a static answer */
+  int answer;
+} swrite_t;
+
 static void s_written(uv_write_t *w, int st) {
-  sconn_t *c = w->data;
+  swrite_t *sw = w->data;
+  sconn_t *c = sw->c;
+  int answer = sw->answer;
   (void)st;
-  free(w);
-  if (S.close_after_answer)
+  free(sw->data);
+  free(sw);
+  if (answer && S.close_after_answer)
     s_close(c);
+}
+
+static void s_write(sconn_t *c, char *owned, const char *p, size_t n,
+                    int answer) {
+  swrite_t *sw = malloc(sizeof(*sw));
+  uv_buf_t out = uv_buf_init((char *)p, (unsigned)n);
+  sw->c = c;
+  sw->data = owned;
+  sw->answer = answer;
+  sw->w.data = sw;
+  uv_write(&sw->w, (uv_stream_t *)&c->tcp, &out, 1, s_written);
+}
+
+static int s_gather(void *ud, const char *p, size_t n) {
+  sconn_t *c = ud;
+  if (c->olen + n > c->ocap) {
+    c->ocap = (c->olen + n) * 2;
+    c->out = realloc(c->out, c->ocap);
+  }
+  memcpy(c->out + c->olen, p, n);
+  c->olen += n;
+  return 0;
+}
+
+/* Writes what TLS gathered in one write (an answer is never split, so a
+ * close after it cannot cut it). */
+static void s_flush(sconn_t *c, int answer) {
+  if (c->olen == 0)
+    return;
+  s_write(c, c->out, c->out, c->olen, answer);
+  c->out = NULL;
+  c->olen = c->ocap = 0;
 }
 
 /* One request = head up to CRLFCRLF plus Content-Length bytes. */
@@ -76,16 +137,14 @@ static size_t s_complete(const char *p, size_t n) {
   return n >= head + body ? head + body : 0;
 }
 
-static void s_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b) {
-  sconn_t *c = s->data;
+/* Request bytes (plaintext): answers every complete request. Returns 1
+ * when the connection was closed. */
+static int s_input(sconn_t *c, const char *p, size_t n) {
   size_t used;
-  (void)b;
-  if (n < 0) {
-    S.eof_seen++;
-    s_close(c);
-    return;
-  }
-  c->len += (size_t)n;
+  if (c->len + n > sizeof(c->buf))
+    n = sizeof(c->buf) - c->len;
+  memcpy(c->buf + c->len, p, n);
+  c->len += n;
   while ((used = s_complete(c->buf, c->len)) > 0) {
     memcpy(S.last_req, c->buf, used);
     S.last_req_len = used;
@@ -97,15 +156,46 @@ static void s_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b) {
       continue;
     if (S.drop_second && c->nreq == 2) {
       s_close(c);
-      return;
+      return 1;
     }
-    {
-      uv_write_t *w = malloc(sizeof(*w));
-      uv_buf_t out = uv_buf_init((char *)S.answer, (unsigned)S.answer_len);
-      w->data = c;
-      uv_write(w, s, &out, 1, s_written);
+    if (c->tls) {
+      cpx_tls_conn_write(c->tls, S.answer, S.answer_len, s_gather, c);
+      s_flush(c, 1);
+    } else {
+      s_write(c, NULL, S.answer, S.answer_len, 1);
     }
   }
+  return 0;
+}
+
+static int s_plain(void *ud, const char *p, size_t n) {
+  return s_input(ud, p, n);
+}
+
+static void s_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b) {
+  sconn_t *c = s->data;
+  if (n < 0) {
+    S.eof_seen++;
+    s_close(c);
+    return;
+  }
+  if (n == 0 || c->dead)
+    return;
+  if (!c->tls) {
+    s_input(c, b->base, (size_t)n);
+    return;
+  }
+  if (S.close_in_handshake) {
+    s_close(c);
+    return;
+  }
+  if (cpx_tls_conn_feed(c->tls, b->base, (size_t)n, s_plain, s_gather, c) < 0) {
+    s_flush(c, 0);
+    s_close(c);
+    return;
+  }
+  if (!c->dead)
+    s_flush(c, 0);
 }
 
 static void s_connection(uv_stream_t *l, int st) {
@@ -118,6 +208,8 @@ static void s_connection(uv_stream_t *l, int st) {
     return;
   }
   S.conns++;
+  if (S.tls)
+    cpx_tls_conn_new(S.tls, &c->tls);
   uv_read_start((uv_stream_t *)&c->tcp, s_alloc, s_read);
 }
 
@@ -125,7 +217,9 @@ static void server_start(const char *answer) {
   struct sockaddr_in a;
   struct sockaddr_storage ss;
   int len = sizeof(ss);
+  cpx_tls_ctx_t *tls = S.tls; /* chosen by tls_server_start */
   memset(&S, 0, sizeof(S));
+  S.tls = tls;
   S.answer = answer;
   S.answer_len = strlen(answer);
   uv_tcp_init(loop, &S.listener);
@@ -156,6 +250,7 @@ typedef struct {
   int pieces;
   int paused;       /* between pause and resume */
   int while_paused; /* body pieces delivered while paused */
+  int resumed;      /* TLS: the connection resumed a session */
 } call_t;
 
 static cpx_h1_pool_t pool;
@@ -167,6 +262,7 @@ static int c_head(cpx_h1_req_t *q) {
   const char *ct = cpx_h1_header(q, "content-type", &n);
   c->heads++;
   c->status = q->status;
+  c->resumed = cpx__h1_resumed(q);
   if (ct && n < sizeof(c->ctype)) {
     memcpy(c->ctype, ct, n);
     c->ctype[n] = 0;
@@ -483,6 +579,303 @@ static void test_next_address_after_refusal(void) {
   pool_shut();
 }
 
+/* ---- TLS ----------------------------------------------------------------- */
+
+static char tmpdir[64], ca_pem[128], other_ca_pem[128], leaf_pem[128],
+    leaf_key[128];
+
+static void add_ext(X509 *x, X509 *issuer, int nid, const char *value) {
+  X509V3_CTX v;
+  X509_EXTENSION *e;
+  X509V3_set_ctx_nodb(&v);
+  X509V3_set_ctx(&v, issuer, x, NULL, NULL, 0);
+  e = X509V3_EXT_conf_nid(NULL, &v, nid, value);
+  X509_add_ext(x, e, -1);
+  X509_EXTENSION_free(e);
+}
+
+/* A certificate for key, signed by (issuer, ikey) or by itself. */
+static X509 *make_cert(EVP_PKEY *key, const char *cn, X509 *issuer,
+                       EVP_PKEY *ikey, const char *san) {
+  static long serial = 1;
+  X509 *x = X509_new();
+  X509_NAME *n = X509_get_subject_name(x);
+  X509_set_version(x, 2);
+  ASN1_INTEGER_set(X509_get_serialNumber(x), serial++);
+  X509_gmtime_adj(X509_getm_notBefore(x), -3600);
+  X509_gmtime_adj(X509_getm_notAfter(x), 86400);
+  X509_set_pubkey(x, key);
+  X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_ASC, (const unsigned char *)cn,
+                             -1, -1, 0);
+  X509_set_issuer_name(x, issuer ? X509_get_subject_name(issuer) : n);
+  if (san) {
+    add_ext(x, issuer, NID_basic_constraints, "CA:FALSE");
+    add_ext(x, issuer, NID_subject_alt_name, san);
+  } else {
+    add_ext(x, x, NID_basic_constraints, "critical,CA:TRUE");
+    add_ext(x, x, NID_key_usage, "critical,keyCertSign,cRLSign");
+  }
+  X509_sign(x, ikey ? ikey : key, EVP_sha256());
+  return x;
+}
+
+static void write_pem(const char *path, X509 *x, EVP_PKEY *k) {
+  FILE *f = fopen(path, "wb");
+  if (x)
+    PEM_write_X509(f, x);
+  if (k)
+    PEM_write_PrivateKey(f, k, NULL, NULL, 0, NULL, NULL);
+  fclose(f);
+}
+
+/* A CA, a server certificate from it for localhost and 127.0.0.1, and a
+ * second CA that signed nothing we serve. */
+static void certs_make(void) {
+  EVP_PKEY *cak = EVP_EC_gen("P-256"), *ok = EVP_EC_gen("P-256"),
+           *lk = EVP_EC_gen("P-256");
+  X509 *ca = make_cert(cak, "test CA", NULL, NULL, NULL);
+  X509 *other = make_cert(ok, "other CA", NULL, NULL, NULL);
+  X509 *leaf =
+      make_cert(lk, "localhost", ca, cak, "DNS:localhost,IP:127.0.0.1");
+  snprintf(tmpdir, sizeof(tmpdir), "/tmp/cpx-test-h1-XXXXXX");
+  CPX_CHECK(mkdtemp(tmpdir) != NULL);
+  snprintf(ca_pem, sizeof(ca_pem), "%s/ca.pem", tmpdir);
+  snprintf(other_ca_pem, sizeof(other_ca_pem), "%s/other-ca.pem", tmpdir);
+  snprintf(leaf_pem, sizeof(leaf_pem), "%s/leaf.pem", tmpdir);
+  snprintf(leaf_key, sizeof(leaf_key), "%s/leaf-key.pem", tmpdir);
+  write_pem(ca_pem, ca, NULL);
+  write_pem(other_ca_pem, other, NULL);
+  write_pem(leaf_pem, leaf, NULL);
+  write_pem(leaf_key, NULL, lk);
+  X509_free(ca);
+  X509_free(other);
+  X509_free(leaf);
+  EVP_PKEY_free(cak);
+  EVP_PKEY_free(ok);
+  EVP_PKEY_free(lk);
+}
+
+static void certs_remove(void) {
+  unlink(ca_pem);
+  unlink(other_ca_pem);
+  unlink(leaf_pem);
+  unlink(leaf_key);
+  rmdir(tmpdir);
+}
+
+static void tls_server_start(const char *answer) {
+  char err[512];
+  CPX_CHECK_INT(cpx_tls_ctx_new(&S.tls, leaf_pem, leaf_key, err, sizeof(err)),
+                0);
+  server_start(answer);
+}
+
+/* The pool trusting ca_file (NULL: the test CA). */
+static void tls_pool_open(const char *ca_file) {
+  char err[512];
+  pool_open(1000);
+  CPX_CHECK_INT(
+      cpx_h1_pool_set_ca(&pool, ca_file ? ca_file : ca_pem, err, sizeof(err)),
+      0);
+}
+
+static void tls_shut(void) {
+  pool_shut();
+  cpx_tls_ctx_free(S.tls);
+  S.tls = NULL;
+}
+
+static call_t *tls_call(const char *host) {
+  call_t *c = call_new();
+  c->q.host = host;
+  c->q.tls = 1;
+  return c;
+}
+
+static void test_tls_keepalive_reuse(void) {
+  tls_server_start(OK);
+  tls_pool_open(NULL);
+  for (int i = 0; i < 3; i++) {
+    call_t *c = roundtrip(tls_call("localhost"));
+    CPX_CHECK_INT(c->rc, 0);
+    CPX_CHECK_INT(c->status, 200);
+    CPX_CHECK_MEM(c->body, c->body_len, "{\"ok\":true}", 11);
+    call_free(c);
+  }
+  CPX_CHECK_INT(S.conns, 1); /* one handshake for three requests */
+  CPX_CHECK_INT(S.requests, 3);
+  CPX_CHECK_MEM(S.last_req, S.last_req_len, REQ, sizeof(REQ) - 1);
+  tls_shut();
+}
+
+/* The server closes after each answer: every request needs a connection,
+ * and every one after the first resumes the session the server gave. */
+static void test_tls_session_resumed(void) {
+  tls_server_start(OK);
+  S.close_after_answer = 1;
+  tls_pool_open(NULL);
+  for (int i = 0; i < 3; i++) {
+    call_t *c = roundtrip(tls_call("127.0.0.1"));
+    CPX_CHECK_INT(c->rc, 0);
+    CPX_CHECK_INT(c->status, 200);
+    CPX_CHECK_INT(c->resumed, i > 0);
+    call_free(c);
+    spin(10); /* the close reaches the idle connection */
+  }
+  CPX_CHECK_INT(S.conns, 3);
+  tls_shut();
+}
+
+static void test_tls_stale_connection_retried_once(void) {
+  tls_server_start(OK);
+  S.drop_second = 1;
+  tls_pool_open(NULL);
+  call_t *c = roundtrip(tls_call("localhost"));
+  CPX_CHECK_INT(c->rc, 0);
+  call_free(c);
+  c = roundtrip(tls_call("localhost"));
+  CPX_CHECK_INT(c->rc, 0);
+  CPX_CHECK_INT(c->status, 200);
+  CPX_CHECK_INT(c->dones, 1);
+  CPX_CHECK_INT(c->resumed, 1);
+  CPX_CHECK_INT(S.conns, 2);
+  CPX_CHECK_INT(S.requests, 3);
+  call_free(c);
+  tls_shut();
+}
+
+/* A chain from a CA the pool does not trust. */
+static void test_tls_untrusted_certificate(void) {
+  tls_server_start(OK);
+  tls_pool_open(other_ca_pem);
+  call_t *c = roundtrip(tls_call("localhost"));
+  CPX_CHECK_INT(c->rc, CPX_EIO);
+  CPX_CHECK_INT(c->heads, 0);
+  CPX_CHECK(c->q.err && strstr(c->q.err, "upstream TLS handshake failed: "
+                                         "certificate verify failed") != NULL);
+  CPX_CHECK_INT(S.requests, 0); /* nothing was sent */
+  call_free(c);
+  c = roundtrip(tls_call("localhost")); /* still refused: nothing cached */
+  CPX_CHECK_INT(c->rc, CPX_EIO);
+  call_free(c);
+  tls_shut();
+}
+
+/* The right CA, but the certificate names another host. */
+static void test_tls_wrong_host_name(void) {
+  struct addrinfo hints, *v4 = NULL;
+  char port[16];
+  call_t *c;
+  tls_server_start(OK);
+  tls_pool_open(NULL);
+  snprintf(port, sizeof(port), "%d", S.port);
+  memset(&hints, 0, sizeof(hints));
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_NUMERICHOST;
+  CPX_CHECK_INT(getaddrinfo("127.0.0.1", port, &hints, &v4), 0);
+  c = tls_call("wrong.example");
+  pending_calls = 1;
+  CPX_CHECK_INT(cpx__h1_send_addrs(&pool, &c->q, v4), 0);
+  uv_run(loop, UV_RUN_DEFAULT);
+  CPX_CHECK_INT(c->rc, CPX_EIO);
+  CPX_CHECK(c->q.err && strstr(c->q.err, "hostname mismatch") != NULL);
+  CPX_CHECK_INT(S.requests, 0);
+  call_free(c);
+  tls_shut();
+}
+
+static void test_tls_closed_mid_handshake(void) {
+  tls_server_start(OK);
+  S.close_in_handshake = 1;
+  tls_pool_open(NULL);
+  call_t *c = roundtrip(tls_call("localhost"));
+  CPX_CHECK(c->rc < 0);
+  CPX_CHECK_INT(c->dones, 1);
+  CPX_CHECK_INT(c->heads, 0);
+  CPX_CHECK(c->q.err && strstr(c->q.err, "TLS handshake") != NULL);
+  call_free(c);
+  tls_shut();
+}
+
+/* A server that accepts and never answers the ClientHello: the connect
+ * timeout covers the handshake. And the pool keeps http and https apart. */
+static void test_tls_handshake_timeout(void) {
+  cpx_h1_timeouts_t to = {100, 1000, 1000, 60000};
+  char err[512];
+  server_start(OK); /* plain: a ClientHello is never a complete request */
+  cpx_h1_pool_init(&pool, loop, &to);
+  CPX_CHECK_INT(cpx_h1_pool_set_ca(&pool, ca_pem, err, sizeof(err)), 0);
+  call_t *c = roundtrip(tls_call("localhost"));
+  CPX_CHECK_INT(c->rc, CPX_ETIMEOUT);
+  CPX_CHECK(c->q.err && strcmp(c->q.err, "upstream connect timeout") == 0);
+  CPX_CHECK_INT(S.requests, 0);
+  call_free(c);
+  /* The pool keys by (host, port, tls): a plain connection idle at the
+   * same address is not an https one. */
+  c = roundtrip(NULL);
+  CPX_CHECK_INT(c->rc, 0);
+  call_free(c);
+  c = roundtrip(tls_call("127.0.0.1"));
+  CPX_CHECK_INT(c->rc, CPX_ETIMEOUT);
+  call_free(c);
+  CPX_CHECK_INT(S.conns, 3);
+  CPX_CHECK_INT(S.requests, 1);
+  pool_shut();
+}
+
+/* A chunked body and a large one through TLS records. */
+static void test_tls_chunked_and_large(void) {
+  size_t n = 1 << 20, h;
+  tls_server_start("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                   "5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n");
+  tls_pool_open(NULL);
+  call_t *c = roundtrip(tls_call("localhost"));
+  CPX_CHECK_INT(c->rc, 0);
+  CPX_CHECK_MEM(c->body, c->body_len, "hello world", 11);
+  call_free(c);
+  h = (size_t)snprintf(big_answer, sizeof(big_answer),
+                       "HTTP/1.1 200 OK\r\nContent-Length: %zu\r\n\r\n", n);
+  for (size_t i = 0; i < n; i++)
+    big_answer[h + i] = (char)('a' + i % 26);
+  big_answer[h + n] = 0;
+  S.answer = big_answer;
+  S.answer_len = h + n;
+  c = tls_call("localhost");
+  c->pause_first = 1;
+  roundtrip(c);
+  CPX_CHECK_INT(c->rc, 0);
+  CPX_CHECK_INT(c->body_len, n);
+  CPX_CHECK(c->body_len == n && memcmp(c->body, big_answer + h, n) == 0);
+  call_free(c);
+  CPX_CHECK_INT(S.conns, 1);
+  tls_shut();
+}
+
+static void test_tls_ca_file_errors(void) {
+  char err[512], bad[160];
+  FILE *f;
+  pool_open(1000);
+  CPX_CHECK(cpx_h1_pool_set_ca(&pool, "/nonexistent/ca.pem", err, sizeof(err)) <
+            0);
+  CPX_CHECK(strstr(err, "/nonexistent/ca.pem") != NULL);
+  snprintf(bad, sizeof(bad), "%s/not-pem.pem", tmpdir);
+  f = fopen(bad, "wb");
+  fputs("not a certificate\n", f);
+  fclose(f);
+  CPX_CHECK(cpx_h1_pool_set_ca(&pool, bad, err, sizeof(err)) < 0);
+  CPX_CHECK(strstr(err, bad) != NULL);
+  unlink(bad);
+  /* https without any trust set is refused up front */
+  {
+    call_t *c = tls_call("localhost");
+    CPX_CHECK_INT(cpx_h1_send(&pool, &c->q), CPX_EINVAL);
+    call_free(c);
+  }
+  /* the system store loads */
+  CPX_CHECK_INT(cpx_h1_pool_set_ca(&pool, NULL, err, sizeof(err)), 0);
+  cpx_h1_pool_close(&pool);
+}
+
 int main(void) {
   loop = uv_default_loop();
   CPX_TEST_RUN(test_keepalive_reuse);
@@ -497,6 +890,17 @@ int main(void) {
   CPX_TEST_RUN(test_cancel_in_head);
   CPX_TEST_RUN(test_stop_in_head);
   CPX_TEST_RUN(test_next_address_after_refusal);
+  certs_make();
+  CPX_TEST_RUN(test_tls_keepalive_reuse);
+  CPX_TEST_RUN(test_tls_session_resumed);
+  CPX_TEST_RUN(test_tls_stale_connection_retried_once);
+  CPX_TEST_RUN(test_tls_untrusted_certificate);
+  CPX_TEST_RUN(test_tls_wrong_host_name);
+  CPX_TEST_RUN(test_tls_closed_mid_handshake);
+  CPX_TEST_RUN(test_tls_handshake_timeout);
+  CPX_TEST_RUN(test_tls_chunked_and_large);
+  CPX_TEST_RUN(test_tls_ca_file_errors);
+  certs_remove();
   uv_run(loop, UV_RUN_NOWAIT);
   CPX_TEST_DONE();
 }

@@ -205,7 +205,7 @@ static void test_decode_errors(void) {
   check_bad("\"a\nb\"", 5);
   check_lua("local j = require('cpx').json "
             "local v, e = j.decode('[1,') return tostring(v) .. ' ' .. e",
-            "nil json: premature EOF at byte 3");
+            "nil json: premature EOF in [1] at byte 3");
   check_lua("local j = require('cpx').json "
             "local v, e = j.decode(nil) return tostring(v) .. ' ' .. e",
             "nil json: expected a string, got nil");

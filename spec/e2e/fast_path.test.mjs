@@ -462,6 +462,9 @@ test('stream: events are relayed as they arrive, not held until the end', T(), a
 
 // ------------------------------------------------------ 2. fast-path: false
 
+const HOP = new Set(['date', 'content-length', 'transfer-encoding', 'connection', 'keep-alive']);
+const head = (res) => [...res.headers].filter(([k]) => !HOP.has(k)).sort(([a], [b]) => (a < b ? -1 : 1));
+
 test('fast-path: false gives the same status and body, without " | fast"', T(20000), async () => {
   const p0 = await startProxy({ apiKeys: [CLIENT_KEY], openaiCompat: openaiCompat(), extra: { workers: 1, 'fast-path': false } });
   try {
@@ -483,6 +486,11 @@ test('fast-path: false gives the same status and body, without " | fast"', T(200
       assert.equal(slow.res.status, fast.res.status, `${what}: status`);
       assert.equal(slow.res.text, fast.res.text, `${what}: body`);
       assert.equal(fast.res.text, stream ? RAW_SSE : RAW_JSON, `${what}: body is the upstream's`);
+      // One list of CORS and SSE headers (C's, which rt.http reads): both
+      // paths send the same head.
+      assert.deepEqual(head(slow.res), head(fast.res), `${what}: headers`);
+      assert.equal(fast.res.headers.get('access-control-allow-origin'), '*', `${what}: CORS`);
+      if (stream) assert.equal(fast.res.headers.get('x-accel-buffering'), 'no', `${what}: no proxy buffering`);
     }
   } finally {
     await p0.stop();

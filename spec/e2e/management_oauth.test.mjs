@@ -12,6 +12,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { startProxy } from './lib/proxy.mjs';
 import { until } from './lib/wait.mjs';
+import { mgmtCall, sendJson } from './lib/mgmt.mjs';
 
 const SECRET = 'oauth-mgmt-secret-5150';
 const CLIENT = 'sk-oauth-mgmt-client';
@@ -20,11 +21,7 @@ const jwt = (claims) => `${b64url('{"alg":"none"}')}.${b64url(JSON.stringify(cla
 const CLIENT_ID = { claude: '9d1c250a-e61b-44d9-88ed-5944d1962f5e', codex: 'app_EMoamEEZ73f0CkXaXp7hrann' };
 
 const mock = { grants: new Map(), failures: [], inference: [], seq: 0 };
-function send(res, status, obj) {
-  const body = JSON.stringify(obj);
-  res.writeHead(status, { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(body) });
-  res.end(body);
-}
+const send = sendJson;
 function refuse(res, why) {
   mock.failures.push(why);
   send(res, 400, { error: 'invalid_request', error_description: `mock: ${why}` });
@@ -100,18 +97,12 @@ after(async () => {
   fs.rmSync(tmp, { recursive: true, force: true });
 });
 
-async function call(p, { method = 'GET', body, key = SECRET } = {}) {
-  const r = await fetch(`${proxy.url}/v0/management${p}`, { method, headers: key ? { 'X-Management-Key': key } : {},
-    body: body && JSON.stringify(body) });
-  const text = await r.text();
-  let json = null;
-  try { json = JSON.parse(text); } catch {}
-  return { status: r.status, json, text };
-}
+const call = (p, { key = SECRET, ...o } = {}) => mgmtCall(proxy.url, p, { key, ...o });
 
 test('anthropic: start, the browser approves, the callback, status ok, the account serves', async () => {
   assert.equal((await call('/anthropic-auth-url', { key: null })).status, 401);
-  const s = await call('/anthropic-auth-url?is_webui=true');
+  // (is_webui and its forwarder: management_webui.test.mjs)
+  const s = await call('/anthropic-auth-url');
   assert.equal(s.status, 200, s.text);
   assert.deepEqual(Object.keys(s.json), ['status', 'url', 'state']);
   assert.equal(s.json.status, 'ok');

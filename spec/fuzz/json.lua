@@ -6,10 +6,45 @@
 -- byte for byte.
 local json = require("lib.json")
 
+-- Spans (decode with a spec) must accept what a full decode accepts and
+-- carry the same document: re-decoding the encoded result gives the full
+-- decode's value. They may accept more: a number out of Lua's range inside
+-- a span is carried as written.
+local SPEC = json.spec({ "a", "b[]", "c.d", "[]" })
+local function norm(text)
+  local v = json.decode(text)
+  return v ~= nil and json.encode(v) or nil
+end
+local function check_spans(s, full_ok)
+  local v, err = json.decode(s, SPEC)
+  if v == nil then
+    assert(type(err) == "string" and err ~= "", "span decode failed without a message")
+    assert(not full_ok, "span decode refused what decode took: " .. err)
+    assert(not err:find("span bounds", 1, true), err)
+    return
+  end
+  local e = assert(json.encode(v))
+  if full_ok then assert(norm(e) == norm(s), "spans changed the document:\n" .. e) end
+end
+
+-- json.edit and json.top on the same bytes: never raise; a result is a
+-- document with the edit made.
+local function check_edit(s, full_ok)
+  local out = json.edit(s, { zz = 1, a = json.null }, { "b" })
+  if out and full_ok then
+    local d = assert(json.decode(out), "edit gave invalid JSON: " .. out)
+    assert(d.zz == 1 and d.a == json.null and d.b == nil, "edit lost: " .. out)
+  end
+  json.top(s, { "a", "b", "model" })
+end
+
 return function(s)
   local v, err = json.decode(s)
+  check_spans(s, v ~= nil)
+  if v ~= nil and not json.is_array(v) and type(v) == "table" then check_edit(s, true) end
   if v == nil then
     assert(type(err) == "string" and err ~= "", "decode failed without a message")
+    check_edit(s, false)
     return
   end
   local e1, eerr = json.encode(v)

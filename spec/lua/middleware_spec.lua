@@ -110,7 +110,7 @@ describe("rt.middleware load", function()
     assert.equal("config.yaml: lua.middleware.1.priority: expected a number, got string \"first\"", err)
     _, err = load({ { name = "system_prompt", text = "x", mode = "before" } })
     assert.equal("config.yaml: lua.middleware.1.mode: expected one of prepend, append, replace, "
-      .. "got string \"before\"", err)
+      .. "got \"before\"", err)
     _, err = load({ { name = "body_patch", set = { ["a..b"] = 1 } } })
     assert.equal("config.yaml: lua.middleware.1.set: malformed JSON path 'a..b'", err)
     _, err = load({ { name = "redact", patterns = arr({ "[a" }) } })
@@ -347,6 +347,11 @@ describe("built-in middleware", function()
     mw.run(chain, "after", ctx, { status = 200, body = body })
     assert.equal("call [REDACTED] for the [REDACTED]", body.choices[1].message.content)
     assert.equal("secret-id", body.id)
+    -- inside a tool input carried as bytes (a span) too
+    local tb = { content = arr({ { type = "tool_use", id = "t", name = "f",
+      input = json.raw('{"cmd":"echo secret","n":1.10}', "object") } }) }
+    mw.run(chain, "after", ctx, { status = 200, body = tb })
+    assert.equal('{"cmd":"echo [REDACTED]","n":1.10}', json.encode(tb.content[1].input))
     -- short deltas are held until the block stops (a match may continue)
     local out = mw.run(chain, "on_chunk", ctx, { t = "delta", i = 0, text = "my secret" })
     assert.same({}, out)

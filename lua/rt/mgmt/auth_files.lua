@@ -396,8 +396,10 @@ _M.routes = {
   { method = "POST", path = "/reset-cooldown", handler = reset_cooldown },
 }
 
--- for the specs
+-- for rt.mgmt.vertex and the specs
 _M.multipart = multipart
 _M.valid_name = valid_name
+_M.write = write
+_M.MAX_FILE_BYTES = MAX_FILE_BYTES
 
 return _M

@@ -1,8 +1,12 @@
 -- rt.mgmt.oauth: CLIProxyAPI v6's OAuth starters for the management API
 -- and its panel (fact sheet §1.4 "OAuth starters", §3 "OAuth login
 -- plumbing"):
---   GET  /anthropic-auth-url, /codex-auth-url [?is_webui=true]
+--   GET  /anthropic-auth-url, /codex-auth-url, /gemini-cli-auth-url,
+--        /antigravity-auth-url, /iflow-auth-url [?is_webui=true]
 --        -> {"status":"ok","url":...,"state":...}
+--   GET  /qwen-auth-url -> the same, plus "user_code": a device flow, the
+--        token endpoint polled in a background task (cpx.timer)
+--   POST /iflow-auth-url {"cookie": "..."} -> {"status":"ok","file",...}
 --   GET  /get-auth-status?state=  -> {"status":"wait"|"ok"|"error", "error"?, "file"?}
 --   POST /oauth-callback {provider, redirect_url | code, state, error}
 -- and the main-port callbacks the browser's redirect reaches
@@ -14,6 +18,11 @@
 -- A login is a table entry: adding a provider is one line in STARTERS
 -- once rt.oauth knows its facts. Sessions live in cpx.shared, so the start,
 -- the callback and the polls may land on different workers.
+--
+-- ?is_webui=true also opens a forwarder (cpx.redirect) on the provider's
+-- own callback port, 127.0.0.1 only, that sends the browser on to the main
+-- port's /<route>/callback with its query; it stops after that, when the
+-- login expires, or is taken over by the next login for the same port.
 local cpx = require("cpx")
 local json = require("lib.json")
 local oauth = require("rt.oauth")
@@ -22,6 +31,7 @@ local access = require("rt.access")
 local type = type
 local ipairs = ipairs
 local tostring = tostring
+local tonumber = tonumber
 local pcall = pcall
 
 local query_param = access.query_param
@@ -32,11 +42,15 @@ local _M = { name = "oauth" }
 -- route name (CLIProxyAPI's) -> the rt.oauth provider it logs in to
 -- A login with steps after the exchange names the module whose
 -- finish(facts, args, io, lib, tokens) `cliproxy login` runs too.
+-- A device login (no browser callback) names the module whose
+-- device_start / poll_once / save the background poll runs.
 local STARTERS = {
   { route = "anthropic", provider = "claude" },
   { route = "codex", provider = "codex" },
   { route = "gemini-cli", provider = "gemini", finish = "rt.login_gemini" },
   { route = "antigravity", provider = "antigravity", finish = "rt.login_antigravity" },
+  { route = "iflow", provider = "iflow", finish = "rt.login_iflow" },
+  { route = "qwen", provider = "qwen", device = "rt.login_qwen" },
 }
 _M.STARTERS = STARTERS
 
@@ -60,7 +74,7 @@ local function sweep(now)
   local live = 0
   for _, k in ipairs(keys) do
     local s = json.decode(shared.get(k) or "")
-    if type(s) ~= "table" or (s.started or 0) + TTL < now then
+    if type(s) ~= "table" or (s.expires or (s.started or 0) + TTL) < now then
       shared.set(k, nil)
     else
       live = live + 1
@@ -69,12 +83,77 @@ local function sweep(now)
   return live < MAX_SESSIONS
 end
 
-local function start(provider)
+local function starter_of(provider)
+  for _, st in ipairs(STARTERS) do
+    if st.provider == provider then return st end
+  end
+end
+
+local function module_of(name, fn)
+  local okm, mod = pcall(require, name)
+  if not okm or type(mod) ~= "table" or type(mod[fn]) ~= "function" then
+    return nil, name .. ": no " .. fn .. ": " .. tostring(mod)
+  end
+  return mod
+end
+
+-- The io of rt.login's modules, server side: their lines go to the log,
+-- their requests and writes are the server's own (rt.login documents the
+-- io table).
+local function server_io(cfg, provider)
+  local proxy = cfg["proxy-url"] ~= "" and cfg["proxy-url"] or nil
+  return {
+    say = function(line) cpx.log("info", "oauth login (" .. provider .. "): " .. tostring(line)) end,
+    now = cpx.now,
+    sleep = cpx.sleep,
+    request = function(req) return oauth.request(req, { proxy = proxy }) end,
+    write = function(name, text) return cpx.store.write_async(name, text) end,
+    dir = function() return cfg["auth-dir"] end,
+  }
+end
+
+-- The main port as the browser on this machine reaches it.
+local function main_origin(cfg)
+  local host = cfg.host or ""
+  if host == "" or host == "0.0.0.0" or host == "localhost" then
+    host = "127.0.0.1"
+  elseif host == "::" then
+    host = "[::1]"
+  elseif host:find(":", 1, true) then
+    host = "[" .. host .. "]"
+  end
+  local tls = type(cfg.tls) == "table" and cfg.tls.enable == true
+  return (tls and "https://" or "http://") .. host .. ":" .. tostring(cfg.port)
+end
+
+-- ?is_webui=true: the forwarder on the provider's callback port.
+-- Returns true or nil, message (the answer's error).
+local function open_forwarder(cfg, st, f)
+  local port = tonumber(f.redirect_port) or 0
+  if port <= 0 then return true end -- a device flow has no callback
+  local ok, err, code = cpx.redirect.listen({ port = port, path = f.redirect_path, ttl = TTL,
+                                              target = main_origin(cfg) .. "/" .. st.route .. "/callback" })
+  if ok then return true end
+  if code == "EADDRINUSE" then
+    return nil, ("port %d (the %s callback) is in use by another program: stop it, or open the URL "
+                 .. "without is_webui and paste the redirect to POST /v0/management/oauth-callback"):format(port,
+                 st.route)
+  end
+  return nil, "cannot start the callback forwarder on 127.0.0.1:" .. port .. ": " .. tostring(err)
+end
+
+local function start(st)
+  local provider = st.provider
   return function(req, ctx)
     local f, ferr = oauth.facts(provider, ctx.config)
     if not f then return 500, { status = "error", error = ferr } end
     local now = cpx.now()
     if not sweep(now) then return 429, { status = "error", error = "too many OAuth logins in progress" } end
+    local webui = query_param(req.query, "is_webui") == "true"
+    if webui then
+      local ok, err = open_forwarder(ctx.config, st, f)
+      if not ok then return 409, { status = "error", error = err } end
+    end
     local verifier, challenge = oauth.pkce()
     local state = oauth.new_state()
     local redirect_uri = oauth.redirect_uri(f)
@@ -82,38 +161,34 @@ local function start(provider)
     local ok, err = put(state, { provider = provider, verifier = verifier, redirect_uri = redirect_uri,
                                  status = "wait", started = now,
                                  project_id = query_param(req.query, "project_id"),
-                                 webui = query_param(req.query, "is_webui") == "true" or nil })
+                                 webui = webui or nil })
     if not ok then return 500, { status = "error", error = tostring(err) } end
     return 200, json.object({ { "status", "ok" }, { "url", url }, { "state", state } })
   end
 end
 
-local function starter_of(provider)
-  for _, st in ipairs(STARTERS) do
-    if st.provider == provider then return st end
-  end
-end
-
--- The steps `cliproxy login` runs after the exchange, here with a
--- server-side io: its lines go to the log, its requests and writes are the
--- server's own (rt.login documents the io table).
+-- The steps `cliproxy login` runs after the exchange, with the server-side io.
 local function finish(cfg, st, f, s, tokens)
-  local okm, mod = pcall(require, st.finish)
-  if not okm or type(mod) ~= "table" or type(mod.finish) ~= "function" then
-    return nil, "no login steps for " .. s.provider .. ": " .. tostring(mod)
-  end
-  local proxy = cfg["proxy-url"] ~= "" and cfg["proxy-url"] or nil
-  local io = {
-    say = function(line) cpx.log("info", "oauth login (" .. s.provider .. "): " .. tostring(line)) end,
-    now = cpx.now,
-    sleep = cpx.sleep,
-    request = function(req) return oauth.request(req, { proxy = proxy }) end,
-    write = function(name, text) return cpx.store.write_async(name, text) end,
-    dir = function() return cfg["auth-dir"] end,
-  }
-  local okc, info, err = pcall(mod.finish, f, { project_id = s.project_id }, io, require("rt.login").lib, tokens)
+  local mod, merr = module_of(st.finish, "finish")
+  if not mod then return nil, merr end
+  local okc, info, err = pcall(mod.finish, f, { project_id = s.project_id, web = true },
+                               server_io(cfg, s.provider), require("rt.login").lib, tokens)
   if not okc then return nil, tostring(info) end
   return info, err
+end
+
+-- A login that opened a forwarder ended (either way): the forwarder
+-- closes unless another waiting login of the same provider still needs it.
+local function release_forwarder(cfg, state, s)
+  if not s.webui or not cpx.redirect then return end
+  for _, k in ipairs(shared.keys(PREFIX)) do
+    local o = json.decode(shared.get(k) or "")
+    if k ~= PREFIX .. state and type(o) == "table" and o.webui and o.provider == s.provider and o.status == "wait" then
+      return
+    end
+  end
+  local f = oauth.facts(s.provider, cfg)
+  if f and tonumber(f.redirect_port) and f.redirect_port > 0 then cpx.redirect.close(f.redirect_port) end
 end
 
 -- Exchanges the code of a waiting login and saves its credential.
@@ -128,6 +203,7 @@ local function complete(cfg, state, code, oerr, oerr_desc)
   local function fail(msg)
     s.status, s.error, s.verifier = "error", msg, nil
     put(state, s)
+    release_forwarder(cfg, state, s)
     return nil, msg
   end
   if oerr and oerr ~= "" then
@@ -154,6 +230,7 @@ local function complete(cfg, state, code, oerr, oerr_desc)
     if not info then return fail(xerr) end
     s.status, s.file, s.verifier, s.email = "ok", info.name, nil, info.email
     put(state, s)
+    release_forwarder(cfg, state, s)
     cpx.log("info", "oauth login (" .. s.provider .. ") saved " .. info.name)
     return true, info.name
   end
@@ -163,10 +240,147 @@ local function complete(cfg, state, code, oerr, oerr_desc)
   if not wok then return fail("cannot write " .. name .. ": " .. tostring(werr)) end
   s.status, s.file, s.verifier, s.email = "ok", name, nil, doc.email
   put(state, s)
+  release_forwarder(cfg, state, s)
   cpx.log("info", "oauth login (" .. s.provider .. ") saved " .. name)
   return true, name
 end
 _M.complete = complete
+
+-- ---- device logins (Qwen): the poll runs in a background task ---------------
+
+-- Who polls a device session: "<worker>:<generation>".
+local function owner()
+  return tostring(cpx.worker_id()) .. ":" .. tostring(cpx.generation())
+end
+
+local function device_fail(state, s, msg)
+  s.status, s.error, s.device = "error", msg, nil
+  put(state, s)
+  cpx.log("warn", "oauth login (" .. s.provider .. ") failed: " .. tostring(msg))
+end
+
+-- The background poll of one device login (a cpx.timer task). It reads the
+-- session again at every step and polls only while it is the owner, so a
+-- login ended meanwhile (or taken over) stops it. A reload retires the task
+-- (its sleep answers nil); the next generation of the same worker takes the
+-- session over in init_worker, so the login goes on.
+local function poll_device(premature, state, cfg)
+  if premature then return end
+  local me = owner()
+  local lib = require("rt.login").lib
+  local failures = 0
+  while true do
+    local s = session(state)
+    if not s or s.status ~= "wait" or s.owner ~= me or type(s.device) ~= "table" then return end
+    local st = starter_of(s.provider)
+    local mod, merr = module_of(st and st.device or "?", "poll_once")
+    if not mod then return device_fail(state, s, merr) end
+    local f, ferr = oauth.facts(s.provider, cfg)
+    if not f then return device_fail(state, s, ferr) end
+    local dev = s.device
+    if cpx.now() + dev.interval > s.expires then
+      return device_fail(state, s, "the device code expired without an approval: start the login again")
+    end
+    if not cpx.sleep(dev.interval) then return end
+    local io = server_io(cfg, s.provider)
+    local r, v = mod.poll_once(f, dev, io, lib)
+    s = session(state)
+    if not s or s.status ~= "wait" or s.owner ~= me then return end
+    if r == "retry" then
+      failures = failures + 1
+      if failures > lib.POLL_RETRIES then
+        return device_fail(state, s, "network error: " .. tostring(f.device_token_url) .. ": " .. tostring(v))
+      end
+      cpx.log("warn", "oauth login (" .. s.provider .. "): polling failed (" .. tostring(v) .. "), trying again")
+    elseif r == "wait" then
+      failures = 0
+      if v ~= dev.interval then
+        s.device.interval = v
+        put(state, s)
+      end
+    elseif r == "ok" then
+      s.status = "saving"
+      put(state, s)
+      local info, serr = mod.save(f, io, lib, v, nil)
+      if not info then return device_fail(state, s, serr) end
+      s.status, s.file, s.device = "ok", info.name, nil
+      put(state, s)
+      cpx.log("info", "oauth login (" .. s.provider .. ") saved " .. info.name)
+      return
+    else
+      return device_fail(state, s, v)
+    end
+  end
+end
+
+local function start_device(st)
+  return function(_, ctx)
+    local f, ferr = oauth.facts(st.provider, ctx.config)
+    if not f then return 500, { status = "error", error = ferr } end
+    local now = cpx.now()
+    if not sweep(now) then return 429, { status = "error", error = "too many OAuth logins in progress" } end
+    local mod, merr = module_of(st.device, "device_start")
+    if not mod then return 500, { status = "error", error = merr } end
+    local dev, err = mod.device_start(f, server_io(ctx.config, st.provider), require("rt.login").lib)
+    if not dev then return 502, { status = "error", error = err } end
+    local state = oauth.new_state()
+    local ok, perr = put(state, { provider = st.provider, status = "wait", started = now,
+                                  expires = now + dev.life, device = dev, owner = owner() })
+    if not ok then return 500, { status = "error", error = tostring(perr) } end
+    local tok, terr = cpx.timer.at(0, poll_device, state, ctx.config)
+    if not tok then
+      shared.set(PREFIX .. state, nil)
+      return 503, { status = "error", error = "cannot start the background poll: " .. tostring(terr) }
+    end
+    return 200, json.object({ { "status", "ok" }, { "url", dev.verify }, { "state", state },
+                              { "user_code", dev.user_code } })
+  end
+end
+
+-- rt.boot's init_worker, per worker and generation: device logins whose
+-- poll this worker's previous generation ran (a reload retired it) go on.
+function _M.init_worker(app)
+  local me = owner()
+  local wid = tostring(cpx.worker_id())
+  for _, k in ipairs(shared.keys(PREFIX)) do
+    local s = json.decode(shared.get(k) or "")
+    if type(s) == "table" and s.status == "wait" and type(s.device) == "table" and type(s.owner) == "string"
+        and s.owner ~= me and s.owner:match("^(%d+):") == wid then
+      local state = k:sub(#PREFIX + 1)
+      s.owner = me
+      if put(state, s) then cpx.timer.at(0, poll_device, state, app.config) end
+    end
+  end
+end
+
+-- POST /iflow-auth-url {"cookie": "..."}: iFlow's cookie login (the key
+-- looked up with the platform session's cookie, as `cliproxy login iflow
+-- --cookie` does). The cookie goes into the file (CLIProxyAPI's field),
+-- never into a log.
+local MAX_COOKIE = 16384
+
+local function iflow_cookie(req, ctx)
+  local b = ctx.mgmt.json_body(req)
+  if type(b) ~= "table" then return 400, { status = "error", error = "invalid body" } end
+  local cookie = type(b.cookie) == "string" and b.cookie:match("^%s*(.-)%s*$") or ""
+  cookie = cookie:gsub("^[Cc]ookie:%s*", "")
+  if not cookie:find("BXAuth=", 1, true) then
+    return 400, { status = "error", error = "cookie is required: the Cookie header of a browser logged in to "
+                                            .. "platform.iflow.cn (with BXAuth=...)" }
+  end
+  if #cookie > MAX_COOKIE or cookie:find("[%c]") then
+    return 400, { status = "error", error = "cookie is not a Cookie header value" }
+  end
+  local f, ferr = oauth.facts("iflow", ctx.config)
+  if not f then return 500, { status = "error", error = ferr } end
+  local mod, merr = module_of("rt.login_iflow", "save_cookie")
+  if not mod then return 500, { status = "error", error = merr } end
+  local info, err = mod.save_cookie(f, cookie, server_io(ctx.config, "iflow"), require("rt.login").lib)
+  if not info then return 400, { status = "error", error = err } end
+  cpx.log("info", "oauth login (iflow, cookie) saved " .. info.name)
+  return 200, json.object({ { "status", "ok" }, { "file", info.name }, { "email", info.email or "" },
+                            { "type", "iflow" } })
+end
 
 local function status(req)
   local s = session(query_param(req.query, "state"))
@@ -211,16 +425,20 @@ end
 
 function _M.callback_paths()
   local o = {}
-  for i, st in ipairs(STARTERS) do o[i] = "/" .. st.route .. "/callback" end
+  for _, st in ipairs(STARTERS) do
+    if not st.device then o[#o + 1] = "/" .. st.route .. "/callback" end
+  end
   return o
 end
 
 _M.routes = {
   { method = "GET", path = "/get-auth-status", handler = status },
   { method = "POST", path = "/oauth-callback", handler = callback_post },
+  { method = "POST", path = "/iflow-auth-url", handler = iflow_cookie },
 }
 for _, st in ipairs(STARTERS) do
-  _M.routes[#_M.routes + 1] = { method = "GET", path = "/" .. st.route .. "-auth-url", handler = start(st.provider) }
+  _M.routes[#_M.routes + 1] = { method = "GET", path = "/" .. st.route .. "-auth-url",
+                                handler = st.device and start_device(st) or start(st) }
 end
 
 return _M

@@ -195,8 +195,62 @@ async function startOnce({ startTimeoutMs = 10000, env = {}, configText, ...cfg 
           exited.killed = true;
         }
       }
+      // Issue 13: no key or token in any log a proxy wrote, in any test.
+      const leaks = scanLogs(dir, configPath, out, err);
       if (!keepDir) fs.rmSync(dir, { recursive: true, force: true });
+      if (leaks.length) throw new Error(`secrets in the proxy's logs: ${leaks.join('; ')}`);
       return exited;
     },
   };
+}
+
+// Secrets this proxy was given: the config's key, token, secret and
+// password values and the credential fields of its auth-dir files (eight
+// characters or more, so a placeholder like "k" cannot match by chance).
+function secretsOf(dir, configPath) {
+  const found = new Set();
+  // (a bcrypt hash, a URL or a path is not a secret: token-url, key files)
+  const add = (v) => {
+    if (typeof v === 'string' && v.length >= 8 && !/^(\$2[aby]\$|https?:\/\/|\/|~)/.test(v)) found.add(v);
+  };
+  let text = '';
+  try { text = fs.readFileSync(configPath, 'utf8'); } catch {}
+  for (const m of text.matchAll(/^\s*(?:-\s*)?(?:"?[\w-]*(?:key|secret|token|password)[\w-]*"?\s*:\s*)"?([^"\s#]+)"?/gim)) add(m[1]);
+  // the items of a key list (api-keys:, api-keys: [..] and "- value" lines below it)
+  for (const m of text.matchAll(/^(\s*)"?api-keys"?\s*:\s*\n((?:\1\s*-\s*.*\n?)+)/gim)) {
+    for (const l of m[2].matchAll(/-\s*"?([^"\s#]+)"?/g)) add(l[1]);
+  }
+  const auth = path.join(dir, 'auths');
+  let files = [];
+  try { files = fs.readdirSync(auth).filter((f) => f.endsWith('.json')); } catch {}
+  for (const f of files) {
+    let doc;
+    try { doc = JSON.parse(fs.readFileSync(path.join(auth, f), 'utf8')); } catch { continue; }
+    const walk = (o) => {
+      if (!o || typeof o !== 'object') return;
+      for (const [k, v] of Object.entries(o)) {
+        if (typeof v === 'string' && /token|key|secret|cookie|password/i.test(k)) {
+          // a PEM key: its body lines
+          if (v.includes('PRIVATE KEY')) v.split('\n').filter((l) => l.length >= 40).forEach(add); else add(v);
+        } else walk(v);
+      }
+    };
+    walk(doc);
+  }
+  return found;
+}
+
+function scanLogs(dir, configPath, out, err) {
+  const secrets = secretsOf(dir, configPath);
+  if (secrets.size === 0) return [];
+  const texts = [['stderr', err], ['stdout', out]];
+  const logs = path.join(dir, 'logs');
+  try {
+    for (const f of fs.readdirSync(logs)) if (f.endsWith('.log')) texts.push([`logs/${f}`, fs.readFileSync(path.join(logs, f), 'utf8')]);
+  } catch {}
+  const leaks = [];
+  for (const s of secrets) {
+    for (const [where, t] of texts) if (t.includes(s)) leaks.push(`${s.slice(0, 4)}... in ${where}`);
+  }
+  return leaks;
 }

@@ -18,6 +18,62 @@ describe("codex.fixup", function()
   end
 end)
 
+describe("codex.raw_fixup", function()
+  local function ctx() return { client_format = "openai_responses", info = { headers = {} } } end
+  -- the table path of rt.pipeline: copy, model and stream, fixup, encode
+  local function table_path(text, set)
+    local b = json.shallow_copy(json.decode(text))
+    for k, v in pairs(set) do b[k] = v end
+    return json.encode(codex.fixup(b, ctx()))
+  end
+  for _, c in ipairs(fixture.json("providers/codex_fixup.json")) do
+    it("gives the table path's bytes: " .. c.name, function()
+      local text = json.encode(c["in"])
+      local set = { model = "up-model", stream = true }
+      assert.are.equal(table_path(text, set), codex.raw_fixup(text, ctx(), set))
+    end)
+  end
+  it("copies members it does not touch byte for byte, in their order", function()
+    local text = [[{"zeta":{"b":1,"a":[1.10,-0,1e-7,12345678901234567891]},"model":"m","input":[{"type":"message",]]
+      .. [["content":"caf\u00e9 \ud83d\ude00 \/"}],"temperature":0.5,"alpha":"x","reasoning":{"effort":"high"},]]
+      .. [["tools":[{"type":"function","name":"f","parameters":{"type":"object","properties":{"z":{},"a":{}}}}]}]]
+    local out = codex.raw_fixup(text, ctx(), { model = "up-model", stream = true })
+    assert.are.equal(table_path(text, { model = "up-model", stream = true }), out)
+    assert.truthy(out:find('{"zeta":{"b":1,"a":[1.10,-0,1e-7,12345678901234567891]},"model":"up-model",', 1, true))
+    assert.truthy(out:find([["content":"caf\u00e9 \ud83d\ude00 \/"]], 1, true))
+    assert.truthy(out:find('"properties":{"z":{},"a":{}}', 1, true))
+    assert.is_nil(out:find('"temperature"', 1, true))
+    assert.truthy(out:find('"reasoning":{"effort":"high","summary":"auto"}', 1, true))
+  end)
+  it("keeps unchanged top-level members as written, null included", function()
+    local text = [[{"model":"m","instructions":"caf\u00e9 \/","parallel_tool_calls":null,"include":["x"],"store":true}]]
+    local out = codex.raw_fixup(text, ctx(), { model = "up-model", stream = true })
+    assert.are.equal(table_path(text, { model = "up-model", stream = true }), out)
+    assert.truthy(out:find([["instructions":"caf\u00e9 \/"]], 1, true))
+    assert.truthy(out:find([["parallel_tool_calls":null]], 1, true))
+    assert.truthy(out:find([["store":false]], 1, true))
+  end)
+  it("leaves an escaped top-level key or a broken body to the table path", function()
+    assert.is_nil(codex.raw_fixup([[{"\u006dodel":"m"}]], ctx(), {}))
+    local out, err = codex.raw_fixup('{"model":"m",', ctx(), {})
+    assert.is_nil(out)
+    assert.truthy(err:find("malformed", 1, true))
+  end)
+end)
+
+describe("json.edit", function()
+  it("replaces in place, drops, and appends new keys in byte order", function()
+    local out = json.edit('{"b":1,"a":2,"c":{"x":[1, 2]},"b":3}', { b = "B", z = 1, y = json.null }, { "a" })
+    assert.are.equal('{"b":"B","c":{"x":[1, 2]},"y":null,"z":1}', out)
+    assert.are.equal("{}", json.edit("{}", {}, {}))
+    assert.are.equal('{"k":true}', json.edit(' { } ', { k = true }))
+  end)
+  it("refuses keys it would have to escape and non-objects", function()
+    assert.has_error(function() json.edit("{}", { ['a"b'] = 1 }) end)
+    assert.is_nil(json.edit("[1]", {}))
+  end)
+end)
+
 describe("codex.cache_key", function()
   local info = { headers = { authorization = "Bearer sk-client-1" } }
   it("takes the Responses body's prompt_cache_key", function()

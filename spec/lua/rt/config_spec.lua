@@ -109,6 +109,21 @@ describe("rt.config.validate", function()
     assert.are.equal("AIzaX", cfg["gemini-api-key"][1]["api-key"])
   end)
 
+  it("validates ampcode and migrates the amp-* keys of before v6 into it", function()
+    local cfg = assert(config.validate({ ["amp-upstream-url"] = "https://old.example",
+      ["amp-model-mappings"] = A({ { from = "a", to = "b" } }),
+      ampcode = { ["upstream-url"] = "https://new.example", ["upstream-api-key"] = "k" } }, {}, "c"))
+    assert.are.equal("https://new.example", cfg.ampcode["upstream-url"], "ampcode's own value wins")
+    assert.are.equal("b", cfg.ampcode["model-mappings"][1].to)
+    assert.are.equal("k", cfg.ampcode["upstream-api-key"])
+    assert.is_false(cfg.ampcode["force-model-mappings"])
+    assert.is_nil(cfg["amp-upstream-url"])
+    local _, err = config.validate({ ampcode = { ["model-mappings"] = A({ { from = "a" } }) } }, {}, "c")
+    assert.matches("ampcode.model-mappings.1.to: is required", err, 1, true)
+    _, err = config.validate({ ampcode = { ["upstream-url"] = "ftp://x" } }, {}, "c")
+    assert.matches("ampcode.upstream-url", err, 1, true)
+  end)
+
   it("reports unknown keys without failing", function()
     local cfg = assert(config.validate({ ["no-such-key"] = 1, tls = { bogus = true } }, {}, "c"))
     table.sort(cfg._unknown)

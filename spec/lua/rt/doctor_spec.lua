@@ -50,4 +50,11 @@ describe("rt.doctor.report", function()
                 { checks[7][1], checks[7][2] })
     assert.equal("no refresh token: log in again with `cliproxy login claude`", checks[7][3])
   end)
+
+  it("takes a Vertex service account without a token as ready", function()
+    local checks = run({ { name = "vertex-p.json", type = "vertex",
+      text = '{"service_account":{"type":"service_account"},"project_id":"p","email":"s@p.iam","type":"vertex"}' } })
+    assert.same({ "ok", "vertex-p.json (s@p.iam): vertex service account (project p): tokens are minted when needed" },
+                { checks[2][1], checks[2][2] })
+  end)
 end)

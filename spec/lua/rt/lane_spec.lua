@@ -45,24 +45,30 @@ end
 
 describe("rt.lane.parse_url", function()
   local cases = {
-    { "http://127.0.0.1:9000/v1/chat/completions", "127.0.0.1", 9000, "/v1/chat/completions" },
-    { "http://localhost/v1/chat/completions", "localhost", 80, "/v1/chat/completions" },
-    { "http://[::1]:8080/x", "::1", 8080, "/x" },
-    { "http://my-host.internal:1/a/b", "my-host.internal", 1, "/a/b" },
-    { "https://api.openai.com/v1/chat/completions" },
+    { "http://127.0.0.1:9000/v1/chat/completions", "127.0.0.1", 9000, "/v1/chat/completions", false },
+    { "http://localhost/v1/chat/completions", "localhost", 80, "/v1/chat/completions", false },
+    { "http://[::1]:8080/x", "::1", 8080, "/x", false },
+    { "http://my-host.internal:1/a/b", "my-host.internal", 1, "/a/b", false },
+    { "https://api.openai.com/v1/chat/completions", "api.openai.com", 443, "/v1/chat/completions", true },
+    { "https://[::1]:8443/v1", "::1", 8443, "/v1", true },
+    { "https://localhost:80/v1", "localhost", 80, "/v1", true },
+    { "ftp://host/v1" },
+    { "https://user:pw@host/v1" },
     { "http://user:pw@host/v1" },
     { "http://host:99999/v1" },
-    { "http://host/v1?x=1", "host", 80, "/v1?x=1" },
+    { "http://host/v1?x=1", "host", 80, "/v1?x=1", false },
+    { "http://host/v1?x=1/chat/completions" },
     { "http://host/v1 x" },
     { "http://host" },
     { 42 },
   }
   for _, c in ipairs(cases) do
     it(tostring(c[1]), function()
-      local host, port, path = lane.parse_url(c[1])
+      local host, port, path, tls = lane.parse_url(c[1])
       assert.equal(c[2], host)
       assert.equal(c[3], port)
       assert.equal(c[4], path)
+      assert.equal(c[5], tls)
     end)
   end
 end)
@@ -97,11 +103,34 @@ describe("rt.lane.build", function()
     end
   end)
 
+  it("compiles https accounts with the tls flag and a Host without the default port", function()
+    local app = app_for({
+      ["openai-compatibility"] = {
+        compat("tls", "https://api.example.com/v1", { "k" }, { { "c", "tls" }, { "d", "mixed" } }),
+        compat("tls8443", "https://127.0.0.1:8443/v1", { "k" }, { { "e", "odd" } }),
+        compat("plain", "http://127.0.0.1:9000/v1", { "k" }, { { "a", "mixed" } }),
+      },
+    })
+    local names = by_name(assert(lane.build(app)))
+    local t = names.tls.targets[1]
+    assert.equal("api.example.com", t.host)
+    assert.equal(443, t.port)
+    assert.is_true(t.tls)
+    assert.truthy(t.head:find("^POST /v1/chat/completions HTTP/1.1\r\nHost: api.example.com\r\n"))
+    t = names.odd.targets[1]
+    assert.is_true(t.tls)
+    assert.truthy(t.head:find("^POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:8443\r\n"))
+    -- a model over http and https accounts: each member keeps its own flag
+    local flags = {}
+    for _, tg in ipairs(names.mixed.targets) do flags[tg.port] = tg.tls end
+    assert.same({ [443] = true, [9000] = false }, flags)
+  end)
+
   it("leaves out models with an account it cannot serve", function()
     local app = app_for({
       ["openai-compatibility"] = {
         compat("plain", "http://127.0.0.1:9000/v1", { "k" }, { { "a", "plain" }, { "b", "mixed" } }),
-        compat("tls", "https://api.example.com/v1", { "k" }, { { "c", "tls" }, { "d", "mixed" } }),
+        compat("ws", "https://api.example.com/v1?x=1", { "k" }, { { "c", "query" }, { "d", "mixed" } }),
         compat("proxied", "http://127.0.0.1:9001/v1", { "k" }, { { "e", "proxied" } },
                { ["proxy-url"] = "socks5://127.0.0.1:1080" }),
         compat("badhdr", "http://127.0.0.1:9002/v1", { "k" }, { { "f", "badhdr" } },
@@ -111,8 +140,8 @@ describe("rt.lane.build", function()
     })
     local names = by_name(assert(lane.build(app)))
     assert.truthy(names.plain)
-    assert.is_nil(names.mixed)   -- one of its accounts is https
-    assert.is_nil(names.tls)
+    assert.is_nil(names.mixed)   -- one of its accounts has a URL the lane cannot send
+    assert.is_nil(names.query)
     assert.is_nil(names.proxied)
     assert.is_nil(names.badhdr)  -- a header that would split the request
     assert.is_nil(names.plain2)  -- a Claude account
@@ -133,7 +162,7 @@ describe("rt.lane.build", function()
       { with({ routing = { ["session-affinity"] = true } }), "session affinity" },
       { with({ streaming = { ["keepalive-seconds"] = 15 } }), "keepalive" },
       { with({ ["proxy-url"] = "http://proxy:3128" }), "proxy%-url" },
-      { with({ ["openai-compatibility"] = { compat("t", "https://x/v1", { "k" }, { { "a", "a" } }) } }),
+      { with({ ["openai-compatibility"] = { compat("t", "https://x/v1?q", { "k" }, { { "a", "a" } }) } }),
         "no model" },
     }
     for _, c in ipairs(cases) do

@@ -31,9 +31,22 @@ describe("rt.oauth.facts", function()
   end)
 
   it("names the provider without a login", function()
-    local f, err = oauth.facts("vertex", {})
+    local f, err = oauth.facts("kimi", {})
     assert.is_nil(f)
-    assert.equal("no OAuth login for 'vertex'", err)
+    assert.equal("no OAuth login for 'kimi'", err)
+  end)
+
+  it("knows Vertex service accounts: no login, a token by signed grant", function()
+    local cfg = { ["oauth-endpoints"] = { vertex = { ["token-url"] = "http://127.0.0.1:9/t" } } }
+    local f = assert(oauth.facts("vertex", cfg))
+    assert.equal("vertex", f.type)
+    assert.equal("http://127.0.0.1:9/t", f.token_url)
+    assert.equal("function", type(f.refresh_grant))
+    -- a document without a service account fails as a grant that needs a new file
+    local d, e = oauth.refresh(f, { type = "vertex" })
+    assert.is_nil(d)
+    assert.equal("invalid_grant", e.kind)
+    assert.matches("service_account", e.message)
   end)
 end)
 

@@ -1,0 +1,23 @@
+// Helpers of the management e2e tests: one management call, and a JSON
+// answer from a mock server.
+
+// One call to /v0/management<p> with the key in X-Management-Key (none when
+// key is null). Resolves { status, json (null when not JSON), text, headers }.
+export async function mgmtCall(baseUrl, p, { method = 'GET', body, key } = {}) {
+  const r = await fetch(`${baseUrl}/v0/management${p}`, {
+    method,
+    headers: key ? { 'X-Management-Key': key } : {},
+    body: body === undefined ? undefined : (typeof body === 'string' ? body : JSON.stringify(body)),
+  });
+  const text = await r.text();
+  let json = null;
+  try { json = JSON.parse(text); } catch {}
+  return { status: r.status, json, text, headers: r.headers };
+}
+
+// A JSON answer with its length, from a node:http handler.
+export function sendJson(res, status, obj) {
+  const body = JSON.stringify(obj);
+  res.writeHead(status, { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(body) });
+  res.end(body);
+}
