@@ -13,7 +13,6 @@
 local cpx = require("cpx")
 local cooldown = require("lib.cooldown")
 local util = require("lib.provider_util")
-local json = require("lib.json")
 local catalog = require("rt.catalog")
 local cloak = require("providers.claude_cloak")
 local profile = require("providers.claude_profile")
@@ -27,6 +26,13 @@ local tostring = tostring
 local concat = table.concat
 local gmatch = string.gmatch
 local log = cpx.log or function() end
+-- rt.lane evaluates the relay rules (loaded on first use: rt.lane loads
+-- rt.payload, which the busted specs of this file do not need).
+local lane
+local function relay_rules()
+  lane = lane or require("rt.lane")
+  return lane
+end
 
 local _M = {
   name = "claude-api-key",
@@ -223,34 +229,37 @@ local function header_default(cfg, name)
   return profile.headers[name]
 end
 
--- Occurrences of a plain string in s.
-local function count(s, what)
-  local n, i = 0, 1
-  while true do
-    local a, b = s:find(what, i, true)
-    if not a then return n end
-    n, i = n + 1, b + 1
-  end
-end
+-- What the relay (rt.lane, the C relay and the pipeline's raw
+-- passthrough) may send as the client wrote it: a body with none of
+-- fixup's changes to make (no body `betas`, max_tokens present, no thinking
+-- next to temperature or tool_choice, at most max_breakpoints
+-- cache_control: '_control"' is counted, a longer key ending the same way
+-- only ever costs a decode), from an API-key account that is never cloaked.
+-- The client's anthropic-version and anthropic-beta go upstream as sent
+-- (prepare does the same for an API key); x-cpa-claude-1m adds a beta, so
+-- such a request is Lua's.
+_M.relay = {
+  unless = { "betas", { "thinking", "temperature" }, { "thinking", "tool_choice" } },
+  require = { "max_tokens" },
+  at_most = { { '_control"', _M.max_breakpoints } },
+  headers = { { "anthropic-version", "Anthropic-Version" }, { "anthropic-beta", "Anthropic-Beta" } },
+  lua_headers = { profile.context_1m_header },
+  account = function(target, config)
+    local entry = target.entry or {}
+    if entry.oauth then return false, "a Claude Code login" end
+    local set = cloak.settings(entry, type(config) == "table" and config["disable-claude-cloak-mode"] == true)
+    if set.mode ~= "never" then return false, "cloak mode " .. tostring(set.mode) end
+    return true
+  end,
+}
 
 -- True when a same-format body needs none of fixup's changes, so the
--- pipeline may send the client's bytes as they are: not cloaked, no body
--- `betas`, no thinking next to temperature or tool_choice, at most
--- max_breakpoints cache_control. A word that only appears in the text
--- costs a decode, never a missed fix-up.
+-- pipeline may send the client's bytes as they are: not cloaked, and the
+-- relay's body rules hold.
 function _M.raw_ok(ctx, target, raw)
   local st = state(ctx, target)
-  if st.cloaked and ctx.endpoint ~= "count_tokens" then return false end
-  -- the top-level members fixup reads, in one pass (json.has)
-  local betas, max_tokens, thinking, temperature, tool_choice =
-    json.has(raw, "betas", "max_tokens", "thinking", "temperature", "tool_choice")
-  if betas == nil or betas then return false end -- malformed, or body betas
-  if ctx.endpoint ~= "count_tokens" and not max_tokens then return false end
-  if thinking and (temperature or tool_choice) then return false end
-  -- string.find stops at every occurrence of the first byte: '_' is rare
-  -- in JSON text, '"' is everywhere (4 us instead of 25 us on 78 KB). A
-  -- longer key ending the same way only ever costs a decode.
-  return count(raw, '_control"') <= _M.max_breakpoints
+  if st.cloaked then return false end
+  return relay_rules().body_ok(_M.relay, raw)
 end
 
 function _M.fixup(body, ctx)

@@ -8,6 +8,9 @@ local _M = {
   format = "gemini",
   base_url = "https://generativelanguage.googleapis.com",
   model_path = "/v1beta/models/",
+  -- prepare() depends only on the account (the model is in the path) and
+  -- the body goes as written: plain-http keys are served by the C relay.
+  relay = {},
 }
 
 -- The request for provider p (gemini or one that reuses it, like vertex):

@@ -8,9 +8,10 @@ local _M = {
   name = "openai-compatibility",
   format = "openai_chat",
   user_agent = "cli-proxy-openai-compat",
-  -- prepare() depends only on the account: http and https entries without
-  -- a proxy can be served by the C fast path (rt.lane).
-  fast_path = true,
+  -- prepare() depends only on the account and the body goes as written:
+  -- http and https entries without a proxy are served by the C relay
+  -- (rt.lane).
+  relay = {},
 }
 
 

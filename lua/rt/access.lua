@@ -4,6 +4,7 @@
 local cpx = require("cpx")
 
 local secure_compare = cpx.secure_compare
+local client_key = cpx.client_key
 local gsub = string.gsub
 local char = string.char
 local tonumber = tonumber
@@ -27,14 +28,11 @@ _M.query_param = query_param
 -- Returns the presented key (or nil) and where it came from.
 function _M.presented(info)
   local h = info.headers
-  local auth = h["authorization"]
-  if auth then
-    local tok = auth:match("^[Bb]earer%s+(.+)$")
-    if tok then return tok, "authorization" end
-  end
-  if h["x-goog-api-key"] then return h["x-goog-api-key"], "x-goog-api-key" end
-  if h["x-api-key"] then return h["x-api-key"], "x-api-key" end
-  local k = query_param(info.query, "key")
+  -- the headers' rule is cpx_client_key's (runtime/core/cpx_access.c),
+  -- which the C relay uses too
+  local k, where = client_key(h["authorization"], h["x-goog-api-key"], h["x-api-key"])
+  if k then return k, where end
+  k = query_param(info.query, "key")
   if k then return k, "query-key" end
   k = query_param(info.query, "auth_token")
   if k then return k, "query-auth-token" end

@@ -8,6 +8,8 @@ local type = type
 local ipairs = ipairs
 local xpcall = xpcall
 local tostring = tostring
+local pairs = pairs
+local next = next
 local format = string.format
 
 local _M = {}
@@ -33,9 +35,62 @@ local PROVIDER_FIELDS = {
   { "admit", "function" },
   { "force_stream", "boolean" },
   { "fast_path", "boolean" },
+  { "relay", "relay" },
   { "oauth", "table" },
 }
 local FORMAT_LIST = "openai_chat, openai_responses, claude, gemini"
+
+-- A provider's `relay` declaration (rt.lane, docs/modules.md): nil or an
+-- error naming the field.
+local function is_strings(v)
+  if type(v) ~= "table" then return false end
+  for i, x in ipairs(v) do
+    if type(x) ~= "string" or x == "" then return false, i end
+  end
+  return #v > 0 or next(v) == nil
+end
+
+local function check_relay(v)
+  if type(v) ~= "table" then return "relay", "a table" end
+  for k in pairs(v) do
+    if k ~= "unless" and k ~= "require" and k ~= "at_most" and k ~= "headers" and k ~= "lua_headers"
+        and k ~= "account" then
+      return "relay." .. tostring(k), "one of unless, require, at_most, headers, lua_headers, account"
+    end
+  end
+  if v.unless ~= nil then
+    if type(v.unless) ~= "table" then return "relay.unless", "a list" end
+    for i, u in ipairs(v.unless) do
+      if not (type(u) == "string" and u ~= "") and not (is_strings(u) and #u > 0) then
+        return "relay.unless[" .. i .. "]", "a member name or a list of member names"
+      end
+    end
+  end
+  if v.require ~= nil and not is_strings(v.require) then return "relay.require", "a list of member names" end
+  if v.lua_headers ~= nil and not is_strings(v.lua_headers) then
+    return "relay.lua_headers", "a list of header names"
+  end
+  if v.at_most ~= nil then
+    if type(v.at_most) ~= "table" then return "relay.at_most", "a list" end
+    for i, c in ipairs(v.at_most) do
+      if type(c) ~= "table" or type(c[1]) ~= "string" or c[1] == "" or type(c[2]) ~= "number"
+          or c[2] < 0 or c[2] % 1 ~= 0 then
+        return "relay.at_most[" .. i .. "]", "{ text, count } with a non-empty text and a whole count"
+      end
+    end
+  end
+  if v.headers ~= nil then
+    if type(v.headers) ~= "table" then return "relay.headers", "a list" end
+    for i, h in ipairs(v.headers) do
+      if type(h) ~= "table" or type(h[1]) ~= "string" or type(h[2]) ~= "string"
+          or not h[1]:match("^[%w%-_]+$") or not h[2]:match("^[%w%-_]+$") then
+        return "relay.headers[" .. i .. "]", "{ client-header, Upstream-Header } (header names)"
+      end
+    end
+  end
+  if v.account ~= nil and type(v.account) ~= "function" then return "relay.account", "a function" end
+  return nil
+end
 
 local function check_provider(name, p)
   local file = "providers/" .. name .. ".lua"
@@ -43,7 +98,12 @@ local function check_provider(name, p)
   for _, f in ipairs(PROVIDER_FIELDS) do
     local key, want, required = f[1], f[2], f[3]
     local v = p[key]
-    if want == "format" then
+    if want == "relay" then
+      if v ~= nil then
+        local field, what = check_relay(v)
+        if field then return nil, format("%s: field '%s' must be %s", file, field, what) end
+      end
+    elseif want == "format" then
       if (v ~= nil or required) and not FORMATS[v] then
         return nil, format("%s: field '%s' must be one of %s", file, key, FORMAT_LIST)
       end

@@ -39,11 +39,11 @@ end
 
 -- ---- stream bootstrap --------------------------------------------------------
 
--- Events that only open a stream: the first real one comes after them.
-local HANDSHAKE = {
-  message_start = true, ping = true,
-  ["response.created"] = true, ["response.in_progress"] = true,
-}
+-- Which first events open a stream and which are errors is decided in one
+-- place for both paths: cpx_stream_event_kind (runtime/core/cpx_json_scan.c),
+-- which the C relay calls while it holds a stream and this file through
+-- cpx.json.first_event. Only the status and the error body are made here.
+local first_event = cpx.json.first_event
 local BOOTSTRAP_MAX_EVENTS = 16
 
 local function error_status(e)
@@ -63,18 +63,15 @@ end
 -- else { status, body } with body an error envelope of the upstream's
 -- format.
 local function bootstrap_event(ev, upfmt)
-  local name = ev.event
-  local d = ev.data ~= "" and ev.data ~= "[DONE]" and json.decode(ev.data) or nil
+  if first_event(upfmt, ev.event, ev.data) ~= "error" then return nil end
+  local d = json.decode(ev.data)
   if type(d) ~= "table" then return nil end
   if upfmt == "claude" then
-    if name ~= "error" and d.type ~= "error" then return nil end
     return { status = error_status(d.error), body = ev.data }
   elseif upfmt == "openai_responses" then
-    if name ~= "error" and name ~= "response.failed" and d.type ~= "response.failed" then return nil end
     local e = (type(d.response) == "table" and d.response.error) or d.error or d
     return { status = error_status(e), body = json.encode({ error = e }) }
   end
-  if d.error == nil then return nil end
   return { status = error_status(d.error), body = ev.data }
 end
 
@@ -85,7 +82,7 @@ local function bootstrap(up, upfmt)
   for _ = 1, BOOTSTRAP_MAX_EVENTS do
     local ev = up:peek()
     if not ev then return nil end
-    if not HANDSHAKE[ev.event] then return bootstrap_event(ev, upfmt) end
+    if first_event(upfmt, ev.event, ev.data) ~= "handshake" then return bootstrap_event(ev, upfmt) end
   end
   return nil
 end
@@ -126,7 +123,8 @@ local function lane_outcome(app, ctx, lane, target, upfmt, actx)
   u = pok and type(u) == "table" and u or {}
   reqlog.attempt(record.of(ctx.info), {
     method = "POST", url = u.url, headers = u.headers,
-    body = "(sent by the fast path: the client's body with model " .. tostring(target.upstream_model) .. ")",
+    body = "(sent by the C relay: the client's body as written"
+      .. (upfmt ~= "gemini" and (", model " .. tostring(target.upstream_model)) or "") .. ")",
   }, lane.status, lane.headers, lane.body, lane.err or (lane.event and "stream could not be relayed") or nil)
   if lane.err then
     log("warn", "upstream", target.owner, "failed:", lane.err)
@@ -138,7 +136,9 @@ local function lane_outcome(app, ctx, lane, target, upfmt, actx)
     -- The C side only hands over what bootstrap_event calls an error.
     return { err = "upstream stream could not be relayed", upfmt = upfmt, ctx = actx }
   end
-  return { status = lane.status, headers = lane.headers or {}, body = lane.body or "", upfmt = upfmt, ctx = actx }
+  local status = lane.status
+  if p.error_status then status = p.error_status(status, lane.headers, lane.body) or status end
+  return { status = status, headers = lane.headers or {}, body = lane.body or "", upfmt = upfmt, ctx = actx }
 end
 
 -- Answers cliproxy's own error in the client's format.

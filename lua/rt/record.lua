@@ -32,6 +32,8 @@ local tostring = tostring
 local error = error
 local setmetatable = setmetatable
 local floor = math.floor
+local find = string.find
+local json_member = cpx.json.member
 local log = cpx.log or function() end
 local now = cpx.now
 local monotonic = cpx.monotonic
@@ -123,8 +125,11 @@ function _M.usage_from_stream(fmt, text)
   local frames = cpx.sse.new(#text + 16):feed(text .. "\n\n")
   local into
   for _, ev in ipairs(frames or {}) do
-    if ev.data and ev.data:byte(1) == 123 then -- '{'
-      into = usage_of(fmt, json.decode(ev.data), into)
+    -- only the events that name a usage ("usage", "usageMetadata") are
+    -- decoded: a chat stream's many chunks are not
+    local d = ev.data
+    if d and d:byte(1) == 123 and find(d, '"usage', 1, true) then -- '{'
+      into = usage_of(fmt, json.decode(d), into)
     end
   end
   return into
@@ -211,21 +216,31 @@ function _M.note_target(rec, target, alias)
 end
 
 -- A JSON body, or only its end when it was long: the usage object is
--- there in OpenAI's answers.
-local function tail_usage(fmt, tail)
-  local u = _M.usage_from_body(fmt, tail)
-  if u or type(tail) ~= "string" then return u end
-  local obj = tail:match('"usage"%s*:%s*(%b{})')
-  if obj then return usage_of(fmt, json.decode('{"usage":' .. obj .. '}'), nil) end
+-- there in OpenAI's, Claude's and Gemini's answers.
+local function tail_usage(fmt, tail, whole)
+  if type(tail) ~= "string" then return nil end
+  local name = fmt == "gemini" and "usageMetadata" or "usage"
+  -- a whole body: its top-level usage member alone is decoded (the rest
+  -- of the answer is never looked at), else the whole body
+  local obj = whole and json_member(tail, name) or nil
+  if not obj then
+    local u = whole and _M.usage_from_body(fmt, tail)
+    if u then return u end
+    obj = tail:match('"' .. name .. '"%s*:%s*(%b{})')
+  end
+  if obj and obj:byte(1) == 123 then
+    return usage_of(fmt, { [name] = json.decode(obj) }, nil)
+  end
   return nil
 end
 
 -- ---- the C lane ---------------------------------------------------------------
 
 -- list: what cpx_lane.c collected for each request it served to the end:
--- { model, member, key_index, status, time, latency_ms, ttft_ms, stream,
---   aborted, error, tail }. Called after the loop iteration, never from
--- inside a response.
+-- { format, endpoint, model, member, key_index, status, time, latency_ms,
+--   ttft_ms, stream, aborted, error, head, tail, gap }: head and tail are
+-- the first and last bytes relayed (gap: some between them were not
+-- kept). Called after the loop iteration, never from inside a response.
 function _M.lane(app, list)
   local keys = app and app.config and app.config["api-keys"] or {}
   for _, l in ipairs(list) do
@@ -233,10 +248,11 @@ function _M.lane(app, list)
     if app and app.registry then targets, alias = app.registry:lookup(l.model) end
     local t = targets and targets[l.member] or nil
     local status = l.aborted and 499 or l.status
+    local fmt = l.format or "openai_chat"
     local rec = {
       id = cpx.uuid(), request_id = l.request_id, time = l.time, latency_ms = l.latency_ms,
       ttft_ms = l.ttft_ms, method = "POST", endpoint = l.endpoint or "/v1/chat/completions",
-      client_format = "openai_chat", stream = l.stream == true, model = l.model,
+      client_format = fmt, stream = l.stream == true, model = l.model,
       client_key = key_label(keys[l.key_index or 0]), status = status, attempts = 1, tag = "fast", kind = "inference",
       path = "lane",
     }
@@ -247,11 +263,16 @@ function _M.lane(app, list)
       rec.error = l.error
     end
     rec.failed = status >= 400 or rec.error ~= nil
+    local head, tail = l.head or "", l.tail or ""
     local u
     if l.stream then
-      u = _M.usage_from_stream("openai_chat", l.tail)
+      -- (a blank line between the two ends: an event cut at the seam is
+      -- not read as one)
+      u = _M.usage_from_stream(fmt, head .. (l.gap and "\n\n" or "") .. tail)
+    elseif not l.gap then
+      u = tail_usage(fmt, head .. tail, true)
     else
-      u = tail_usage("openai_chat", l.tail)
+      u = tail_usage(fmt, tail, false)
     end
     rec.usage = norm_usage(u)
     _M.emit(rec)

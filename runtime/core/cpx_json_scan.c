@@ -17,6 +17,10 @@
  *       where a plain search per word would stop at every quote
  *   cpx.json.set_string(s, key, v) -> new string with the top-level key's
  *       value replaced by the JSON string v (the key is added when absent)
+ *   cpx.json.member(s, key)        -> the top-level member's value as
+ *       written (JSON text) | nil (absent) | nil, err (malformed)
+ *   cpx.json.first_event(fmt, event, data) -> "error" | "handshake" | false
+ *       what an upstream stream's first event says (cpx_stream_event_kind)
  */
 #include <stdlib.h>
 #include <string.h>
@@ -25,6 +29,7 @@
 #include <lua.h>
 
 #include "cpx.h"
+#include "cpx_errbody.h"
 #include "cpx_json_scan.h"
 #include "cpx_lua_util.h"
 
@@ -650,6 +655,108 @@ static int l_edit(lua_State *L) {
   return 1;
 }
 
+/* The raw text of one member: a record's usage object is decoded alone,
+ * not the whole answer around it. */
+static int l_member(lua_State *L) {
+  size_t n, at = 0;
+  const char *s = luaL_checklstring(L, 1, &n);
+  const char *close;
+  find_t f;
+
+  memset(&f, 0, sizeof(f));
+  f.k = luaL_checklstring(L, 2, &f.kn);
+  if (scan_top(s, n, find_cb, &f, &at, &close) != 0) {
+    lua_pushnil(L);
+    lua_pushfstring(L, "json: malformed document at byte %d", (int)at);
+    return 2;
+  }
+  if (!f.have) {
+    lua_pushnil(L);
+    return 1;
+  }
+  lua_pushlstring(L, f.found.vp, f.found.vn);
+  return 1;
+}
+
+/* ---- stream first events ------------------------------------------------ */
+
+/* indexed by CPX_FMT_* */
+#define FMT_N 4
+static const char *const fmt_names[FMT_N] = {"openai_chat", "openai_responses",
+                                             "claude", "gemini"};
+
+int cpx_fmt_parse(const char *s, size_t n) {
+  for (int i = 0; i < FMT_N; i++)
+    if (strlen(fmt_names[i]) == n && memcmp(fmt_names[i], s, n) == 0)
+      return i;
+  return -1;
+}
+
+const char *cpx_fmt_name(int fmt) {
+  return fmt >= 0 && fmt < FMT_N ? fmt_names[fmt] : "?";
+}
+
+static int str_is(const char *p, size_t n, const char *lit) {
+  size_t ln = strlen(lit);
+  return p && n == ln && memcmp(p, lit, n) == 0;
+}
+
+/* Events that only open a stream (Claude's message_start and ping, the
+ * Responses API's response.created and response.in_progress): the first
+ * real event comes after them. An error is an event of the upstream's own
+ * error shape: Claude `event: error` / {"type":"error"}, Responses `error`
+ * and `response.failed`, Chat and Gemini a JSON object with an "error"
+ * member. Data that is not a JSON object (`[DONE]`, text) is no error. */
+int cpx_stream_event_kind(int fmt, const char *event, size_t event_len,
+                          const char *data, size_t data_len) {
+  static const cpx_str_t keys[2] = {CPX_STR("error"), CPX_STR("type")};
+  cpx_str_t vals[2];
+
+  if (str_is(event, event_len, "message_start") ||
+      str_is(event, event_len, "ping") ||
+      str_is(event, event_len, "response.created") ||
+      str_is(event, event_len, "response.in_progress"))
+    return CPX_EV_HANDSHAKE;
+  if (data_len == 0 || cpx_json_top_get(data, data_len, keys, vals, 2) != 0)
+    return CPX_EV_REAL;
+  switch (fmt) {
+  case CPX_FMT_CLAUDE:
+    if (str_is(event, event_len, "error") ||
+        str_is(vals[1].p, vals[1].n, "\"error\""))
+      return CPX_EV_ERROR;
+    return CPX_EV_REAL;
+  case CPX_FMT_OPENAI_RESPONSES:
+    if (str_is(event, event_len, "error") ||
+        str_is(event, event_len, "response.failed") ||
+        str_is(vals[1].p, vals[1].n, "\"response.failed\"") ||
+        str_is(vals[1].p, vals[1].n, "\"error\""))
+      return CPX_EV_ERROR;
+    return CPX_EV_REAL;
+  default:
+    return vals[0].p ? CPX_EV_ERROR : CPX_EV_REAL;
+  }
+}
+
+static int l_first_event(lua_State *L) {
+  size_t fn, en, dn;
+  const char *f = luaL_checklstring(L, 1, &fn);
+  const char *e = luaL_optlstring(L, 2, "", &en);
+  const char *d = luaL_optlstring(L, 3, "", &dn);
+  int fmt = cpx_fmt_parse(f, fn);
+  switch (cpx_stream_event_kind(fmt < 0 ? CPX_FMT_OPENAI_CHAT : fmt, e, en, d,
+                                dn)) {
+  case CPX_EV_ERROR:
+    lua_pushliteral(L, "error");
+    break;
+  case CPX_EV_HANDSHAKE:
+    lua_pushliteral(L, "handshake");
+    break;
+  default:
+    lua_pushboolean(L, 0);
+  }
+  return 1;
+}
+
 /* Adds peek, has and set_string to the cpx.json table of the cpx table at the
  * top of the stack. */
 void cpx_json_scan_register(lua_State *L) {
@@ -664,5 +771,9 @@ void cpx_json_scan_register(lua_State *L) {
   lua_setfield(L, -2, "top");
   lua_pushcfunction(L, l_edit);
   lua_setfield(L, -2, "edit");
+  lua_pushcfunction(L, l_member);
+  lua_setfield(L, -2, "member");
+  lua_pushcfunction(L, l_first_event);
+  lua_setfield(L, -2, "first_event");
   lua_pop(L, 1);
 }

@@ -13,4 +13,21 @@
 int cpx_json_top_get(const char *s, size_t n, const cpx_str_t *keys,
                      cpx_str_t *vals, size_t nkeys);
 
+/* The format (CPX_FMT_* of cpx_errbody.h) of rt's name for it
+ * ("openai_chat", "openai_responses", "claude", "gemini") n bytes at s,
+ * or -1. */
+int cpx_fmt_parse(const char *s, size_t n);
+const char *cpx_fmt_name(int fmt);
+
+/* What the first events of an upstream stream say, per format. The one
+ * owner of the rule: the C relay (cpx_lane.c) calls it while it holds a
+ * stream, rt.pipeline's bootstrap through cpx.json.first_event. */
+enum {
+  CPX_EV_REAL = 0,      /* the first real event, not an error */
+  CPX_EV_ERROR = 1,     /* an error: the stream failed before it began */
+  CPX_EV_HANDSHAKE = 2, /* only opens the stream: look at the next one */
+};
+int cpx_stream_event_kind(int fmt, const char *event, size_t event_len,
+                          const char *data, size_t data_len);
+
 #endif /* CPX_JSON_SCAN_H */

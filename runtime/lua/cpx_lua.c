@@ -1,6 +1,8 @@
 /* cpx_lua.c: VM generations, the sandboxed module loader, settings.
  * See cpx_lua.h. */
+#include "cpx_access.h"
 #include "cpx_lane.h"
+#include "cpx_lane_lua.h"
 #include "cpx_lua.h"
 #include "cpx_worker.h"
 #include "cpx_metrics.h"
@@ -534,6 +536,7 @@ int cpx_vm_new(cpx_worker_t *w, const char *config_path, cpx_vm_t **out,
   /* cpx = util part + server part; reachable as require("cpx"). */
   cpx_lua_util_open(L);
   cpx_json_scan_register(L);
+  cpx_access_lua_register(L);
   cpx_http_lua_register(L);
   cpx_tokens_lua_register(L);
   cpx__lua_api_register(L);

@@ -120,8 +120,7 @@ void cpx_lua_on_request(cpx_server_t *srv, cpx_request_t *r);
  * fast path hands over its first attempt this way). */
 void cpx__lua_start(cpx_worker_t *w, cpx_vm_t *vm, cpx_request_t *r,
                     void (*push_extra)(lua_State *L, void *ud), void *ud);
-/* Constant-time equality of two secrets (HMAC, then CRYPTO_memcmp). */
-int cpx_secure_equal(const char *a, size_t na, const char *b, size_t nb);
+/* cpx_secure_equal: runtime/core/cpx_access.h */
 
 /* Registers `cpx.panel` (the control panel's static files; cpx_panel.c)
  * into the table at the top of the stack. cpx_panel_name_ok(name) is 1 for

@@ -7,6 +7,7 @@
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
 
+#include "cpx_access.h"
 #include "cpx_log.h"
 #include "cpx_lua_int.h"
 
@@ -39,36 +40,13 @@ static int l_log(lua_State *L) {
   return 0;
 }
 
-/* cpx.secure_compare(a, b): HMAC-SHA256 both sides under a per-process
- * random key, then compare the digests with CRYPTO_memcmp: neither the bytes
- * nor the length of the secret leak through timing. */
-static unsigned char secure_key[32];
-static uv_once_t secure_once = UV_ONCE_INIT;
-static int secure_ready;
-
-static void secure_init(void) {
-  secure_ready = RAND_bytes(secure_key, sizeof(secure_key)) == 1;
-}
-
-int cpx_secure_equal(const char *a, size_t na, const char *b, size_t nb) {
-  unsigned char ha[32], hb[32];
-  unsigned int la = 0, lb = 0;
-  uv_once(&secure_once, secure_init);
-  if (!secure_ready)
-    return 0;
-  HMAC(EVP_sha256(), secure_key, sizeof(secure_key), (const unsigned char *)a,
-       na, ha, &la);
-  HMAC(EVP_sha256(), secure_key, sizeof(secure_key), (const unsigned char *)b,
-       nb, hb, &lb);
-  return la == 32 && lb == 32 && CRYPTO_memcmp(ha, hb, 32) == 0;
-}
-
+/* cpx.secure_compare(a, b): cpx_secure_equal (runtime/core/cpx_access.c,
+ * which the C relay's key check uses too). */
 static int l_secure_compare(lua_State *L) {
   size_t na, nb;
   const char *a = luaL_checklstring(L, 1, &na);
   const char *b = luaL_checklstring(L, 2, &nb);
-  uv_once(&secure_once, secure_init);
-  if (!secure_ready)
+  if (!cpx_secure_ready())
     return luaL_error(L, "no randomness");
   lua_pushboolean(L, cpx_secure_equal(a, na, b, nb));
   return 1;

@@ -162,7 +162,7 @@ static int l_pick(lua_State *L) {
     return 3;
   }
   lua_pushinteger(L, (lua_Integer)c.member + 1);
-  lua_pushnumber(L, (double)c.state * 2 + (c.probe ? 1 : 0));
+  lua_pushnumber(L, cpx_pool_handle(&c));
   lua_pushboolean(L, c.probe);
   lua_pushboolean(L, c.affinity);
   return 4;
@@ -172,11 +172,13 @@ static int l_report(lua_State *L) {
   double h = luaL_checknumber(L, 1);
   int result = luaL_checkoption(L, 2, NULL, results);
   double hint = luaL_optnumber(L, 3, 0);
-  uint64_t handle = (uint64_t)h, d;
-  if (h < 0)
+  uint32_t state;
+  int probe;
+  uint64_t d;
+  if (cpx_pool_handle_parse(h, &state, &probe) != 0)
     return luaL_argerror(L, 1, "invalid handle");
-  d = cpx_pool_report(pool(L), (uint32_t)(handle / 2), (int)(handle % 2),
-                      result, hint > 0 ? (uint64_t)(hint * 1000 + 0.5) : 0);
+  d = cpx_pool_report(pool(L), state, probe, result,
+                      hint > 0 ? (uint64_t)(hint * 1000 + 0.5) : 0);
   lua_pushnumber(L, (double)d / 1000.0);
   return 1;
 }

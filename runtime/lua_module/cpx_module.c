@@ -2,6 +2,7 @@
  * Returns the same non-yielding API table the server exposes. */
 #include <lua.h>
 
+#include "cpx_access.h"
 #include "cpx_lua_util.h"
 #include "cpx_mgmt.h"
 #include "cpx_reqlog.h"
@@ -15,6 +16,7 @@
 int luaopen_cpx(lua_State *L) {
   int n = cpx_lua_util_open(L);
   cpx_json_scan_register(L);
+  cpx_access_lua_register(L);
   cpx_http_lua_register(L);
   cpx_tokens_lua_register(L);
   cpx_pool_lua_register(L);

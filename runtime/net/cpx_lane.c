@@ -6,14 +6,11 @@
 #include <string.h>
 #include <time.h>
 
-#include <lauxlib.h>
-
+#include "cpx_access.h"
 #include "cpx_buf.h"
 #include "cpx_errbody.h"
 #include "cpx_json_scan.h"
 #include "cpx_log.h"
-#include "cpx_lua.h"
-#include "cpx_worker.h"
 #include "cpx_pool.h"
 #include "cpx_sse.h"
 #include "cpx_store.h"
@@ -22,53 +19,44 @@
  * (handed to Lua), a small non-stream answer (sent in one write), a stream
  * until its first event. Past these the lane gives up holding. */
 #define HOLD_MAX (1024 * 1024)
-/* Bytes of each answer kept for its record, and records a worker holds
- * until the loop iteration ends. */
+/* Bytes kept of each end of an answer for its record. */
 #define RECORD_TAIL 4096
-#define RECORDS_MAX 4096
 
 /* ---- the route table ---------------------------------------------------- */
 
-/* Built by cpx.lane.configure from rt.lane's table; immutable afterwards. */
+/* Filled by cpx.lane.configure (runtime/lua/cpx_lane_lua.c) from rt.lane's
+ * table; immutable once sealed. */
 
-typedef struct {
-  char *host;
-  int port;
-  int tls;    /* https: cpx_h1 speaks TLS to host (SNI, certificate check) */
-  char *head; /* request line and headers, without Content-Length */
-  size_t head_len;
-  char *head_stream; /* the same for stream: true */
-  size_t head_stream_len;
-  char *model; /* the upstream model as a JSON string literal */
-  size_t model_len;
-} lane_target_t;
-
-typedef struct {
-  char *name; /* client model name */
-  size_t name_len;
-  char *group;            /* pool group */
-  lane_target_t *targets; /* in pool member order */
-  size_t ntargets;
-} lane_model_t;
-
-struct cpx_lane_s {
-  int refs;   /* the generation's + one per request in flight */
-  char *path; /* "/v1/chat/completions" */
-  size_t path_len;
-  lane_model_t *models; /* sorted by name */
-  size_t nmodels;
-  char **keys; /* client api-keys; none = open */
-  size_t *key_lens;
-  size_t nkeys;
-  int check_store; /* credential files can add targets: watch the store */
-  uint64_t store_version;
-};
-
-static void target_free(lane_target_t *t) {
+static void target_free(cpx_lane_target_t *t, size_t nslots) {
   free(t->host);
   free(t->head);
   free(t->head_stream);
   free(t->model);
+  if (t->slot_lines) {
+    for (size_t i = 0; i < nslots; i++)
+      free((char *)t->slot_lines[i].p);
+    free(t->slot_lines);
+  }
+}
+
+static void model_free(cpx_lane_model_t *m) {
+  for (size_t j = 0; j < m->ntargets; j++)
+    target_free(&m->targets[j], m->nslots);
+  free(m->targets);
+  free(m->name);
+  free(m->group);
+  free(m->unless);
+  for (size_t j = 0; j < m->nat_most; j++)
+    free(m->at_most[j].text);
+  free(m->at_most);
+  for (size_t j = 0; j < m->nlua_headers; j++)
+    free(m->lua_headers[j]);
+  free(m->lua_headers);
+  for (size_t j = 0; j < m->nslots; j++) {
+    free(m->slots[j].client);
+    free(m->slots[j].prefix);
+  }
+  free(m->slots);
 }
 
 /* A rebuilt table (credential files changed) replaces the generation's
@@ -77,20 +65,21 @@ static void target_free(lane_target_t *t) {
 static void lane_unref(cpx_lane_t *l) {
   if (!l || --l->refs > 0)
     return;
-  for (size_t i = 0; i < l->nmodels; i++) {
-    lane_model_t *m = &l->models[i];
-    for (size_t j = 0; j < m->ntargets; j++)
-      target_free(&m->targets[j]);
-    free(m->targets);
-    free(m->name);
-    free(m->group);
+  for (size_t i = 0; i < l->nroutes; i++) {
+    cpx_lane_route_t *rt = &l->routes[i];
+    for (size_t j = 0; j < rt->nmodels; j++)
+      model_free(&rt->models[j]);
+    free(rt->models);
+    for (size_t j = rt->nfixed; j < rt->nkeys; j++)
+      free((char *)rt->keys[j].p);
+    free(rt->keys);
+    free(rt->path);
   }
+  free(l->routes);
   for (size_t i = 0; i < l->nkeys; i++)
     free(l->keys[i]);
   free(l->keys);
   free(l->key_lens);
-  free(l->models);
-  free(l->path);
   free(l);
 }
 
@@ -98,8 +87,23 @@ void cpx_lane_free(cpx_lane_t *l) {
   lane_unref(l);
 }
 
+cpx_lane_t *cpx_lane_new(void) {
+  cpx_lane_t *l = calloc(1, sizeof(*l));
+  if (l)
+    l->refs = 1;
+  return l;
+}
+
+static int model_cmp(const void *a, const void *b);
+
+void cpx_lane_seal(cpx_lane_t *l) {
+  for (size_t i = 0; i < l->nroutes; i++)
+    qsort(l->routes[i].models, l->routes[i].nmodels, sizeof(cpx_lane_model_t),
+          model_cmp);
+}
+
 static int model_cmp(const void *a, const void *b) {
-  const lane_model_t *x = a, *y = b;
+  const cpx_lane_model_t *x = a, *y = b;
   size_t n = x->name_len < y->name_len ? x->name_len : y->name_len;
   int c = memcmp(x->name, y->name, n);
   if (c)
@@ -107,17 +111,17 @@ static int model_cmp(const void *a, const void *b) {
   return x->name_len < y->name_len ? -1 : x->name_len > y->name_len;
 }
 
-static const lane_model_t *model_find(const cpx_lane_t *l, const char *name,
-                                      size_t n) {
-  size_t lo = 0, hi = l->nmodels;
-  lane_model_t key;
+static const cpx_lane_model_t *model_find(const cpx_lane_route_t *rt,
+                                          const char *name, size_t n) {
+  size_t lo = 0, hi = rt->nmodels;
+  cpx_lane_model_t key;
   key.name = (char *)name;
   key.name_len = n;
   while (lo < hi) {
     size_t mid = (lo + hi) / 2;
-    int c = model_cmp(&key, &l->models[mid]);
+    int c = model_cmp(&key, &rt->models[mid]);
     if (c == 0)
-      return &l->models[mid];
+      return &rt->models[mid];
     if (c < 0)
       hi = mid;
     else
@@ -139,29 +143,37 @@ enum {
 typedef struct {
   cpx_h1_req_t q;
   cpx_request_t *r;
-  cpx_worker_t *w;
-  cpx_vm_t *vm;
-  cpx_lane_t *lane; /* one reference: m and t point into it */
-  const lane_model_t *m;
+  const cpx_lane_host_t *host;
+  void *gen;        /* one host reference */
+  cpx_lane_t *lane; /* one reference: rt, m and t point into it */
+  const cpx_lane_route_t *rt;
+  const cpx_lane_model_t *m;
   cpx_pool_choice_t pick;
   int reported; /* the pool heard the outcome (or Lua will) */
   int stream;
   int phase;
-  char clen[48]; /* "Content-Length: N\r\n\r\n" */
-  char *acc;     /* held bytes (see HOLD_MAX) */
+  /* the head's variable part: the client's slot headers, Content-Length
+   * and the blank line (xbuf when it fits, else malloc'd) */
+  char *extra;
+  char xbuf[192];
+  char *acc; /* held bytes (see HOLD_MAX) */
   size_t acc_len, acc_cap;
   cpx_sse_t sse; /* P_BOOT only */
   int sse_on;
-  int first_error; /* P_BOOT: the first event carries "error" */
+  int nevents;     /* P_BOOT: handshake events seen */
+  int first_error; /* P_BOOT: the first real event is an error */
   char *ev_name, *ev_data;
   size_t ev_name_len, ev_data_len;
   int seen_event;
   /* the request record (rt.record) */
-  int handed;     /* Lua took the request: it records it */
-  int key_index;  /* 1-based index of the client key in api-keys, 0: none */
-  double ttft_ms; /* the client's head went out (streams), or -1 */
-  char tail[RECORD_TAIL]; /* the last bytes relayed: the usage is there */
-  size_t tail_len;
+  int handed;       /* Lua took the request: it records it */
+  int key_index;    /* 1-based index of the client key in api-keys, 0: none */
+  double ttft_ms;   /* the client's head went out (streams), or -1 */
+  uint64_t relayed; /* bytes sent to the client */
+  size_t head_len;  /* the first bytes relayed (Claude's usage */
+  char head[RECORD_TAIL]; /* starts in message_start) ... */
+  size_t tail_len;        /* ... and the last ones (the rest of it) */
+  char tail[RECORD_TAIL];
 } lane_req_t;
 
 static const cpx_h1_cb_t lane_cb;
@@ -190,12 +202,14 @@ static void lane_free(lane_req_t *lq) {
   if (lq->sse_on)
     cpx_sse_free(&lq->sse);
   cpx_h1_req_free(&lq->q);
+  if (lq->extra != lq->xbuf)
+    free(lq->extra);
   free(lq->acc);
   free(lq->ev_name);
   free(lq->ev_data);
   cpx_request_unref(r);
   lane_unref(lq->lane);
-  cpx_vm_unref(lq->vm);
+  lq->host->unref(lq->gen);
   free(lq);
 }
 
@@ -216,62 +230,37 @@ static void stream_error_end(lane_req_t *lq, const char *msg) {
   cpx_request_finish(lq->r);
 }
 
-/* ---- hand-off to Lua ---------------------------------------------------- */
+/* ---- hand-off to the host ---------------------------------------------- */
 
-typedef struct {
-  lane_req_t *lq;
-  int rc; /* transport error, or 0 */
-} handoff_t;
-
-static void push_lane_info(lua_State *L, void *ud) {
-  handoff_t *h = ud;
-  lane_req_t *lq = h->lq;
-  const cpx_h1_req_t *q = &lq->q;
-
-  lua_createtable(L, 0, 8);
-  lua_pushinteger(L, (lua_Integer)lq->pick.member + 1);
-  lua_setfield(L, -2, "member");
-  lua_pushnumber(L, (double)lq->pick.state * 2 + (lq->pick.probe ? 1 : 0));
-  lua_setfield(L, -2, "handle");
-  lua_pushstring(L, lq->m->group);
-  lua_setfield(L, -2, "group");
-  if (h->rc != 0) {
-    lua_pushstring(L, q->err ? q->err : cpx_strerror(h->rc));
-    lua_setfield(L, -2, "err");
-  } else if (lq->phase == P_BOOT) {
-    /* 2xx, then an error as the first event: Lua judges it as its own
-     * bootstrap would have. */
-    lua_createtable(L, 0, 2);
-    lua_pushlstring(L, lq->ev_name ? lq->ev_name : "", lq->ev_name_len);
-    lua_setfield(L, -2, "event");
-    lua_pushlstring(L, lq->ev_data ? lq->ev_data : "", lq->ev_data_len);
-    lua_setfield(L, -2, "data");
-    lua_setfield(L, -2, "event");
-    lua_pushinteger(L, q->status);
-    lua_setfield(L, -2, "status");
-  } else {
-    lua_pushinteger(L, q->status);
-    lua_setfield(L, -2, "status");
-    lua_createtable(L, 0, (int)q->nfields);
-    for (size_t i = 0; i < q->nfields; i++) {
-      const cpx_h1_field_t *f = &q->fields[i];
-      lua_pushlstring(L, q->hbuf + f->name_off, f->name_len);
-      lua_pushlstring(L, q->hbuf + f->value_off, f->value_len);
-      lua_rawset(L, -3);
-    }
-    lua_setfield(L, -2, "headers");
-    lua_pushlstring(L, lq->acc ? lq->acc : "", lq->acc_len);
-    lua_setfield(L, -2, "body");
-  }
-  lua_setfield(L, -2, "lane");
-}
-
-/* The upstream failed before the client saw a byte: rt.server takes the
- * request over with this attempt attached; the pool pick goes with it. */
+/* The upstream failed before the client saw a byte: the host (rt.server)
+ * takes the request over with this attempt attached; the pool pick goes
+ * with it. */
 static void handoff(lane_req_t *lq, int rc) {
-  handoff_t h = {lq, rc};
   cpx_request_t *r = lq->r;
-  lq->reported = 1; /* Lua reports the handle */
+  const cpx_h1_req_t *q = &lq->q;
+  cpx_lane_attempt_t a;
+
+  memset(&a, 0, sizeof(a));
+  a.pick = &lq->pick;
+  a.group = lq->m->group;
+  a.rc = rc;
+  if (rc != 0) {
+    a.err = q->err ? q->err : cpx_strerror(rc);
+  } else {
+    a.status = q->status;
+    a.q = q;
+    if (lq->phase == P_BOOT) {
+      a.first_event = 1;
+      a.event.p = lq->ev_name ? lq->ev_name : "";
+      a.event.n = lq->ev_name_len;
+      a.data.p = lq->ev_data ? lq->ev_data : "";
+      a.data.n = lq->ev_data_len;
+    } else {
+      a.body.p = lq->acc ? lq->acc : "";
+      a.body.n = lq->acc_len;
+    }
+  }
+  lq->reported = 1; /* the host reports the pick */
   lq->handed = 1;   /* and records the request */
   r->handler_data = NULL;
   r->on_abort = NULL;
@@ -279,7 +268,7 @@ static void handoff(lane_req_t *lq, int rc) {
   r->on_shutdown = NULL;
   r->tag = NULL;
   if (r->conn && !r->finished)
-    cpx__lua_start(lq->w, lq->vm, r, push_lane_info, &h);
+    lq->host->handoff(lq->gen, r, &a);
   else
     cpx_pool_report(cpx_pool_global(), lq->pick.state, lq->pick.probe,
                     CPX_POOL_NEUTRAL, 0); /* nobody left to answer */
@@ -292,8 +281,21 @@ static const char *fail_text(const cpx_h1_req_t *q, int rc) {
   return q->err ? q->err : cpx_strerror(rc);
 }
 
-/* Keeps the last RECORD_TAIL bytes sent to the client. */
+/* Keeps the first RECORD_TAIL bytes sent to the client and the last
+ * RECORD_TAIL after those. */
 static void keep_tail(lane_req_t *lq, const char *p, size_t n) {
+  lq->relayed += n;
+  if (lq->head_len < RECORD_TAIL) {
+    size_t k = RECORD_TAIL - lq->head_len;
+    if (k > n)
+      k = n;
+    memcpy(lq->head + lq->head_len, p, k);
+    lq->head_len += k;
+    p += k;
+    n -= k;
+  }
+  if (n == 0)
+    return;
   if (n >= RECORD_TAIL) {
     memcpy(lq->tail, p + n - RECORD_TAIL, RECORD_TAIL);
     lq->tail_len = RECORD_TAIL;
@@ -319,14 +321,17 @@ static int relay(lane_req_t *lq, const char *p, size_t n) {
   return 0;
 }
 
+/* Held stream events until the first real one (cpx_stream_event_kind
+ * decides, for rt.pipeline's bootstrap too). */
+#define BOOT_MAX_EVENTS 16
+
 static int on_first_event(void *ud, const cpx_sse_event_t *ev) {
   lane_req_t *lq = ud;
-  static const cpx_str_t key = CPX_STR("error");
-  cpx_str_t val;
-  /* As rt.pipeline's bootstrap for OpenAI streams: an event whose data is
-   * a JSON object with an "error" member is a failure. */
-  if (ev->data.n > 0 &&
-      cpx_json_top_get(ev->data.p, ev->data.n, &key, &val, 1) == 0 && val.p) {
+  int kind = cpx_stream_event_kind(lq->rt->fmt, ev->event.p, ev->event.n,
+                                   ev->data.p, ev->data.n);
+  if (kind == CPX_EV_HANDSHAKE && ++lq->nevents < BOOT_MAX_EVENTS)
+    return 0;
+  if (kind == CPX_EV_ERROR) {
     lq->first_error = 1;
     lq->ev_name = malloc(ev->event.n + 1);
     lq->ev_data = malloc(ev->data.n + 1);
@@ -526,34 +531,20 @@ static void on_req_shutdown(cpx_request_t *r) {
 
 /* ---- taking a request --------------------------------------------------- */
 
-/* The key the client presented, as rt.access reads it (headers only: a
- * request with a query string never comes here). */
+/* The key the client presented (cpx_client_key: rt.access reads it the
+ * same way; a request with a query string never comes here). */
 static int key_ok(const cpx_lane_t *l, const cpx_request_t *r, int *which) {
-  size_t n;
-  const char *k = cpx_request_header(r, "authorization", &n);
+  size_t an = 0, gn = 0, xn = 0, n;
+  const char *a = cpx_request_header(r, "authorization", &an);
+  const char *g = cpx_request_header(r, "x-goog-api-key", &gn);
+  const char *x = cpx_request_header(r, "x-api-key", &xn);
+  const char *k;
   int ok = 0;
 
   *which = 0;
   if (l->nkeys == 0)
     return 1;
-  if (k && n > 6 && (k[0] == 'B' || k[0] == 'b') &&
-      memcmp(k + 1, "earer", 5) == 0 && (k[6] == ' ' || k[6] == '\t')) {
-    k += 6;
-    n -= 6;
-    while (n && (*k == ' ' || *k == '\t')) {
-      k++;
-      n--;
-    }
-    if (n == 0)
-      k = NULL;
-  } else {
-    k = NULL;
-  }
-  if (!k)
-    k = cpx_request_header(r, "x-goog-api-key", &n);
-  if (!k)
-    k = cpx_request_header(r, "x-api-key", &n);
-  if (!k)
+  if (cpx_client_key(a, an, g, gn, x, xn, &k, &n) == CPX_KEY_NONE)
     return 0;
   /* Every key is compared, so the time does not say which one matched. */
   for (size_t i = 0; i < l->nkeys; i++) {
@@ -565,24 +556,140 @@ static int key_ok(const cpx_lane_t *l, const cpx_request_t *r, int *which) {
   return ok;
 }
 
-int cpx_lane_try(cpx_worker_t *w, cpx_request_t *r) {
-  cpx_vm_t *vm = w->vm;
-  cpx_lane_t *l = vm->lane;
+/* The route r's target names, with the model of a model-in-path route
+ * (Gemini: /v1beta/models/M:generateContent, or
+ * :streamGenerateContent?alt=sse for SSE; any other query stays in Lua). */
+static const cpx_lane_route_t *route_find(const cpx_lane_t *l, const char *u,
+                                          size_t n, const char **model,
+                                          size_t *model_len, int *stream) {
+  static const char gen[] = ":generateContent";
+  static const char sse[] = ":streamGenerateContent?alt=sse";
+  for (size_t i = 0; i < l->nroutes; i++) {
+    const cpx_lane_route_t *rt = &l->routes[i];
+    const char *m, *colon;
+    size_t rest;
+    if (!rt->model_in_path) {
+      if (n == rt->path_len && memcmp(u, rt->path, n) == 0)
+        return rt;
+      continue;
+    }
+    if (n <= rt->path_len || memcmp(u, rt->path, rt->path_len) != 0)
+      continue;
+    m = u + rt->path_len;
+    colon = memchr(m, ':', n - rt->path_len);
+    if (!colon || colon == m)
+      return NULL;
+    rest = n - (size_t)(colon - u);
+    if (rest == sizeof(gen) - 1 && memcmp(colon, gen, rest) == 0)
+      *stream = 0;
+    else if (rest == sizeof(sse) - 1 && memcmp(colon, sse, rest) == 0)
+      *stream = 1;
+    else
+      return NULL;
+    /* a name Lua would read differently (escapes, a sub-path) is Lua's */
+    for (const char *c = m; c < colon; c++)
+      if (*c == '/' || *c == '%' || *c == '?')
+        return NULL;
+    *model = m;
+    *model_len = (size_t)(colon - m);
+    return rt;
+  }
+  return NULL;
+}
+
+static long count_text(const char *s, size_t n, const cpx_lane_count_t *c) {
+  long k = 0;
+  const char *end = s + n, *p = s;
+  while (p < end && (p = memmem(p, (size_t)(end - p), c->text, c->len))) {
+    if (++k > c->max)
+      break;
+    p += c->len;
+  }
+  return k;
+}
+
+/* The request's own checks, as the model's providers declared them
+ * (rt.lane): 1 when it may be relayed as written. */
+static int rules_pass(const cpx_lane_route_t *rt, const cpx_lane_model_t *m,
+                      const cpx_request_t *r, const cpx_str_t *vals) {
   const cpx_http_request_t *h = &r->http;
-  static const cpx_str_t keys[2] = {CPX_STR("model"), CPX_STR("stream")};
-  cpx_str_t vals[2];
-  const lane_model_t *m;
-  const lane_target_t *t;
+  uint32_t present = 0;
+  size_t n;
+
+  for (size_t i = rt->nfixed; i < rt->nkeys; i++)
+    if (vals[i].p)
+      present |= 1u << (i - rt->nfixed);
+  if ((present & m->require) != m->require)
+    return 0;
+  for (size_t i = 0; i < m->nunless; i++)
+    if ((present & m->unless[i]) == m->unless[i])
+      return 0;
+  for (size_t i = 0; i < m->nlua_headers; i++)
+    if (cpx_request_header(r, m->lua_headers[i], &n))
+      return 0;
+  for (size_t i = 0; i < m->nat_most; i++)
+    if (count_text(h->body, h->body_len, &m->at_most[i]) > m->at_most[i].max)
+      return 0;
+  return 1;
+}
+
+/* The head's variable part into lq->extra: each slot's header (the
+ * client's value, else the account's own line) and Content-Length. */
+static int build_extra(lane_req_t *lq, const cpx_lane_target_t *t,
+                       size_t clen) {
+  const cpx_lane_model_t *m = lq->m;
+  size_t need = 48, at = 0, vn;
+  const char *v;
+  char *o;
+
+  /* (an empty value counts as none, as prepare() reads it) */
+  for (size_t i = 0; i < m->nslots; i++) {
+    v = cpx_request_header(lq->r, m->slots[i].client, &vn);
+    need += v && vn ? m->slots[i].prefix_len + vn + 2 : t->slot_lines[i].n;
+  }
+  o = need <= sizeof(lq->xbuf) ? lq->xbuf : malloc(need);
+  if (!o)
+    return -1;
+  lq->extra = o;
+  for (size_t i = 0; i < m->nslots; i++) {
+    v = cpx_request_header(lq->r, m->slots[i].client, &vn);
+    if (v && vn) {
+      memcpy(o + at, m->slots[i].prefix, m->slots[i].prefix_len);
+      at += m->slots[i].prefix_len;
+      memcpy(o + at, v, vn);
+      at += vn;
+      o[at++] = '\r';
+      o[at++] = '\n';
+    } else {
+      memcpy(o + at, t->slot_lines[i].p, t->slot_lines[i].n);
+      at += t->slot_lines[i].n;
+    }
+  }
+  at +=
+      (size_t)snprintf(o + at, need - at, "Content-Length: %zu\r\n\r\n", clen);
+  return (int)at;
+}
+
+int cpx_lane_serve(cpx_lane_t *l, cpx_h1_pool_t *h1,
+                   const cpx_lane_host_t *host, void *gen, cpx_request_t *r) {
+  const cpx_http_request_t *h = &r->http;
+  cpx_str_t vals[CPX_LANE_FIXED_KEYS + CPX_LANE_MEMBERS_MAX];
+  const cpx_lane_route_t *rt;
+  const cpx_lane_model_t *m;
+  const cpx_lane_target_t *t;
   cpx_pool_pick_t pk = {NULL, 0, NULL, 0, -1};
   cpx_pool_choice_t choice;
   lane_req_t *lq;
-  size_t pre, post;
-  int n, key_index = 0;
+  const char *name = NULL;
+  size_t name_len = 0, pre = 0, post = 0;
+  int n, key_index = 0, stream = 0;
 
-  if (!h->method || strcmp(h->method, "POST") != 0 ||
-      h->url_len != l->path_len ||
-      memcmp(h->buf + h->url_off, l->path, l->path_len) != 0 || h->upgrade ||
+  if (!l || !h->method || strcmp(h->method, "POST") != 0 || h->upgrade ||
       !h->body)
+    return 0;
+  rt =
+      route_find(l, h->buf + h->url_off, h->url_len, &name, &name_len, &stream);
+  if (!rt)
     return 0;
   if (l->check_store) {
     cpx_store_t *s = cpx_store_current();
@@ -591,14 +698,20 @@ int cpx_lane_try(cpx_worker_t *w, cpx_request_t *r) {
   }
   if (!key_ok(l, r, &key_index))
     return 0;
-  if (cpx_json_top_get(h->body, h->body_len, keys, vals, 2) != 0)
+  /* one pass: the structure, "model" and "stream", the rules' members */
+  if (cpx_json_top_get(h->body, h->body_len, rt->keys, vals, rt->nkeys) != 0)
     return 0;
-  /* model: a plain JSON string (no escapes) naming a lane model */
-  if (!vals[0].p || vals[0].n < 2 || vals[0].p[0] != '"' ||
-      memchr(vals[0].p, '\\', vals[0].n))
-    return 0;
-  m = model_find(l, vals[0].p + 1, vals[0].n - 2);
-  if (!m)
+  if (!rt->model_in_path) {
+    /* model: a plain JSON string (no escapes) naming a lane model */
+    if (!vals[0].p || vals[0].n < 2 || vals[0].p[0] != '"' ||
+        memchr(vals[0].p, '\\', vals[0].n))
+      return 0;
+    name = vals[0].p + 1;
+    name_len = vals[0].n - 2;
+    stream = vals[1].p && vals[1].n == 4 && memcmp(vals[1].p, "true", 4) == 0;
+  }
+  m = model_find(rt, name, name_len);
+  if (!m || !rules_pass(rt, m, r, vals))
     return 0;
   if (cpx_pool_pick(cpx_pool_global(), m->group, &pk, &choice, NULL) != 0)
     return 0; /* cooling or gone: Lua gives the proper answer */
@@ -615,44 +728,60 @@ int cpx_lane_try(cpx_worker_t *w, cpx_request_t *r) {
     return 0;
   }
   lq->r = r;
-  lq->w = w;
-  lq->vm = vm;
+  lq->host = host;
+  lq->gen = gen;
   lq->lane = l;
   l->refs++;
+  lq->rt = rt;
   lq->m = m;
   lq->pick = choice;
   lq->key_index = key_index;
   lq->ttft_ms = -1;
-  lq->stream = vals[1].p && vals[1].n == 4 && memcmp(vals[1].p, "true", 4) == 0;
+  lq->stream = stream;
   lq->phase = P_WAIT;
-  cpx_vm_ref(vm);
+  host->ref(gen);
   cpx_request_ref(r);
 
-  /* head | Content-Length | body before "model"'s value | new value | rest */
-  pre = (size_t)(vals[0].p - h->body);
-  post = h->body_len - pre - vals[0].n;
-  n = snprintf(lq->clen, sizeof(lq->clen), "Content-Length: %zu\r\n\r\n",
-               pre + t->model_len + post);
+  /* head | slots, Content-Length | the body, its "model" value replaced
+   * on a body route (before it | new value | after it) */
+  if (!rt->model_in_path) {
+    pre = (size_t)(vals[0].p - h->body);
+    post = h->body_len - pre - vals[0].n;
+    n = build_extra(lq, t, pre + t->model_len + post);
+  } else {
+    n = build_extra(lq, t, h->body_len);
+  }
+  if (n < 0) {
+    report(lq, CPX_POOL_NEUTRAL);
+    lq->handed = 1;
+    lane_free(lq);
+    return 0;
+  }
   lq->q.cb = &lane_cb;
   lq->q.data = lq;
   lq->q.host = t->host;
   lq->q.port = t->port;
   lq->q.tls = t->tls;
   lq->q.bufs[0] =
-      uv_buf_init(lq->stream ? t->head_stream : t->head,
-                  (unsigned)(lq->stream ? t->head_stream_len : t->head_len));
-  lq->q.bufs[1] = uv_buf_init(lq->clen, (unsigned)n);
-  lq->q.bufs[2] = uv_buf_init((char *)h->body, (unsigned)pre);
-  lq->q.bufs[3] = uv_buf_init(t->model, (unsigned)t->model_len);
-  lq->q.bufs[4] = uv_buf_init((char *)vals[0].p + vals[0].n, (unsigned)post);
-  lq->q.nbufs = 5;
+      uv_buf_init(stream ? t->head_stream : t->head,
+                  (unsigned)(stream ? t->head_stream_len : t->head_len));
+  lq->q.bufs[1] = uv_buf_init(lq->extra, (unsigned)n);
+  if (!rt->model_in_path) {
+    lq->q.bufs[2] = uv_buf_init((char *)h->body, (unsigned)pre);
+    lq->q.bufs[3] = uv_buf_init(t->model, (unsigned)t->model_len);
+    lq->q.bufs[4] = uv_buf_init((char *)vals[0].p + vals[0].n, (unsigned)post);
+    lq->q.nbufs = 5;
+  } else {
+    lq->q.bufs[2] = uv_buf_init((char *)h->body, (unsigned)h->body_len);
+    lq->q.nbufs = 3;
+  }
 
   r->handler_data = lq;
   r->on_abort = on_req_abort;
   r->on_drain = on_req_drain;
   r->on_shutdown = on_req_shutdown;
   r->tag = "fast";
-  if (cpx_h1_send(&w->h1, &lq->q) != 0) {
+  if (cpx_h1_send(h1, &lq->q) != 0) {
     /* Nothing went out: Lua sends it the usual way. */
     report(lq, CPX_POOL_NEUTRAL);
     r->tag = NULL;
@@ -665,54 +794,48 @@ int cpx_lane_try(cpx_worker_t *w, cpx_request_t *r) {
 
 /* ---- request records ---------------------------------------------------- */
 
-/* One finished request, as rt.record.lane reads it. Owned by the worker's
- * list until delivered. */
-typedef struct lane_rec_s {
-  struct lane_rec_s *next;
-  char *model;
-  char rid[9];
-  int member, key_index, status, stream, aborted;
-  double time, latency_ms, ttft_ms;
-  size_t tail_len;
-  char tail[]; /* tail_len bytes */
-} lane_rec_t;
-
 static _Atomic uint64_t records_dropped;
 
 uint64_t cpx_lane_records_dropped(void) {
   return records_dropped;
 }
 
-static void on_record_idle(uv_idle_t *h);
+void cpx_lane_record_free(cpx_lane_record_t *rec) {
+  if (!rec)
+    return;
+  free(rec->model);
+  free(rec->endpoint);
+  free(rec);
+}
 
+/* The record of a request the relay answered, to the host. */
 static void record_push(lane_req_t *lq) {
-  cpx_worker_t *w = lq->w;
   cpx_request_t *r = lq->r;
-  lane_rec_t *rec;
+  cpx_lane_record_t *rec;
   uint64_t now = uv_hrtime();
   struct timespec ts;
+  const char *u = r->http.buf + r->http.url_off;
+  const char *q = memchr(u, '?', r->http.url_len);
+  size_t un = q ? (size_t)(q - u) : r->http.url_len;
 
-  /* After cpx_lane_records_close (shutdown) nobody delivers records. */
-  if (!w || !lq->m || !w->record_idle.data)
+  if (!lq->m)
     return;
-  if (w->nrecords >= RECORDS_MAX) {
+  rec = calloc(1, sizeof(*rec) + lq->head_len + lq->tail_len);
+  if (rec) {
+    rec->model = malloc(lq->m->name_len + 1);
+    rec->endpoint = malloc(un + 1);
+  }
+  if (!rec || !rec->model || !rec->endpoint) {
+    cpx_lane_record_free(rec);
     records_dropped++;
     return;
   }
-  rec = malloc(sizeof(*rec) + lq->tail_len);
-  if (!rec) {
-    records_dropped++;
-    return;
-  }
-  rec->model = malloc(lq->m->name_len + 1);
-  if (!rec->model) {
-    free(rec);
-    records_dropped++;
-    return;
-  }
+  memcpy(rec->endpoint, u, un);
+  rec->endpoint[un] = '\0';
   memcpy(rec->model, lq->m->name, lq->m->name_len);
   rec->model[lq->m->name_len] = '\0';
   memcpy(rec->rid, r->rid, sizeof(rec->rid));
+  rec->fmt = lq->rt->fmt;
   rec->member = (int)lq->pick.member + 1;
   rec->key_index = lq->key_index;
   rec->status = r->status;
@@ -722,294 +845,13 @@ static void record_push(lane_req_t *lq) {
   rec->latency_ms = (double)(now - r->start_ns) / 1e6;
   rec->time = (double)ts.tv_sec + ts.tv_nsec / 1e9 - rec->latency_ms / 1e3;
   rec->ttft_ms = lq->ttft_ms;
+  rec->head_len = lq->head_len;
   rec->tail_len = lq->tail_len;
-  memcpy(rec->tail, lq->tail, lq->tail_len);
-  rec->next = w->records;
-  w->records = rec;
-  if (w->nrecords++ == 0)
-    uv_idle_start(&w->record_idle, on_record_idle);
-}
-
-static void records_free(lane_rec_t *rec) {
-  while (rec) {
-    lane_rec_t *next = rec->next;
-    free(rec->model);
-    free(rec);
-    rec = next;
+  rec->gap = lq->relayed > lq->head_len + lq->tail_len;
+  memcpy(rec->bytes, lq->head, lq->head_len);
+  memcpy(rec->bytes + lq->head_len, lq->tail, lq->tail_len);
+  if (lq->host->record(lq->gen, rec) != 0) {
+    cpx_lane_record_free(rec);
+    records_dropped++;
   }
-}
-
-/* Pushes the list (oldest first) as rt.record.lane's input. */
-static void push_records(lua_State *L, lane_rec_t *list, size_t n) {
-  lane_rec_t *rev = NULL;
-  int i = 0;
-  while (list) { /* the list is newest first */
-    lane_rec_t *next = list->next;
-    list->next = rev;
-    rev = list;
-    list = next;
-  }
-  lua_createtable(L, (int)n, 0);
-  for (lane_rec_t *rec = rev; rec; rec = rec->next) {
-    lua_createtable(L, 0, 12);
-    lua_pushstring(L, rec->model);
-    lua_setfield(L, -2, "model");
-    lua_pushstring(L, rec->rid);
-    lua_setfield(L, -2, "request_id");
-    lua_pushinteger(L, rec->member);
-    lua_setfield(L, -2, "member");
-    lua_pushinteger(L, rec->key_index);
-    lua_setfield(L, -2, "key_index");
-    lua_pushinteger(L, rec->status);
-    lua_setfield(L, -2, "status");
-    lua_pushboolean(L, rec->stream);
-    lua_setfield(L, -2, "stream");
-    lua_pushboolean(L, rec->aborted);
-    lua_setfield(L, -2, "aborted");
-    lua_pushnumber(L, rec->time);
-    lua_setfield(L, -2, "time");
-    lua_pushnumber(L, rec->latency_ms);
-    lua_setfield(L, -2, "latency_ms");
-    if (rec->ttft_ms >= 0) {
-      lua_pushnumber(L, rec->ttft_ms);
-      lua_setfield(L, -2, "ttft_ms");
-    }
-    lua_pushlstring(L, rec->tail, rec->tail_len);
-    lua_setfield(L, -2, "tail");
-    lua_rawseti(L, -2, ++i);
-  }
-  records_free(rev);
-}
-
-static int traceback_fn(lua_State *L) {
-  luaL_traceback(L, L, lua_tostring(L, 1), 1);
-  return 1;
-}
-
-/* After the loop iteration: the whole list in one call to Lua. */
-static void on_record_idle(uv_idle_t *h) {
-  cpx_worker_t *w = h->data;
-  lane_rec_t *list = w->records;
-  size_t n = w->nrecords;
-  cpx_vm_t *vm = w->vm;
-  lua_State *L;
-  int top;
-
-  uv_idle_stop(h);
-  w->records = NULL;
-  w->nrecords = 0;
-  if (!vm) {
-    records_free(list);
-    return;
-  }
-  L = vm->L;
-  top = lua_gettop(L);
-  vm->host++;
-  lua_pushcfunction(L, traceback_fn);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, vm->app_ref);
-  lua_getfield(L, -1, "lane_records");
-  lua_remove(L, -2);
-  if (!lua_isfunction(L, -1)) {
-    vm->host--;
-    records_free(list);
-    lua_settop(L, top);
-    return;
-  }
-  push_records(L, list, n);
-  vm->host--;
-  if (lua_pcall(L, 1, 0, top + 1) != 0)
-    cpx_log_error(NULL, "lane records: %s", lua_tostring(L, -1));
-  lua_settop(L, top);
-}
-
-void cpx_lane_records_init(cpx_worker_t *w) {
-  uv_idle_init(w->loop, &w->record_idle);
-  w->record_idle.data = w;
-  w->records = NULL;
-  w->nrecords = 0;
-}
-
-static void record_idle_closed(uv_handle_t *h) {
-  CPX_UNUSED(h);
-}
-
-void cpx_lane_records_close(cpx_worker_t *w) {
-  /* What was not delivered yet goes to Lua now (the VM is still there). */
-  if (w->nrecords)
-    on_record_idle(&w->record_idle);
-  w->record_idle.data = NULL; /* closed: record_push drops from now on */
-  uv_close((uv_handle_t *)&w->record_idle, record_idle_closed);
-}
-
-/* ---- cpx.lane ----------------------------------------------------------- */
-
-/* Copies the string at the top of the stack into a new C string (and pops
- * it); NULL when it is not a string, with *bad set to what. */
-static char *pop_str(lua_State *L, size_t *len, const char **bad,
-                     const char *what) {
-  size_t n;
-  const char *s =
-      lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &n) : NULL;
-  char *out = NULL;
-  if (s && (out = malloc(n + 1))) {
-    memcpy(out, s, n);
-    out[n] = 0;
-    if (len)
-      *len = n;
-  } else if (!*bad) {
-    *bad = what;
-  }
-  lua_pop(L, 1);
-  return out;
-}
-
-static char *field_str(lua_State *L, int idx, const char *k, size_t *len,
-                       const char **bad) {
-  lua_getfield(L, idx, k);
-  return pop_str(L, len, bad, k);
-}
-
-static cpx_vm_t *current_vm(lua_State *L) {
-  cpx_vm_t *vm;
-  lua_getfield(L, LUA_REGISTRYINDEX, "cpx.vm");
-  vm = lua_touserdata(L, -1);
-  lua_pop(L, 1);
-  return vm;
-}
-
-/* Builds the table at index 1 into l (zeroed). Returns NULL or the name of
- * the first field that is missing or malformed (or out of memory). Never
- * raises: what was built stays in l for cpx_lane_free. */
-static const char *build(lua_State *L, cpx_lane_t *l) {
-  const char *bad = NULL;
-  size_t n;
-  int top = lua_gettop(L);
-
-  l->path = field_str(L, 1, "path", &l->path_len, &bad);
-  lua_getfield(L, 1, "store_version");
-  if (lua_type(L, -1) == LUA_TNUMBER) {
-    l->check_store = 1;
-    l->store_version = (uint64_t)lua_tonumber(L, -1);
-  }
-  lua_pop(L, 1);
-
-  lua_getfield(L, 1, "keys");
-  n = lua_istable(L, -1) ? lua_objlen(L, -1) : 0;
-  if (n) {
-    l->keys = calloc(n, sizeof(char *));
-    l->key_lens = calloc(n, sizeof(size_t));
-    if (!l->keys || !l->key_lens)
-      bad = "keys";
-    for (size_t i = 0; i < n && !bad; i++) {
-      lua_rawgeti(L, -1, (int)i + 1);
-      l->keys[i] = pop_str(L, &l->key_lens[i], &bad, "keys");
-      l->nkeys = i + 1;
-    }
-  }
-  lua_pop(L, 1);
-
-  lua_getfield(L, 1, "models");
-  n = lua_istable(L, -1) ? lua_objlen(L, -1) : 0;
-  if (!lua_istable(L, -1))
-    bad = bad ? bad : "models";
-  l->models = calloc(n ? n : 1, sizeof(lane_model_t));
-  if (!l->models)
-    bad = "models";
-  for (size_t i = 0; i < n && !bad; i++) {
-    lane_model_t *m = &l->models[i];
-    int mi;
-    size_t nt;
-    lua_rawgeti(L, -1, (int)i + 1);
-    mi = lua_gettop(L);
-    if (!lua_istable(L, mi)) {
-      bad = "models[i]";
-      break;
-    }
-    l->nmodels = i + 1;
-    m->name = field_str(L, mi, "name", &m->name_len, &bad);
-    m->group = field_str(L, mi, "group", NULL, &bad);
-    lua_getfield(L, mi, "targets");
-    nt = lua_istable(L, -1) ? lua_objlen(L, -1) : 0;
-    m->targets = calloc(nt ? nt : 1, sizeof(lane_target_t));
-    if (!m->targets || !lua_istable(L, -1))
-      bad = bad ? bad : "targets";
-    for (size_t j = 0; j < nt && !bad; j++) {
-      lane_target_t *t = &m->targets[j];
-      int ti;
-      lua_rawgeti(L, -1, (int)j + 1);
-      ti = lua_gettop(L);
-      if (!lua_istable(L, ti)) {
-        bad = "targets[j]";
-        break;
-      }
-      m->ntargets = j + 1;
-      t->host = field_str(L, ti, "host", NULL, &bad);
-      lua_getfield(L, ti, "port");
-      t->port = (int)lua_tointeger(L, -1);
-      if (t->port <= 0 || t->port > 65535)
-        bad = bad ? bad : "port";
-      lua_pop(L, 1);
-      lua_getfield(L, ti, "tls");
-      t->tls = lua_toboolean(L, -1);
-      lua_pop(L, 1);
-      t->head = field_str(L, ti, "head", &t->head_len, &bad);
-      t->head_stream =
-          field_str(L, ti, "head_stream", &t->head_stream_len, &bad);
-      t->model = field_str(L, ti, "model", &t->model_len, &bad);
-      lua_settop(L, ti - 1);
-    }
-    lua_settop(L, mi - 1);
-  }
-  lua_settop(L, top);
-  if (!bad)
-    qsort(l->models, l->nmodels, sizeof(lane_model_t), model_cmp);
-  return bad;
-}
-
-/* cpx.lane.configure(t | nil) -> true | false, why
- *   t = { path, keys = {..}, store_version = n|nil,
- *         models = { { name, group, targets = { { host, port, tls, head,
- *                      head_stream, model } } } } }
- * Replaces the generation's table; nil turns the fast path off. Outside a
- * server worker (cliproxy check, the busted module) it does nothing. */
-static int l_configure(lua_State *L) {
-  cpx_vm_t *vm = current_vm(L);
-  cpx_lane_t *l;
-  const char *bad;
-
-  if (!vm || !vm->worker) {
-    lua_pushboolean(L, 0);
-    lua_pushliteral(L, "no worker");
-    return 2;
-  }
-  if (lua_isnoneornil(L, 1)) {
-    cpx_lane_free(vm->lane);
-    vm->lane = NULL;
-    lua_pushboolean(L, 1);
-    return 1;
-  }
-  luaL_checktype(L, 1, LUA_TTABLE);
-  l = calloc(1, sizeof(*l));
-  if (!l)
-    return luaL_error(L, "out of memory");
-  l->refs = 1;
-  bad = build(L, l);
-  if (bad) {
-    cpx_lane_free(l);
-    lua_pushboolean(L, 0);
-    lua_pushfstring(L, "cpx.lane.configure: field '%s' is missing or invalid",
-                    bad);
-    return 2;
-  }
-  cpx_lane_free(vm->lane);
-  vm->lane = l;
-  lua_pushboolean(L, 1);
-  return 1;
-}
-
-void cpx_lane_lua_register(lua_State *L) {
-  lua_createtable(L, 0, 1);
-  lua_pushcfunction(L, l_configure);
-  lua_setfield(L, -2, "configure");
-  lua_setfield(L, -2, "lane");
 }

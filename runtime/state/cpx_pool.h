@@ -148,6 +148,23 @@ int cpx_pool_pick(cpx_pool_t *p, const char *group, const cpx_pool_pick_t *req,
 uint64_t cpx_pool_report(cpx_pool_t *p, uint32_t state, int probe, int result,
                          uint64_t hint_ms);
 
+/* A choice as the one number that rt.pool (and a request the C relay
+ * hands to Lua) carries until cpx_pool_report: state * 2 + probe. Exact
+ * in a double for any state index. The only encoder and decoder. */
+static inline double cpx_pool_handle(const cpx_pool_choice_t *c) {
+  return (double)c->state * 2 + (c->probe ? 1 : 0);
+}
+/* Returns 0, or -1 when h is no handle. */
+static inline int cpx_pool_handle_parse(double h, uint32_t *state, int *probe) {
+  uint64_t v;
+  if (!(h >= 0) || h > (double)UINT32_MAX * 2 + 1)
+    return -1;
+  v = (uint64_t)h;
+  *state = (uint32_t)(v / 2);
+  *probe = (int)(v % 2);
+  return 0;
+}
+
 /* Soonest reopening among the group's members that are cooling (0: one is
  * available now or the group is unknown). */
 uint64_t cpx_pool_group_wait(cpx_pool_t *p, const char *group);

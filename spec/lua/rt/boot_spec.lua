@@ -20,6 +20,18 @@ describe("rt.boot.check_provider", function()
     { prov({ response_fixup = "x" }), "field 'response_fixup' must be a function, not a string" },
     { prov({ stream_fixup = {} }), "field 'stream_fixup' must be a function, not a table" },
     { prov({ error_status = 429 }), "field 'error_status' must be a function, not a number" },
+    { prov({ relay = true }), "field 'relay' must be a table" },
+    { prov({ relay = { unles = {} } }),
+      "field 'relay.unles' must be one of unless, require, at_most, headers, lua_headers, account" },
+    { prov({ relay = { unless = { "betas", 3 } } }),
+      "field 'relay.unless[2]' must be a member name or a list of member names" },
+    { prov({ relay = { require = "max_tokens" } }), "field 'relay.require' must be a list of member names" },
+    { prov({ relay = { at_most = { { "_control", -1 } } } }),
+      "field 'relay.at_most[1]' must be { text, count } with a non-empty text and a whole count" },
+    { prov({ relay = { headers = { { "anthropic-version" } } } }),
+      "field 'relay.headers[1]' must be { client-header, Upstream-Header } (header names)" },
+    { prov({ relay = { lua_headers = { 1 } } }), "field 'relay.lua_headers' must be a list of header names" },
+    { prov({ relay = { account = true } }), "field 'relay.account' must be a function" },
     { "not a table", "module must return a table" },
   }
   for i, c in ipairs(bad) do

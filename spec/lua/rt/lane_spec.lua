@@ -26,10 +26,21 @@ local function app_for(over, app_over)
   return app
 end
 
-local function by_name(t)
+-- The models of the table's route for format fmt (default Chat), by name.
+local function by_name(t, fmt)
   local out = {}
-  for _, m in ipairs(t.models) do out[m.name] = m end
+  for _, rt in ipairs(t.routes) do
+    if rt.format == (fmt or "openai_chat") then
+      for _, m in ipairs(rt.models) do out[m.name] = m end
+    end
+  end
   return out
+end
+
+local function route_of(t, fmt)
+  for _, rt in ipairs(t.routes) do
+    if rt.format == fmt then return rt end
+  end
 end
 
 describe("rt.lane.parse_url", function()
@@ -45,7 +56,9 @@ describe("rt.lane.parse_url", function()
     { "https://user:pw@host/v1" },
     { "http://user:pw@host/v1" },
     { "http://host:99999/v1" },
-    { "http://host/v1?x=1" },
+    { "http://host/v1?x=1", "host", 80, "/v1?x=1", false },
+    { "http://host/v1?x=1/chat/completions" },
+    { "http://host/v1 x" },
     { "http://host" },
     { 42 },
   }
@@ -68,7 +81,7 @@ describe("rt.lane.build", function()
         { { "up-model", "m" } }, { headers = { ["X-Entry"] = "local" } }) },
     })
     local t = assert(lane.build(app))
-    assert.equal("/v1/chat/completions", t.path)
+    assert.equal("/v1/chat/completions", route_of(t, "openai_chat").path)
     assert.same({ "client-1", "client-2" }, t.keys)
     local m = by_name(t).m
     assert.equal(app.registry.groups.m, m.group)
@@ -182,9 +195,100 @@ describe("rt.lane.build", function()
     local own = {}
     for k, v in pairs(providers.openai_compat) do own[k] = v end
     own.fast_path = nil
+    own.relay = nil
     app.providers = setmetatable({ openai_compat = own }, { __index = providers })
     local t, why = lane.build(app)
     assert.is_nil(t)
     assert.truthy(why:find("no model"))
   end)
+
+  it("compiles a Claude API key for /v1/messages with its rules and header slots", function()
+    local app = app_for({
+      ["claude-api-key"] = {
+        { ["api-key"] = "sk-plain", ["base-url"] = "http://127.0.0.1:9100",
+          models = { { name = "claude-up", alias = "cl" } } },
+        { ["api-key"] = "sk-cloak", ["base-url"] = "http://127.0.0.1:9101", cloak = { mode = "auto" },
+          models = { { name = "claude-up", alias = "cloaked" } } },
+      },
+    })
+    local t = assert(lane.build(app))
+    local rt = route_of(t, "claude")
+    assert.equal("/v1/messages", rt.path)
+    assert.is_false(rt.model_in_path)
+    local names = by_name(t, "claude")
+    assert.is_nil(names.cloaked) -- cloaking may change its body
+    local m = assert(names.cl)
+    -- the members named by index into the route's list
+    local function named(list)
+      local o = {}
+      for i, k in ipairs(list) do o[i] = rt.members[k] end
+      return o
+    end
+    assert.same({ "max_tokens" }, named(m.require))
+    assert.same({ { "betas" }, { "thinking", "temperature" }, { "thinking", "tool_choice" } },
+                { named(m.unless[1]), named(m.unless[2]), named(m.unless[3]) })
+    assert.same({ { text = '_control"', max = 4 } }, m.at_most)
+    assert.same({ "x-cpa-claude-1m" }, m.lua_headers)
+    assert.same({ { client = "anthropic-version", prefix = "Anthropic-Version: " },
+                  { client = "anthropic-beta", prefix = "Anthropic-Beta: " } }, m.slots)
+    local tg = m.targets[1]
+    assert.truthy(tg.head:find("^POST /v1/messages%?beta=true HTTP/1.1\r\nHost: 127.0.0.1:9100\r\n"))
+    assert.truthy(tg.head:find("\r\nAuthorization: Bearer sk-plain\r\n", 1, true))
+    -- the slot headers are not in the fixed head; the account's own line is
+    -- used when the client sent none
+    assert.falsy(tg.head:lower():find("anthropic-version", 1, true))
+    assert.same({ "Anthropic-Version: 2023-06-01\r\n", "" }, tg.slot_lines)
+    assert.equal('"claude-up"', tg.model)
+  end)
+
+  it("compiles a Gemini key with the model in the path", function()
+    local app = app_for({
+      ["gemini-api-key"] = { { ["api-key"] = "g-key", ["base-url"] = "http://127.0.0.1:9200",
+                               models = { { name = "gem-up", alias = "gem" } } } },
+      ["codex-api-key"] = { { ["api-key"] = "c-key", ["base-url"] = "http://127.0.0.1:9300/v1",
+                              models = { { name = "codex-up", alias = "cx" } } } },
+    })
+    local t = assert(lane.build(app))
+    local rt = route_of(t, "gemini")
+    assert.equal("/v1beta/models/", rt.path)
+    assert.is_true(rt.model_in_path)
+    local tg = by_name(t, "gemini").gem.targets[1]
+    assert.truthy(tg.head:find("^POST /v1beta/models/gem%-up:generateContent HTTP/1.1\r\n"))
+    assert.truthy(tg.head_stream:find("^POST /v1beta/models/gem%-up:streamGenerateContent%?alt=sse HTTP/1.1\r\n"))
+    assert.truthy(tg.head:find("\r\nX-Goog-Api-Key: g-key\r\n", 1, true))
+    assert.is_nil(tg.model)
+    -- Codex rewrites every body (fixup, force_stream): no Responses route
+    assert.is_nil(route_of(t, "openai_responses"))
+  end)
+
+  it("keeps an account whose prepare does not carry a declared header as it is", function()
+    local own = {}
+    for k, v in pairs(providers.openai_compat) do own[k] = v end
+    own.relay = { headers = { { "x-team", "X-Team" } } } -- prepare never reads it
+    local app = app_for({ ["openai-compatibility"] = {
+      compat("p", "http://127.0.0.1:9/v1", { "k" }, { { "a", "a" } }) } })
+    app.providers = setmetatable({ openai_compat = own }, { __index = providers })
+    local t, why = lane.build(app)
+    assert.is_nil(t)
+    assert.truthy(why:find("no model"))
+  end)
+end)
+
+describe("rt.lane.body_ok", function()
+  local claude = providers.claude
+  local cases = {
+    { '{"model":"m","max_tokens":9,"messages":[]}', true },
+    { '{"model":"m","messages":[]}', false },
+    { '{"model":"m","max_tokens":9,"betas":null}', false },
+    { '{"max_tokens":9,"thinking":{},"temperature":1}', false },
+    { '{"max_tokens":9,"thinking":{}}', true },
+    { '{"max_tokens":9,"temperature":0.5,"tool_choice":{}}', true },
+    { '{"max_tokens":9,', false },
+    { '{"max_tokens":9,"s":"' .. ('_control"'):rep(4):gsub('"', '\\"') .. '"}', true },
+  }
+  for i, c in ipairs(cases) do
+    it("case " .. i, function()
+      assert.equal(c[2], lane.body_ok(claude.relay, c[1]))
+    end)
+  end
 end)
