@@ -92,13 +92,18 @@ static int sse_line(cpx_sse_t *p, const char *line, size_t n, cpx_sse_cb cb,
     val = "";
     vl = 0;
   }
+  /* The bound covers the event as handed on: its type and its data
+   * together (a long "event:" line plus data within the limit each would
+   * otherwise pass). */
   if (field_is(line, nl, "data")) {
-    if (p->data_len + vl + 1 > p->max_event)
+    if (p->data_len + p->event_len + vl + 1 > p->max_event)
       return sse_fail(p, CPX_ELIMIT);
     if (cpx_buf_append(&p->data, &p->data_len, &p->data_cap, val, vl) ||
         cpx_buf_append(&p->data, &p->data_len, &p->data_cap, "\n", 1))
       return sse_fail(p, CPX_ENOMEM);
   } else if (field_is(line, nl, "event")) {
+    if (p->data_len + vl > p->max_event)
+      return sse_fail(p, CPX_ELIMIT);
     p->event_len = 0;
     if (cpx_buf_append(&p->event, &p->event_len, &p->event_cap, val, vl))
       return sse_fail(p, CPX_ENOMEM);

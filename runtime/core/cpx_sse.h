@@ -33,7 +33,7 @@ typedef int (*cpx_sse_cb)(void *ud, const cpx_sse_event_t *ev);
 typedef struct {
   char *buf; /* pending bytes of the line not yet terminated */
   size_t len, cap;
-  size_t max_event; /* bound on one event's bytes (pending line + data) */
+  size_t max_event; /* bound on one event: type + data, and a pending line */
   char *data;       /* data buffer: each data line plus LF */
   size_t data_len, data_cap;
   char *event; /* event type buffer */

@@ -459,6 +459,22 @@ static void test_sse_limits(void) {
   }
   sb_free(&want);
 
+  /* the event type counts toward the bound, in either order (fuzz finding:
+   * a 2 KB type plus 2 KB data passed a 2 KB bound) */
+  {
+    static const char *const cases[] = {
+        "event: 0123456789\ndata: 0123456789\n\n",
+        "data: 0123456789\nevent: 0123456789\n\n",
+    };
+    for (size_t k = 0; k < 2; k++) {
+      sb_adds(&want, "");
+      CPX_CHECK_INT(sse_replay_all(cases[k], strlen(cases[k]), 16, &want,
+                                   CPX_ELIMIT),
+                    0);
+      sb_free(&want);
+    }
+  }
+
   /* the callback's non-zero value is returned unchanged */
   cpx_sse_init(&p, 0);
   CPX_CHECK_INT(
