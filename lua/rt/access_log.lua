@@ -23,7 +23,7 @@ _M.subscriber = subscriber
 
 function _M.configure(app)
   -- Outside a server (busted, `cliproxy check`) there is no log to write.
-  if access_log then record.subscribe("access_log", subscriber) end
+  if access_log then record.subscribe("access_log", subscriber, "access_log") end
   return app
 end
 

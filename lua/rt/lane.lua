@@ -28,6 +28,7 @@
 local cpx = require("cpx")
 local json = require("lib.json")
 local payload = require("rt.payload")
+local record = require("rt.record")
 
 local type = type
 local pcall = pcall
@@ -216,7 +217,8 @@ local function probe_slots(p, ctx, t, stream, decl, base)
   return true
 end
 
--- One account -> { host, port, tls, head, head_stream, model, slot_lines } or
+-- One account -> { host, port, tls, head, head_stream, model, slot_lines,
+-- record (rt.record.target_fields: what the C records say of it) } or
 -- nil, why.
 local function target_spec(app, route, alias, t)
   local fmt = route.format
@@ -236,7 +238,8 @@ local function target_spec(app, route, alias, t)
     if not ok then return nil, why or "account not relayed" end
   end
   local ctx = { model = alias, client_format = fmt, config = app.config, info = { headers = {} } }
-  local spec = { model = not route.model_in_path and json.encode(t.upstream_model) or nil, slot_lines = {} }
+  local spec = { model = not route.model_in_path and json.encode(t.upstream_model) or nil, slot_lines = {},
+                 record = record.target_fields(t) } -- the request record's account fields
   local skip = {}
   for _, h in ipairs(decl.headers or {}) do skip[h[2]:lower()] = true end
   for _, stream in ipairs({ false, true }) do
@@ -362,9 +365,12 @@ function _M.build(app)
     if rt then routes[#routes + 1] = rt end
   end
   if #routes == 0 then return nil, "no model is served by relay accounts only" end
-  local keys = {}
-  for i, k in ipairs(app.config["api-keys"] or {}) do keys[i] = k end
-  return { keys = keys, routes = routes,
+  local keys, labels = {}, {}
+  for i, k in ipairs(app.config["api-keys"] or {}) do
+    keys[i] = k
+    labels[i] = record.key_label(k) or false -- the record's client_key
+  end
+  return { keys = keys, key_labels = labels, routes = routes,
            store_version = reg.auto_store and reg.store_version or nil }
 end
 

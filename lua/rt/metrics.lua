@@ -23,7 +23,7 @@ local _M = {}
 function _M.configure(app)
   -- Counting costs one C call per request; it runs whether or not the page
   -- is served, so turning the page on shows the whole history.
-  record.subscribe("metrics", metrics_c.observe)
+  record.subscribe("metrics", metrics_c.observe, "metrics")
   return app
 end
 

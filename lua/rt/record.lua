@@ -4,8 +4,15 @@
 -- go uncounted.
 --
 -- Contract (docs/architecture.md, "The request record"):
---   record.subscribe(name, fn)   fn(rec) runs under pcall, must not yield;
---                                subscribing a name again replaces it
+--   record.subscribe(name, fn[, native])
+--                                fn(rec) runs under pcall, must not yield;
+--                                subscribing a name again replaces it.
+--                                native names fn's C counterpart, which the
+--                                C relay calls itself ("access_log",
+--                                "metrics", "usage", or "reqlog_failed":
+--                                fn only wants failed records): while every
+--                                subscriber has one, a relayed request's
+--                                record is never built in Lua
 --   record.unsubscribe(name)
 --   record.emit(rec)
 --   rec = { id, time (epoch s, start), latency_ms, ttft_ms, method,
@@ -34,6 +41,7 @@ local setmetatable = setmetatable
 local floor = math.floor
 local find = string.find
 local json_member = cpx.json.member
+local record_usage = cpx.record_usage
 local log = cpx.log or function() end
 local now = cpx.now
 local monotonic = cpx.monotonic
@@ -42,27 +50,54 @@ local _M = {}
 
 -- ---- subscribers ------------------------------------------------------------
 
-local subs = {} -- ordered list of { name, fn }
+local subs = {} -- ordered list of { name, fn, native }
 
-function _M.subscribe(name, fn)
-  if type(name) ~= "string" or name == "" then error("record.subscribe: name must be a string", 2) end
-  if type(fn) ~= "function" then error("record.subscribe: fn must be a function", 2) end
+local NATIVE = { access_log = true, metrics = true, usage = true, reqlog_failed = true }
+local lane_records = cpx.lane and cpx.lane.records
+
+-- Tells the C relay which subscribers it can feed itself (cpx.lane.records).
+local function sync_native()
+  if not lane_records then return end
+  local m = { native = true }
   for _, s in ipairs(subs) do
-    if s[1] == name then
-      s[2] = fn
-      return
+    local k = s[3]
+    if k == "reqlog_failed" then
+      m.failed_to_lua = true
+    elseif k then
+      m[k] = true
+    else
+      m.native = false
     end
   end
-  subs[#subs + 1] = { name, fn }
+  lane_records(m)
+end
+
+function _M.subscribe(name, fn, native)
+  if type(name) ~= "string" or name == "" then error("record.subscribe: name must be a string", 2) end
+  if type(fn) ~= "function" then error("record.subscribe: fn must be a function", 2) end
+  if native ~= nil and not NATIVE[native] then
+    error("record.subscribe: native must be access_log, metrics, usage or reqlog_failed", 2)
+  end
+  local found = false
+  for _, s in ipairs(subs) do
+    if s[1] == name then
+      s[2], s[3] = fn, native
+      found = true
+      break
+    end
+  end
+  if not found then subs[#subs + 1] = { name, fn, native } end
+  sync_native()
 end
 
 function _M.unsubscribe(name)
   for i, s in ipairs(subs) do
     if s[1] == name then
       table.remove(subs, i)
-      return
+      break
     end
   end
+  sync_native()
 end
 
 function _M.emit(rec)
@@ -202,16 +237,22 @@ function _M.finish(rec, status, err)
   _M.emit(rec)
 end
 
+-- What a record says of the account a target names: provider, account,
+-- credential (an OAuth account's file, else the config entry's name),
+-- source (its email or the entry's name), upstream_model. rt.lane hands
+-- the same fields to the C relay for its records.
+function _M.target_fields(target)
+  local e = type(target.entry) == "table" and target.entry or {}
+  return { provider = target.provider, account = target.account, credential = e.file or target.owner,
+           source = e.email or target.owner, upstream_model = target.upstream_model }
+end
+
 -- Copies what rt.pool and the pipeline learnt about the attempts.
 function _M.note_target(rec, target, alias)
   if not rec or type(target) ~= "table" then return end
-  rec.provider = target.provider
-  rec.account = target.account
-  local e = type(target.entry) == "table" and target.entry or {}
-  -- the credential file of an OAuth account, else the config entry's name
-  rec.credential = e.file or target.owner
-  rec.source = e.email or target.owner
-  rec.upstream_model = target.upstream_model
+  local f = _M.target_fields(target)
+  rec.provider, rec.account, rec.credential = f.provider, f.account, f.credential
+  rec.source, rec.upstream_model = f.source, f.upstream_model
   if alias ~= nil then rec.alias = alias end
 end
 
@@ -233,6 +274,20 @@ local function tail_usage(fmt, tail, whole)
   end
   return nil
 end
+
+-- The usage in the first and last bytes the C relay sent of an answer
+-- (gap: some between them were not kept), as cpx.record_usage reads it.
+local function lane_usage(fmt, head, tail, gap, stream)
+  if stream then
+    -- (a blank line between the two ends: an event cut at the seam is
+    -- not read as one)
+    return _M.usage_from_stream(fmt, head .. (gap and "\n\n" or "") .. tail)
+  elseif not gap then
+    return tail_usage(fmt, head .. tail, true)
+  end
+  return tail_usage(fmt, tail, false)
+end
+_M.lane_usage = lane_usage
 
 -- ---- the C lane ---------------------------------------------------------------
 
@@ -263,17 +318,9 @@ function _M.lane(app, list)
       rec.error = l.error
     end
     rec.failed = status >= 400 or rec.error ~= nil
-    local head, tail = l.head or "", l.tail or ""
-    local u
-    if l.stream then
-      -- (a blank line between the two ends: an event cut at the seam is
-      -- not read as one)
-      u = _M.usage_from_stream(fmt, head .. (l.gap and "\n\n" or "") .. tail)
-    elseif not l.gap then
-      u = tail_usage(fmt, head .. tail, true)
-    else
-      u = tail_usage(fmt, tail, false)
-    end
+    -- (the C relay's own reader when there is one: the same rule,
+    -- spec/lua/rt/record_native_spec.lua compares them)
+    local u = (record_usage or lane_usage)(fmt, l.head or "", l.tail or "", l.gap == true, l.stream == true)
     rec.usage = norm_usage(u)
     _M.emit(rec)
   end

@@ -297,7 +297,8 @@ function _M.configure(app)
     record.unsubscribe("reqlog")
     return true
   end
-  record.subscribe("reqlog", subscriber)
+  -- error logs only: the C relay hands Lua its failed records alone
+  record.subscribe("reqlog", subscriber, not state.all and "reqlog_failed" or nil)
   return true
 end
 

@@ -72,7 +72,7 @@ function _M.configure(app)
     if err ~= "not a server worker" then cpx.log("warn", "usage: " .. tostring(err)) end
     return nil, err
   end
-  record.subscribe("usage", subscriber)
+  record.subscribe("usage", subscriber, "usage")
   return true
 end
 

@@ -6,7 +6,11 @@
  *     generation is a VM reference, and the records of the requests the
  *     relay answered are handed to the worker's current generation
  *     (app.lane_records, rt.record.lane) after the loop iteration that
- *     finished them, in one call.
+ *     finished them, in one call;
+ *   - unless every subscriber of rt.record has a C counterpart
+ *     (cpx.lane.records, set by rt.record whenever its subscribers
+ *     change): then a record goes to the access log, the metrics and the
+ *     usage store from C, with the same fields, and Lua never sees it.
  */
 #include "cpx_lane_lua.h"
 
@@ -15,11 +19,17 @@
 
 #include <lauxlib.h>
 
+#include "cpx_access_log.h"
+#include "cpx_errbody.h"
 #include "cpx_json_scan.h"
 #include "cpx_lane.h"
 #include "cpx_log.h"
 #include "cpx_lua.h"
 #include "cpx_lua_int.h"
+#include "cpx_lua_util.h"
+#include "cpx_metrics.h"
+#include "cpx_usage.h"
+#include "cpx_usage_scan.h"
 #include "cpx_worker.h"
 
 /* Records a worker holds until the loop iteration ends. */
@@ -170,12 +180,126 @@ static int traceback_fn(lua_State *L) {
   return 1;
 }
 
-/* After the loop iteration: the whole list in one call to Lua. */
+/* What cpx.lane.records said of rt.record's subscribers (vm->rec_native). */
+enum {
+  REC_NATIVE = 1,      /* each one has a C counterpart: C delivers */
+  REC_ACCESS_LOG = 2,  /* rt.access_log */
+  REC_METRICS = 4,     /* rt.metrics */
+  REC_USAGE = 8,       /* rt.usage */
+  REC_FAILED_LUA = 16, /* a failed request's record still goes to Lua
+                        * (rt.reqlog's error logs) */
+};
+
+#define FIELD_MAX 1024 /* as cpx.usage.append cuts a text field */
+
+static char *dup_field(const char *s) {
+  size_t n;
+  char *o;
+  if (!s)
+    return NULL;
+  n = strlen(s);
+  if (n > FIELD_MAX)
+    n = FIELD_MAX;
+  if ((o = malloc(n + 1))) {
+    memcpy(o, s, n);
+    o[n] = '\0';
+  }
+  return o;
+}
+
+/* rt.record.lane's status and failure rule. */
+static int rec_status(const cpx_lane_record_t *rec) {
+  return rec->aborted ? 499 : rec->status;
+}
+
+static int rec_failed(const cpx_lane_record_t *rec) {
+  return rec_status(rec) >= 400 || rec->aborted;
+}
+
+/* The record rt.record.lane would have built, handed to the C side of
+ * each subscriber: the same fields, no Lua. */
+static void deliver_native(cpx_worker_t *w, const cpx_lane_record_t *rec,
+                           unsigned mode) {
+  double tok[CPX_UK_N];
+  char *const *tr = rec->target->rec;
+  const cpx_lane_t *l = rec->lane;
+  const char *label = NULL;
+  const char *err = rec->aborted ? "client closed request" : NULL;
+  int status = rec_status(rec);
+
+  if (l->key_labels && rec->key_index >= 1 &&
+      (size_t)rec->key_index <= l->nkeys)
+    label = l->key_labels[rec->key_index - 1];
+  if (mode & REC_ACCESS_LOG)
+    cpx_access_log_record(&w->server, rec->rid, strlen(rec->rid));
+  if (!(mode & (REC_METRICS | REC_USAGE)))
+    return;
+  cpx_usage_scan(rec->fmt, rec->bytes, rec->head_len, rec->tail_len, rec->gap,
+                 rec->stream, tok);
+  if (mode & REC_METRICS) {
+    cpx_metrics_obs_t o;
+    char st[16];
+    memset(&o, 0, sizeof(o));
+    snprintf(st, sizeof(st), "%d", status);
+    o.endpoint = rec->endpoint;
+    o.status = st;
+    o.provider = tr[CPX_LANE_REC_PROVIDER];
+    o.model = rec->model;
+    o.path = "lane";
+    o.latency_ms = rec->latency_ms;
+    o.has_latency = 1;
+    o.ttft_ms = rec->ttft_ms;
+    o.has_ttft = rec->ttft_ms >= 0;
+    memcpy(o.tokens, tok, sizeof(tok));
+    cpx_metrics_observe(&o);
+  }
+  if (mode & REC_USAGE) {
+    cpx_usage_rec_t u;
+    char id[37];
+    memset(&u, 0, sizeof(u));
+    if (cpx_uuid_v4(id) != 0)
+      return;
+    u.s[CPX_US_ID] = dup_field(id);
+    u.s[CPX_US_METHOD] = dup_field("POST");
+    u.s[CPX_US_ENDPOINT] = dup_field(rec->endpoint);
+    u.s[CPX_US_CLIENT_FORMAT] = dup_field(cpx_fmt_name(rec->fmt));
+    u.s[CPX_US_PROVIDER] = dup_field(tr[CPX_LANE_REC_PROVIDER]);
+    u.s[CPX_US_ACCOUNT] = dup_field(tr[CPX_LANE_REC_ACCOUNT]);
+    u.s[CPX_US_CREDENTIAL] = dup_field(tr[CPX_LANE_REC_CREDENTIAL]);
+    u.s[CPX_US_MODEL] = dup_field(rec->model);
+    u.s[CPX_US_UPSTREAM_MODEL] = dup_field(tr[CPX_LANE_REC_UPSTREAM_MODEL]);
+    u.s[CPX_US_CLIENT_KEY] = dup_field(label);
+    u.s[CPX_US_ERROR] = dup_field(err);
+    u.s[CPX_US_TAG] = dup_field("fast");
+    u.s[CPX_US_PATH] = dup_field("lane");
+    u.s[CPX_US_SOURCE] = dup_field(tr[CPX_LANE_REC_SOURCE]);
+    u.n[CPX_UN_TIME] = rec->time;
+    u.n[CPX_UN_LATENCY_MS] = rec->latency_ms;
+    u.n[CPX_UN_TTFT_MS] = rec->ttft_ms;
+    u.has[CPX_UN_TTFT_MS] = rec->ttft_ms >= 0;
+    u.n[CPX_UN_STREAM] = rec->stream ? 1 : 0;
+    u.n[CPX_UN_STATUS] = status;
+    u.n[CPX_UN_FAILED] = rec_failed(rec);
+    u.n[CPX_UN_ATTEMPTS] = 1;
+    for (int k = 0; k < CPX_UK_N; k++)
+      u.n[CPX_UN_INPUT + k] = tok[k];
+    for (int k = 0; k < CPX_USAGE_NNUM; k++)
+      if (k != CPX_UN_TTFT_MS)
+        u.has[k] = 1;
+    /* (a full queue drops it and counts it, as cpx.usage.append does) */
+    cpx_usage_submit(&u);
+    cpx_usage_rec_clear(&u);
+  }
+}
+
+/* After the loop iteration: the records C can deliver are delivered, the
+ * rest go to Lua, the whole list in one call. */
 static void on_record_idle(uv_idle_t *h) {
   cpx_worker_t *w = h->data;
-  cpx_lane_record_t *list = w->records;
-  size_t n = w->nrecords;
+  cpx_lane_record_t *list = w->records, *lua_list = NULL, *rev = NULL;
+  size_t n = 0;
   cpx_vm_t *vm = w->vm;
+  unsigned mode = vm ? vm->rec_native : 0;
   lua_State *L;
   int top;
 
@@ -186,6 +310,27 @@ static void on_record_idle(uv_idle_t *h) {
     records_free(list);
     return;
   }
+  while (list) { /* newest first -> oldest first */
+    cpx_lane_record_t *next = list->next;
+    list->next = rev;
+    rev = list;
+    list = next;
+  }
+  while (rev) { /* Lua's list is built newest first again */
+    cpx_lane_record_t *next = rev->next;
+    if ((mode & REC_NATIVE) && rev->target &&
+        !((mode & REC_FAILED_LUA) && rec_failed(rev))) {
+      deliver_native(w, rev, mode);
+      cpx_lane_record_free(rev);
+    } else {
+      rev->next = lua_list;
+      lua_list = rev;
+      n++;
+    }
+    rev = next;
+  }
+  if (!lua_list)
+    return;
   L = vm->L;
   top = lua_gettop(L);
   vm->host++;
@@ -195,11 +340,11 @@ static void on_record_idle(uv_idle_t *h) {
   lua_remove(L, -2);
   if (!lua_isfunction(L, -1)) {
     vm->host--;
-    records_free(list);
+    records_free(lua_list);
     lua_settop(L, top);
     return;
   }
-  push_records(L, list, n);
+  push_records(L, lua_list, n);
   vm->host--;
   if (lua_pcall(L, 1, 0, top + 1) != 0)
     cpx_log_error(NULL, "lane records: %s", lua_tostring(L, -1));
@@ -297,6 +442,17 @@ static const char *build_target(lua_State *L, int ti, cpx_lane_route_t *rt,
   lua_pop(L, 1);
   lua_getfield(L, ti, "tls");
   t->tls = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  lua_getfield(L, ti, "record");
+  if (lua_istable(L, -1)) {
+    static const char *const names[CPX_LANE_REC_N] = {
+        "provider", "account", "credential", "source", "upstream_model"};
+    int ri = lua_gettop(L);
+    for (int i = 0; i < CPX_LANE_REC_N; i++) {
+      const char *ignore = NULL; /* absent fields stay NULL */
+      t->rec[i] = field_str(L, ri, names[i], NULL, &ignore);
+    }
+  }
   lua_pop(L, 1);
   t->head = field_str(L, ti, "head", &t->head_len, &bad);
   t->head_stream = field_str(L, ti, "head_stream", &t->head_stream_len, &bad);
@@ -502,13 +658,22 @@ static const char *build(lua_State *L, cpx_lane_t *l) {
   if (n) {
     l->keys = calloc(n, sizeof(char *));
     l->key_lens = calloc(n, sizeof(size_t));
-    if (!l->keys || !l->key_lens)
+    l->key_labels = calloc(n, sizeof(char *));
+    if (!l->keys || !l->key_lens || !l->key_labels)
       bad = "keys";
     for (size_t i = 0; i < n && !bad; i++) {
       lua_rawgeti(L, -1, (int)i + 1);
       l->keys[i] = pop_str(L, &l->key_lens[i], &bad, "keys");
       l->nkeys = i + 1;
     }
+  }
+  lua_pop(L, 1);
+
+  lua_getfield(L, 1, "key_labels"); /* optional: no label without it */
+  for (size_t i = 0; i < l->nkeys && !bad && lua_istable(L, -1); i++) {
+    const char *ignore = NULL;
+    lua_rawgeti(L, -1, (int)i + 1);
+    l->key_labels[i] = pop_str(L, NULL, &ignore, "key_labels");
   }
   lua_pop(L, 1);
 
@@ -536,14 +701,17 @@ static const char *build(lua_State *L, cpx_lane_t *l) {
 }
 
 /* cpx.lane.configure(t | nil) -> true | false, why
- *   t = { keys = {..}, store_version = n|nil,
+ *   t = { keys = {..}, key_labels = {..} (rt.record's label of each key),
+ *         store_version = n|nil,
  *         routes = { { format, path, model_in_path, members = {..},
  *                      models = { { name, group, require = {i..},
  *                                   unless = { {i..}.. }, at_most = {
  *                                   {text, max}.. }, lua_headers = {..},
  *                                   slots = { {client, prefix}.. },
  *                                   targets = { { host, port, tls, head,
- *                                   head_stream, model, slot_lines } } } } } }
+ *                                   head_stream, model, slot_lines, record =
+ *                                   { provider, account, credential, source,
+ *                                   upstream_model } } } } } } }
  * } (rt.lane documents each field.) Replaces the generation's table; nil turns
  * the relay off. Outside a server worker (cliproxy check, the busted module) it
  * does nothing. */
@@ -582,9 +750,83 @@ static int l_configure(lua_State *L) {
   return 1;
 }
 
+/* cpx.lane.records{ native, access_log, metrics, usage, failed_to_lua }
+ * -> true: which of rt.record's subscribers the relay's records feed from
+ * C (rt.record calls it whenever its subscribers change). native: every
+ * subscriber has a C counterpart, so a record needs no Lua; failed_to_lua:
+ * the record of a failed request still goes to Lua. Outside a server
+ * worker it does nothing. */
+static int l_records(lua_State *L) {
+  static const struct {
+    const char *k;
+    unsigned bit;
+  } bits[] = {{"native", REC_NATIVE},
+              {"access_log", REC_ACCESS_LOG},
+              {"metrics", REC_METRICS},
+              {"usage", REC_USAGE},
+              {"failed_to_lua", REC_FAILED_LUA}};
+  cpx_vm_t *vm = current_vm(L);
+  unsigned mode = 0;
+  luaL_checktype(L, 1, LUA_TTABLE);
+  for (size_t i = 0; i < sizeof(bits) / sizeof(bits[0]); i++) {
+    lua_getfield(L, 1, bits[i].k);
+    if (lua_toboolean(L, -1))
+      mode |= bits[i].bit;
+    lua_pop(L, 1);
+  }
+  if (vm)
+    vm->rec_native = mode;
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* cpx.record_usage(format, head, tail, gap, stream) -> { input, output,
+ * reasoning, cache_read, cache_write }: the counts the C records take from
+ * a relayed answer's ends (cpx_usage_scan), for the spec that compares
+ * them with rt.record's Lua readers. */
+static int l_usage(lua_State *L) {
+  static const char *const kinds[CPX_UK_N] = {"input", "output", "reasoning",
+                                              "cache_read", "cache_write"};
+  size_t fn, hn, tn;
+  const char *f = luaL_checklstring(L, 1, &fn);
+  const char *head = luaL_checklstring(L, 2, &hn);
+  const char *tail = luaL_checklstring(L, 3, &tn);
+  int fmt = cpx_fmt_parse(f, fn);
+  double out[CPX_UK_N];
+  char *b;
+  if (fmt < 0)
+    return luaL_argerror(L, 1, "unknown format");
+  b = malloc(hn + tn + 1);
+  if (!b)
+    return luaL_error(L, "out of memory");
+  memcpy(b, head, hn);
+  memcpy(b + hn, tail, tn);
+  if (cpx_usage_scan(fmt, b, hn, tn, lua_toboolean(L, 4), lua_toboolean(L, 5),
+                     out) != 0) {
+    free(b);
+    return luaL_error(L, "out of memory");
+  }
+  free(b);
+  lua_createtable(L, 0, CPX_UK_N);
+  for (int k = 0; k < CPX_UK_N; k++) {
+    lua_pushnumber(L, out[k]);
+    lua_setfield(L, -2, kinds[k]);
+  }
+  return 1;
+}
+
+void cpx_record_usage_register(lua_State *L) {
+  lua_pushcfunction(L, l_usage);
+  lua_setfield(L, -2, "record_usage");
+}
+
 void cpx_lane_lua_register(lua_State *L) {
-  lua_createtable(L, 0, 1);
+  cpx_record_usage_register(L);
+  lua_createtable(L, 0, 2);
   lua_pushcfunction(L, l_configure);
   lua_setfield(L, -2, "configure");
+  lua_pushcfunction(L, l_records);
+  lua_setfield(L, -2, "records");
+
   lua_setfield(L, -2, "lane");
 }

@@ -57,6 +57,7 @@ struct cpx_vm_s {
   int handle_ref;          /* rt.server handle function */
   int app_ref;             /* the table rt.boot.start returned */
   struct cpx_lane_s *lane; /* the fast path's routes (owned; may be NULL) */
+  unsigned rec_native;     /* rt.record's subscribers (cpx.lane.records) */
   cpx_worker_t *worker;
   cpx_settings_t settings;
   /* background tasks (cpx_task.c): created, pending or running ones */

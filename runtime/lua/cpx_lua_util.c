@@ -1731,13 +1731,12 @@ static int l_hmac_sha256_hex(lua_State *L) {
   return do_hmac(L, 1);
 }
 
-static int l_uuid(lua_State *L) {
+int cpx_uuid_v4(char out[37]) {
   unsigned char b[16];
-  char out[37];
   static const char hx[] = "0123456789abcdef";
   int o = 0;
   if (RAND_bytes(b, sizeof(b)) != 1)
-    return luaL_error(L, "uuid: RAND_bytes failed");
+    return CPX_EIO;
   b[6] = (unsigned char)((b[6] & 0x0F) | 0x40); /* version 4 */
   b[8] = (unsigned char)((b[8] & 0x3F) | 0x80); /* RFC 4122 variant */
   for (int i = 0; i < 16; i++) {
@@ -1746,6 +1745,14 @@ static int l_uuid(lua_State *L) {
     out[o++] = hx[b[i] >> 4];
     out[o++] = hx[b[i] & 15];
   }
+  out[36] = '\0';
+  return 0;
+}
+
+static int l_uuid(lua_State *L) {
+  char out[37];
+  if (cpx_uuid_v4(out) != 0)
+    return luaL_error(L, "uuid: RAND_bytes failed");
   lua_pushlstring(L, out, 36);
   return 1;
 }

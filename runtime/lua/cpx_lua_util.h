@@ -47,6 +47,10 @@ int cpx_json_encode_value(lua_State *L, int idx, char **out, size_t *outlen);
 int cpx_json_decode_push(lua_State *L, const char *s, size_t n, char *err,
                          size_t errlen);
 
+/* A random (version 4) UUID, 36 characters and a NUL, as cpx.uuid gives.
+ * Returns 0 or CPX_EIO (no randomness). */
+int cpx_uuid_v4(char out[37]);
+
 /* Adds cpx.json.peek and cpx.json.set_string (cpx_json_scan.c, the
  * passthrough fast path) to the cpx table at the top of the stack. */
 void cpx_json_scan_register(lua_State *L);

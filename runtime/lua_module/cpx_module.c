@@ -3,6 +3,7 @@
 #include <lua.h>
 
 #include "cpx_access.h"
+#include "cpx_lane_lua.h"
 #include "cpx_lua_util.h"
 #include "cpx_mgmt.h"
 #include "cpx_reqlog.h"
@@ -26,5 +27,6 @@ int luaopen_cpx(lua_State *L) {
   cpx_usage_lua_register(L);
   cpx_metrics_lua_register(L);
   cpx_otlp_lua_register(L);
+  cpx_record_usage_register(L);
   return n;
 }

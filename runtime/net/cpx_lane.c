@@ -32,6 +32,8 @@ static void target_free(cpx_lane_target_t *t, size_t nslots) {
   free(t->head);
   free(t->head_stream);
   free(t->model);
+  for (int i = 0; i < CPX_LANE_REC_N; i++)
+    free(t->rec[i]);
   if (t->slot_lines) {
     for (size_t i = 0; i < nslots; i++)
       free((char *)t->slot_lines[i].p);
@@ -76,9 +78,13 @@ static void lane_unref(cpx_lane_t *l) {
     free(rt->path);
   }
   free(l->routes);
-  for (size_t i = 0; i < l->nkeys; i++)
+  for (size_t i = 0; i < l->nkeys; i++) {
     free(l->keys[i]);
+    if (l->key_labels)
+      free(l->key_labels[i]);
+  }
   free(l->keys);
+  free(l->key_labels);
   free(l->key_lens);
   free(l);
 }
@@ -805,6 +811,7 @@ void cpx_lane_record_free(cpx_lane_record_t *rec) {
     return;
   free(rec->model);
   free(rec->endpoint);
+  lane_unref(rec->lane);
   free(rec);
 }
 
@@ -837,6 +844,11 @@ static void record_push(lane_req_t *lq) {
   memcpy(rec->rid, r->rid, sizeof(rec->rid));
   rec->fmt = lq->rt->fmt;
   rec->member = (int)lq->pick.member + 1;
+  if (lq->pick.member < lq->m->ntargets) {
+    rec->lane = lq->lane;
+    rec->lane->refs++;
+    rec->target = &lq->m->targets[lq->pick.member];
+  }
   rec->key_index = lq->key_index;
   rec->status = r->status;
   rec->stream = lq->stream;

@@ -47,6 +47,16 @@
 
 typedef struct cpx_lane_s cpx_lane_t;
 
+/* The record fields a target carries (cpx_lane_target_t.rec). */
+enum {
+  CPX_LANE_REC_PROVIDER = 0,
+  CPX_LANE_REC_ACCOUNT,
+  CPX_LANE_REC_CREDENTIAL,
+  CPX_LANE_REC_SOURCE,
+  CPX_LANE_REC_UPSTREAM_MODEL,
+  CPX_LANE_REC_N
+};
+
 typedef struct {
   char *host;
   int port;
@@ -57,6 +67,9 @@ typedef struct {
   size_t head_stream_len;
   char *model; /* the upstream model as a JSON string literal (body routes) */
   size_t model_len;
+  /* what the request record says of this account (rt.record's provider,
+   * account, credential, source, upstream_model; NULL: absent) */
+  char *rec[CPX_LANE_REC_N];
   cpx_str_t *slot_lines; /* per slot of the model: this account's own line
                           * when the client sent no such header ("" none) */
 } cpx_lane_target_t;
@@ -110,6 +123,7 @@ struct cpx_lane_s {
   size_t nroutes;
   char **keys; /* client api-keys; none = open */
   size_t *key_lens;
+  char **key_labels; /* rt.record's label of each key (NULL: none) */
   size_t nkeys;
   int check_store; /* credential files can add targets: watch the store */
   uint64_t store_version;
@@ -140,6 +154,11 @@ typedef struct {
  * host once passed to record(). */
 typedef struct cpx_lane_record_s {
   struct cpx_lane_record_s *next; /* the host's list */
+  /* the table the request was served from (a reference, released by
+   * cpx_lane_record_free) and its target: what the record says of the
+   * account and the client key */
+  cpx_lane_t *lane;
+  const cpx_lane_target_t *target;
   char *model;
   char *endpoint; /* the path, without the query */
   char rid[9];

@@ -147,38 +147,19 @@ static double numfield(lua_State *L, int t, const char *k, int *has) {
   return v;
 }
 
-/* cpx.metrics.observe(rec): one finished request. Never yields. */
-static int l_observe(lua_State *L) {
-  char endpoint[256], status[16], provider[64], model[256], path[16];
+/* One finished request (mu taken here). */
+void cpx_metrics_observe(const cpx_metrics_obs_t *o) {
   char labels[LABELS_MAX], pl[LABELS_MAX];
   static const char *const kinds[] = {"input", "output", "reasoning",
                                       "cache_read", "cache_write"};
-  double lat, ttft, tok[5] = {0};
-  int has_lat, has_ttft, has;
-
-  luaL_checktype(L, 1, LUA_TTABLE);
-  field(L, 1, "endpoint", endpoint, sizeof(endpoint));
-  field(L, 1, "status", status, sizeof(status));
-  field(L, 1, "provider", provider, sizeof(provider));
-  field(L, 1, "model", model, sizeof(model));
-  field(L, 1, "path", path, sizeof(path));
-  lat = numfield(L, 1, "latency_ms", &has_lat);
-  ttft = numfield(L, 1, "ttft_ms", &has_ttft);
-  lua_getfield(L, 1, "usage");
-  if (lua_istable(L, -1)) {
-    int u = lua_gettop(L);
-    for (int i = 0; i < 5; i++)
-      tok[i] = numfield(L, u, kinds[i], &has);
-  }
-  lua_pop(L, 1);
 
   labels[0] = pl[0] = '\0';
-  label(labels, sizeof(labels), "endpoint", endpoint);
-  label(labels, sizeof(labels), "status", status);
-  label(labels, sizeof(labels), "provider", provider);
-  label(labels, sizeof(labels), "model", model);
-  label(labels, sizeof(labels), "path", path);
-  label(pl, sizeof(pl), "provider", provider);
+  label(labels, sizeof(labels), "endpoint", o->endpoint);
+  label(labels, sizeof(labels), "status", o->status);
+  label(labels, sizeof(labels), "provider", o->provider);
+  label(labels, sizeof(labels), "model", o->model);
+  label(labels, sizeof(labels), "path", o->path);
+  label(pl, sizeof(pl), "provider", o->provider);
 
   pthread_mutex_lock(&mu);
   {
@@ -189,21 +170,48 @@ static int l_observe(lua_State *L) {
   for (int i = 0; i < 5; i++) {
     char tl[LABELS_MAX];
     series_t *s;
-    if (tok[i] <= 0)
+    if (o->tokens[i] <= 0)
       continue;
     tl[0] = '\0';
     label(tl, sizeof(tl), "kind", kinds[i]);
-    label(tl, sizeof(tl), "provider", provider);
-    label(tl, sizeof(tl), "model", model);
+    label(tl, sizeof(tl), "provider", o->provider);
+    label(tl, sizeof(tl), "model", o->model);
     s = series(&fams[F_TOKENS], tl);
     if (s)
-      s->value += tok[i];
+      s->value += o->tokens[i];
   }
-  if (has_lat)
-    observe_hist(&fams[F_LATENCY], pl, lat / 1000);
-  if (has_ttft)
-    observe_hist(&fams[F_TTFT], pl, ttft / 1000);
+  if (o->has_latency)
+    observe_hist(&fams[F_LATENCY], pl, o->latency_ms / 1000);
+  if (o->has_ttft)
+    observe_hist(&fams[F_TTFT], pl, o->ttft_ms / 1000);
   pthread_mutex_unlock(&mu);
+}
+
+/* cpx.metrics.observe(rec): one finished request. Never yields. */
+static int l_observe(lua_State *L) {
+  char endpoint[256], status[16], provider[64], model[256], path[16];
+  static const char *const kinds[] = {"input", "output", "reasoning",
+                                      "cache_read", "cache_write"};
+  cpx_metrics_obs_t o;
+  int has;
+
+  luaL_checktype(L, 1, LUA_TTABLE);
+  memset(&o, 0, sizeof(o));
+  o.endpoint = field(L, 1, "endpoint", endpoint, sizeof(endpoint));
+  o.status = field(L, 1, "status", status, sizeof(status));
+  o.provider = field(L, 1, "provider", provider, sizeof(provider));
+  o.model = field(L, 1, "model", model, sizeof(model));
+  o.path = field(L, 1, "path", path, sizeof(path));
+  o.latency_ms = numfield(L, 1, "latency_ms", &o.has_latency);
+  o.ttft_ms = numfield(L, 1, "ttft_ms", &o.has_ttft);
+  lua_getfield(L, 1, "usage");
+  if (lua_istable(L, -1)) {
+    int u = lua_gettop(L);
+    for (int i = 0; i < 5; i++)
+      o.tokens[i] = numfield(L, u, kinds[i], &has);
+  }
+  lua_pop(L, 1);
+  cpx_metrics_observe(&o);
   return 0;
 }
 
