@@ -20,6 +20,7 @@
 #include <lauxlib.h>
 
 #include "cpx_access_log.h"
+#include "cpx_bindings.h"
 #include "cpx_errbody.h"
 #include "cpx_json_scan.h"
 #include "cpx_lane.h"
@@ -237,7 +238,7 @@ static void deliver_native(cpx_worker_t *w, const cpx_lane_record_t *rec,
   cpx_usage_scan(rec->fmt, rec->bytes, rec->head_len, rec->tail_len, rec->gap,
                  rec->stream, tok);
   if (mode & REC_METRICS) {
-    cpx_metrics_obs_t o;
+    cpx_metrics_rec_t o;
     char st[16];
     memset(&o, 0, sizeof(o));
     snprintf(st, sizeof(st), "%d", status);

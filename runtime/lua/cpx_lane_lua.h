@@ -18,10 +18,4 @@ int cpx_lane_try(struct cpx_worker_s *w, cpx_request_t *r);
 void cpx_lane_records_init(struct cpx_worker_s *w);
 void cpx_lane_records_close(struct cpx_worker_s *w);
 
-/* Adds cpx.lane (configure, records) and cpx.record_usage to the table at
- * the top of the stack. */
-void cpx_lane_lua_register(lua_State *L);
-/* Adds cpx.record_usage alone (the busted module: no worker, no relay). */
-void cpx_record_usage_register(lua_State *L);
-
 #endif /* CPX_LANE_LUA_H */
