@@ -87,6 +87,9 @@ struct lreq_s {
   cpx_sse_t sse;
   cpx_jsonarr_t ja;
   int handler_failed;
+  /* handler.on_events: the events of one upstream read go to Lua in one
+   * call (batch_n: events gathered in the table on the main stack). */
+  int batch, batch_n;
   /* streaming.keepalive-seconds: a frame written when the stream has been
    * quiet that long (heap timer, freed in its close callback). */
   uv_timer_t *ka;

@@ -28,6 +28,12 @@ const chunk = (delta, finish = null) =>
   `data: ${JSON.stringify({ id: 'chatcmpl-h1', object: 'chat.completion.chunk', created: 1700000000, model: 'up-tls', choices: [{ index: 0, delta, finish_reason: finish }] })}\n\n`;
 const STREAM = [chunk({ role: 'assistant', content: 'over ' }), chunk({ content: 'tls' }), chunk({}, 'stop'), 'data: [DONE]\n\n'];
 
+// A stream whose events all come in one write: the translator gets them in
+// one call (handler.on_events) and the client the same bytes as one by one.
+const WORDS = Array.from({ length: 300 }, (_, i) => `w${i} `);
+const BURST = [chunk({ role: 'assistant', content: '' }), ...WORDS.map((w) => chunk({ content: w })),
+  chunk({}, 'stop'), 'data: [DONE]\n\n'].join('');
+
 let mock, certs, tls, proxy, proxied, deadPort;
 
 async function tlsHandler(req, res, rec) {
@@ -46,7 +52,8 @@ async function tlsHandler(req, res, rec) {
 
 before(async () => {
   mock = await startMock();
-  mock.reply({ text: 'over http', chunks: 3 });
+  mock.reply((req) => (req.model === 'up-burst' ? { raw: { status: 200,
+    headers: { 'content-type': 'text/event-stream' }, body: BURST } } : { text: 'over http', chunks: 3 }));
   certs = makeCerts();
   tls = await startHttpsServer(certs.leaf, tlsHandler);
   // A port nobody listens on, as the proxy of the third proxy.
@@ -55,7 +62,8 @@ before(async () => {
   deadPort = s.address().port;
   await new Promise((r) => s.close(r));
   const accounts = [
-    { name: 'plain', baseUrl: `${mock.url}/v1`, keys: ['k-plain'], models: [{ name: 'up-plain', alias: 'tr-plain' }] },
+    { name: 'plain', baseUrl: `${mock.url}/v1`, keys: ['k-plain'], models: [{ name: 'up-plain', alias: 'tr-plain' },
+      { name: 'up-burst', alias: 'tr-burst' }] },
     { name: 'tls', baseUrl: `https://localhost:${tls.port}/v1`, keys: ['k-tls'], models: [{ name: 'up-tls', alias: 'tr-tls' }] },
   ];
   proxy = await startProxy({ openaiCompat: accounts, extra: { workers: 1, 'upstream-ca-file': certs.caFile } });
@@ -138,4 +146,16 @@ test('a proxy-url is honoured: the fetch goes to libcurl and the proxy, not to t
   assert.equal(j.type, 'error', r.text);
   assert.equal(typeof j.error.message, 'string');
   assert.equal(mock.requests.length, n0, 'nothing reached the upstream past the proxy');
+});
+
+test('a burst of 300 events in one upstream write: every delta, in order, once', T(), async () => {
+  for (let i = 0; i < 2; i++) {
+    const r = await messages(proxy, 'tr-burst', true);
+    assert.equal(r.status, 200, r.text);
+    assert.equal(answerText(r), WORDS.join(''));
+    const types = r.text.split('\n').filter((l) => l.startsWith('event: ')).map((l) => l.slice(7));
+    assert.equal(types[0], 'message_start');
+    assert.equal(types.at(-1), 'message_stop');
+    assert.equal(types.filter((t) => t === 'content_block_delta').length, WORDS.length);
+  }
 });
