@@ -122,7 +122,9 @@ void cpx__lfetch_release(lfetch_t *lf) {
     }
     lr->vm->host--;
   }
+  /* The transfer goes first: it may still be sending the anchored body. */
   cpx_fetch_free(lf->f);
+  luaL_unref(lr->vm->L, LUA_REGISTRYINDEX, lf->body_ref);
   free(lf);
 }
 
@@ -279,7 +281,7 @@ static int l_fetch(lua_State *L) {
   cpx_fetch_opts_t o;
   cpx_settings_t *s;
   lfetch_t *lf;
-  int nh, rc;
+  int nh, rc, body_idx;
 
   if (!lr)
     return luaL_error(
@@ -294,8 +296,11 @@ static int l_fetch(lua_State *L) {
   lua_getfield(L, 1, "method");
   o.method = lua_tostring(L, -1);
   lua_getfield(L, 1, "body");
-  if (lua_isstring(L, -1))
+  body_idx = lua_gettop(L);
+  if (lua_isstring(L, -1)) {
     o.body = lua_tolstring(L, -1, &o.body_len);
+    o.body_borrowed = 1; /* anchored below (body_ref) */
+  }
   lua_getfield(L, 1, "proxy");
   o.proxy = lua_tostring(L, -1);
   lua_getfield(L, 1, "headers");
@@ -322,8 +327,16 @@ static int l_fetch(lua_State *L) {
   if (!lf)
     return luaL_error(L, "out of memory");
   lf->lr = lr;
+  lf->body_ref = LUA_NOREF;
+  if (o.body) {
+    /* the string in the stack slot tolstring read (a number converted
+     * there is a new string, not the table's value) */
+    lua_pushvalue(L, body_idx);
+    lf->body_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
   rc = cpx_fetch_start(&lr->w->upstream, &o, on_fetch_event, lf, &lf->f);
   if (rc != 0) {
+    luaL_unref(L, LUA_REGISTRYINDEX, lf->body_ref);
     free(lf);
     lua_pushnil(L);
     lua_pushstring(L, cpx_strerror(rc));

@@ -53,6 +53,9 @@ struct lfetch_s {
   int peek_ref;  /* registry ref of the queue table */
   int peek_head; /* next index to hand out */
   int peek_tail; /* last index stored */
+  /* The request body string, anchored in the registry for the transfer's
+   * life: both clients send it in place (LUA_NOREF when none). */
+  int body_ref;
 };
 
 /* Owned by the worker from dispatch until released (see lreq_release). */

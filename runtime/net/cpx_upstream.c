@@ -605,7 +605,8 @@ static int h1_start(cpx_fetch_t *f, const cpx_fetch_opts_t *o) {
   h->q.bufs[0] = uv_buf_init(h->head, (unsigned)h->head_len);
   h->q.nbufs = 1;
   if (o->body && o->body_len)
-    h->q.bufs[h->q.nbufs++] = uv_buf_init(f->req_body, (unsigned)o->body_len);
+    h->q.bufs[h->q.nbufs++] =
+        uv_buf_init((char *)f->send_body, (unsigned)o->body_len);
   f->h1 = h;
   rc = cpx_h1_send(up->h1, &h->q);
   if (rc != 0) {
@@ -742,7 +743,9 @@ int cpx_fetch_start(cpx_upstream_t *up, const cpx_fetch_opts_t *o,
   f->idle_ms = o->idle_timeout_ms ? o->idle_timeout_ms : 300000;
   uv_timer_init(up->loop, &f->timer);
   f->timer.data = f;
-  if (o->body) {
+  if (o->body && o->body_borrowed) {
+    f->send_body = o->body;
+  } else if (o->body) {
     /* Both transports send it from here (curl reads it in place). */
     f->req_body = malloc(o->body_len + 1);
     if (!f->req_body) {
@@ -750,6 +753,7 @@ int cpx_fetch_start(cpx_upstream_t *up, const cpx_fetch_opts_t *o,
       return CPX_ENOMEM;
     }
     memcpy(f->req_body, o->body, o->body_len);
+    f->send_body = f->req_body;
   }
   rc = h1_start(f, o);
   if (rc == 0) {
@@ -815,7 +819,7 @@ int cpx_fetch_start(cpx_upstream_t *up, const cpx_fetch_opts_t *o,
   curl_easy_setopt(e, CURLOPT_HTTPHEADER, f->hdrs);
 
   if (o->body) {
-    curl_easy_setopt(e, CURLOPT_POSTFIELDS, f->req_body);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDS, f->send_body);
     curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)o->body_len);
   }
   if (o->method)

@@ -54,8 +54,12 @@ typedef struct {
   const char *url;
   const cpx_header_t *headers;
   size_t nheaders;
-  const char *body; /* copied */
+  const char *body; /* copied, unless body_borrowed */
   size_t body_len;
+  /* The caller keeps body valid and unchanged until cpx_fetch_free: it is
+   * sent from where it is (cpx.fetch anchors the Lua string), saving a
+   * copy of what can be a 100 KB request. */
+  int body_borrowed;
   const char *proxy; /* NULL: global proxy; "" / "direct" / "none": none */
   uint64_t connect_timeout_ms;    /* 10 s, TLS included */
   uint64_t first_byte_timeout_ms; /* 300 s */
@@ -87,7 +91,8 @@ struct cpx_fetch_s {
   cpx_upstream_t *up;
   CURL *easy;
   struct curl_slist *hdrs; /* owned */
-  char *req_body;          /* owned: curl reads it in place */
+  char *req_body;          /* owned: the copied request body */
+  const char *send_body;   /* req_body or the caller's borrowed bytes */
   uv_timer_t timer;        /* first-byte / idle deadline */
   int status;
   char *resp_headers; /* owned: "name: value\r\n" lines of the final response */
