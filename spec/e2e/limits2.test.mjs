@@ -14,7 +14,7 @@ import os from 'node:os';
 import path from 'node:path';
 import tls from 'node:tls';
 
-import { startProxy, buildConfig, freePort, BIN, ROOT } from './lib/proxy.mjs';
+import { startProxy, buildConfig, freePort, BIN, SCRATCH } from './lib/proxy.mjs';
 import { assertAnswer, eager, parseResponse } from './lib/raw_http.mjs';
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -102,7 +102,7 @@ test('TLS: 42 MB sent eagerly gets a complete 413 every time; a client that keep
   const cfgPath = path.join(dir, 'config.yaml');
   fs.writeFileSync(cfgPath, buildConfig({ port, authDir: dir,
     extra: { tls: { enable: true, cert, key }, limits: { 'lingering-time-seconds': 3, 'lingering-timeout-seconds': 0.5 } } }));
-  const child = spawn(BIN, ['--config', cfgPath], { cwd: ROOT, stdio: ['ignore', 'ignore', 'pipe'] });
+  const child = spawn(BIN, ['--config', cfgPath], { cwd: SCRATCH, stdio: ['ignore', 'ignore', 'pipe'] });
   let err = '';
   child.stderr.on('data', (d) => { err += d; });
   let exit = null;

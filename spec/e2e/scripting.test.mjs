@@ -10,7 +10,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { startMock } from './lib/mock_upstream.mjs';
-import { startProxy, buildConfig, BIN, ROOT } from './lib/proxy.mjs';
+import { startProxy, buildConfig, BIN, ROOT, SCRATCH } from './lib/proxy.mjs';
 
 import '../../examples/custom-provider/example.test.mjs';
 import '../../examples/custom-translation/example.test.mjs';
@@ -70,7 +70,7 @@ async function waitFor(fn, ms, step = 50) {
 }
 
 function check(configPath) {
-  const r = spawnSync(BIN, ['check', '-config', configPath], { cwd: ROOT, encoding: 'utf8', timeout: 20000 });
+  const r = spawnSync(BIN, ['check', '-config', configPath], { cwd: SCRATCH, encoding: 'utf8', timeout: 20000 });
   return { code: r.status, out: r.stdout, err: r.stderr };
 }
 

@@ -11,7 +11,7 @@ import os from 'node:os';
 import path from 'node:path';
 
 import { startMock } from './lib/mock_upstream.mjs';
-import { startProxy, buildConfig, freePort, BIN, ROOT } from './lib/proxy.mjs';
+import { startProxy, buildConfig, freePort, BIN, SCRATCH } from './lib/proxy.mjs';
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const T = (ms = 30000) => ({ timeout: ms });
@@ -54,7 +54,7 @@ test('TLS: the proxy serves HTTPS with the configured certificate', T(), async (
   const cfgPath = path.join(dir, 'config.yaml');
   fs.writeFileSync(cfgPath, buildConfig({ port, authDir: dir, openaiCompat: compat(['tls-model']),
     extra: { tls: { enable: true, cert, key } } }));
-  const child = spawn(BIN, ['--config', cfgPath], { cwd: ROOT, stdio: ['ignore', 'ignore', 'pipe'] });
+  const child = spawn(BIN, ['--config', cfgPath], { cwd: SCRATCH, stdio: ['ignore', 'ignore', 'pipe'] });
   let err = '';
   child.stderr.on('data', (d) => { err += d; });
   const ca = fs.readFileSync(cert);
@@ -94,7 +94,7 @@ test('TLS: a key that does not match the certificate stops start-up with the fil
     extra: { tls: { enable: true, cert: path.join(dir, 'c1.pem'), key: path.join(dir, 'k2.pem') } } }));
   let out = '';
   try {
-    execFileSync(BIN, ['--config', cfgPath], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'], timeout: 5000 });
+    execFileSync(BIN, ['--config', cfgPath], { cwd: SCRATCH, stdio: ['ignore', 'pipe', 'pipe'], timeout: 5000 });
     assert.fail('cliproxy started with a mismatched key');
   } catch (e) {
     out = String(e.stderr);
