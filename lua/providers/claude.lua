@@ -197,10 +197,13 @@ end
 -- ---- per-attempt state ------------------------------------------------------
 
 -- What prepare and the fix-ups of one attempt share: kept in the attempt's
--- ctx as ctx.claude.
+-- ctx as ctx.claude, for the account (target.entry) it was made for. The
+-- pipeline hands fixup the pool's target (ctx.target) and prepare a table
+-- of its own ({ entry, key, upstream_model }: the key may be a refreshed
+-- token), so the account's entry, not the table, says whose state it is.
 local function state(ctx, target)
   local st = ctx.claude
-  if st and st.target == target then return st end
+  if st and st.entry == target.entry then return st end
   local entry = target.entry or {}
   local headers = ctx.info and ctx.info.headers or {}
   local cfg = ctx.config or {}
@@ -208,7 +211,7 @@ local function state(ctx, target)
   local k = target.key and target.key["api-key"] or entry["api-key"] or ""
   local seed = entry.file or k
   st = {
-    target = target,
+    entry = target.entry,
     oauth = entry.oauth == true,
     settings = set,
     claude_code = cloak.is_claude_code(headers, profile),

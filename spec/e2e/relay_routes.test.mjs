@@ -258,8 +258,17 @@ test('messages stream: relayed as the upstream sent it, SSE head after the first
 });
 
 for (const [what, extra, headers, check] of [
-  ['body betas (the fix-up moves them to the header)', ',"betas":["from-body"]', {},
-    (u) => assert.ok(!('betas' in JSON.parse(u.raw)), u.raw)],
+  ['body betas (the fix-up moves them to the header)', ',"betas":["from-body","b-two"]', { 'anthropic-beta': 'b-one,from-body' },
+    (u) => {
+      assert.ok(!('betas' in JSON.parse(u.raw)), u.raw);
+      // the client's first, then the body's, each once
+      assert.equal(u.headers['anthropic-beta'], 'b-one,from-body,b-two');
+    }],
+  ['body betas and x-cpa-claude-1m', ',"betas":["from-body"]', { 'x-cpa-claude-1m': '1' },
+    (u) => {
+      assert.ok(!('betas' in JSON.parse(u.raw)), u.raw);
+      assert.equal(u.headers['anthropic-beta'], 'from-body,context-1m-2025-08-07');
+    }],
   ['thinking with temperature (the fix-up sets it to 1)', ',"thinking":{"type":"enabled","budget_tokens":1024},"temperature":0.5', {},
     (u) => assert.equal(JSON.parse(u.raw).temperature, 1)],
   ['x-cpa-claude-1m (a beta is added)', '', { 'x-cpa-claude-1m': '1' },
