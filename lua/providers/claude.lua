@@ -239,13 +239,17 @@ end
 -- cache_control: '_control"' is counted, a longer key ending the same way
 -- only ever costs a decode), from an API-key account that is never cloaked.
 -- The client's anthropic-version and anthropic-beta go upstream as sent
--- (prepare does the same for an API key); x-cpa-claude-1m adds a beta, so
--- such a request is Lua's.
+-- when prepare would send them so: for an API key that is never cloaked,
+-- merge_betas gives the client's list back deduplicated and without spaces,
+-- so a beta list in that form is relayed and any other (spaces, repeats,
+-- empty items, the header twice) is Lua's (`list`: the C side sends a
+-- value, never rewrites it). x-cpa-claude-1m adds a beta, so such a
+-- request is Lua's too.
 _M.relay = {
   unless = { "betas", { "thinking", "temperature" }, { "thinking", "tool_choice" } },
   require = { "max_tokens" },
   at_most = { { '_control"', _M.max_breakpoints } },
-  headers = { { "anthropic-version", "Anthropic-Version" }, { "anthropic-beta", "Anthropic-Beta" } },
+  headers = { { "anthropic-version", "Anthropic-Version" }, { "anthropic-beta", "Anthropic-Beta", list = true } },
   lua_headers = { profile.context_1m_header },
   account = function(target, config)
     local entry = target.entry or {}
