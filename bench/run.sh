@@ -24,7 +24,7 @@ bench_init cpx-bench
 # ---------------------------------------------------------------- fixtures
 printf '%s' '{"model":"bench-model","messages":[{"role":"user","content":"Reply with the word PONG, nothing else."}]}' >"$TMP/body/small.json"
 luajit bench/lib/make_body.lua "$TMP/body/large.json" 78000 bench-model 2>/dev/null
-printf '%s' '{"id":"chatcmpl-bench0001","object":"chat.completion","created":1700000000,"model":"up-model","choices":[{"index":0,"message":{"role":"assistant","content":"PONG"},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":19,"completion_tokens":2,"total_tokens":21},"system_fingerprint":"fp_bench"}' >"$TMP/body/response.json"
+printf '%s' "$CHAT_ANSWER" >"$TMP/body/response.json"
 SMALL_B=$(wc -c <"$TMP/body/small.json")
 LARGE_B=$(wc -c <"$TMP/body/large.json")
 RESP_B=$(wc -c <"$TMP/body/response.json")
@@ -33,10 +33,10 @@ RESP_B=$(wc -c <"$TMP/body/response.json")
 UP_PORT=$(free_port); NGX_PORT=$(free_port); CPX_PORT=$(free_port)
 write_nginx_upstream "$TMP/up" "$UP_PORT" "$TMP/body/response.json" "$WORKERS"
 write_nginx_proxy "$TMP/ngx" "$NGX_PORT" "$UP_PORT" "$WORKERS"
-"${ON_CPU1[@]}" nginx -p "$TMP/up" -c "$TMP/up/nginx.conf" -e "$TMP/up/error.log" & PIDS+=($!); NGINX_PIDS+=($!)
-"${ON_CPU0[@]}" nginx -p "$TMP/ngx" -c "$TMP/ngx/nginx.conf" -e "$TMP/ngx/error.log" & PIDS+=($!); NGINX_PIDS+=($!)
-wait_http "http://127.0.0.1:$UP_PORT/" || { echo "bench: upstream nginx did not start" >&2; cat "$TMP/up/error.log" >&2; exit 1; }
-wait_http "http://127.0.0.1:$NGX_PORT/" || { echo "bench: proxy nginx did not start" >&2; cat "$TMP/ngx/error.log" >&2; exit 1; }
+nginx_start "$TMP/up" 1
+nginx_start "$TMP/ngx" 0
+nginx_wait "http://127.0.0.1:$UP_PORT/" upstream "$TMP/up"
+nginx_wait "http://127.0.0.1:$NGX_PORT/" proxy "$TMP/ngx"
 
 CPX_OK=0
 CPX_NOTE=""
