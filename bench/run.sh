@@ -31,12 +31,7 @@ RESP_B=$(wc -c <"$TMP/body/response.json")
 
 # ---------------------------------------------------------------- servers
 UP_PORT=$(free_port); NGX_PORT=$(free_port); CPX_PORT=$(free_port)
-write_nginx_upstream "$TMP/up" "$UP_PORT" "$TMP/body/response.json" "$WORKERS"
-write_nginx_proxy "$TMP/ngx" "$NGX_PORT" "$UP_PORT" "$WORKERS"
-nginx_start "$TMP/up" 1
-nginx_start "$TMP/ngx" 0
-nginx_wait "http://127.0.0.1:$UP_PORT/" upstream "$TMP/up"
-nginx_wait "http://127.0.0.1:$NGX_PORT/" proxy "$TMP/ngx"
+nginx_chat_pair "$UP_PORT" "$NGX_PORT" "$TMP/body/response.json"
 
 CPX_OK=0
 CPX_NOTE=""
@@ -106,18 +101,8 @@ PEAK_RSS=""
 [ "$CPX_OK" = 1 ] && PEAK_RSS=$(hwm_kib "$CPX_PID")
 
 # ---------------------------------------------------------------- summary
-med() { # target body field
-  for r in $(seq 1 "$RUNS"); do field "$3" <"$TMP/res/$1.$2.$r"; done | median
-}
-errs() {
-  local n=0 r k v
-  for r in $(seq 1 "$RUNS"); do
-    for k in err_connect err_read err_write err_status err_timeout; do
-      v=$(field "$k" <"$TMP/res/$1.$2.$r"); n=$((n + v))
-    done
-  done
-  echo "$n"
-}
+med() { bench_med "$1.$2" "$3"; } # target body field
+errs() { bench_errs "$1.$2"; }
 
 summary() {
   echo "cliproxy passthrough benchmark — $(date -u '+%Y-%m-%d %H:%M:%SZ'), $(nproc) CPUs, $(nginx -v 2>&1 | sed 's/.*\///'), $(wrk -v 2>&1 | head -1 | awk '{print $2}')"

@@ -29,12 +29,7 @@ printf '%s' "$CHAT_ANSWER" >"$TMP/body/response.json"
 CHAT_B=$(wc -c <"$TMP/body/chat.json"); CLAUDE_B=$(wc -c <"$TMP/body/claude.json")
 
 UP_PORT=$(free_port); NGX_PORT=$(free_port); CPX_PORT=$(free_port)
-write_nginx_upstream "$TMP/up" "$UP_PORT" "$TMP/body/response.json" "$WORKERS"
-write_nginx_proxy "$TMP/ngx" "$NGX_PORT" "$UP_PORT" "$WORKERS"
-nginx_start "$TMP/up" 1
-nginx_start "$TMP/ngx" 0
-nginx_wait "http://127.0.0.1:$UP_PORT/" upstream "$TMP/up"
-nginx_wait "http://127.0.0.1:$NGX_PORT/" proxy "$TMP/ngx"
+nginx_chat_pair "$UP_PORT" "$NGX_PORT" "$TMP/body/response.json"
 
 # One upstream model per wrk run: wrk stops with requests in flight and cliproxy
 # (known bug) cools a credential+model down for 60 s after "client closed

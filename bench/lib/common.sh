@@ -93,6 +93,18 @@ $(nginx_pass http origin_ka)
     }"
 }
 
+# nginx_chat_pair UP_PORT NGX_PORT RESPONSE_FILE: the two nginx of the chat
+# benchmarks, started and answering: in $TMP/up an upstream answering every
+# request with RESPONSE_FILE (on CPU 1), in $TMP/ngx proxy_pass to it (CPU 0).
+nginx_chat_pair() {
+  write_nginx_upstream "$TMP/up" "$1" "$3" "$WORKERS"
+  write_nginx_proxy "$TMP/ngx" "$2" "$1" "$WORKERS"
+  nginx_start "$TMP/up" 1
+  nginx_start "$TMP/ngx" 0
+  nginx_wait "http://127.0.0.1:$1/" upstream "$TMP/up"
+  nginx_wait "http://127.0.0.1:$2/" proxy "$TMP/ngx"
+}
+
 # nginx_start DIR CPU: nginx with DIR/nginx.conf in the background, on CPU
 # 0 or 1 when PIN=1, stopped by bench_cleanup.
 nginx_start() {
