@@ -1159,6 +1159,27 @@ static void test_fetch_closed_after_head(void) {
   up_shut();
 }
 
+/* A body that stops coming: the fetch's own idle timeout (the pool's is
+ * 1 s), with the libcurl client's text. */
+static void test_fetch_idle_timeout(void) {
+  cpx_fetch_opts_t o;
+  server_start("HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc");
+  up_open(1000);
+  snprintf(url, sizeof(url), "http://127.0.0.1:%d/quiet", S.port);
+  memset(&o, 0, sizeof(o));
+  o.url = url;
+  o.idle_timeout_ms = 50;
+  fcall_t *c = fetch_run(NULL, &o);
+  CPX_CHECK_INT(c->heads, 1);
+  CPX_CHECK_INT(c->dones, 1);
+  CPX_CHECK_INT(c->f->result, CPX_ETIMEOUT);
+  CPX_CHECK_STR(c->f->errmsg, "upstream stream idle timeout");
+  fcall_free(c);
+  spin(20);
+  CPX_CHECK_INT(S.eof_seen, 1); /* the cut connection was closed */
+  up_shut();
+}
+
 /* A proxy is libcurl's: the scripted server, as the proxy, sees the
  * absolute-form request line curl sends to a proxy. */
 static void test_fetch_proxy_goes_to_curl(void) {
@@ -1201,6 +1222,7 @@ int main(void) {
   CPX_TEST_RUN(test_fetch_sink_backpressure);
   CPX_TEST_RUN(test_fetch_freed_mid_body);
   CPX_TEST_RUN(test_fetch_closed_after_head);
+  CPX_TEST_RUN(test_fetch_idle_timeout);
   CPX_TEST_RUN(test_fetch_proxy_goes_to_curl);
   certs_make();
   CPX_TEST_RUN(test_tls_keepalive_reuse);
