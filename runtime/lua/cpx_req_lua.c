@@ -73,10 +73,10 @@ static int write_result(lreq_t *lr) {
   return rc;
 }
 
-static int deliver_event(lreq_t *lr, const char *event, size_t elen,
-                         const char *data, size_t dlen) {
+/* Pushes {event=, data=} (event only when the stream gave one). */
+static void push_event(lreq_t *lr, const char *event, size_t elen,
+                       const char *data, size_t dlen) {
   lua_State *L = lr->vm->L;
-  int failed = 0;
   lr->vm->host++;
   lua_createtable(L, 0, 2);
   if (event) {
@@ -86,6 +86,12 @@ static int deliver_event(lreq_t *lr, const char *event, size_t elen,
   lua_pushlstring(L, data, dlen);
   lua_setfield(L, -2, "data");
   lr->vm->host--;
+}
+
+static int deliver_event(lreq_t *lr, const char *event, size_t elen,
+                         const char *data, size_t dlen) {
+  int failed = 0;
+  push_event(lr, event, elen, data, dlen);
   if (call_handler(lr, "on_event", 1, &failed))
     return write_result(lr) == CPX_ECLOSED ? 1 : 0;
   if (failed) {
@@ -99,17 +105,8 @@ static int deliver_event(lreq_t *lr, const char *event, size_t elen,
  * main stack (pipe_batch put it there). */
 static int gather_event(lreq_t *lr, const char *event, size_t elen,
                         const char *data, size_t dlen) {
-  lua_State *L = lr->vm->L;
-  lr->vm->host++;
-  lua_createtable(L, 0, 2);
-  if (event) {
-    lua_pushlstring(L, event, elen);
-    lua_setfield(L, -2, "event");
-  }
-  lua_pushlstring(L, data, dlen);
-  lua_setfield(L, -2, "data");
-  lua_rawseti(L, -2, ++lr->batch_n);
-  lr->vm->host--;
+  push_event(lr, event, elen, data, dlen);
+  lua_rawseti(lr->vm->L, -2, ++lr->batch_n);
   return 0;
 }
 

@@ -502,13 +502,20 @@ static void test_malformed_status(void) {
 
 static char big_answer[(3 << 20) + 128];
 
-static void test_pause_resume(void) {
-  size_t n = 1 << 20, h;
-  h = (size_t)snprintf(big_answer, sizeof(big_answer),
+/* big_answer: a head and n body bytes a..z; *head is the head's length. */
+static void big_body(size_t n, size_t *head) {
+  size_t h =
+      (size_t)snprintf(big_answer, sizeof(big_answer),
                        "HTTP/1.1 200 OK\r\nContent-Length: %zu\r\n\r\n", n);
   for (size_t i = 0; i < n; i++)
     big_answer[h + i] = (char)('a' + i % 26);
   big_answer[h + n] = 0;
+  *head = h;
+}
+
+static void test_pause_resume(void) {
+  size_t n = 1 << 20, h;
+  big_body(n, &h);
   server_start(big_answer);
   pool_open(1000);
   call_t *c = call_new();
@@ -837,11 +844,7 @@ static void test_tls_chunked_and_large(void) {
   CPX_CHECK_INT(c->rc, 0);
   CPX_CHECK_MEM(c->body, c->body_len, "hello world", 11);
   call_free(c);
-  h = (size_t)snprintf(big_answer, sizeof(big_answer),
-                       "HTTP/1.1 200 OK\r\nContent-Length: %zu\r\n\r\n", n);
-  for (size_t i = 0; i < n; i++)
-    big_answer[h + i] = (char)('a' + i % 26);
-  big_answer[h + n] = 0;
+  big_body(n, &h);
   S.answer = big_answer;
   S.answer_len = h + n;
   c = tls_call("localhost");
@@ -968,6 +971,13 @@ static void up_shut(void) {
 
 static char url[128];
 
+/* Options for a GET of path on the scripted server. */
+static void opts_for(cpx_fetch_opts_t *o, const char *path) {
+  snprintf(url, sizeof(url), "http://127.0.0.1:%d%s", S.port, path);
+  memset(o, 0, sizeof(*o));
+  o->url = url;
+}
+
 /* Starts a fetch of url and runs the loop until it is done (or freed). */
 static fcall_t *fetch_run(fcall_t *c, const cpx_fetch_opts_t *o) {
   int rc;
@@ -1065,9 +1075,7 @@ static void test_fetch_own_timeout(void) {
   server_start(OK);
   S.silent = 1;
   up_open(1000);
-  snprintf(url, sizeof(url), "http://127.0.0.1:%d/slow", S.port);
-  memset(&o, 0, sizeof(o));
-  o.url = url;
+  opts_for(&o, "/slow");
   o.first_byte_timeout_ms = 50;
   fcall_t *c = fetch_run(NULL, &o);
   CPX_CHECK_INT(c->dones, 1);
@@ -1075,16 +1083,6 @@ static void test_fetch_own_timeout(void) {
   CPX_CHECK_STR(c->f->errmsg, "upstream first-byte timeout");
   fcall_free(c);
   up_shut();
-}
-
-static void big_body(size_t n, size_t *head) {
-  size_t h =
-      (size_t)snprintf(big_answer, sizeof(big_answer),
-                       "HTTP/1.1 200 OK\r\nContent-Length: %zu\r\n\r\n", n);
-  for (size_t i = 0; i < n; i++)
-    big_answer[h + i] = (char)('a' + i % 26);
-  big_answer[h + n] = 0;
-  *head = h;
 }
 
 /* A sink that refuses a piece (a slow client): reading stops, the refused
@@ -1096,9 +1094,7 @@ static void test_fetch_sink_backpressure(void) {
   big_body(n, &h);
   server_start(big_answer);
   up_open(1000);
-  snprintf(url, sizeof(url), "http://127.0.0.1:%d/stream", S.port);
-  memset(&o, 0, sizeof(o));
-  o.url = url;
+  opts_for(&o, "/stream");
   fcall_t *c = calloc(1, sizeof(*c));
   c->sink = 1;
   c->refuse_first = 1;
@@ -1123,9 +1119,7 @@ static void test_fetch_freed_mid_body(void) {
   big_body(n, &h);
   server_start(big_answer);
   up_open(1000);
-  snprintf(url, sizeof(url), "http://127.0.0.1:%d/stream", S.port);
-  memset(&o, 0, sizeof(o));
-  o.url = url;
+  opts_for(&o, "/stream");
   fcall_t *c = calloc(1, sizeof(*c));
   c->sink = 1;
   c->free_at_first = 1;
@@ -1146,9 +1140,7 @@ static void test_fetch_closed_after_head(void) {
   server_start("HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n");
   S.close_after_answer = 1;
   up_open(1000);
-  snprintf(url, sizeof(url), "http://127.0.0.1:%d/cut", S.port);
-  memset(&o, 0, sizeof(o));
-  o.url = url;
+  opts_for(&o, "/cut");
   fcall_t *c = fetch_run(NULL, &o);
   CPX_CHECK_INT(c->heads, 1);
   CPX_CHECK_INT(c->dones, 1);
@@ -1156,6 +1148,25 @@ static void test_fetch_closed_after_head(void) {
   CPX_CHECK_INT(c->f->result, CPX_EIO);
   CPX_CHECK_STR(c->f->errmsg, "upstream closed the connection");
   fcall_free(c);
+  up_shut();
+}
+
+/* A body that stops coming: the fetch's own idle timeout (the pool's is
+ * 1 s), with the libcurl client's text. */
+static void test_fetch_idle_timeout(void) {
+  cpx_fetch_opts_t o;
+  server_start("HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc");
+  up_open(1000);
+  opts_for(&o, "/quiet");
+  o.idle_timeout_ms = 50;
+  fcall_t *c = fetch_run(NULL, &o);
+  CPX_CHECK_INT(c->heads, 1);
+  CPX_CHECK_INT(c->dones, 1);
+  CPX_CHECK_INT(c->f->result, CPX_ETIMEOUT);
+  CPX_CHECK_STR(c->f->errmsg, "upstream stream idle timeout");
+  fcall_free(c);
+  spin(20);
+  CPX_CHECK_INT(S.eof_seen, 1); /* the cut connection was closed */
   up_shut();
 }
 
@@ -1201,6 +1212,7 @@ int main(void) {
   CPX_TEST_RUN(test_fetch_sink_backpressure);
   CPX_TEST_RUN(test_fetch_freed_mid_body);
   CPX_TEST_RUN(test_fetch_closed_after_head);
+  CPX_TEST_RUN(test_fetch_idle_timeout);
   CPX_TEST_RUN(test_fetch_proxy_goes_to_curl);
   certs_make();
   CPX_TEST_RUN(test_tls_keepalive_reuse);
