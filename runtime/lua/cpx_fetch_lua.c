@@ -123,7 +123,9 @@ void cpx__lfetch_release(lfetch_t *lf) {
     }
     lr->vm->host--;
   }
+  /* The transfer goes first: it may still be sending the anchored body. */
   cpx_fetch_free(lf->f);
+  luaL_unref(lr->vm->L, LUA_REGISTRYINDEX, lf->body_ref);
   free(lf);
 }
 
@@ -273,7 +275,7 @@ static int l_fetch(lua_State *L) {
   cpx_fetch_defaults_t d;
   cpx_settings_t *s;
   lfetch_t *lf;
-  int rc;
+  int rc, body_idx;
 
   if (!lr)
     return luaL_error(
@@ -286,14 +288,27 @@ static int l_fetch(lua_State *L) {
   d.first_byte_timeout_ms = s->upstream_first_byte_ms;
   d.idle_timeout_ms = s->upstream_idle_ms;
   d.max_body = s->upstream_max_body;
+  /* the reader leaves url, method, body, proxy and headers pushed, in that
+   * order: the body's slot is the third above the current top */
+  body_idx = lua_gettop(L) + 3;
   cpx_lua_fetch_opts(L, 1, "cpx.fetch", &d, &o, hdrs, MAX_HEADERS);
+  if (o.body)
+    o.body_borrowed = 1; /* anchored below (body_ref) */
 
   lf = calloc(1, sizeof(*lf));
   if (!lf)
     return luaL_error(L, "out of memory");
   lf->lr = lr;
+  lf->body_ref = LUA_NOREF;
+  if (o.body) {
+    /* the string in the stack slot tolstring read (a number converted
+     * there is a new string, not the table's value) */
+    lua_pushvalue(L, body_idx);
+    lf->body_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
   rc = cpx_fetch_start(&lr->w->upstream, &o, on_fetch_event, lf, &lf->f);
   if (rc != 0) {
+    luaL_unref(L, LUA_REGISTRYINDEX, lf->body_ref);
     free(lf);
     lua_pushnil(L);
     lua_pushstring(L, cpx_strerror(rc));
