@@ -16,13 +16,13 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
-import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import OpenAI from 'openai';
 import Anthropic from '@anthropic-ai/sdk';
 import { GoogleGenAI } from '@google/genai';
 import { BIN, ROOT, freePort, startProxy } from './lib/proxy.mjs';
+import { bodyServer } from './lib/mgmt.mjs';
 
 const T = (ms = 60000) => ({ timeout: ms });
 const CLIENT_KEY = 'sk-client-google-5e1a';
@@ -192,48 +192,44 @@ function inference(base, method, req, raw, res) {
 }
 
 before(async () => {
-  mock.server = http.createServer((req, res) => {
-    let raw = '';
-    req.on('data', (c) => { raw += c; });
-    req.on('end', () => {
-      const u = new URL(req.url, 'http://x');
-      const p = u.pathname;
-      if (req.method === 'POST' && p === '/token') return onToken(raw, res);
-      if (req.method === 'GET' && p === '/userinfo') {
-        const name = who(req);
-        if (!name) return refuse(res, 'userinfo: unknown token', 401);
-        return send(res, 200, { id: '1', email: Object.values(CLIENTS).find((c) => c.name === name).email });
+  mock.server = bodyServer((req, res, raw) => {
+    const u = new URL(req.url, 'http://x');
+    const p = u.pathname;
+    if (req.method === 'POST' && p === '/token') return onToken(raw, res);
+    if (req.method === 'GET' && p === '/userinfo') {
+      const name = who(req);
+      if (!name) return refuse(res, 'userinfo: unknown token', 401);
+      return send(res, 200, { id: '1', email: Object.values(CLIENTS).find((c) => c.name === name).email });
+    }
+    if (req.method === 'GET' && p === '/projects') {
+      if (!who(req)) return refuse(res, 'projects: unknown token', 401);
+      return send(res, 200, { projects: [
+        ...mock.projects.map((id) => ({ projectId: id, lifecycleState: 'ACTIVE' })),
+        { projectId: 'proj-gone', lifecycleState: 'DELETE_REQUESTED' }] });
+    }
+    const su = /^\/su\/v1\/projects\/([^/]+)\/services\/cloudaicompanion\.googleapis\.com(:enable)?$/.exec(p);
+    if (su) {
+      if (!who(req)) return refuse(res, 'serviceusage: unknown token', 401);
+      if (req.method === 'POST' && su[2]) {
+        mock.enabled.push(su[1]);
+        mock.apiState[su[1]] = 'ENABLED';
+        return send(res, 200, { name: 'operations/enable-1', done: true });
       }
-      if (req.method === 'GET' && p === '/projects') {
-        if (!who(req)) return refuse(res, 'projects: unknown token', 401);
-        return send(res, 200, { projects: [
-          ...mock.projects.map((id) => ({ projectId: id, lifecycleState: 'ACTIVE' })),
-          { projectId: 'proj-gone', lifecycleState: 'DELETE_REQUESTED' }] });
+      if (req.method === 'GET' && !su[2]) return send(res, 200, { state: mock.apiState[su[1]] || 'DISABLED' });
+    }
+    let m = /^\/(ca|ag|bad)\/v1internal:(\w+)$/.exec(p);
+    if (req.method === 'POST' && m) {
+      if (m[1] === 'bad') {
+        mock.bad.push(m[2]);
+        return send(res, 503, { error: { code: 503, message: 'unavailable', status: 'UNAVAILABLE' } });
       }
-      const su = /^\/su\/v1\/projects\/([^/]+)\/services\/cloudaicompanion\.googleapis\.com(:enable)?$/.exec(p);
-      if (su) {
-        if (!who(req)) return refuse(res, 'serviceusage: unknown token', 401);
-        if (req.method === 'POST' && su[2]) {
-          mock.enabled.push(su[1]);
-          mock.apiState[su[1]] = 'ENABLED';
-          return send(res, 200, { name: 'operations/enable-1', done: true });
-        }
-        if (req.method === 'GET' && !su[2]) return send(res, 200, { state: mock.apiState[su[1]] || 'DISABLED' });
+      if (m[2] === 'loadCodeAssist' || m[2] === 'onboardUser') return codeAssist(m[2], req, raw, res);
+      if (m[1] === 'ca' && m[2] === 'streamGenerateContent' && u.searchParams.get('alt') !== 'sse') {
+        return refuse(res, 'stream without alt=sse');
       }
-      let m = /^\/(ca|ag|bad)\/v1internal:(\w+)$/.exec(p);
-      if (req.method === 'POST' && m) {
-        if (m[1] === 'bad') {
-          mock.bad.push(m[2]);
-          return send(res, 503, { error: { code: 503, message: 'unavailable', status: 'UNAVAILABLE' } });
-        }
-        if (m[2] === 'loadCodeAssist' || m[2] === 'onboardUser') return codeAssist(m[2], req, raw, res);
-        if (m[1] === 'ca' && m[2] === 'streamGenerateContent' && u.searchParams.get('alt') !== 'sse') {
-          return refuse(res, 'stream without alt=sse');
-        }
-        return inference(m[1], m[2], req, raw, res);
-      }
-      return send(res, 404, { error: 'not_found' });
-    });
+      return inference(m[1], m[2], req, raw, res);
+    }
+    return send(res, 404, { error: 'not_found' });
   });
   await new Promise((r) => mock.server.listen(0, '127.0.0.1', r));
   mock.url = `http://127.0.0.1:${mock.server.address().port}`;

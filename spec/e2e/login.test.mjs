@@ -17,6 +17,7 @@ import os from 'node:os';
 import path from 'node:path';
 
 import { BIN, ROOT, freePort, startProxy } from './lib/proxy.mjs';
+import { bodyServer } from './lib/mgmt.mjs';
 
 const T = (ms = 60000) => ({ timeout: ms });
 const b64url = (buf) => Buffer.from(buf).toString('base64url');
@@ -130,22 +131,18 @@ function onInference(req, raw, res) {
 }
 
 before(async () => {
-  mock.server = http.createServer((req, res) => {
-    let raw = '';
-    req.on('data', (c) => { raw += c; });
-    req.on('end', () => {
-      const p = new URL(req.url, 'http://x').pathname;
-      if (req.method === 'POST' && p === '/claude/token') return onToken('claude', raw, res);
-      if (req.method === 'POST' && p === '/codex/token') return onToken('codex', raw, res);
-      if (req.method === 'POST' && p === '/codex/deviceauth/usercode') return onDevice('usercode', raw, res);
-      if (req.method === 'POST' && p === '/codex/deviceauth/token') return onDevice('token', raw, res);
-      if (req.method === 'POST' && p === '/v1/messages') return onInference(req, raw, res);
-      if (req.method === 'GET' && p === '/issue') { // the fake browser's "the user approved"
-        const q = new URL(req.url, 'http://x').searchParams;
-        return send(res, 200, { code: mock.issue(q.get('challenge'), q.get('redirect_uri'), q.get('state')) });
-      }
-      return send(res, 404, { error: 'not_found' });
-    });
+  mock.server = bodyServer((req, res, raw) => {
+    const p = new URL(req.url, 'http://x').pathname;
+    if (req.method === 'POST' && p === '/claude/token') return onToken('claude', raw, res);
+    if (req.method === 'POST' && p === '/codex/token') return onToken('codex', raw, res);
+    if (req.method === 'POST' && p === '/codex/deviceauth/usercode') return onDevice('usercode', raw, res);
+    if (req.method === 'POST' && p === '/codex/deviceauth/token') return onDevice('token', raw, res);
+    if (req.method === 'POST' && p === '/v1/messages') return onInference(req, raw, res);
+    if (req.method === 'GET' && p === '/issue') { // the fake browser's "the user approved"
+      const q = new URL(req.url, 'http://x').searchParams;
+      return send(res, 200, { code: mock.issue(q.get('challenge'), q.get('redirect_uri'), q.get('state')) });
+    }
+    return send(res, 404, { error: 'not_found' });
   });
   await new Promise((r) => mock.server.listen(0, '127.0.0.1', r));
   mock.url = `http://127.0.0.1:${mock.server.address().port}`;

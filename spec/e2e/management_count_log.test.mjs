@@ -5,11 +5,10 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import http from 'node:http';
 import path from 'node:path';
 import { startProxy } from './lib/proxy.mjs';
 import { until } from './lib/wait.mjs';
-import { mgmtCall, sendJson } from './lib/mgmt.mjs';
+import { mgmtCall, sendJson, bodyServer } from './lib/mgmt.mjs';
 
 const SECRET = 'count-log-secret-6620';
 const CLIENT = 'sk-count-log-client-1189';
@@ -20,15 +19,11 @@ const up = { next: [], hits: [] };
 let server, upUrl, proxy, logDir;
 
 before(async () => {
-  server = http.createServer((req, res) => {
-    let raw = '';
-    req.on('data', (c) => { raw += c; });
-    req.on('end', () => {
-      up.hits.push({ url: req.url, key: req.headers['x-goog-api-key'] });
-      const a = up.next.shift() || { status: 200 };
-      if (a.status === 200) return sendJson(res, 200, { totalTokens: 42, promptTokensDetails: [{ modality: 'TEXT', tokenCount: 42 }] });
-      return sendJson(res, a.status, { error: { code: a.status, message: `count refused for key ${UPSTREAM}`, status: 'X' } });
-    });
+  server = bodyServer((req, res, raw) => {
+    up.hits.push({ url: req.url, key: req.headers['x-goog-api-key'] });
+    const a = up.next.shift() || { status: 200 };
+    if (a.status === 200) return sendJson(res, 200, { totalTokens: 42, promptTokensDetails: [{ modality: 'TEXT', tokenCount: 42 }] });
+    return sendJson(res, a.status, { error: { code: a.status, message: `count refused for key ${UPSTREAM}`, status: 'X' } });
   });
   await new Promise((r) => server.listen(0, '127.0.0.1', r));
   upUrl = `http://127.0.0.1:${server.address().port}`;

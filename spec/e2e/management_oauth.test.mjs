@@ -7,12 +7,11 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
-import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import { startProxy } from './lib/proxy.mjs';
 import { until } from './lib/wait.mjs';
-import { mgmtCall, sendJson } from './lib/mgmt.mjs';
+import { mgmtCall, sendJson, bodyServer } from './lib/mgmt.mjs';
 
 const SECRET = 'oauth-mgmt-secret-5150';
 const CLIENT = 'sk-oauth-mgmt-client';
@@ -55,21 +54,17 @@ function onToken(provider, raw, res) {
 let server, mockUrl, proxy, authDir, tmp, startedAt;
 
 before(async () => {
-  server = http.createServer((req, res) => {
-    let raw = '';
-    req.on('data', (c) => { raw += c; });
-    req.on('end', () => {
-      const p = new URL(req.url, 'http://x').pathname;
-      if (req.method === 'POST' && p === '/claude/token') return onToken('claude', raw, res);
-      if (req.method === 'POST' && p === '/codex/token') return onToken('codex', raw, res);
-      if (req.method === 'POST' && p === '/v1/messages') {
-        mock.inference.push(req.headers.authorization);
-        return send(res, 200, { id: 'msg_1', type: 'message', role: 'assistant', model: 'claude-sonnet-4-5',
-          content: [{ type: 'text', text: 'hi from the mock' }], stop_reason: 'end_turn', stop_sequence: null,
-          usage: { input_tokens: 3, output_tokens: 4 } });
-      }
-      return send(res, 404, { error: 'not_found' });
-    });
+  server = bodyServer((req, res, raw) => {
+    const p = new URL(req.url, 'http://x').pathname;
+    if (req.method === 'POST' && p === '/claude/token') return onToken('claude', raw, res);
+    if (req.method === 'POST' && p === '/codex/token') return onToken('codex', raw, res);
+    if (req.method === 'POST' && p === '/v1/messages') {
+      mock.inference.push(req.headers.authorization);
+      return send(res, 200, { id: 'msg_1', type: 'message', role: 'assistant', model: 'claude-sonnet-4-5',
+        content: [{ type: 'text', text: 'hi from the mock' }], stop_reason: 'end_turn', stop_sequence: null,
+        usage: { input_tokens: 3, output_tokens: 4 } });
+    }
+    return send(res, 404, { error: 'not_found' });
   });
   await new Promise((r) => server.listen(0, '127.0.0.1', r));
   mockUrl = `http://127.0.0.1:${server.address().port}`;

@@ -8,11 +8,10 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
-import http from 'node:http';
 import path from 'node:path';
 import { startProxy } from './lib/proxy.mjs';
 import { until } from './lib/wait.mjs';
-import { mgmtCall, sendJson } from './lib/mgmt.mjs';
+import { mgmtCall, sendJson, bodyServer } from './lib/mgmt.mjs';
 
 const SECRET = 'vertex-mgmt-secret-2291';
 const CLIENT = 'sk-vertex-client-5120';
@@ -41,36 +40,32 @@ function checkAssertion(jwt) {
 }
 
 before(async () => {
-  server = http.createServer((req, res) => {
-    let raw = '';
-    req.on('data', (c) => { raw += c; });
-    req.on('end', () => {
-      const p = new URL(req.url, 'http://x').pathname;
-      if (req.method === 'POST' && p === '/token') {
-        const q = new URLSearchParams(raw);
-        if (q.get('grant_type') !== 'urn:ietf:params:oauth:grant-type:jwt-bearer') {
-          mock.failures.push('grant_type');
-          return sendJson(res, 400, { error: 'unsupported_grant_type' });
-        }
-        const why = checkAssertion(q.get('assertion') || '');
-        if (why) {
-          mock.failures.push(why);
-          return sendJson(res, 400, { error: 'invalid_grant', error_description: why });
-        }
-        const token = `ya29.VERTEX-TOKEN-${++mock.seq}`;
-        mock.grants.push(token);
-        return sendJson(res, 200, { access_token: token, expires_in: 3599, token_type: 'Bearer' });
+  server = bodyServer((req, res, raw) => {
+    const p = new URL(req.url, 'http://x').pathname;
+    if (req.method === 'POST' && p === '/token') {
+      const q = new URLSearchParams(raw);
+      if (q.get('grant_type') !== 'urn:ietf:params:oauth:grant-type:jwt-bearer') {
+        mock.failures.push('grant_type');
+        return sendJson(res, 400, { error: 'unsupported_grant_type' });
       }
-      const m = p.match(/^\/v1\/projects\/([^/]+)\/locations\/([^/]+)\/publishers\/google\/models\/([^:]+):generateContent$/);
-      if (req.method === 'POST' && m) {
-        const auth = req.headers.authorization;
-        mock.inference.push({ project: m[1], location: m[2], model: m[3], auth });
-        if (mock.reject.has(auth)) return sendJson(res, 401, { error: { code: 401, message: 'token expired', status: 'UNAUTHENTICATED' } });
-        return sendJson(res, 200, { candidates: [{ content: { role: 'model', parts: [{ text: 'hi from vertex' }] }, finishReason: 'STOP' }],
-          usageMetadata: { promptTokenCount: 2, candidatesTokenCount: 3, totalTokenCount: 5 } });
+      const why = checkAssertion(q.get('assertion') || '');
+      if (why) {
+        mock.failures.push(why);
+        return sendJson(res, 400, { error: 'invalid_grant', error_description: why });
       }
-      return sendJson(res, 404, { error: { code: 404, message: `mock: ${p}` } });
-    });
+      const token = `ya29.VERTEX-TOKEN-${++mock.seq}`;
+      mock.grants.push(token);
+      return sendJson(res, 200, { access_token: token, expires_in: 3599, token_type: 'Bearer' });
+    }
+    const m = p.match(/^\/v1\/projects\/([^/]+)\/locations\/([^/]+)\/publishers\/google\/models\/([^:]+):generateContent$/);
+    if (req.method === 'POST' && m) {
+      const auth = req.headers.authorization;
+      mock.inference.push({ project: m[1], location: m[2], model: m[3], auth });
+      if (mock.reject.has(auth)) return sendJson(res, 401, { error: { code: 401, message: 'token expired', status: 'UNAUTHENTICATED' } });
+      return sendJson(res, 200, { candidates: [{ content: { role: 'model', parts: [{ text: 'hi from vertex' }] }, finishReason: 'STOP' }],
+        usageMetadata: { promptTokenCount: 2, candidatesTokenCount: 3, totalTokenCount: 5 } });
+    }
+    return sendJson(res, 404, { error: { code: 404, message: `mock: ${p}` } });
   });
   await new Promise((r) => server.listen(0, '127.0.0.1', r));
   mockUrl = `http://127.0.0.1:${server.address().port}`;

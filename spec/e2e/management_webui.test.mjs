@@ -20,7 +20,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { freePort, startProxy } from './lib/proxy.mjs';
 import { until } from './lib/wait.mjs';
-import { mgmtCall, sendJson } from './lib/mgmt.mjs';
+import { mgmtCall, sendJson, bodyServer } from './lib/mgmt.mjs';
 
 const SECRET = 'webui-mgmt-secret-7311';
 const CLIENT = 'sk-webui-client';
@@ -98,23 +98,19 @@ function onIflow(p, req, raw, res, u) {
 let server, mockUrl, proxy, authDir, tmp, ports;
 
 before(async () => {
-  server = http.createServer((req, res) => {
-    let raw = '';
-    req.on('data', (c) => { raw += c; });
-    req.on('end', () => {
-      const u = new URL(req.url, 'http://x');
-      const p = u.pathname;
-      if (req.method === 'POST' && p === '/claude/token') return onClaudeToken(raw, res);
-      if (p.startsWith('/qwen/')) return onQwen(p, raw, res);
-      if (p.startsWith('/iflow/')) return onIflow(p, req, raw, res, u);
-      if (req.method === 'POST' && p === '/v1/chat/completions') {
-        mock.inference.push(req.headers.authorization);
-        return send(res, 200, { id: 'c1', object: 'chat.completion', created: 1, model: 'qwen3-coder-plus',
-          choices: [{ index: 0, message: { role: 'assistant', content: 'hi' }, finish_reason: 'stop' }],
-          usage: { prompt_tokens: 1, completion_tokens: 1, total_tokens: 2 } });
-      }
-      return send(res, 404, { error: 'not_found' });
-    });
+  server = bodyServer((req, res, raw) => {
+    const u = new URL(req.url, 'http://x');
+    const p = u.pathname;
+    if (req.method === 'POST' && p === '/claude/token') return onClaudeToken(raw, res);
+    if (p.startsWith('/qwen/')) return onQwen(p, raw, res);
+    if (p.startsWith('/iflow/')) return onIflow(p, req, raw, res, u);
+    if (req.method === 'POST' && p === '/v1/chat/completions') {
+      mock.inference.push(req.headers.authorization);
+      return send(res, 200, { id: 'c1', object: 'chat.completion', created: 1, model: 'qwen3-coder-plus',
+        choices: [{ index: 0, message: { role: 'assistant', content: 'hi' }, finish_reason: 'stop' }],
+        usage: { prompt_tokens: 1, completion_tokens: 1, total_tokens: 2 } });
+    }
+    return send(res, 404, { error: 'not_found' });
   });
   await new Promise((r) => server.listen(0, '127.0.0.1', r));
   mockUrl = `http://127.0.0.1:${server.address().port}`;

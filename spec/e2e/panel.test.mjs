@@ -12,10 +12,10 @@ import os from 'node:os';
 import path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import crypto from 'node:crypto';
-import http from 'node:http';
 
 import { startMock } from './lib/mock_upstream.mjs';
 import { startProxy, BIN, freePort, healthz } from './lib/proxy.mjs';
+import { bodyServer } from './lib/mgmt.mjs';
 
 const CHROMIUM = process.env.CPX_CHROMIUM || '/usr/bin/chromium';
 const SECRET = 'panel-e2e-secret-Hq72';
@@ -50,24 +50,20 @@ function approve(authUrl) {
   return code;
 }
 async function startOAuthMock() {
-  const server = http.createServer((req, res) => {
-    let raw = '';
-    req.on('data', (c) => { raw += c; });
-    req.on('end', () => {
-      let body = {};
-      try { body = JSON.parse(raw); } catch { /* refused below */ }
-      const g = grants.get(body.code);
-      const ok = g && body.redirect_uri === g.redirect_uri
-        && crypto.createHash('sha256').update(body.code_verifier || '').digest('base64url') === g.challenge;
-      if (g) grants.delete(body.code);
-      const out = ok
-        ? { token_type: 'Bearer', access_token: 'sk-ant-oat01-PANEL-OAUTH', refresh_token: 'sk-ant-ort01-PANEL-OAUTH',
-          expires_in: 28800, account: { uuid: 'acc-p', email_address: 'oauth-panel@example.com' } }
-        : { error: 'invalid_grant' };
-      const text = JSON.stringify(out);
-      res.writeHead(ok ? 200 : 400, { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(text) });
-      res.end(text);
-    });
+  const server = bodyServer((req, res, raw) => {
+    let body = {};
+    try { body = JSON.parse(raw); } catch { /* refused below */ }
+    const g = grants.get(body.code);
+    const ok = g && body.redirect_uri === g.redirect_uri
+      && crypto.createHash('sha256').update(body.code_verifier || '').digest('base64url') === g.challenge;
+    if (g) grants.delete(body.code);
+    const out = ok
+      ? { token_type: 'Bearer', access_token: 'sk-ant-oat01-PANEL-OAUTH', refresh_token: 'sk-ant-ort01-PANEL-OAUTH',
+        expires_in: 28800, account: { uuid: 'acc-p', email_address: 'oauth-panel@example.com' } }
+      : { error: 'invalid_grant' };
+    const text = JSON.stringify(out);
+    res.writeHead(ok ? 200 : 400, { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(text) });
+    res.end(text);
   });
   await new Promise((r) => server.listen(0, '127.0.0.1', r));
   return { url: `http://127.0.0.1:${server.address().port}`, close: () => new Promise((r) => server.close(r)) };

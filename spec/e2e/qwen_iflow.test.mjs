@@ -13,7 +13,6 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
-import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import OpenAI from 'openai';
@@ -21,6 +20,7 @@ import Anthropic from '@anthropic-ai/sdk';
 import { GoogleGenAI } from '@google/genai';
 import { startMock } from './lib/mock_upstream.mjs';
 import { BIN, SCRATCH, freePort, startProxy, toYaml } from './lib/proxy.mjs';
+import { bodyServer } from './lib/mgmt.mjs';
 
 const T = { timeout: 60000 };
 const b64url = (buf) => Buffer.from(buf).toString('base64url');
@@ -118,15 +118,11 @@ function onIflow(p, req, raw, res, u) {
 let mock, dir;
 
 before(async () => {
-  oauth.server = http.createServer((req, res) => {
-    let raw = '';
-    req.on('data', (c) => { raw += c; });
-    req.on('end', () => {
-      const u = new URL(req.url, 'http://x');
-      if (u.pathname.startsWith('/qwen/')) return onQwen(u.pathname, req, raw, res);
-      if (u.pathname.startsWith('/iflow/')) return onIflow(u.pathname, req, raw, res, u);
-      return send(res, 404, { error: 'not_found' });
-    });
+  oauth.server = bodyServer((req, res, raw) => {
+    const u = new URL(req.url, 'http://x');
+    if (u.pathname.startsWith('/qwen/')) return onQwen(u.pathname, req, raw, res);
+    if (u.pathname.startsWith('/iflow/')) return onIflow(u.pathname, req, raw, res, u);
+    return send(res, 404, { error: 'not_found' });
   });
   await new Promise((r) => oauth.server.listen(0, '127.0.0.1', r));
   oauth.url = `http://127.0.0.1:${oauth.server.address().port}`;

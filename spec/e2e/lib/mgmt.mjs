@@ -1,5 +1,8 @@
-// Helpers of the management e2e tests: one management call, and a JSON
-// answer from a mock server.
+// Helpers of the management e2e tests: one management call, and the mock
+// servers' side: a server that hands its handler the whole body, a JSON
+// answer.
+
+import http from 'node:http';
 
 // One call to /v0/management<p> with the key in X-Management-Key (none when
 // key is null). Resolves { status, json (null when not JSON), text, headers }.
@@ -20,4 +23,14 @@ export function sendJson(res, status, obj) {
   const body = JSON.stringify(obj);
   res.writeHead(status, { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(body) });
   res.end(body);
+}
+
+// A node:http server whose handler gets the request body read whole (as
+// text): handler(req, res, raw). Listen and close it as any http.Server.
+export function bodyServer(handler) {
+  return http.createServer((req, res) => {
+    let raw = '';
+    req.on('data', (c) => { raw += c; });
+    req.on('end', () => handler(req, res, raw));
+  });
 }
