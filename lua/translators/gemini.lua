@@ -57,8 +57,19 @@ local function response_from_result(p)
   return { output = text }
 end
 
--- pending: name -> list of call ids not yet answered (Gemini may omit ids)
-local function decode_parts(parts, role, pending, ctx)
+-- A request's history may omit call ids: the ids given instead are
+-- numbered in the order of the history, so the same request always gives
+-- the same upstream bytes (prompt caches key on them) and a later request of
+-- the same conversation gives its earlier turns the same ids again.
+local function history_id(seq, ctx)
+  seq.n = seq.n + 1
+  return tool_prefix(ctx) .. "h" .. seq.n
+end
+
+-- pending: name -> list of call ids not yet answered (Gemini may omit ids);
+-- seq: the request's id counter (nil when decoding a response: a new call's
+-- id is random, as an upstream's would be).
+local function decode_parts(parts, role, pending, ctx, seq)
   local out = {}
   if type(parts) ~= "table" then return out end
   for _, p in ipairs(parts) do
@@ -77,7 +88,7 @@ local function decode_parts(parts, role, pending, ctx)
         local fc = tbl(p.functionCall) or p.function_call
         local name = s(fc.name)
         if ctx and ctx.gemini_names then name = ctx.gemini_names:orig(name) end
-        local id = s(fc.id) or ir.new_id(tool_prefix(ctx), ctx)
+        local id = s(fc.id) or (seq and history_id(seq, ctx)) or ir.new_id(tool_prefix(ctx), ctx)
         if pending then
           pending[name or ""] = pending[name or ""] or {}
           local q = pending[name or ""]
@@ -97,7 +108,8 @@ local function decode_parts(parts, role, pending, ctx)
             id = remove(q, 1)
           end
         end
-        out[#out + 1] = { type = "tool_result", id = id or ir.new_id(tool_prefix(ctx), ctx), name = name,
+        id = id or (seq and history_id(seq, ctx)) or ir.new_id(tool_prefix(ctx), ctx)
+        out[#out + 1] = { type = "tool_result", id = id, name = name,
                           content = result_from_response(fr.response) }
       elseif inline then
         local mime = s(inline.mimeType) or s(inline.mime_type)
@@ -128,10 +140,10 @@ function _M.decode_request(body, ctx)
       if type(p) == "table" and s(p.text) then r.system[#r.system + 1] = { type = "text", text = p.text } end
     end
   end
-  local pending = {}
+  local pending, seq = {}, { n = 0 }
   for _, c in ipairs(body.contents) do
     if type(c) == "table" then
-      local parts = decode_parts(c.parts, c.role, pending, ctx)
+      local parts = decode_parts(c.parts, c.role, pending, ctx, seq)
       if c.role == "model" then
         r.messages[#r.messages + 1] = { role = "assistant", content = parts }
       else

@@ -3,7 +3,6 @@
 
 #include <string.h>
 
-#include <lauxlib.h>
 #include <openssl/crypto.h>
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
@@ -70,28 +69,4 @@ int cpx_client_key(const char *auth, size_t auth_n, const char *goog,
   *key = NULL;
   *key_n = 0;
   return CPX_KEY_NONE;
-}
-
-static const char *const where[] = {NULL, "authorization", "x-goog-api-key",
-                                    "x-api-key"};
-
-static int l_client_key(lua_State *L) {
-  size_t an = 0, gn = 0, xn = 0, kn;
-  const char *a = lua_isstring(L, 1) ? lua_tolstring(L, 1, &an) : NULL;
-  const char *g = lua_isstring(L, 2) ? lua_tolstring(L, 2, &gn) : NULL;
-  const char *x = lua_isstring(L, 3) ? lua_tolstring(L, 3, &xn) : NULL;
-  const char *k;
-  int w = cpx_client_key(a, an, g, gn, x, xn, &k, &kn);
-  if (w == CPX_KEY_NONE) {
-    lua_pushnil(L);
-    return 1;
-  }
-  lua_pushlstring(L, k, kn);
-  lua_pushstring(L, where[w]);
-  return 2;
-}
-
-void cpx_access_lua_register(lua_State *L) {
-  lua_pushcfunction(L, l_client_key);
-  lua_setfield(L, -2, "client_key");
 }

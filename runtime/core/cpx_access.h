@@ -10,8 +10,6 @@
 
 #include <stddef.h>
 
-#include <lua.h>
-
 enum {
   CPX_KEY_NONE = 0,
   CPX_KEY_AUTHORIZATION, /* Authorization: Bearer <key> */
@@ -32,9 +30,5 @@ int cpx_client_key(const char *auth, size_t auth_n, const char *goog,
  * process has no randomness (cpx_secure_ready). */
 int cpx_secure_equal(const char *a, size_t na, const char *b, size_t nb);
 int cpx_secure_ready(void);
-
-/* Adds cpx.client_key(authorization, x_goog_api_key, x_api_key) -> key,
- * where | nil to the cpx table at the top of the stack. */
-void cpx_access_lua_register(lua_State *L);
 
 #endif /* CPX_ACCESS_H */

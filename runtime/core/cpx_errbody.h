@@ -9,8 +9,6 @@
 
 #include <stddef.h>
 
-#include "cpx_server.h"
-
 enum {
   CPX_FMT_OPENAI_CHAT = 0,
   CPX_FMT_OPENAI_RESPONSES,
@@ -37,15 +35,6 @@ int cpx_errbody(char *out, size_t cap, int fmt, int status, const char *type,
 int cpx_errbody_sse(char *out, size_t cap, int fmt, int status,
                     const char *type, const char *code, const char *msg);
 
-/* Answers r with the error in its client's envelope (the format from r's
- * target) and the CORS/JSON header set. Returns cpx_request_respond's result
- * or a negative errno. */
-int cpx_errbody_respond(cpx_request_t *r, int status, const char *type,
-                        const char *code, const char *msg);
-
-/* Writes the stream error event to r, already streaming; the caller
- * finishes r. */
-int cpx_errbody_write_event(cpx_request_t *r, int status, const char *type,
-                            const char *code, const char *msg);
+/* Answering a request with these bodies: runtime/net/cpx_errreply.h. */
 
 #endif /* CPX_ERRBODY_H */

@@ -6,6 +6,28 @@
 
 #include "cpx.h"
 
+/* One top-level member of a scanned object: pointers into the document. */
+typedef struct {
+  const char *kp; /* key bytes (without quotes) */
+  size_t kn;
+  const char *vp; /* value bytes as written */
+  size_t vn;
+} cpx_json_member_t;
+
+/* Called per top-level member in document order; a non-zero return stops
+ * the scan (cpx_json_scan_top then returns 0). */
+typedef int (*cpx_json_member_cb)(void *ud, const cpx_json_member_t *m);
+
+/* Walks the top-level object of s: its keys, values, commas and colons;
+ * below the top level only balanced brackets and terminated strings (the
+ * scalars are the upstream's to check). Returns 0 with *close_brace at the
+ * object's closing brace (unset when cb stopped the scan), or CPX_EPARSE
+ * with *at set to the failing offset. cb may be NULL. */
+int cpx_json_scan_top(const char *s, size_t n, cpx_json_member_cb cb, void *ud,
+                      size_t *at, const char **close_brace);
+/* The first byte at or after p that is not JSON whitespace (or end). */
+const char *cpx_json_skip_ws(const char *p, const char *end);
+
 /* Checks the structure of the object in s (as cpx.json.peek does) and
  * finds top-level keys: vals[i] is the value of keys[i] exactly as written
  * (a string keeps its quotes), or {NULL, 0} when absent. With duplicate

@@ -31,7 +31,6 @@
 #include <sys/stat.h>
 #include <time.h>
 
-#include <lauxlib.h>
 #include <openssl/evp.h>
 
 #include "cpx.h"
@@ -954,9 +953,8 @@ double cpx_tokens_load_ms(const char *encoding) {
   return e->load_ms;
 }
 
-/* Fills buf with why `encoding` cannot be used after rc was returned. */
-static void describe_error(const char *encoding, int rc, char *buf,
-                           size_t len) {
+void cpx_tokens_describe_error(const char *encoding, int rc, char *buf,
+                               size_t len) {
   encoding_t *e = find_encoding(encoding);
   if (!e) {
     snprintf(buf, len, "unknown encoding '%s' (o200k_base, cl100k_base)",
@@ -1016,7 +1014,7 @@ int cpx_tokens_cli(int argc, char **argv) {
   free(buf);
   if (rc < 0) {
     char msg[PATH_MAX + 256];
-    describe_error(encoding, rc, msg, sizeof(msg));
+    cpx_tokens_describe_error(encoding, rc, msg, sizeof(msg));
     fprintf(stderr, "cliproxy tokens: %s\n", msg);
     return 1;
   }
@@ -1026,31 +1024,4 @@ usage:
   fprintf(stderr, "usage: cliproxy tokens [--encoding o200k_base|cl100k_base] "
                   "[FILE]\n");
   return 2;
-}
-
-/* ---- Lua ---------------------------------------------------------------- */
-
-/* tokens.count(text[, encoding = "o200k_base"]) -> n | nil, err */
-static int l_count(lua_State *L) {
-  size_t len;
-  const char *text = luaL_checklstring(L, 1, &len);
-  const char *encoding = luaL_optstring(L, 2, "o200k_base");
-  size_t count = 0;
-  int rc = cpx_tokens_count(encoding, text, len, &count);
-  if (rc < 0) {
-    char msg[PATH_MAX + 256];
-    describe_error(encoding, rc, msg, sizeof(msg));
-    lua_pushnil(L);
-    lua_pushstring(L, msg);
-    return 2;
-  }
-  lua_pushnumber(L, (lua_Number)count);
-  return 1;
-}
-
-void cpx_tokens_lua_register(lua_State *L) {
-  lua_newtable(L);
-  lua_pushcfunction(L, l_count);
-  lua_setfield(L, -2, "count");
-  lua_setfield(L, -2, "tokens");
 }

@@ -11,8 +11,6 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include <lua.h>
-
 /* Directory holding <encoding>.tiktoken files. Set once at start-up before
  * any count; defaults to the first of $CPX_DATA_DIR, the source tree's data/
  * and the install data dir that exists. */
@@ -33,9 +31,10 @@ int cpx_tokens_encode(const char *encoding, const char *text, size_t len,
  * process exit code. */
 int cpx_tokens_cli(int argc, char **argv);
 
-/* Adds `tokens = { count = fn(text, encoding) -> n | nil, err }` to the
- * table at the top of the stack. */
-void cpx_tokens_lua_register(lua_State *L);
+/* Fills buf with why `encoding` cannot be used after rc was returned by
+ * cpx_tokens_count (an unknown name, the rank file's load error). */
+void cpx_tokens_describe_error(const char *encoding, int rc, char *buf,
+                               size_t len);
 
 /* Milliseconds the encoding's rank file took to read, verify and index
  * (loading it first if needed), or -1 when it cannot be loaded. */

@@ -15,7 +15,7 @@
 #include <luajit.h>
 #include <lualib.h>
 
-#include "cpx_yaml.h"
+#include "cpx_yaml_lua.h"
 #include "fuzz.h"
 
 int luaopen_cpx(lua_State *L);

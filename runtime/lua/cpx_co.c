@@ -20,6 +20,7 @@
 #include <lua.h>
 
 #include "cpx_errbody.h"
+#include "cpx_errreply.h"
 #include "cpx_lane.h"
 #include "cpx_lane_lua.h"
 #include "cpx_log.h"

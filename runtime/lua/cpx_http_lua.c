@@ -9,6 +9,7 @@
 #include <lauxlib.h>
 #include <lua.h>
 
+#include "cpx_bindings.h"
 #include "cpx_lua_util.h"
 #include "cpx_server.h"
 

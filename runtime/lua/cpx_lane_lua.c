@@ -15,6 +15,7 @@
 
 #include <lauxlib.h>
 
+#include "cpx_bindings.h"
 #include "cpx_json_scan.h"
 #include "cpx_lane.h"
 #include "cpx_log.h"

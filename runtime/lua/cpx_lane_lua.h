@@ -18,7 +18,4 @@ int cpx_lane_try(struct cpx_worker_s *w, cpx_request_t *r);
 void cpx_lane_records_init(struct cpx_worker_s *w);
 void cpx_lane_records_close(struct cpx_worker_s *w);
 
-/* Adds cpx.lane (configure) to the table at the top of the stack. */
-void cpx_lane_lua_register(lua_State *L);
-
 #endif /* CPX_LANE_LUA_H */

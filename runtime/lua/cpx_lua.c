@@ -1,12 +1,9 @@
 /* cpx_lua.c: VM generations, the sandboxed module loader, settings.
  * See cpx_lua.h. */
-#include "cpx_access.h"
 #include "cpx_lane.h"
 #include "cpx_lane_lua.h"
 #include "cpx_lua.h"
 #include "cpx_worker.h"
-#include "cpx_metrics.h"
-#include "cpx_otlp.h"
 #include "cpx_usage.h"
 
 #include <fcntl.h>
@@ -23,15 +20,12 @@
 #include <luajit.h>
 
 #include "cpx_log.h"
+#include "cpx_bindings.h"
 #include "cpx_lua_util.h"
 #include "cpx_pool.h"
 #include "cpx_redirect.h"
-#include "cpx_sign.h"
 #include "cpx_task.h"
-#include "cpx_tokens.h"
-#include "cpx_mgmt.h"
-#include "cpx_reqlog.h"
-#include "cpx_yaml.h"
+#include "cpx_yaml_lua.h"
 
 #define REG_PATHS "cpx.paths"
 /* The sandbox's module cache. Not _LOADED: that one holds io, os, debug,
@@ -578,13 +572,13 @@ int cpx_vm_new(cpx_worker_t *w, const char *config_path, cpx_vm_t **out,
 
   /* cpx = util part + server part; reachable as require("cpx"). */
   cpx_lua_util_open(L);
-  cpx_json_scan_register(L);
+  cpx_json_scan_lua_register(L);
   cpx_access_lua_register(L);
   cpx_http_lua_register(L);
   cpx_tokens_lua_register(L);
   cpx__lua_api_register(L);
   cpx_pool_lua_register(L);
-  cpx__store_async_register(L);
+  cpx_store_lua_register(L);
   cpx_lane_lua_register(L);
   cpx_yaml_lua_register(L);
   cpx_mgmt_lua_register(L);

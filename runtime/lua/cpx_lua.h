@@ -132,10 +132,9 @@ void cpx__lua_start(cpx_worker_t *w, cpx_vm_t *vm, cpx_request_t *r,
                     void (*push_extra)(lua_State *L, void *ud), void *ud);
 /* cpx_secure_equal: runtime/core/cpx_access.h */
 
-/* Registers `cpx.panel` (the control panel's static files; cpx_panel.c)
- * into the table at the top of the stack. cpx_panel_name_ok(name) is 1 for
- * a name it would read: [A-Za-z0-9_.-] components, none starting with '.'. */
-void cpx_panel_lua_register(lua_State *L);
+/* `cpx.panel` (the control panel's static files; cpx_panel.c, registered
+ * through cpx_bindings.h). cpx_panel_name_ok(name) is 1 for a name it
+ * would read: [A-Za-z0-9_.-] components, none starting with '.'. */
 int cpx_panel_name_ok(const char *name);
 /* A blocking job for libuv's threadpool that the calling request coroutine
  * waits for (bcrypt, file writes: anything that must not run on the loop).

@@ -1,5 +1,5 @@
 /* cpx_lua_int.h: what the request-coroutine binding files share (private to
- * runtime/lua/: cpx_co.c, cpx_fetch_lua.c, cpx_req_lua.c, cpx_count_lua.c,
+ * runtime/lua/: cpx_co.c, cpx_fetch_lua.c, cpx_req_lua.c, cpx_tokens_lua.c,
  * cpx_misc_lua.c).
  *
  * Per request there is one lreq_t (C heap) tying together the server
@@ -134,7 +134,7 @@ void cpx__pipe_note_abort(lreq_t *lr, const char *why);
 void cpx__ka_stop(lreq_t *lr);
 void cpx__req_lua_register(lua_State *L);
 
-/* ---- cpx_count_lua.c, cpx_misc_lua.c ----------------------------------- */
+/* ---- cpx_tokens_lua.c, cpx_misc_lua.c ----------------------------------- */
 
 void cpx__count_lua_register(lua_State *L, int t);
 void cpx__misc_lua_register(lua_State *L, int t);

@@ -47,11 +47,4 @@ int cpx_json_encode_value(lua_State *L, int idx, char **out, size_t *outlen);
 int cpx_json_decode_push(lua_State *L, const char *s, size_t n, char *err,
                          size_t errlen);
 
-/* Adds cpx.json.peek and cpx.json.set_string (cpx_json_scan.c, the
- * passthrough fast path) to the cpx table at the top of the stack. */
-void cpx_json_scan_register(lua_State *L);
-/* Registers `cpx.http` (the header sets C owns; cpx_http_lua.c) into the
- * table at the top of the stack. */
-void cpx_http_lua_register(lua_State *L);
-
 #endif /* CPX_LUA_UTIL_H */

@@ -21,6 +21,7 @@
 #include <lauxlib.h>
 #include <lua.h>
 
+#include "cpx_bindings.h"
 #include "cpx_lua.h"
 #include "cpx_worker.h"
 
@@ -183,7 +184,5 @@ static int l_panel_dir(lua_State *L) {
 void cpx_panel_lua_register(lua_State *L) {
   static const luaL_Reg fns[] = {
       {"read", l_panel_read}, {"dir", l_panel_dir}, {NULL, NULL}};
-  lua_newtable(L);
-  luaL_register(L, NULL, fns);
-  lua_setfield(L, -2, "panel");
+  cpx_lua_register_table(L, "panel", fns);
 }

@@ -33,6 +33,7 @@
 #include <lauxlib.h>
 #include <lua.h>
 
+#include "cpx_bindings.h"
 #include "cpx_pool.h"
 #include "cpx_store.h"
 
@@ -374,10 +375,6 @@ void cpx_pool_lua_register(lua_State *L) {
       {"list", l_store_list},     {"write", l_store_write},
       {"remove", l_store_remove}, {"rescan", l_store_rescan},
       {"dir", l_store_dir},       {NULL, NULL}};
-  lua_newtable(L);
-  luaL_register(L, NULL, pool_fns);
-  lua_setfield(L, -2, "pool");
-  lua_newtable(L);
-  luaL_register(L, NULL, store_fns);
-  lua_setfield(L, -2, "store");
+  cpx_lua_register_table(L, "pool", pool_fns);
+  cpx_lua_register_table(L, "store", store_fns);
 }

@@ -9,9 +9,6 @@
 #include <lua.h>
 #include <uv.h>
 
-/* Adds cpx.redirect to the cpx table at the top of L. */
-void cpx_redirect_lua_register(lua_State *L);
-
 /* Closes every forwarder living on loop now (the worker drains and leaves
  * its loop). Their handles are closed; the memory is freed by the close
  * callbacks, which the loop runs in its next two iterations. Loop thread

@@ -41,6 +41,7 @@
 #include <uv.h>
 
 #include "cpx.h"
+#include "cpx_bindings.h"
 #include "cpx_log.h"
 #include "cpx_lua.h"
 #include "cpx_redirect.h"
@@ -435,7 +436,5 @@ void cpx_redirect_close_loop(uv_loop_t *loop) {
 void cpx_redirect_lua_register(lua_State *L) {
   static const luaL_Reg fns[] = {
       {"listen", l_listen}, {"close", l_close}, {"list", l_list}, {NULL, NULL}};
-  lua_newtable(L);
-  luaL_register(L, NULL, fns);
-  lua_setfield(L, -2, "redirect");
+  cpx_lua_register_table(L, "redirect", fns);
 }

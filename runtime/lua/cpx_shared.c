@@ -20,6 +20,7 @@
 #include <uv.h>
 
 #include "cpx.h"
+#include "cpx_bindings.h"
 
 #define CPX_SHARED_MAX_KEYS 4096
 #define CPX_SHARED_MAX_KEY 256
@@ -166,7 +167,5 @@ static int l_keys(lua_State *L) {
 void cpx__shared_lua_register(lua_State *L) {
   static const luaL_Reg fns[] = {
       {"set", l_set}, {"get", l_get}, {"keys", l_keys}, {NULL, NULL}};
-  lua_newtable(L);
-  luaL_register(L, NULL, fns);
-  lua_setfield(L, -2, "shared");
+  cpx_lua_register_table(L, "shared", fns);
 }

@@ -20,7 +20,7 @@
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 
-#include "cpx_sign.h"
+#include "cpx_bindings.h"
 
 #define MAX_PEM (16 * 1024)
 #define MAX_DATA (64 * 1024)

@@ -20,6 +20,7 @@
 #include <lua.h>
 
 #include "cpx_log.h"
+#include "cpx_bindings.h"
 #include "cpx_task.h"
 #include "cpx_worker.h"
 
@@ -255,9 +256,7 @@ void cpx__task_lua_register(lua_State *L) {
                                  {"pending_count", l_pending_count},
                                  {"running_count", l_running_count},
                                  {NULL, NULL}};
-  lua_newtable(L);
-  luaL_register(L, NULL, fns);
-  lua_setfield(L, -2, "timer");
+  cpx_lua_register_table(L, "timer", fns);
   cpx__lock_lua_register(L);
   cpx__shared_lua_register(L);
 }

@@ -73,9 +73,6 @@ void cpx__task_lua_register(lua_State *L);
 /* ---- cpx_lock_lua.c: cpx.lock -------------------------------------------- */
 
 void cpx__lock_lua_register(lua_State *L);
-/* cpx_store_async.c: cpx.store.write_async / rescan_async into the cpx
- * table at the top of L (after cpx.store exists). */
-void cpx__store_async_register(lua_State *L);
 /* cpx_shared.c: cpx.shared, strings every worker sees. */
 void cpx__shared_lua_register(lua_State *L);
 /* Releases every lock co still holds: at its end, at an abort. */

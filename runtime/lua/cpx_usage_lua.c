@@ -10,6 +10,7 @@
 #include <lauxlib.h>
 #include <lua.h>
 
+#include "cpx_bindings.h"
 #include "cpx_lua.h"
 #include "cpx_store.h"
 #include "cpx_usage.h"
@@ -451,7 +452,5 @@ void cpx_usage_lua_register(lua_State *L) {
       {"stats", l_stats},   {"query", l_query}, {"aggregate", l_aggregate},
       {"import", l_import}, {"prune", l_prune}, {"flush", l_flush},
       {NULL, NULL}};
-  lua_newtable(L);
-  luaL_register(L, NULL, fns);
-  lua_setfield(L, -2, "usage");
+  cpx_lua_register_table(L, "usage", fns);
 }

@@ -9,6 +9,7 @@
 #include "cpx_access.h"
 #include "cpx_buf.h"
 #include "cpx_errbody.h"
+#include "cpx_errreply.h"
 #include "cpx_json_scan.h"
 #include "cpx_log.h"
 #include "cpx_pool.h"

@@ -16,11 +16,7 @@
 #include <string.h>
 #include <sys/time.h>
 
-#include <lauxlib.h>
-#include <lua.h>
-
 #include "cpx_buf.h"
-#include "cpx_lane.h"
 #include "cpx_usage.h"
 
 #define SERIES_MAX 2048
@@ -126,59 +122,18 @@ static void observe_hist(family_t *f, const char *labels, double v) {
   s->sum += v;
 }
 
-static const char *field(lua_State *L, int t, const char *k, char *buf,
-                         size_t cap) {
-  lua_getfield(L, t, k);
-  if (lua_type(L, -1) == LUA_TSTRING || lua_type(L, -1) == LUA_TNUMBER)
-    snprintf(buf, cap, "%s", lua_tostring(L, -1));
-  else
-    buf[0] = '\0';
-  lua_pop(L, 1);
-  return buf;
-}
-
-static double numfield(lua_State *L, int t, const char *k, int *has) {
-  double v = 0;
-  lua_getfield(L, t, k);
-  *has = lua_type(L, -1) == LUA_TNUMBER;
-  if (*has)
-    v = lua_tonumber(L, -1);
-  lua_pop(L, 1);
-  return v;
-}
-
-/* cpx.metrics.observe(rec): one finished request. Never yields. */
-static int l_observe(lua_State *L) {
-  char endpoint[256], status[16], provider[64], model[256], path[16];
+void cpx_metrics_observe(const cpx_metrics_rec_t *r) {
   char labels[LABELS_MAX], pl[LABELS_MAX];
-  static const char *const kinds[] = {"input", "output", "reasoning",
-                                      "cache_read", "cache_write"};
-  double lat, ttft, tok[5] = {0};
-  int has_lat, has_ttft, has;
-
-  luaL_checktype(L, 1, LUA_TTABLE);
-  field(L, 1, "endpoint", endpoint, sizeof(endpoint));
-  field(L, 1, "status", status, sizeof(status));
-  field(L, 1, "provider", provider, sizeof(provider));
-  field(L, 1, "model", model, sizeof(model));
-  field(L, 1, "path", path, sizeof(path));
-  lat = numfield(L, 1, "latency_ms", &has_lat);
-  ttft = numfield(L, 1, "ttft_ms", &has_ttft);
-  lua_getfield(L, 1, "usage");
-  if (lua_istable(L, -1)) {
-    int u = lua_gettop(L);
-    for (int i = 0; i < 5; i++)
-      tok[i] = numfield(L, u, kinds[i], &has);
-  }
-  lua_pop(L, 1);
+  static const char *const kinds[CPX_METRICS_TOKEN_KINDS] = {
+      "input", "output", "reasoning", "cache_read", "cache_write"};
 
   labels[0] = pl[0] = '\0';
-  label(labels, sizeof(labels), "endpoint", endpoint);
-  label(labels, sizeof(labels), "status", status);
-  label(labels, sizeof(labels), "provider", provider);
-  label(labels, sizeof(labels), "model", model);
-  label(labels, sizeof(labels), "path", path);
-  label(pl, sizeof(pl), "provider", provider);
+  label(labels, sizeof(labels), "endpoint", r->endpoint);
+  label(labels, sizeof(labels), "status", r->status);
+  label(labels, sizeof(labels), "provider", r->provider);
+  label(labels, sizeof(labels), "model", r->model);
+  label(labels, sizeof(labels), "path", r->path);
+  label(pl, sizeof(pl), "provider", r->provider);
 
   pthread_mutex_lock(&mu);
   {
@@ -186,25 +141,24 @@ static int l_observe(lua_State *L) {
     if (s)
       s->value += 1;
   }
-  for (int i = 0; i < 5; i++) {
+  for (int i = 0; i < CPX_METRICS_TOKEN_KINDS; i++) {
     char tl[LABELS_MAX];
     series_t *s;
-    if (tok[i] <= 0)
+    if (r->tokens[i] <= 0)
       continue;
     tl[0] = '\0';
     label(tl, sizeof(tl), "kind", kinds[i]);
-    label(tl, sizeof(tl), "provider", provider);
-    label(tl, sizeof(tl), "model", model);
+    label(tl, sizeof(tl), "provider", r->provider);
+    label(tl, sizeof(tl), "model", r->model);
     s = series(&fams[F_TOKENS], tl);
     if (s)
-      s->value += tok[i];
+      s->value += r->tokens[i];
   }
-  if (has_lat)
-    observe_hist(&fams[F_LATENCY], pl, lat / 1000);
-  if (has_ttft)
-    observe_hist(&fams[F_TTFT], pl, ttft / 1000);
+  if (r->has_latency)
+    observe_hist(&fams[F_LATENCY], pl, r->latency_ms / 1000);
+  if (r->has_ttft)
+    observe_hist(&fams[F_TTFT], pl, r->ttft_ms / 1000);
   pthread_mutex_unlock(&mu);
-  return 0;
 }
 
 static void put(char **b, size_t *n, size_t *cap, const char *fmt, ...)
@@ -247,8 +201,8 @@ static void render_family(char **b, size_t *n, size_t *cap, family_t *f) {
 }
 
 /* When the process started (wall clock, seconds): set once by the first
- * registration, which happens while the server starts, before it serves.
- * Reloads register again and keep it. */
+ * cpx_metrics_start, which the binding's registration calls while the
+ * server starts, before it serves. Reloads register again and keep it. */
 static pthread_once_t start_once = PTHREAD_ONCE_INIT;
 static double process_start;
 static void set_start(void) {
@@ -257,8 +211,11 @@ static void set_start(void) {
   process_start = (double)tv.tv_sec + tv.tv_usec / 1e6;
 }
 
-/* cpx.metrics.render() -> text: every C-side family. */
-static int l_render(lua_State *L) {
+void cpx_metrics_start(void) {
+  pthread_once(&start_once, set_start);
+}
+
+char *cpx_metrics_render(uint64_t lane_dropped, size_t *len) {
   char *b = NULL;
   size_t n = 0, cap = 0;
   cpx_usage_stats_t st;
@@ -304,15 +261,12 @@ static int l_render(lua_State *L) {
       "(a worker's list was full).\n"
       "# TYPE cliproxy_lane_records_dropped_total counter\n"
       "cliproxy_lane_records_dropped_total %llu\n",
-      (unsigned long long)cpx_lane_records_dropped());
-  lua_pushlstring(L, b ? b : "", n);
-  free(b);
-  return 1;
+      (unsigned long long)lane_dropped);
+  *len = n;
+  return b;
 }
 
-/* cpx.metrics.reset(): tests only. */
-static int l_reset(lua_State *L) {
-  CPX_UNUSED(L);
+void cpx_metrics_reset(void) {
   pthread_mutex_lock(&mu);
   for (int i = 0; i < NFAM; i++) {
     free(fams[i].s);
@@ -320,16 +274,4 @@ static int l_reset(lua_State *L) {
     fams[i].n = 0;
   }
   pthread_mutex_unlock(&mu);
-  return 0;
-}
-
-void cpx_metrics_lua_register(lua_State *L) {
-  pthread_once(&start_once, set_start);
-  static const luaL_Reg fns[] = {{"observe", l_observe},
-                                 {"render", l_render},
-                                 {"reset", l_reset},
-                                 {NULL, NULL}};
-  lua_newtable(L);
-  luaL_register(L, NULL, fns);
-  lua_setfield(L, -2, "metrics");
 }

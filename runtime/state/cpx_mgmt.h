@@ -18,8 +18,6 @@
 
 #include <stddef.h>
 
-struct lua_State;
-
 #define CPX_MGMT_MAX_FAILURES 5
 #define CPX_MGMT_BAN_SECONDS (30 * 60)
 
@@ -43,7 +41,39 @@ int cpx_mgmt_fail(const char *addr, double now);
 void cpx_mgmt_reset(const char *addr);
 void cpx_mgmt_bans_clear(void);
 
-/* Registers cpx.mgmt into the table at the top of the stack. */
-void cpx_mgmt_lua_register(struct lua_State *L);
+/* ---- config I/O (blocking: call from a threadpool job) ----------------- */
+
+#define CPX_MGMT_SHA_HEX 65 /* a SHA-256 in hex with its NUL */
+#define CPX_MGMT_MAX_HASH_LEN 128
+#define CPX_MGMT_MAX_ALLOWED 8
+
+/* Reads path (a regular file of at most 16 MiB) into a malloc'd,
+ * NUL-terminated *out and its SHA-256 (hex) into sha. 0 or negative. */
+int cpx_mgmt_read_file(const char *path, char **out, size_t *len,
+                       char sha[CPX_MGMT_SHA_HEX]);
+/* Writes text atomically (tmp + fsync + rename + dir fsync) with mode
+ * (-1: the file's own bits; a new file 0600); with expect (NULL or "":
+ * none) only while the file still has that SHA-256, else CPX_ESTATE.
+ * Writes are ordered process-wide. On 0, sha is the new text's SHA-256. */
+int cpx_mgmt_write_file(const char *path, const char *text, size_t len,
+                        const char *expect, int mode,
+                        char sha[CPX_MGMT_SHA_HEX]);
+/* The places read_file / write_file / clear_logs may touch from now on,
+ * process-wide (at most CPX_MGMT_MAX_ALLOWED; copied): a path is allowed
+ * when it is one of them, or a plain name (not a symlink) directly inside
+ * one of the directories, both resolved with realpath. Until the first
+ * call every path is allowed (busted, cliproxy check). */
+void cpx_mgmt_allow(const char *const *paths, int n);
+int cpx_mgmt_path_allowed(const char *path, int is_dir);
+
+/* A slot for one bcrypt check in the threadpool: at most 2 at once,
+ * process-wide, so a flood of wrong keys cannot occupy libuv's threads.
+ * begin: 1 when taken (end gives it back), 0 when busy. */
+int cpx_mgmt_verify_begin(void);
+void cpx_mgmt_verify_end(void);
+
+/* MANAGEMENT_PASSWORD without surrounding blanks (*len bytes, not
+ * NUL-terminated there), or NULL when unset or blank. */
+const char *cpx_mgmt_env_secret(size_t *len);
 
 #endif /* CPX_MGMT_H */

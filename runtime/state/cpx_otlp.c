@@ -1,11 +1,12 @@
 /* cpx_otlp.c: OpenTelemetry traces over OTLP/HTTP (JSON encoding).
  *
  * rt.otel turns each request record into one span (JSON text) and hands it
- * to cpx_otlp_push, which only copies it onto a bounded queue (full:
- * dropped and counted). One sender thread posts the queue in batches (every
- * second, or at BATCH_MAX spans) to the configured endpoint with a blocking
- * libcurl easy handle: the event loops never wait for the collector. A
- * failed post drops its batch (counted); traces are best effort. */
+ * (through cpx.otlp.push, runtime/lua/cpx_otlp_lua.c) to cpx_otlp_push, which
+ * only copies it onto a bounded queue (full: dropped and counted). One sender
+ * thread posts the queue in batches (every second, or at BATCH_MAX spans) to
+ * the configured endpoint with a blocking libcurl easy handle: the event loops
+ * never wait for the collector. A failed post drops its batch (counted); traces
+ * are best effort. */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,8 +14,6 @@
 #include <time.h>
 
 #include <curl/curl.h>
-#include <lauxlib.h>
-#include <lua.h>
 
 #include "cpx.h"
 #include "cpx_buf.h"
@@ -136,22 +135,10 @@ static void *sender_main(void *arg) {
   return NULL;
 }
 
-/* cpx.otlp.open(endpoint, service) -> true | nil, err. A second call
- * changes the endpoint and service of the running sender. */
-static int l_open(lua_State *L) {
-  const char *ep = luaL_checkstring(L, 1);
-  const char *svc = luaL_optstring(L, 2, "cliproxy");
-  /* Only the server sends spans (not `cliproxy check`, doctor, busted). */
-  lua_getfield(L, LUA_REGISTRYINDEX, "cpx.worker");
-  if (lua_touserdata(L, -1) == NULL) {
-    lua_pushnil(L);
-    lua_pushliteral(L, "not a server worker");
-    return 2;
-  }
-  lua_pop(L, 1);
+int cpx_otlp_open(const char *ep, const char *svc) {
   pthread_mutex_lock(&omu);
   snprintf(O.endpoint, sizeof(O.endpoint), "%s", ep);
-  snprintf(O.service, sizeof(O.service), "%s", svc);
+  snprintf(O.service, sizeof(O.service), "%s", svc ? svc : "cliproxy");
   for (char *p = O.service; *p; p++)
     if (*p == '"' || *p == '\\' || (unsigned char)*p < 0x20)
       *p = '_'; /* it is written into JSON as is */
@@ -159,30 +146,22 @@ static int l_open(lua_State *L) {
     O.stop = 0;
     if (pthread_create(&O.thread, NULL, sender_main, NULL) != 0) {
       pthread_mutex_unlock(&omu);
-      lua_pushnil(L);
-      lua_pushliteral(L, "cannot start the OTLP sender thread");
-      return 2;
+      return CPX_ESTATE;
     }
     O.running = 1;
   }
   pthread_mutex_unlock(&omu);
-  lua_pushboolean(L, 1);
-  return 1;
+  return 0;
 }
 
-/* cpx.otlp.push(span_json) -> true | false (queue full, or not open). */
-static int l_push(lua_State *L) {
-  size_t n;
-  const char *s = luaL_checklstring(L, 1, &n);
+int cpx_otlp_push(const char *s, size_t n) {
   char *copy;
   int ok = 0;
-  if (n > SPAN_MAX) {
-    lua_pushboolean(L, 0);
-    return 1;
-  }
+  if (n > SPAN_MAX)
+    return 0;
   copy = malloc(n + 1);
   if (!copy)
-    return luaL_error(L, "out of memory");
+    return CPX_ENOMEM;
   memcpy(copy, s, n);
   copy[n] = '\0';
   pthread_mutex_lock(&omu);
@@ -198,23 +177,16 @@ static int l_push(lua_State *L) {
   pthread_mutex_unlock(&omu);
   if (!ok)
     free(copy);
-  lua_pushboolean(L, ok);
-  return 1;
+  return ok;
 }
 
-static int l_stats(lua_State *L) {
+void cpx_otlp_stats(cpx_otlp_stats_t *out) {
   pthread_mutex_lock(&omu);
-  lua_createtable(L, 0, 4);
-  lua_pushnumber(L, (lua_Number)O.sent);
-  lua_setfield(L, -2, "sent");
-  lua_pushnumber(L, (lua_Number)O.dropped);
-  lua_setfield(L, -2, "dropped");
-  lua_pushnumber(L, (lua_Number)O.failed);
-  lua_setfield(L, -2, "failed");
-  lua_pushnumber(L, (lua_Number)O.len);
-  lua_setfield(L, -2, "queued");
+  out->sent = O.sent;
+  out->dropped = O.dropped;
+  out->failed = O.failed;
+  out->queued = O.len;
   pthread_mutex_unlock(&omu);
-  return 1;
 }
 
 /* Sends what is queued and stops the sender (exit). */
@@ -231,12 +203,4 @@ void cpx_otlp_close(void) {
   pthread_mutex_lock(&omu);
   O.running = 0;
   pthread_mutex_unlock(&omu);
-}
-
-void cpx_otlp_lua_register(lua_State *L) {
-  static const luaL_Reg fns[] = {
-      {"open", l_open}, {"push", l_push}, {"stats", l_stats}, {NULL, NULL}};
-  lua_newtable(L);
-  luaL_register(L, NULL, fns);
-  lua_setfield(L, -2, "otlp");
 }

@@ -203,9 +203,4 @@ int cpx_pool_restore(cpx_pool_t *p, const char *account, const char *model,
 int cpx_pool_save_file(cpx_pool_t *p, const char *dir);
 int cpx_pool_load_file(cpx_pool_t *p, const char *dir);
 
-/* Adds cpx.pool and cpx.store (cpx_pool_lua.c) to the table at the top of
- * the stack. */
-struct lua_State;
-void cpx_pool_lua_register(struct lua_State *L);
-
 #endif /* CPX_POOL_H */

@@ -1,11 +1,13 @@
-/* cpx_reqlog.c: cpx.reqlog, the file side of the per-request logs
- * (lua/rt/reqlog.lua builds the text, already redacted).
+/* cpx_reqlog.c: the file side of the per-request logs (lua/rt/reqlog.lua
+ * builds the text, already redacted; cpx.reqlog is
+ * runtime/lua/cpx_reqlog_lua.c).
  *
  * Writes are fire-and-forget jobs in libuv's threadpool: the record
  * subscriber that asks for one must not yield, and a request must never wait
  * for its own log. They are bounded process-wide (jobs and bytes waiting);
  * past the bound a log is dropped and the caller told so. Listing and
- * reading yield the calling coroutine (cpx_lua_await). */
+ * reading are blocking calls the binding runs in the threadpool while the
+ * calling coroutine waits (cpx_lua_await). */
 #include "cpx_reqlog.h"
 
 #include <dirent.h>
@@ -18,19 +20,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <lauxlib.h>
-#include <lua.h>
 #include <uv.h>
 
 #include "cpx.h"
-#include "cpx_lua.h"
-#include "cpx_worker.h"
 #include "cpx_store.h"
 
 #define REQLOG_MAX_JOBS 64                  /* writes waiting, process */
 #define REQLOG_MAX_BYTES ((size_t)64 << 20) /* their text, process */
-#define REQLOG_MAX_FILE ((size_t)16 << 20)  /* one file written or read */
-#define REQLOG_MAX_LIST 4096                /* entries a list answers */
 
 static atomic_int pending_jobs;
 static atomic_size_t pending_bytes;
@@ -48,15 +44,8 @@ int cpx_reqlog_name_ok(const char *name) {
   return 1;
 }
 
-/* A file of dir that a listing reports. */
-typedef struct {
-  char name[256];
-  long long size;
-  double mtime;
-} entry_t;
-
 static int entry_newer_first(const void *a, const void *b) {
-  const entry_t *x = a, *y = b;
+  const cpx_reqlog_entry_t *x = a, *y = b;
   if (x->mtime != y->mtime)
     return x->mtime < y->mtime ? 1 : -1;
   return strcmp(y->name, x->name);
@@ -65,10 +54,10 @@ static int entry_newer_first(const void *a, const void *b) {
 /* Regular files of dir named prefix*.log (suffix: and ending so), newest
  * first. *out is malloc'd (caller frees); returns the count or -errno. */
 static int scan(const char *dir, const char *prefix, const char *suffix,
-                entry_t **out) {
+                cpx_reqlog_entry_t **out) {
   DIR *d = opendir(dir);
   struct dirent *de;
-  entry_t *v = NULL;
+  cpx_reqlog_entry_t *v = NULL;
   int n = 0, cap = 0;
   size_t pl = strlen(prefix), sl = suffix ? strlen(suffix) : 0;
   *out = NULL;
@@ -86,7 +75,7 @@ static int scan(const char *dir, const char *prefix, const char *suffix,
       continue;
     if (n == cap) {
       int nc = cap ? cap * 2 : 32;
-      entry_t *nv = realloc(v, (size_t)nc * sizeof(*v));
+      cpx_reqlog_entry_t *nv = realloc(v, (size_t)nc * sizeof(*v));
       if (!nv)
         break;
       v = nv;
@@ -105,7 +94,7 @@ static int scan(const char *dir, const char *prefix, const char *suffix,
 }
 
 int cpx_reqlog_prune(const char *dir, const char *prefix, int keep) {
-  entry_t *v;
+  cpx_reqlog_entry_t *v;
   int n = scan(dir, prefix, NULL, &v), removed = 0;
   char path[4096];
   if (n < 0)
@@ -168,37 +157,23 @@ static void write_after(uv_work_t *req, int status) {
   free(j);
 }
 
-/* cpx.reqlog.write(dir, name, text[, prune_prefix, keep]) -> true | nil,
- * err. Queued in the threadpool (never yields; the file appears later):
- * dir is created 0700, the file written atomically with mode 0600, then the
- * oldest prune_prefix*.log files deleted beyond keep. nil, "busy" when too
- * much is waiting already. */
-static int l_write(lua_State *L) {
-  const char *dir = luaL_checkstring(L, 1);
-  const char *name = luaL_checkstring(L, 2);
-  size_t len;
-  const char *text = luaL_checklstring(L, 3, &len);
-  const char *prune = luaL_optstring(L, 4, "");
-  int keep = (int)luaL_optinteger(L, 5, 0);
-  cpx_worker_t *w;
+int cpx_reqlog_write(uv_loop_t *loop, const char *dir, const char *name,
+                     const char *text, size_t len, const char *prune,
+                     int keep) {
   wjob_t *j;
-  if (!cpx_reqlog_name_ok(name))
-    return luaL_argerror(L, 2, "not a plain *.log name");
-  if (strlen(dir) >= sizeof(j->dir) || strlen(prune) >= sizeof(j->prune))
-    return luaL_argerror(L, 1, "too long");
-  if (len > REQLOG_MAX_FILE) {
-    lua_pushnil(L);
-    lua_pushliteral(L, "too large");
-    return 2;
-  }
+  if (!prune)
+    prune = "";
+  if (!cpx_reqlog_name_ok(name) || strlen(dir) >= sizeof(j->dir) ||
+      strlen(prune) >= sizeof(j->prune))
+    return CPX_EINVAL;
+  if (len > CPX_REQLOG_MAX_FILE)
+    return CPX_ELIMIT;
   /* both counters are taken first and given back on refusal */
   if ((atomic_fetch_add(&pending_jobs, 1) >= REQLOG_MAX_JOBS) |
       (atomic_fetch_add(&pending_bytes, len) + len > REQLOG_MAX_BYTES)) {
     atomic_fetch_sub(&pending_jobs, 1);
     atomic_fetch_sub(&pending_bytes, len);
-    lua_pushnil(L);
-    lua_pushliteral(L, "busy");
-    return 2;
+    return CPX_EAGAIN;
   }
   j = calloc(1, sizeof(*j));
   if (j)
@@ -208,9 +183,7 @@ static int l_write(lua_State *L) {
       free(j);
     atomic_fetch_sub(&pending_jobs, 1);
     atomic_fetch_sub(&pending_bytes, len);
-    lua_pushnil(L);
-    lua_pushliteral(L, "out of memory");
-    return 2;
+    return CPX_ENOMEM;
   }
   memcpy(j->text, text, len);
   j->len = len;
@@ -218,41 +191,28 @@ static int l_write(lua_State *L) {
   snprintf(j->name, sizeof(j->name), "%s", name);
   snprintf(j->prune, sizeof(j->prune), "%s", prune);
   j->keep = keep;
-  lua_getfield(L, LUA_REGISTRYINDEX, "cpx.worker");
-  w = lua_touserdata(L, -1);
-  lua_pop(L, 1);
-  if (w && w->loop) {
-    if (uv_queue_work(w->loop, &j->req, write_work, write_after) == 0) {
-      lua_pushboolean(L, 1);
-      return 1;
-    }
-  }
+  if (loop && uv_queue_work(loop, &j->req, write_work, write_after) == 0)
+    return 0;
   /* no loop (busted, cliproxy check): write now */
   write_work(&j->req);
   write_after(&j->req, 0);
-  lua_pushboolean(L, 1);
-  return 1;
+  return 0;
 }
 
-/* ---- list, read, find: the calling coroutine waits --------------------- */
+void cpx_reqlog_pending(int *jobs, size_t *bytes) {
+  *jobs = atomic_load(&pending_jobs);
+  *bytes = atomic_load(&pending_bytes);
+}
 
-enum { J_LIST, J_READ, J_FIND };
+/* ---- list, read, find: blocking, for a threadpool job ------------------ */
 
-/* Freed by job_done (cpx_lua_await calls it once). */
-typedef struct {
-  cpx_lua_job_t job;
-  int kind;
-  char dir[4096];
-  char arg[256]; /* prefix (list), name (read), id suffix (find) */
-  entry_t *v;
-  int n;
-  char *text;
-  size_t len;
-  char name[256];
-  int err;
-} rjob_t;
+int cpx_reqlog_list(const char *dir, const char *prefix,
+                    cpx_reqlog_entry_t **out) {
+  return scan(dir, prefix, NULL, out);
+}
 
-static int read_in(const char *dir, const char *name, char **out, size_t *len) {
+int cpx_reqlog_read(const char *dir, const char *name, char **out,
+                    size_t *len) {
   char path[4400];
   struct stat st;
   int fd;
@@ -263,7 +223,7 @@ static int read_in(const char *dir, const char *name, char **out, size_t *len) {
   if (fd < 0)
     return -errno;
   if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) ||
-      (size_t)st.st_size > REQLOG_MAX_FILE) {
+      (size_t)st.st_size > CPX_REQLOG_MAX_FILE) {
     close(fd);
     return -EINVAL;
   }
@@ -286,134 +246,15 @@ static int read_in(const char *dir, const char *name, char **out, size_t *len) {
   return 0;
 }
 
-static void rjob_work(cpx_lua_job_t *job) {
-  rjob_t *j = (rjob_t *)job;
-  if (j->kind == J_LIST) {
-    j->n = scan(j->dir, j->arg, NULL, &j->v);
-    if (j->n < 0)
-      j->err = j->n;
-  } else if (j->kind == J_READ) {
-    j->err = read_in(j->dir, j->arg, &j->text, &j->len);
-    snprintf(j->name, sizeof(j->name), "%s", j->arg);
-  } else {
-    entry_t *v;
-    int n = scan(j->dir, "", j->arg, &v);
-    if (n <= 0) {
-      j->err = n < 0 ? n : -ENOENT;
-      free(v);
-      return;
-    }
-    snprintf(j->name, sizeof(j->name), "%s", v[0].name);
+int cpx_reqlog_find(const char *dir, const char *suffix, char *name,
+                    size_t namelen, char **out, size_t *len) {
+  cpx_reqlog_entry_t *v;
+  int n = scan(dir, "", suffix, &v);
+  if (n <= 0) {
     free(v);
-    j->err = read_in(j->dir, j->name, &j->text, &j->len);
+    return n < 0 ? n : -ENOENT;
   }
-}
-
-static int rjob_push(lua_State *L, cpx_lua_job_t *job) {
-  rjob_t *j = (rjob_t *)job;
-  if (j->err) {
-    lua_pushnil(L);
-    lua_pushstring(L, j->err == -ENOENT ? "not found" : strerror(-j->err));
-    return 2;
-  }
-  if (j->kind == J_LIST) {
-    int n = j->n < REQLOG_MAX_LIST ? j->n : REQLOG_MAX_LIST;
-    lua_createtable(L, n, 0);
-    for (int i = 0; i < n; i++) {
-      lua_createtable(L, 0, 3);
-      lua_pushstring(L, j->v[i].name);
-      lua_setfield(L, -2, "name");
-      lua_pushnumber(L, (lua_Number)j->v[i].size);
-      lua_setfield(L, -2, "size");
-      lua_pushnumber(L, j->v[i].mtime);
-      lua_setfield(L, -2, "modified");
-      lua_rawseti(L, -2, i + 1);
-    }
-    return 1;
-  }
-  lua_pushlstring(L, j->text, j->len);
-  lua_pushstring(L, j->name);
-  return 2;
-}
-
-static void rjob_done(cpx_lua_job_t *job) {
-  rjob_t *j = (rjob_t *)job;
-  free(j->v);
-  free(j->text);
-  free(j);
-}
-
-static int rjob_start(lua_State *L, int kind, const char *arg) {
-  const char *dir = luaL_checkstring(L, 1);
-  rjob_t *j;
-  if (strlen(dir) >= sizeof(j->dir))
-    return luaL_argerror(L, 1, "too long");
-  j = calloc(1, sizeof(*j));
-  if (!j)
-    return luaL_error(L, "out of memory");
-  j->kind = kind;
-  snprintf(j->dir, sizeof(j->dir), "%s", dir);
-  snprintf(j->arg, sizeof(j->arg), "%s", arg);
-  j->job.work = rjob_work;
-  j->job.push = rjob_push;
-  j->job.done = rjob_done;
-  return cpx_lua_await(L, &j->job);
-}
-
-/* cpx.reqlog.list(dir, prefix) -> {{name, size, modified}, ...} newest
- * first | nil, err. Yields. */
-static int l_list(lua_State *L) {
-  const char *prefix = luaL_checkstring(L, 2);
-  if (strlen(prefix) >= 64)
-    return luaL_argerror(L, 2, "too long");
-  return rjob_start(L, J_LIST, prefix);
-}
-
-/* cpx.reqlog.read(dir, name) -> text, name | nil, "not found" | nil, err.
- * name must be a plain *.log name (no path). Yields. */
-static int l_read(lua_State *L) {
-  const char *name = luaL_checkstring(L, 2);
-  if (!cpx_reqlog_name_ok(name)) {
-    lua_pushnil(L);
-    lua_pushliteral(L, "not found");
-    return 2;
-  }
-  return rjob_start(L, J_READ, name);
-}
-
-/* cpx.reqlog.find(dir, id) -> text, name of the newest *-<id>.log | nil,
- * "not found". id: 1..64 of [A-Za-z0-9]. Yields. */
-static int l_find(lua_State *L) {
-  const char *id = luaL_checkstring(L, 2);
-  char suffix[80];
-  size_t n = strlen(id);
-  int ok = n >= 1 && n <= 64;
-  for (size_t i = 0; ok && i < n; i++) {
-    char c = id[i];
-    ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-         (c >= '0' && c <= '9');
-  }
-  if (!ok) {
-    lua_pushnil(L);
-    lua_pushliteral(L, "not found");
-    return 2;
-  }
-  snprintf(suffix, sizeof(suffix), "-%s.log", id);
-  return rjob_start(L, J_FIND, suffix);
-}
-
-/* cpx.reqlog.pending() -> jobs, bytes waiting (tests, metrics). */
-static int l_pending(lua_State *L) {
-  lua_pushinteger(L, atomic_load(&pending_jobs));
-  lua_pushnumber(L, (lua_Number)atomic_load(&pending_bytes));
-  return 2;
-}
-
-void cpx_reqlog_lua_register(lua_State *L) {
-  static const luaL_Reg fns[] = {{"write", l_write},     {"list", l_list},
-                                 {"read", l_read},       {"find", l_find},
-                                 {"pending", l_pending}, {NULL, NULL}};
-  lua_newtable(L);
-  luaL_register(L, NULL, fns);
-  lua_setfield(L, -2, "reqlog");
+  snprintf(name, namelen, "%s", v[0].name);
+  free(v);
+  return cpx_reqlog_read(dir, name, out, len);
 }

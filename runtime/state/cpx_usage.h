@@ -171,8 +171,4 @@ void cpx_usage_stats(cpx_usage_stats_t *out);
 /* The open backend, or NULL. Valid until cpx_usage_close. */
 cpx_usage_backend_t *cpx_usage_backend(void);
 
-/* Registers cpx.usage into the table at the top of the stack. */
-struct lua_State;
-void cpx_usage_lua_register(struct lua_State *L);
-
 #endif /* CPX_USAGE_H */

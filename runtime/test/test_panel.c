@@ -10,6 +10,7 @@
 #include <lauxlib.h>
 #include <lualib.h>
 
+#include "cpx_bindings.h"
 #include "cpx_lua.h"
 #include "cpx_test.h"
 

@@ -468,9 +468,8 @@ static void test_sse_limits(void) {
     };
     for (size_t k = 0; k < 2; k++) {
       sb_adds(&want, "");
-      CPX_CHECK_INT(sse_replay_all(cases[k], strlen(cases[k]), 16, &want,
-                                   CPX_ELIMIT),
-                    0);
+      CPX_CHECK_INT(
+          sse_replay_all(cases[k], strlen(cases[k]), 16, &want, CPX_ELIMIT), 0);
       sb_free(&want);
     }
   }

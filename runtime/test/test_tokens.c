@@ -23,6 +23,7 @@
 
 #include "cpx.h"
 #include "cpx_test.h"
+#include "cpx_bindings.h"
 #include "cpx_tokens.h"
 
 #define FIXTURES "spec/fixtures/tokens/"

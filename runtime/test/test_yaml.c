@@ -5,7 +5,7 @@
  * closer to the YAML than C stack juggling would.
  */
 #include "cpx_test.h"
-#include "cpx_yaml.h"
+#include "cpx_yaml_lua.h"
 
 #include "cpx.h"
 

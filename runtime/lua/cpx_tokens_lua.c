@@ -1,6 +1,12 @@
-/* cpx_count_lua.c: cpx.tokens.count_async, token counting in libuv's
- * threadpool while the calling coroutine waits.
+/* cpx_tokens_lua.c: cpx.tokens (runtime/core/cpx_tokens.c).
+ *
+ *   cpx.tokens.count(text[, encoding]) -> n | nil, err   on the calling
+ *       thread (cpx_tokens_lua_register)
+ *   cpx.tokens.count_async(text[, encoding]) -> n | nil, err   in libuv's
+ *       threadpool while the calling coroutine waits (request-bound:
+ *       cpx__count_lua_register, from cpx_co.c)
  */
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -8,8 +14,32 @@
 #include <lauxlib.h>
 #include <lua.h>
 
+#include "cpx_bindings.h"
 #include "cpx_lua_int.h"
 #include "cpx_tokens.h"
+
+/* tokens.count(text[, encoding = "o200k_base"]) -> n | nil, err */
+static int l_count(lua_State *L) {
+  size_t len;
+  const char *text = luaL_checklstring(L, 1, &len);
+  const char *encoding = luaL_optstring(L, 2, "o200k_base");
+  size_t count = 0;
+  int rc = cpx_tokens_count(encoding, text, len, &count);
+  if (rc < 0) {
+    char msg[PATH_MAX + 256];
+    cpx_tokens_describe_error(encoding, rc, msg, sizeof(msg));
+    lua_pushnil(L);
+    lua_pushstring(L, msg);
+    return 2;
+  }
+  lua_pushnumber(L, (lua_Number)count);
+  return 1;
+}
+
+void cpx_tokens_lua_register(lua_State *L) {
+  static const luaL_Reg fns[] = {{"count", l_count}, {NULL, NULL}};
+  cpx_lua_register_table(L, "tokens", fns);
+}
 
 /* Counting a large body takes milliseconds; on the loop it would stall
  * every other request of the worker, so the request phase counts in libuv's

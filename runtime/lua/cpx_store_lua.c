@@ -1,4 +1,4 @@
-/* cpx_store_async.c: the credential store's blocking calls from a runtime
+/* cpx_store_lua.c: the credential store's blocking calls from a runtime
  * coroutine, done in libuv's threadpool instead of on the worker's loop.
  *
  *   cpx.store.write_async(name, text) -> true | nil, err   (yields)
@@ -18,6 +18,7 @@
 #include <lauxlib.h>
 #include <lua.h>
 
+#include "cpx_bindings.h"
 #include "cpx_store.h"
 #include "cpx_task.h"
 
@@ -141,7 +142,7 @@ static int l_rescan_async(lua_State *L) {
   return run(L, JOB_RESCAN, NULL, NULL, 0);
 }
 
-void cpx__store_async_register(lua_State *L) {
+void cpx_store_lua_register(lua_State *L) {
   lua_getfield(L, -1, "store");
   if (lua_istable(L, -1)) {
     lua_pushcfunction(L, l_write_async);
