@@ -113,6 +113,10 @@ function _M.handle(req, info)
   log("error", "script error:", err)
   if not req:sent() and not req:closed() then
     local msg = tostring(err):match("^[^\n]*") or "script error"
+    if msg:find("not enough memory", 1, true) then
+      -- the VM's cap, not the host's memory: say which setting it is
+      msg = msg .. " (the Lua memory cap is reached: lua.memory-limit-mb)"
+    end
     http.error(req, format_for_path(info.path), 500, "script error: " .. msg, "server_error", "script_error")
   end
   mw.done(app.middleware, info, err, req:status())
