@@ -97,6 +97,9 @@ local function dispatch(req, info)
 end
 
 local function on_error(e)
+  -- at the memory cap a traceback would need memory too (and fail as
+  -- "error in error handling", hiding the cause)
+  if type(e) == "string" and e:find("not enough memory", 1, true) then return e end
   return traceback and traceback(tostring(e), 2) or tostring(e)
 end
 

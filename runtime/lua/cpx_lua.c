@@ -63,9 +63,24 @@ static void vm_safepoint(cpx_vm_t *vm) {
                  "compiler on",
                  vm->gen, wid, mib(c->used));
   if (ev & CPX_MEMCAP_REFUSED) {
-    /* What the failed requests held is garbage now: collect it before
-     * judging whether the generation stays full. */
-    lua_gc(vm->L, LUA_GCCOLLECT, 0);
+    /* What the failed requests held is garbage now, and the collector
+     * paces itself by allocations, which are refused: collect before
+     * judging whether the generation stays full. When the last full
+     * collection left it full anyway (scripts keep the data), at most one
+     * every 250 ms and a step in between: a full collection walks up to
+     * the whole cap, and one per failed request would take the worker. */
+    uint64_t now = vm->worker ? uv_now(vm->worker->loop) : 0;
+    int collected = 0;
+    if (!vm->last_full_gc || !vm->worker ||
+        vm->full_gc_left < c->limit - c->limit / 4 ||
+        now - vm->last_full_gc >= 250) {
+      lua_gc(vm->L, LUA_GCCOLLECT, 0);
+      vm->last_full_gc = now ? now : 1;
+      vm->full_gc_left = c->used;
+      collected = 1;
+    } else {
+      lua_gc(vm->L, LUA_GCSTEP, 1024);
+    }
     if (!vm->cap_reported) {
       vm->cap_reported = 1;
       cpx_log_error(NULL,
@@ -73,12 +88,15 @@ static void vm_safepoint(cpx_vm_t *vm) {
                     "(lua.memory-limit-mb: %.0f): requests that need more "
                     "fail with a 500. Raise lua.memory-limit-mb, or look for "
                     "a script that keeps data per request (a module-level "
-                    "table); %.1f MiB held after a full collection",
+                    "table); it holds %.1f MiB",
                     vm->gen, wid, mib(c->limit), mib(c->used));
     }
-    if (c->used >= c->limit - c->limit / 4 && !vm->recycling &&
-        vm->settings.lua_memory_recycle && vm->worker && vm->worker->recycle &&
-        vm->worker->vm == vm) {
+    /* A fresh generation helps only when scripts grew this one: one that
+     * is nearly full from its boot would be recycled in a loop. */
+    if (collected && c->used >= c->limit - c->limit / 4 &&
+        c->used > vm->boot_used && c->used - vm->boot_used >= c->limit / 4 &&
+        !vm->recycling && vm->settings.lua_memory_recycle && vm->worker &&
+        vm->worker->recycle && vm->worker->vm == vm) {
       vm->recycling = 1;
       cpx_log_warn(NULL,
                    "Lua generation %u (worker %d) stays at its memory cap "
@@ -649,6 +667,7 @@ int cpx_vm_new(cpx_worker_t *w, const char *config_path, cpx_vm_t **out,
   if (vm->cap.limit && vm->cap.used > vm->cap.limit)
     vm->cap.limit = vm->cap.used * 2;
   lua_gc(L, LUA_GCCOLLECT, 0);
+  vm->boot_used = vm->cap.used;
   *out = vm;
   return 0;
 

@@ -52,6 +52,9 @@ struct cpx_vm_s {
   int depth;        /* entries into the VM under way (cpx_vm_enter) */
   int cap_reported; /* the cap's refusal was logged for this generation */
   int recycling;    /* a fresh generation was asked for (w->recycle) */
+  size_t boot_used; /* what it held once booted (recycling cannot go below) */
+  uint64_t last_full_gc; /* loop time (ms) of the cap's last full collection */
+  size_t full_gc_left;   /* what that collection left */
   /* > 0 while the host (C) works on the VM outside any protected call: the
    * cap does not apply then, so a full VM can never make an unprotected API
    * call fail (which would be a panic). Scripts always run under the cap. */
