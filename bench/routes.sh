@@ -37,7 +37,6 @@ sed 's/"model":"bench-claude"/"model":"bench-chat"/' "$B/messages.small.json" >"
 sed 's/"model":"bench-claude"/"model":"bench-chat"/' "$B/messages.large.json" >"$B/a2chat.large.json"
 
 # the upstream's answers (nginx `return`; \n is nginx's escape)
-CHAT_ANS='{"id":"chatcmpl-bench0001","object":"chat.completion","created":1700000000,"model":"up-chat","choices":[{"index":0,"message":{"role":"assistant","content":"PONG"},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":19,"completion_tokens":2,"total_tokens":21},"system_fingerprint":"fp_bench"}'
 MSG_ANS='{"id":"msg_bench0001","type":"message","role":"assistant","model":"up-claude","content":[{"type":"text","text":"PONG"}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":19,"output_tokens":2}}'
 RESP_OBJ='{"id":"resp_bench0001","object":"response","created_at":1700000000,"status":"completed","model":"up-codex","output":[{"id":"msg_b1","type":"message","status":"completed","role":"assistant","content":[{"type":"output_text","text":"PONG","annotations":[]}]}],"usage":{"input_tokens":19,"output_tokens":2,"total_tokens":21}}'
 RESP_ANS='event: response.created\ndata: {"type":"response.created","sequence_number":0,"response":{"id":"resp_bench0001","object":"response","created_at":1700000000,"status":"in_progress","model":"up-codex","output":[]}}\n\nevent: response.output_text.delta\ndata: {"type":"response.output_text.delta","sequence_number":1,"item_id":"msg_b1","output_index":0,"content_index":0,"delta":"PONG"}\n\nevent: response.completed\ndata: {"type":"response.completed","sequence_number":2,"response":'"$RESP_OBJ"'}\n\n'
@@ -45,38 +44,20 @@ GEM_ANS='{"candidates":[{"content":{"role":"model","parts":[{"text":"PONG"}]},"f
 
 # ---------------------------------------------------------------- servers
 UP_PORT=$(free_port); NGX_PORT=$(free_port); CPX_PORT=$(free_port)
-mkdir -p "$TMP/up/tmp"
-cat >"$TMP/up/nginx.conf" <<NGX
-worker_processes $WORKERS;
-daemon off;
-pid $TMP/up/nginx.pid;
-error_log $TMP/up/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    default_type application/json;
-    tcp_nodelay on;
-    keepalive_requests 1000000;
-    keepalive_timeout 120s;
-    client_max_body_size 4m;
-    client_body_buffer_size 256k;
-    client_body_temp_path $TMP/up/tmp; proxy_temp_path $TMP/up/tmp;
-    fastcgi_temp_path $TMP/up/tmp; uwsgi_temp_path $TMP/up/tmp; scgi_temp_path $TMP/up/tmp;
+nginx_conf "$TMP/up" "$WORKERS" "    default_type application/json;
     server {
         listen 127.0.0.1:$UP_PORT reuseport;
-        location = /v1/chat/completions { return 200 '$CHAT_ANS'; }
+        location = /v1/chat/completions { return 200 '$CHAT_ANSWER'; }
         location = /v1/messages { return 200 '$MSG_ANS'; }
         location = /v1/responses { default_type text/event-stream; return 200 '$RESP_ANS'; }
         location /v1beta/models/ { return 200 '$GEM_ANS'; }
-        location / { return 404 '{"error":{"message":"no route"}}'; }
-    }
-}
-NGX
+        location / { return 404 '{\"error\":{\"message\":\"no route\"}}'; }
+    }"
 write_nginx_proxy "$TMP/ngx" "$NGX_PORT" "$UP_PORT" "$WORKERS"
-"${ON_CPU1[@]}" nginx -p "$TMP/up" -c "$TMP/up/nginx.conf" -e "$TMP/up/error.log" & PIDS+=($!); NGINX_PIDS+=($!)
-"${ON_CPU0[@]}" nginx -p "$TMP/ngx" -c "$TMP/ngx/nginx.conf" -e "$TMP/ngx/error.log" & PIDS+=($!); NGINX_PIDS+=($!)
-wait_http "http://127.0.0.1:$UP_PORT/" || { echo "bench: upstream nginx did not start" >&2; cat "$TMP/up/error.log" >&2; exit 1; }
-wait_http "http://127.0.0.1:$NGX_PORT/" || { echo "bench: proxy nginx did not start" >&2; exit 1; }
+nginx_start "$TMP/up" 1
+nginx_start "$TMP/ngx" 0
+nginx_wait "http://127.0.0.1:$UP_PORT/" upstream "$TMP/up"
+nginx_wait "http://127.0.0.1:$NGX_PORT/" proxy "$TMP/ngx"
 
 mkdir -p "$TMP/cpx/auths"
 cat >"$TMP/cpx/config.yaml" <<YAML
@@ -110,15 +91,8 @@ gemini-api-key:
     models:
       - { name: "up-gemini", alias: "bench-gemini" }
 YAML
-"${ON_CPU0[@]}" "$CPX_BIN" --config "$TMP/cpx/config.yaml" >"$TMP/cpx/stdout" 2>"$TMP/cpx/stderr" & CPX_PID=$!
-PIDS+=("$CPX_PID")
-ok=0
-for i in $(seq 1 200); do
-  if [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "http://127.0.0.1:$CPX_PORT/healthz")" = 200 ]; then ok=1; break; fi
-  kill -0 "$CPX_PID" 2>/dev/null || break
-  sleep 0.05
-done
-[ "$ok" = 1 ] || { echo "bench: cliproxy did not answer /healthz: $(tail -c 600 "$TMP/cpx/stderr")" >&2; exit 2; }
+cpx_run "$TMP/cpx" "$CPX_PORT"
+CPX_PID=$CPX_RUN_PID
 
 # route -> path on cliproxy, path on nginx, body for nginx, what the answer holds
 declare -A CPATH NPATH NBODY EXPECT
@@ -139,12 +113,8 @@ body() { # target route size
   if [ "$1" = nginx ]; then echo "$B/${NBODY[$2]}.$3.json"; else echo "$B/$2.$3.json"; fi
 }
 for r in $ROUTES; do for s in small large; do for t in nginx cliproxy; do
-  code=$(curl -s -o "$TMP/res/check" -w '%{http_code}' --max-time 5 -X POST -H 'Content-Type: application/json' \
-    -H "${HDRS[0]}" --data-binary @"$(body $t $r $s)" "$(url $t $r)" || true)
   want=${EXPECT[$r]}; [ $t = nginx ] && want=${NEXPECT[$r]}
-  if [ "$code" != 200 ] || ! grep -q "$want" "$TMP/res/check" || ! grep -q PONG "$TMP/res/check"; then
-    echo "bench: $t $r/$s check failed: HTTP $code $(head -c 400 "$TMP/res/check")" >&2; exit 2
-  fi
+  bench_check "$t $r/$s" "$(url $t $r)" "$(body $t $r $s)" "$want" PONG
 done; done; done
 
 run_wrk() { # target route size duration
@@ -162,20 +132,12 @@ for n in $(seq 1 "$RUNS"); do
     fi
     run_wrk $t $r $s "$DURATION" >"$TMP/res/$t.$r.$s.$n.log"
     [ -n "$PERF_PID" ] && { kill -INT "$PERF_PID"; wait "$PERF_PID" || true; }
-    line=$(grep '^BENCH' "$TMP/res/$t.$r.$s.$n.log" || true)
-    [ -n "$line" ] || { echo "bench: wrk failed for $t $r/$s:" >&2; cat "$TMP/res/$t.$r.$s.$n.log" >&2; exit 1; }
-    echo "$line" >"$TMP/res/$t.$r.$s.$n"
-    echo "  run $n $r/$s $t: $(echo "$line" | field rps) req/s, p99 $(echo "$line" | field p99_us) us" >&2
+    bench_keep "$t.$r.$s.$n" "$TMP/res/$t.$r.$s.$n.log" "run $n $r/$s $t"
   done; done; done
 done
 
-med() { for n in $(seq 1 "$RUNS"); do field "$4" <"$TMP/res/$1.$2.$3.$n"; done | median; }
-errs() {
-  local e=0 n k v
-  for n in $(seq 1 "$RUNS"); do for k in err_connect err_read err_write err_status err_timeout; do
-    v=$(field "$k" <"$TMP/res/$1.$2.$3.$n"); e=$((e + v)); done; done
-  echo "$e"
-}
+med() { bench_med "$1.$2.$3" "$4"; }
+errs() { bench_errs "$1.$2.$3"; }
 summary() {
   echo "cliproxy routes benchmark — $(date -u '+%Y-%m-%d %H:%M:%SZ'), $(nproc) CPUs, $(nginx -v 2>&1 | sed 's/.*\///'), $(git rev-parse --short HEAD 2>/dev/null)"
   echo "wrk -t$THREADS -c$CONNS -d$DURATION --latency, median of $RUNS run(s); workers: $WORKERS; pinned: $PIN; plain http upstream"
@@ -192,6 +154,4 @@ summary() {
   done; done
   echo "(targets: same-format >= 0.80x; a2chat large >= 0.50x, small >= 0.60x)"
 }
-OUT="bench/out/routes-$(date -u +%Y%m%d-%H%M%S).txt"
-summary | tee "$OUT"
-echo "(written to $OUT)" >&2
+bench_report routes

@@ -24,19 +24,14 @@ bench_init cpx-bench
 # ---------------------------------------------------------------- fixtures
 printf '%s' '{"model":"bench-model","messages":[{"role":"user","content":"Reply with the word PONG, nothing else."}]}' >"$TMP/body/small.json"
 luajit bench/lib/make_body.lua "$TMP/body/large.json" 78000 bench-model 2>/dev/null
-printf '%s' '{"id":"chatcmpl-bench0001","object":"chat.completion","created":1700000000,"model":"up-model","choices":[{"index":0,"message":{"role":"assistant","content":"PONG"},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":19,"completion_tokens":2,"total_tokens":21},"system_fingerprint":"fp_bench"}' >"$TMP/body/response.json"
+printf '%s' "$CHAT_ANSWER" >"$TMP/body/response.json"
 SMALL_B=$(wc -c <"$TMP/body/small.json")
 LARGE_B=$(wc -c <"$TMP/body/large.json")
 RESP_B=$(wc -c <"$TMP/body/response.json")
 
 # ---------------------------------------------------------------- servers
 UP_PORT=$(free_port); NGX_PORT=$(free_port); CPX_PORT=$(free_port)
-write_nginx_upstream "$TMP/up" "$UP_PORT" "$TMP/body/response.json" "$WORKERS"
-write_nginx_proxy "$TMP/ngx" "$NGX_PORT" "$UP_PORT" "$WORKERS"
-"${ON_CPU1[@]}" nginx -p "$TMP/up" -c "$TMP/up/nginx.conf" -e "$TMP/up/error.log" & PIDS+=($!); NGINX_PIDS+=($!)
-"${ON_CPU0[@]}" nginx -p "$TMP/ngx" -c "$TMP/ngx/nginx.conf" -e "$TMP/ngx/error.log" & PIDS+=($!); NGINX_PIDS+=($!)
-wait_http "http://127.0.0.1:$UP_PORT/" || { echo "bench: upstream nginx did not start" >&2; cat "$TMP/up/error.log" >&2; exit 1; }
-wait_http "http://127.0.0.1:$NGX_PORT/" || { echo "bench: proxy nginx did not start" >&2; cat "$TMP/ngx/error.log" >&2; exit 1; }
+nginx_chat_pair "$UP_PORT" "$NGX_PORT" "$TMP/body/response.json"
 
 CPX_OK=0
 CPX_NOTE=""
@@ -106,18 +101,8 @@ PEAK_RSS=""
 [ "$CPX_OK" = 1 ] && PEAK_RSS=$(hwm_kib "$CPX_PID")
 
 # ---------------------------------------------------------------- summary
-med() { # target body field
-  for r in $(seq 1 "$RUNS"); do field "$3" <"$TMP/res/$1.$2.$r"; done | median
-}
-errs() {
-  local n=0 r k v
-  for r in $(seq 1 "$RUNS"); do
-    for k in err_connect err_read err_write err_status err_timeout; do
-      v=$(field "$k" <"$TMP/res/$1.$2.$r"); n=$((n + v))
-    done
-  done
-  echo "$n"
-}
+med() { bench_med "$1.$2" "$3"; } # target body field
+errs() { bench_errs "$1.$2"; }
 
 summary() {
   echo "cliproxy passthrough benchmark — $(date -u '+%Y-%m-%d %H:%M:%SZ'), $(nproc) CPUs, $(nginx -v 2>&1 | sed 's/.*\///'), $(wrk -v 2>&1 | head -1 | awk '{print $2}')"

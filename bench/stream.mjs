@@ -13,7 +13,8 @@
 //   translated   client -> cliproxy /v1/messages (Anthropic SSE) -> chat upstream
 // Requests are sequential and interleaved across routes (one at a time, so the
 // figures are latency, not load). Added = route − direct, at the median and p99.
-// Targets: TTFT added <= 300 us; per-frame added <= 10 us at p99.
+// Targets (issue 12): TTFT added <= 300 us at p50; per-frame added at p99
+// <= 1.2x what nginx adds in the same run (issue 3's 10 us without nginx).
 //
 // The upstream and the client are bench/stream-lat.c (compiled here with cc and
 // the node-llhttp sources): blocking threads, no event loop on either end, so
@@ -242,12 +243,21 @@ http { access_log off; tcp_nodelay on;
   }
   lines.push('');
   const d = routes.direct;
+  // Issue 12's targets: TTFT added <= 300 us at p50; per-frame added at p99
+  // <= 1.2x what nginx (proxy_buffering off) adds in the same run, or, with
+  // no nginx, the absolute 10 us of issue 3.
+  const ngxF99 = names.includes('nginx') ? pct(routes.nginx.frames, 99) - pct(d.frames, 99) : null;
   for (const n of names.filter((x) => x !== 'direct')) {
     const r = routes[n];
     const t50 = pct(r.ttft, 50) - pct(d.ttft, 50);
     const f50 = pct(r.frames, 50) - pct(d.frames, 50);
     const f99 = pct(r.frames, 99) - pct(d.frames, 99);
-    const tgt = n === 'nginx' ? '' : `  TTFT ${t50 <= 300 ? 'ok' : 'MISSED'} (<= 300 us), frame p99 ${f99 <= 10 ? 'ok' : 'MISSED'} (<= 10 us)`;
+    let tgt = '';
+    if (n !== 'nginx') {
+      const fr = ngxF99 > 0 ? `frame p99 ${(f99 / ngxF99).toFixed(2)}x nginx's ${f99 <= 1.2 * ngxF99 ? 'ok' : 'MISSED'} (<= 1.2x)`
+        : `frame p99 ${f99 <= 10 ? 'ok' : 'MISSED'} (<= 10 us)`;
+      tgt = `  TTFT ${t50 <= 300 ? 'ok' : 'MISSED'} (<= 300 us), ${fr}`;
+    }
     lines.push(`${n.padEnd(12)} adds: TTFT p50 ${t50.toFixed(1)} us; per frame p50 ${f50.toFixed(1)} us, p99 ${f99.toFixed(1)} us${tgt}`);
   }
   const text = lines.join('\n') + '\n';

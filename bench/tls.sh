@@ -34,7 +34,6 @@ B=$TMP/body
 printf '%s' '{"model":"bench-chat","messages":[{"role":"user","content":"Reply with the word PONG, nothing else."}]}' >"$B/chat.small.json"
 luajit bench/lib/make_body.lua "$B/chat.large.json" 78000 bench-chat 2>/dev/null
 for s in small large; do sed 's/"model":"bench-chat"/"model":"bench-plain"/' "$B/chat.$s.json" >"$B/plain.$s.json"; done
-CHAT_ANS='{"id":"chatcmpl-bench0001","object":"chat.completion","created":1700000000,"model":"up-chat","choices":[{"index":0,"message":{"role":"assistant","content":"PONG"},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":19,"completion_tokens":2,"total_tokens":21},"system_fingerprint":"fp_bench"}'
 
 # ---------------------------------------------------------------- certificates
 C=$TMP/certs; mkdir -p "$C"
@@ -50,23 +49,7 @@ EC=(-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes)
 # ---------------------------------------------------------------- servers
 UP_PORT=$(free_port); UPH_PORT=$(free_port); NGX_PORT=$(free_port); NGXH_PORT=$(free_port)
 LANE_PORT=$(free_port); CURL_PORT=$(free_port)
-mkdir -p "$TMP/up/tmp" "$TMP/ngx/tmp"
-cat >"$TMP/up/nginx.conf" <<NGX
-worker_processes $WORKERS;
-daemon off;
-pid $TMP/up/nginx.pid;
-error_log $TMP/up/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    default_type application/json;
-    tcp_nodelay on;
-    keepalive_requests 1000000;
-    keepalive_timeout 120s;
-    client_max_body_size 4m;
-    client_body_buffer_size 256k;
-    client_body_temp_path $TMP/up/tmp; proxy_temp_path $TMP/up/tmp;
-    fastcgi_temp_path $TMP/up/tmp; uwsgi_temp_path $TMP/up/tmp; scgi_temp_path $TMP/up/tmp;
+nginx_conf "$TMP/up" "$WORKERS" "    default_type application/json;
     ssl_certificate $C/leaf.pem;
     ssl_certificate_key $C/leaf.key;
     ssl_session_cache shared:up:1m;
@@ -74,55 +57,29 @@ http {
     server {
         listen 127.0.0.1:$UP_PORT ssl reuseport;
         listen 127.0.0.1:$UPH_PORT reuseport;
-        location = /v1/chat/completions { return 200 '$CHAT_ANS'; }
-        location / { return 404 '{"error":{"message":"no route"}}'; }
-    }
-}
-NGX
-cat >"$TMP/ngx/nginx.conf" <<NGX
-worker_processes $WORKERS;
-daemon off;
-pid $TMP/ngx/nginx.pid;
-error_log $TMP/ngx/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    tcp_nodelay on;
-    keepalive_requests 1000000;
-    keepalive_timeout 120s;
-    client_max_body_size 4m;
-    client_body_buffer_size 256k;
-    client_body_temp_path $TMP/ngx/tmp; proxy_temp_path $TMP/ngx/tmp;
-    fastcgi_temp_path $TMP/ngx/tmp; uwsgi_temp_path $TMP/ngx/tmp; scgi_temp_path $TMP/ngx/tmp;
-    upstream origin_tls { server 127.0.0.1:$UP_PORT; keepalive 128; }
-    upstream origin_plain { server 127.0.0.1:$UPH_PORT; keepalive 128; }
-    server {
-        listen 127.0.0.1:$NGXH_PORT reuseport;
-        location / {
-            proxy_pass http://origin_plain;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }
-    }
-    server {
-        listen 127.0.0.1:$NGX_PORT reuseport;
-        location / {
-            proxy_pass https://origin_tls;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_ssl_session_reuse on;
+        location = /v1/chat/completions { return 200 '$CHAT_ANSWER'; }
+        location / { return 404 '{\"error\":{\"message\":\"no route\"}}'; }
+    }"
+SSL_PASS="            proxy_ssl_session_reuse on;
             proxy_ssl_server_name on;
             proxy_ssl_name localhost;
             proxy_ssl_verify on;
             proxy_ssl_trusted_certificate $C/ca.pem;
-        }
+"
+nginx_conf "$TMP/ngx" "$WORKERS" "$(nginx_upstream origin_tls "127.0.0.1:$UP_PORT")
+$(nginx_upstream origin_plain "127.0.0.1:$UPH_PORT")
+    server {
+        listen 127.0.0.1:$NGXH_PORT reuseport;
+$(nginx_pass http origin_plain)
     }
-}
-NGX
-"${ON_CPU1[@]}" nginx -p "$TMP/up" -c "$TMP/up/nginx.conf" -e "$TMP/up/error.log" & PIDS+=($!); NGINX_PIDS+=($!)
-"${ON_CPU0[@]}" nginx -p "$TMP/ngx" -c "$TMP/ngx/nginx.conf" -e "$TMP/ngx/error.log" & PIDS+=($!); NGINX_PIDS+=($!)
+    server {
+        listen 127.0.0.1:$NGX_PORT reuseport;
+$(nginx_pass https origin_tls "$SSL_PASS")
+    }"
+nginx_start "$TMP/up" 1
+nginx_start "$TMP/ngx" 0
 for i in $(seq 1 200); do curl -s -o /dev/null --max-time 1 --cacert "$C/ca.pem" "https://localhost:$UP_PORT/" && break; sleep 0.05; done
-wait_http "http://127.0.0.1:$NGX_PORT/" || { echo "bench: proxy nginx did not start" >&2; exit 1; }
+nginx_wait "http://127.0.0.1:$NGX_PORT/" proxy "$TMP/ngx"
 
 cpx_start() { # name port fast-path
   mkdir -p "$TMP/$1/auths"
@@ -150,15 +107,8 @@ openai-compatibility:
     models:
       - { name: "up-chat", alias: "bench-plain" }
 YAML
-  "${ON_CPU0[@]}" "$CPX_BIN" --config "$TMP/$1/config.yaml" >"$TMP/$1/stdout" 2>"$TMP/$1/stderr" &
-  local pid=$!
-  PIDS+=("$pid"); CPX_PIDS+=("$pid"); PID_OF[$1]=$pid
-  for i in $(seq 1 200); do
-    [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "http://127.0.0.1:$2/healthz")" = 200 ] && return 0
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.05
-  done
-  echo "bench: cliproxy ($1) did not answer /healthz: $(tail -c 600 "$TMP/$1/stderr")" >&2; exit 2
+  cpx_run "$TMP/$1" "$2"
+  PID_OF[$1]=$CPX_RUN_PID
 }
 declare -A PID_OF CRASHES=([lane]=0 [curl]=0)
 # A cliproxy that died during a run is noted (and its last log lines kept in
@@ -179,13 +129,7 @@ declare -A PORT=([nginx]=$NGX_PORT [lane]=$LANE_PORT [curl]=$CURL_PORT [nginx-h]
 url() { echo "http://127.0.0.1:${PORT[$1]}/v1/chat/completions"; }
 body() { case $1 in lane-h) echo "$B/plain.$2.json" ;; *) echo "$B/chat.$2.json" ;; esac; }
 TARGETS="nginx lane curl nginx-h lane-h"
-for s in small large; do for t in $TARGETS; do
-  code=$(curl -s -o "$TMP/res/check" -w '%{http_code}' --max-time 5 -X POST -H 'Content-Type: application/json' \
-    --data-binary @"$(body $t $s)" "$(url $t)" || true)
-  if [ "$code" != 200 ] || ! grep -q PONG "$TMP/res/check"; then
-    echo "bench: $t $s check failed: HTTP $code $(head -c 400 "$TMP/res/check")" >&2; exit 2
-  fi
-done; done
+for s in small large; do for t in $TARGETS; do bench_check "$t $s" "$(url $t)" "$(body $t $s)" PONG; done; done
 
 run_wrk() { # target size duration
   "${ON_CPU1[@]}" wrk -t"$THREADS" -c"$CONNS" -d"$3" --latency -s bench/lib/post.lua "$(url "$1")" -- "$(body "$1" "$2")" 2>&1
@@ -202,20 +146,12 @@ for n in $(seq 1 "$RUNS"); do
     fi
     run_wrk $t $s "$DURATION" >"$TMP/res/$t.$s.$n.log"
     [ -n "$PERF_PID" ] && { kill -INT "$PERF_PID"; wait "$PERF_PID" || true; }
-    line=$(grep '^BENCH' "$TMP/res/$t.$s.$n.log" || true)
-    [ -n "$line" ] || { echo "bench: wrk failed for $t $s:" >&2; cat "$TMP/res/$t.$s.$n.log" >&2; exit 1; }
-    echo "$line" >"$TMP/res/$t.$s.$n"
-    echo "  run $n $s $t: $(echo "$line" | field rps) req/s, p99 $(echo "$line" | field p99_us) us" >&2
+    bench_keep "$t.$s.$n" "$TMP/res/$t.$s.$n.log" "run $n $s $t"
   done; done
 done
 
-med() { for n in $(seq 1 "$RUNS"); do field "$3" <"$TMP/res/$1.$2.$n"; done | median; }
-errs() {
-  local e=0 n k v
-  for n in $(seq 1 "$RUNS"); do for k in err_connect err_read err_write err_status err_timeout; do
-    v=$(field "$k" <"$TMP/res/$1.$2.$n"); e=$((e + v)); done; done
-  echo "$e"
-}
+med() { bench_med "$1.$2" "$3"; }
+errs() { bench_errs "$1.$2"; }
 summary() {
   echo "cliproxy TLS upstream benchmark — $(date -u '+%Y-%m-%d %H:%M:%SZ'), $(nproc) CPUs, $(nginx -v 2>&1 | sed 's/.*\///'), $(openssl version | cut -d' ' -f1-2), $(git rev-parse --short HEAD 2>/dev/null)"
   echo "wrk -t$THREADS -c$CONNS -d$DURATION --latency, median of $RUNS run(s); workers: $WORKERS; pinned: $PIN; https upstream (nginx, TLS 1.3)"
@@ -238,7 +174,4 @@ summary() {
     sed 's/^/  /' "$TMP/crashes"
   fi
 }
-mkdir -p bench/out
-OUT="bench/out/tls-$(date -u +%Y%m%d-%H%M%S).txt"
-summary | tee "$OUT"
-echo "(written to $OUT)" >&2
+bench_report tls

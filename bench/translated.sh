@@ -25,16 +25,11 @@ bench_init cpx-bench-tr
 
 luajit bench/lib/make_body.lua "$TMP/body/chat.json" 78000 bench-model 2>/dev/null
 luajit bench/lib/make_claude_body.lua "$TMP/body/claude.json" 78000 bench-model 2>/dev/null
-printf '%s' '{"id":"chatcmpl-bench0001","object":"chat.completion","created":1700000000,"model":"up-model","choices":[{"index":0,"message":{"role":"assistant","content":"PONG"},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":19,"completion_tokens":2,"total_tokens":21},"system_fingerprint":"fp_bench"}' >"$TMP/body/response.json"
+printf '%s' "$CHAT_ANSWER" >"$TMP/body/response.json"
 CHAT_B=$(wc -c <"$TMP/body/chat.json"); CLAUDE_B=$(wc -c <"$TMP/body/claude.json")
 
 UP_PORT=$(free_port); NGX_PORT=$(free_port); CPX_PORT=$(free_port)
-write_nginx_upstream "$TMP/up" "$UP_PORT" "$TMP/body/response.json" "$WORKERS"
-write_nginx_proxy "$TMP/ngx" "$NGX_PORT" "$UP_PORT" "$WORKERS"
-"${ON_CPU1[@]}" nginx -p "$TMP/up" -c "$TMP/up/nginx.conf" -e "$TMP/up/error.log" & PIDS+=($!); NGINX_PIDS+=($!)
-"${ON_CPU0[@]}" nginx -p "$TMP/ngx" -c "$TMP/ngx/nginx.conf" -e "$TMP/ngx/error.log" & PIDS+=($!); NGINX_PIDS+=($!)
-wait_http "http://127.0.0.1:$UP_PORT/" || { echo "bench: upstream nginx did not start" >&2; exit 1; }
-wait_http "http://127.0.0.1:$NGX_PORT/" || { echo "bench: proxy nginx did not start" >&2; exit 1; }
+nginx_chat_pair "$UP_PORT" "$NGX_PORT" "$TMP/body/response.json"
 
 # One upstream model per wrk run: wrk stops with requests in flight and cliproxy
 # (known bug) cools a credential+model down for 60 s after "client closed
@@ -47,15 +42,7 @@ mkdir -p "$TMP/cpx/auths"
   printf '      - name: "up-model"\n        alias: "bench-model"\n'
   for k in $(seq 1 "$NMODELS"); do printf '      - name: "up-model-%s"\n        alias: "bench-model-%s"\n' "$k" "$k"; done
 } >"$TMP/cpx/config.yaml"
-"${ON_CPU0[@]}" "$CPX_BIN" --config "$TMP/cpx/config.yaml" >"$TMP/cpx/stdout" 2>"$TMP/cpx/stderr" & CPX_PID=$!
-PIDS+=("$CPX_PID")
-ok=0
-for i in $(seq 1 200); do
-  if [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "http://127.0.0.1:$CPX_PORT/healthz")" = 200 ]; then ok=1; break; fi
-  kill -0 "$CPX_PID" 2>/dev/null || break
-  sleep 0.05
-done
-[ "$ok" = 1 ] || { echo "bench: cliproxy did not answer /healthz: $(tail -c 600 "$TMP/cpx/stderr")" >&2; exit 2; }
+cpx_run "$TMP/cpx" "$CPX_PORT"
 
 declare -A URL BODY EXPECT
 URL[direct]="http://127.0.0.1:$UP_PORT/v1/chat/completions";       BODY[direct]=chat;   EXPECT[direct]='"chat.completion"'
@@ -64,14 +51,8 @@ URL[passthrough]="http://127.0.0.1:$CPX_PORT/v1/chat/completions"; BODY[passthro
 URL[translated]="http://127.0.0.1:$CPX_PORT/v1/messages";          BODY[translated]=claude; EXPECT[translated]='"type":"message"'
 CASES=(direct nginx passthrough translated)
 
-for c in "${CASES[@]}"; do
-  code=$(curl -s -o "$TMP/res/check.$c" -w '%{http_code}' --max-time 5 -X POST -H 'Content-Type: application/json' \
-    -H 'anthropic-version: 2023-06-01' --data-binary @"$TMP/body/${BODY[$c]}.json" "${URL[$c]}" || true)
-  if [ "$code" != 200 ] || ! grep -q "${EXPECT[$c]}" "$TMP/res/check.$c"; then
-    echo "bench: $c check failed: HTTP $code $(head -c 300 "$TMP/res/check.$c")" >&2; exit 2
-  fi
-done
-grep -q '"text":"PONG"' "$TMP/res/check.translated" || { echo "bench: translated answer lacks the text: $(head -c 300 "$TMP/res/check.translated")" >&2; exit 2; }
+for c in "${CASES[@]}"; do bench_check "$c" "${URL[$c]}" "$TMP/body/${BODY[$c]}.json" "${EXPECT[$c]}"; done
+bench_check translated "${URL[translated]}" "$TMP/body/claude.json" '"text":"PONG"'
 
 MODEL_N=0
 run_wrk() { # case duration
@@ -88,20 +69,12 @@ for c in "${CASES[@]}"; do run_wrk "$c" 1s >/dev/null; done # warm-up
 for r in $(seq 1 "$RUNS"); do
   for c in "${CASES[@]}"; do
     run_wrk "$c" "$DURATION" >"$TMP/res/$c.$r.log"
-    line=$(grep '^BENCH' "$TMP/res/$c.$r.log" || true)
-    [ -n "$line" ] || { echo "bench: wrk failed for $c:" >&2; cat "$TMP/res/$c.$r.log" >&2; exit 1; }
-    echo "$line" >"$TMP/res/$c.$r"
-    echo "  run $r $c: $(echo "$line" | field rps) req/s, p99 $(echo "$line" | field p99_us) us" >&2
+    bench_keep "$c.$r" "$TMP/res/$c.$r.log" "run $r $c"
   done
 done
 
-med() { for r in $(seq 1 "$RUNS"); do field "$2" <"$TMP/res/$1.$r"; done | median; }
-errs() {
-  local n=0 r k v
-  for r in $(seq 1 "$RUNS"); do for k in err_connect err_read err_write err_status err_timeout; do
-    v=$(field "$k" <"$TMP/res/$1.$r"); n=$((n + v)); done; done
-  echo "$n"
-}
+med() { bench_med "$1" "$2"; }
+errs() { bench_errs "$1"; }
 summary() {
   echo "cliproxy translated-route benchmark — $(date -u '+%Y-%m-%d %H:%M:%SZ'), $(nproc) CPUs"
   echo "wrk -t$THREADS -c$CONNS -d$DURATION --latency, median of $RUNS run(s); workers: $WORKERS; pinned: $PIN"
@@ -124,7 +97,4 @@ summary() {
     printf "translated/passthrough req/s = %.2fx\n", t / p
   }'
 }
-mkdir -p bench/out
-OUT="bench/out/translated-$(date -u +%Y%m%d-%H%M%S).txt"
-summary | tee "$OUT"
-echo "(written to $OUT)" >&2
+bench_report translated

@@ -34,18 +34,7 @@ local function build(system)
     '{"role":"user","content":"Reply with the word PONG"}],"tools":' .. tools_json .. ',"tool_choice":"auto"}'
 end
 
-local paras = {}
-local body = build("")
-while #body < target do
-  paras[#paras + 1] = paragraph(5)
-  body = build(table.concat(paras, "\n\n"))
-end
--- trim the system prompt so the body lands on the target size
-local sys = table.concat(paras, "\n\n")
-sys = sys:sub(1, #sys - (#body - target))
-body = build(sys)
-
-local f = assert(io.open(out, "wb"))
-f:write(body)
-f:close()
+-- the system prompt cut so the body lands on the target size
+local body = gen.fill(build, target, 5, true)
+textgen.write(out, body)
 io.stderr:write(string.format("make_body: %s, %d bytes, %d tools\n", out, #body, #tool_names))

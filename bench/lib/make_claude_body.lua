@@ -51,17 +51,7 @@ local function build(system)
     '"stream":' .. (stream and "true" or "false") .. '}'
 end
 
-local paras = {}
-local body = build("")
-while #body < target do
-  paras[#paras + 1] = paragraph(5)
-  body = build(table.concat(paras, "\n\n"))
-end
-local sys = table.concat(paras, "\n\n")
-sys = sys:sub(1, #sys - (#body - target))
-body = build(sys)
-
-local f = assert(io.open(out, "wb"))
-f:write(body)
-f:close()
+-- the system prompt cut so the body lands on the target size
+local body = gen.fill(build, target, 5, true)
+textgen.write(out, body)
 io.stderr:write(string.format("make_claude_body: %s, %d bytes, %d tools\n", out, #body, #tool_names))

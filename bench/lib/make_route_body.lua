@@ -7,7 +7,8 @@ assert((kind == "responses" or kind == "gemini") and out,
   "usage: luajit make_route_body.lua responses|gemini OUTFILE [TARGET_BYTES] [MODEL]")
 
 package.path = (arg[0]:match("^(.*)/[^/]*$") or ".") .. "/?.lua;" .. package.path
-local gen = require("textgen").new(777)
+local textgen = require("textgen")
+local gen = textgen.new(777)
 local words, tool_names, esc = gen.words, gen.tool_names, gen.esc
 local rnd, sentence, paragraph = gen.rnd, gen.sentence, gen.paragraph
 local concat = table.concat
@@ -50,12 +51,5 @@ local function build(instr)
     '"generationConfig":{"temperature":0,"topP":1,"thinkingConfig":{"includeThoughts":true,"thinkingBudget":-1}}}'
 end
 
-local parts = {}
-local body = build("")
-while #body < target do
-  parts[#parts + 1] = paragraph(8)
-  body = build(concat(parts, "\n\n"))
-end
-local f = assert(io.open(out, "wb"))
-f:write(body)
-f:close()
+local body = gen.fill(build, target, 8)
+textgen.write(out, body)

@@ -1,7 +1,8 @@
 -- Deterministic filler text for the benchmark bodies: a fixed word list and
 -- an LCG, so every run sends the same bytes.
 --   local gen = require("textgen").new(seed)
---   gen.rnd(n), gen.sentence(words), gen.paragraph(sentences), gen.esc(s)
+--   gen.rnd(n), gen.sentence(words), gen.paragraph(sentences), gen.esc(s),
+--   gen.fill(build, target, sentences, exact); textgen.write(path, body)
 local _M = {}
 
 _M.words = {
@@ -43,7 +44,28 @@ function _M.new(seed)
     for i = 1, sentences do t[i] = g.sentence(6 + g.rnd(12)) end
     return table.concat(t, " ")
   end
+  -- build(text) with text grown by paragraph(sentences) pieces, joined by
+  -- blank lines, until the result is at least target bytes; exact: the text
+  -- cut so it is target bytes.
+  function g.fill(build, target, sentences, exact)
+    local paras = {}
+    local body = build("")
+    while #body < target do
+      paras[#paras + 1] = g.paragraph(sentences)
+      body = build(table.concat(paras, "\n\n"))
+    end
+    if not exact then return body end
+    local text = table.concat(paras, "\n\n")
+    return build(text:sub(1, #text - (#body - target)))
+  end
   return g
+end
+
+-- Writes body to the file path.
+function _M.write(path, body)
+  local f = assert(io.open(path, "wb"))
+  f:write(body)
+  f:close()
 end
 
 return _M

@@ -197,10 +197,13 @@ end
 -- ---- per-attempt state ------------------------------------------------------
 
 -- What prepare and the fix-ups of one attempt share: kept in the attempt's
--- ctx as ctx.claude.
+-- ctx as ctx.claude, for the account (target.entry) it was made for. The
+-- pipeline hands fixup the pool's target (ctx.target) and prepare a table
+-- of its own ({ entry, key, upstream_model }: the key may be a refreshed
+-- token), so the account's entry, not the table, says whose state it is.
 local function state(ctx, target)
   local st = ctx.claude
-  if st and st.target == target then return st end
+  if st and st.entry == target.entry then return st end
   local entry = target.entry or {}
   local headers = ctx.info and ctx.info.headers or {}
   local cfg = ctx.config or {}
@@ -208,7 +211,7 @@ local function state(ctx, target)
   local k = target.key and target.key["api-key"] or entry["api-key"] or ""
   local seed = entry.file or k
   st = {
-    target = target,
+    entry = target.entry,
     oauth = entry.oauth == true,
     settings = set,
     claude_code = cloak.is_claude_code(headers, profile),
@@ -236,13 +239,17 @@ end
 -- cache_control: '_control"' is counted, a longer key ending the same way
 -- only ever costs a decode), from an API-key account that is never cloaked.
 -- The client's anthropic-version and anthropic-beta go upstream as sent
--- (prepare does the same for an API key); x-cpa-claude-1m adds a beta, so
--- such a request is Lua's.
+-- when prepare would send them so: for an API key that is never cloaked,
+-- merge_betas gives the client's list back deduplicated and without spaces,
+-- so a beta list in that form is relayed and any other (spaces, repeats,
+-- empty items, the header twice) is Lua's (`list`: the C side sends a
+-- value, never rewrites it). x-cpa-claude-1m adds a beta, so such a
+-- request is Lua's too.
 _M.relay = {
   unless = { "betas", { "thinking", "temperature" }, { "thinking", "tool_choice" } },
   require = { "max_tokens" },
   at_most = { { '_control"', _M.max_breakpoints } },
-  headers = { { "anthropic-version", "Anthropic-Version" }, { "anthropic-beta", "Anthropic-Beta" } },
+  headers = { { "anthropic-version", "Anthropic-Version" }, { "anthropic-beta", "Anthropic-Beta", list = true } },
   lua_headers = { profile.context_1m_header },
   account = function(target, config)
     local entry = target.entry or {}

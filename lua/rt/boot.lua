@@ -86,6 +86,9 @@ local function check_relay(v)
           or not h[1]:match("^[%w%-_]+$") or not h[2]:match("^[%w%-_]+$") then
         return "relay.headers[" .. i .. "]", "{ client-header, Upstream-Header } (header names)"
       end
+      if h.list ~= nil and type(h.list) ~= "boolean" then
+        return "relay.headers[" .. i .. "].list", "a boolean"
+      end
     end
   end
   if v.account ~= nil and type(v.account) ~= "function" then return "relay.account", "a function" end

@@ -189,13 +189,25 @@ local function prepare(p, ctx, t, stream)
   return u
 end
 
--- The declared headers (decl.headers: { client, Upstream-Name }) checked
--- against prepare(): with a probe value in each client header, prepare
--- must send exactly that value under the declared name and change nothing
--- else.
+-- The probe value of the i-th declared header: a list of two items for a
+-- list header (prepare must send a plain list as it is: neither reorder
+-- nor add to it).
+local function probe_value(h, i)
+  if h.list then return "cpx-probe-" .. i .. ",cpx-probe-" .. i .. "-b" end
+  return "cpx-probe-" .. i
+end
+
+-- The declared headers (decl.headers: { client, Upstream-Name, list })
+-- checked against prepare(): with a probe value in each client header,
+-- prepare must send exactly that value under the declared name and change
+-- nothing else. So the value the relay sends is the one Lua decided: the
+-- C side sends a client value only in the form this probe checked (once,
+-- and for a list plain: no blanks, spaces or repeats), anything else goes
+-- to Lua; an account whose prepare adds to a list (a login's betas) stays
+-- in Lua.
 local function probe_slots(p, ctx, t, stream, decl, base)
   local hdrs = {}
-  for i, h in ipairs(decl.headers or {}) do hdrs[h[1]] = "cpx-probe-" .. i end
+  for i, h in ipairs(decl.headers or {}) do hdrs[h[1]] = probe_value(h, i) end
   local pctx = { model = ctx.model, client_format = ctx.client_format, config = ctx.config,
                  info = { headers = hdrs } }
   local u = prepare(p, pctx, t, stream)
@@ -204,7 +216,7 @@ local function probe_slots(p, ctx, t, stream, decl, base)
   for i, h in ipairs(decl.headers or {}) do
     local up = h[2]:lower()
     local _, v = find_header(u.headers or {}, up)
-    if v ~= "cpx-probe-" .. i then return false end
+    if v ~= probe_value(h, i) then return false end
     slot[up] = true
   end
   for k, v in pairs(u.headers or {}) do
@@ -305,7 +317,9 @@ local function same_slots(a, b)
   a, b = a or {}, b or {}
   if #a ~= #b then return false end
   for i = 1, #a do
-    if a[i][1] ~= b[i][1] or a[i][2] ~= b[i][2] then return false end
+    if a[i][1] ~= b[i][1] or a[i][2] ~= b[i][2] or (a[i].list == true) ~= (b[i].list == true) then
+      return false
+    end
   end
   return true
 end
@@ -341,7 +355,7 @@ local function build_route(app, route, why)
     end
     if group and targets and #targets > 0 then
       local sl = {}
-      for i, h in ipairs(slots) do sl[i] = { client = h[1]:lower(), prefix = h[2] .. ": " } end
+      for i, h in ipairs(slots) do sl[i] = { client = h[1]:lower(), prefix = h[2] .. ": ", list = h.list == true } end
       rules.name, rules.group, rules.targets, rules.slots = alias, group, targets, sl
       models[#models + 1] = rules
     end

@@ -509,10 +509,21 @@ local function stream_hub(job, res, sfix)
     if #frames > 1 then return { concat(frames) } end
     return frames
   end
+  local function on_event(ev)
+    if sfix then ev = sfix(ev, actx) or ev end
+    return out_frames(s:feed(ev))
+  end
   req:pipe(res.up, {
-    on_event = function(ev)
-      if sfix then ev = sfix(ev, actx) or ev end
-      return out_frames(s:feed(ev))
+    on_event = on_event,
+    -- The events of one upstream read in one call: one write for all.
+    on_events = function(evs)
+      if #evs == 1 then return on_event(evs[1]) end
+      local out = {}
+      for i = 1, #evs do
+        local frames = on_event(evs[i])
+        for j = 1, #frames do out[#out + 1] = frames[j] end
+      end
+      return concat(out)
     end,
     on_end = function(e)
       local frames

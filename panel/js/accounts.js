@@ -163,8 +163,8 @@ export function mount(root, ctx) {
       { label: 'Provider', value: (f) => f.provider || f.type || '–' },
       { label: 'Account', value: (f) => f.email || f.account || f.label || '–' },
       { label: 'Status', value: (f) => { const s = accountState(f); return [badge(s.text, s.kind), f.status_message ? h('div', { class: 'muted' }, f.status_message) : null]; } },
-      { label: 'Cooldown', value: cooldownInfo },
-      { label: 'Refresh', value: refreshInfo },
+      { label: 'Cooldown', cls: 'cooldown', value: cooldownInfo },
+      { label: 'Refresh', cls: 'refresh', value: refreshInfo },
       { label: 'Size', value: (f) => bytes(f.size), num: true },
       { label: 'Actions', cls: 'actions', value: (f) => [
         h('button', { type: 'button', class: 'small', 'data-action': 'toggle', 'aria-label': `${f.disabled ? 'Enable' : 'Disable'} ${f.name}`,

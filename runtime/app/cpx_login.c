@@ -27,6 +27,7 @@
 #include <lua.h>
 #include <uv.h>
 
+#include "cpx_fetch_opts.h"
 #include "cpx_log.h"
 #include "cpx_lua.h"
 #include "cpx_worker.h"
@@ -617,45 +618,19 @@ static void on_fetch(cpx_fetch_t *f, int ev) {
   resume(lg, n);
 }
 
-/* io.request{method, url, headers, body} -> status, headers, body | nil, err
- * (rt.oauth.request's shape). */
+/* io.request{method, url, headers, body, ...} -> status, headers, body |
+ * nil, err (rt.oauth.request's shape). The options are cpx.fetch's, read
+ * by the same function (cpx_fetch_opts.h), with a token request's
+ * defaults. */
 static int l_request(lua_State *L) {
+  /* a token request's own bounds: an answer is a few KiB */
+  static const cpx_fetch_defaults_t d = {10000, 30000, 30000, MAX_TOKEN_BODY};
   login_t *lg = in_flow(L, "request");
   cpx_header_t hdrs[MAX_REQ_HEADERS];
   cpx_fetch_opts_t o;
-  size_t nh = 0;
   int rc;
 
-  luaL_checktype(L, 1, LUA_TTABLE);
-  memset(&o, 0, sizeof(o));
-  lua_getfield(L, 1, "url");
-  o.url = lua_tostring(L, -1);
-  lua_getfield(L, 1, "method");
-  o.method = lua_tostring(L, -1);
-  lua_getfield(L, 1, "body");
-  if (lua_isstring(L, -1))
-    o.body = lua_tolstring(L, -1, &o.body_len);
-  lua_getfield(L, 1, "headers");
-  if (!o.url)
-    return luaL_error(L, "io.request: url is required");
-  if (lua_istable(L, -1)) {
-    lua_pushnil(L);
-    while (lua_next(L, -2) != 0) {
-      if (lua_type(L, -2) == LUA_TSTRING && lua_isstring(L, -1) &&
-          nh < MAX_REQ_HEADERS) {
-        hdrs[nh].name.p = lua_tolstring(L, -2, &hdrs[nh].name.n);
-        hdrs[nh].value.p = lua_tolstring(L, -1, &hdrs[nh].value.n);
-        nh++;
-      }
-      lua_pop(L, 1); /* the strings stay referenced by the table */
-    }
-  }
-  o.headers = hdrs;
-  o.nheaders = nh;
-  o.connect_timeout_ms = 10000;
-  o.first_byte_timeout_ms = 30000;
-  o.idle_timeout_ms = 30000;
-  o.max_body = MAX_TOKEN_BODY;
+  cpx_lua_fetch_opts(L, 1, "io.request", &d, &o, hdrs, MAX_REQ_HEADERS);
   rc = cpx_fetch_start(&lg->w.upstream, &o, on_fetch, lg, &lg->fetch);
   if (rc != 0) {
     lg->fetch = NULL;

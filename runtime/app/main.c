@@ -755,6 +755,8 @@ static int worker_init(app_t *app, int id, const char *config_path,
     h1_timeouts(&w->vm->settings, &to);
     cpx_h1_pool_init(&w->h1, w->loop, &to);
   }
+  /* cpx.fetch shares the fast path's pooled connections (direct ones). */
+  cpx_upstream_use_h1(&w->upstream, &w->h1);
   cpx_upstream_set_ca(&w->upstream, w->vm->settings.upstream_ca_file);
   /* Read now, not at the first https request: the file (or the system
    * bundle) is parsed once, off any request's path. */

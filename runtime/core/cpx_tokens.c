@@ -34,6 +34,7 @@
 #include <openssl/evp.h>
 
 #include "cpx.h"
+#include "cpx_buf.h"
 #include "cpx_unicode_tables.h"
 
 /* ---- Unicode classes ---------------------------------------------------- */
@@ -264,21 +265,17 @@ static int read_file(const char *path, uint8_t **out, size_t *outn) {
   FILE *f = path ? fopen(path, "rb") : stdin;
   if (!f)
     return -errno;
-  uint8_t *buf = NULL;
+  char *buf = NULL;
   size_t n = 0, cap = 0;
   for (;;) {
-    if (n == cap) {
-      cap = cap ? cap * 2 : 1 << 20;
-      uint8_t *nb = realloc(buf, cap);
-      if (!nb) {
-        free(buf);
-        if (path)
-          fclose(f);
-        return CPX_ENOMEM;
-      }
-      buf = nb;
+    /* a rank file is a few MiB: read in pieces of at least 1 MiB */
+    if (cpx_buf_reserve(&buf, n, &cap, 1 << 20) != 0) {
+      free(buf);
+      if (path)
+        fclose(f);
+      return CPX_ENOMEM;
     }
-    size_t r = fread(buf + n, 1, cap - n, f);
+    size_t r = fread(buf + n, 1, cap - n - 1, f);
     n += r;
     if (r == 0)
       break;
@@ -290,7 +287,7 @@ static int read_file(const char *path, uint8_t **out, size_t *outn) {
     free(buf);
     return CPX_EIO;
   }
-  *out = buf;
+  *out = (uint8_t *)buf;
   *outn = n;
   return 0;
 }

@@ -6,8 +6,8 @@
  * hook sees every instruction.
  *
  * With FUZZ_YAML the input is first loaded by the YAML loader
- * (runtime/core/cpx_yaml.c) and the driver gets (doc, lines); a load error must
- * come with a message. */
+ * (runtime/lua/cpx_yaml_lua.c) and the driver gets (doc, lines); a load error
+ * must come with a message. */
 #include <string.h>
 
 #include <lauxlib.h>

@@ -8,6 +8,7 @@
 #include <lauxlib.h>
 #include <lua.h>
 
+#include "cpx_fetch_opts.h"
 #include "cpx_lua_int.h"
 
 /* Reads a header table at idx: { name = value | {values...} } or an array
@@ -122,7 +123,9 @@ void cpx__lfetch_release(lfetch_t *lf) {
     }
     lr->vm->host--;
   }
+  /* The transfer goes first: it may still be sending the anchored body. */
   cpx_fetch_free(lf->f);
+  luaL_unref(lr->vm->L, LUA_REGISTRYINDEX, lf->body_ref);
   free(lf);
 }
 
@@ -255,14 +258,6 @@ static void on_fetch_event_inner(cpx_fetch_t *f, int ev) {
 
 /* ---- Lua: cpx.fetch and the fetch object -------------------------------- */
 
-static double opt_num(lua_State *L, int idx, const char *k, double dflt) {
-  double v;
-  lua_getfield(L, idx, k);
-  v = lua_isnumber(L, -1) ? lua_tonumber(L, -1) : dflt;
-  lua_pop(L, 1);
-  return v;
-}
-
 lfetch_t *cpx__check_fetch(lua_State *L, int idx) {
   fetch_box_t *b = luaL_checkudata(L, idx, MT_FETCH);
   if (!b->lf)
@@ -277,9 +272,10 @@ static int l_fetch(lua_State *L) {
   lreq_t *lr = cpx__co_current(L);
   cpx_header_t hdrs[MAX_HEADERS];
   cpx_fetch_opts_t o;
+  cpx_fetch_defaults_t d;
   cpx_settings_t *s;
   lfetch_t *lf;
-  int nh, rc;
+  int rc, body_idx;
 
   if (!lr)
     return luaL_error(
@@ -288,42 +284,31 @@ static int l_fetch(lua_State *L) {
   if (cpx__push_refusal(L, lr))
     return 2;
   s = &lr->vm->settings;
-  memset(&o, 0, sizeof(o));
-  lua_getfield(L, 1, "url");
-  o.url = lua_tostring(L, -1);
-  lua_getfield(L, 1, "method");
-  o.method = lua_tostring(L, -1);
-  lua_getfield(L, 1, "body");
-  if (lua_isstring(L, -1))
-    o.body = lua_tolstring(L, -1, &o.body_len);
-  lua_getfield(L, 1, "proxy");
-  o.proxy = lua_tostring(L, -1);
-  lua_getfield(L, 1, "headers");
-  if (!o.url)
-    return luaL_error(L, "cpx.fetch: url is required");
-  nh = cpx__read_headers(L, lua_gettop(L), hdrs, MAX_HEADERS);
-  if (nh < 0)
-    return luaL_error(L, "cpx.fetch: headers must be a table");
-  o.headers = hdrs;
-  o.nheaders = (size_t)nh;
-  o.connect_timeout_ms = (uint64_t)(opt_num(L, 1, "connect_timeout",
-                                            s->upstream_connect_ms / 1000.0) *
-                                    1000);
-  o.first_byte_timeout_ms =
-      (uint64_t)(opt_num(L, 1, "first_byte_timeout",
-                         s->upstream_first_byte_ms / 1000.0) *
-                 1000);
-  o.idle_timeout_ms =
-      (uint64_t)(opt_num(L, 1, "idle_timeout", s->upstream_idle_ms / 1000.0) *
-                 1000);
-  o.max_body = (size_t)opt_num(L, 1, "max_body", (double)s->upstream_max_body);
+  d.connect_timeout_ms = s->upstream_connect_ms;
+  d.first_byte_timeout_ms = s->upstream_first_byte_ms;
+  d.idle_timeout_ms = s->upstream_idle_ms;
+  d.max_body = s->upstream_max_body;
+  /* the reader leaves url, method, body, proxy and headers pushed, in that
+   * order: the body's slot is the third above the current top */
+  body_idx = lua_gettop(L) + 3;
+  cpx_lua_fetch_opts(L, 1, "cpx.fetch", &d, &o, hdrs, MAX_HEADERS);
+  if (o.body)
+    o.body_borrowed = 1; /* anchored below (body_ref) */
 
   lf = calloc(1, sizeof(*lf));
   if (!lf)
     return luaL_error(L, "out of memory");
   lf->lr = lr;
+  lf->body_ref = LUA_NOREF;
+  if (o.body) {
+    /* the string in the stack slot tolstring read (a number converted
+     * there is a new string, not the table's value) */
+    lua_pushvalue(L, body_idx);
+    lf->body_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
   rc = cpx_fetch_start(&lr->w->upstream, &o, on_fetch_event, lf, &lf->f);
   if (rc != 0) {
+    luaL_unref(L, LUA_REGISTRYINDEX, lf->body_ref);
     free(lf);
     lua_pushnil(L);
     lua_pushstring(L, cpx_strerror(rc));

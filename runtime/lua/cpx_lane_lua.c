@@ -392,7 +392,9 @@ static const char *build_model(lua_State *L, int mi, cpx_lane_route_t *rt,
     m->slots[i].client = field_str(L, si, "client", NULL, &bad);
     m->slots[i].prefix =
         field_str(L, si, "prefix", &m->slots[i].prefix_len, &bad);
-    lua_pop(L, 1);
+    lua_getfield(L, si, "list");
+    m->slots[i].list = lua_toboolean(L, -1);
+    lua_pop(L, 2);
   }
   lua_pop(L, 1);
   if (bad)
@@ -544,7 +546,7 @@ static const char *build(lua_State *L, cpx_lane_t *l) {
  *                      models = { { name, group, require = {i..},
  *                                   unless = { {i..}.. }, at_most = {
  *                                   {text, max}.. }, lua_headers = {..},
- *                                   slots = { {client, prefix}.. },
+ *                                   slots = { {client, prefix, list}.. },
  *                                   targets = { { host, port, tls, head,
  *                                   head_stream, model, slot_lines } } } } } }
  * } (rt.lane documents each field.) Replaces the generation's table; nil turns

@@ -597,6 +597,7 @@ int cpx_vm_new(cpx_worker_t *w, const char *config_path, cpx_vm_t **out,
   cpx__lua_api_register(L);
   cpx_pool_lua_register(L);
   cpx_store_lua_register(L);
+  cpx_store_async_lua_register(L);
   cpx_lane_lua_register(L);
   cpx_yaml_lua_register(L);
   cpx_mgmt_lua_register(L);

@@ -53,6 +53,9 @@ struct lfetch_s {
   int peek_ref;  /* registry ref of the queue table */
   int peek_head; /* next index to hand out */
   int peek_tail; /* last index stored */
+  /* The request body string, anchored in the registry for the transfer's
+   * life: both clients send it in place (LUA_NOREF when none). */
+  int body_ref;
 };
 
 /* Owned by the worker from dispatch until released (see lreq_release). */
@@ -87,6 +90,9 @@ struct lreq_s {
   cpx_sse_t sse;
   cpx_jsonarr_t ja;
   int handler_failed;
+  /* handler.on_events: the events of one upstream read go to Lua in one
+   * call (batch_n: events gathered in the table on the main stack). */
+  int batch, batch_n;
   /* streaming.keepalive-seconds: a frame written when the stream has been
    * quiet that long (heap timer, freed in its close callback). */
   uv_timer_t *ka;

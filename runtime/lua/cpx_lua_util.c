@@ -35,6 +35,7 @@
 #include <yajl/yajl_parse.h>
 
 #include "cpx.h"
+#include "cpx_buf.h"
 #include "cpx_sse.h"
 
 #define JSON_MAX_DEPTH 1000
@@ -556,13 +557,8 @@ static int hbox_gc(lua_State *L) {
 
 /* A buffer of at least n bytes owned by b, or NULL. */
 static char *json_scratch(struct json_hbox *b, size_t n) {
-  if (b->cap < n) {
-    char *p = realloc(b->scratch, n);
-    if (!p)
-      return NULL;
-    b->scratch = p;
-    b->cap = n;
-  }
+  if (cpx_buf_reserve(&b->scratch, 0, &b->cap, n) != 0)
+    return NULL;
   return b->scratch;
 }
 
@@ -760,20 +756,12 @@ typedef struct {
 } jbuf_t;
 
 static int jbuf_reserve(jbuf_t *b, size_t extra) {
-  size_t cap;
-  char *np;
   if (b->len + extra <= b->cap)
     return 0;
-  cap = b->cap ? b->cap : 256;
-  while (cap < b->len + extra)
-    cap *= 2;
-  np = realloc(b->p, cap);
-  if (!np) {
+  if (cpx_buf_reserve(&b->p, b->len, &b->cap, extra) != 0) {
     b->oom = 1;
     return -1;
   }
-  b->p = np;
-  b->cap = cap;
   return 0;
 }
 

@@ -1,5 +1,5 @@
-/* cpx_pool_lua.c: `cpx.pool` and `cpx.store`, the Lua view of the
- * process-wide account pool and credential store. Nothing here yields and
+/* cpx_pool_lua.c: `cpx.pool`, the Lua view of the process-wide account
+ * pool (cpx.store: cpx_store_lua.c). Nothing here yields and
  * nothing keeps Lua values: every call copies in and out, so a VM
  * generation can come and go while the C state lives on.
  *
@@ -18,12 +18,6 @@
  *                                      probing, inflight} | nil
  *   cpx.pool.clear([account]) -> states reopened
  *   cpx.pool.reset(); cpx.pool.fake_clock(ms | nil)   (tests)
- *
- *   cpx.store.open(dir) -> expanded dir | nil, err   (watches; idempotent)
- *   cpx.store.version() -> n (0 before open)
- *   cpx.store.list() -> {{name, type, text, disabled, mtime}, ...}
- *   cpx.store.write(name, text), cpx.store.remove(name) -> true | nil, err
- *   cpx.store.rescan() -> changed, cpx.store.dir() -> dir | nil
  */
 #include <stdlib.h>
 #include <string.h>
@@ -35,7 +29,6 @@
 
 #include "cpx_bindings.h"
 #include "cpx_pool.h"
-#include "cpx_store.h"
 
 #define MAX_EXCLUDE 256
 
@@ -267,101 +260,6 @@ static int l_fake_clock(lua_State *L) {
   return 0;
 }
 
-/* ---- cpx.store ------------------------------------------------------------
- */
-
-static int push_err(lua_State *L, int rc) {
-  lua_pushnil(L);
-  lua_pushstring(L, rc < 0 && rc > -4096 ? strerror(-rc) : cpx_strerror(rc));
-  return 2;
-}
-
-static int l_store_open(lua_State *L) {
-  cpx_store_t *s = cpx_store_global(luaL_checkstring(L, 1));
-  if (!s) {
-    lua_pushnil(L);
-    lua_pushfstring(L, "cannot open auth-dir %s", lua_tostring(L, 1));
-    return 2;
-  }
-  lua_pushstring(L, cpx_store_dir(s));
-  return 1;
-}
-
-static int l_store_version(lua_State *L) {
-  cpx_store_t *s = cpx_store_current();
-  lua_pushnumber(L, s ? (double)cpx_store_version(s) : 0);
-  return 1;
-}
-
-static int l_store_dir(lua_State *L) {
-  cpx_store_t *s = cpx_store_current();
-  if (!s)
-    return 0;
-  lua_pushstring(L, cpx_store_dir(s));
-  return 1;
-}
-
-static int l_store_list(lua_State *L) {
-  cpx_store_t *s = cpx_store_current();
-  cpx_store_entry_t *e;
-  size_t n;
-  int rc;
-  if (!s) {
-    lua_newtable(L);
-    return 1;
-  }
-  if ((rc = cpx_store_snapshot(s, &e, &n)) != 0)
-    return push_err(L, rc);
-  lua_createtable(L, (int)n, 0);
-  for (size_t i = 0; i < n; i++) {
-    lua_createtable(L, 0, 5);
-    lua_pushstring(L, e[i].name);
-    lua_setfield(L, -2, "name");
-    lua_pushstring(L, e[i].type);
-    lua_setfield(L, -2, "type");
-    lua_pushlstring(L, e[i].text, e[i].len);
-    lua_setfield(L, -2, "text");
-    lua_pushboolean(L, e[i].disabled);
-    lua_setfield(L, -2, "disabled");
-    lua_pushnumber(L, (double)e[i].mtime);
-    lua_setfield(L, -2, "mtime");
-    lua_rawseti(L, -2, (int)i + 1);
-  }
-  cpx_store_snapshot_free(e, n);
-  return 1;
-}
-
-static int l_store_write(lua_State *L) {
-  cpx_store_t *s = cpx_store_current();
-  size_t len;
-  const char *name = luaL_checkstring(L, 1);
-  const char *text = luaL_checklstring(L, 2, &len);
-  int rc;
-  if (!s)
-    return push_err(L, CPX_ESTATE);
-  if ((rc = cpx_store_write(s, name, text, len)) != 0)
-    return push_err(L, rc);
-  lua_pushboolean(L, 1);
-  return 1;
-}
-
-static int l_store_remove(lua_State *L) {
-  cpx_store_t *s = cpx_store_current();
-  int rc;
-  if (!s)
-    return push_err(L, CPX_ESTATE);
-  if ((rc = cpx_store_remove(s, luaL_checkstring(L, 1))) != 0)
-    return push_err(L, rc);
-  lua_pushboolean(L, 1);
-  return 1;
-}
-
-static int l_store_rescan(lua_State *L) {
-  cpx_store_t *s = cpx_store_current();
-  lua_pushboolean(L, s && cpx_store_rescan(s) > 0);
-  return 1;
-}
-
 void cpx_pool_lua_register(lua_State *L) {
   static const luaL_Reg pool_fns[] = {
       {"configure", l_configure},   {"account", l_account},
@@ -370,11 +268,5 @@ void cpx_pool_lua_register(lua_State *L) {
       {"load_file", l_load_file},   {"state", l_state},
       {"clear", l_clear},           {"reset", l_reset},
       {"fake_clock", l_fake_clock}, {NULL, NULL}};
-  static const luaL_Reg store_fns[] = {
-      {"open", l_store_open},     {"version", l_store_version},
-      {"list", l_store_list},     {"write", l_store_write},
-      {"remove", l_store_remove}, {"rescan", l_store_rescan},
-      {"dir", l_store_dir},       {NULL, NULL}};
   cpx_lua_register_table(L, "pool", pool_fns);
-  cpx_lua_register_table(L, "store", store_fns);
 }

@@ -1,5 +1,15 @@
-/* cpx_store_lua.c: the credential store's blocking calls from a runtime
- * coroutine, done in libuv's threadpool instead of on the worker's loop.
+/* cpx_store_lua.c: `cpx.store`, the Lua view of the process-wide
+ * credential store (runtime/state/cpx_store.c).
+ *
+ *   cpx.store.open(dir) -> expanded dir | nil, err   (watches; idempotent)
+ *   cpx.store.version() -> n (0 before open)
+ *   cpx.store.list() -> {{name, type, text, disabled, mtime}, ...}
+ *   cpx.store.write(name, text), cpx.store.remove(name) -> true | nil, err
+ *   cpx.store.rescan() -> changed, cpx.store.dir() -> dir | nil
+ *
+ * and, in the server's VMs only (cpx_store_async_lua_register), the
+ * blocking calls from a runtime coroutine done in libuv's threadpool
+ * instead of on the worker's loop:
  *
  *   cpx.store.write_async(name, text) -> true | nil, err   (yields)
  *   cpx.store.rescan_async() -> changed                    (yields)
@@ -21,6 +31,111 @@
 #include "cpx_bindings.h"
 #include "cpx_store.h"
 #include "cpx_task.h"
+
+/* ---- cpx.store: synchronous --------------------------------------------- */
+
+static int push_err(lua_State *L, int rc) {
+  lua_pushnil(L);
+  lua_pushstring(L, rc < 0 && rc > -4096 ? strerror(-rc) : cpx_strerror(rc));
+  return 2;
+}
+
+static int l_store_open(lua_State *L) {
+  cpx_store_t *s = cpx_store_global(luaL_checkstring(L, 1));
+  if (!s) {
+    lua_pushnil(L);
+    lua_pushfstring(L, "cannot open auth-dir %s", lua_tostring(L, 1));
+    return 2;
+  }
+  lua_pushstring(L, cpx_store_dir(s));
+  return 1;
+}
+
+static int l_store_version(lua_State *L) {
+  cpx_store_t *s = cpx_store_current();
+  lua_pushnumber(L, s ? (double)cpx_store_version(s) : 0);
+  return 1;
+}
+
+static int l_store_dir(lua_State *L) {
+  cpx_store_t *s = cpx_store_current();
+  if (!s)
+    return 0;
+  lua_pushstring(L, cpx_store_dir(s));
+  return 1;
+}
+
+static int l_store_list(lua_State *L) {
+  cpx_store_t *s = cpx_store_current();
+  cpx_store_entry_t *e;
+  size_t n;
+  int rc;
+  if (!s) {
+    lua_newtable(L);
+    return 1;
+  }
+  if ((rc = cpx_store_snapshot(s, &e, &n)) != 0)
+    return push_err(L, rc);
+  lua_createtable(L, (int)n, 0);
+  for (size_t i = 0; i < n; i++) {
+    lua_createtable(L, 0, 5);
+    lua_pushstring(L, e[i].name);
+    lua_setfield(L, -2, "name");
+    lua_pushstring(L, e[i].type);
+    lua_setfield(L, -2, "type");
+    lua_pushlstring(L, e[i].text, e[i].len);
+    lua_setfield(L, -2, "text");
+    lua_pushboolean(L, e[i].disabled);
+    lua_setfield(L, -2, "disabled");
+    lua_pushnumber(L, (double)e[i].mtime);
+    lua_setfield(L, -2, "mtime");
+    lua_rawseti(L, -2, (int)i + 1);
+  }
+  cpx_store_snapshot_free(e, n);
+  return 1;
+}
+
+static int l_store_write(lua_State *L) {
+  cpx_store_t *s = cpx_store_current();
+  size_t len;
+  const char *name = luaL_checkstring(L, 1);
+  const char *text = luaL_checklstring(L, 2, &len);
+  int rc;
+  if (!s)
+    return push_err(L, CPX_ESTATE);
+  if ((rc = cpx_store_write(s, name, text, len)) != 0)
+    return push_err(L, rc);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int l_store_remove(lua_State *L) {
+  cpx_store_t *s = cpx_store_current();
+  int rc;
+  if (!s)
+    return push_err(L, CPX_ESTATE);
+  if ((rc = cpx_store_remove(s, luaL_checkstring(L, 1))) != 0)
+    return push_err(L, rc);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int l_store_rescan(lua_State *L) {
+  cpx_store_t *s = cpx_store_current();
+  lua_pushboolean(L, s && cpx_store_rescan(s) > 0);
+  return 1;
+}
+
+void cpx_store_lua_register(lua_State *L) {
+  static const luaL_Reg fns[] = {
+      {"open", l_store_open},     {"version", l_store_version},
+      {"list", l_store_list},     {"write", l_store_write},
+      {"remove", l_store_remove}, {"rescan", l_store_rescan},
+      {"dir", l_store_dir},       {NULL, NULL}};
+  cpx_lua_register_table(L, "store", fns);
+}
+
+/* ---- cpx.store: in the threadpool ---------------------------------------- */
 
 enum { JOB_WRITE, JOB_RESCAN };
 
@@ -142,7 +257,7 @@ static int l_rescan_async(lua_State *L) {
   return run(L, JOB_RESCAN, NULL, NULL, 0);
 }
 
-void cpx_store_lua_register(lua_State *L) {
+void cpx_store_async_lua_register(lua_State *L) {
   lua_getfield(L, -1, "store");
   if (lua_istable(L, -1)) {
     lua_pushcfunction(L, l_write_async);

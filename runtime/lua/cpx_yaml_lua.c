@@ -21,6 +21,7 @@
 
 #include "cpx.h"
 #include "cpx_bindings.h"
+#include "cpx_buf.h"
 #include "cpx_yaml.h"
 
 #define TAG_PREFIX "tag:yaml.org,2002:"
@@ -54,16 +55,9 @@ static void yctx_free(yctx *c) {
 /* Path stack: push appends ".seg" (or "seg" at the root) and returns the old
  * length for pop. */
 static int path_push(yctx *c, const char *seg, size_t n, size_t *old) {
-  size_t need = c->plen + n + 2;
   *old = c->plen;
-  if (need > c->pcap) {
-    size_t ncap = need * 2;
-    char *p = realloc(c->path, ncap);
-    if (p == NULL)
-      return cpx_yaml_errorf(&c->d, CPX_ENOMEM, 0, 0, "out of memory");
-    c->path = p;
-    c->pcap = ncap;
-  }
+  if (cpx_buf_reserve(&c->path, c->plen, &c->pcap, n + 1) != 0)
+    return cpx_yaml_errorf(&c->d, CPX_ENOMEM, 0, 0, "out of memory");
   if (c->plen > 0)
     c->path[c->plen++] = c->sep ? c->sep : '.';
   memcpy(c->path + c->plen, seg, n);

@@ -12,6 +12,7 @@ int luaopen_cpx(lua_State *L) {
   cpx_http_lua_register(L);
   cpx_tokens_lua_register(L);
   cpx_pool_lua_register(L);
+  cpx_store_lua_register(L);
   cpx_yaml_lua_register(L);
   cpx_mgmt_lua_register(L);
   cpx_reqlog_lua_register(L);

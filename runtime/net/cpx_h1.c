@@ -91,6 +91,11 @@ static int conn_open_at(cpx_h1_pool_t *p, endpoint_t *ep, cpx_h1_req_t *q,
 
 static void timer_arm(cpx_h1_conn_t *c, int mode, uint64_t ms);
 
+/* The timeouts that apply to q: its own or the pool's. */
+static const cpx_h1_timeouts_t *req_to(const cpx_h1_req_t *q) {
+  return q->to ? q->to : &q->pool->to;
+}
+
 static void on_timer(uv_timer_t *t) {
   cpx_h1_conn_t *c = t->data;
   int mode = c->timer_mode;
@@ -436,7 +441,7 @@ static int conn_parse(cpx_h1_conn_t *c, cpx_h1_req_t *q, const char *p,
   llhttp_errno_t err;
   q->got_bytes = 1;
   if (!q->paused)
-    timer_arm(c, T_IDLE, c->pool->to.idle_ms);
+    timer_arm(c, T_IDLE, req_to(q)->idle_ms);
   err = llhttp_execute(&c->parser, p, n);
   if (after_callbacks(c, q))
     return P_GONE;
@@ -739,7 +744,7 @@ static int conn_start(cpx_h1_conn_t *c, cpx_h1_req_t *q) {
       c->writing++;
     }
   }
-  timer_arm(c, T_FIRST_BYTE, c->pool->to.first_byte_ms);
+  timer_arm(c, T_FIRST_BYTE, req_to(q)->first_byte_ms);
   return 0;
 }
 
@@ -853,7 +858,8 @@ static int conn_open_at(cpx_h1_pool_t *p, endpoint_t *ep, cpx_h1_req_t *q,
   c->timer.data = c;
   c->pending = 2;
   p->nconns++;
-  timer_arm(c, T_CONNECT, p->to.connect_ms);
+  q->pool = p;
+  timer_arm(c, T_CONNECT, req_to(q)->connect_ms);
   if (at) {
     rc = conn_connect(c, at->ai_addr);
   } else if (uv_ip4_addr(ep->host, ep->port, &addr.v4) == 0 ||
@@ -1019,7 +1025,7 @@ void cpx_h1_resume(cpx_h1_req_t *q) {
     }
     c->reading = 1;
   }
-  timer_arm(c, T_IDLE, c->pool->to.idle_ms);
+  timer_arm(c, T_IDLE, req_to(q)->idle_ms);
 }
 
 int cpx__h1_resumed(const cpx_h1_req_t *q) {

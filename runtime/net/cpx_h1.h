@@ -6,8 +6,9 @@
  * build, connection-cache lookup, socket callbacks re-arming epoll) costs
  * more instructions than nginx spends on the whole proxy hop. A request
  * whose head is prebuilt, sent on a pooled connection and parsed with
- * llhttp needs none of it. Everything else (proxies, HTTP/2, the Lua
- * pipeline's fetches) stays on libcurl (cpx_upstream.c).
+ * llhttp needs none of it. The Lua pipeline's fetches (cpx_upstream.c)
+ * come here too; what it cannot do (proxies, user:pass@ URLs, HEAD) stays
+ * on libcurl.
  *
  * TLS (q->tls) is OpenSSL over memory BIOs (cpx_tls.c) on the loop: SNI,
  * the certificate checked against the pool's trust (cpx_h1_pool_set_ca)
@@ -78,6 +79,10 @@ struct cpx_h1_req_s {
   int tls;          /* https: the pool keys connections by (host, port, tls) */
   uv_buf_t bufs[6]; /* the request bytes, head first */
   unsigned nbufs;
+  /* This request's connect, first-byte and idle timeouts (borrowed, valid
+   * until on_done or cancel); NULL: the pool's. cpx.fetch takes them per
+   * call. keepalive_ms is always the pool's. */
+  const cpx_h1_timeouts_t *to;
   /* response head, valid from on_head until on_done / cancel */
   int status;
   char *hbuf; /* grown by the client; the caller frees it (cpx_h1_req_free) */

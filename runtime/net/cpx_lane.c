@@ -609,6 +609,56 @@ static long count_text(const char *s, size_t n, const cpx_lane_count_t *c) {
   return k;
 }
 
+/* Lua's white space (%s): what its list split (providers/claude.lua's
+ * add_betas) cuts at. */
+static int list_space(char c) {
+  return c == ' ' || c == '\t' || c == '\n' || c == '\v' || c == '\f' ||
+         c == '\r';
+}
+
+int cpx_lane_list_plain(const char *v, size_t n) {
+  const char *item[CPX_LANE_LIST_MAX];
+  size_t len[CPX_LANE_LIST_MAX], k = 0, i = 0;
+
+  if (n == 0)
+    return 0;
+  while (i <= n) {
+    size_t s = i;
+    while (i < n && v[i] != ',') {
+      if (list_space(v[i]))
+        return 0;
+      i++;
+    }
+    if (i == s || k == CPX_LANE_LIST_MAX)
+      return 0; /* an empty item (",," or a trailing comma), or too many */
+    for (size_t j = 0; j < k; j++)
+      if (len[j] == i - s && memcmp(item[j], v + s, i - s) == 0)
+        return 0;
+    item[k] = v + s;
+    len[k++] = i - s;
+    i++; /* past the comma (or past the end) */
+  }
+  return 1;
+}
+
+/* 1 when the slot's client header may go upstream as written: sent at
+ * most once, and, for a list, already in the form prepare() gives it. */
+static int slot_plain(const cpx_http_request_t *h, const cpx_lane_slot_t *s) {
+  size_t nl = strlen(s->client), seen = 0;
+  for (size_t i = 0; i < h->nfields; i++) {
+    const cpx_http_field_t *f = &h->fields[i];
+    if (f->name_len != nl || memcmp(h->buf + f->name_off, s->client, nl) != 0)
+      continue;
+    if (++seen > 1)
+      return 0;
+    /* (an empty value counts as none, as prepare() reads it) */
+    if (s->list && f->value_len &&
+        !cpx_lane_list_plain(h->buf + f->value_off, f->value_len))
+      return 0;
+  }
+  return 1;
+}
+
 /* The request's own checks, as the model's providers declared them
  * (rt.lane): 1 when it may be relayed as written. */
 static int rules_pass(const cpx_lane_route_t *rt, const cpx_lane_model_t *m,
@@ -627,6 +677,9 @@ static int rules_pass(const cpx_lane_route_t *rt, const cpx_lane_model_t *m,
       return 0;
   for (size_t i = 0; i < m->nlua_headers; i++)
     if (cpx_request_header(r, m->lua_headers[i], &n))
+      return 0;
+  for (size_t i = 0; i < m->nslots; i++)
+    if (!slot_plain(h, &m->slots[i]))
       return 0;
   for (size_t i = 0; i < m->nat_most; i++)
     if (count_text(h->body, h->body_len, &m->at_most[i]) > m->at_most[i].max)

@@ -61,12 +61,23 @@ typedef struct {
                           * when the client sent no such header ("" none) */
 } cpx_lane_target_t;
 
-/* A client header the upstream head carries as the client sent it. */
+/* A client header the upstream head carries as the client sent it. The
+ * relay never edits a value: what Lua would send differently goes to Lua
+ * (a header sent twice, which Lua reads joined; with list set, a value that
+ * is not already a comma-separated list without blanks, spaces or repeats:
+ * rt.lane checks that prepare() sends such a list as it is). */
 typedef struct {
   char *client; /* lower case */
   char *prefix; /* "Upstream-Name: " */
   size_t prefix_len;
+  int list; /* the value is a comma-separated list (Anthropic-Beta) */
 } cpx_lane_slot_t;
+
+/* 1 when v is a list the relay may send as written: items of bytes other
+ * than ',' and white space, separated by single commas, none repeated, at
+ * most CPX_LANE_LIST_MAX of them (a longer one is Lua's). */
+#define CPX_LANE_LIST_MAX 64
+int cpx_lane_list_plain(const char *v, size_t n);
 
 /* At most max occurrences of text in the body. */
 typedef struct {

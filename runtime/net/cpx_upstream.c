@@ -6,6 +6,7 @@
 #include <strings.h>
 
 #include "cpx_buf.h"
+#include "cpx_h1.h"
 #include "cpx_log.h"
 
 /* Body bytes held before the owner has chosen a mode; past this the
@@ -215,7 +216,7 @@ static void on_fetch_timer(uv_timer_t *t) {
 
 static void arm_timer(cpx_fetch_t *f) {
   uint64_t ms = f->headers_done || f->bytes_in ? f->idle_ms : f->first_byte_ms;
-  if (f->done || f->paused || !ms)
+  if (f->h1 || f->done || f->paused || !ms)
     return;
   uv_timer_start(&f->timer, on_fetch_timer, ms, 0);
 }
@@ -331,6 +332,302 @@ static void check_multi_info(cpx_upstream_t *up) {
   }
 }
 
+/* ---- the cpx_h1 transport ----------------------------------------------- */
+
+/* A fetch on the worker's h1 pool. The client calls back inside its parser
+ * (on_head, on_body) or from a libuv callback (on_done); the owner hears of
+ * it through queue_event, from the loop, as with curl. Freed with the
+ * fetch's timer (on_fetch_closed), so a cancel from inside a callback never
+ * leaves the client pointing at freed memory. */
+typedef struct cpx_h1_fetch_s {
+  cpx_h1_req_t q;
+  cpx_h1_timeouts_t to; /* q.to */
+  char *head;           /* owned: request line and headers */
+  size_t head_len, head_cap;
+  char host[256]; /* q.host: the name, an IPv6 literal without brackets */
+  int active;     /* q is with the pool: on_done is still to come */
+} h1_fetch_t;
+
+static int h1_on_head(cpx_h1_req_t *q) {
+  cpx_fetch_t *f = q->data;
+  if (f->freed)
+    return -1;
+  f->status = q->status;
+  f->resp_headers_len = 0;
+  for (size_t i = 0; i < q->nfields; i++) {
+    const cpx_h1_field_t *fd = &q->fields[i];
+    if (cpx_buf_append(&f->resp_headers, &f->resp_headers_len,
+                       &f->resp_headers_cap, q->hbuf + fd->name_off,
+                       fd->name_len) ||
+        cpx_buf_append(&f->resp_headers, &f->resp_headers_len,
+                       &f->resp_headers_cap, ": ", 2) ||
+        cpx_buf_append(&f->resp_headers, &f->resp_headers_len,
+                       &f->resp_headers_cap, q->hbuf + fd->value_off,
+                       fd->value_len) ||
+        cpx_buf_append(&f->resp_headers, &f->resp_headers_len,
+                       &f->resp_headers_cap, "\r\n", 2)) {
+      f->result = CPX_ENOMEM;
+      return -1;
+    }
+  }
+  f->headers_done = 1;
+  queue_event(f, CPX_FETCH_HEADERS);
+  return 0;
+}
+
+/* Stops reading: a sink that refused bytes, or held bytes at their bound.
+ * The rest of the current read still arrives (it is held; at most one read
+ * buffer past the bound). */
+static void h1_pause(cpx_fetch_t *f) {
+  if (f->paused)
+    return;
+  f->paused = 1;
+  cpx_h1_pause(&f->h1->q);
+}
+
+static int h1_on_body(cpx_h1_req_t *q, const char *p, size_t n) {
+  cpx_fetch_t *f = q->data;
+  if (f->freed)
+    return -1;
+  f->bytes_in += n;
+  if (f->mode == 2 && !f->paused && f->body_read >= f->body_len) {
+    int rc = f->sink(f, p, n);
+    if (rc == 0)
+      return f->freed ? -1 : 0;
+    if (rc != CPX_EAGAIN) {
+      f->result = rc;
+      return -1;
+    }
+    /* Refused for now: held below, handed over by cpx_fetch_resume. curl
+     * keeps such bytes itself; this client has already read them. */
+    h1_pause(f);
+  }
+  if (f->mode == 1 && f->body_len + n > f->max_body) {
+    f->result = CPX_ELIMIT;
+    snprintf(f->errmsg, sizeof(f->errmsg), "upstream body over %zu bytes",
+             f->max_body);
+    return -1;
+  }
+  if (cpx_buf_append(&f->body, &f->body_len, &f->body_cap, p, n)) {
+    f->result = CPX_ENOMEM;
+    return -1;
+  }
+  if (f->mode == 0 && f->notify_data)
+    queue_event(f, CPX_FETCH_DATA);
+  if (f->mode != 1 && f->body_len - f->body_read >= HOLD_MAX)
+    h1_pause(f); /* nobody takes the bytes yet: stop reading */
+  return 0;
+}
+
+static void h1_on_done(cpx_h1_req_t *q, int rc) {
+  cpx_fetch_t *f = q->data;
+  f->h1->active = 0;
+  if (f->freed)
+    return;
+  if (rc == 0) {
+    finish(f, 0, NULL);
+    return;
+  }
+  /* The codes of the curl transport: a timeout, the owner's own failure
+   * (body bound, memory, a sink's error), else a transport error. */
+  if (f->result)
+    rc = f->result;
+  else if (rc != CPX_ETIMEOUT)
+    rc = CPX_EIO;
+  finish(f, rc, q->err ? q->err : cpx_strerror(rc));
+}
+
+static const cpx_h1_cb_t h1_cb = {h1_on_head, h1_on_body, h1_on_done};
+
+static int proxy_is_direct(const char *proxy) {
+  return !*proxy || strcasecmp(proxy, "direct") == 0 ||
+         strcasecmp(proxy, "none") == 0;
+}
+
+static int h1_add(h1_fetch_t *h, const char *p, size_t n) {
+  return cpx_buf_append(&h->head, &h->head_len, &h->head_cap, p, n);
+}
+
+static int h1_adds(h1_fetch_t *h, const char *s) {
+  return h1_add(h, s, strlen(s));
+}
+
+/* A header name or value that would end its line early (header splitting):
+ * refused rather than sent. */
+static int has_line_break(const char *p, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    if (p[i] == '\r' || p[i] == '\n' || p[i] == '\0')
+      return 1;
+  return 0;
+}
+
+static int name_is(const cpx_header_t *hd, const char *name) {
+  size_t n = strlen(name);
+  return hd->name.n == n && strncasecmp(hd->name.p, name, n) == 0;
+}
+
+/* Builds h's request head from o and the parsed URL pieces, as curl would
+ * send it: Host (unless given), the caller's headers in order, an Accept of any
+ * type when none, for a body Content-Length and (when none) curl's POSTFIELDS
+ * Content-Type. Returns 0, CPX_EAGAIN (let curl do it) or a negative code. */
+static int h1_build_head(h1_fetch_t *h, const cpx_fetch_opts_t *o,
+                         const char *method, const char *path,
+                         const char *query, const char *hostport) {
+  int have_host = 0, have_accept = 0, have_ctype = 0, rc = 0;
+  char num[32];
+
+  for (size_t i = 0; i < o->nheaders; i++) {
+    const cpx_header_t *hd = &o->headers[i];
+    if (has_line_break(hd->name.p, hd->name.n) ||
+        has_line_break(hd->value.p, hd->value.n) || !hd->name.n ||
+        memchr(hd->name.p, ':', hd->name.n))
+      return CPX_EINVAL;
+    if (name_is(hd, "transfer-encoding"))
+      return CPX_EAGAIN; /* the caller frames the body itself */
+    have_host |= name_is(hd, "host");
+    have_accept |= name_is(hd, "accept");
+    have_ctype |= name_is(hd, "content-type");
+  }
+  rc |= h1_adds(h, method);
+  rc |= h1_add(h, " ", 1);
+  rc |= h1_adds(h, path);
+  if (query) {
+    rc |= h1_add(h, "?", 1);
+    rc |= h1_adds(h, query);
+  }
+  rc |= h1_adds(h, " HTTP/1.1\r\n");
+  if (!have_host) {
+    rc |= h1_adds(h, "Host: ");
+    rc |= h1_adds(h, hostport);
+    rc |= h1_add(h, "\r\n", 2);
+  }
+  for (size_t i = 0; i < o->nheaders; i++) {
+    const cpx_header_t *hd = &o->headers[i];
+    if (name_is(hd, "content-length"))
+      continue; /* ours below, from the body we send */
+    rc |= h1_add(h, hd->name.p, hd->name.n);
+    rc |= h1_add(h, ": ", hd->value.n ? 2 : 1);
+    rc |= h1_add(h, hd->value.p, hd->value.n);
+    rc |= h1_add(h, "\r\n", 2);
+  }
+  if (!have_accept)
+    rc |= h1_adds(h, "Accept: */*\r\n");
+  if (o->body) {
+    if (!have_ctype)
+      rc |= h1_adds(h, "Content-Type: application/x-www-form-urlencoded\r\n");
+    snprintf(num, sizeof(num), "Content-Length: %zu\r\n", o->body_len);
+    rc |= h1_adds(h, num);
+  }
+  rc |= h1_add(h, "\r\n", 2);
+  return rc ? CPX_ENOMEM : 0;
+}
+
+static void h1_fetch_free(h1_fetch_t *h) {
+  if (!h)
+    return;
+  cpx_h1_req_free(&h->q);
+  free(h->head);
+  free(h);
+}
+
+/* Starts f on the h1 pool when it can carry o: 0 (started), CPX_EAGAIN
+ * (not for this client: the caller uses curl) or a negative code. */
+static int h1_start(cpx_fetch_t *f, const cpx_fetch_opts_t *o) {
+  cpx_upstream_t *up = f->up;
+  const char *proxy = o->proxy ? o->proxy : up->proxy;
+  char *scheme = NULL, *host = NULL, *port = NULL, *path = NULL;
+  char *query = NULL, *user = NULL;
+  char hostport[300];
+  const char *method;
+  h1_fetch_t *h = NULL;
+  CURLU *u;
+  int rc = CPX_EAGAIN, tls, portn;
+  size_t hl;
+
+  if (!up->h1 || up->h1->closed)
+    return CPX_EAGAIN;
+  if (proxy ? !proxy_is_direct(proxy) : up->env_proxy)
+    return CPX_EAGAIN; /* cpx_h1 speaks to the origin only */
+  method = o->method ? o->method : o->body ? "POST" : "GET";
+  if (strcmp(method, "HEAD") == 0 || has_line_break(method, strlen(method)) ||
+      strchr(method, ' '))
+    return CPX_EAGAIN; /* a bodiless response the parser is not told of */
+  u = curl_url();
+  if (!u)
+    return CPX_ENOMEM;
+  if (curl_url_set(u, CURLUPART_URL, o->url, 0) != CURLUE_OK ||
+      curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
+      curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK ||
+      curl_url_get(u, CURLUPART_PORT, &port, CURLU_DEFAULT_PORT) != CURLUE_OK ||
+      curl_url_get(u, CURLUPART_PATH, &path, 0) != CURLUE_OK)
+    goto out; /* curl reports what is wrong with it */
+  if (curl_url_get(u, CURLUPART_USER, &user, 0) == CURLUE_OK)
+    goto out; /* credentials in the URL: curl's basic auth */
+  if (curl_url_get(u, CURLUPART_QUERY, &query, 0) != CURLUE_OK)
+    query = NULL;
+  if (strcmp(scheme, "https") == 0)
+    tls = 1;
+  else if (strcmp(scheme, "http") == 0)
+    tls = 0;
+  else
+    goto out;
+  if (tls && !up->h1->tls)
+    goto out; /* no trust loaded (the CA file failed): curl's own */
+  portn = atoi(port);
+  hl = strlen(host);
+  if (hl >= sizeof(((h1_fetch_t *)0)->host) || portn <= 0 || portn > 65535)
+    goto out;
+  rc = CPX_ENOMEM;
+  h = calloc(1, sizeof(*h));
+  if (!h)
+    goto out;
+  if (host[0] == '[' && hl > 2 && host[hl - 1] == ']')
+    memcpy(h->host, host + 1, hl - 2);
+  else
+    memcpy(h->host, host, hl);
+  if (portn == (tls ? 443 : 80))
+    snprintf(hostport, sizeof(hostport), "%s", host);
+  else
+    snprintf(hostport, sizeof(hostport), "%s:%d", host, portn);
+  rc = h1_build_head(h, o, method, path, query, hostport);
+  if (rc != 0)
+    goto out;
+  h->to.connect_ms = o->connect_timeout_ms ? o->connect_timeout_ms : 10000;
+  h->to.first_byte_ms = f->first_byte_ms;
+  h->to.idle_ms = f->idle_ms;
+  h->to.keepalive_ms = up->h1->to.keepalive_ms;
+  h->q.cb = &h1_cb;
+  h->q.data = f;
+  h->q.host = h->host;
+  h->q.port = portn;
+  h->q.tls = tls;
+  h->q.to = &h->to;
+  h->q.bufs[0] = uv_buf_init(h->head, (unsigned)h->head_len);
+  h->q.nbufs = 1;
+  if (o->body && o->body_len)
+    h->q.bufs[h->q.nbufs++] =
+        uv_buf_init((char *)f->send_body, (unsigned)o->body_len);
+  f->h1 = h;
+  rc = cpx_h1_send(up->h1, &h->q);
+  if (rc != 0) {
+    f->h1 = NULL;
+    rc = CPX_EAGAIN; /* nothing started: curl gets its chance */
+    goto out;
+  }
+  h->active = 1;
+  h = NULL;
+out:
+  h1_fetch_free(h);
+  curl_free(scheme);
+  curl_free(host);
+  curl_free(port);
+  curl_free(path);
+  curl_free(query);
+  curl_free(user);
+  curl_url_cleanup(u);
+  return rc;
+}
+
 /* ---- public API --------------------------------------------------------- */
 
 int cpx_upstream_init(cpx_upstream_t *up, uv_loop_t *loop, const char *proxy) {
@@ -357,7 +654,21 @@ int cpx_upstream_init(cpx_upstream_t *up, uv_loop_t *loop, const char *proxy) {
   up->timer.data = up;
   up->idle.data = up;
   cpx_upstream_set_proxy(up, proxy);
+  /* curl honours these when no proxy is set; read once, off any request. */
+  {
+    static const char *const vars[] = {"http_proxy", "https_proxy",
+                                       "HTTPS_PROXY", "all_proxy", "ALL_PROXY"};
+    for (size_t i = 0; i < sizeof(vars) / sizeof(vars[0]); i++) {
+      const char *v = getenv(vars[i]);
+      if (v && *v)
+        up->env_proxy = 1;
+    }
+  }
   return 0;
+}
+
+void cpx_upstream_use_h1(cpx_upstream_t *up, cpx_h1_pool_t *pool) {
+  up->h1 = pool;
 }
 
 void cpx_upstream_set_proxy(cpx_upstream_t *up, const char *proxy) {
@@ -416,19 +727,14 @@ int cpx_fetch_start(cpx_upstream_t *up, const cpx_fetch_opts_t *o,
                     cpx_fetch_t **out) {
   cpx_fetch_t *f;
   CURL *e;
+  int rc;
 
   if (up->closed)
     return CPX_ECLOSED;
   f = calloc(1, sizeof(*f));
   if (!f)
     return CPX_ENOMEM;
-  e = up->nspare > 0 ? up->spare[--up->nspare] : curl_easy_init();
-  if (!e) {
-    free(f);
-    return CPX_ENOMEM;
-  }
   f->up = up;
-  f->easy = e;
   f->on_event = on_event;
   f->data = data;
   f->max_body = o->max_body ? o->max_body : 64u * 1024 * 1024;
@@ -437,7 +743,34 @@ int cpx_fetch_start(cpx_upstream_t *up, const cpx_fetch_opts_t *o,
   f->idle_ms = o->idle_timeout_ms ? o->idle_timeout_ms : 300000;
   uv_timer_init(up->loop, &f->timer);
   f->timer.data = f;
+  if (o->body && o->body_borrowed) {
+    f->send_body = o->body;
+  } else if (o->body) {
+    /* Both transports send it from here (curl reads it in place). */
+    f->req_body = malloc(o->body_len + 1);
+    if (!f->req_body) {
+      cpx_fetch_free(f);
+      return CPX_ENOMEM;
+    }
+    memcpy(f->req_body, o->body, o->body_len);
+    f->send_body = f->req_body;
+  }
+  rc = h1_start(f, o);
+  if (rc == 0) {
+    *out = f;
+    return 0;
+  }
+  if (rc != CPX_EAGAIN) {
+    cpx_fetch_free(f);
+    return rc;
+  }
 
+  e = up->nspare > 0 ? up->spare[--up->nspare] : curl_easy_init();
+  if (!e) {
+    cpx_fetch_free(f);
+    return CPX_ENOMEM;
+  }
+  f->easy = e;
   curl_easy_setopt(e, CURLOPT_URL, o->url);
   curl_easy_setopt(e, CURLOPT_PRIVATE, f);
   curl_easy_setopt(e, CURLOPT_ERRORBUFFER, f->errmsg);
@@ -459,7 +792,7 @@ int cpx_fetch_start(cpx_upstream_t *up, const cpx_fetch_opts_t *o,
   cpx_upstream_apply_ca(e, up->ca_file);
 
   /* Never let curl add "Expect: 100-continue" (a round trip for big
-   * bodies) nor a default Accept the provider did not ask for. */
+   * bodies). */
   f->hdrs = curl_slist_append(f->hdrs, "Expect:");
   for (size_t i = 0; i < o->nheaders; i++) {
     const cpx_header_t *h = &o->headers[i];
@@ -486,13 +819,7 @@ int cpx_fetch_start(cpx_upstream_t *up, const cpx_fetch_opts_t *o,
   curl_easy_setopt(e, CURLOPT_HTTPHEADER, f->hdrs);
 
   if (o->body) {
-    f->req_body = malloc(o->body_len + 1);
-    if (!f->req_body) {
-      cpx_fetch_free(f);
-      return CPX_ENOMEM;
-    }
-    memcpy(f->req_body, o->body, o->body_len);
-    curl_easy_setopt(e, CURLOPT_POSTFIELDS, f->req_body);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDS, f->send_body);
     curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)o->body_len);
   }
   if (o->method)
@@ -515,6 +842,11 @@ static void unpause(cpx_fetch_t *f) {
   if (!f->paused || f->freed)
     return;
   f->paused = 0;
+  if (f->h1) {
+    if (f->h1->active)
+      cpx_h1_resume(&f->h1->q); /* may end it: on_done queues the event */
+    return;
+  }
   arm_timer(f);
   if (f->in_multi) {
     /* May call write_cb synchronously with the bytes curl kept. */
@@ -540,6 +872,10 @@ static void deliver_held(cpx_fetch_t *f) {
         curl_multi_remove_handle(f->up->multi, f->easy);
         f->in_multi = 0;
         f->up->running--;
+      }
+      if (f->h1 && f->h1->active) {
+        f->h1->active = 0;
+        cpx_h1_cancel(&f->h1->q);
       }
       f->body_read = f->body_len;
       finish(f, rc, "stream handler failed");
@@ -582,6 +918,7 @@ void cpx_fetch_resume(cpx_fetch_t *f) {
 
 static void on_fetch_closed(uv_handle_t *h) {
   cpx_fetch_t *f = h->data;
+  h1_fetch_free(f->h1);
   free(f);
 }
 
@@ -596,8 +933,15 @@ void cpx_fetch_free(cpx_fetch_t *f) {
     f->in_multi = 0;
     f->up->running--;
   }
-  if (!f->up->closed &&
-      f->up->nspare < (int)(sizeof(f->up->spare) / sizeof(f->up->spare[0]))) {
+  if (f->h1 && f->h1->active) {
+    /* No callback after this; the connection closes (cut short). */
+    f->h1->active = 0;
+    cpx_h1_cancel(&f->h1->q);
+  }
+  if (!f->easy) {
+    /* an h1 fetch, or one that failed before it had a handle */
+  } else if (!f->up->closed && f->up->nspare < (int)(sizeof(f->up->spare) /
+                                                     sizeof(f->up->spare[0]))) {
     curl_easy_reset(f->easy);
     f->up->spare[f->up->nspare++] = f->easy;
   } else {

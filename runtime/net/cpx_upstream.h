@@ -1,5 +1,15 @@
-/* cpx_upstream.h: the upstream HTTP client: libcurl multi driven by uv_poll
- * and one uv_timer on the worker's loop.
+/* cpx_upstream.h: the upstream HTTP client of the Lua path (cpx.fetch,
+ * req:pipe, logins). Two transports behind one interface:
+ *   - cpx_h1 (cpx_h1.h), the worker's HTTP/1.1 keep-alive pool on the loop,
+ *     for http and https URLs reached directly (no proxy), once the owner
+ *     has handed the pool over with cpx_upstream_use_h1;
+ *   - libcurl multi driven by uv_poll and one uv_timer on the loop, for
+ *     everything else: a proxy (per request, proxy-url, or the *_proxy
+ *     environment curl honours), user:pass@ URLs, HEAD, or no pool.
+ * Why: a curl transfer's set-up (URL parse, handle reset, connection-cache
+ * look-up, socket callbacks re-arming epoll) cost ~300 us of a translated
+ * stream's time to first token; the pooled client sends a prebuilt head on
+ * a kept-alive connection. f->h1 says which one a fetch uses.
  *
  * A fetch reports to its owner through on_event, always from the loop and
  * never from inside a curl callback (so the owner may start or cancel
@@ -44,8 +54,12 @@ typedef struct {
   const char *url;
   const cpx_header_t *headers;
   size_t nheaders;
-  const char *body; /* copied */
+  const char *body; /* copied, unless body_borrowed */
   size_t body_len;
+  /* The caller keeps body valid and unchanged until cpx_fetch_free: it is
+   * sent from where it is (cpx.fetch anchors the Lua string), saving a
+   * copy of what can be a 100 KB request. */
+  int body_borrowed;
   const char *proxy; /* NULL: global proxy; "" / "direct" / "none": none */
   uint64_t connect_timeout_ms;    /* 10 s, TLS included */
   uint64_t first_byte_timeout_ms; /* 300 s */
@@ -68,13 +82,17 @@ struct cpx_upstream_s {
   int nspare;
   size_t running;
   int closed;
+  /* The worker's h1 pool (borrowed; it outlives every fetch) or NULL. */
+  struct cpx_h1_pool_s *h1;
+  int env_proxy; /* an http(s)_proxy / all_proxy variable was set at init */
 };
 
 struct cpx_fetch_s {
   cpx_upstream_t *up;
   CURL *easy;
   struct curl_slist *hdrs; /* owned */
-  char *req_body;          /* owned: curl reads it in place */
+  char *req_body;          /* owned: the copied request body */
+  const char *send_body;   /* req_body or the caller's borrowed bytes */
   uv_timer_t timer;        /* first-byte / idle deadline */
   int status;
   char *resp_headers; /* owned: "name: value\r\n" lines of the final response */
@@ -99,10 +117,14 @@ struct cpx_fetch_s {
   cpx_fetch_sink_cb sink;
   void *data; /* owner's */
   uint64_t bytes_in;
+  struct cpx_h1_fetch_s *h1; /* owned: the cpx_h1 transfer; NULL with curl */
 };
 
 int cpx_upstream_init(cpx_upstream_t *up, uv_loop_t *loop, const char *proxy);
 void cpx_upstream_set_proxy(cpx_upstream_t *up, const char *proxy);
+/* Fetches that need no proxy go through pool from now on (NULL: all on
+ * libcurl). The pool must outlive the fetches started through it. */
+void cpx_upstream_use_h1(cpx_upstream_t *up, struct cpx_h1_pool_s *pool);
 /* The CA certificates (PEM file) that upstream servers are checked against
  * instead of the system store; NULL or "" for the system store. */
 void cpx_upstream_set_ca(cpx_upstream_t *up, const char *ca_file);

@@ -4,10 +4,14 @@
  * timeouts, truncation, backpressure, cancel and stop; and the same server
  * behind TLS (cpx_tls.c's server side, with a CA and certificates made at
  * run time): trust, host names, a handshake cut short, session resumption
- * and reuse. */
+ * and reuse. Then cpx_upstream's fetches (the Lua path) carried by the
+ * same pool: the request head they build, reuse, per-request timeouts, a
+ * sink that refuses bytes (backpressure), a free mid-body, a server that
+ * closes after the head, and a proxied fetch left to libcurl. */
 #include "cpx_h1.h"
 #include "cpx_test.h"
 #include "cpx_tls.h"
+#include "cpx_upstream.h"
 
 #include <netdb.h>
 #include <stdlib.h>
@@ -496,15 +500,22 @@ static void test_malformed_status(void) {
   pool_shut();
 }
 
-static char big_answer[(1 << 20) + 128];
+static char big_answer[(3 << 20) + 128];
 
-static void test_pause_resume(void) {
-  size_t n = 1 << 20, h;
-  h = (size_t)snprintf(big_answer, sizeof(big_answer),
+/* big_answer: a head and n body bytes a..z; *head is the head's length. */
+static void big_body(size_t n, size_t *head) {
+  size_t h =
+      (size_t)snprintf(big_answer, sizeof(big_answer),
                        "HTTP/1.1 200 OK\r\nContent-Length: %zu\r\n\r\n", n);
   for (size_t i = 0; i < n; i++)
     big_answer[h + i] = (char)('a' + i % 26);
   big_answer[h + n] = 0;
+  *head = h;
+}
+
+static void test_pause_resume(void) {
+  size_t n = 1 << 20, h;
+  big_body(n, &h);
   server_start(big_answer);
   pool_open(1000);
   call_t *c = call_new();
@@ -833,11 +844,7 @@ static void test_tls_chunked_and_large(void) {
   CPX_CHECK_INT(c->rc, 0);
   CPX_CHECK_MEM(c->body, c->body_len, "hello world", 11);
   call_free(c);
-  h = (size_t)snprintf(big_answer, sizeof(big_answer),
-                       "HTTP/1.1 200 OK\r\nContent-Length: %zu\r\n\r\n", n);
-  for (size_t i = 0; i < n; i++)
-    big_answer[h + i] = (char)('a' + i % 26);
-  big_answer[h + n] = 0;
+  big_body(n, &h);
   S.answer = big_answer;
   S.answer_len = h + n;
   c = tls_call("localhost");
@@ -876,6 +883,315 @@ static void test_tls_ca_file_errors(void) {
   cpx_h1_pool_close(&pool);
 }
 
+/* ---- cpx_fetch on the h1 pool ------------------------------------------- */
+
+typedef struct {
+  cpx_fetch_t *f;
+  int heads, dones;
+  int sink;           /* take the body through a sink, not buffered */
+  int refuse_first;   /* the sink refuses its first piece (EAGAIN) */
+  int refusing;       /* between that refusal and cpx_fetch_resume */
+  int while_refusing; /* sink calls while refusing */
+  int free_at_first;  /* free the fetch after the first piece */
+  int pieces;
+  char got[3 << 20];
+  size_t got_len;
+} fcall_t;
+
+static cpx_upstream_t up;
+
+static void f_resume(uv_timer_t *t) {
+  fcall_t *c = t->data;
+  c->refusing = 0;
+  cpx_fetch_resume(c->f);
+  uv_close((uv_handle_t *)t, (uv_close_cb)free);
+}
+
+static void f_free(uv_timer_t *t) {
+  fcall_t *c = t->data;
+  cpx_fetch_free(c->f);
+  c->f = NULL;
+  uv_close((uv_handle_t *)t, (uv_close_cb)free);
+  uv_stop(loop);
+}
+
+static void f_later(fcall_t *c, uv_timer_cb cb, uint64_t ms) {
+  uv_timer_t *t = malloc(sizeof(*t));
+  uv_timer_init(loop, t);
+  t->data = c;
+  uv_timer_start(t, cb, ms, 0);
+}
+
+static int f_sink(cpx_fetch_t *f, const char *p, size_t n) {
+  fcall_t *c = f->data;
+  if (c->refusing)
+    c->while_refusing++;
+  if (c->refuse_first && c->pieces == 0 && !c->refusing) {
+    c->refusing = 1;
+    c->refuse_first = 0;
+    f_later(c, f_resume, 30);
+    return CPX_EAGAIN;
+  }
+  if (c->got_len + n > sizeof(c->got))
+    return CPX_ELIMIT;
+  if (c->free_at_first && c->pieces == 1) {
+    /* a slow client that then goes away: refused, freed while paused */
+    f_later(c, f_free, 0);
+    return CPX_EAGAIN;
+  }
+  memcpy(c->got + c->got_len, p, n);
+  c->got_len += n;
+  c->pieces++;
+  return 0;
+}
+
+static void f_event(cpx_fetch_t *f, int ev) {
+  fcall_t *c = f->data;
+  if (ev == CPX_FETCH_HEADERS) {
+    c->heads++;
+    if (c->sink)
+      cpx_fetch_sink(f, f_sink);
+  } else if (ev == CPX_FETCH_DONE) {
+    c->dones++;
+    uv_stop(loop);
+  }
+}
+
+static void up_open(uint64_t first_byte_ms) {
+  pool_open(first_byte_ms);
+  CPX_CHECK_INT(cpx_upstream_init(&up, loop, NULL), 0);
+  up.env_proxy = 0; /* whatever this shell exports */
+  cpx_upstream_use_h1(&up, &pool);
+}
+
+static void up_shut(void) {
+  cpx_upstream_close(&up);
+  pool_shut();
+}
+
+static char url[128];
+
+/* Options for a GET of path on the scripted server. */
+static void opts_for(cpx_fetch_opts_t *o, const char *path) {
+  snprintf(url, sizeof(url), "http://127.0.0.1:%d%s", S.port, path);
+  memset(o, 0, sizeof(*o));
+  o->url = url;
+}
+
+/* Starts a fetch of url and runs the loop until it is done (or freed). */
+static fcall_t *fetch_run(fcall_t *c, const cpx_fetch_opts_t *o) {
+  int rc;
+  if (!c)
+    c = calloc(1, sizeof(*c));
+  rc = cpx_fetch_start(&up, o, f_event, c, &c->f);
+  CPX_CHECK_INT(rc, 0);
+  if (rc != 0)
+    return c;
+  if (!c->sink)
+    cpx_fetch_buffer(c->f);
+  uv_run(loop, UV_RUN_DEFAULT);
+  return c;
+}
+
+static void fcall_free(fcall_t *c) {
+  if (c->f)
+    cpx_fetch_free(c->f);
+  free(c);
+  spin(5);
+}
+
+static void test_fetch_head_and_reuse(void) {
+  char want[512];
+  cpx_header_t h[] = {
+      {{"X-Key", 5}, {"k1", 2}},
+      {{"content-length", 14}, {"999", 3}}, /* ours wins */
+      {{"Content-Type", 12}, {"application/json", 16}},
+  };
+  cpx_fetch_opts_t o;
+  server_start(OK);
+  up_open(1000);
+  snprintf(url, sizeof(url), "http://127.0.0.1:%d/v1/x?a=1", S.port);
+  memset(&o, 0, sizeof(o));
+  o.url = url;
+  o.headers = h;
+  o.nheaders = 3;
+  o.body = "{}";
+  o.body_len = 2;
+  for (int i = 0; i < 2; i++) {
+    fcall_t *c = fetch_run(NULL, &o);
+    CPX_CHECK_INT(c->f->h1 != NULL, 1);
+    CPX_CHECK_INT(c->f->result, 0);
+    CPX_CHECK_INT(c->f->status, 200);
+    CPX_CHECK_INT(c->heads, 1);
+    CPX_CHECK_MEM(c->f->body, c->f->body_len, "{\"ok\":true}", 11);
+    CPX_CHECK(c->f->resp_headers &&
+              strstr(c->f->resp_headers,
+                     "content-type: application/json\r\n") != NULL);
+    fcall_free(c);
+  }
+  snprintf(want, sizeof(want),
+           "POST /v1/x?a=1 HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nX-Key: k1\r\n"
+           "Content-Type: application/json\r\nAccept: */*\r\n"
+           "Content-Length: 2\r\n\r\n{}",
+           S.port);
+  CPX_CHECK_MEM(S.last_req, S.last_req_len, want, strlen(want));
+  CPX_CHECK_INT(S.conns, 1); /* the second fetch reused the connection */
+  CPX_CHECK_INT(S.requests, 2);
+  up_shut();
+}
+
+/* A header that would split the request is refused before anything is
+ * sent; a GET has no body headers. */
+static void test_fetch_refuses_line_breaks(void) {
+  cpx_header_t bad[] = {{{"X-A", 3}, {"v\r\nX-Evil: 1", 12}}};
+  cpx_fetch_opts_t o;
+  cpx_fetch_t *f = NULL;
+  fcall_t *c;
+  char want[256];
+  server_start(OK);
+  up_open(1000);
+  snprintf(url, sizeof(url), "http://localhost:%d/get", S.port);
+  memset(&o, 0, sizeof(o));
+  o.url = url;
+  o.headers = bad;
+  o.nheaders = 1;
+  CPX_CHECK_INT(cpx_fetch_start(&up, &o, f_event, NULL, &f), CPX_EINVAL);
+  o.headers = NULL;
+  o.nheaders = 0;
+  c = fetch_run(NULL, &o);
+  CPX_CHECK_INT(c->f->result, 0);
+  snprintf(want, sizeof(want),
+           "GET /get HTTP/1.1\r\nHost: localhost:%d\r\nAccept: */*\r\n\r\n",
+           S.port);
+  CPX_CHECK_MEM(S.last_req, S.last_req_len, want, strlen(want));
+  CPX_CHECK_INT(S.requests, 1);
+  fcall_free(c);
+  up_shut();
+}
+
+/* The fetch's own first-byte timeout, not the pool's (1 s). */
+static void test_fetch_own_timeout(void) {
+  cpx_fetch_opts_t o;
+  server_start(OK);
+  S.silent = 1;
+  up_open(1000);
+  opts_for(&o, "/slow");
+  o.first_byte_timeout_ms = 50;
+  fcall_t *c = fetch_run(NULL, &o);
+  CPX_CHECK_INT(c->dones, 1);
+  CPX_CHECK_INT(c->f->result, CPX_ETIMEOUT);
+  CPX_CHECK_STR(c->f->errmsg, "upstream first-byte timeout");
+  fcall_free(c);
+  up_shut();
+}
+
+/* A sink that refuses a piece (a slow client): reading stops, the refused
+ * bytes come again after cpx_fetch_resume, nothing arrives in between, and
+ * every byte arrives once, in order, before the end is reported. */
+static void test_fetch_sink_backpressure(void) {
+  size_t n = 3 << 20, h; /* past what is held before the sink is set */
+  cpx_fetch_opts_t o;
+  big_body(n, &h);
+  server_start(big_answer);
+  up_open(1000);
+  opts_for(&o, "/stream");
+  fcall_t *c = calloc(1, sizeof(*c));
+  c->sink = 1;
+  c->refuse_first = 1;
+  fetch_run(c, &o);
+  CPX_CHECK_INT(c->dones, 1);
+  CPX_CHECK_INT(c->f->result, 0);
+  CPX_CHECK_INT(c->while_refusing, 0);
+  CPX_CHECK(c->pieces > 1);
+  CPX_CHECK_INT(c->got_len, n);
+  CPX_CHECK(c->got_len == n && memcmp(c->got, big_answer + h, n) == 0);
+  fcall_free(c);
+  CPX_CHECK_INT(S.conns, 1);
+  up_shut();
+}
+
+/* The owner frees the fetch mid-body, while its sink has refused bytes
+ * (a slow client that went away): no event after, the connection is
+ * closed (a cut response cannot be reused). */
+static void test_fetch_freed_mid_body(void) {
+  size_t n = 3 << 20, h;
+  cpx_fetch_opts_t o;
+  big_body(n, &h);
+  server_start(big_answer);
+  up_open(1000);
+  opts_for(&o, "/stream");
+  fcall_t *c = calloc(1, sizeof(*c));
+  c->sink = 1;
+  c->free_at_first = 1;
+  fetch_run(c, &o);
+  CPX_CHECK(c->f == NULL);
+  CPX_CHECK_INT(c->dones, 0);
+  CPX_CHECK(c->got_len < n);
+  spin(20);
+  CPX_CHECK_INT(S.eof_seen, 1);
+  CPX_CHECK_INT(pool.nconns, 0);
+  fcall_free(c);
+  up_shut();
+}
+
+/* The server sends a head promising 100 bytes, then closes. */
+static void test_fetch_closed_after_head(void) {
+  cpx_fetch_opts_t o;
+  server_start("HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n");
+  S.close_after_answer = 1;
+  up_open(1000);
+  opts_for(&o, "/cut");
+  fcall_t *c = fetch_run(NULL, &o);
+  CPX_CHECK_INT(c->heads, 1);
+  CPX_CHECK_INT(c->dones, 1);
+  CPX_CHECK_INT(c->f->status, 200);
+  CPX_CHECK_INT(c->f->result, CPX_EIO);
+  CPX_CHECK_STR(c->f->errmsg, "upstream closed the connection");
+  fcall_free(c);
+  up_shut();
+}
+
+/* A body that stops coming: the fetch's own idle timeout (the pool's is
+ * 1 s), with the libcurl client's text. */
+static void test_fetch_idle_timeout(void) {
+  cpx_fetch_opts_t o;
+  server_start("HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc");
+  up_open(1000);
+  opts_for(&o, "/quiet");
+  o.idle_timeout_ms = 50;
+  fcall_t *c = fetch_run(NULL, &o);
+  CPX_CHECK_INT(c->heads, 1);
+  CPX_CHECK_INT(c->dones, 1);
+  CPX_CHECK_INT(c->f->result, CPX_ETIMEOUT);
+  CPX_CHECK_STR(c->f->errmsg, "upstream stream idle timeout");
+  fcall_free(c);
+  spin(20);
+  CPX_CHECK_INT(S.eof_seen, 1); /* the cut connection was closed */
+  up_shut();
+}
+
+/* A proxy is libcurl's: the scripted server, as the proxy, sees the
+ * absolute-form request line curl sends to a proxy. */
+static void test_fetch_proxy_goes_to_curl(void) {
+  char proxy[64];
+  cpx_fetch_opts_t o;
+  static const char line[] = "GET http://upstream.invalid/p HTTP/1.1\r\n";
+  server_start(OK);
+  up_open(1000);
+  snprintf(proxy, sizeof(proxy), "http://127.0.0.1:%d", S.port);
+  memset(&o, 0, sizeof(o));
+  o.url = "http://upstream.invalid/p";
+  o.proxy = proxy;
+  fcall_t *c = fetch_run(NULL, &o);
+  CPX_CHECK(c->f->h1 == NULL);
+  CPX_CHECK_INT(c->f->result, 0);
+  CPX_CHECK_INT(c->f->status, 200);
+  CPX_CHECK(S.last_req_len > sizeof(line) - 1 &&
+            memcmp(S.last_req, line, sizeof(line) - 1) == 0);
+  fcall_free(c);
+  up_shut();
+}
+
 int main(void) {
   loop = uv_default_loop();
   CPX_TEST_RUN(test_keepalive_reuse);
@@ -890,6 +1206,14 @@ int main(void) {
   CPX_TEST_RUN(test_cancel_in_head);
   CPX_TEST_RUN(test_stop_in_head);
   CPX_TEST_RUN(test_next_address_after_refusal);
+  CPX_TEST_RUN(test_fetch_head_and_reuse);
+  CPX_TEST_RUN(test_fetch_refuses_line_breaks);
+  CPX_TEST_RUN(test_fetch_own_timeout);
+  CPX_TEST_RUN(test_fetch_sink_backpressure);
+  CPX_TEST_RUN(test_fetch_freed_mid_body);
+  CPX_TEST_RUN(test_fetch_closed_after_head);
+  CPX_TEST_RUN(test_fetch_idle_timeout);
+  CPX_TEST_RUN(test_fetch_proxy_goes_to_curl);
   certs_make();
   CPX_TEST_RUN(test_tls_keepalive_reuse);
   CPX_TEST_RUN(test_tls_session_resumed);

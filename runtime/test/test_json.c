@@ -8,6 +8,8 @@
 
 #include <yajl/yajl_gen.h>
 
+#include "cpx.h"
+#include "cpx_json_scan.h"
 #include "cpx_lua_util.h"
 #include "cpx_test.h"
 
@@ -449,6 +451,45 @@ static void test_ascii_escapes_match_yajl(void) {
   }
 }
 
+/* cpx_json_scan_top, the passthrough scanner's C core: members in order,
+ * a callback that stops the walk, the failing offset of a malformed
+ * document. */
+typedef struct {
+  char keys[4][16];
+  int n, stop_at;
+} members_seen_t;
+
+static int on_member(void *ud, const cpx_json_member_t *m) {
+  members_seen_t *s = ud;
+  if (s->n < 4)
+    snprintf(s->keys[s->n], sizeof(s->keys[0]), "%.*s", (int)m->kn, m->kp);
+  s->n++;
+  return s->n == s->stop_at;
+}
+
+static void test_scan_top(void) {
+  static const char doc[] = " {\"a\": [1, {\"x\": \"}\"}], \"b\":\"q\\\"\"} ";
+  members_seen_t seen;
+  size_t at = 0;
+  const char *close = NULL;
+  memset(&seen, 0, sizeof(seen));
+  CPX_CHECK_INT(
+      cpx_json_scan_top(doc, strlen(doc), on_member, &seen, &at, &close), 0);
+  CPX_CHECK_INT(seen.n, 2);
+  CPX_CHECK_STR(seen.keys[0], "a");
+  CPX_CHECK_STR(seen.keys[1], "b");
+  CPX_CHECK(close && *close == '}' && close == doc + strlen(doc) - 2);
+  memset(&seen, 0, sizeof(seen));
+  seen.stop_at = 1; /* stops after "a": still a success */
+  CPX_CHECK_INT(
+      cpx_json_scan_top(doc, strlen(doc), on_member, &seen, &at, &close), 0);
+  CPX_CHECK_INT(seen.n, 1);
+  CPX_CHECK_INT(cpx_json_scan_top("{\"a\" 1}", 8, NULL, NULL, &at, &close),
+                CPX_EPARSE);
+  CPX_CHECK_INT(at, 5); /* where the colon should be */
+  CPX_CHECK(cpx_json_skip_ws(" \t\r\nx", " \t\r\nx" + 5)[0] == 'x');
+}
+
 int main(void) {
   L = luaL_newstate();
   luaL_openlibs(L);
@@ -459,6 +500,7 @@ int main(void) {
   lua_setfield(L, -2, "cpx");
   lua_pop(L, 2);
 
+  CPX_TEST_RUN(test_scan_top);
   CPX_TEST_RUN(test_empty_containers);
   CPX_TEST_RUN(test_scalars);
   CPX_TEST_RUN(test_unicode);

@@ -361,6 +361,7 @@ static void setup_table(void) {
   m->slots[1].client = sdup("anthropic-beta");
   m->slots[1].prefix = sdup("Anthropic-Beta: ");
   m->slots[1].prefix_len = strlen(m->slots[1].prefix);
+  m->slots[1].list = 1;
   m->nslots = 2;
   m->targets[0].slot_lines[0].p = sdup("Anthropic-Version: dflt\r\n");
   m->targets[0].slot_lines[0].n = strlen(m->targets[0].slot_lines[0].p);
@@ -483,6 +484,49 @@ static void test_rules_and_slots(void) {
   CPX_CHECK(strstr(U.last, "\r\nAnthropic-Version: dflt\r\n") != NULL);
   CPX_CHECK(strstr(U.last, "Anthropic-Beta") == NULL);
   CPX_CHECK_INT(H.refs, 0);
+  /* a value Lua would send otherwise is Lua's: a list with a space, a
+   * repeat or an empty item, or a slot header sent twice (Lua joins them) */
+  r0 = U.requests;
+  CPX_CHECK_INT(
+      status_of(post("/v1/messages", "anthropic-beta: b1, b2\r\n", ok)), 598);
+  CPX_CHECK_INT(
+      status_of(post("/v1/messages", "anthropic-beta: b1,b2,b1\r\n", ok)), 598);
+  CPX_CHECK_INT(
+      status_of(post("/v1/messages", "anthropic-beta: b1,,b2\r\n", ok)), 598);
+  CPX_CHECK_INT(status_of(post("/v1/messages",
+                               "anthropic-beta: b1\r\n"
+                               "anthropic-beta: b2\r\n",
+                               ok)),
+                598);
+  CPX_CHECK_INT(status_of(post("/v1/messages",
+                               "anthropic-version: v1\r\n"
+                               "anthropic-version: v2\r\n",
+                               ok)),
+                598);
+  CPX_CHECK_INT(U.requests, r0);
+  CPX_CHECK_INT(H.refs, 0);
+}
+
+static void test_list_plain(void) {
+  static const struct {
+    const char *v;
+    int want;
+  } cases[] = {
+      {"a", 1},    {"a,b,c", 1}, {"a,b,a", 0},   {"a, b", 0}, {"a,\tb", 0},
+      {",a", 0},   {"a,", 0},    {"a,,b", 0},    {"", 0},     {"ab,a", 1},
+      {"a,ab", 1}, {"a\rb", 0},  {"x=1;y,z", 1},
+  };
+  char many[4096];
+  size_t n = 0;
+  for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+    CPX_CHECK_INT(cpx_lane_list_plain(cases[i].v, strlen(cases[i].v)),
+                  cases[i].want);
+  /* at most CPX_LANE_LIST_MAX items; a longer list is Lua's */
+  for (int i = 0; i < CPX_LANE_LIST_MAX; i++)
+    n += (size_t)snprintf(many + n, sizeof(many) - n, "%sb%d", i ? "," : "", i);
+  CPX_CHECK_INT(cpx_lane_list_plain(many, n), 1);
+  n += (size_t)snprintf(many + n, sizeof(many) - n, ",b-last");
+  CPX_CHECK_INT(cpx_lane_list_plain(many, n), 0);
 }
 
 static void test_gemini_path(void) {
@@ -585,6 +629,7 @@ int main(void) {
   CPX_TEST_RUN(test_chat_splice_and_record);
   CPX_TEST_RUN(test_not_taken);
   CPX_TEST_RUN(test_rules_and_slots);
+  CPX_TEST_RUN(test_list_plain);
   CPX_TEST_RUN(test_gemini_path);
   CPX_TEST_RUN(test_handoff_status);
   CPX_TEST_RUN(test_stream_first_event);

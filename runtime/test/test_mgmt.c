@@ -1,7 +1,10 @@
 /* test_mgmt.c: bcrypt, the verified-key cache and the failed-attempt table
  * of the management API (cpx_mgmt.c). */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "cpx.h"
 #include "cpx_mgmt.h"
@@ -81,7 +84,73 @@ static void test_bans(void) {
   CPX_CHECK(cpx_mgmt_banned("192.0.2.9", 30) > 0);
 }
 
+/* Config I/O through the plain C API: read with its SHA-256, a
+ * compare-and-swap write, the conflict when the file changed, the allowed
+ * places. */
+static void test_config_io(void) {
+  char dir[64], path[128], other[128], sha[CPX_MGMT_SHA_HEX],
+      sha2[CPX_MGMT_SHA_HEX], *text = NULL;
+  const char *places[1];
+  size_t n = 0;
+  struct stat st;
+  snprintf(dir, sizeof(dir), "/tmp/cpx-test-mgmt-XXXXXX");
+  CPX_CHECK(mkdtemp(dir) != NULL);
+  snprintf(path, sizeof(path), "%s/config.yaml", dir);
+  snprintf(other, sizeof(other), "%s/../elsewhere.yaml", dir);
+
+  CPX_CHECK_INT(cpx_mgmt_write_file(path, "a: 1\n", 5, NULL, -1, sha), 0);
+  CPX_CHECK_INT(stat(path, &st), 0);
+  CPX_CHECK_INT(st.st_mode & 0777, 0600); /* a new file */
+  CPX_CHECK_INT(cpx_mgmt_read_file(path, &text, &n, sha2), 0);
+  CPX_CHECK_MEM(text, n, "a: 1\n", 5);
+  CPX_CHECK_STR(sha, sha2);
+  free(text);
+  /* the expected hash matches: written */
+  CPX_CHECK_INT(cpx_mgmt_write_file(path, "a: 2\n", 5, sha, -1, sha2), 0);
+  /* the old hash again: the file changed meanwhile */
+  CPX_CHECK_INT(cpx_mgmt_write_file(path, "a: 3\n", 5, sha, -1, sha),
+                CPX_ESTATE);
+  CPX_CHECK_INT(cpx_mgmt_read_file(path, &text, &n, sha), 0);
+  CPX_CHECK_MEM(text, n, "a: 2\n", 5);
+  free(text);
+
+  places[0] = dir;
+  cpx_mgmt_allow(places, 1);
+  CPX_CHECK_INT(cpx_mgmt_path_allowed(path, 0), 1);
+  CPX_CHECK_INT(cpx_mgmt_path_allowed(other, 0), 0);
+  CPX_CHECK_INT(cpx_mgmt_path_allowed(dir, 1), 1);
+  unlink(path);
+  rmdir(dir);
+}
+
+static void test_verify_slots(void) {
+  CPX_CHECK_INT(cpx_mgmt_verify_begin(), 1);
+  CPX_CHECK_INT(cpx_mgmt_verify_begin(), 1);
+  CPX_CHECK_INT(cpx_mgmt_verify_begin(), 0); /* two at once, process-wide */
+  cpx_mgmt_verify_end();
+  CPX_CHECK_INT(cpx_mgmt_verify_begin(), 1);
+  cpx_mgmt_verify_end();
+  cpx_mgmt_verify_end();
+}
+
+static void test_env_secret(void) {
+  size_t n = 0;
+  const char *v;
+  setenv("MANAGEMENT_PASSWORD", " \tpw-1\n", 1);
+  v = cpx_mgmt_env_secret(&n);
+  CPX_CHECK(v != NULL);
+  if (v)
+    CPX_CHECK_MEM(v, n, "pw-1", 4);
+  setenv("MANAGEMENT_PASSWORD", "  ", 1);
+  CPX_CHECK(cpx_mgmt_env_secret(&n) == NULL);
+  unsetenv("MANAGEMENT_PASSWORD");
+  CPX_CHECK(cpx_mgmt_env_secret(&n) == NULL);
+}
+
 int main(void) {
+  CPX_TEST_RUN(test_config_io);
+  CPX_TEST_RUN(test_verify_slots);
+  CPX_TEST_RUN(test_env_secret);
   CPX_TEST_RUN(test_bcrypt);
   CPX_TEST_RUN(test_cache);
   CPX_TEST_RUN(test_bans);

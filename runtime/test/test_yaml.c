@@ -5,6 +5,7 @@
  * closer to the YAML than C stack juggling would.
  */
 #include "cpx_test.h"
+#include "cpx_yaml.h"
 #include "cpx_yaml_lua.h"
 
 #include "cpx.h"
@@ -12,6 +13,7 @@
 #include <lauxlib.h>
 #include <lualib.h>
 #include <stdlib.h>
+#include <string.h>
 
 static lua_State *L;
 static char err[1024];
@@ -403,6 +405,32 @@ static void test_out_of_memory(void) {
   lua_close(M);
 }
 
+/* The core's half alone: events checked and indexed, no Lua state. */
+static void test_parse_without_lua(void) {
+  static const char doc[] = "a: &x [1, 2]\nb: *x\nc: {d: e}\n";
+  cpx_yaml_doc_t d;
+  size_t alias = 0;
+  CPX_CHECK_INT(
+      cpx_yaml_parse(&d, "p.yaml", doc, sizeof(doc) - 1, err, sizeof(err)), 0);
+  CPX_CHECK(d.nev > 0);
+  CPX_CHECK_INT(d.ev[0].type, YAML_MAPPING_START_EVENT);
+  CPX_CHECK_INT(d.end[0], d.nev); /* the root spans the document */
+  for (size_t i = 0; i < d.nev; i++)
+    if (d.ev[i].type == YAML_ALIAS_EVENT)
+      alias = i;
+  CPX_CHECK(alias > 0);
+  CPX_CHECK_INT(d.ev[d.target[alias]].type, YAML_SEQUENCE_START_EVENT);
+  CPX_CHECK_STR(cpx_yaml_event_anchor(&d.ev[d.target[alias]]), "x");
+  cpx_yaml_doc_free(&d);
+  CPX_CHECK(d.ev == NULL);
+
+  CPX_CHECK_INT(cpx_yaml_parse(&d, "q.yaml", "a: *nope\n", 9, err, sizeof(err)),
+                CPX_EPARSE);
+  CPX_CHECK(strstr(err, "q.yaml:1:") == err);
+  CPX_CHECK(strstr(err, "unknown anchor 'nope'") != NULL);
+  CPX_CHECK(d.ev == NULL); /* nothing left to free on failure */
+}
+
 int main(void) {
   L = luaL_newstate();
   luaL_openlibs(L);
@@ -415,6 +443,7 @@ int main(void) {
   CPX_TEST_RUN(test_empty);
   CPX_TEST_RUN(test_config_fixture);
   CPX_TEST_RUN(test_out_of_memory);
+  CPX_TEST_RUN(test_parse_without_lua);
   lua_close(L);
   CPX_TEST_DONE();
 }

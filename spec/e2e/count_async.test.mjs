@@ -1,4 +1,4 @@
-// cpx.tokens.count_async (runtime/lua/cpx_count_lua.c) through a count
+// cpx.tokens.count_async (runtime/lua/cpx_tokens_lua.c) through a count
 // endpoint: texts over rt.count's SYNC_BYTES are counted in libuv's
 // threadpool while the request's coroutine waits, shorter ones on the loop.
 // Both must give the tokenizer's exact count: "hello" and " hello" are one

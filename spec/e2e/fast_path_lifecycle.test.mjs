@@ -11,7 +11,7 @@ import fs from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
 import { spawnSync } from 'node:child_process';
-import { startProxy, BIN, ROOT } from './lib/proxy.mjs';
+import { startProxy, BIN, SCRATCH } from './lib/proxy.mjs';
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const T = (ms = 20000) => ({ timeout: ms });
@@ -193,7 +193,7 @@ test('workers: 2 serve the fast path on both loops', T(), async () => {
 test('a second proxy on a taken port exits 1 naming the address, with nothing leaked', T(), async () => {
   const p = await startProxy({ openaiCompat: compat() });
   try {
-    const r = spawnSync(BIN, ['--config', p.configPath], { cwd: ROOT, encoding: 'utf8', timeout: 15000 });
+    const r = spawnSync(BIN, ['--config', p.configPath], { cwd: SCRATCH, encoding: 'utf8', timeout: 15000 });
     // (Under the ASan binary a leak is reported on stderr.)
     assert.equal(r.status, 1, r.stderr);
     assert.match(r.stderr, /cannot listen on 127\.0\.0\.1:\d+: address already in use/);

@@ -7,14 +7,15 @@
 //   a client that keeps sending is cut after the lingering limits.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, execFileSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import tls from 'node:tls';
 
-import { startProxy, buildConfig, freePort, BIN, ROOT } from './lib/proxy.mjs';
+import { startProxy, buildConfig, freePort, BIN, SCRATCH } from './lib/proxy.mjs';
+import { selfSigned } from './lib/tls.mjs';
 import { assertAnswer, eager, parseResponse } from './lib/raw_http.mjs';
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -93,16 +94,12 @@ test(`max-connections-per-ip ${PER_IP}: the next connection from 127.0.0.3 gets 
 
 test('TLS: 42 MB sent eagerly gets a complete 413 every time; a client that keeps sending is cut by the lingering limits', { timeout: 120000 }, async () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cpx-tls-linger-'));
-  const cert = path.join(dir, 'cert.pem');
-  const key = path.join(dir, 'key.pem');
-  execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1',
-    '-nodes', '-keyout', key, '-out', cert, '-days', '1', '-subj', '/CN=localhost'], { stdio: 'ignore' });
-  fs.chmodSync(key, 0o600);
+  const { cert, key } = selfSigned(dir);
   const port = await freePort();
   const cfgPath = path.join(dir, 'config.yaml');
   fs.writeFileSync(cfgPath, buildConfig({ port, authDir: dir,
     extra: { tls: { enable: true, cert, key }, limits: { 'lingering-time-seconds': 3, 'lingering-timeout-seconds': 0.5 } } }));
-  const child = spawn(BIN, ['--config', cfgPath], { cwd: ROOT, stdio: ['ignore', 'ignore', 'pipe'] });
+  const child = spawn(BIN, ['--config', cfgPath], { cwd: SCRATCH, stdio: ['ignore', 'ignore', 'pipe'] });
   let err = '';
   child.stderr.on('data', (d) => { err += d; });
   let exit = null;

@@ -20,7 +20,7 @@ import OpenAI from 'openai';
 import Anthropic from '@anthropic-ai/sdk';
 import { GoogleGenAI } from '@google/genai';
 import { startMock } from './lib/mock_upstream.mjs';
-import { BIN, ROOT, freePort, startProxy, toYaml } from './lib/proxy.mjs';
+import { BIN, SCRATCH, freePort, startProxy, toYaml } from './lib/proxy.mjs';
 
 const T = { timeout: 60000 };
 const b64url = (buf) => Buffer.from(buf).toString('base64url');
@@ -265,7 +265,7 @@ const hasScript = fs.existsSync('/usr/bin/script');
 test('--cookie on a terminal: what is typed is not echoed', { ...T, skip: !hasScript && 'no script(1)' }, async () => {
   const s = loginSetup();
   const viaPty = (cmd, line) => new Promise((resolve) => {
-    const child = spawn('script', ['-qfec', cmd, '/dev/null'], { cwd: ROOT, stdio: ['pipe', 'pipe', 'pipe'] });
+    const child = spawn('script', ['-qfec', cmd, '/dev/null'], { cwd: SCRATCH, stdio: ['pipe', 'pipe', 'pipe'] });
     let out = '';
     let sent = false;
     child.stdout.on('data', (d) => {

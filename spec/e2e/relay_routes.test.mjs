@@ -258,8 +258,17 @@ test('messages stream: relayed as the upstream sent it, SSE head after the first
 });
 
 for (const [what, extra, headers, check] of [
-  ['body betas (the fix-up moves them to the header)', ',"betas":["from-body"]', {},
-    (u) => assert.ok(!('betas' in JSON.parse(u.raw)), u.raw)],
+  ['body betas (the fix-up moves them to the header)', ',"betas":["from-body","b-two"]', { 'anthropic-beta': 'b-one,from-body' },
+    (u) => {
+      assert.ok(!('betas' in JSON.parse(u.raw)), u.raw);
+      // the client's first, then the body's, each once
+      assert.equal(u.headers['anthropic-beta'], 'b-one,from-body,b-two');
+    }],
+  ['body betas and x-cpa-claude-1m', ',"betas":["from-body"]', { 'x-cpa-claude-1m': '1' },
+    (u) => {
+      assert.ok(!('betas' in JSON.parse(u.raw)), u.raw);
+      assert.equal(u.headers['anthropic-beta'], 'from-body,context-1m-2025-08-07');
+    }],
   ['thinking with temperature (the fix-up sets it to 1)', ',"thinking":{"type":"enabled","budget_tokens":1024},"temperature":0.5', {},
     (u) => assert.equal(JSON.parse(u.raw).temperature, 1)],
   ['x-cpa-claude-1m (a beta is added)', '', { 'x-cpa-claude-1m': '1' },
@@ -273,6 +282,51 @@ for (const [what, extra, headers, check] of [
     check(since(n0)[0]);
   });
 }
+
+// The relay sends the Anthropic-Beta value Lua would: a Claude Code request
+// gives the upstream the same header through the relay and through a proxy
+// with fast-path: false (merge_betas: each beta once, no spaces). A plain
+// list is relayed as written; any other form is Lua's.
+test('messages: Anthropic-Beta upstream is the same through the relay and with fast-path: false', T(30000), async () => {
+  const lua = await startProxy({
+    apiKeys: [KEY],
+    extra: { 'fast-path': false, 'claude-api-key': [claudeEntry('cl-good', 'cl')] },
+  });
+  try {
+    const cc = {
+      'user-agent': 'claude-cli/2.1.197 (external, sdk-cli)',
+      'anthropic-version': '2023-06-01',
+      'x-claude-code-session-id': 'e8d84ba7-4197-43cf-94e3-0019d01dc0c4',
+    };
+    const cases = [
+      ['a plain list', 'claude-code-20250219,interleaved-thinking-2025-05-14,effort-2025-11-24', true],
+      ['spaces after the commas', 'claude-code-20250219, interleaved-thinking-2025-05-14', false],
+      ['a beta twice', 'claude-code-20250219,effort-2025-11-24,claude-code-20250219', false],
+      ['an empty item', 'claude-code-20250219,,effort-2025-11-24', false],
+    ];
+    for (const [what, beta, fast] of cases) {
+      const headers = { ...cc, 'anthropic-beta': beta };
+      const n0 = seen.length;
+      const r = await logged(() => post('/v1/messages', claudeBody('cl'), headers));
+      assert.equal(r.status, 200, r.text);
+      assert.equal(isFast(r.line), fast, `${what}: ${r.line}`);
+      const relayed = since(n0)[0].headers['anthropic-beta'];
+      const n1 = seen.length;
+      const l = await fetch(`${lua.url}/v1/messages`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', authorization: `Bearer ${KEY}`, ...headers },
+        body: claudeBody('cl'),
+        signal: AbortSignal.timeout(10000),
+      });
+      assert.equal(l.status, 200, await l.text());
+      const viaLua = since(n1)[0].headers['anthropic-beta'];
+      assert.equal(relayed, viaLua, `${what}: relay ${relayed}, Lua ${viaLua}`);
+      assert.doesNotMatch(viaLua, /\s|,,/, what);
+    }
+  } finally {
+    await lua.stop();
+  }
+});
 
 test('messages with a payload rule for the model: served by Lua, the rule applied', T(), async () => {
   const n0 = seen.length;

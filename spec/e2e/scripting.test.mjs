@@ -10,7 +10,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { startMock } from './lib/mock_upstream.mjs';
-import { startProxy, buildConfig, BIN, ROOT } from './lib/proxy.mjs';
+import { waitFor } from './lib/wait.mjs';
+import { startProxy, buildConfig, BIN, ROOT, SCRATCH } from './lib/proxy.mjs';
 
 import '../../examples/custom-provider/example.test.mjs';
 import '../../examples/custom-translation/example.test.mjs';
@@ -59,18 +60,9 @@ function streamText(text) {
     .map((l) => JSON.parse(l.slice(6)).choices?.[0]?.delta?.content || '').join('');
 }
 
-async function waitFor(fn, ms, step = 50) {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > end) return v;
-    await sleep(step);
-  }
-}
 
 function check(configPath) {
-  const r = spawnSync(BIN, ['check', '-config', configPath], { cwd: ROOT, encoding: 'utf8', timeout: 20000 });
+  const r = spawnSync(BIN, ['check', '-config', configPath], { cwd: SCRATCH, encoding: 'utf8', timeout: 20000 });
   return { code: r.status, out: r.stdout, err: r.stderr };
 }
 

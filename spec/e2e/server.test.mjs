@@ -11,7 +11,8 @@ import os from 'node:os';
 import path from 'node:path';
 
 import { startMock } from './lib/mock_upstream.mjs';
-import { startProxy, buildConfig, freePort, BIN, ROOT } from './lib/proxy.mjs';
+import { startProxy, buildConfig, freePort, BIN, SCRATCH } from './lib/proxy.mjs';
+import { selfSigned } from './lib/tls.mjs';
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const T = (ms = 30000) => ({ timeout: ms });
@@ -45,16 +46,12 @@ const compat = (models, extra = {}) => [{ name: 'mock', baseUrl: `${mock.url}/v1
 
 test('TLS: the proxy serves HTTPS with the configured certificate', T(), async () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cpx-tls-'));
-  const cert = path.join(dir, 'cert.pem');
-  const key = path.join(dir, 'key.pem');
-  execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1',
-    '-nodes', '-keyout', key, '-out', cert, '-days', '1', '-subj', '/CN=localhost'], { stdio: 'ignore' });
-  fs.chmodSync(key, 0o600);
+  const { cert, key } = selfSigned(dir);
   const port = await freePort();
   const cfgPath = path.join(dir, 'config.yaml');
   fs.writeFileSync(cfgPath, buildConfig({ port, authDir: dir, openaiCompat: compat(['tls-model']),
     extra: { tls: { enable: true, cert, key } } }));
-  const child = spawn(BIN, ['--config', cfgPath], { cwd: ROOT, stdio: ['ignore', 'ignore', 'pipe'] });
+  const child = spawn(BIN, ['--config', cfgPath], { cwd: SCRATCH, stdio: ['ignore', 'ignore', 'pipe'] });
   let err = '';
   child.stderr.on('data', (d) => { err += d; });
   const ca = fs.readFileSync(cert);
@@ -86,21 +83,20 @@ test('TLS: the proxy serves HTTPS with the configured certificate', T(), async (
 
 test('TLS: a key that does not match the certificate stops start-up with the file named', T(), async () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cpx-tls-'));
-  const gen = (n) => execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1',
-    '-nodes', '-keyout', path.join(dir, `k${n}.pem`), '-out', path.join(dir, `c${n}.pem`), '-days', '1', '-subj', '/CN=x'], { stdio: 'ignore' });
-  gen(1); gen(2);
+  const one = selfSigned(dir, { name: '1', cn: 'x' });
+  const two = selfSigned(dir, { name: '2', cn: 'x' });
   const cfgPath = path.join(dir, 'config.yaml');
   fs.writeFileSync(cfgPath, buildConfig({ port: await freePort(), authDir: dir,
-    extra: { tls: { enable: true, cert: path.join(dir, 'c1.pem'), key: path.join(dir, 'k2.pem') } } }));
+    extra: { tls: { enable: true, cert: one.cert, key: two.key } } }));
   let out = '';
   try {
-    execFileSync(BIN, ['--config', cfgPath], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'], timeout: 5000 });
+    execFileSync(BIN, ['--config', cfgPath], { cwd: SCRATCH, stdio: ['ignore', 'pipe', 'pipe'], timeout: 5000 });
     assert.fail('cliproxy started with a mismatched key');
   } catch (e) {
     out = String(e.stderr);
     assert.equal(e.status, 1);
   }
-  assert.match(out, /k2\.pem/);
+  assert.match(out, /2key\.pem/);
   assert.match(out, /does not match/);
   fs.rmSync(dir, { recursive: true, force: true });
 });

@@ -9,10 +9,10 @@
 // its test instead of the whole run.
 import { spawn } from 'node:child_process';
 
-import { BIN, ROOT } from './proxy.mjs';
+import { BIN, SCRATCH } from './proxy.mjs';
 
 export function runCli(args, { stdin = 'pipe', env, killMs = 50000 } = {}) {
-  const child = spawn(BIN, args, { cwd: ROOT, stdio: [stdin, 'pipe', 'pipe'], env: env || process.env });
+  const child = spawn(BIN, args, { cwd: SCRATCH, stdio: [stdin, 'pipe', 'pipe'], env: env || process.env });
   let out = '';
   let err = '';
   const waiters = [];

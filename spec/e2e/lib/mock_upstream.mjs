@@ -37,6 +37,8 @@
 //               format's envelope (body overrides the envelope, verbatim)
 //   cutAfter    stream: destroy the socket after n frames; non-stream: after half the body
 //   errorAfter  stream: after n frames send the format's in-band error event and end
+//   hold, holdAfter   stream: after holdAfter frames (default 1) wait for the promise
+//               hold before the rest (a test keeps streams open until it lets them go)
 //   endless     { intervalMs = 5, bytes = 32, burstBytes = 0, maxMs = 60000 }: stream text
 //               deltas of `bytes` chars forever (bounded by maxMs) until the connection
 //               closes; each tick writes one frame, or frames up to burstBytes; honours
@@ -604,6 +606,7 @@ async function handle(mock, rt, req, res, rec, u) {
     }
     if (!(await write(res, rec, f))) return;
     k++;
+    if (r.hold && k === (r.holdAfter ?? 1)) await r.hold;
     if (r.eventDelayMs) await sleep(r.eventDelayMs);
   }
   res.end();

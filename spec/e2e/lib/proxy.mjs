@@ -11,7 +11,8 @@
 //   startProxy({ configText }) writes configText as is, with ${PORT} and ${AUTH_DIR} filled in.
 //
 // The binary is $CPX_BIN, else ../../build/cliproxy relative to spec/e2e. It runs
-// as `cliproxy --config <file>` with the source tree as its working directory.
+// as `cliproxy --config <file>` in the proxy's own temporary directory (the
+// config's, where its logs/ go too), never in the source tree.
 
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
@@ -26,6 +27,13 @@ export const ROOT = process.env.CPX_ROOT || path.resolve(E2E_DIR, '../..');
 export const BIN = process.env.CPX_BIN || path.resolve(E2E_DIR, '../../build/cliproxy');
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+// The working directory of every other process a test file starts (CLIs,
+// `cliproxy check`, a proxy started by hand): a scratch directory of this
+// test process, removed at exit, so whatever they write relative to their
+// working directory stays out of the repository (ctest's repo_clean check
+// fails a run that leaves anything there).
+export const SCRATCH = fs.mkdtempSync(path.join(os.tmpdir(), 'cpx-e2e-cwd-'));
 
 export function freePort() {
   return new Promise((resolve, reject) => {
@@ -113,7 +121,10 @@ export async function healthz(url, timeoutMs = 1000) {
 }
 
 const running = new Set();
-process.on('exit', () => { for (const c of running) try { c.kill('SIGKILL'); } catch {} });
+process.on('exit', () => {
+  for (const c of running) try { c.kill('SIGKILL'); } catch {}
+  fs.rmSync(SCRATCH, { recursive: true, force: true });
+});
 
 export async function startProxy(opts = {}) {
   if (!fs.existsSync(BIN)) throw new Error(`cliproxy binary not found at ${BIN} (build it, or set CPX_BIN)`);
@@ -142,7 +153,7 @@ async function startOnce({ startTimeoutMs = 10000, env = {}, configText, ...cfg 
   let out = '';
   let err = '';
   const child = spawn(BIN, ['--config', configPath], {
-    cwd: ROOT,
+    cwd: dir,
     env: { ...process.env, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });

@@ -37,6 +37,18 @@ export function makeCerts() {
   };
 }
 
+// A self-signed certificate for CN (default localhost) in dir: the paths
+// { cert, key } of dir/<name>cert.pem and dir/<name>key.pem (key 0600), for
+// a proxy's own `tls:` block.
+export function selfSigned(dir, { name = '', cn = 'localhost' } = {}) {
+  const cert = path.join(dir, `${name}cert.pem`);
+  const key = path.join(dir, `${name}key.pem`);
+  openssl(['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes',
+    '-keyout', key, '-out', cert, '-days', '1', '-subj', `/CN=${cn}`]);
+  fs.chmodSync(key, 0o600);
+  return { cert, key };
+}
+
 // An https upstream on a free loopback port. handler(req, res, rec) answers;
 // s.tlsConns counts completed handshakes (s.resumed those that resumed a
 // session), s.requests records { conn, key, model, body, raw }.

@@ -119,6 +119,41 @@ describe("claude.prepare and fixup", function()
     assert.is_nil(r.headers["X-Claude-Code-Session-Id"])
   end)
 
+  -- As rt.pipeline calls them: fixup sees the pool's target (ctx.target),
+  -- prepare a table of its own with the same entry and the attempt's key.
+  local function as_pipeline(ctx, body, stream)
+    local t = ctx.target
+    body = claude.fixup(body, ctx)
+    return body, claude.prepare(ctx, { entry = t.entry, key = { ["api-key"] = t.key["api-key"] },
+                                       upstream_model = "claude-x" }, "{}", stream)
+  end
+
+  it("body betas reach Anthropic-Beta when prepare gets its own target table (the pipeline's call)", function()
+    local ctx = ctx_for({ ["api-key"] = "sk-ant" }, { ["anthropic-beta"] = "b-client, files-api-2025-04-14" }, "claude")
+    local body, r = as_pipeline(ctx, { betas = { "files-api-2025-04-14", "b-body" }, max_tokens = 1, messages = {} })
+    assert.is_nil(body.betas)
+    assert.are.equal("b-client,files-api-2025-04-14,b-body", r.headers["Anthropic-Beta"])
+  end)
+
+  it("a login's Anthropic-Beta: the client's, the profile's, the body's, then the 1M beta, each once", function()
+    local h = { ["user-agent"] = "claude-cli/2.1.197 (external, sdk-cli)", ["anthropic-beta"] = "b-client",
+                [profile.context_1m_header] = "1" }
+    local ctx = ctx_for({ oauth = true, file = "f.json" }, h, "claude")
+    local _, r = as_pipeline(ctx, { betas = { "b-body", "oauth-2025-04-20" }, max_tokens = 1, messages = {} }, true)
+    local want = { "b-client" }
+    for _, b in ipairs(profile.always_betas) do want[#want + 1] = b end
+    want[#want + 1] = "b-body"
+    want[#want + 1] = profile.context_1m_beta
+    assert.are.equal(table.concat(want, ","), r.headers["Anthropic-Beta"])
+  end)
+
+  it("another account's prepare does not get this attempt's body betas", function()
+    local ctx = ctx_for({ ["api-key"] = "sk-a" }, {}, "claude")
+    claude.fixup({ betas = { "b-body" }, max_tokens = 1, messages = {} }, ctx)
+    local r = claude.prepare(ctx, { entry = { ["api-key"] = "sk-b" }, key = { ["api-key"] = "sk-b" } }, "{}", false)
+    assert.is_nil(r.headers["Anthropic-Beta"])
+  end)
+
   it("a cloaked API key gets the fingerprint and the browser-access header", function()
     local entry = { ["api-key"] = "sk-ant", cloak = { mode = "always" } }
     local ctx = ctx_for(entry, {}, "openai_chat")

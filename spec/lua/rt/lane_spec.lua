@@ -229,8 +229,8 @@ describe("rt.lane.build", function()
                 { named(m.unless[1]), named(m.unless[2]), named(m.unless[3]) })
     assert.same({ { text = '_control"', max = 4 } }, m.at_most)
     assert.same({ "x-cpa-claude-1m" }, m.lua_headers)
-    assert.same({ { client = "anthropic-version", prefix = "Anthropic-Version: " },
-                  { client = "anthropic-beta", prefix = "Anthropic-Beta: " } }, m.slots)
+    assert.same({ { client = "anthropic-version", prefix = "Anthropic-Version: ", list = false },
+                  { client = "anthropic-beta", prefix = "Anthropic-Beta: ", list = true } }, m.slots)
     local tg = m.targets[1]
     assert.truthy(tg.head:find("^POST /v1/messages%?beta=true HTTP/1.1\r\nHost: 127.0.0.1:9100\r\n"))
     assert.truthy(tg.head:find("\r\nAuthorization: Bearer sk-plain\r\n", 1, true))
@@ -271,6 +271,46 @@ describe("rt.lane.build", function()
     local t, why = lane.build(app)
     assert.is_nil(t)
     assert.truthy(why:find("no model"))
+  end)
+end)
+
+describe("rt.lane list headers", function()
+  -- A copy of the Claude provider whose prepare does something else with
+  -- the client's Anthropic-Beta list.
+  local function claude_with(edit)
+    local own = {}
+    for k, v in pairs(providers.claude) do own[k] = v end
+    own.prepare = function(ctx, target, body, stream)
+      local u = providers.claude.prepare(ctx, target, body, stream)
+      if u.headers["Anthropic-Beta"] then u.headers["Anthropic-Beta"] = edit(u.headers["Anthropic-Beta"]) end
+      return u
+    end
+    return own
+  end
+  local function build_with(p)
+    local app = app_for({ ["claude-api-key"] = { { ["api-key"] = "sk-plain", ["base-url"] = "http://127.0.0.1:9100",
+                                                   models = { { name = "claude-up", alias = "cl" } } } } })
+    app.providers = setmetatable({ claude = p }, { __index = providers })
+    local t = lane.build(app)
+    return t and by_name(t, "claude").cl
+  end
+
+  it("relays Claude's API key: prepare sends a plain list as the client wrote it", function()
+    assert.truthy(build_with(providers.claude))
+    local ctx = { client_format = "claude", config = {},
+                  info = { headers = { ["anthropic-beta"] = "b-one,b-two,b-three" } } }
+    local u = providers.claude.prepare(ctx, { entry = { ["api-key"] = "k" }, key = { ["api-key"] = "k" } }, "{}", false)
+    assert.equal("b-one,b-two,b-three", u.headers["Anthropic-Beta"])
+  end)
+
+  it("keeps an account in Lua whose prepare reorders a list or adds to it", function()
+    local reversed = claude_with(function(v)
+      local items = {}
+      for b in v:gmatch("[^,]+") do table.insert(items, 1, b) end
+      return table.concat(items, ",")
+    end)
+    assert.is_nil(build_with(reversed))
+    assert.is_nil(build_with(claude_with(function(v) return v .. ",oauth-2025-04-20" end)))
   end)
 end)
 
