@@ -232,6 +232,9 @@ local schema = map({
   lua = map({
     paths = list(str()),
     ["memory-limit-mb"] = int(256, 16, 65536),
+    -- a generation that stays at its cap after a full collection is
+    -- replaced by a fresh one, as a reload does (runtime/lua/cpx_lua.c)
+    ["memory-recycle"] = bool(true),
     ["max-timers"] = int(1024, 1, 1000000),
     middleware = list(ANY),
   }),

@@ -97,6 +97,9 @@ local function dispatch(req, info)
 end
 
 local function on_error(e)
+  -- at the memory cap a traceback would need memory too (and fail as
+  -- "error in error handling", hiding the cause)
+  if type(e) == "string" and e:find("not enough memory", 1, true) then return e end
   return traceback and traceback(tostring(e), 2) or tostring(e)
 end
 
@@ -113,6 +116,10 @@ function _M.handle(req, info)
   log("error", "script error:", err)
   if not req:sent() and not req:closed() then
     local msg = tostring(err):match("^[^\n]*") or "script error"
+    if msg:find("not enough memory", 1, true) then
+      -- the VM's cap, not the host's memory: say which setting it is
+      msg = msg .. " (the Lua memory cap is reached: lua.memory-limit-mb)"
+    end
     http.error(req, format_for_path(info.path), 500, "script error: " .. msg, "server_error", "script_error")
   end
   mw.done(app.middleware, info, err, req:status())

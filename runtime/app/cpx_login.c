@@ -105,9 +105,11 @@ static void resume(login_t *lg, int nargs) {
 
   lg->wait = W_NONE;
   lg->running = 1;
+  cpx_vm_enter(vm);
   vm->host = 0; /* the script runs under the memory cap */
   rc = lua_resume(co, nargs);
   vm->host = saved;
+  cpx_vm_leave(vm);
   lg->running = 0;
   if (rc == LUA_YIELD)
     return;

@@ -33,7 +33,7 @@
 #define MAX_SCRIPT_WATCHES 128
 #define MAX_WORKERS 64
 
-enum { CMD_RELOAD = 1, CMD_DRAIN = 2 };
+enum { CMD_RELOAD = 1, CMD_DRAIN = 2, CMD_RECYCLE = 4 };
 
 struct app_s;
 
@@ -46,6 +46,8 @@ typedef struct {
   uv_loop_t loop;
   uv_async_t async;
   atomic_uint cmds;
+  unsigned recycle_gen; /* the generation CMD_RECYCLE replaces */
+  int draining;         /* CMD_DRAIN seen (workers other than 0) */
   uv_thread_t tid;
   int started;
   int drained;
@@ -683,6 +685,14 @@ static void on_async(uv_async_t *h) {
   unsigned cmds = atomic_exchange(&wk->cmds, 0);
   if (cmds & CMD_RELOAD)
     reload_worker(wk, "reload");
+  if (cmds & CMD_DRAIN)
+    wk->draining = 1;
+  /* Only this worker's generation is full, and a reload since then has
+   * replaced it already. app->stopping is worker 0's (its thread); the
+   * others go by CMD_DRAIN. */
+  if ((cmds & CMD_RECYCLE) && !wk->draining &&
+      !(wk->w.id == 0 && wk->app->stopping) && wk->w.vm->gen == wk->recycle_gen)
+    reload_worker(wk, "Lua memory cap");
   if (cmds & CMD_DRAIN) {
     cpx_vm_retire(wk->w.vm, "server shutting down");
     cpx_server_drain(&wk->w.server);
@@ -706,6 +716,15 @@ static void on_signal(uv_signal_t *h, int signum) {
   broadcast(app, CMD_DRAIN);
   cpx_vm_retire(app->workers[0].w.vm, "server shutting down");
   cpx_server_drain(&app->workers[0].w.server);
+}
+
+/* w->recycle: from this worker's own loop, run on its next iteration
+ * (not inside the resume that found the generation full). */
+static void recycle_vm(cpx_worker_t *w, unsigned gen) {
+  worker_t *wk = (worker_t *)w;
+  wk->recycle_gen = gen;
+  atomic_fetch_or(&wk->cmds, CMD_RECYCLE);
+  uv_async_send(&wk->async);
 }
 
 /* Sets up one worker: loop, Lua generation, upstream client. */
@@ -748,6 +767,7 @@ static int worker_init(app_t *app, int id, const char *config_path,
   }
   uv_async_init(w->loop, &wk->async, on_async);
   wk->async.data = wk;
+  w->recycle = recycle_vm;
   return 0;
 }
 

@@ -12,6 +12,7 @@
  * state and can never yield. Coroutines are resumed from loop callbacks
  * only, never from inside a curl callback.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -199,9 +200,11 @@ void cpx__lreq_resume(lreq_t *lr, int nargs) {
   int saved_host = vm->host;
 
   lr->running = 1;
+  cpx_vm_enter(vm);
   vm->host = 0;
   rc = lua_resume(co, nargs);
   vm->host = saved_host + 1;
+  cpx_vm_leave(vm);
   lr->running = 0;
   if (rc == LUA_YIELD) {
     vm->host--;
@@ -221,8 +224,6 @@ void cpx__lreq_resume(lreq_t *lr, int nargs) {
   if (rc != 0) {
     const char *msg = lua_tostring(co, -1);
     lr->co_failed = 1;
-    if (rc == LUA_ERRMEM)
-      lua_gc(vm->L, LUA_GCCOLLECT, 0);
     luaL_traceback(vm->L, co, msg ? msg : "(error object)", 0);
     if (lr->r)
       cpx_log_error(lr->r->rid, "request handler failed: %s",
@@ -231,9 +232,16 @@ void cpx__lreq_resume(lreq_t *lr, int nargs) {
       cpx_log_error(NULL, "task failed (worker %d, generation %u): %s",
                     lr->w->id, vm->gen, lua_tostring(vm->L, -1));
     lua_pop(vm->L, 1);
-    respond_internal_error(
-        lr, rc == LUA_ERRMEM ? "script ran out of memory (lua.memory-limit-mb)"
-                             : "internal error in request handler");
+    if (rc == LUA_ERRMEM) {
+      char m[160];
+      snprintf(m, sizeof(m),
+               "script ran out of memory: the Lua memory cap is reached "
+               "(lua.memory-limit-mb: %zu)",
+               vm->cap.limit / (1024 * 1024));
+      respond_internal_error(lr, m);
+    } else {
+      respond_internal_error(lr, "internal error in request handler");
+    }
   }
   vm->host--;
   lr->co_done = 1;

@@ -347,8 +347,10 @@ static void on_record_idle(uv_idle_t *h) {
   }
   push_records(L, lua_list, n);
   vm->host--;
+  cpx_vm_enter(vm);
   if (lua_pcall(L, 1, 0, top + 1) != 0)
     cpx_log_error(NULL, "lane records: %s", lua_tostring(L, -1));
+  cpx_vm_leave(vm);
   lua_settop(L, top);
 }
 

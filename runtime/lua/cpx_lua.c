@@ -36,25 +36,88 @@
 
 /* ---- memory cap ---------------------------------------------------------- */
 
-/* Counts and caps the VM's memory around LuaJIT's own allocator (a
- * per-state dlmalloc without locks; glibc malloc cost a tenth of a
- * translated request). */
-static void *vm_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
-  cpx_vm_t *vm = ud;
-  void *np;
-  if (nsize == 0) {
-    if (ptr)
-      vm->mem_used -= osize;
-    return vm->base_alloc(vm->base_ud, ptr, osize, 0);
+/* The cap itself is cpx_memcap.c (its rules are what keeps a full VM from
+ * crashing the process); here is what a generation does at its safe
+ * points. */
+
+static double mib(size_t n) {
+  return (double)n / (1024.0 * 1024.0);
+}
+
+static void vm_safepoint(cpx_vm_t *vm) {
+  cpx_memcap_t *c = &vm->cap;
+  int wid = vm->worker ? vm->worker->id : 0;
+  int ev;
+
+  vm->host++;
+  ev = cpx_memcap_safepoint(c, vm->L);
+  if (ev & CPX_MEMCAP_JIT_OFF)
+    cpx_log_warn(NULL,
+                 "Lua generation %u (worker %d) holds %.1f of its %.0f MiB "
+                 "(lua.memory-limit-mb): JIT compiler off for it until it "
+                 "holds under half",
+                 vm->gen, wid, mib(c->used), mib(c->limit));
+  if (ev & CPX_MEMCAP_JIT_ON)
+    cpx_log_info(NULL,
+                 "Lua generation %u (worker %d) holds %.1f MiB again: JIT "
+                 "compiler on",
+                 vm->gen, wid, mib(c->used));
+  if (ev & CPX_MEMCAP_REFUSED) {
+    /* What the failed requests held is garbage now, and the collector
+     * paces itself by allocations, which are refused: collect before
+     * judging whether the generation stays full. When the last full
+     * collection left it full anyway (scripts keep the data), at most one
+     * every 250 ms and a step in between: a full collection walks up to
+     * the whole cap, and one per failed request would take the worker. */
+    uint64_t now = vm->worker ? uv_now(vm->worker->loop) : 0;
+    int collected = 0;
+    if (!vm->last_full_gc || !vm->worker ||
+        vm->full_gc_left < c->limit - c->limit / 4 ||
+        now - vm->last_full_gc >= 250) {
+      lua_gc(vm->L, LUA_GCCOLLECT, 0);
+      vm->last_full_gc = now ? now : 1;
+      vm->full_gc_left = c->used;
+      collected = 1;
+    } else {
+      lua_gc(vm->L, LUA_GCSTEP, 1024);
+    }
+    if (!vm->cap_reported) {
+      vm->cap_reported = 1;
+      cpx_log_error(NULL,
+                    "Lua generation %u (worker %d) reached its memory cap "
+                    "(lua.memory-limit-mb: %.0f): requests that need more "
+                    "fail with a 500. Raise lua.memory-limit-mb, or look for "
+                    "a script that keeps data per request (a module-level "
+                    "table); it holds %.1f MiB",
+                    vm->gen, wid, mib(c->limit), mib(c->used));
+    }
+    /* A fresh generation helps only when scripts grew this one: one that
+     * is nearly full from its boot would be recycled in a loop. */
+    if (collected && c->used >= c->limit - c->limit / 4 &&
+        c->used > vm->boot_used && c->used - vm->boot_used >= c->limit / 4 &&
+        !vm->recycling && vm->settings.lua_memory_recycle && vm->worker &&
+        vm->worker->recycle && vm->worker->vm == vm) {
+      vm->recycling = 1;
+      cpx_log_warn(NULL,
+                   "Lua generation %u (worker %d) stays at its memory cap "
+                   "(%.1f of %.0f MiB after a full collection): starting a "
+                   "fresh generation, as a reload does (what scripts kept "
+                   "in it is lost)",
+                   vm->gen, wid, mib(c->used), mib(c->limit));
+      vm->worker->recycle(vm->worker, vm->gen);
+    }
   }
-  size_t old = ptr ? osize : 0;
-  if (vm->mem_limit && !vm->host && nsize > old &&
-      vm->mem_used + (nsize - old) > vm->mem_limit)
-    return NULL; /* LuaJIT raises "not enough memory" */
-  np = vm->base_alloc(vm->base_ud, ptr, osize, nsize);
-  if (np)
-    vm->mem_used = vm->mem_used - old + nsize;
-  return np;
+  vm->host--;
+}
+
+void cpx_vm_enter(cpx_vm_t *vm) {
+  if (vm->depth++ == 0)
+    vm_safepoint(vm);
+}
+
+void cpx_vm_leave(cpx_vm_t *vm) {
+  if (--vm->depth == 0)
+    vm_safepoint(vm);
 }
 
 static int vm_panic(lua_State *L) {
@@ -427,6 +490,9 @@ static void read_settings(lua_State *L, int idx, cpx_settings_t *s) {
   s->workers = (int)num_at(L, idx, "workers", 1);
   s->lua_memory_limit =
       (size_t)(num_at(L, idx, "lua.memory-limit-mb", 256) * 1024 * 1024);
+  get_path(L, idx, "lua.memory-recycle");
+  s->lua_memory_recycle = lua_isnil(L, -1) || lua_toboolean(L, -1);
+  lua_pop(L, 1);
   s->max_timers = (int)num_at(L, idx, "lua.max-timers", 1024);
   s->upstream_connect_ms =
       (uint64_t)(num_at(L, idx, "limits.upstream-connect-timeout-seconds", 10) *
@@ -489,10 +555,10 @@ static void set_paths(lua_State *L, int doc_idx, const char *config_path,
 
 /* Closes the state with LuaJIT's own allocator back in place: lua_close
  * destroys its allocator arena (every segment of the VM) only when the
- * state's allocf is still lj_alloc_f. With vm_alloc in place the arena
- * stayed mapped, about 1 MiB per reload generation (found by bench/soak). */
+ * state's allocf is still lj_alloc_f. With the cap's allocator in place, the
+ * arena stayed mapped: about 1 MiB per reload generation (bench/soak). */
 static void vm_close(cpx_vm_t *vm, lua_State *L) {
-  lua_setallocf(L, vm->base_alloc, vm->base_ud);
+  cpx_memcap_detach(&vm->cap, L);
   lua_close(L);
 }
 
@@ -508,19 +574,14 @@ int cpx_vm_new(cpx_worker_t *w, const char *config_path, cpx_vm_t **out,
   vm->refs = 1;
   vm->gen = ++w->next_gen;
   vm->handle_ref = vm->app_ref = LUA_NOREF;
-  vm->mem_limit = 0; /* set once the config is read */
   L = luaL_newstate();
   if (!L) {
     free(vm);
     snprintf(err, errlen, "cannot create a Lua state");
     return CPX_ENOMEM;
   }
-  /* What the state holds already was allocated uncounted: start from the
-   * collector's total so frees never take mem_used below zero. */
-  vm->base_alloc = lua_getallocf(L, &vm->base_ud);
-  vm->mem_used = (size_t)lua_gc(L, LUA_GCCOUNT, 0) * 1024 +
-                 (size_t)lua_gc(L, LUA_GCCOUNTB, 0);
-  lua_setallocf(L, vm_alloc, vm);
+  /* Counted from here on; the limit is set once the config is read. */
+  cpx_memcap_attach(&vm->cap, L, 0, &vm->host);
   vm->L = L;
   lua_atpanic(L, vm_panic);
   luaL_openlibs(L);
@@ -603,10 +664,11 @@ int cpx_vm_new(cpx_worker_t *w, const char *config_path, cpx_vm_t **out,
   lua_pushvalue(L, -1);
   vm->app_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_settop(L, top);
-  vm->mem_limit = vm->settings.lua_memory_limit;
-  if (vm->mem_limit && vm->mem_used > vm->mem_limit)
-    vm->mem_limit = vm->mem_used * 2;
+  vm->cap.limit = vm->settings.lua_memory_limit;
+  if (vm->cap.limit && vm->cap.used > vm->cap.limit)
+    vm->cap.limit = vm->cap.used * 2;
   lua_gc(L, LUA_GCCOLLECT, 0);
+  vm->boot_used = vm->cap.used;
   *out = vm;
   return 0;
 
@@ -621,7 +683,7 @@ fail:
  * an error message) and returns 0 or -1. The caller resets the stack. */
 static int app_call(cpx_vm_t *vm, const char *name, const char *arg) {
   lua_State *L = vm->L;
-  int base = lua_gettop(L);
+  int base = lua_gettop(L), rc;
   vm->host++;
   lua_pushcfunction(L, traceback);
   lua_rawgeti(L, LUA_REGISTRYINDEX, vm->app_ref);
@@ -634,7 +696,10 @@ static int app_call(cpx_vm_t *vm, const char *name, const char *arg) {
     lua_pushfstring(L, "rt.boot.start returned no %s function", name);
     return -1;
   }
-  return lua_pcall(L, arg ? 1 : 0, 1, base + 1) == 0 ? 0 : -1;
+  cpx_vm_enter(vm);
+  rc = lua_pcall(L, arg ? 1 : 0, 1, base + 1);
+  cpx_vm_leave(vm);
+  return rc == 0 ? 0 : -1;
 }
 
 void cpx_vm_init_worker(cpx_vm_t *vm) {

@@ -17,6 +17,7 @@
 #include <lua.h>
 
 #include "cpx.h"
+#include "cpx_memcap.h"
 #include "cpx_server.h"
 
 typedef struct cpx_worker_s cpx_worker_t;
@@ -35,6 +36,7 @@ typedef struct {
   char upstream_ca_file[1024]; /* "" : the system trust store */
   int workers;
   size_t lua_memory_limit;
+  int lua_memory_recycle; /* lua.memory-recycle */
   uint64_t upstream_connect_ms;
   uint64_t upstream_first_byte_ms;
   uint64_t upstream_idle_ms;
@@ -46,10 +48,13 @@ struct cpx_vm_s {
   lua_State *L;
   int refs; /* the worker's reference + one per request and task */
   unsigned gen;
-  size_t mem_used;
-  size_t mem_limit;
-  lua_Alloc base_alloc; /* LuaJIT's own allocator, wrapped by the cap */
-  void *base_ud;
+  cpx_memcap_t cap; /* lua.memory-limit-mb (cpx_memcap.h) */
+  int depth;        /* entries into the VM under way (cpx_vm_enter) */
+  int cap_reported; /* the cap's refusal was logged for this generation */
+  int recycling;    /* a fresh generation was asked for (w->recycle) */
+  size_t boot_used; /* what it held once booted (recycling cannot go below) */
+  uint64_t last_full_gc; /* loop time (ms) of the cap's last full collection */
+  size_t full_gc_left;   /* what that collection left */
   /* > 0 while the host (C) works on the VM outside any protected call: the
    * cap does not apply then, so a full VM can never make an unprotected API
    * call fail (which would be a panic). Scripts always run under the cap. */
@@ -76,6 +81,14 @@ int cpx_lua_find_builtin_dir(const char *argv0, char *out, size_t outlen);
 int cpx_vm_new(cpx_worker_t *w, const char *config_path, cpx_vm_t **out,
                char *err, size_t errlen);
 void cpx_vm_ref(cpx_vm_t *vm);
+/* Brackets every entry of C into the VM's Lua code (a resume, a pcall).
+ * The outermost entry and exit are the cap's safe points: the JIT is
+ * switched off near the cap, a refusal is logged once per generation
+ * (which generation, and how to raise the cap), and a generation that
+ * stays at the cap after a full collection asks its worker for a fresh
+ * one (w->recycle). */
+void cpx_vm_enter(cpx_vm_t *vm);
+void cpx_vm_leave(cpx_vm_t *vm);
 /* Logs the start-up banner (rt.banner) of a generation: what is served and
  * how to point clients at base_url. A script error is logged, not fatal. */
 void cpx_vm_banner(cpx_vm_t *vm, const char *base_url);

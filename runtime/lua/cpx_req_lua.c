@@ -33,11 +33,11 @@ static int call_handler(lreq_t *lr, const char *fn, int nargs, int *failed) {
   lua_remove(L, -2);
   lua_insert(L, base + 1);
   lr->vm->host--;
+  cpx_vm_enter(lr->vm);
   rc = lua_pcall(L, nargs, 1, base + 1);
+  cpx_vm_leave(lr->vm);
   if (rc != 0) {
     lr->vm->host++;
-    if (rc == LUA_ERRMEM)
-      lua_gc(L, LUA_GCCOLLECT, 0);
     cpx_log_error(lr->r->rid, "stream handler %s failed: %s", fn,
                   lua_tostring(L, -1));
     *failed = 1;

@@ -37,6 +37,10 @@ struct cpx_worker_s {
   unsigned next_gen;
   int timers_pending; /* armed timers of every generation (lua.max-timers) */
   int tasks_running;  /* task coroutines not finished yet */
+  /* Asks for a fresh generation in place of generation gen, which stays
+   * at its memory cap (cpx_vm_leave); it runs later on this loop, as a
+   * reload of this worker. NULL: no recycling (a login's loop). */
+  void (*recycle)(cpx_worker_t *w, unsigned gen);
 };
 
 /* Worker glue: set the loop first, then init. */
