@@ -356,6 +356,12 @@ int cpx_jsonarr_feed(cpx_jsonarr_t *p, const char *buf, size_t len,
       i++;
       break;
     }
+    /* An element past the bound fails at the byte that crosses it, not at
+     * its end or at a later parse error: otherwise where the chunks were cut
+     * (the check at the chunk's end below) would decide which error the
+     * caller sees. */
+    if (p->state == JA_IN && p->len + (i - start) > p->max_elem)
+      return ja_fail(p, CPX_ELIMIT);
   }
   if (p->state == JA_IN) {
     /* The element continues in the next chunk: keep its bytes. */

@@ -610,6 +610,12 @@ static void test_ja_limits(void) {
       ja_replay_all("[\"01234\", \"0123456789\"]", 23, 10, &want, CPX_ELIMIT),
       0);
   sb_free(&want);
+  /* past the bound, then malformed: the limit wins at every split (fuzz
+   * finding: a whole chunk reported the parse error, pieces the limit) */
+  sb_adds(&want, "");
+  CPX_CHECK_INT(ja_replay_all("[123456789012345}", 17, 10, &want, CPX_ELIMIT),
+                0);
+  sb_free(&want);
 }
 
 /* ---- robustness: random input, split invariance ------------------------- */
