@@ -55,6 +55,20 @@ async function chat(proxy, body = {}, headers = {}, route = '/v1/chat/completion
   return { status: r.status, text, json, headers: r.headers };
 }
 
+// Runs fn; a failure also says whether the proxy is still up, the fetch's
+// own cause and the proxy's last log lines (the memory-cap tests failed
+// once in CI with only "fetch failed" to go on).
+async function explained(proxy, fn) {
+  try {
+    return await fn();
+  } catch (e) {
+    const cause = e.cause ? ` (cause: ${e.cause.code || ''} ${e.cause.message || e.cause})` : '';
+    const tail = proxy.stderr().split('\n').slice(-25).join('\n');
+    e.message = `${e.message}${cause}; proxy exited: ${JSON.stringify(proxy.exited())}\n--- proxy stderr (tail)\n${tail}`;
+    throw e;
+  }
+}
+
 function streamText(text) {
   return text.split('\n').filter((l) => l.startsWith('data: ') && l !== 'data: [DONE]')
     .map((l) => JSON.parse(l.slice(6)).choices?.[0]?.delta?.content || '').join('');
@@ -474,7 +488,7 @@ describe('sandbox, script errors and the memory cap', () => {
     assert.deepEqual(found.split(' ').filter((x) => !x.endsWith('=no')), [], found);
   });
 
-  test('the VM memory cap holds: an allocation past it fails the request, not the server', async () => {
+  test('the VM memory cap holds: an allocation past it fails the request, not the server', () => explained(proxy, async () => {
     for (let i = 0; i < 3; i++) {
       const r = await chat(proxy, {}, { 'x-fault': 'bigstring' });
       assert.equal(r.status, 500, r.text);
@@ -482,9 +496,9 @@ describe('sandbox, script errors and the memory cap', () => {
       const ok = await chat(proxy);
       assert.equal(ok.status, 200, ok.text);
     }
-  });
+  }));
 
-  test('the VM memory cap holds: unbounded allocation fails the request, not the server', async () => {
+  test('the VM memory cap holds: unbounded allocation fails the request, not the server', () => explained(proxy, async () => {
     for (let i = 0; i < 3; i++) {
       const r = await chat(proxy, {}, { 'x-fault': 'alloc' });
       assert.equal(r.status, 500, r.text);
@@ -495,7 +509,7 @@ describe('sandbox, script errors and the memory cap', () => {
     }
     assert.equal(proxy.exited(), null);
     assert.ok(proxy.rssKiB() < 400 * 1024, `rss ${proxy.rssKiB()} KiB`);
-  });
+  }));
 });
 
 // ---------------------------------------------------------------- reload
