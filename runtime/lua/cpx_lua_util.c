@@ -101,6 +101,16 @@ typedef struct {
   char pool[SPEC_POOL];
 } json_spec_t;
 
+/* Non-zero when one of the 8 bytes needs a look: >= 0x80, < 0x20, '"' or
+ * '\\' (bit tricks; a false alarm only sends the word to the byte loop). */
+static inline uint64_t word_dirty(uint64_t x) {
+  const uint64_t ones = 0x0101010101010101ull, high = 0x8080808080808080ull;
+  uint64_t q = x ^ (ones * '"'), b = x ^ (ones * '\\');
+  return (x | ((x - ones * 0x20) & ~x) | ((q - ones) & ~q) |
+          ((b - ones) & ~b)) &
+         high;
+}
+
 /* Decoder state shared by the yajl callbacks. Lives on the C stack of the
  * decode call; owns nothing. The Lua stack holds, per open container, the
  * table and (for objects, between key and value) the pending key. */
@@ -122,7 +132,30 @@ typedef struct {
   size_t inlen;
   size_t last_end; /* offset past the last key or string token */
   const char *err; /* set when a callback cancels */
+  size_t base;     /* offset in `in` of the chunk yajl is parsing */
+  /* While yajl parses the placeholder of a long string (json_long_t):
+   * that string, which the callbacks use instead of the placeholder. */
+  const struct json_long *sub;
 } json_dec_t;
+
+/* A long string that json_long_next checked and that yajl never lexes
+ * (see json_decode_spec): its text between the quotes, as written. */
+typedef struct json_long {
+  const char *raw; /* after the opening quote */
+  size_t rawlen;   /* up to the closing quote */
+  size_t quote;    /* offset of the opening quote in the input */
+  size_t end;      /* offset past the closing quote */
+  int esc;   /* 1 when it holds escapes (all of \" \\ \/ \b \f \n \r \t) */
+  int slash; /* 1 when one is \/, which the encoder writes as / */
+} json_long_t;
+
+/* per thread: a worker's tests change their own, never another's */
+_Thread_local size_t cpx_json_long_min = 64;
+
+/* Where the token yajl just read ends, as an offset into the whole input. */
+static size_t dec_at(const json_dec_t *d) {
+  return d->sub ? d->sub->end : d->base + yajl_get_bytes_consumed(d->h);
+}
 
 /* Stores the value on top of the Lua stack into the enclosing container
  * (or leaves it as the result at depth 0). */
@@ -250,6 +283,20 @@ static int dec_escapes_canonical(const char *r, size_t n) {
   return 1;
 }
 
+/* Keeps {decoded s[0..n), the raw token in[from..end)} for the member
+ * about to be stored, so the encoder writes it back as it was spelled. */
+static void dec_note_raw_token(json_dec_t *d, const char *s, size_t n,
+                               size_t from, size_t end) {
+  dec_raw_slot(d);
+  lua_createtable(d->L, 2, 0);
+  lua_pushlstring(d->L, s, n);
+  lua_rawseti(d->L, -2, 1);
+  lua_pushlstring(d->L, d->in + from, end - from);
+  lua_rawseti(d->L, -2, 2);
+  lua_rawset(d->L, -3);
+  lua_pop(d->L, 1);
+}
+
 /* A string with escapes was decoded into yajl's buffer: if the encoder
  * would write its escapes differently (\/, \u00e9, surrogate pairs), keep
  * {decoded, raw token} so an unchanged value is written as it came. */
@@ -267,14 +314,7 @@ static void dec_note_raw_string(json_dec_t *d, const unsigned char *s, size_t n,
   i = (size_t)(q - d->in);
   if (dec_escapes_canonical(d->in + i + 1, end - 1 - (i + 1)))
     return;
-  dec_raw_slot(d);
-  lua_createtable(d->L, 2, 0);
-  lua_pushlstring(d->L, (const char *)s, n);
-  lua_rawseti(d->L, -2, 1);
-  lua_pushlstring(d->L, d->in + i, end - i);
-  lua_rawseti(d->L, -2, 2);
-  lua_rawset(d->L, -3);
-  lua_pop(d->L, 1);
+  dec_note_raw_token(d, (const char *)s, n, i, end);
 }
 
 static int dec_null(void *ctx) {
@@ -348,12 +388,88 @@ static int dec_number(void *ctx, const char *s, size_t n) {
   return 1;
 }
 
+struct json_hbox;
+static char *json_scratch(struct json_hbox *b, size_t n);
+static const unsigned char *json_clean_run(const unsigned char *p,
+                                           const unsigned char *e);
+
+/* The value of the long string d->sub: its bytes in the input when it has
+ * no escapes, else unescaped into the box's scratch buffer. */
+static int dec_long_value(json_dec_t *d, const unsigned char **s, size_t *n) {
+  const json_long_t *ls = d->sub;
+  const char *p = ls->raw, *end = ls->raw + ls->rawlen;
+  char *o;
+  if (!ls->esc) {
+    *s = (const unsigned char *)ls->raw;
+    *n = ls->rawlen;
+    return 1;
+  }
+  o = json_scratch(d->box, ls->rawlen);
+  if (!o) {
+    d->err = "out of memory";
+    return 0;
+  }
+  *s = (const unsigned char *)o;
+  /* json_long_check let through only the one-letter escapes */
+  for (;;) {
+    const char *c = (const char *)json_clean_run((const unsigned char *)p,
+                                                 (const unsigned char *)end);
+    while (c < end && *c != '\\')
+      c++; /* bytes above 0x7f stop json_clean_run too: copied as they are */
+    memcpy(o, p, (size_t)(c - p));
+    o += c - p;
+    if (c >= end)
+      break;
+    switch (c[1]) {
+    case 'b':
+      *o++ = '\b';
+      break;
+    case 'f':
+      *o++ = '\f';
+      break;
+    case 'n':
+      *o++ = '\n';
+      break;
+    case 'r':
+      *o++ = '\r';
+      break;
+    case 't':
+      *o++ = '\t';
+      break;
+    default:
+      *o++ = c[1];
+      break; /* " \\ / */
+    }
+    p = c + 2;
+  }
+  *n = (size_t)(o - (const char *)*s);
+  return 1;
+}
+
+/* dec_string for a long string (d->sub), with the raw spelling kept as
+ * dec_note_raw_string keeps it for the strings yajl unescapes. */
+static int dec_long_string(json_dec_t *d) {
+  const json_long_t *ls = d->sub;
+  const unsigned char *s;
+  size_t n;
+  if (!dec_long_value(d, &s, &n))
+    return 0;
+  if (ls->slash && d->depth > 0)
+    dec_note_raw_token(d, (const char *)s, n, ls->quote, ls->end);
+  d->last_end = ls->end;
+  lua_pushlstring(d->L, (const char *)s, n);
+  dec_store(d);
+  return 1;
+}
+
 static int dec_string(void *ctx, const unsigned char *s, size_t n) {
   json_dec_t *d = ctx;
   size_t end;
   if (d->skip)
     return 1;
-  end = yajl_get_bytes_consumed(d->h);
+  if (d->sub)
+    return dec_long_string(d);
+  end = dec_at(d);
   /* yajl hands out a pointer into the input unless it had to unescape */
   if (d->depth > 0 &&
       ((const char *)s < d->in || (const char *)s > d->in + d->inlen))
@@ -462,7 +578,7 @@ static int dec_start(json_dec_t *d, int is_array) {
   }
   vs = dec_value_spec(d);
   if (vs == SPEC_CARRIED) {
-    size_t at = yajl_get_bytes_consumed(d->h);
+    size_t at = dec_at(d);
     if (at == 0 || at > d->inlen || d->in[at - 1] != (is_array ? '[' : '{')) {
       d->err = "span bounds lost";
       return 0;
@@ -479,7 +595,7 @@ static int dec_start(json_dec_t *d, int is_array) {
 
 static int dec_end(json_dec_t *d) {
   if (d->skip)
-    return --d->skip ? 1 : dec_push_span(d, yajl_get_bytes_consumed(d->h));
+    return --d->skip ? 1 : dec_push_span(d, dec_at(d));
   return dec_close(d);
 }
 
@@ -505,6 +621,8 @@ static int dec_key(void *ctx, const unsigned char *s, size_t n) {
   int nd;
   if (d->skip)
     return 1;
+  if (d->sub && !dec_long_value(d, &s, &n))
+    return 0;
   nd = d->spec ? d->node[d->depth] : SPEC_NONE;
   d->vspec = SPEC_NONE;
   if (nd >= 0) {
@@ -516,7 +634,7 @@ static int dec_key(void *ctx, const unsigned char *s, size_t n) {
       }
     }
   }
-  d->last_end = yajl_get_bytes_consumed(d->h);
+  d->last_end = dec_at(d);
   lua_pushlstring(L, (const char *)s, n);
   /* A repeated key keeps its first place (its last value wins). */
   lua_pushvalue(L, -1);
@@ -621,22 +739,218 @@ static void dec_yajl_reason(yajl_handle h, char *out, size_t outlen) {
     yajl_free_error(h, e);
 }
 
+/* JSON whitespace */
+static int json_ws(char c) {
+  return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
+
+/* The UTF-8 sequence at p (a byte >= 0x80) as yajl's lexer checks it: the
+ * lead byte gives the length, the rest must be continuation bytes (yajl
+ * lets overlong forms and surrogates through; so must this, or the two
+ * decodings would differ). Returns its length, or 0. */
+static size_t json_long_utf8(const unsigned char *p, const unsigned char *end) {
+  size_t len = (*p >> 5) == 0x6    ? 2
+               : (*p >> 4) == 0xe  ? 3
+               : (*p >> 3) == 0x1e ? 4
+                                   : 0;
+  if (!len || (size_t)(end - p) < len)
+    return 0;
+  for (size_t i = 1; i < len; i++)
+    if ((p[i] >> 6) != 0x2)
+      return 0;
+  return len;
+}
+
+/* The first byte in [p, e) that is '"', '\\', below 0x20 or above 0x7f
+ * (or e): sixteen bytes a compare with SSE2 (every x86-64 has it), else
+ * eight with word_dirty. */
+static const unsigned char *json_clean_run(const unsigned char *p,
+                                           const unsigned char *e) {
+#ifdef __SSE2__
+  const __m128i quote = _mm_set1_epi8('"'), bslash = _mm_set1_epi8('\\'),
+                space = _mm_set1_epi8(0x20);
+  while (e - p >= 16) {
+    __m128i v = _mm_loadu_si128((const __m128i *)(const void *)p);
+    /* signed: 0x80..0xff are negative, so "< 0x20" catches them too */
+    __m128i bad = _mm_or_si128(
+        _mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, bslash)),
+        _mm_cmplt_epi8(v, space));
+    int m = _mm_movemask_epi8(bad);
+    if (m)
+      return p + __builtin_ctz((unsigned)m);
+    p += 16;
+  }
+#endif
+  while (e - p >= 8) {
+    uint64_t w;
+    memcpy(&w, p, 8);
+    if (word_dirty(w))
+      break;
+    p += 8;
+  }
+  return p;
+}
+
+/* Checks the string whose opening quote is at q: 1 with *ls filled when
+ * yajl would accept it and it has no \u escape, else 0 (yajl then lexes it
+ * itself, and says what is wrong with it). */
+static int json_long_check(const char *in, const char *q, const char *end,
+                           json_long_t *ls) {
+  const unsigned char *p = (const unsigned char *)q + 1,
+                      *e = (const unsigned char *)end;
+  int esc = 0, slash = 0;
+  for (;;) {
+    p = json_clean_run(p, e);
+    if (p >= e)
+      return 0; /* unterminated */
+    if (*p == '"')
+      break;
+    if (*p == '\\') {
+      if (e - p < 2)
+        return 0;
+      switch (p[1]) {
+      case '/':
+        slash = 1; /* the encoder writes a plain / */
+        break;
+      case '"':
+      case '\\':
+      case 'b':
+      case 'f':
+      case 'n':
+      case 'r':
+      case 't':
+        break;
+      default:
+        return 0; /* \u (and what JSON lacks) is yajl's */
+      }
+      esc = 1;
+      p += 2;
+    } else if (*p >= 0x80) {
+      size_t k = json_long_utf8(p, e);
+      if (!k)
+        return 0;
+      p += k;
+    } else if (*p < 0x20) {
+      return 0;
+    } else {
+      p++; /* a false alarm of word_dirty */
+    }
+  }
+  ls->raw = q + 1;
+  ls->rawlen = (size_t)((const char *)p - (q + 1));
+  ls->quote = (size_t)(q - in);
+  ls->end = (size_t)((const char *)p + 1 - in);
+  ls->esc = esc;
+  ls->slash = slash;
+  return 1;
+}
+
+/* The next string at or after offset from that is at least min bytes long,
+ * stands where yajl's previous token is complete (after { [ , or :) and
+ * passes json_long_check. from must lie outside any string: then every
+ * quote opens one (in valid JSON; in invalid JSON yajl fails and the
+ * decode starts again without this). Returns 1 with *ls, or 0. */
+static int json_long_next(const char *in, size_t n, size_t from, size_t min,
+                          json_long_t *ls) {
+  const char *p = in + from, *end = in + n;
+  for (;;) {
+    const char *q = memchr(p, '"', (size_t)(end - p)), *c;
+    if (!q)
+      return 0;
+    if (json_long_check(in, q, end, ls)) {
+      if (ls->end - ls->quote >= min) {
+        const char *b = q;
+        while (b > in && json_ws(b[-1]))
+          b--;
+        if (b > in &&
+            (b[-1] == '{' || b[-1] == '[' || b[-1] == ',' || b[-1] == ':'))
+          return 1;
+      }
+      p = in + ls->end;
+      continue;
+    }
+    /* yajl's to check: find its end (not after an odd run of \) */
+    c = q + 1;
+    for (;;) {
+      const char *b;
+      c = memchr(c, '"', (size_t)(end - c));
+      if (!c)
+        return 0;
+      for (b = c; b[-1] == '\\'; b--)
+        ;
+      if (((c - b) & 1) == 0)
+        break;
+      c++;
+    }
+    p = c + 1;
+  }
+}
+
+/* One pass of yajl over s. With fast set, the strings json_long_next
+ * finds are not given to yajl: it gets the bytes before each, then the
+ * placeholder "" while d->sub names the real one, then the bytes after.
+ * yajl's per-byte string lexing is most of a decode of a long prompt; this
+ * check runs a word at a time. Returns yajl's status; *at is the failing
+ * offset. */
+static yajl_status dec_run(json_dec_t *d, const char *s, size_t n, int fast,
+                           size_t *at) {
+  yajl_status st = yajl_status_ok;
+  size_t pos = 0;
+  json_long_t ls;
+  while (fast && json_long_next(s, n, pos, cpx_json_long_min, &ls)) {
+    d->base = pos;
+    st = yajl_parse(d->h, (const unsigned char *)s + pos, ls.quote - pos);
+    if (st != yajl_status_ok) {
+      *at = dec_at(d);
+      return st;
+    }
+    d->sub = &ls;
+    st = yajl_parse(d->h, (const unsigned char *)"\"\"", 2);
+    d->sub = NULL;
+    if (st != yajl_status_ok) {
+      *at = ls.end;
+      return st;
+    }
+    pos = ls.end;
+  }
+  d->base = pos;
+  st = yajl_parse(d->h, (const unsigned char *)s + pos, n - pos);
+  /* bytes_consumed counts within the last call */
+  *at = dec_at(d);
+  if (st == yajl_status_ok) {
+    st = yajl_complete_parse(d->h);
+    *at = n;
+  }
+  return st;
+}
+
+/* Resets d for a pass over s. */
+static void dec_reset(json_dec_t *d, const json_spec_t *spec, const char *s,
+                      size_t n) {
+  d->depth = 0;
+  d->err = NULL;
+  d->spec = spec;
+  d->vspec = SPEC_NONE;
+  d->skip = 0;
+  d->span_start = 0;
+  d->in = s;
+  d->inlen = n;
+  d->last_end = 0;
+  d->base = 0;
+  d->sub = NULL;
+}
+
 static int json_decode_spec(lua_State *L, const char *s, size_t n,
                             const json_spec_t *spec, char *err, size_t errlen) {
   json_dec_t d;
   json_hbox_t *box;
   yajl_status st;
   size_t at;
-  int base = lua_gettop(L);
+  int base = lua_gettop(L), fast = cpx_json_long_min > 0;
   char reason[160];
 
   d.L = L;
-  d.depth = 0;
-  d.err = NULL;
-  d.spec = spec;
-  d.vspec = SPEC_NONE;
-  d.skip = 0;
-  d.span_start = 0;
+  dec_reset(&d, spec, s, n);
   if (!lua_checkstack(L, 8)) {
     snprintf(err, errlen, "json: Lua stack exhausted at byte 0");
     return CPX_EPARSE;
@@ -653,23 +967,24 @@ static int json_decode_spec(lua_State *L, const char *s, size_t n,
   lua_setmetatable(L, -2);
   json_raw_push(L);
   d.raw = lua_gettop(L);
-  d.in = s;
-  d.inlen = n;
-  d.last_end = 0;
-  box->h = yajl_alloc(&dec_callbacks, NULL, &d);
-  d.h = box->h;
-  if (!box->h) {
-    lua_settop(L, base);
-    snprintf(err, errlen, "json: out of memory at byte 0");
-    return CPX_ENOMEM;
-  }
-  st = yajl_parse(box->h, (const unsigned char *)s, n);
-  /* bytes_consumed counts within the last call: the whole input once
-   * yajl_complete_parse has run. */
-  at = yajl_get_bytes_consumed(box->h);
-  if (st == yajl_status_ok) {
-    st = yajl_complete_parse(box->h);
-    at = n;
+  for (;;) {
+    box->h = yajl_alloc(&dec_callbacks, NULL, &d);
+    d.h = box->h;
+    if (!box->h) {
+      lua_settop(L, base);
+      snprintf(err, errlen, "json: out of memory at byte 0");
+      return CPX_ENOMEM;
+    }
+    st = dec_run(&d, s, n, fast, &at);
+    if (st == yajl_status_ok || !fast)
+      break;
+    /* A failure is reported as yajl alone finds it, from the start: the
+     * same message and offset as before the long strings were split off. */
+    yajl_free(box->h);
+    box->h = NULL;
+    lua_settop(L, d.raw);
+    dec_reset(&d, spec, s, n);
+    fast = 0;
   }
   if (st != yajl_status_ok) {
     if (d.err)
@@ -708,6 +1023,19 @@ static int json_decode_spec(lua_State *L, const char *s, size_t n,
 int cpx_json_decode_push(lua_State *L, const char *s, size_t n, char *err,
                          size_t errlen) {
   return json_decode_spec(L, s, n, NULL, err, errlen);
+}
+
+/* cpx.json.long_min([n]) -> the previous value: sets cpx_json_long_min
+ * (the fuzz driver and specs compare decodes with and without). */
+static int l_json_long_min(lua_State *L) {
+  size_t prev = cpx_json_long_min;
+  if (!lua_isnoneornil(L, 1)) {
+    lua_Integer v = luaL_checkinteger(L, 1);
+    luaL_argcheck(L, v >= 0, 1, "must be >= 0");
+    cpx_json_long_min = (size_t)v;
+  }
+  lua_pushinteger(L, (lua_Integer)prev);
+  return 1;
 }
 
 static int l_json_decode(lua_State *L) {
@@ -800,16 +1128,6 @@ static int enc_value(json_enc_t *e, int idx, int depth);
 static int enc_fail(json_enc_t *e, const char *msg) {
   e->err = msg;
   return -1;
-}
-
-/* Non-zero when one of the 8 bytes needs a look: >= 0x80, < 0x20, '"' or
- * '\\' (bit tricks; a false alarm only sends the word to the byte loop). */
-static inline uint64_t word_dirty(uint64_t x) {
-  const uint64_t ones = 0x0101010101010101ull, high = 0x8080808080808080ull;
-  uint64_t q = x ^ (ones * '"'), b = x ^ (ones * '\\');
-  return (x | ((x - ones * 0x20) & ~x) | ((q - ones) & ~q) |
-          ((b - ones) & ~b)) &
-         high;
 }
 
 static int enc_string(json_enc_t *e, const char *s, size_t n) {
@@ -1556,6 +1874,8 @@ static void open_json(lua_State *L) {
 
   lua_pushcfunction(L, l_json_decode);
   lua_setfield(L, -2, "decode");
+  lua_pushcfunction(L, l_json_long_min);
+  lua_setfield(L, -2, "long_min");
   lua_pushcfunction(L, l_json_spec);
   lua_setfield(L, -2, "spec");
   lua_pushcfunction(L, l_json_raw);

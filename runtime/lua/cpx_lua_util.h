@@ -35,6 +35,8 @@
 #ifndef CPX_LUA_UTIL_H
 #define CPX_LUA_UTIL_H
 
+#include <stddef.h>
+
 #include <lua.h>
 
 int cpx_lua_util_open(lua_State *L);
@@ -46,6 +48,13 @@ int cpx_json_encode_value(lua_State *L, int idx, char **out, size_t *outlen);
  * CPX_EPARSE with a message in err. */
 int cpx_json_decode_push(lua_State *L, const char *s, size_t n, char *err,
                          size_t errlen);
+
+/* Strings of at least this many bytes (quotes included) are checked and
+ * unescaped by the decoder itself, a word at a time, instead of being
+ * lexed by yajl; 0 gives every string to yajl. The result is the same
+ * either way (test_json and the json fuzz target compare the two); only
+ * tests change it (cpx.json.long_min). Per thread. */
+extern _Thread_local size_t cpx_json_long_min;
 
 /* A random (version 4) UUID, 36 characters and a NUL, as cpx.uuid gives.
  * Returns 0 or CPX_EIO (no randomness). */

@@ -490,6 +490,118 @@ static void test_scan_top(void) {
   CPX_CHECK(cpx_json_skip_ws(" \t\r\nx", " \t\r\nx" + 5)[0] == 'x');
 }
 
+/* ---- long strings outside yajl (cpx_json_long_min) ----------------------- */
+
+/* Decodes s with every string given to yajl and with every string the
+ * decoder may take checked by the decoder itself: the encodings (key
+ * order, number text and escape spelling included) or the error messages
+ * must be the same. */
+static void check_long_same(const char *s, size_t n) {
+  char e0[256], e1[256];
+  char *o0, *o1;
+  size_t prev = cpx_json_long_min;
+  cpx_json_long_min = 0;
+  o0 = roundtrip(s, n, e0, sizeof(e0));
+  cpx_json_long_min = 1;
+  o1 = roundtrip(s, n, e1, sizeof(e1));
+  cpx_json_long_min = prev;
+  if (!o0 || !o1) {
+    CPX_CHECK(!o0 && !o1);
+    CPX_CHECK_STR(e1, e0);
+  } else {
+    CPX_CHECK_STR(o1, o0);
+  }
+  free(o0);
+  free(o1);
+}
+
+static void test_long_strings(void) {
+  static const char *const cases[] = {
+      "{\"k\":\"plain text that is long enough\",\"n\":1.10}",
+      "{\"text\":\"line\\nbreak \\\"quoted\\\" back\\\\slash \\/ tab\\t\"}",
+      "{\"u\":\"caf\\u00e9 and \\ud83d\\ude00\",\"v\":\"caf\xC3\xA9\"}",
+      "[\"a\",\"bb\",\"\",\"\\b\\f\\r\"]",
+      "{\"long key with \\n in it\":[\"x\",{\"y\":\"z\\/\"}]}",
+      "{\"bad\":\"\xFF\"}",                 /* invalid lead byte */
+      "{\"bad\":\"\xC3\"}",                 /* cut sequence */
+      "{\"lax\":\"\xC0\x80\xED\xA0\x80\"}", /* overlong, surrogate: yajl takes
+                                               them */
+      "{\"ctl\":\"a\x01b\"}",               /* a raw control byte */
+      "{\"esc\":\"\\x\"}",                  /* an escape JSON lacks */
+      "{\"a\":\"unterminated",
+      "{\"a\" \"b\"}", /* a string where ':' belongs */
+      "{\"a\":\"b\" : \"c\"}",
+      "[1 \"x\"]",
+      "\"top-level string\"",
+      "{\"a\":\"x\",}",
+      "{\"a\":[\"\\\\\",\"\\\\\\\"\"]}", /* runs of backslashes before quotes */
+  };
+  for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+    check_long_same(cases[i], strlen(cases[i]));
+
+  /* what the decoder's own path keeps: escapes as spelled, and yajl's
+   * message and offset for a bad byte in a long string */
+  {
+    char err[256], *out;
+    size_t prev = cpx_json_long_min;
+    cpx_json_long_min = 1;
+    check_rt("{\"s\":\"a\\/b\\nc\"}", "{\"s\":\"a\\/b\\nc\"}");
+    out = roundtrip("{\"s\":\"abc\xFF\"}", 11, err, sizeof(err));
+    CPX_CHECK(out == NULL);
+    CPX_CHECK(strstr(err, "at byte") != NULL);
+    cpx_json_long_min = prev;
+  }
+
+  /* random documents: strings of these pieces in keys, values and arrays */
+  {
+    static const char *const piece[] = {
+        "abc ",         "\\n",
+        "\\\"",         "\\\\",
+        "\\/",          "\\t",
+        "\\u00e9",      "\\ud83d\\ude00",
+        "\\ud800x",     "\xC3\xA9",
+        "\xE2\x82\xAC", "\xF0\x9F\x98\x80",
+        "\xC0\x80",     "\xFF",
+        "\x01",         "\\q",
+        "\\",           "0123456789012345678901234567890123456789"};
+    static const char *const glue[] = {"{", "}",    "[",    "]",    ",", ":",
+                                       " ", "1.10", "true", "null", "-0"};
+    char buf[800];
+    for (int it = 0; it < 20000; it++) {
+      size_t n = 0;
+      int docs = it % 3; /* 0: mostly well formed, else anything */
+      if (docs == 0) {
+        /* {"<s>":"<s>","k":["<s>",<n>]} */
+        const char *shape[] = {"{\"",          "S", "\":\"",    "S",
+                               "\",\"k\":[\"", "S", "\",1.10]}"};
+        for (int k = 0; k < 7; k++) {
+          if (shape[k][0] == 'S' && shape[k][1] == 0) {
+            int m = (int)(rng() % 6);
+            for (int j = 0; j < m && n < 700; j++) {
+              const char *t = piece[rng() % (it % 6 ? 6 : 18)];
+              memcpy(buf + n, t, strlen(t));
+              n += strlen(t);
+            }
+          } else {
+            memcpy(buf + n, shape[k], strlen(shape[k]));
+            n += strlen(shape[k]);
+          }
+        }
+      } else {
+        size_t want = (size_t)(rng() % 200);
+        while (n < want) {
+          const char *t = rng() % 3 ? piece[rng() % 18] : glue[rng() % 11];
+          if (rng() % 4 == 0)
+            t = "\"";
+          memcpy(buf + n, t, strlen(t));
+          n += strlen(t);
+        }
+      }
+      check_long_same(buf, n);
+    }
+  }
+}
+
 int main(void) {
   L = luaL_newstate();
   luaL_openlibs(L);
@@ -514,6 +626,7 @@ int main(void) {
   CPX_TEST_RUN(test_encode_errors);
   CPX_TEST_RUN(test_random_input);
   CPX_TEST_RUN(test_ascii_escapes_match_yajl);
+  CPX_TEST_RUN(test_long_strings);
   lua_close(L);
   CPX_TEST_DONE();
 }

@@ -40,8 +40,31 @@ local function check_edit(s, full_ok)
   json.top(s, { "a", "b", "model" })
 end
 
+-- The decoder takes long strings out of yajl's hands (cpx_json_long_min):
+-- with that off, and with it on for every string, the result is the same
+-- value (compared as its encoding, which keeps key order, number text and
+-- escape spelling) or the same error message.
+local long_min = require("cpx").json.long_min
+local function check_long_strings(s, v, err)
+  local want = v ~= nil and json.encode(v) or err
+  for _, m in ipairs({ 0, 1 }) do
+    local prev = long_min(m)
+    local v2, err2 = json.decode(s)
+    local s2, e2 = json.decode(s, SPEC)
+    local s0, e0
+    long_min(0)
+    s0, e0 = json.decode(s, SPEC)
+    long_min(prev)
+    local got = v2 ~= nil and json.encode(v2) or err2
+    assert(got == want, ("long_min %d changed the decode:\n%s\n%s"):format(m, tostring(want), tostring(got)))
+    local sg, sw = s2 ~= nil and json.encode(s2) or e2, s0 ~= nil and json.encode(s0) or e0
+    assert(sg == sw, ("long_min %d changed the span decode:\n%s\n%s"):format(m, tostring(sw), tostring(sg)))
+  end
+end
+
 return function(s)
   local v, err = json.decode(s)
+  check_long_strings(s, v, err)
   check_spans(s, v ~= nil)
   if v ~= nil and not json.is_array(v) and type(v) == "table" then check_edit(s, true) end
   if v == nil then
