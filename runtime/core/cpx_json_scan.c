@@ -27,8 +27,7 @@ const char *cpx_json_skip_ws(const char *p, const char *end) {
   return p;
 }
 
-/* p points at the opening quote; returns the byte after the closing one. */
-static const char *skip_string(const char *p, const char *end) {
+const char *cpx_json_skip_string(const char *p, const char *end) {
   const char *q = p + 1;
   for (;;) {
     const char *c = memchr(q, '"', (size_t)(end - q));
@@ -58,7 +57,7 @@ static const char *skip_value(const char *p, const char *end) {
   if (p >= end)
     return NULL;
   if (*p == '"')
-    return skip_string(p, end);
+    return cpx_json_skip_string(p, end);
   if (*p != '{' && *p != '[') {
     const char *s = p;
     while (p < end && is_scalar_char((unsigned char)*p))
@@ -68,7 +67,7 @@ static const char *skip_value(const char *p, const char *end) {
   while (p < end) {
     char c = *p;
     if (c == '"') {
-      p = skip_string(p, end);
+      p = cpx_json_skip_string(p, end);
       if (!p)
         return NULL;
       continue;
@@ -109,7 +108,7 @@ int cpx_json_scan_top(const char *s, size_t n, cpx_json_member_cb cb, void *ud,
     if (p >= end || *p != '"')
       goto bad;
     ks = p;
-    ke = skip_string(p, end);
+    ke = cpx_json_skip_string(p, end);
     if (!ke)
       goto bad;
     p = cpx_json_skip_ws(ke, end);

@@ -25,6 +25,9 @@ typedef int (*cpx_json_member_cb)(void *ud, const cpx_json_member_t *m);
  * with *at set to the failing offset. cb may be NULL. */
 int cpx_json_scan_top(const char *s, size_t n, cpx_json_member_cb cb, void *ud,
                       size_t *at, const char **close_brace);
+/* p at a string's opening quote: the byte after its closing quote (the
+ * first quote not after an odd run of backslashes), or NULL. */
+const char *cpx_json_skip_string(const char *p, const char *end);
 /* The first byte at or after p that is not JSON whitespace (or end). */
 const char *cpx_json_skip_ws(const char *p, const char *end);
 

@@ -36,6 +36,7 @@
 
 #include "cpx.h"
 #include "cpx_buf.h"
+#include "cpx_json_scan.h"
 #include "cpx_sse.h"
 
 #define JSON_MAX_DEPTH 1000
@@ -869,20 +870,11 @@ static int json_long_next(const char *in, size_t n, size_t from, size_t min,
       p = in + ls->end;
       continue;
     }
-    /* yajl's to check: find its end (not after an odd run of \) */
-    c = q + 1;
-    for (;;) {
-      const char *b;
-      c = memchr(c, '"', (size_t)(end - c));
-      if (!c)
-        return 0;
-      for (b = c; b[-1] == '\\'; b--)
-        ;
-      if (((c - b) & 1) == 0)
-        break;
-      c++;
-    }
-    p = c + 1;
+    /* yajl's to check; go on after it */
+    c = cpx_json_skip_string(q, end);
+    if (!c)
+      return 0;
+    p = c;
   }
 }
 
