@@ -98,7 +98,7 @@ test('TLS: 42 MB sent eagerly gets a complete 413 every time; a client that keep
   const port = await freePort();
   const cfgPath = path.join(dir, 'config.yaml');
   fs.writeFileSync(cfgPath, buildConfig({ port, authDir: dir,
-    extra: { tls: { enable: true, cert, key }, limits: { 'lingering-time-seconds': 3, 'lingering-timeout-seconds': 0.5 } } }));
+    extra: { tls: { enable: true, cert, key }, limits: { 'lingering-time-seconds': 3, 'lingering-timeout-seconds': 2 } } }));
   const child = spawn(BIN, ['--config', cfgPath], { cwd: SCRATCH, stdio: ['ignore', 'ignore', 'pipe'] });
   let err = '';
   child.stderr.on('data', (d) => { err += d; });
@@ -118,26 +118,46 @@ test('TLS: 42 MB sent eagerly gets a complete 413 every time; a client that keep
       const body = assertAnswer(await eager(port, req, { secure: true }), 413, `TLS 413 #${i}`);
       assert.equal(typeof body.error.message, 'string');
     }
-    // A client that never stops sending: the answer arrives, then the
-    // server closes (after lingering-max-bytes or lingering-time), not never.
+    // A client that never stops sending, and keeps sending after the server's
+    // FIN (allowHalfOpen): the server cuts it after lingering-max-bytes (64
+    // MiB) or lingering-time (3 s). It writes 64 KiB per timer
+    // tick and so reads between writes: a Node TLS client that writes in a
+    // tight loop reads nothing until its writes stop (seen: 0 bytes read
+    // after 64 MB sent), which would test Node, not the server.
     const r = await new Promise((resolve) => {
-      const s = tls.connect({ port, host: '127.0.0.1', rejectUnauthorized: false, servername: 'localhost' });
+      const s = tls.connect({ port, host: '127.0.0.1', rejectUnauthorized: false, servername: 'localhost', allowHalfOpen: true });
       const chunks = [];
       let closed = false;
+      let answeredAt = 0;
+      let finAt = 0;
+      let sent = 0;
       const chunk = Buffer.alloc(64 * 1024, 'y');
-      const pump = () => { while (!closed && s.write(chunk)); };
-      s.on('drain', pump);
-      s.on('data', (d) => chunks.push(d));
-      s.on('error', () => {});
-      s.on('close', () => { closed = true; resolve({ data: Buffer.concat(chunks), closed: true }); });
-      setTimeout(() => { if (!closed) { closed = true; s.destroy(); resolve({ data: Buffer.concat(chunks), closed: false }); } }, 20000);
+      let timer = null;
+      const finish = (cut) => {
+        if (closed) return;
+        closed = true;
+        clearInterval(timer);
+        s.destroy();
+        resolve({ data: Buffer.concat(chunks), cut, sent, answeredAt, finAt, closedAt: performance.now() });
+      };
+      s.on('data', (d) => {
+        chunks.push(d);
+        if (!answeredAt && parseResponse(Buffer.concat(chunks), { eof: false })) answeredAt = performance.now();
+      });
+      s.on('end', () => { finAt = performance.now(); });
+      s.on('error', () => finish(true));
+      s.on('close', () => finish(true));
+      setTimeout(() => finish(false), 20000);
       s.once('secureConnect', () => {
         s.write('POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999\r\n\r\n');
-        pump();
+        timer = setInterval(() => { if (!closed && s.writableLength < 1024 * 1024) { sent += chunk.length; s.write(chunk); } }, 1);
       });
     });
-    assert.ok(r.closed, 'the server closed the connection of a client that kept sending');
-    assert.equal(parseResponse(r.data, { eof: true })?.status, 413, 'and that client read its 413 first');
+    const what = `got ${JSON.stringify(r.data.toString('latin1').slice(0, 120))}; sent ${(r.sent / 1048576).toFixed(1)} MiB; answer ${r.answeredAt ? 'read' : 'not read'}; cut ${r.answeredAt ? (r.closedAt - r.answeredAt).toFixed(0) : '?'} ms after it`;
+    assert.ok(r.cut, `the server cut the connection of a client that kept sending (${what})`);
+    assert.equal(parseResponse(r.data, { eof: true })?.status, 413, `and that client read its 413 first (${what})`);
+    assert.ok(r.finAt >= r.answeredAt, `the server's FIN came after its answer (${what})`);
+    assert.ok(r.closedAt - r.answeredAt < 3000 + 2000, `cut within lingering-time of the answer (${what})`);
     assert.equal(exit, null, `the server is still running: ${err}`);
   } finally {
     child.kill('SIGTERM');

@@ -14,9 +14,14 @@ import { assertAnswer, connect, eager, parseResponse } from './lib/raw_http.mjs'
 const LINGER_TIMEOUT_S = 0.5;
 const LINGER_TIME_S = 3;
 
-let proxy, capped, noLinger;
+// proxy keeps the default lingering limits (30 s, 5 s between reads): the
+// eager clients below are not what is timed, and a client process starved of
+// CPU for half a second on a loaded machine must not turn a 413 into a reset.
+// timed has short limits for the test that measures them.
+let proxy, timed, capped, noLinger;
 before(async () => {
-  proxy = await startProxy({
+  proxy = await startProxy();
+  timed = await startProxy({
     extra: { limits: { 'lingering-timeout-seconds': LINGER_TIMEOUT_S, 'lingering-time-seconds': LINGER_TIME_S } },
   });
   capped = await startProxy({ extra: { limits: { 'max-connections': 4 } } });
@@ -24,6 +29,8 @@ before(async () => {
 });
 after(async () => {
   const a = await proxy?.stop();
+  const t = await timed?.stop();
+  assert.equal(t?.signal ?? null, null, 'the server was not killed by a signal');
   const b = await capped?.stop();
   const c = await noLinger?.stop();
   assert.equal(c?.signal ?? null, null, 'the server was not killed by a signal');
@@ -103,14 +110,14 @@ function drip(port, everyMs, probeMs = 0) {
 }
 
 test('a client that keeps sending after the 413 is cut at lingering-time; a silent one at lingering-timeout', { timeout: 60000 }, async () => {
-  const dripping = await drip(proxy.port, 100);
+  const dripping = await drip(timed.port, 100);
   assert.equal(dripping.status, 413);
   assert.ok(dripping.afterAnswerMs > LINGER_TIME_S * 1000 - 300 && dripping.afterAnswerMs < LINGER_TIME_S * 1000 + 1500,
     `dripping client cut after ${dripping.afterAnswerMs.toFixed(0)} ms (lingering-time ${LINGER_TIME_S} s)`);
   // Silent after one write: closed at lingering-timeout (0.5 s), so the probe at
   // 1.2 s (well before lingering-time, 3 s) already meets a closed socket.
   const probeMs = 1200;
-  const silent = await drip(proxy.port, 0, probeMs);
+  const silent = await drip(timed.port, 0, probeMs);
   assert.equal(silent.status, 413);
   assert.ok(silent.afterAnswerMs >= probeMs && silent.afterAnswerMs < probeMs + 500,
     `silent client: the probe at ${probeMs} ms met a closed socket (seen after ${silent.afterAnswerMs.toFixed(0)} ms)`);
