@@ -2031,12 +2031,30 @@ static int l_hmac_sha256_hex(lua_State *L) {
   return do_hmac(L, 1);
 }
 
+/* UUIDs come from a per-thread pool of CSPRNG bytes, refilled 4 KiB at a
+ * time: the same generator as one RAND_bytes call per id, and every byte
+ * is used once, but one call per request cost about 25 us on a cold
+ * request path (the record id of every request; 1.8 us warm) against
+ * 0.1 us for a copy out of the pool. Threads do not share a pool, and the
+ * process never forks after it has drawn from one. */
+#define UUID_POOL 4096
+
 int cpx_uuid_v4(char out[37]) {
+  static _Thread_local unsigned char pool[UUID_POOL];
+  static _Thread_local size_t left;
   unsigned char b[16];
   static const char hx[] = "0123456789abcdef";
   int o = 0;
-  if (RAND_bytes(b, sizeof(b)) != 1)
-    return CPX_EIO;
+  if (left < sizeof(b)) {
+    if (RAND_bytes(pool, sizeof(pool)) != 1)
+      return CPX_EIO;
+    left = sizeof(pool);
+  }
+  memcpy(b, pool + sizeof(pool) - left, sizeof(b));
+  /* wiped as it is taken: what is left in the pool is never handed out
+   * twice, and what was handed out does not stay behind */
+  OPENSSL_cleanse(pool + sizeof(pool) - left, sizeof(b));
+  left -= sizeof(b);
   b[6] = (unsigned char)((b[6] & 0x0F) | 0x40); /* version 4 */
   b[8] = (unsigned char)((b[8] & 0x3F) | 0x80); /* RFC 4122 variant */
   for (int i = 0; i < 16; i++) {

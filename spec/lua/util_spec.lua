@@ -128,6 +128,27 @@ describe("cpx digests and random", function()
     assert.equal("", cpx.random_bytes(0))
   end)
 
+  it("draws uuids from a refilled pool: all distinct, all v4, every hex digit in use", function()
+    -- 256 ids use one 4 KiB pool; 2000 cross seven refills
+    local pat = "^%x%x%x%x%x%x%x%x%-%x%x%x%x%-4%x%x%x%-[89ab]%x%x%x%-%x%x%x%x%x%x%x%x%x%x%x%x$"
+    local seen, n, digits = {}, 2000, {}
+    for _ = 1, n do
+      local u = cpx.uuid()
+      assert.matches(pat, u)
+      assert.is_nil(seen[u])
+      seen[u] = true
+      -- the first 8 digits are pure random: each of the 16 values shows up
+      for c in u:sub(1, 8):gmatch("%x") do digits[c] = (digits[c] or 0) + 1 end
+    end
+    local kinds = 0
+    for _, count in pairs(digits) do
+      kinds = kinds + 1
+      -- 16000 digits, 1000 expected each; a stuck or repeating pool is far off
+      assert.is_true(count > 800 and count < 1200, "digit count " .. count)
+    end
+    assert.equal(16, kinds)
+  end)
+
   it("has wall and monotonic clocks", function()
     assert.is_true(cpx.now() > 1.6e9)
     local t0 = cpx.monotonic()
