@@ -47,6 +47,12 @@ struct cpx_conn_s {
   int shutting_down;
   int timer_mode; /* what the running timer means: a CONN_* state or -1 */
   struct cpx_ip_count_s *ip; /* its address's count (srv->ip_buckets) */
+  /* A streamed answer's head, held (owned) until the first body bytes so
+   * that both leave in one write; on srv->held until then, and flushed on
+   * its own before the loop next waits (flush_held) if nothing follows. */
+  char *held;
+  size_t held_len;
+  cpx_conn_t *held_next, **held_prev;
   char remote[64];
 };
 
@@ -192,9 +198,56 @@ static void on_write_done(uv_write_t *req, int status) {
 }
 
 /* Queues bytes on the socket (already encrypted when TLS is on). */
+static void held_unlink(cpx_conn_t *c) {
+  if (!c->held_prev)
+    return;
+  *c->held_prev = c->held_next;
+  if (c->held_next)
+    c->held_next->held_prev = c->held_prev;
+  c->held_next = NULL;
+  c->held_prev = NULL;
+}
+
+static int conn_write_pieces(cpx_conn_t *c, const char *p1, size_t n1,
+                             const char *p2, size_t n2, const char *p3,
+                             size_t n3);
+
+/* Queues bytes on the socket (already encrypted when TLS is on), after a
+ * held head if there is one. */
 static int conn_write_raw(cpx_conn_t *c, const char *p1, size_t n1,
                           const char *p2, size_t n2, const char *p3,
                           size_t n3) {
+  if (c->held) {
+    /* The head and the first piece become one; the pieces stay three. */
+    char *head = c->held;
+    size_t hn = c->held_len;
+    int rc;
+    c->held = NULL;
+    c->held_len = 0;
+    held_unlink(c);
+    if (n1 && n2 && n3) {
+      char *m = realloc(head, hn + n1);
+      if (!m) {
+        free(head);
+        return CPX_ENOMEM;
+      }
+      memcpy(m + hn, p1, n1);
+      rc = conn_write_pieces(c, m, hn + n1, p2, n2, p3, n3);
+      free(m);
+      return rc;
+    }
+    rc = n1 ? (n2 ? conn_write_pieces(c, head, hn, p1, n1, p2, n2)
+                  : conn_write_pieces(c, head, hn, p1, n1, p3, n3))
+            : conn_write_pieces(c, head, hn, p2, n2, p3, n3);
+    free(head);
+    return rc;
+  }
+  return conn_write_pieces(c, p1, n1, p2, n2, p3, n3);
+}
+
+static int conn_write_pieces(cpx_conn_t *c, const char *p1, size_t n1,
+                             const char *p2, size_t n2, const char *p3,
+                             size_t n3) {
   size_t total = n1 + n2 + n3;
   conn_write_t *w;
   int rc;
@@ -285,6 +338,24 @@ static int conn_write(cpx_conn_t *c, const char *p1, size_t n1, const char *p2,
       return rc < 0 ? rc : CPX_EIO;
   }
   return 0;
+}
+
+/* Before the loop waits: every head still held goes out on its own (the
+ * first event did not come in time). A loop that will not wait (idle work
+ * queued: the upstream client hands a piped stream's held bytes over from
+ * its idle handle, one turn after req:start) keeps them for at most two
+ * more turns, so that the head still leaves with the first event. */
+static void flush_held(uv_prepare_t *h) {
+  cpx_server_t *srv = h->data;
+  if (uv_backend_timeout(srv->loop) == 0 && srv->held_turns++ < 2)
+    return;
+  srv->held_turns = 0;
+  while (srv->held) {
+    cpx_conn_t *c = srv->held;
+    if (conn_write_raw(c, NULL, 0, NULL, 0, NULL, 0) != 0)
+      conn_close(c);
+  }
+  uv_prepare_stop(h);
 }
 
 /* ---- timers ------------------------------------------------------------- */
@@ -456,6 +527,22 @@ int cpx_request_start(cpx_request_t *r, int status, const cpx_header_t *headers,
   head = build_head(r, status, headers, nheaders, -1, r->chunked, &hlen);
   if (!head)
     return CPX_ENOMEM;
+  if (!r->conn->tls && !r->conn->held && r->srv->flush_open) {
+    /* Held for the first event, which usually follows in this loop
+     * iteration or the next one's idle phase: one write (and one wake-up
+     * of the client) instead of two. */
+    cpx_conn_t *c = r->conn;
+    c->held = head;
+    c->held_len = hlen;
+    c->held_next = r->srv->held;
+    if (c->held_next)
+      c->held_next->held_prev = &c->held_next;
+    c->held_prev = &r->srv->held;
+    r->srv->held = c;
+    if (!uv_is_active((uv_handle_t *)&r->srv->flush))
+      uv_prepare_start(&r->srv->flush, flush_held);
+    return 0;
+  }
   rc = conn_write(r->conn, head, hlen, NULL, 0, NULL, 0);
   free(head);
   return rc;
@@ -485,6 +572,8 @@ int cpx_request_finish(cpx_request_t *r) {
     return CPX_ESTATE;
   if (r->conn && r->chunked)
     rc = conn_write(r->conn, "0\r\n\r\n", 5, NULL, 0, NULL, 0);
+  else if (r->conn && r->conn->held) /* HTTP/1.0 with no body written */
+    rc = conn_write_raw(r->conn, NULL, 0, NULL, 0, NULL, 0);
   request_done(r);
   return rc;
 }
@@ -821,6 +910,9 @@ static void conn_close(cpx_conn_t *c) {
   if (c->closing)
     return;
   c->closing = 1;
+  held_unlink(c);
+  free(c->held);
+  c->held = NULL;
   if (c->prev)
     c->prev->next = c->next;
   else
@@ -1019,6 +1111,9 @@ int cpx_server_init(cpx_server_t *srv, uv_loop_t *loop,
    * is known: SO_REUSEPORT must be set on the socket before bind. */
   uv_timer_init(loop, &srv->drain_timer);
   srv->drain_timer.data = srv;
+  uv_prepare_init(loop, &srv->flush);
+  srv->flush.data = srv;
+  srv->flush_open = 1;
   cpx_access_log_init(&srv->access, loop);
   return 0;
 }
@@ -1146,4 +1241,7 @@ void cpx_server_close(cpx_server_t *srv) {
     uv_close((uv_handle_t *)&srv->listener, noop_close);
   if (!uv_is_closing((uv_handle_t *)&srv->drain_timer))
     uv_close((uv_handle_t *)&srv->drain_timer, noop_close);
+  if (srv->flush_open && !uv_is_closing((uv_handle_t *)&srv->flush))
+    uv_close((uv_handle_t *)&srv->flush, noop_close);
+  srv->flush_open = 0;
 }

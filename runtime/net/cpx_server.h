@@ -115,6 +115,12 @@ struct cpx_server_s {
    * nconns. Allocated on first use; freed by cpx_server_close. */
   struct cpx_ip_count_s **ip_buckets;
   cpx_access_log_t access; /* lines waiting for their record */
+  /* Connections holding a streamed answer's head (cpx_request_start) and
+   * the prepare handle that flushes them before the loop waits. */
+  cpx_conn_t *held;
+  int held_turns; /* loop turns the heads were kept without waiting */
+  uv_prepare_t flush;
+  int flush_open;
   size_t active_requests;
   int listener_open; /* listener handle initialised (needs uv_close) */
   int listening;

@@ -274,6 +274,37 @@ test('upstream first-byte timeout: an error in the client format, not a hang', T
   }
 });
 
+// The head of a streamed answer is held until its first event and both leave
+// in one write: the client's first read holds the status line and the first
+// event, on the translated route and on a same-format one through Lua. (Before,
+// the head went out one loop turn ahead, and the first read held it alone.)
+test('a streamed answer: the head and the first event arrive in one read', T(), async () => {
+  const proxy = await startProxy({ openaiCompat: compat(['seg-model']), extra: { 'fast-path': false } });
+  const firstRead = (reqPath, body, extra = '') => new Promise((resolve, reject) => {
+    const s = net.connect(proxy.port, '127.0.0.1');
+    s.setNoDelay(true);
+    s.once('error', reject);
+    s.once('data', (d) => { s.destroy(); resolve(d.toString('latin1')); });
+    s.write(`POST ${reqPath} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n${extra}Content-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
+  });
+  try {
+    for (let i = 0; i < 5; i++) {
+      // the later frames come 300 ms apart: only the first can share the read
+      mock.reset().reply({ text: 'one two three', chunks: 3, eventDelayMs: 300 });
+      const a = await firstRead('/v1/messages', JSON.stringify({ model: 'seg-model', max_tokens: 10, stream: true,
+        messages: [{ role: 'user', content: 'hi' }] }), 'anthropic-version: 2023-06-01\r\n');
+      assert.match(a, /^HTTP\/1\.1 200 /, `translated #${i}`);
+      assert.match(a, /\r\n\r\n[0-9a-f]+\r\nevent: message_start\n/, `translated #${i}: the first event in the head's read: ${JSON.stringify(a.slice(-200))}`);
+      mock.reset().reply({ text: 'one two three', chunks: 3, eventDelayMs: 300 });
+      const c = await firstRead('/v1/chat/completions', chatBody('seg-model', { stream: true }));
+      assert.match(c, /^HTTP\/1\.1 200 /, `chat #${i}`);
+      assert.match(c, /\r\n\r\n[0-9a-f]+\r\ndata: \{/, `chat #${i}: the first event in the head's read: ${JSON.stringify(c.slice(-200))}`);
+    }
+  } finally {
+    await proxy.stop();
+  }
+});
+
 test('nonstream-keepalive-interval: blank lines while the answer is awaited, then the answer', T(), async () => {
   const proxy = await startProxy({ openaiCompat: compat(['ka-model']),
     extra: { 'nonstream-keepalive-interval': 1, 'request-retry': 0 } });
