@@ -73,10 +73,21 @@ static void on_resume_idle(uv_idle_t *h) {
     list = lr->next_resume;
     lr->resume_queued = 0;
     lr->next_resume = NULL;
+    int zero = lr->sleep_zero;
+    lr->sleep_zero = 0;
     if (lr->released || lr->co_done || lr->wait == W_NONE)
+      continue;
+    /* a sleep(0) cut short by a cancel, now waiting on something else */
+    if (zero && lr->wait != W_SLEEP && !lr->aborted && !lr->refuse)
       continue;
     end_wait(lr);
     lr->vm->host++;
+    if (zero && !lr->aborted && !lr->refuse) {
+      lua_pushboolean(lr->co, 1);
+      lr->vm->host--;
+      cpx__lreq_resume(lr, 1);
+      continue;
+    }
     lua_pushnil(lr->co);
     lua_pushstring(lr->co, lr->aborted ? "client closed request" : lr->refuse);
     lr->vm->host--;
@@ -84,7 +95,7 @@ static void on_resume_idle(uv_idle_t *h) {
   }
 }
 
-static void queue_abort_resume(lreq_t *lr) {
+static void queue_resume(lreq_t *lr) {
   if (lr->resume_queued)
     return;
   lr->resume_queued = 1;
@@ -268,7 +279,7 @@ static void on_req_abort(cpx_request_t *r) {
     uv_timer_stop(lr->sleep);
   }
   if (!lr->co_done && lr->wait != W_NONE && !lr->running)
-    queue_abort_resume(lr);
+    queue_resume(lr);
   else
     cpx__lreq_maybe_release(lr);
 }
@@ -559,6 +570,16 @@ static int l_sleep(lua_State *L) {
         L, "cpx.sleep can only run in a request's handler or a task");
   if (cpx__push_refusal(L, lr))
     return 2;
+  if (!(sec > 0)) { /* 0, negative, NaN */
+    /* The next loop turn, from the idle queue: a 0 ms timer is due again
+     * at once, and libuv (1.44) runs a timer started by a timer callback
+     * in the same pass, so "while not done do cpx.sleep(0) end" never left
+     * the timers to poll for the I/O or threadpool result it waits for. */
+    lr->wait = W_SLEEP;
+    lr->sleep_zero = 1;
+    queue_resume(lr);
+    return lua_yield(L, 0);
+  }
   if (!lr->sleep) {
     lr->sleep = malloc(sizeof(uv_timer_t));
     if (!lr->sleep)
@@ -566,8 +587,7 @@ static int l_sleep(lua_State *L) {
     uv_timer_init(lr->w->loop, lr->sleep);
     lr->sleep->data = lr;
   }
-  uv_timer_start(lr->sleep, on_sleep_done, sec > 0 ? (uint64_t)(sec * 1000) : 0,
-                 0);
+  uv_timer_start(lr->sleep, on_sleep_done, (uint64_t)(sec * 1000), 0);
   lr->wait = W_SLEEP;
   return lua_yield(L, 0);
 }

@@ -112,6 +112,7 @@ struct lreq_s {
   int aborted;
   int released;
   int resume_queued;
+  int sleep_zero; /* queued by cpx.sleep(0): resumed with true, not an error */
   lreq_t *next_resume;
 };
 

@@ -55,6 +55,21 @@ function M.init_worker(conf)
       say("sleeper", "w=" .. w, "g=" .. g, "woke=" .. tostring(err))
     end))
     assert(cpx.timer.at(0, function() local function inner() error("probe boom") end inner() end))
+    -- One task waits on the threadpool; another spins on cpx.sleep(0) until
+    -- it is done. (A 0 ms timer per sleep(0) kept the loop in its timers
+    -- phase: the threadpool's answer never came and the worker hung.)
+    local counted
+    assert(cpx.timer.at(0, function()
+      counted = cpx.tokens.count_async(string.rep("spin and count ", 20000), "cl100k_base") or -1
+    end))
+    assert(cpx.timer.at(0, function()
+      local turns = 0
+      while not counted do
+        assert(cpx.sleep(0))
+        turns = turns + 1
+      end
+      say("spun", "w=" .. w, "tokens=" .. counted, "turns>0=" .. tostring(turns > 0))
+    end))
   elseif conf.mode == "lock" then
     assert(cpx.timer.at(0, function()
       for i = 1, conf.rounds do
@@ -135,6 +150,9 @@ describe('cpx.timer', () => {
     assert.ok(await waitFor(() => lines(proxy, 'every3').length === 2, 5000));
     assert.match(proxy.stderr() + proxy.stdout(), /task failed \(worker \d, generation 1\): .*probe boom\nstack traceback:/);
     assert.equal((await fetch(proxy.url + '/healthz')).status, 200);
+    // sleep(0) yields a whole loop turn: the threadpool's answer arrives
+    assert.ok(await waitFor(() => lines(proxy, 'spun').length === 2, 5000), proxy.stderr());
+    for (const l of lines(proxy, 'spun')) assert.match(l, /tokens=[1-9]\d* turns>0=true/);
   });
 
   test('a reload fires the old generation\'s pending timers with premature and wakes its running tasks', { timeout: 90000 }, async () => {
