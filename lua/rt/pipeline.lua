@@ -386,6 +386,42 @@ local function send(job, provider, target, key, actx, out, upstream_stream, pass
            provider = provider, upstream_stream = upstream_stream }
 end
 
+-- Claude clients read input usage from message_start, which no other
+-- upstream reports up front: it is estimated locally. The count runs in a
+-- task while the upstream thinks (a 78 KB Claude Code body is about a
+-- millisecond in the threadpool), not between its first event and the
+-- client; answer_stream takes the result, waiting only if it is not in.
+local function needs_estimate(job, res_passthrough, upfmt)
+  return job.stream and job.fmt == "claude" and upfmt ~= "claude" and not res_passthrough
+end
+
+local function count_estimate(job)
+  local cbody = job.body or job.sbody -- (the spans count as their bytes)
+  if not cbody then return nil end
+  local ok, n = pcall(count.estimate, "claude", cbody, job.model, job.app.config["count-tokens"])
+  return ok and n or nil
+end
+
+local function start_estimate(job)
+  if job.estimate then return end
+  local box = {}
+  job.estimate = box
+  local started = cpx.timer and cpx.timer.at(0, function(premature)
+    if not premature then box.n = count_estimate(job) end
+    box.done = true
+  end)
+  if not started then box.inline = true end
+end
+
+local function take_estimate(job)
+  local box = job.estimate
+  if not box or box.inline then return count_estimate(job) end
+  while not box.done do
+    if not cpx.sleep(0) then return nil end -- the client left
+  end
+  return box.n
+end
+
 -- One attempt on one account: the outcome the pool classifies.
 local function attempt(job, target, key)
   local app, ctx, fmt, opts = job.app, job.ctx, job.fmt, job.opts
@@ -413,6 +449,7 @@ local function attempt(job, target, key)
       return deny
     end
   end
+  if needs_estimate(job, passthrough, upfmt) then start_estimate(job) end
   return send(job, provider, target, key, actx, out, upstream_stream, passthrough)
 end
 
@@ -549,14 +586,9 @@ end
 
 -- A successful stream: the client's head now, then the events.
 local function answer_stream(job, res, sfix)
-  local app, req, fmt, rec = job.app, job.req, job.fmt, job.rec
+  local req, rec = job.req, job.rec
   local actx = res.ctx
-  -- Claude clients read input usage from message_start, which no other
-  -- upstream reports up front: estimate it locally (in the threadpool).
-  local cbody = job.body or job.sbody -- (the spans count as their bytes)
-  if fmt == "claude" and res.upfmt ~= "claude" and not res.passthrough and cbody then
-    actx.input_estimate = count.estimate("claude", cbody, job.model, app.config["count-tokens"])
-  end
+  if needs_estimate(job, res.passthrough, res.upfmt) then actx.input_estimate = take_estimate(job) end
   -- Gemini without alt=sse streams a JSON array, not SSE.
   req:start(200, job.opts.gemini_array and http.headers("application/json") or http.sse_headers())
   mw.defer_log(actx)

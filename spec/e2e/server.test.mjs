@@ -305,6 +305,33 @@ test('a streamed answer: the head and the first event arrive in one read', T(), 
   }
 });
 
+// A Claude client of another upstream reads its input usage from message_start:
+// the local estimate, counted in a task while the upstream answers. It equals
+// count_tokens' local answer for the same body, small (counted inline) and
+// past 64 KB of text (counted in the threadpool).
+test('translated stream: message_start carries the local input estimate, small and large bodies', T(60000), async () => {
+  const proxy = await startProxy({ openaiCompat: compat(['est-model']) });
+  try {
+    const hdrs = { 'content-type': 'application/json', 'anthropic-version': '2023-06-01' };
+    for (const size of [1, 40000]) {
+      const body = { model: 'est-model', max_tokens: 10, system: 'You are terse. '.repeat(size),
+        messages: [{ role: 'user', content: 'count me' }] };
+      const ct = await post(`${proxy.url}/v1/messages/count_tokens`, JSON.stringify(body), hdrs);
+      assert.equal(ct.status, 200, ct.text);
+      mock.reset().reply({ text: 'ok' });
+      const r = await post(`${proxy.url}/v1/messages`, JSON.stringify({ ...body, stream: true }), hdrs);
+      assert.equal(r.status, 200);
+      const start = r.text.split('\n').find((l) => l.startsWith('data: ') && l.includes('"message_start"'));
+      assert.ok(start, r.text.slice(0, 300));
+      const usage = JSON.parse(start.slice(6)).message.usage;
+      assert.ok(ct.json.input_tokens > size, `count_tokens: ${ct.text}`);
+      assert.equal(usage.input_tokens, ct.json.input_tokens, `size ${size}`);
+    }
+  } finally {
+    await proxy.stop();
+  }
+});
+
 test('nonstream-keepalive-interval: blank lines while the answer is awaited, then the answer', T(), async () => {
   const proxy = await startProxy({ openaiCompat: compat(['ka-model']),
     extra: { 'nonstream-keepalive-interval': 1, 'request-retry': 0 } });
