@@ -197,7 +197,6 @@ static void on_write_done(uv_write_t *req, int status) {
   conn_flushed(c);
 }
 
-/* Queues bytes on the socket (already encrypted when TLS is on). */
 static void held_unlink(cpx_conn_t *c) {
   if (!c->held_prev)
     return;
