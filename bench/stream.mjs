@@ -118,12 +118,16 @@ async function main() {
     '    api-key-entries:', '      - api-key: "up-key"', '    models:', '      - name: "up-model"', '        alias: "bench-model"', '',
   ].join('\n'));
   if (!fs.existsSync(BIN)) { console.error(`bench: no cliproxy binary at ${BIN}`); process.exit(2); }
-  const cpx = spawn(BIN, ['--config', path.join(tmp, 'config.yaml')], { cwd: ROOT, stdio: ['ignore', 'ignore', 'pipe'] });
+  // Its log goes to a file, not a pipe: the C harness's client runs under
+  // spawnSync, so nothing here would read a pipe during the run, and after
+  // 64 KiB of access-log lines (about 600 requests) cliproxy would block on
+  // its own stderr.
+  const cpxLog = path.join(tmp, 'cliproxy.log');
+  const cpx = spawn(BIN, ['--config', path.join(tmp, 'config.yaml')], { cwd: ROOT, stdio: ['ignore', 'ignore', fs.openSync(cpxLog, 'w')] });
   cpx.sig = 'SIGTERM';
   children.push(cpx);
-  let cpxErr = '';
-  cpx.stderr.on('data', (d) => { if (cpxErr.length < 65536) cpxErr += d; });
-  if (!(await waitHttp(`http://127.0.0.1:${cpxPort}/healthz`))) { console.error(`bench: cliproxy did not start\n${cpxErr}`); process.exit(2); }
+  const cpxTail = () => { try { return fs.readFileSync(cpxLog, 'utf8').slice(-2000); } catch { return ''; } };
+  if (!(await waitHttp(`http://127.0.0.1:${cpxPort}/healthz`))) { console.error(`bench: cliproxy did not start\n${cpxTail()}`); process.exit(2); }
 
   // nginx (optional)
   let ngxPort = null;
@@ -209,7 +213,7 @@ http { access_log off; tcp_nodelay on;
       seen[o.route] = (seen[o.route] || 0) + 1;
       if (o.error) {
         routes[o.route].bad++;
-        if (routes[o.route].bad > 3) throw new Error(`${o.route}: ${o.error}\n${cpxErr.slice(-2000)}`);
+        if (routes[o.route].bad > 3) throw new Error(`${o.route}: ${o.error}\n${cpxTail()}`);
         continue;
       }
       if (seen[o.route] <= 5) continue; // warm-up
@@ -217,7 +221,7 @@ http { access_log off; tcp_nodelay on;
       routes[o.route].frames.push(...o.frames.slice(1)); // frame 0 is the TTFT sample
     }
   }
-  if (harness === 'node') for (let i = 0; i < 5; i++) for (const n of names) await once(routes[n]).catch((e) => { throw new Error(`${n}: ${e.message}\n${cpxErr.slice(-2000)}`); });
+  if (harness === 'node') for (let i = 0; i < 5; i++) for (const n of names) await once(routes[n]).catch((e) => { throw new Error(`${n}: ${e.message}\n${cpxTail()}`); });
   for (let i = 0; harness === 'node' && i < REQS; i++) {
     for (const n of names) {
       try {
