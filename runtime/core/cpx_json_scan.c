@@ -22,7 +22,7 @@
 #define MAX_DEPTH 1024
 
 const char *cpx_json_skip_ws(const char *p, const char *end) {
-  while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
+  while (p < end && cpx_json_is_ws(*p))
     p++;
   return p;
 }

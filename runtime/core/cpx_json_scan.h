@@ -28,6 +28,10 @@ int cpx_json_scan_top(const char *s, size_t n, cpx_json_member_cb cb, void *ud,
 /* p at a string's opening quote: the byte after its closing quote (the
  * first quote not after an odd run of backslashes), or NULL. */
 const char *cpx_json_skip_string(const char *p, const char *end);
+/* JSON whitespace: space, tab, LF, CR. */
+static inline int cpx_json_is_ws(char c) {
+  return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
 /* The first byte at or after p that is not JSON whitespace (or end). */
 const char *cpx_json_skip_ws(const char *p, const char *end);
 

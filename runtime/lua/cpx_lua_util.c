@@ -63,6 +63,29 @@ static const char ascii_escape[128] = {
     [28] = 'u',   [29] = 'u',    [30] = 'u',   [31] = 'u',
 };
 
+/* The byte a one-letter JSON escape stands for (\" \\ \/ \b \f \n \r
+ * \t: c is the letter), or 0 for \u and what JSON lacks. */
+static char json_short_escape(char c) {
+  switch (c) {
+  case 'b':
+    return '\b';
+  case 'f':
+    return '\f';
+  case 'n':
+    return '\n';
+  case 'r':
+    return '\r';
+  case 't':
+    return '\t';
+  case '"':
+  case '\\':
+  case '/':
+    return c;
+  default:
+    return 0;
+  }
+}
+
 /* ---- carried paths (cpx.json.spec) ---------------------------------------
  * A codec declares the subtrees it only carries ("tools[].input_schema").
  * decode(s, spec) leaves a container found at such a path as a span: an
@@ -251,16 +274,11 @@ static int dec_escapes_canonical(const char *r, size_t n) {
   const char *p = r, *end = r + n;
   while ((p = memchr(p, '\\', (size_t)(end - p))) != NULL && p + 1 < end) {
     unsigned v = 0;
-    switch (p[1]) {
-    case '"':
-    case '\\':
-    case 'b':
-    case 'f':
-    case 'n':
-    case 'r':
-    case 't':
+    if (p[1] != '/' && json_short_escape(p[1])) { /* the encoder writes / */
       p += 2;
       continue;
+    }
+    switch (p[1]) {
     case 'u':
       if (end - p < 6 || p[2] != '0' || p[3] != '0')
         return 0;
@@ -391,8 +409,6 @@ static int dec_number(void *ctx, const char *s, size_t n) {
 
 struct json_hbox;
 static char *json_scratch(struct json_hbox *b, size_t n);
-static const unsigned char *json_clean_run(const unsigned char *p,
-                                           const unsigned char *e);
 
 /* The value of the long string d->sub: its bytes in the input when it has
  * no escapes, else unescaped into the box's scratch buffer. */
@@ -411,36 +427,17 @@ static int dec_long_value(json_dec_t *d, const unsigned char **s, size_t *n) {
     return 0;
   }
   *s = (const unsigned char *)o;
-  /* json_long_check let through only the one-letter escapes */
+  /* json_long_check let through only the one-letter escapes, so the
+   * backslashes are all there is to find */
   for (;;) {
-    const char *c = (const char *)json_clean_run((const unsigned char *)p,
-                                                 (const unsigned char *)end);
-    while (c < end && *c != '\\')
-      c++; /* bytes above 0x7f stop json_clean_run too: copied as they are */
+    const char *c = memchr(p, '\\', (size_t)(end - p));
+    if (!c)
+      c = end;
     memcpy(o, p, (size_t)(c - p));
     o += c - p;
     if (c >= end)
       break;
-    switch (c[1]) {
-    case 'b':
-      *o++ = '\b';
-      break;
-    case 'f':
-      *o++ = '\f';
-      break;
-    case 'n':
-      *o++ = '\n';
-      break;
-    case 'r':
-      *o++ = '\r';
-      break;
-    case 't':
-      *o++ = '\t';
-      break;
-    default:
-      *o++ = c[1];
-      break; /* " \\ / */
-    }
+    *o++ = json_short_escape(c[1]);
     p = c + 2;
   }
   *n = (size_t)(o - (const char *)*s);
@@ -740,11 +737,6 @@ static void dec_yajl_reason(yajl_handle h, char *out, size_t outlen) {
     yajl_free_error(h, e);
 }
 
-/* JSON whitespace */
-static int json_ws(char c) {
-  return c == ' ' || c == '\t' || c == '\n' || c == '\r';
-}
-
 /* The UTF-8 sequence at p (a byte >= 0x80) as yajl's lexer checks it: the
  * lead byte gives the length, the rest must be continuation bytes (yajl
  * lets overlong forms and surrogates through; so must this, or the two
@@ -807,23 +799,10 @@ static int json_long_check(const char *in, const char *q, const char *end,
     if (*p == '"')
       break;
     if (*p == '\\') {
-      if (e - p < 2)
-        return 0;
-      switch (p[1]) {
-      case '/':
-        slash = 1; /* the encoder writes a plain / */
-        break;
-      case '"':
-      case '\\':
-      case 'b':
-      case 'f':
-      case 'n':
-      case 'r':
-      case 't':
-        break;
-      default:
+      if (e - p < 2 || !json_short_escape((char)p[1]))
         return 0; /* \u (and what JSON lacks) is yajl's */
-      }
+      if (p[1] == '/')
+        slash = 1; /* the encoder writes a plain / */
       esc = 1;
       p += 2;
     } else if (*p >= 0x80) {
@@ -861,7 +840,7 @@ static int json_long_next(const char *in, size_t n, size_t from, size_t min,
     if (json_long_check(in, q, end, ls)) {
       if (ls->end - ls->quote >= min) {
         const char *b = q;
-        while (b > in && json_ws(b[-1]))
+        while (b > in && cpx_json_is_ws(b[-1]))
           b--;
         if (b > in &&
             (b[-1] == '{' || b[-1] == '[' || b[-1] == ',' || b[-1] == ':'))
