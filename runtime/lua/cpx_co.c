@@ -73,16 +73,16 @@ static void on_resume_idle(uv_idle_t *h) {
     list = lr->next_resume;
     lr->resume_queued = 0;
     lr->next_resume = NULL;
-    int zero = lr->sleep_zero;
+    /* a sleep(0) ending; an abort or refusal queued on it still wins */
+    int zero = lr->sleep_zero && !lr->aborted && !lr->refuse;
     lr->sleep_zero = 0;
     if (lr->released || lr->co_done || lr->wait == W_NONE)
       continue;
-    /* a sleep(0) cut short by a cancel, now waiting on something else */
-    if (zero && lr->wait != W_SLEEP && !lr->aborted && !lr->refuse)
-      continue;
+    if (zero && lr->wait != W_SLEEP)
+      continue; /* cut short by a cancel, now waiting on something else */
     end_wait(lr);
     lr->vm->host++;
-    if (zero && !lr->aborted && !lr->refuse) {
+    if (zero) {
       lua_pushboolean(lr->co, 1);
       lr->vm->host--;
       cpx__lreq_resume(lr, 1);
