@@ -300,6 +300,25 @@ test('a streamed answer: the head and the first event arrive in one read', T(), 
       assert.match(c, /^HTTP\/1\.1 200 /, `chat #${i}`);
       assert.match(c, /\r\n\r\n[0-9a-f]+\r\ndata: \{/, `chat #${i}: the first event in the head's read: ${JSON.stringify(c.slice(-200))}`);
     }
+    // HTTP/1.0: no chunks, the end of the body is the close; the held head
+    // goes out with the first event's bytes as they are, and the whole
+    // stream follows
+    mock.reset().reply({ text: 'one two three', chunks: 3, eventDelayMs: 50 });
+    const body = JSON.stringify({ model: 'seg-model', max_tokens: 10, stream: true, messages: [{ role: 'user', content: 'hi' }] });
+    const all = await new Promise((resolve, reject) => {
+      const s = net.connect(proxy.port, '127.0.0.1');
+      const got = [];
+      s.once('error', reject);
+      s.on('data', (d) => got.push(d));
+      s.on('close', () => resolve(Buffer.concat(got).toString('latin1')));
+      s.write(`POST /v1/messages HTTP/1.0\r\nContent-Type: application/json\r\nanthropic-version: 2023-06-01\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
+    });
+    assert.match(all, /^HTTP\/1\.1 200 /);
+    const [head, rest] = all.split('\r\n\r\n', 2);
+    assert.doesNotMatch(head, /transfer-encoding/i, head);
+    assert.match(rest, /^event: message_start\n/, rest.slice(0, 100));
+    assert.match(all, /event: message_stop\n/);
+    assert.equal((all.match(/"text_delta"/g) || []).length, 3);
   } finally {
     await proxy.stop();
   }
